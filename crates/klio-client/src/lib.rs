@@ -1,0 +1,2 @@
+//! The Klio client library.
+#![forbid(unsafe_code)]

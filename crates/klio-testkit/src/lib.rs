@@ -1,0 +1,2 @@
+//! Test harness for Klio's integration tests.
+#![forbid(unsafe_code)]

@@ -1,0 +1,16 @@
+//! PostgreSQL write-ahead-log primitives for Klio and for any Rust tool that handles WAL.
+//!
+//! Synchronous and small on purpose: LSN and segment arithmetic, WAL file names, page header
+//! validation, a synthetic WAL generator, and a segment directory writer that follows
+//! pg_receivewal's durability rules exactly.
+#![forbid(unsafe_code)]
+
+mod file_name;
+mod lsn;
+mod segment;
+mod timeline;
+
+pub use file_name::{ParseWalFileNameError, WalFileName, WalFileNameDisplay};
+pub use lsn::{Lsn, ParseLsnError};
+pub use segment::{InvalidSegmentSize, SegmentNo, SegmentPiece, SegmentSize, SegmentSplit};
+pub use timeline::{InvalidTimeline, TimelineId};
