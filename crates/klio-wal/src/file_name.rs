@@ -38,7 +38,8 @@ pub enum ParseWalFileNameError {
 }
 
 fn hex8(s: &str) -> Option<u32> {
-    if s.len() == 8 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+    // PostgreSQL writes and recognises upper-case hex only (IsXLogFileName).
+    if s.len() == 8 && s.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b)) {
         u32::from_str_radix(s, 16).ok()
     } else {
         None
@@ -196,6 +197,7 @@ mod tests {
             "0000000G.history",
             "000000010000000000000002.partial.partial",
             "000000010000000000000002.28.backup",
+            "00000001000000000000000a",
         ] {
             assert!(WalFileName::parse(bad, s).is_err(), "{bad:?} parsed");
         }
