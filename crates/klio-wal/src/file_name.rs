@@ -9,9 +9,15 @@ use crate::{SegmentNo, SegmentSize, TimelineId};
 #[non_exhaustive]
 pub enum WalFileName {
     /// A complete segment: `000000010000000000000003`.
-    Segment { timeline: TimelineId, segno: SegmentNo },
+    Segment {
+        timeline: TimelineId,
+        segno: SegmentNo,
+    },
     /// A segment still being written: `000000010000000000000003.partial`.
-    Partial { timeline: TimelineId, segno: SegmentNo },
+    Partial {
+        timeline: TimelineId,
+        segno: SegmentNo,
+    },
     /// A timeline history file: `00000002.history`.
     History { timeline: TimelineId },
     /// A backup label file: `000000010000000000000003.00000028.backup`.
@@ -27,7 +33,9 @@ pub enum WalFileName {
 #[non_exhaustive]
 pub enum ParseWalFileNameError {
     /// Not one of the known shapes.
-    #[error("{0:?} is not a WAL file name (expected 24 hex digits, optionally .partial, or 8 hex digits .history, or a .backup label)")]
+    #[error(
+        "{0:?} is not a WAL file name (expected 24 hex digits, optionally .partial, or 8 hex digits .history, or a .backup label)"
+    )]
     Shape(String),
     /// Timeline 0 in the name.
     #[error("{0:?} names timeline 0, which does not exist")]
@@ -39,7 +47,10 @@ pub enum ParseWalFileNameError {
 
 fn hex8(s: &str) -> Option<u32> {
     // PostgreSQL writes and recognises upper-case hex only (IsXLogFileName).
-    if s.len() == 8 && s.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b)) {
+    if s.len() == 8
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+    {
         u32::from_str_radix(s, 16).ok()
     } else {
         None
@@ -50,7 +61,9 @@ impl WalFileName {
     /// Parses a file name; the segment size is needed to turn the name into a segment number.
     pub fn parse(name: &str, size: SegmentSize) -> Result<WalFileName, ParseWalFileNameError> {
         let shape = || ParseWalFileNameError::Shape(name.to_owned());
-        let tli = |v: u32| TimelineId::new(v).map_err(|_| ParseWalFileNameError::TimelineZero(name.to_owned()));
+        let tli = |v: u32| {
+            TimelineId::new(v).map_err(|_| ParseWalFileNameError::TimelineZero(name.to_owned()))
+        };
         let segment = |base: &str| -> Result<(TimelineId, SegmentNo), ParseWalFileNameError> {
             if base.len() != 24 {
                 return Err(shape());
@@ -169,7 +182,10 @@ mod tests {
             segno: SegmentNo(0x103),
         };
         assert_eq!(n.to_string_with(s), "000000010000000100000003");
-        assert_eq!(WalFileName::parse("000000010000000100000003", s).unwrap(), n);
+        assert_eq!(
+            WalFileName::parse("000000010000000100000003", s).unwrap(),
+            n
+        );
         assert_eq!(
             WalFileName::parse("00000002.history", s).unwrap(),
             WalFileName::History { timeline: t(2) }
@@ -204,11 +220,12 @@ mod tests {
     }
 
     fn any_name() -> impl Strategy<Value = (WalFileName, SegmentSize)> {
-        (20u32..=30, 1u32.., any::<u32>(), 0u64..(1 << 40), 0usize..4).prop_map(
+        (20u32..=30, 1u32.., any::<u32>(), any::<u64>(), 0usize..4).prop_map(
             |(shift, tl, off, seg, kind)| {
                 let size = SegmentSize::new(1 << shift).unwrap();
                 let timeline = t(tl);
-                let segno = SegmentNo(seg);
+                // Every segment number of the 64-bit LSN space has a name.
+                let segno = SegmentNo(seg >> shift);
                 let name = match kind {
                     0 => WalFileName::Segment { timeline, segno },
                     1 => WalFileName::Partial { timeline, segno },

@@ -1,0 +1,311 @@
+//! A directory of WAL segments written with pg_receivewal's exact rules.
+//!
+//! - A new segment is created as `<name>.partial`, pre-padded with real zeros to the full segment
+//!   size, and the file and its directory are fsynced before any WAL is written into it. Because
+//!   the size never changes afterwards, `fdatasync` is enough to make written WAL durable.
+//! - A full-size `.partial` left by an earlier run is reopened without truncation.
+//! - Only a complete segment is renamed to its final name, durably (fsync, rename, fsync dir).
+//! - Streaming resumes from what a directory scan finds ([`find_streaming_start`]).
+//!
+//! The caller decides when to [`SegmentDir::flush`]; [`SegmentDir::flushed`] is the only
+//! position that may be reported to PostgreSQL as flushed.
+
+mod durable;
+mod scan;
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::{Lsn, SegmentNo, SegmentSize, TimelineId, WalFileName};
+
+pub use scan::{StreamingStart, find_streaming_start};
+
+/// Why a segment directory operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SegmentDirError {
+    /// A file-system call failed.
+    #[error("could not {action} {path:?}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The target directory does not exist or is not a directory.
+    #[error("{0:?} is not a directory: create it first (mkdir -p) or pass another --directory")]
+    NotADirectory(PathBuf),
+    /// WAL arrived for another position than the next expected byte.
+    #[error("got WAL data at {got} on timeline {timeline}, expected {expected}")]
+    OutOfOrder {
+        expected: Lsn,
+        got: Lsn,
+        timeline: TimelineId,
+    },
+    /// WAL arrived for the middle of a segment that is not open.
+    #[error("received WAL at {0} (not a segment start) with no segment file open")]
+    NoFileOpen(Lsn),
+    /// A position past the end of the 64-bit WAL space.
+    #[error("WAL position overflows 64 bits")]
+    PositionOverflow,
+}
+
+impl SegmentDirError {
+    fn io(action: &'static str, path: &Path, source: io::Error) -> Self {
+        SegmentDirError::Io {
+            action,
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+/// The segment currently open for writing.
+#[derive(Debug)]
+struct OpenSegment {
+    file: File,
+    timeline: TimelineId,
+    segno: SegmentNo,
+    partial_path: PathBuf,
+    final_path: PathBuf,
+    /// Offset just past the last byte written.
+    end: u32,
+    /// Bytes written since the last fsync.
+    dirty: bool,
+}
+
+/// A pg_receivewal-compatible segment directory.
+#[derive(Debug)]
+pub struct SegmentDir {
+    dir: PathBuf,
+    size: SegmentSize,
+    open: Option<OpenSegment>,
+    written: Option<Lsn>,
+    flushed: Option<Lsn>,
+}
+
+impl SegmentDir {
+    /// Opens an existing directory.
+    pub fn open(dir: impl Into<PathBuf>, size: SegmentSize) -> Result<Self, SegmentDirError> {
+        let dir = dir.into();
+        if !dir.is_dir() {
+            return Err(SegmentDirError::NotADirectory(dir));
+        }
+        Ok(SegmentDir {
+            dir,
+            size,
+            open: None,
+            written: None,
+            flushed: None,
+        })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The segment size files are padded to.
+    pub fn segment_size(&self) -> SegmentSize {
+        self.size
+    }
+
+    /// Where streaming should resume, from the files present (see [`find_streaming_start`]).
+    pub fn find_streaming_start(
+        &self,
+    ) -> Result<(Option<StreamingStart>, Vec<String>), SegmentDirError> {
+        find_streaming_start(&self.dir, self.size)
+    }
+
+    /// Position just past the last byte written (not necessarily durable), if any.
+    pub fn written(&self) -> Option<Lsn> {
+        self.written
+    }
+
+    /// Position up to which every written byte is on stable storage, if any.
+    pub fn flushed(&self) -> Option<Lsn> {
+        self.flushed
+    }
+
+    /// Whether an fsync would make more bytes durable.
+    pub fn has_unflushed(&self) -> bool {
+        self.open.as_ref().is_some_and(|o| o.dirty)
+    }
+
+    /// Writes WAL bytes starting at `start` on `timeline`, splitting at segment boundaries.
+    ///
+    /// Returns the names of the segments this write completed; they are durable under their
+    /// final names when this returns.
+    pub fn write(
+        &mut self,
+        timeline: TimelineId,
+        start: Lsn,
+        data: &[u8],
+    ) -> Result<Vec<WalFileName>, SegmentDirError> {
+        let mut completed = Vec::new();
+        for piece in self.size.split(start, data.len() as u64) {
+            let at = self
+                .size
+                .segment_start(piece.segno)
+                .and_then(|s| s.checked_add(u64::from(piece.offset)))
+                .ok_or(SegmentDirError::PositionOverflow)?;
+            let mut o = match self.open.take() {
+                Some(o) => {
+                    let expected = self
+                        .size
+                        .segment_start(o.segno)
+                        .and_then(|l| l.checked_add(u64::from(o.end)))
+                        .ok_or(SegmentDirError::PositionOverflow)?;
+                    if o.timeline != timeline || at != expected {
+                        self.open = Some(o);
+                        return Err(SegmentDirError::OutOfOrder {
+                            expected,
+                            got: at,
+                            timeline,
+                        });
+                    }
+                    o
+                }
+                None if piece.offset != 0 => return Err(SegmentDirError::NoFileOpen(at)),
+                None => self.open_segment(timeline, piece.segno)?,
+            };
+            let bytes = &data[piece.range_offset as usize..][..piece.len as usize];
+            o.file
+                .write_all_at(bytes, u64::from(piece.offset))
+                .map_err(|e| SegmentDirError::io("write", &o.partial_path, e))?;
+            o.end = piece.offset + piece.len;
+            o.dirty = true;
+            let end_lsn = Lsn(at.0 + u64::from(piece.len));
+            self.written = Some(end_lsn);
+            if piece.completes_segment(self.size) {
+                // durable_rename fsyncs the data, renames, and fsyncs the directory: only a
+                // segment whose every byte is on disk may carry its final name.
+                durable::durable_rename(&o.partial_path, &o.final_path, &self.dir)
+                    .map_err(|e| SegmentDirError::io("complete segment", &o.partial_path, e))?;
+                self.flushed = Some(end_lsn);
+                completed.push(WalFileName::Segment {
+                    timeline: o.timeline,
+                    segno: o.segno,
+                });
+            } else {
+                self.open = Some(o);
+            }
+        }
+        Ok(completed)
+    }
+
+    /// Makes every written byte durable and returns the durable position.
+    pub fn flush(&mut self) -> Result<Option<Lsn>, SegmentDirError> {
+        if let Some(o) = self.open.as_mut().filter(|o| o.dirty) {
+            // fdatasync suffices: the file was pre-padded to its full size, so no metadata
+            // needed to read the data back changes. Flush may be reported only after this.
+            o.file
+                .sync_data()
+                .map_err(|e| SegmentDirError::io("fsync", &o.partial_path, e))?;
+            o.dirty = false;
+            self.flushed = self.written;
+        }
+        Ok(self.flushed)
+    }
+
+    /// Flushes and closes the open segment, leaving it as `.partial` (streaming stopped or the
+    /// timeline ended before the segment was complete).
+    pub fn close(&mut self) -> Result<Option<Lsn>, SegmentDirError> {
+        let flushed = self.flush()?;
+        self.open = None;
+        Ok(flushed)
+    }
+
+    /// Forgets the stream position, so the next write may start a fresh segment (a new
+    /// connection or timeline). The open segment is flushed and closed first.
+    pub fn reset_position(&mut self) -> Result<(), SegmentDirError> {
+        self.close()?;
+        self.written = None;
+        self.flushed = None;
+        Ok(())
+    }
+
+    /// Whether the `.history` file of `timeline` is present.
+    pub fn has_history(&self, timeline: TimelineId) -> bool {
+        self.dir
+            .join(WalFileName::History { timeline }.to_string_with(self.size))
+            .is_file()
+    }
+
+    /// Stores a timeline history file atomically and durably.
+    pub fn write_history(
+        &self,
+        timeline: TimelineId,
+        contents: &[u8],
+    ) -> Result<(), SegmentDirError> {
+        let name = WalFileName::History { timeline }.to_string_with(self.size);
+        durable::write_file_durably(&self.dir, &name, contents)
+            .map_err(|e| SegmentDirError::io("write history file", &self.dir.join(&name), e))
+    }
+
+    fn open_segment(
+        &self,
+        timeline: TimelineId,
+        segno: SegmentNo,
+    ) -> Result<OpenSegment, SegmentDirError> {
+        let final_name = WalFileName::Segment { timeline, segno }.to_string_with(self.size);
+        let partial_path = self.dir.join(format!("{final_name}.partial"));
+        let final_path = self.dir.join(&final_name);
+        let seg_bytes = self.size.bytes_u64();
+        let existing = match std::fs::metadata(&partial_path) {
+            Ok(m) => Some(m.len()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(SegmentDirError::io("stat", &partial_path, e)),
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&partial_path)
+            .map_err(|e| SegmentDirError::io("open", &partial_path, e))?;
+        if existing != Some(seg_bytes) {
+            // New, or a file a crash left mid-padding (no WAL is written before padding is
+            // complete and fsynced, so it holds none): pad it with real zeros so later writes
+            // never change the file size and a reader never sees a short segment.
+            pad_with_zeros(&file, seg_bytes)
+                .map_err(|e| SegmentDirError::io("pre-pad", &partial_path, e))?;
+            // The padding must be on disk before WAL goes in, so that fdatasync alone makes
+            // later writes durable.
+            file.sync_all()
+                .map_err(|e| SegmentDirError::io("fsync", &partial_path, e))?;
+            // Make the new directory entry durable: a crash must not lose the file that later
+            // holds acknowledged WAL.
+            durable::fsync_dir(&self.dir)
+                .map_err(|e| SegmentDirError::io("fsync directory", &self.dir, e))?;
+        }
+        Ok(OpenSegment {
+            file,
+            timeline,
+            segno,
+            partial_path,
+            final_path,
+            end: 0,
+            dirty: false,
+        })
+    }
+}
+
+fn pad_with_zeros(file: &File, len: u64) -> io::Result<()> {
+    const CHUNK: usize = 1 << 20;
+    let zeros = vec![0u8; CHUNK];
+    file.set_len(0)?;
+    let mut off = 0u64;
+    while off < len {
+        let n = (len - off).min(CHUNK as u64) as usize;
+        file.write_all_at(&zeros[..n], off)?;
+        off += n as u64;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
