@@ -3,4 +3,27 @@
 //! Bytes in, messages and bytes out: nothing here opens a socket or reads a clock, so every
 //! decoder can be unit-tested with byte vectors and fuzzed. Later this crate will also hold
 //! Klio's own framed client/server protocol.
+//!
+//! A replication connection goes: [`frontend::startup`] → [`Startup`] until
+//! [`StartupStatus::Ready`] → commands with [`frontend::query`] collected by [`SimpleQuery`] and
+//! parsed with the [`replication`] types → `START_REPLICATION` and
+//! [`replication::ReplicationMessage`]s in `CopyData`, answered with
+//! [`replication::StandbyStatusUpdate`]s.
 #![forbid(unsafe_code)]
+
+mod backend;
+mod error;
+pub mod frontend;
+mod query;
+pub mod replication;
+mod startup;
+
+pub use backend::{
+    BackendDecoder, BackendMessage, DEFAULT_MAX_MESSAGE_LEN, FieldDescription, SslResponse,
+};
+pub use error::{ProtocolError, ServerError};
+pub use query::{QueryResult, ResultSet, SimpleQuery};
+pub use startup::{AuthMethod, Startup, StartupStatus};
+
+#[cfg(test)]
+mod tests;

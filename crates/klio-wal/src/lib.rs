@@ -7,10 +7,15 @@
 
 mod file_name;
 mod lsn;
+pub mod page;
 mod segment;
+pub mod segment_dir;
+pub mod synth;
 mod timeline;
 
 pub use file_name::{ParseWalFileNameError, WalFileName, WalFileNameDisplay};
 pub use lsn::{Lsn, ParseLsnError};
+pub use page::{LongPageHeader, PageHeader, PageHeaderError, WalMagic};
 pub use segment::{InvalidSegmentSize, SegmentNo, SegmentPiece, SegmentSize, SegmentSplit};
+pub use synth::{SynthConfig, SynthConfigError, SynthStats, SyntheticSegment, SyntheticWal};
 pub use timeline::{InvalidTimeline, TimelineId};

@@ -59,7 +59,9 @@ impl From<Lsn> for u64 {
 
 /// Why a string is not an LSN.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid LSN {input:?}: expected two hexadecimal numbers of at most 8 digits separated by '/', like 0/16B3748")]
+#[error(
+    "invalid LSN {input:?}: expected two hexadecimal numbers of at most 8 digits separated by '/', like 0/16B3748"
+)]
 pub struct ParseLsnError {
     input: String,
 }
@@ -96,7 +98,18 @@ mod tests {
 
     #[test]
     fn parse_rejects_garbage() {
-        for bad in ["", "/", "0/", "/0", "0x1/0", "1/2/3", "123456789/0", "g/0", " 0/0", "0/-1"] {
+        for bad in [
+            "",
+            "/",
+            "0/",
+            "/0",
+            "0x1/0",
+            "1/2/3",
+            "123456789/0",
+            "g/0",
+            " 0/0",
+            "0/-1",
+        ] {
             assert!(bad.parse::<Lsn>().is_err(), "{bad:?} parsed");
         }
         assert_eq!("16/B374D848".parse::<Lsn>().unwrap(), Lsn(0x16_B374_D848));
