@@ -1,2 +1,18 @@
-//! Test harness for Klio's integration tests.
+//! Test harness for Klio's integration tests: real PostgreSQL 15 servers, no mocks.
+//!
+//! [`PgServer`] runs `initdb` and `postgres` as the `postgres` user (PostgreSQL refuses root) in a
+//! temporary directory on a free port, prints the server log when a test panics, and stops the
+//! server and removes its files on drop, even on panic. [`TestDir`] makes directories the
+//! `postgres` user can use, and [`run`] runs reference tools with their output attached to
+//! failures.
 #![forbid(unsafe_code)]
+
+mod command;
+mod pg;
+mod process;
+mod test_dir;
+
+pub use command::{Output, as_postgres, run, run_ok, wait_until};
+pub use pg::{Auth, PASSWORD, PgOptions, PgServer, pg_bin};
+pub use process::BackgroundProcess;
+pub use test_dir::TestDir;

@@ -1,0 +1,407 @@
+//! libpq-style connection settings: `key=value` strings, `postgresql://` URIs and `PG*`
+//! environment variables, resolved the way pg_receivewal resolves them.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Why connection settings are invalid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnStringError {
+    /// A syntax error in a `key=value` string or URI.
+    #[error("invalid connection string: {0}")]
+    Syntax(String),
+    /// A keyword libpq would not accept either.
+    #[error("invalid connection option {0:?}")]
+    UnknownOption(String),
+    /// A value out of range.
+    #[error("invalid value {value:?} for connection option {option}: {reason}")]
+    InvalidValue {
+        option: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    /// A feature libpq has that Klio does not implement.
+    #[error("connection option {0} is not supported by Klio yet")]
+    Unsupported(&'static str),
+}
+
+/// How TLS is negotiated with PostgreSQL (libpq's `sslmode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SslMode {
+    /// Never use TLS.
+    Disable,
+    /// Use TLS when the server offers it, without verifying the certificate (libpq's default).
+    Prefer,
+    /// Require TLS, without verifying the certificate.
+    Require,
+    /// Require TLS and a certificate signed by `sslrootcert`.
+    VerifyCa,
+    /// Like `VerifyCa`, and the certificate must name the host.
+    VerifyFull,
+}
+
+/// Where the server listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Host {
+    /// A host name or address, reached over TCP.
+    Tcp(String),
+    /// A Unix socket directory; the socket is `<dir>/.s.PGSQL.<port>`.
+    Socket(PathBuf),
+}
+
+/// Fully resolved settings for one connection.
+#[derive(Clone, Debug)]
+pub struct ConnConfig {
+    /// Where to connect.
+    pub host: Host,
+    /// TCP port, also part of the Unix socket name.
+    pub port: u16,
+    /// Role name.
+    pub user: String,
+    /// Password, if any.
+    pub password: Option<String>,
+    /// Database name (replication connections ignore it for physical replication).
+    pub dbname: Option<String>,
+    /// TLS negotiation.
+    pub sslmode: SslMode,
+    /// CA certificates (PEM) for `verify-ca` / `verify-full`.
+    pub sslrootcert: Option<PathBuf>,
+    /// `application_name`, shown in `pg_stat_replication`.
+    pub application_name: String,
+    /// Time allowed to establish the connection.
+    pub connect_timeout: Option<Duration>,
+}
+
+/// Raw settings before defaults are applied; later sources override earlier ones.
+#[derive(Clone, Debug, Default)]
+pub struct ConnParams {
+    values: BTreeMap<&'static str, String>,
+}
+
+const KEYS: &[&str] = &[
+    "host",
+    "port",
+    "user",
+    "password",
+    "dbname",
+    "sslmode",
+    "sslrootcert",
+    "application_name",
+    "connect_timeout",
+    "replication",
+    "fallback_application_name",
+];
+
+fn known_key(key: &str) -> Result<&'static str, ConnStringError> {
+    match key {
+        "sslcert" | "sslkey" | "sslpassword" => Err(ConnStringError::Unsupported("sslcert/sslkey")),
+        "service" => Err(ConnStringError::Unsupported("service")),
+        "hostaddr" => Err(ConnStringError::Unsupported("hostaddr (use host)")),
+        _ => KEYS
+            .iter()
+            .find(|k| **k == key)
+            .copied()
+            .ok_or_else(|| ConnStringError::UnknownOption(key.to_owned())),
+    }
+}
+
+impl ConnParams {
+    /// Parses a connection string: `key=value ...` or a `postgresql://` / `postgres://` URI.
+    pub fn parse(s: &str) -> Result<ConnParams, ConnStringError> {
+        let t = s.trim_start();
+        if t.starts_with("postgresql://") || t.starts_with("postgres://") {
+            parse_uri(t)
+        } else {
+            parse_key_values(s)
+        }
+    }
+
+    /// Sets one value (a flag overriding the connection string).
+    pub fn set(&mut self, key: &str, value: impl Into<String>) -> Result<(), ConnStringError> {
+        self.values.insert(known_key(key)?, value.into());
+        Ok(())
+    }
+
+    /// A value, if set.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.values.get(key).map(String::as_str)
+    }
+
+    /// Applies `PG*` environment variables (via `env`) and libpq's defaults.
+    pub fn resolve(&self, env: impl Fn(&str) -> Option<String>) -> Result<ConnConfig, ConnStringError> {
+        let pick = |key: &str, var: &str| -> Option<String> {
+            self.get(key)
+                .map(str::to_owned)
+                .or_else(|| env(var))
+                .filter(|v| !v.is_empty())
+        };
+        let port = match pick("port", "PGPORT") {
+            None => 5432,
+            Some(p) => p.parse::<u16>().ok().filter(|p| *p > 0).ok_or(
+                ConnStringError::InvalidValue {
+                    option: "port",
+                    value: p.clone(),
+                    reason: "must be a number from 1 to 65535",
+                },
+            )?,
+        };
+        let host = match pick("host", "PGHOST") {
+            Some(h) if h.contains(',') => {
+                return Err(ConnStringError::Unsupported("multiple hosts"));
+            }
+            Some(h) if h.starts_with('/') => Host::Socket(PathBuf::from(h)),
+            Some(h) => Host::Tcp(h),
+            None => {
+                let debian = PathBuf::from("/var/run/postgresql");
+                if debian.is_dir() {
+                    Host::Socket(debian)
+                } else {
+                    Host::Socket(PathBuf::from("/tmp"))
+                }
+            }
+        };
+        let user = pick("user", "PGUSER")
+            .or_else(|| env("USER"))
+            .unwrap_or_else(|| "postgres".to_owned());
+        let sslmode = match pick("sslmode", "PGSSLMODE").as_deref() {
+            None | Some("prefer") | Some("allow") => {
+                if matches!(host, Host::Socket(_)) {
+                    SslMode::Disable
+                } else {
+                    SslMode::Prefer
+                }
+            }
+            Some("disable") => SslMode::Disable,
+            Some("require") => SslMode::Require,
+            Some("verify-ca") => SslMode::VerifyCa,
+            Some("verify-full") => SslMode::VerifyFull,
+            Some(other) => {
+                return Err(ConnStringError::InvalidValue {
+                    option: "sslmode",
+                    value: other.to_owned(),
+                    reason: "expected disable, allow, prefer, require, verify-ca or verify-full",
+                });
+            }
+        };
+        let connect_timeout = match pick("connect_timeout", "PGCONNECT_TIMEOUT") {
+            None => None,
+            Some(v) => match v.parse::<u64>() {
+                Ok(0) => None,
+                Ok(s) => Some(Duration::from_secs(s.max(2))),
+                Err(_) => {
+                    return Err(ConnStringError::InvalidValue {
+                        option: "connect_timeout",
+                        value: v,
+                        reason: "must be a whole number of seconds",
+                    });
+                }
+            },
+        };
+        Ok(ConnConfig {
+            host,
+            port,
+            user,
+            password: pick("password", "PGPASSWORD"),
+            dbname: pick("dbname", "PGDATABASE"),
+            sslmode,
+            sslrootcert: pick("sslrootcert", "PGSSLROOTCERT").map(PathBuf::from),
+            application_name: pick("application_name", "PGAPPNAME")
+                .or_else(|| self.get("fallback_application_name").map(str::to_owned))
+                .unwrap_or_else(|| "klio".to_owned()),
+            connect_timeout,
+        })
+    }
+}
+
+fn parse_key_values(s: &str) -> Result<ConnParams, ConnStringError> {
+    let mut params = ConnParams::default();
+    let mut chars = s.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            return Ok(params);
+        }
+        let mut key = String::new();
+        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
+            key.push(c);
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.next() != Some('=') {
+            return Err(ConnStringError::Syntax(format!(
+                "missing \"=\" after {key:?}"
+            )));
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut value = String::new();
+        if chars.next_if_eq(&'\'').is_some() {
+            loop {
+                match chars.next() {
+                    None => {
+                        return Err(ConnStringError::Syntax(
+                            "unterminated quoted string".to_owned(),
+                        ));
+                    }
+                    Some('\'') => break,
+                    Some('\\') => match chars.next() {
+                        Some(c) => value.push(c),
+                        None => {
+                            return Err(ConnStringError::Syntax(
+                                "unterminated quoted string".to_owned(),
+                            ));
+                        }
+                    },
+                    Some(c) => value.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                if c == '\\' {
+                    if let Some(n) = chars.next() {
+                        value.push(n);
+                    }
+                } else {
+                    value.push(c);
+                }
+            }
+        }
+        params.set(&key, value)?;
+    }
+}
+
+fn percent_decode(s: &str) -> Result<String, ConnStringError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| ConnStringError::Syntax(format!("invalid percent-encoding in {s:?}")))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| ConnStringError::Syntax(format!("invalid UTF-8 in {s:?}")))
+}
+
+fn parse_uri(s: &str) -> Result<ConnParams, ConnStringError> {
+    let mut params = ConnParams::default();
+    let rest = s
+        .split_once("://")
+        .map(|(_, r)| r)
+        .unwrap_or_default();
+    let (main, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (authority, path) = main.split_once('/').unwrap_or((main, ""));
+    let hostport = match authority.rsplit_once('@') {
+        Some((userinfo, hp)) => {
+            let (user, pass) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+            if !user.is_empty() {
+                params.set("user", percent_decode(user)?)?;
+            }
+            if !pass.is_empty() {
+                params.set("password", percent_decode(pass)?)?;
+            }
+            hp
+        }
+        None => authority,
+    };
+    if !hostport.is_empty() {
+        let (host, port) = if let Some(h) = hostport.strip_prefix('[') {
+            let (h, after) = h
+                .split_once(']')
+                .ok_or_else(|| ConnStringError::Syntax("unterminated [ in host".to_owned()))?;
+            (h, after.strip_prefix(':'))
+        } else {
+            match hostport.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (hostport, None),
+            }
+        };
+        if !host.is_empty() {
+            params.set("host", percent_decode(host)?)?;
+        }
+        if let Some(p) = port.filter(|p| !p.is_empty()) {
+            params.set("port", p)?;
+        }
+    }
+    if !path.is_empty() {
+        params.set("dbname", percent_decode(path)?)?;
+    }
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| ConnStringError::Syntax(format!("missing \"=\" in {pair:?}")))?;
+        params.set(&percent_decode(k)?, percent_decode(v)?)?;
+    }
+    Ok(params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn key_values_with_quotes() {
+        let p = ConnParams::parse(r"host=db.example port = 6543 password='a b\'c' user=klio").unwrap();
+        let c = p.resolve(no_env).unwrap();
+        assert_eq!(c.host, Host::Tcp("db.example".into()));
+        assert_eq!(c.port, 6543);
+        assert_eq!(c.password.as_deref(), Some("a b'c"));
+        assert_eq!(c.user, "klio");
+        assert_eq!(c.sslmode, SslMode::Prefer);
+        assert_eq!(c.application_name, "klio");
+    }
+
+    #[test]
+    fn uri_form() {
+        let p = ConnParams::parse("postgresql://u%40x:p%3Aw@[::1]:5433/db?sslmode=require&application_name=x").unwrap();
+        let c = p.resolve(no_env).unwrap();
+        assert_eq!(c.user, "u@x");
+        assert_eq!(c.password.as_deref(), Some("p:w"));
+        assert_eq!(c.host, Host::Tcp("::1".into()));
+        assert_eq!(c.port, 5433);
+        assert_eq!(c.dbname.as_deref(), Some("db"));
+        assert_eq!(c.sslmode, SslMode::Require);
+        assert_eq!(c.application_name, "x");
+    }
+
+    #[test]
+    fn environment_fills_gaps_and_flags_win() {
+        let mut p = ConnParams::parse("port=1").unwrap();
+        p.set("port", "2").unwrap();
+        let env = |k: &str| match k {
+            "PGHOST" => Some("/run/pg".to_owned()),
+            "PGPORT" => Some("3".to_owned()),
+            "PGPASSWORD" => Some("secret".to_owned()),
+            _ => None,
+        };
+        let c = p.resolve(env).unwrap();
+        assert_eq!(c.port, 2);
+        assert_eq!(c.host, Host::Socket("/run/pg".into()));
+        assert_eq!(c.password.as_deref(), Some("secret"));
+        assert_eq!(c.sslmode, SslMode::Disable, "no TLS over Unix sockets");
+    }
+
+    #[test]
+    fn errors_are_specific() {
+        assert!(matches!(ConnParams::parse("bogus=1"), Err(ConnStringError::UnknownOption(_))));
+        assert!(matches!(ConnParams::parse("host"), Err(ConnStringError::Syntax(_))));
+        assert!(matches!(ConnParams::parse("password='x"), Err(ConnStringError::Syntax(_))));
+        let bad_port = ConnParams::parse("port=70000").unwrap().resolve(no_env);
+        assert!(matches!(bad_port, Err(ConnStringError::InvalidValue { option: "port", .. })));
+        let bad_mode = ConnParams::parse("sslmode=always").unwrap().resolve(no_env);
+        assert!(matches!(bad_mode, Err(ConnStringError::InvalidValue { option: "sslmode", .. })));
+    }
+}

@@ -1,0 +1,387 @@
+//! An async PostgreSQL replication connection over TCP, TLS or a Unix socket.
+//!
+//! All protocol knowledge lives in `klio-proto`; this type only moves bytes between a socket
+//! and those codecs, and offers the replication commands as typed methods.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use klio_proto::replication::{
+    self, CreateSlotResult, EndOfTimeline, IdentifySystem, ReadReplicationSlot,
+    ReplicationMessage, StandbyStatusUpdate, TimelineHistory,
+};
+use klio_proto::{BackendDecoder, BackendMessage, QueryResult, SimpleQuery, Startup, StartupStatus};
+use klio_wal::{Lsn, SegmentSize, TimelineId};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::conn_string::{ConnConfig, Host, SslMode};
+use crate::error::ConnectionError;
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// What arrives while streaming in CopyBoth mode.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CopyEvent {
+    /// WAL data or a keepalive.
+    Message(ReplicationMessage),
+    /// The server ended the stream (end of timeline or shutdown); call
+    /// [`ReplicationConnection::finish_copy`].
+    End,
+}
+
+/// A replication connection (`replication=true`) to a PostgreSQL server.
+pub struct ReplicationConnection {
+    io: Box<dyn Io>,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    decoder: BackendDecoder,
+    parameters: Vec<(String, String)>,
+    target: String,
+}
+
+impl std::fmt::Debug for ReplicationConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicationConnection")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReplicationConnection {
+    /// Connects, negotiates TLS as `sslmode` says, and authenticates.
+    pub async fn connect(cfg: &ConnConfig) -> Result<Self, ConnectionError> {
+        let target = match &cfg.host {
+            Host::Tcp(h) => format!("{h}:{}", cfg.port),
+            Host::Socket(d) => format!("{}/.s.PGSQL.{}", d.display(), cfg.port),
+        };
+        let fut = Self::connect_inner(cfg, target.clone());
+        match cfg.connect_timeout {
+            Some(t) => tokio::time::timeout(t, fut)
+                .await
+                .map_err(|_| ConnectionError::Timeout { target })?,
+            None => fut.await,
+        }
+    }
+
+    async fn connect_inner(cfg: &ConnConfig, target: String) -> Result<Self, ConnectionError> {
+        let connect_err = |source| ConnectionError::Connect {
+            target: target.clone(),
+            source,
+        };
+        let io: Box<dyn Io> = match &cfg.host {
+            Host::Socket(_) => Box::new(UnixStream::connect(&target).await.map_err(connect_err)?),
+            Host::Tcp(h) => {
+                let mut tcp = TcpStream::connect((h.as_str(), cfg.port))
+                    .await
+                    .map_err(connect_err)?;
+                tcp.set_nodelay(true)?;
+                match crate::tls::client_config(cfg.sslmode, cfg.sslrootcert.as_deref())? {
+                    None => Box::new(tcp),
+                    Some(tls) => {
+                        let mut req = BytesMut::new();
+                        klio_proto::frontend::ssl_request(&mut req);
+                        tcp.write_all(&req).await?;
+                        let mut answer = [0u8; 1];
+                        tcp.read_exact(&mut answer).await?;
+                        match answer[0] {
+                            b'S' => {
+                                let name = rustls::pki_types::ServerName::try_from(h.clone())
+                                    .map_err(|e| ConnectionError::Tls(format!("invalid server name {h:?}: {e}")))?;
+                                let stream = tokio_rustls::TlsConnector::from(tls)
+                                    .connect(name, tcp)
+                                    .await
+                                    .map_err(|e| ConnectionError::Tls(format!("handshake with {target} failed: {e}")))?;
+                                Box::new(stream)
+                            }
+                            b'N' if cfg.sslmode == SslMode::Prefer => Box::new(tcp),
+                            b'N' => return Err(ConnectionError::TlsNotOffered { target }),
+                            other => {
+                                return Err(ConnectionError::Tls(format!(
+                                    "unexpected answer {other:#04x} to the TLS request from {target}"
+                                )));
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        let mut conn = ReplicationConnection {
+            io,
+            rbuf: BytesMut::with_capacity(256 * 1024),
+            wbuf: BytesMut::new(),
+            decoder: BackendDecoder::new(),
+            parameters: Vec::new(),
+            target,
+        };
+        conn.startup(cfg).await?;
+        Ok(conn)
+    }
+
+    async fn startup(&mut self, cfg: &ConnConfig) -> Result<(), ConnectionError> {
+        let mut params = vec![
+            ("user", cfg.user.as_str()),
+            ("replication", "true"),
+            ("application_name", cfg.application_name.as_str()),
+            ("client_encoding", "UTF8"),
+        ];
+        if let Some(db) = &cfg.dbname {
+            params.push(("database", db.as_str()));
+        }
+        klio_proto::frontend::startup(&params, &mut self.wbuf)?;
+        self.flush_writes().await?;
+        let mut startup = Startup::new(&cfg.user, cfg.password.clone().map(String::into_bytes));
+        loop {
+            let msg = self.read_message().await?;
+            let status = startup.handle(msg, &mut self.wbuf)?;
+            self.flush_writes().await?;
+            if let StartupStatus::Ready { parameters, .. } = status {
+                self.parameters = parameters;
+                return Ok(());
+            }
+        }
+    }
+
+    /// Where this connection goes, for messages.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// A server parameter reported at startup (`server_version`, ...).
+    pub fn parameter(&self, name: &str) -> Option<&str> {
+        self.parameters
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The server's major version from `server_version`, e.g. 15.
+    pub fn server_major_version(&self) -> Option<u32> {
+        self.parameter("server_version")
+            .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|m| m.parse().ok())
+    }
+
+    async fn flush_writes(&mut self) -> Result<(), ConnectionError> {
+        if !self.wbuf.is_empty() {
+            self.io.write_all(&self.wbuf).await?;
+            self.io.flush().await?;
+            self.wbuf.clear();
+        }
+        Ok(())
+    }
+
+    /// Reads one backend message. Cancel-safe: bytes read before a cancellation stay buffered.
+    async fn read_message(&mut self) -> Result<BackendMessage, ConnectionError> {
+        loop {
+            if let Some(m) = self.decoder.decode(&mut self.rbuf)? {
+                return Ok(m);
+            }
+            if self.io.read_buf(&mut self.rbuf).await? == 0 {
+                return Err(ConnectionError::Closed);
+            }
+        }
+    }
+
+    /// Whether a complete message is already buffered (so reading it will not wait).
+    fn message_buffered(&self) -> bool {
+        self.rbuf.len() >= 5
+            && self.rbuf.len() >= 1 + u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]) as usize
+    }
+
+    /// Runs one command with the simple query protocol and collects its results.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<QueryResult, ConnectionError> {
+        klio_proto::frontend::query(sql, &mut self.wbuf)?;
+        self.flush_writes().await?;
+        let mut q = SimpleQuery::new();
+        loop {
+            let msg = self.read_message().await?;
+            if let Some(result) = q.handle(msg)? {
+                return Ok(result);
+            }
+        }
+    }
+
+    /// `IDENTIFY_SYSTEM`.
+    pub async fn identify_system(&mut self) -> Result<IdentifySystem, ConnectionError> {
+        let r = self.simple_query("IDENTIFY_SYSTEM").await?;
+        Ok(IdentifySystem::from_result(r.single("IDENTIFY_SYSTEM")?)?)
+    }
+
+    /// `SHOW name`.
+    pub async fn show(&mut self, name: &str) -> Result<String, ConnectionError> {
+        let r = self.simple_query(&format!("SHOW {name}")).await?;
+        Ok(replication::show_value(r.single("SHOW")?)?)
+    }
+
+    /// The server's `wal_segment_size`.
+    pub async fn wal_segment_size(&mut self) -> Result<SegmentSize, ConnectionError> {
+        let text = self.show("wal_segment_size").await?;
+        let bytes = replication::parse_size_setting(&text)?;
+        SegmentSize::new(bytes).map_err(|e| ConnectionError::UnexpectedResult {
+            command: "SHOW wal_segment_size".to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// `READ_REPLICATION_SLOT` (PostgreSQL 15+): the slot's restart position, if it exists.
+    pub async fn read_replication_slot(
+        &mut self,
+        slot: &str,
+    ) -> Result<ReadReplicationSlot, ConnectionError> {
+        let r = self
+            .simple_query(&replication::read_replication_slot_command(slot))
+            .await?;
+        Ok(ReadReplicationSlot::from_result(r.single("READ_REPLICATION_SLOT")?)?)
+    }
+
+    /// `CREATE_REPLICATION_SLOT ... PHYSICAL RESERVE_WAL`.
+    pub async fn create_physical_slot(
+        &mut self,
+        slot: &str,
+    ) -> Result<CreateSlotResult, ConnectionError> {
+        let r = self
+            .simple_query(&replication::create_physical_slot_command(slot, false))
+            .await?;
+        Ok(CreateSlotResult::from_result(r.single("CREATE_REPLICATION_SLOT")?)?)
+    }
+
+    /// `TIMELINE_HISTORY tli`: the `.history` file of a timeline.
+    pub async fn timeline_history(
+        &mut self,
+        timeline: TimelineId,
+    ) -> Result<TimelineHistory, ConnectionError> {
+        let r = self
+            .simple_query(&replication::timeline_history_command(timeline))
+            .await?;
+        Ok(TimelineHistory::from_result(r.single("TIMELINE_HISTORY")?)?)
+    }
+
+    /// `START_REPLICATION [SLOT s] PHYSICAL lsn TIMELINE tli`; on success the connection is in
+    /// CopyBoth mode: use [`Self::recv_copy`], [`Self::send_status`], [`Self::finish_copy`].
+    pub async fn start_replication(
+        &mut self,
+        slot: Option<&str>,
+        start: Lsn,
+        timeline: TimelineId,
+    ) -> Result<(), ConnectionError> {
+        let sql = replication::start_replication_command(slot, start, timeline);
+        klio_proto::frontend::query(&sql, &mut self.wbuf)?;
+        self.flush_writes().await?;
+        let mut q = SimpleQuery::new();
+        loop {
+            match self.read_message().await? {
+                BackendMessage::CopyBothResponse { .. } => return Ok(()),
+                BackendMessage::NoticeResponse(n) => {
+                    tracing::info!(server = %self.target, "{n}");
+                }
+                other => {
+                    // An error: let the query state machine consume it up to ReadyForQuery so
+                    // the connection stays usable, then report the server's error.
+                    if let Some(r) = q.handle(other)? {
+                        return Err(ConnectionError::UnexpectedResult {
+                            command: sql,
+                            reason: format!("server answered with {} result sets instead of starting to stream", r.sets.len()),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next message of the stream. Cancel-safe.
+    pub async fn recv_copy(&mut self) -> Result<CopyEvent, ConnectionError> {
+        loop {
+            match self.read_message().await? {
+                BackendMessage::CopyData(payload) => {
+                    return Ok(CopyEvent::Message(ReplicationMessage::decode(payload)?));
+                }
+                BackendMessage::CopyDone => return Ok(CopyEvent::End),
+                BackendMessage::NoticeResponse(n) => {
+                    tracing::info!(server = %self.target, "{n}");
+                }
+                BackendMessage::ErrorResponse(e) => {
+                    return Err(klio_proto::ProtocolError::Server(Box::new(e)).into());
+                }
+                other => {
+                    return Err(klio_proto::ProtocolError::UnexpectedMessage {
+                        expected: "CopyData or CopyDone",
+                        got: other.tag(),
+                    }
+                    .into());
+                }
+            }
+        }
+    }
+
+    /// Like [`Self::recv_copy`] but returns `None` at once if no whole message is buffered.
+    pub fn try_recv_buffered(&mut self) -> Option<Result<CopyEvent, ConnectionError>> {
+        if !self.message_buffered() {
+            return None;
+        }
+        let msg = match self.decoder.decode(&mut self.rbuf) {
+            Ok(Some(m)) => m,
+            Ok(None) => return None,
+            Err(e) => return Some(Err(e.into())),
+        };
+        Some(match msg {
+            BackendMessage::CopyData(payload) => ReplicationMessage::decode(payload)
+                .map(CopyEvent::Message)
+                .map_err(Into::into),
+            BackendMessage::CopyDone => Ok(CopyEvent::End),
+            BackendMessage::ErrorResponse(e) => Err(klio_proto::ProtocolError::Server(Box::new(e)).into()),
+            BackendMessage::NoticeResponse(n) => {
+                tracing::info!(server = %self.target, "{n}");
+                return self.try_recv_buffered();
+            }
+            other => Err(klio_proto::ProtocolError::UnexpectedMessage {
+                expected: "CopyData or CopyDone",
+                got: other.tag(),
+            }
+            .into()),
+        })
+    }
+
+    /// Sends a standby status update.
+    pub async fn send_status(&mut self, status: &StandbyStatusUpdate) -> Result<(), ConnectionError> {
+        status.encode_copy_data(&mut self.wbuf);
+        self.flush_writes().await
+    }
+
+    /// After [`CopyEvent::End`]: answers with CopyDone and reads the rest of the command's
+    /// results. Returns where the next timeline starts when the timeline ended, `None` when the
+    /// server simply stopped streaming.
+    pub async fn finish_copy(&mut self) -> Result<Option<EndOfTimeline>, ConnectionError> {
+        klio_proto::frontend::copy_done(&mut self.wbuf);
+        self.flush_writes().await?;
+        let mut q = SimpleQuery::new();
+        loop {
+            let msg = match self.read_message().await? {
+                // Stream data still in flight when we answered is irrelevant now.
+                BackendMessage::CopyData(_) => continue,
+                m => m,
+            };
+            if let Some(r) = q.handle(msg)? {
+                let end = r
+                    .sets
+                    .iter()
+                    .find(|s| !s.columns.is_empty())
+                    .map(EndOfTimeline::from_result)
+                    .transpose()?;
+                return Ok(end);
+            }
+        }
+    }
+
+    /// Ends the session politely (Terminate) with a bounded wait.
+    pub async fn close(mut self) {
+        klio_proto::frontend::terminate(&mut self.wbuf);
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let _ = self.flush_writes().await;
+            let _ = self.io.shutdown().await;
+        })
+        .await;
+    }
+}

@@ -1,0 +1,65 @@
+//! Errors of the PostgreSQL replication connection.
+
+use std::io;
+
+use klio_proto::ProtocolError;
+
+/// A replication connection failed or misbehaved.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectionError {
+    /// Connection settings are invalid.
+    #[error(transparent)]
+    Settings(#[from] crate::conn_string::ConnStringError),
+    /// The server could not be reached.
+    #[error("could not connect to {target}: {source}; is PostgreSQL running and accepting connections there?")]
+    Connect {
+        /// Host and port, or socket path.
+        target: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The connection was not established in time.
+    #[error("timed out connecting to {target}")]
+    Timeout {
+        /// Host and port, or socket path.
+        target: String,
+    },
+    /// TLS could not be set up.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// TLS is required but the server does not offer it.
+    #[error("server at {target} does not support TLS, but sslmode requires it: enable ssl in postgresql.conf or use sslmode=prefer")]
+    TlsNotOffered {
+        /// Host and port.
+        target: String,
+    },
+    /// Reading or writing the established connection failed.
+    #[error("connection to the server lost: {0}")]
+    Io(#[from] io::Error),
+    /// The server closed the connection.
+    #[error("server closed the connection unexpectedly")]
+    Closed,
+    /// The server or the byte stream broke the protocol, or the server reported an error.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// A command returned something other than what it should.
+    #[error("unexpected result for {command}: {reason}")]
+    UnexpectedResult {
+        /// The command sent.
+        command: String,
+        /// What was wrong with the answer.
+        reason: String,
+    },
+}
+
+impl ConnectionError {
+    /// The server's own error, when the server reported one (SQLSTATE and message).
+    pub fn server_error(&self) -> Option<&klio_proto::ServerError> {
+        match self {
+            ConnectionError::Protocol(ProtocolError::Server(e)) => Some(e),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! Argument definitions and dispatch to the library functions.
+
+pub(crate) mod logging;
+mod receive_wal;
+mod restore_wal;
+mod signals;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Klio keeps the WAL archive of PostgreSQL clusters: it streams WAL in real time, stores it
+/// durably, and serves it back for recovery.
+#[derive(Debug, Parser)]
+#[command(name = "klio", version, propagate_version = true, max_term_width = 100)]
+pub(crate) struct Cli {
+    /// More log output (-v: debug, -vv: trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub(crate) verbose: u8,
+    /// Only warnings and errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub(crate) quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Stream WAL from PostgreSQL into a local directory, as pg_receivewal does.
+    ReceiveWal(receive_wal::Args),
+    /// restore_command for a directory written by receive-wal: copy %f to %p.
+    RestoreWal(restore_wal::Args),
+}
+
+pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::ReceiveWal(a) => receive_wal::run(a),
+        Command::RestoreWal(a) => restore_wal::run(a),
+    }
+}

@@ -1,0 +1,109 @@
+//! `klio receive-wal`: flags as pg_receivewal's.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use klio_client::receive::{ReceiveOptions, create_slot, receive_wal};
+use klio_client::{ConnParams, shutdown_channel};
+
+/// Stream WAL from a PostgreSQL server into a directory, byte for byte as pg_receivewal.
+///
+/// Segments are written as <name>.partial, pre-padded with zeros, and renamed when complete.
+/// Streaming resumes from the newest file in the directory, else from the slot's restart
+/// position, else from the server's current position. Connection settings follow libpq:
+/// -d takes a connection string or URI, and PGHOST, PGPORT, PGUSER, PGPASSWORD, PGSSLMODE and
+/// friends are honoured.
+#[derive(Debug, clap::Args)]
+#[command(disable_help_flag = true)]
+pub(crate) struct Args {
+    /// Print help (-h is --host, as in pg_receivewal).
+    #[arg(short = '?', long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
+    /// Receive WAL files into this directory.
+    #[arg(short = 'D', long, value_name = "DIR", required_unless_present = "create_slot")]
+    directory: Option<PathBuf>,
+    /// Replication slot to use (physical).
+    #[arg(short = 'S', long, value_name = "SLOTNAME")]
+    slot: Option<String>,
+    /// Connection string or URI (libpq syntax).
+    #[arg(short = 'd', long, value_name = "CONNSTR")]
+    dbname: Option<String>,
+    /// Database server host or socket directory.
+    #[arg(short = 'h', long, value_name = "HOSTNAME")]
+    host: Option<String>,
+    /// Database server port.
+    #[arg(short = 'p', long, value_name = "PORT")]
+    port: Option<u16>,
+    /// Connect as this role.
+    #[arg(short = 'U', long, value_name = "NAME")]
+    username: Option<String>,
+    /// fsync WAL as soon as it is received and report it flushed, so the receiver can be a
+    /// synchronous standby (synchronous_standby_names = 'klio').
+    #[arg(long)]
+    synchronous: bool,
+    /// Exit on the first connection loss instead of reconnecting.
+    #[arg(short = 'n', long)]
+    no_loop: bool,
+    /// Create the replication slot named by --slot, then exit.
+    #[arg(long, requires = "slot")]
+    create_slot: bool,
+    /// With --create-slot: succeed if the slot already exists.
+    #[arg(long, requires = "create_slot")]
+    if_not_exists: bool,
+    /// Seconds between status updates sent to the server (0 disables periodic updates).
+    #[arg(short = 's', long, value_name = "SECS", default_value_t = 10)]
+    status_interval: u64,
+    /// Seconds to wait before reconnecting after a connection loss.
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    reconnect_delay: u64,
+}
+
+pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let mut params = match &a.dbname {
+        Some(s) => ConnParams::parse(s).context("in --dbname")?,
+        None => ConnParams::default(),
+    };
+    if let Some(h) = &a.host {
+        params.set("host", h.clone())?;
+    }
+    if let Some(p) = a.port {
+        params.set("port", p.to_string())?;
+    }
+    if let Some(u) = &a.username {
+        params.set("user", u.clone())?;
+    }
+    let conn = params.resolve(|k| std::env::var(k).ok())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("could not start the async runtime")?;
+    runtime.block_on(async move {
+        if a.create_slot {
+            let slot = a.slot.as_deref().unwrap_or_default();
+            if create_slot(&conn, slot, a.if_not_exists).await? {
+                tracing::info!(slot, "created replication slot");
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        let directory = a.directory.context("--directory is required")?;
+        let opts = ReceiveOptions {
+            conn,
+            directory,
+            slot: a.slot,
+            synchronous: a.synchronous,
+            no_loop: a.no_loop,
+            status_interval: Duration::from_secs(a.status_interval),
+            reconnect_delay: Duration::from_secs(a.reconnect_delay.max(1)),
+        };
+        let (trigger, shutdown) = shutdown_channel();
+        tokio::spawn(async move {
+            super::signals::wait_for_stop_signal().await;
+            tracing::info!("received stop signal, finishing");
+            trigger.trigger();
+        });
+        receive_wal(&opts, shutdown).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
