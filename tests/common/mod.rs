@@ -106,3 +106,17 @@ pub fn shell_as_postgres(script: &str) -> Command {
     c.args(["-c", script]);
     c
 }
+
+/// Asserts two pg_dumpall outputs are identical, printing a diff when not.
+pub fn assert_same_dump(work: &TestDir, before: &str, after: &str) {
+    if before == after {
+        return;
+    }
+    let a = work.path().join("dump-before.sql");
+    let b = work.path().join("dump-after.sql");
+    std::fs::write(&a, before).expect("write dump");
+    std::fs::write(&b, after).expect("write dump");
+    let diff = klio_testkit::run(Command::new("diff").arg("-u").arg(&a).arg(&b));
+    let head: String = diff.stdout.lines().take(60).collect::<Vec<_>>().join("\n");
+    panic!("pg_dumpall differs after recovery:\n{head}");
+}

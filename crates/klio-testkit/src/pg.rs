@@ -280,7 +280,8 @@ impl PgServer {
         run_ok(
             as_postgres(pg_bin("pg_dumpall"))
                 .args(["-h", &self.socket_dir(), "-p", &self.port.to_string()])
-                .args(["-U", "postgres"]),
+                // A fixed key: by default every dump carries a random \restrict key.
+                .args(["-U", "postgres", "--restrict-key=klio"]),
         )
         .stdout
     }
