@@ -6,7 +6,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use klio_testkit::{BackgroundProcess, PgOptions, PgServer, TestDir, as_postgres, pg_bin, run_ok, wait_until};
+use klio_testkit::{
+    BackgroundProcess, PgOptions, PgServer, TestDir, as_postgres, pg_bin, run_ok, wait_until,
+};
 
 #[test]
 fn recovers_every_committed_row_after_kill_9() {
@@ -18,11 +20,23 @@ fn recovers_every_committed_row_after_kill_9() {
     let exe = klio_exe(&work);
     let archive = work.subdir("archive");
     create_slot(&primary, "klio");
-    let mut klio = start_klio(&exe, &primary, &archive, "klio", &[], &work.path().join("klio.log"));
-    wait_until("klio to be the synchronous standby", Duration::from_secs(60), || {
-        let s = primary.psql("SELECT sync_state FROM pg_stat_replication WHERE application_name = 'klio'");
-        (s == "sync").then_some(())
-    });
+    let mut klio = start_klio(
+        &exe,
+        &primary,
+        &archive,
+        "klio",
+        &[],
+        &work.path().join("klio.log"),
+    );
+    wait_until(
+        "klio to be the synchronous standby",
+        Duration::from_secs(60),
+        || {
+            let s = primary
+                .psql("SELECT sync_state FROM pg_stat_replication WHERE application_name = 'klio'");
+            (s == "sync").then_some(())
+        },
+    );
 
     let backup = work.path().join("backup");
     run_ok(
@@ -30,7 +44,14 @@ fn recovers_every_committed_row_after_kill_9() {
             .arg("-D")
             .arg(&backup)
             .args(["--wal-method=none", "-c", "fast", "--no-sync"])
-            .args(["-h", &primary.socket_dir(), "-p", &primary.port().to_string(), "-U", "postgres"]),
+            .args([
+                "-h",
+                &primary.socket_dir(),
+                "-p",
+                &primary.port().to_string(),
+                "-U",
+                "postgres",
+            ]),
     );
 
     // A loop committing timestamps; an id is logged only after its commit returned. Ids come
@@ -49,14 +70,22 @@ fn recovers_every_committed_row_after_kill_9() {
         port = primary.port(),
         ids = ids.display(),
     );
-    let mut ticker = BackgroundProcess::spawn("tick loop", &mut shell_as_postgres(&script), &work.path().join("ticker.log"));
+    let mut ticker = BackgroundProcess::spawn(
+        "tick loop",
+        &mut shell_as_postgres(&script),
+        &work.path().join("ticker.log"),
+    );
 
     pgbench(&primary, &["-i", "-s", "5", "-q"]);
     pgbench(&primary, &["-T", "10", "-c", "4", "-j", "2"]);
     primary.psql("CREATE TABLE bulk AS SELECT g, md5(g::text) FROM generate_series(1, 200000) g");
 
     std::fs::write(&stop, b"").expect("create stop file");
-    assert_eq!(ticker.wait(Duration::from_secs(60)), Some(0), "tick loop failed");
+    assert_eq!(
+        ticker.wait(Duration::from_secs(60)),
+        Some(0),
+        "tick loop failed"
+    );
     let committed = std::fs::read_to_string(&ids).expect("read committed ids");
     let last_id: i64 = committed
         .lines()
@@ -83,7 +112,11 @@ fn recovers_every_committed_row_after_kill_9() {
         .open(data.join("postgresql.conf"))
         .expect("open postgresql.conf");
     std::io::Write::write_all(&mut f, conf.as_bytes()).expect("write postgresql.conf");
-    run_ok(std::process::Command::new("chown").args(["-R", "postgres:postgres"]).arg(&data));
+    run_ok(
+        std::process::Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&data),
+    );
 
     primary.restart();
     wait_until("recovery to finish", Duration::from_secs(300), || {
@@ -92,7 +125,10 @@ fn recovers_every_committed_row_after_kill_9() {
     });
     let after = primary.dumpall();
     assert_same_dump(&work, &before, &after);
-    assert_eq!(primary.psql("SELECT max(id) FROM ticks"), last_id.to_string());
+    assert_eq!(
+        primary.psql("SELECT max(id) FROM ticks"),
+        last_id.to_string()
+    );
     assert!(
         primary.log().contains("restored log file"),
         "recovery used the archive"

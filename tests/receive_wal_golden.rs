@@ -27,7 +27,14 @@ fn byte_identical_to_pg_receivewal_through_a_timeline_switch() {
     let exe = klio_exe(&work);
     let klio_dir = work.subdir("klio-archive");
     let pgrw_dir = work.subdir("pg_receivewal");
-    let mut klio = start_klio(&exe, &standby, &klio_dir, "klio", &[], &work.path().join("klio.log"));
+    let mut klio = start_klio(
+        &exe,
+        &standby,
+        &klio_dir,
+        "klio",
+        &[],
+        &work.path().join("klio.log"),
+    );
     let mut pgrw = start_pg_receivewal(&standby, &pgrw_dir, "pgrw", &work.path().join("pgrw.log"));
 
     // Timeline 1: load on the primary, replayed by the standby, streamed by both receivers.
@@ -64,14 +71,23 @@ fn byte_identical_to_pg_receivewal_through_a_timeline_switch() {
 
     let ours = digests(&klio_dir);
     let theirs = digests(&pgrw_dir);
-    assert!(ours.contains_key("00000002.history"), "history file: {ours:?}");
+    assert!(
+        ours.contains_key("00000002.history"),
+        "history file: {ours:?}"
+    );
     let complete = |m: &std::collections::BTreeMap<String, String>, tli: &str| {
         m.keys()
             .filter(|k| k.len() == 24 && k.starts_with(tli))
             .count()
     };
-    assert!(complete(&ours, "00000001") >= 3, "segments on timeline 1: {ours:?}");
-    assert!(complete(&ours, "00000002") >= 2, "segments on timeline 2: {ours:?}");
+    assert!(
+        complete(&ours, "00000001") >= 3,
+        "segments on timeline 1: {ours:?}"
+    );
+    assert!(
+        complete(&ours, "00000002") >= 2,
+        "segments on timeline 2: {ours:?}"
+    );
     // Same file names, and every completed segment and history file byte-identical.
     assert_eq!(
         ours.keys().collect::<Vec<_>>(),
@@ -80,7 +96,11 @@ fn byte_identical_to_pg_receivewal_through_a_timeline_switch() {
     );
     for (name, digest) in &ours {
         if !name.ends_with(".partial") {
-            assert_eq!(Some(digest), theirs.get(name), "{name} differs from pg_receivewal's");
+            assert_eq!(
+                Some(digest),
+                theirs.get(name),
+                "{name} differs from pg_receivewal's"
+            );
         }
     }
     // The .partial files agree up to the flushed position: both were stopped only after
@@ -91,10 +111,11 @@ fn byte_identical_to_pg_receivewal_through_a_timeline_switch() {
         let a = std::fs::read(klio_dir.join(name)).expect("read klio partial");
         let b = std::fs::read(pgrw_dir.join(name)).expect("read pg_receivewal partial");
         assert_eq!(a.len(), b.len(), "{name}: sizes differ");
-        let seg = klio_wal::WalFileName::parse(name, klio_wal::SegmentSize::new(size).expect("size"))
-            .expect("partial name")
-            .segno()
-            .expect("segment");
+        let seg =
+            klio_wal::WalFileName::parse(name, klio_wal::SegmentSize::new(size).expect("size"))
+                .expect("partial name")
+                .segno()
+                .expect("segment");
         let upto = if seg.0 == target.0 / size {
             (target.0 % size) as usize
         } else {

@@ -22,7 +22,12 @@ pub(crate) struct Args {
     #[arg(short = '?', long, action = clap::ArgAction::Help)]
     help: Option<bool>,
     /// Receive WAL files into this directory.
-    #[arg(short = 'D', long, value_name = "DIR", required_unless_present = "create_slot")]
+    #[arg(
+        short = 'D',
+        long,
+        value_name = "DIR",
+        required_unless_present = "create_slot"
+    )]
     directory: Option<PathBuf>,
     /// Replication slot to use (physical).
     #[arg(short = 'S', long, value_name = "SLOTNAME")]

@@ -131,23 +131,27 @@ impl ConnParams {
     }
 
     /// Applies `PG*` environment variables (via `env`) and libpq's defaults.
-    pub fn resolve(&self, env: impl Fn(&str) -> Option<String>) -> Result<ConnConfig, ConnStringError> {
+    pub fn resolve(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<ConnConfig, ConnStringError> {
         let pick = |key: &str, var: &str| -> Option<String> {
             self.get(key)
                 .map(str::to_owned)
                 .or_else(|| env(var))
                 .filter(|v| !v.is_empty())
         };
-        let port = match pick("port", "PGPORT") {
-            None => 5432,
-            Some(p) => p.parse::<u16>().ok().filter(|p| *p > 0).ok_or(
-                ConnStringError::InvalidValue {
-                    option: "port",
-                    value: p.clone(),
-                    reason: "must be a number from 1 to 65535",
-                },
-            )?,
-        };
+        let port =
+            match pick("port", "PGPORT") {
+                None => 5432,
+                Some(p) => p.parse::<u16>().ok().filter(|p| *p > 0).ok_or(
+                    ConnStringError::InvalidValue {
+                        option: "port",
+                        value: p.clone(),
+                        reason: "must be a number from 1 to 65535",
+                    },
+                )?,
+            };
         let host = match pick("host", "PGHOST") {
             Some(h) if h.contains(',') => {
                 return Err(ConnStringError::Unsupported("multiple hosts"));
@@ -281,7 +285,9 @@ fn percent_decode(s: &str) -> Result<String, ConnStringError> {
                 .get(i + 1..i + 3)
                 .and_then(|h| std::str::from_utf8(h).ok())
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| ConnStringError::Syntax(format!("invalid percent-encoding in {s:?}")))?;
+                .ok_or_else(|| {
+                    ConnStringError::Syntax(format!("invalid percent-encoding in {s:?}"))
+                })?;
             out.push(hex);
             i += 3;
         } else {
@@ -294,10 +300,7 @@ fn percent_decode(s: &str) -> Result<String, ConnStringError> {
 
 fn parse_uri(s: &str) -> Result<ConnParams, ConnStringError> {
     let mut params = ConnParams::default();
-    let rest = s
-        .split_once("://")
-        .map(|(_, r)| r)
-        .unwrap_or_default();
+    let rest = s.split_once("://").map(|(_, r)| r).unwrap_or_default();
     let (main, query) = rest.split_once('?').unwrap_or((rest, ""));
     let (authority, path) = main.split_once('/').unwrap_or((main, ""));
     let hostport = match authority.rsplit_once('@') {
@@ -354,7 +357,8 @@ mod tests {
 
     #[test]
     fn key_values_with_quotes() {
-        let p = ConnParams::parse(r"host=db.example port = 6543 password='a b\'c' user=klio").unwrap();
+        let p =
+            ConnParams::parse(r"host=db.example port = 6543 password='a b\'c' user=klio").unwrap();
         let c = p.resolve(no_env).unwrap();
         assert_eq!(c.host, Host::Tcp("db.example".into()));
         assert_eq!(c.port, 6543);
@@ -366,7 +370,10 @@ mod tests {
 
     #[test]
     fn uri_form() {
-        let p = ConnParams::parse("postgresql://u%40x:p%3Aw@[::1]:5433/db?sslmode=require&application_name=x").unwrap();
+        let p = ConnParams::parse(
+            "postgresql://u%40x:p%3Aw@[::1]:5433/db?sslmode=require&application_name=x",
+        )
+        .unwrap();
         let c = p.resolve(no_env).unwrap();
         assert_eq!(c.user, "u@x");
         assert_eq!(c.password.as_deref(), Some("p:w"));
@@ -396,12 +403,30 @@ mod tests {
 
     #[test]
     fn errors_are_specific() {
-        assert!(matches!(ConnParams::parse("bogus=1"), Err(ConnStringError::UnknownOption(_))));
-        assert!(matches!(ConnParams::parse("host"), Err(ConnStringError::Syntax(_))));
-        assert!(matches!(ConnParams::parse("password='x"), Err(ConnStringError::Syntax(_))));
+        assert!(matches!(
+            ConnParams::parse("bogus=1"),
+            Err(ConnStringError::UnknownOption(_))
+        ));
+        assert!(matches!(
+            ConnParams::parse("host"),
+            Err(ConnStringError::Syntax(_))
+        ));
+        assert!(matches!(
+            ConnParams::parse("password='x"),
+            Err(ConnStringError::Syntax(_))
+        ));
         let bad_port = ConnParams::parse("port=70000").unwrap().resolve(no_env);
-        assert!(matches!(bad_port, Err(ConnStringError::InvalidValue { option: "port", .. })));
+        assert!(matches!(
+            bad_port,
+            Err(ConnStringError::InvalidValue { option: "port", .. })
+        ));
         let bad_mode = ConnParams::parse("sslmode=always").unwrap().resolve(no_env);
-        assert!(matches!(bad_mode, Err(ConnStringError::InvalidValue { option: "sslmode", .. })));
+        assert!(matches!(
+            bad_mode,
+            Err(ConnStringError::InvalidValue {
+                option: "sslmode",
+                ..
+            })
+        ));
     }
 }

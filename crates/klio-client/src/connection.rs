@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use klio_proto::replication::{
-    self, CreateSlotResult, EndOfTimeline, IdentifySystem, ReadReplicationSlot,
-    ReplicationMessage, StandbyStatusUpdate, TimelineHistory,
+    self, CreateSlotResult, EndOfTimeline, IdentifySystem, ReadReplicationSlot, ReplicationMessage,
+    StandbyStatusUpdate, TimelineHistory,
 };
-use klio_proto::{BackendDecoder, BackendMessage, QueryResult, SimpleQuery, Startup, StartupStatus};
+use klio_proto::{
+    BackendDecoder, BackendMessage, QueryResult, SimpleQuery, Startup, StartupStatus,
+};
 use klio_wal::{Lsn, SegmentSize, TimelineId};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
@@ -89,11 +91,19 @@ impl ReplicationConnection {
                         match answer[0] {
                             b'S' => {
                                 let name = rustls::pki_types::ServerName::try_from(h.clone())
-                                    .map_err(|e| ConnectionError::Tls(format!("invalid server name {h:?}: {e}")))?;
+                                    .map_err(|e| {
+                                        ConnectionError::Tls(format!(
+                                            "invalid server name {h:?}: {e}"
+                                        ))
+                                    })?;
                                 let stream = tokio_rustls::TlsConnector::from(tls)
                                     .connect(name, tcp)
                                     .await
-                                    .map_err(|e| ConnectionError::Tls(format!("handshake with {target} failed: {e}")))?;
+                                    .map_err(|e| {
+                                        ConnectionError::Tls(format!(
+                                            "handshake with {target} failed: {e}"
+                                        ))
+                                    })?;
                                 Box::new(stream)
                             }
                             b'N' if cfg.sslmode == SslMode::Prefer => Box::new(tcp),
@@ -188,7 +198,9 @@ impl ReplicationConnection {
     /// Whether a complete message is already buffered (so reading it will not wait).
     fn message_buffered(&self) -> bool {
         self.rbuf.len() >= 5
-            && self.rbuf.len() >= 1 + u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]) as usize
+            && self.rbuf.len()
+                >= 1 + u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]])
+                    as usize
     }
 
     /// Runs one command with the simple query protocol and collects its results.
@@ -234,7 +246,9 @@ impl ReplicationConnection {
         let r = self
             .simple_query(&replication::read_replication_slot_command(slot))
             .await?;
-        Ok(ReadReplicationSlot::from_result(r.single("READ_REPLICATION_SLOT")?)?)
+        Ok(ReadReplicationSlot::from_result(
+            r.single("READ_REPLICATION_SLOT")?,
+        )?)
     }
 
     /// `CREATE_REPLICATION_SLOT ... PHYSICAL RESERVE_WAL`.
@@ -245,7 +259,9 @@ impl ReplicationConnection {
         let r = self
             .simple_query(&replication::create_physical_slot_command(slot, false))
             .await?;
-        Ok(CreateSlotResult::from_result(r.single("CREATE_REPLICATION_SLOT")?)?)
+        Ok(CreateSlotResult::from_result(
+            r.single("CREATE_REPLICATION_SLOT")?,
+        )?)
     }
 
     /// `TIMELINE_HISTORY tli`: the `.history` file of a timeline.
@@ -283,7 +299,10 @@ impl ReplicationConnection {
                     if let Some(r) = q.handle(other)? {
                         return Err(ConnectionError::UnexpectedResult {
                             command: sql,
-                            reason: format!("server answered with {} result sets instead of starting to stream", r.sets.len()),
+                            reason: format!(
+                                "server answered with {} result sets instead of starting to stream",
+                                r.sets.len()
+                            ),
                         });
                     }
                 }
@@ -331,7 +350,9 @@ impl ReplicationConnection {
                 .map(CopyEvent::Message)
                 .map_err(Into::into),
             BackendMessage::CopyDone => Ok(CopyEvent::End),
-            BackendMessage::ErrorResponse(e) => Err(klio_proto::ProtocolError::Server(Box::new(e)).into()),
+            BackendMessage::ErrorResponse(e) => {
+                Err(klio_proto::ProtocolError::Server(Box::new(e)).into())
+            }
             BackendMessage::NoticeResponse(n) => {
                 tracing::info!(server = %self.target, "{n}");
                 return self.try_recv_buffered();
@@ -345,7 +366,10 @@ impl ReplicationConnection {
     }
 
     /// Sends a standby status update.
-    pub async fn send_status(&mut self, status: &StandbyStatusUpdate) -> Result<(), ConnectionError> {
+    pub async fn send_status(
+        &mut self,
+        status: &StandbyStatusUpdate,
+    ) -> Result<(), ConnectionError> {
         status.encode_copy_data(&mut self.wbuf);
         self.flush_writes().await
     }

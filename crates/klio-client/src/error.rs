@@ -12,7 +12,9 @@ pub enum ConnectionError {
     #[error(transparent)]
     Settings(#[from] crate::conn_string::ConnStringError),
     /// The server could not be reached.
-    #[error("could not connect to {target}: {source}; is PostgreSQL running and accepting connections there?")]
+    #[error(
+        "could not connect to {target}: {source}; is PostgreSQL running and accepting connections there?"
+    )]
     Connect {
         /// Host and port, or socket path.
         target: String,
@@ -30,7 +32,9 @@ pub enum ConnectionError {
     #[error("TLS: {0}")]
     Tls(String),
     /// TLS is required but the server does not offer it.
-    #[error("server at {target} does not support TLS, but sslmode requires it: enable ssl in postgresql.conf or use sslmode=prefer")]
+    #[error(
+        "server at {target} does not support TLS, but sslmode requires it: enable ssl in postgresql.conf or use sslmode=prefer"
+    )]
     TlsNotOffered {
         /// Host and port.
         target: String,

@@ -117,7 +117,11 @@ mod tests {
         let archive = tempfile::tempdir().unwrap();
         let out = tempfile::tempdir().unwrap();
         std::fs::write(archive.path().join("000000010000000000000001"), b"one").unwrap();
-        std::fs::write(archive.path().join("000000010000000000000002.partial"), b"two").unwrap();
+        std::fs::write(
+            archive.path().join("000000010000000000000002.partial"),
+            b"two",
+        )
+        .unwrap();
         std::fs::write(archive.path().join("00000002.history"), b"hist").unwrap();
         let dest = out.path().join("RECOVERYXLOG");
 
@@ -132,7 +136,8 @@ mod tests {
         restore_from_directory(archive.path(), "00000002.history", &dest).unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), b"hist");
 
-        let e = restore_from_directory(archive.path(), "000000010000000000000003", &dest).unwrap_err();
+        let e =
+            restore_from_directory(archive.path(), "000000010000000000000003", &dest).unwrap_err();
         assert!(e.is_not_found());
         let e = restore_from_directory(archive.path(), "00000003.history", &dest).unwrap_err();
         assert!(e.is_not_found());

@@ -43,7 +43,9 @@ pub(crate) fn client_config(
             let mut roots = RootCertStore::empty();
             let certs = CertificateDer::pem_file_iter(path)
                 .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| ConnectionError::Tls(format!("cannot read sslrootcert {}: {e}", path.display())))?;
+                .map_err(|e| {
+                    ConnectionError::Tls(format!("cannot read sslrootcert {}: {e}", path.display()))
+                })?;
             if certs.is_empty() {
                 return Err(ConnectionError::Tls(format!(
                     "sslrootcert {} holds no PEM certificate",
@@ -51,9 +53,9 @@ pub(crate) fn client_config(
                 )));
             }
             for c in certs {
-                roots
-                    .add(c)
-                    .map_err(|e| ConnectionError::Tls(format!("bad certificate in {}: {e}", path.display())))?;
+                roots.add(c).map_err(|e| {
+                    ConnectionError::Tls(format!("bad certificate in {}: {e}", path.display()))
+                })?;
             }
             let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
                 .build()
@@ -129,10 +131,13 @@ impl ServerCertVerifier for IgnoreHostName {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        match self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
             Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
             | Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::NotValidForNameContext { .. },

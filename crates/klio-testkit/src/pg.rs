@@ -99,7 +99,11 @@ impl PgServer {
         );
         std::fs::write(data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
         let mut conf = String::new();
-        let enc = if opts.auth == Auth::Md5 { "md5" } else { "scram-sha-256" };
+        let enc = if opts.auth == Auth::Md5 {
+            "md5"
+        } else {
+            "scram-sha-256"
+        };
         for line in [
             "wal_level = replica",
             "max_wal_senders = 10",
@@ -165,22 +169,27 @@ impl PgServer {
     }
 
     fn start_existing(&mut self) {
+        // A restart keeps its port, so that clients reconnect to the same address.
+        let mut port = if self.port == 0 {
+            free_port()
+        } else {
+            self.port
+        };
         for _ in 0..5 {
-            self.port = free_port();
+            self.port = port;
+            port = free_port();
             let log = self.log_path();
             let sock = self.socket_dir();
-            let out = run(
-                as_postgres(pg_bin("pg_ctl"))
-                    .arg("-D")
-                    .arg(self.data_dir())
-                    .arg("-l")
-                    .arg(&log)
-                    .args(["-w", "-t", "120", "start", "-o"])
-                    .arg(format!(
-                        "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={sock}",
-                        self.port
-                    )),
-            );
+            let out = run(as_postgres(pg_bin("pg_ctl"))
+                .arg("-D")
+                .arg(self.data_dir())
+                .arg("-l")
+                .arg(&log)
+                .args(["-w", "-t", "120", "start", "-o"])
+                .arg(format!(
+                    "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={sock}",
+                    self.port
+                )));
             if out.success() {
                 self.stopped = false;
                 return;
@@ -197,7 +206,8 @@ impl PgServer {
         panic!("could not find a free port for PostgreSQL");
     }
 
-    /// Starts the server again after [`PgServer::stop`] or [`PgServer::kill9`].
+    /// Starts the server again after [`PgServer::stop`] or [`PgServer::kill9`], on the same
+    /// port when it is still free.
     pub fn restart(&mut self) {
         if !self.stopped {
             self.stop();
@@ -308,7 +318,10 @@ impl PgServer {
 
     /// A libpq connection string over TCP.
     pub fn tcp_connstr(&self) -> String {
-        format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port)
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            self.port
+        )
     }
 
     /// A libpq connection string over the Unix socket.

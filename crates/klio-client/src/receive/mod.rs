@@ -69,7 +69,9 @@ pub enum ReceiveError {
         kind: String,
     },
     /// The server is older than PostgreSQL 15.
-    #[error("server version {0} is not supported: Klio needs PostgreSQL 15 or newer (READ_REPLICATION_SLOT)")]
+    #[error(
+        "server version {0} is not supported: Klio needs PostgreSQL 15 or newer (READ_REPLICATION_SLOT)"
+    )]
     ServerTooOld(String),
     /// The directory's newest timeline is unknown to the server.
     #[error("starting timeline {ours} is not present in the server (its timeline is {server})")]
@@ -137,9 +139,9 @@ pub async fn receive_wal(
         }
         let err = match result {
             Ok(stream::Outcome::Shutdown) => return Ok(StopReason::Shutdown),
-            Ok(stream::Outcome::ServerStopped) => ReceiveError::Disconnected(
-                "the server ended the replication stream".to_owned(),
-            ),
+            Ok(stream::Outcome::ServerStopped) => {
+                ReceiveError::Disconnected("the server ended the replication stream".to_owned())
+            }
             Err(e) => e,
         };
         if shutdown.is_triggered() {

@@ -31,7 +31,10 @@ pub(super) async fn stream_once(
         c = ReplicationConnection::connect(&opts.conn) => c?,
         _ = shutdown.wait() => return Ok(Outcome::Shutdown),
     };
-    let version = conn.parameter("server_version").unwrap_or("unknown").to_owned();
+    let version = conn
+        .parameter("server_version")
+        .unwrap_or("unknown")
+        .to_owned();
     if conn.server_major_version().is_none_or(|v| v < 15) {
         return Err(ReceiveError::ServerTooOld(version));
     }
@@ -73,7 +76,8 @@ pub(super) async fn stream_once(
             CopyOutcome::Shutdown => {
                 dir.close()?;
                 let flushed = dir.flushed().unwrap_or(start);
-                let _ = send_status(&mut conn, dir.written().unwrap_or(start), flushed, false).await;
+                let _ =
+                    send_status(&mut conn, dir.written().unwrap_or(start), flushed, false).await;
                 conn.close().await;
                 tracing::info!("stopped streaming at {flushed} (fsynced)");
                 return Ok(Outcome::Shutdown);
@@ -172,14 +176,20 @@ async fn copy_loop(
                         )));
                     }
                     for name in dir.write(timeline, x.wal_start, &x.data)? {
-                        tracing::debug!("completed segment {}", name.to_string_with(dir.segment_size()));
+                        tracing::debug!(
+                            "completed segment {}",
+                            name.to_string_with(dir.segment_size())
+                        );
                     }
                 }
                 CopyEvent::Message(ReplicationMessage::PrimaryKeepalive {
-                    reply_requested, ..
+                    reply_requested,
+                    ..
                 }) => reply_now |= reply_requested,
                 CopyEvent::Message(other) => {
-                    return Err(ReceiveError::Stream(format!("unexpected message {other:?}")));
+                    return Err(ReceiveError::Stream(format!(
+                        "unexpected message {other:?}"
+                    )));
                 }
             }
             // Take every message already buffered before fsyncing: one fsync covers them all.
