@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use common::*;
 use klio_testkit::{
-    BackgroundProcess, PgOptions, PgServer, TestDir, as_postgres, pg_bin, run_ok, wait_until,
+    BackgroundProcess, PgOptions, PgServer, TestDir, as_postgres, assert_same_dump, pg_bin, run_ok,
+    start_klio_receive_wal, wait_until,
 };
 
 #[test]
@@ -19,8 +20,8 @@ fn recovers_every_committed_row_after_kill_9() {
     let work = TestDir::new("crash");
     let exe = klio_exe(&work);
     let archive = work.subdir("archive");
-    create_slot(&primary, "klio");
-    let mut klio = start_klio(
+    primary.create_slot("klio");
+    let mut klio = start_klio_receive_wal(
         &exe,
         &primary,
         &archive,
@@ -76,8 +77,8 @@ fn recovers_every_committed_row_after_kill_9() {
         &work.path().join("ticker.log"),
     );
 
-    pgbench(&primary, &["-i", "-s", "5", "-q"]);
-    pgbench(&primary, &["-T", "10", "-c", "4", "-j", "2"]);
+    primary.pgbench(&["-i", "-s", "5", "-q"]);
+    primary.pgbench(&["-T", "10", "-c", "4", "-j", "2"]);
     primary.psql("CREATE TABLE bulk AS SELECT g, md5(g::text) FROM generate_series(1, 200000) g");
 
     std::fs::write(&stop, b"").expect("create stop file");
@@ -124,7 +125,7 @@ fn recovers_every_committed_row_after_kill_9() {
         (r.success() && r.stdout.trim() == "f").then_some(())
     });
     let after = primary.dumpall();
-    assert_same_dump(&work, &before, &after);
+    assert_same_dump(work.path(), &before, &after);
     assert_eq!(
         primary.psql("SELECT max(id) FROM ticks"),
         last_id.to_string()

@@ -6,7 +6,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use klio_testkit::{PgOptions, PgServer, TestDir, wait_until};
+use klio_testkit::{
+    PgOptions, PgServer, TestDir, digests, start_klio_receive_wal, start_pg_receivewal, wait_until,
+};
 
 #[test]
 fn byte_identical_to_pg_receivewal_through_a_timeline_switch() {
@@ -15,19 +17,19 @@ fn byte_identical_to_pg_receivewal_through_a_timeline_switch() {
         ..PgOptions::default()
     };
     let primary = PgServer::start(opts);
-    pgbench(&primary, &["-i", "-s", "2", "-q"]);
+    primary.pgbench(&["-i", "-s", "2", "-q"]);
     // The receivers stream from a standby that is later promoted: that is where a timeline
     // switch happens under a streaming client.
     let standby = PgServer::standby_of(&primary);
     standby.set_conf("synchronous_standby_names = 'klio'");
-    create_slot(&standby, "klio");
-    create_slot(&standby, "pgrw");
+    standby.create_slot("klio");
+    standby.create_slot("pgrw");
 
     let work = TestDir::new("golden");
     let exe = klio_exe(&work);
     let klio_dir = work.subdir("klio-archive");
     let pgrw_dir = work.subdir("pg_receivewal");
-    let mut klio = start_klio(
+    let mut klio = start_klio_receive_wal(
         &exe,
         &standby,
         &klio_dir,
@@ -38,7 +40,7 @@ fn byte_identical_to_pg_receivewal_through_a_timeline_switch() {
     let mut pgrw = start_pg_receivewal(&standby, &pgrw_dir, "pgrw", &work.path().join("pgrw.log"));
 
     // Timeline 1: load on the primary, replayed by the standby, streamed by both receivers.
-    pgbench(&primary, &["-T", "8", "-c", "4", "-j", "2"]);
+    primary.pgbench(&["-T", "8", "-c", "4", "-j", "2"]);
     primary.switch_wal();
     primary.psql("CREATE TABLE t1 AS SELECT g FROM generate_series(1, 10000) g");
     let target = primary.current_lsn();
@@ -46,18 +48,18 @@ fn byte_identical_to_pg_receivewal_through_a_timeline_switch() {
         let ok = standby.psql(&format!("SELECT pg_last_wal_replay_lsn() >= '{target}'"));
         (ok == "t").then_some(())
     });
-    wait_for_flush(&standby, "klio", &target);
-    wait_for_flush(&standby, "pg_receivewal", &target);
+    standby.wait_for_flush("klio", &target);
+    standby.wait_for_flush("pg_receivewal", &target);
 
     // Timeline 2: promote the standby; both receivers must follow without help.
     standby.promote();
-    pgbench(&standby, &["-T", "8", "-c", "4", "-j", "2"]);
+    standby.pgbench(&["-T", "8", "-c", "4", "-j", "2"]);
     standby.psql("CREATE TABLE t2 AS SELECT g FROM generate_series(1, 10000) g");
     standby.switch_wal();
     standby.psql("INSERT INTO t2 VALUES (0)");
     let target = standby.current_lsn();
-    wait_for_flush(&standby, "klio", &target);
-    wait_for_flush(&standby, "pg_receivewal", &target);
+    standby.wait_for_flush("klio", &target);
+    standby.wait_for_flush("pg_receivewal", &target);
 
     // pg_stat_replication shows klio with meaningful positions.
     let row = standby.psql(

@@ -195,14 +195,6 @@ impl ReplicationConnection {
         }
     }
 
-    /// Whether a complete message is already buffered (so reading it will not wait).
-    fn message_buffered(&self) -> bool {
-        self.rbuf.len() >= 5
-            && self.rbuf.len()
-                >= 1 + u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]])
-                    as usize
-    }
-
     /// Runs one command with the simple query protocol and collects its results.
     pub async fn simple_query(&mut self, sql: &str) -> Result<QueryResult, ConnectionError> {
         klio_proto::frontend::query(sql, &mut self.wbuf)?;
@@ -337,9 +329,6 @@ impl ReplicationConnection {
 
     /// Like [`Self::recv_copy`] but returns `None` at once if no whole message is buffered.
     pub fn try_recv_buffered(&mut self) -> Option<Result<CopyEvent, ConnectionError>> {
-        if !self.message_buffered() {
-            return None;
-        }
         let msg = match self.decoder.decode(&mut self.rbuf) {
             Ok(Some(m)) => m,
             Ok(None) => return None,

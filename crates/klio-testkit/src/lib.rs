@@ -8,11 +8,15 @@
 #![forbid(unsafe_code)]
 
 mod command;
+mod files;
 mod pg;
 mod process;
+mod receivers;
 mod test_dir;
 
 pub use command::{Output, as_postgres, run, run_ok, wait_until};
+pub use files::{assert_same_dump, digests};
 pub use pg::{Auth, PASSWORD, PgOptions, PgServer, pg_bin};
 pub use process::BackgroundProcess;
+pub use receivers::{start_klio_receive_wal, start_pg_receivewal};
 pub use test_dir::TestDir;

@@ -354,6 +354,39 @@ impl PgServer {
         self.psql("SELECT pg_current_wal_lsn()")
     }
 
+    /// Creates a physical replication slot that reserves WAL at once.
+    pub fn create_slot(&self, slot: &str) {
+        self.psql(&format!(
+            "SELECT pg_create_physical_replication_slot('{slot}', true)"
+        ));
+    }
+
+    /// Waits until the client with `application_name` reports `flush_lsn >= target`.
+    pub fn wait_for_flush(&self, application_name: &str, target: &str) {
+        wait_until(
+            &format!("{application_name} to flush up to {target}"),
+            Duration::from_secs(180),
+            || {
+                let ok = self.psql(&format!(
+                    "SELECT coalesce(bool_or(flush_lsn >= '{target}'::pg_lsn), false) \
+                     FROM pg_stat_replication WHERE application_name = '{application_name}'"
+                ));
+                (ok == "t").then_some(())
+            },
+        );
+    }
+
+    /// Runs pgbench against the `postgres` database.
+    pub fn pgbench(&self, args: &[&str]) {
+        run_ok(
+            as_postgres(pg_bin("pgbench"))
+                .args(["-h", &self.socket_dir(), "-p", &self.port.to_string()])
+                .args(["-U", "postgres"])
+                .args(args)
+                .arg("postgres"),
+        );
+    }
+
     /// `pg_switch_wal()`, to complete the current segment.
     pub fn switch_wal(&self) -> String {
         self.psql("SELECT pg_switch_wal()")
