@@ -71,11 +71,20 @@ fn synthetic_wal(c: &mut Criterion) {
         b.iter(|| {
             let mut cfg = SynthConfig::new(SegmentSize::new(1 << 20).expect("1 MiB"));
             cfg.segments = 1;
-            SyntheticWal::new(cfg).expect("config").next_segment().expect("a segment")
+            SyntheticWal::new(cfg)
+                .expect("config")
+                .next_segment()
+                .expect("a segment")
         })
     });
     g.finish();
 }
 
-criterion_group!(benches, decode_xlogdata, split_segments, segment_dir_write, synthetic_wal);
+criterion_group!(
+    benches,
+    decode_xlogdata,
+    split_segments,
+    segment_dir_write,
+    synthetic_wal
+);
 criterion_main!(benches);

@@ -32,18 +32,37 @@ fn main() {
         conf: vec!["synchronous_standby_names = 'klio'".to_owned()],
         ..PgOptions::default()
     });
-    println!("    data directory {}, port {}", pg.data_dir().display(), pg.port());
+    println!(
+        "    data directory {}, port {}",
+        pg.data_dir().display(),
+        pg.port()
+    );
 
     let work = TestDir::new("demo");
     let exe = work.install_exe(&klio);
     let archive = work.subdir("archive");
-    step(&format!("Streaming WAL with `klio receive-wal --synchronous` into {}", archive.display()));
+    step(&format!(
+        "Streaming WAL with `klio receive-wal --synchronous` into {}",
+        archive.display()
+    ));
     pg.create_slot("klio");
-    let mut receiver = start_klio_receive_wal(&exe, &pg, &archive, "klio", &[], &work.path().join("klio.log"));
-    wait_until("klio to become the synchronous standby", Duration::from_secs(60), || {
-        let s = pg.psql("SELECT sync_state FROM pg_stat_replication WHERE application_name = 'klio'");
-        (s == "sync").then_some(())
-    });
+    let mut receiver = start_klio_receive_wal(
+        &exe,
+        &pg,
+        &archive,
+        "klio",
+        &[],
+        &work.path().join("klio.log"),
+    );
+    wait_until(
+        "klio to become the synchronous standby",
+        Duration::from_secs(60),
+        || {
+            let s = pg
+                .psql("SELECT sync_state FROM pg_stat_replication WHERE application_name = 'klio'");
+            (s == "sync").then_some(())
+        },
+    );
 
     step("Taking a base backup (pg_basebackup --wal-method=none: WAL comes from Klio)");
     let backup = work.path().join("base-backup");
@@ -52,7 +71,14 @@ fn main() {
             .arg("-D")
             .arg(&backup)
             .args(["--wal-method=none", "-c", "fast"])
-            .args(["-h", &pg.socket_dir(), "-p", &pg.port().to_string(), "-U", "postgres"]),
+            .args([
+                "-h",
+                &pg.socket_dir(),
+                "-p",
+                &pg.port().to_string(),
+                "-U",
+                "postgres",
+            ]),
     );
 
     step("Running pgbench for 5 seconds; every commit waits until Klio has fsynced its WAL");
@@ -95,7 +121,11 @@ fn main() {
         .open(data.join("postgresql.conf"))
         .expect("postgresql.conf");
     std::io::Write::write_all(&mut f, format!("\n{conf}\n").as_bytes()).expect("write conf");
-    run_ok(std::process::Command::new("chown").args(["-R", "postgres:postgres"]).arg(&data));
+    run_ok(
+        std::process::Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&data),
+    );
     pg.restart();
     wait_until("recovery to finish", Duration::from_secs(300), || {
         let r = pg.try_psql("SELECT pg_is_in_recovery()");
@@ -109,5 +139,7 @@ fn main() {
     println!("    sum(abalance) before crash {accounts}, after recovery {accounts_after}");
     assert_eq!(marker, "the last committed row");
     assert_eq!(accounts, accounts_after);
-    println!("\nDemo passed: nothing committed was lost. Everything was temporary and is removed now.");
+    println!(
+        "\nDemo passed: nothing committed was lost. Everything was temporary and is removed now."
+    );
 }
