@@ -24,14 +24,6 @@ impl ShutdownTrigger {
 }
 
 impl Shutdown {
-    /// A signal that never fires.
-    pub fn never() -> Shutdown {
-        let (tx, rx) = watch::channel(false);
-        // Keep the sender alive forever so `wait` does not return on a closed channel.
-        std::mem::forget(tx);
-        Shutdown(rx)
-    }
-
     /// Whether stopping was requested.
     pub fn is_triggered(&self) -> bool {
         *self.0.borrow()

@@ -1,4 +1,8 @@
 //! One connection's worth of streaming: start position, timelines, the CopyBoth loop.
+//!
+//! Segment writes and fsyncs are blocking calls made from the async task on purpose: a
+//! receiver is one stream, like pg_receivewal, and while an fsync runs there is nothing else
+//! useful to do — WAL not yet fsynced must not be acknowledged anyway.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
