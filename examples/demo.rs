@@ -6,11 +6,8 @@
 //! `cargo run --example demo -- target/debug/klio`.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
-use klio_testkit::{
-    PgOptions, PgServer, TestDir, as_postgres, pg_bin, run_ok, start_klio_receive_wal, wait_until,
-};
+use klio_testkit::{PgOptions, PgServer, TestDir, start_klio_receive_wal};
 
 fn step(text: &str) {
     println!("\n==> {text}");
@@ -54,32 +51,11 @@ fn main() {
         &[],
         &work.path().join("klio.log"),
     );
-    wait_until(
-        "klio to become the synchronous standby",
-        Duration::from_secs(60),
-        || {
-            let s = pg
-                .psql("SELECT sync_state FROM pg_stat_replication WHERE application_name = 'klio'");
-            (s == "sync").then_some(())
-        },
-    );
+    pg.wait_for_sync_standby("klio");
 
     step("Taking a base backup (pg_basebackup --wal-method=none: WAL comes from Klio)");
     let backup = work.path().join("base-backup");
-    run_ok(
-        as_postgres(pg_bin("pg_basebackup"))
-            .arg("-D")
-            .arg(&backup)
-            .args(["--wal-method=none", "-c", "fast"])
-            .args([
-                "-h",
-                &pg.socket_dir(),
-                "-p",
-                &pg.port().to_string(),
-                "-U",
-                "postgres",
-            ]),
-    );
+    pg.base_backup_without_wal(&backup);
 
     step("Running pgbench for 5 seconds; every commit waits until Klio has fsynced its WAL");
     pg.pgbench(&["-i", "-s", "2", "-q"]);
@@ -96,11 +72,9 @@ fn main() {
     );
     let accounts = pg.psql("SELECT sum(abalance) FROM pgbench_accounts");
 
-    step("Crashing PostgreSQL with kill -9 and deleting its data directory");
+    step("Crashing PostgreSQL with kill -9");
     pg.kill9();
     receiver.stop();
-    let data = pg.data_dir();
-    std::fs::remove_dir_all(&data).expect("delete PGDATA");
     let mut files: Vec<String> = std::fs::read_dir(&archive)
         .expect("archive")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
@@ -108,29 +82,17 @@ fn main() {
     files.sort();
     println!("    Klio's archive: {}", files.join(" "));
 
-    step("Restoring the base backup; restore_command = 'klio restore-wal %f %p -D <archive>'");
-    run_ok(as_postgres("cp").arg("-a").arg(&backup).arg(&data));
-    std::fs::write(data.join("recovery.signal"), b"").expect("recovery.signal");
-    let conf = format!(
-        "synchronous_standby_names = ''\nrestore_command = '{} restore-wal %f %p -D {}'",
-        exe.display(),
-        archive.display()
+    step(
+        "Replacing its data directory with the base backup; restore_command = 'klio restore-wal %f %p -D <archive>'",
     );
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(data.join("postgresql.conf"))
-        .expect("postgresql.conf");
-    std::io::Write::write_all(&mut f, format!("\n{conf}\n").as_bytes()).expect("write conf");
-    run_ok(
-        std::process::Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(&data),
+    pg.recover_from_backup(
+        &backup,
+        &format!(
+            "{} restore-wal %f %p -D {}",
+            exe.display(),
+            archive.display()
+        ),
     );
-    pg.restart();
-    wait_until("recovery to finish", Duration::from_secs(300), || {
-        let r = pg.try_psql("SELECT pg_is_in_recovery()");
-        (r.success() && r.stdout.trim() == "f").then_some(())
-    });
 
     step("Checking the recovered cluster");
     let marker = pg.psql("SELECT note FROM demo_marker");

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use klio_testkit::{
-    BackgroundProcess, PgOptions, PgServer, TestDir, as_postgres, assert_same_dump, pg_bin, run_ok,
-    start_klio_receive_wal, wait_until,
+    BackgroundProcess, PgOptions, PgServer, TestDir, assert_same_dump, start_klio_receive_wal,
 };
 
 #[test]
@@ -29,31 +28,10 @@ fn recovers_every_committed_row_after_kill_9() {
         &[],
         &work.path().join("klio.log"),
     );
-    wait_until(
-        "klio to be the synchronous standby",
-        Duration::from_secs(60),
-        || {
-            let s = primary
-                .psql("SELECT sync_state FROM pg_stat_replication WHERE application_name = 'klio'");
-            (s == "sync").then_some(())
-        },
-    );
+    primary.wait_for_sync_standby("klio");
 
     let backup = work.path().join("backup");
-    run_ok(
-        as_postgres(pg_bin("pg_basebackup"))
-            .arg("-D")
-            .arg(&backup)
-            .args(["--wal-method=none", "-c", "fast", "--no-sync"])
-            .args([
-                "-h",
-                &primary.socket_dir(),
-                "-p",
-                &primary.port().to_string(),
-                "-U",
-                "postgres",
-            ]),
-    );
+    primary.base_backup_without_wal(&backup);
 
     // A loop committing timestamps; an id is logged only after its commit returned. Ids come
     // from the loop, not a sequence: a crash legitimately moves a sequence ahead.
@@ -99,31 +77,14 @@ fn recovers_every_committed_row_after_kill_9() {
     // Crash: no shutdown checkpoint, no chance to send anything more.
     primary.kill9();
     klio.stop();
-    let data = primary.data_dir();
-    std::fs::remove_dir_all(&data).expect("delete PGDATA");
-    run_ok(as_postgres("cp").arg("-a").arg(&backup).arg(&data));
-    std::fs::write(data.join("recovery.signal"), b"").expect("recovery.signal");
-    let conf = format!(
-        "\nsynchronous_standby_names = ''\nrestore_command = '{} restore-wal %f %p -D {}'\n",
-        exe.display(),
-        archive.display()
+    primary.recover_from_backup(
+        &backup,
+        &format!(
+            "{} restore-wal %f %p -D {}",
+            exe.display(),
+            archive.display()
+        ),
     );
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(data.join("postgresql.conf"))
-        .expect("open postgresql.conf");
-    std::io::Write::write_all(&mut f, conf.as_bytes()).expect("write postgresql.conf");
-    run_ok(
-        std::process::Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(&data),
-    );
-
-    primary.restart();
-    wait_until("recovery to finish", Duration::from_secs(300), || {
-        let r = primary.try_psql("SELECT pg_is_in_recovery()");
-        (r.success() && r.stdout.trim() == "f").then_some(())
-    });
     let after = primary.dumpall();
     assert_same_dump(work.path(), &before, &after);
     assert_eq!(

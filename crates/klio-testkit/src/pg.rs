@@ -376,6 +376,60 @@ impl PgServer {
         );
     }
 
+    /// Waits until the client with `application_name` is this server's synchronous standby.
+    pub fn wait_for_sync_standby(&self, application_name: &str) {
+        wait_until(
+            &format!("{application_name} to become the synchronous standby"),
+            Duration::from_secs(60),
+            || {
+                let s = self.psql(&format!(
+                    "SELECT sync_state FROM pg_stat_replication \
+                     WHERE application_name = '{application_name}'"
+                ));
+                (s == "sync").then_some(())
+            },
+        );
+    }
+
+    /// `pg_basebackup --wal-method=none` into `dest`: the backup needs an archive to recover.
+    pub fn base_backup_without_wal(&self, dest: &Path) {
+        run_ok(
+            as_postgres(pg_bin("pg_basebackup"))
+                .arg("-D")
+                .arg(dest)
+                .args(["--wal-method=none", "-c", "fast", "--no-sync"])
+                .args(["-h", &self.socket_dir(), "-p", &self.port.to_string()])
+                .args(["-U", "postgres"]),
+        );
+    }
+
+    /// After a crash: replaces the data directory with `backup`, configures archive recovery
+    /// with `restore_command` (and no synchronous standby), starts the server and waits until
+    /// recovery has ended and it accepts writes.
+    pub fn recover_from_backup(&mut self, backup: &Path, restore_command: &str) {
+        assert!(
+            self.stopped,
+            "stop or kill9 the server before replacing its data"
+        );
+        let data = self.data_dir();
+        std::fs::remove_dir_all(&data).expect("delete PGDATA");
+        run_ok(as_postgres("cp").arg("-a").arg(backup).arg(&data));
+        std::fs::write(data.join("recovery.signal"), b"").expect("write recovery.signal");
+        give_to_postgres(&data.join("recovery.signal"));
+        append_conf(
+            &data,
+            &format!(
+                "synchronous_standby_names = ''\nrestore_command = '{}'",
+                restore_command.replace('\'', "''")
+            ),
+        );
+        self.start_existing();
+        wait_until("recovery to finish", Duration::from_secs(300), || {
+            let r = self.try_psql("SELECT pg_is_in_recovery()");
+            (r.success() && r.stdout.trim() == "f").then_some(())
+        });
+    }
+
     /// Runs pgbench against the `postgres` database.
     pub fn pgbench(&self, args: &[&str]) {
         run_ok(
