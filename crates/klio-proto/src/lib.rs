@@ -1,8 +1,8 @@
 //! Sans-IO codecs for the PostgreSQL frontend/backend and replication protocols.
 //!
 //! Bytes in, messages and bytes out: nothing here opens a socket or reads a clock, so every
-//! decoder can be unit-tested with byte vectors and fuzzed. Later this crate will also hold
-//! Klio's own framed client/server protocol.
+//! decoder can be unit-tested with byte vectors and fuzzed. The [`klio`] module holds Klio's own
+//! framed client/server protocol.
 //!
 //! A replication connection goes: [`frontend::startup`] → [`Startup`] until
 //! [`StartupStatus::Ready`] → commands with [`frontend::query`] collected by [`SimpleQuery`] and
@@ -14,6 +14,7 @@
 mod backend;
 mod error;
 pub mod frontend;
+pub mod klio;
 mod query;
 pub mod replication;
 mod startup;

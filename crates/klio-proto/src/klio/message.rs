@@ -1,0 +1,399 @@
+//! The messages of Klio's protocol and their encodings.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use klio_wal::{Lsn, TimelineId};
+
+use super::ClusterName;
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Why the server refused or ended a session; sent in [`Message::Error`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The certificate does not allow this (another cluster, or no identity).
+    Unauthorized,
+    /// The cluster's recorded system identifier differs from the client's.
+    SystemIdMismatch,
+    /// The segment size differs from the one recorded for the cluster.
+    SegmentSizeMismatch,
+    /// A malformed or out-of-order request.
+    BadRequest,
+    /// WAL does not continue the archive (a gap or an overlap).
+    InvalidPosition,
+    /// The server could not store the data (disk full, I/O error).
+    Storage,
+    /// Another session of the same cluster took over.
+    Preempted,
+    /// The server is read-only.
+    ReadOnly,
+    /// The client speaks a protocol version the server does not.
+    UnsupportedVersion,
+    /// An unexpected server-side failure.
+    Internal,
+    /// A code this version does not know.
+    Unknown(u16),
+}
+
+impl ErrorCode {
+    fn to_u16(self) -> u16 {
+        match self {
+            ErrorCode::Unauthorized => 1,
+            ErrorCode::SystemIdMismatch => 2,
+            ErrorCode::SegmentSizeMismatch => 3,
+            ErrorCode::BadRequest => 4,
+            ErrorCode::InvalidPosition => 5,
+            ErrorCode::Storage => 6,
+            ErrorCode::Preempted => 7,
+            ErrorCode::ReadOnly => 8,
+            ErrorCode::UnsupportedVersion => 9,
+            ErrorCode::Internal => 10,
+            ErrorCode::Unknown(c) => c,
+        }
+    }
+
+    fn from_u16(c: u16) -> ErrorCode {
+        match c {
+            1 => ErrorCode::Unauthorized,
+            2 => ErrorCode::SystemIdMismatch,
+            3 => ErrorCode::SegmentSizeMismatch,
+            4 => ErrorCode::BadRequest,
+            5 => ErrorCode::InvalidPosition,
+            6 => ErrorCode::Storage,
+            7 => ErrorCode::Preempted,
+            8 => ErrorCode::ReadOnly,
+            9 => ErrorCode::UnsupportedVersion,
+            10 => ErrorCode::Internal,
+            c => ErrorCode::Unknown(c),
+        }
+    }
+
+    /// Whether retrying the same request later can succeed.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::Storage | ErrorCode::Preempted | ErrorCode::Internal
+        )
+    }
+}
+
+/// One frame's content.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Message {
+    /// Client → server, first message: who the client thinks it is and what it streams.
+    Hello {
+        /// Protocol version.
+        version: u16,
+        /// The cluster the client is configured for (must match its certificate).
+        cluster: ClusterName,
+        /// PostgreSQL's system identifier (IDENTIFY_SYSTEM).
+        system_id: u64,
+        /// `wal_segment_size` in bytes.
+        segment_size: u32,
+    },
+    /// Server → client, answer to `Hello`: the newest durable position of the cluster.
+    Welcome {
+        /// Protocol version.
+        version: u16,
+        /// Newest timeline and durable LSN on it, if the archive has any WAL.
+        durable: Option<(TimelineId, Lsn)>,
+    },
+    /// Client → server: WAL of `timeline` follows, starting at `start`.
+    StartWal {
+        /// The timeline of the WAL that follows.
+        timeline: TimelineId,
+        /// Its first byte.
+        start: Lsn,
+    },
+    /// Client → server: WAL bytes continuing the stream.
+    WalData {
+        /// LSN of the first byte.
+        start: Lsn,
+        /// The bytes.
+        data: Bytes,
+    },
+    /// Client → server: a timeline history file.
+    History {
+        /// The timeline whose history this is.
+        timeline: TimelineId,
+        /// The file's contents.
+        content: Bytes,
+    },
+    /// Server → client: everything of `timeline` up to `durable` is on stable storage.
+    Ack {
+        /// Timeline.
+        timeline: TimelineId,
+        /// Durable position.
+        durable: Lsn,
+    },
+    /// Client → server: ask for the durable position (of a timeline, or the newest).
+    GetPosition {
+        /// `None` for the newest timeline.
+        timeline: Option<TimelineId>,
+    },
+    /// Server → client: answer to `GetPosition`.
+    Position {
+        /// The timeline answered for (`None` if the archive is empty).
+        timeline: Option<TimelineId>,
+        /// Durable LSN on it, if any.
+        durable: Option<Lsn>,
+    },
+    /// Either direction: the session ends because of this error.
+    Error {
+        /// What kind of error.
+        code: ErrorCode,
+        /// A human-readable explanation.
+        message: String,
+    },
+}
+
+pub(super) mod tag {
+    pub(crate) const HELLO: u8 = b'H';
+    pub(crate) const WELCOME: u8 = b'h';
+    pub(crate) const START_WAL: u8 = b'S';
+    pub(crate) const WAL_DATA: u8 = b'W';
+    pub(crate) const HISTORY: u8 = b'T';
+    pub(crate) const ACK: u8 = b'a';
+    pub(crate) const GET_POSITION: u8 = b'P';
+    pub(crate) const POSITION: u8 = b'p';
+    pub(crate) const ERROR: u8 = b'E';
+}
+
+fn put_str(out: &mut BytesMut, s: &str) {
+    let b = s.as_bytes();
+    let len = b.len().min(u16::MAX as usize);
+    out.put_u16(len as u16);
+    out.put_slice(&b[..len]);
+}
+
+fn put_opt_tli(out: &mut BytesMut, t: Option<TimelineId>) {
+    out.put_u32(t.map_or(0, TimelineId::get));
+}
+
+impl Message {
+    /// The frame tag of this message.
+    pub fn tag(&self) -> u8 {
+        match self {
+            Message::Hello { .. } => tag::HELLO,
+            Message::Welcome { .. } => tag::WELCOME,
+            Message::StartWal { .. } => tag::START_WAL,
+            Message::WalData { .. } => tag::WAL_DATA,
+            Message::History { .. } => tag::HISTORY,
+            Message::Ack { .. } => tag::ACK,
+            Message::GetPosition { .. } => tag::GET_POSITION,
+            Message::Position { .. } => tag::POSITION,
+            Message::Error { .. } => tag::ERROR,
+        }
+    }
+
+    /// Appends the whole frame (tag, length, payload) to `out`.
+    pub fn encode(&self, out: &mut BytesMut) {
+        out.put_u8(self.tag());
+        let len_at = out.len();
+        out.put_u32(0);
+        match self {
+            Message::Hello {
+                version,
+                cluster,
+                system_id,
+                segment_size,
+            } => {
+                out.put_u16(*version);
+                out.put_u64(*system_id);
+                out.put_u32(*segment_size);
+                put_str(out, cluster.as_str());
+            }
+            Message::Welcome { version, durable } => {
+                out.put_u16(*version);
+                put_opt_tli(out, durable.map(|d| d.0));
+                out.put_u64(durable.map_or(0, |d| d.1.0));
+            }
+            Message::StartWal { timeline, start } => {
+                out.put_u32(timeline.get());
+                out.put_u64(start.0);
+            }
+            Message::WalData { start, data } => {
+                out.put_u64(start.0);
+                out.put_slice(data);
+            }
+            Message::History { timeline, content } => {
+                out.put_u32(timeline.get());
+                out.put_slice(content);
+            }
+            Message::Ack { timeline, durable } => {
+                out.put_u32(timeline.get());
+                out.put_u64(durable.0);
+            }
+            Message::GetPosition { timeline } => put_opt_tli(out, *timeline),
+            Message::Position { timeline, durable } => {
+                put_opt_tli(out, *timeline);
+                out.put_u8(u8::from(durable.is_some()));
+                out.put_u64(durable.map_or(0, |d| d.0));
+            }
+            Message::Error { code, message } => {
+                out.put_u16(code.to_u16());
+                put_str(out, message);
+            }
+        }
+        let len = (out.len() - len_at - 4) as u32;
+        out[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
+    }
+}
+
+pub(super) use decode::decode_payload;
+
+mod decode {
+    use bytes::{Buf, Bytes};
+    use klio_wal::{Lsn, TimelineId};
+
+    use super::{ErrorCode, Message, tag};
+    use crate::klio::{ClusterName, KlioProtocolError};
+
+    struct Reader {
+        tag: u8,
+        buf: Bytes,
+    }
+
+    impl Reader {
+        fn need(&self, n: usize) -> Result<(), KlioProtocolError> {
+            if self.buf.remaining() < n {
+                Err(KlioProtocolError::Malformed {
+                    tag: self.tag,
+                    reason: format!(
+                        "truncated: needs {n} more bytes, has {}",
+                        self.buf.remaining()
+                    ),
+                })
+            } else {
+                Ok(())
+            }
+        }
+        fn u8(&mut self) -> Result<u8, KlioProtocolError> {
+            self.need(1)?;
+            Ok(self.buf.get_u8())
+        }
+        fn u16(&mut self) -> Result<u16, KlioProtocolError> {
+            self.need(2)?;
+            Ok(self.buf.get_u16())
+        }
+        fn u32(&mut self) -> Result<u32, KlioProtocolError> {
+            self.need(4)?;
+            Ok(self.buf.get_u32())
+        }
+        fn u64(&mut self) -> Result<u64, KlioProtocolError> {
+            self.need(8)?;
+            Ok(self.buf.get_u64())
+        }
+        fn string(&mut self) -> Result<String, KlioProtocolError> {
+            let len = usize::from(self.u16()?);
+            self.need(len)?;
+            let b = self.buf.split_to(len);
+            String::from_utf8(b.to_vec()).map_err(|_| KlioProtocolError::Malformed {
+                tag: self.tag,
+                reason: "string is not UTF-8".to_owned(),
+            })
+        }
+        fn timeline(&mut self) -> Result<TimelineId, KlioProtocolError> {
+            let t = self.u32()?;
+            TimelineId::new(t).map_err(|_| KlioProtocolError::Malformed {
+                tag: self.tag,
+                reason: "timeline 0".to_owned(),
+            })
+        }
+        fn opt_timeline(&mut self) -> Result<Option<TimelineId>, KlioProtocolError> {
+            Ok(TimelineId::new(self.u32()?).ok())
+        }
+        fn rest(&mut self) -> Bytes {
+            self.buf.split_off(0)
+        }
+        fn end(self) -> Result<(), KlioProtocolError> {
+            if self.buf.has_remaining() {
+                Err(KlioProtocolError::Malformed {
+                    tag: self.tag,
+                    reason: format!("{} unexpected trailing bytes", self.buf.remaining()),
+                })
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    pub(crate) fn decode_payload(t: u8, payload: Bytes) -> Result<Message, KlioProtocolError> {
+        let mut r = Reader {
+            tag: t,
+            buf: payload,
+        };
+        let msg = match t {
+            tag::HELLO => {
+                let version = r.u16()?;
+                let system_id = r.u64()?;
+                let segment_size = r.u32()?;
+                let name = r.string()?;
+                let cluster =
+                    ClusterName::new(&name).map_err(|e| KlioProtocolError::Malformed {
+                        tag: t,
+                        reason: e.to_string(),
+                    })?;
+                Message::Hello {
+                    version,
+                    cluster,
+                    system_id,
+                    segment_size,
+                }
+            }
+            tag::WELCOME => {
+                let version = r.u16()?;
+                let tli = r.opt_timeline()?;
+                let lsn = Lsn(r.u64()?);
+                Message::Welcome {
+                    version,
+                    durable: tli.map(|t| (t, lsn)),
+                }
+            }
+            tag::START_WAL => Message::StartWal {
+                timeline: r.timeline()?,
+                start: Lsn(r.u64()?),
+            },
+            tag::WAL_DATA => {
+                let start = Lsn(r.u64()?);
+                let data = r.rest();
+                if start.checked_add(data.len() as u64).is_none() {
+                    return Err(KlioProtocolError::Malformed {
+                        tag: t,
+                        reason: "WAL data past the end of the 64-bit LSN space".to_owned(),
+                    });
+                }
+                Message::WalData { start, data }
+            }
+            tag::HISTORY => Message::History {
+                timeline: r.timeline()?,
+                content: r.rest(),
+            },
+            tag::ACK => Message::Ack {
+                timeline: r.timeline()?,
+                durable: Lsn(r.u64()?),
+            },
+            tag::GET_POSITION => Message::GetPosition {
+                timeline: r.opt_timeline()?,
+            },
+            tag::POSITION => {
+                let timeline = r.opt_timeline()?;
+                let has = r.u8()?;
+                let lsn = Lsn(r.u64()?);
+                Message::Position {
+                    timeline,
+                    durable: (has != 0).then_some(lsn),
+                }
+            }
+            tag::ERROR => Message::Error {
+                code: ErrorCode::from_u16(r.u16()?),
+                message: r.string()?,
+            },
+            other => return Err(KlioProtocolError::UnknownTag(other)),
+        };
+        r.end()?;
+        Ok(msg)
+    }
+}

@@ -1,0 +1,21 @@
+//! Klio's own protocol between `send-wal` (and later `get-wal`, backups) and a Klio server.
+//!
+//! One QUIC bidirectional stream carries length-prefixed frames: `tag: u8`, `len: u32` (big
+//! endian), `len` bytes of payload. The client's identity (its cluster) comes from its TLS
+//! certificate, never from a frame; [`Message::Hello`] repeats it only so that a misconfigured
+//! client gets a clear error. The server acknowledges WAL with [`Message::Ack`] only once the
+//! bytes are on stable storage.
+
+mod cluster_name;
+mod codec;
+mod message;
+
+pub use cluster_name::{ClusterName, InvalidClusterName};
+pub use codec::{DEFAULT_MAX_FRAME_LEN, FrameDecoder, KlioProtocolError};
+pub use message::{ErrorCode, Message, PROTOCOL_VERSION};
+
+/// The ALPN protocol id Klio speaks over QUIC.
+pub const ALPN: &[u8] = b"klio/1";
+
+#[cfg(test)]
+mod tests;
