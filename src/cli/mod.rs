@@ -1,8 +1,12 @@
 //! Argument definitions and dispatch to the library functions.
 
+mod certs;
 pub(crate) mod logging;
+mod pg_args;
 mod receive_wal;
 mod restore_wal;
+mod send_wal;
+mod server;
 mod signals;
 
 use std::process::ExitCode;
@@ -30,11 +34,20 @@ enum Command {
     ReceiveWal(receive_wal::Args),
     /// restore_command for a directory written by receive-wal: copy %f to %p.
     RestoreWal(restore_wal::Args),
+    /// Stream WAL from PostgreSQL to a Klio server (zero data loss as synchronous standby).
+    SendWal(send_wal::Args),
+    /// The Klio server.
+    Server(server::Args),
+    /// Create a private CA, the server certificate and per-cluster client certificates.
+    Certs(certs::Args),
 }
 
 pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::ReceiveWal(a) => receive_wal::run(a),
         Command::RestoreWal(a) => restore_wal::run(a),
+        Command::SendWal(a) => send_wal::run(a),
+        Command::Server(a) => server::run(a),
+        Command::Certs(a) => certs::run(a),
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use klio_client::receive::{ReceiveOptions, create_slot, receive_wal};
-use klio_client::{ConnParams, shutdown_channel};
+use klio_client::shutdown_channel;
 
 /// Stream WAL from a PostgreSQL server into a directory, byte for byte as pg_receivewal.
 ///
@@ -32,18 +32,8 @@ pub(crate) struct Args {
     /// Replication slot to use (physical).
     #[arg(short = 'S', long, value_name = "SLOTNAME")]
     slot: Option<String>,
-    /// Connection string or URI (libpq syntax).
-    #[arg(short = 'd', long, value_name = "CONNSTR")]
-    dbname: Option<String>,
-    /// Database server host or socket directory.
-    #[arg(short = 'h', long, value_name = "HOSTNAME")]
-    host: Option<String>,
-    /// Database server port.
-    #[arg(short = 'p', long, value_name = "PORT")]
-    port: Option<u16>,
-    /// Connect as this role.
-    #[arg(short = 'U', long, value_name = "NAME")]
-    username: Option<String>,
+    #[command(flatten)]
+    pg: super::pg_args::PgArgs,
     /// fsync WAL as soon as it is received and report it flushed, so the receiver can be a
     /// synchronous standby (synchronous_standby_names = 'klio').
     #[arg(long)]
@@ -66,24 +56,8 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let mut params = match &a.dbname {
-        Some(s) => ConnParams::parse(s).context("in --dbname")?,
-        None => ConnParams::default(),
-    };
-    if let Some(h) = &a.host {
-        params.set("host", h.clone())?;
-    }
-    if let Some(p) = a.port {
-        params.set("port", p.to_string())?;
-    }
-    if let Some(u) = &a.username {
-        params.set("user", u.clone())?;
-    }
-    let conn = params.resolve(|k| std::env::var(k).ok())?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("could not start the async runtime")?;
+    let conn = a.pg.resolve()?;
+    let runtime = super::pg_args::runtime()?;
     runtime.block_on(async move {
         if a.create_slot {
             let slot = a.slot.as_deref().unwrap_or_default();

@@ -17,3 +17,20 @@ pub fn shell_as_postgres(script: &str) -> Command {
     c.args(["-c", script]);
     c
 }
+
+/// A pg_receivewal-style copy of a cluster's archive on the Klio server, readable by the
+/// postgres user (for `klio restore-wal` as restore_command).
+pub fn export_archive(server: &klio_testkit::KlioServer, cluster: &str, work: &TestDir) -> PathBuf {
+    let dest = work.subdir(&format!("export-{cluster}"));
+    let archive = klio_store::wal_archive::WalArchive::open_existing(&server.wal_dir(cluster))
+        .expect("open the server's archive");
+    archive
+        .export_to_directory(&dest)
+        .expect("export the archive");
+    klio_testkit::run_ok(
+        Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&dest),
+    );
+    dest
+}

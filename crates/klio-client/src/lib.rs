@@ -6,7 +6,10 @@
 //! - [`receive`]: `klio receive-wal`, a pg_receivewal-compatible receiver into a directory.
 //! - [`restore_wal`]: a `restore_command` that serves a local directory, `.partial` included.
 //!
-//! Later: `send-wal` to a Klio server, `get-wal`, backup and restore.
+//! - [`server_link`]: QUIC with mutual TLS to a Klio server, framed streams.
+//! - [`send_wal`]: `klio send-wal`, streaming WAL to a Klio server with flush = durable acks.
+//!
+//! Later: `get-wal`, backup and restore.
 #![forbid(unsafe_code)]
 
 pub mod conn_string;
@@ -14,6 +17,8 @@ pub mod connection;
 mod error;
 pub mod receive;
 pub mod restore_wal;
+pub mod send_wal;
+pub mod server_link;
 mod shutdown;
 mod tls;
 

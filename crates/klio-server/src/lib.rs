@@ -1,9 +1,21 @@
 //! The Klio server library (`klio server start`).
 //!
-//! This crate will own the QUIC listener with mutual TLS, cluster identity taken from client
-//! certificates, WAL ingest with group fsync and durable acknowledgements, the backup catalog,
-//! restore serving, the Tier 2 relay and retention workers. The binary only parses flags and
-//! calls in here.
+//! - [`server`]: the QUIC listener (mutual TLS 1.3, [`tls`]); a client's cluster is the one its
+//!   certificate names, and a client can reach no other cluster's data.
+//! - WAL ingest: one writer per cluster, batches of frames applied to the cluster's
+//!   `klio_store::wal_archive::WalArchive` with one fsync each, durable positions acknowledged.
+//! - [`config`]: the YAML file with environment and flag overrides; [`certs`]: `klio certs`.
+//!
+//! Later: backup catalog, restore serving, Tier 2 relay, retention. The binary only parses
+//! flags and calls in here.
 #![forbid(unsafe_code)]
 
-pub use klio_store::SegmentSize;
+pub mod certs;
+pub mod config;
+mod registry;
+pub mod server;
+mod session;
+pub mod tls;
+
+pub use config::{ConfigError, ServerConfig, ServerOverrides};
+pub use server::{Server, ServerError};

@@ -1,9 +1,18 @@
 //! Storage for Klio servers.
 //!
-//! This crate will own Tier 1 (local filesystem) and Tier 2 (S3-compatible object storage) behind
-//! one trait: the per-cluster WAL archive, the base-backup catalog and chunk store, the relay
-//! queue, retention and verification, and read-only mode. The segment-level durability rules it
-//! builds on live in [`klio_wal::segment_dir`].
+//! Today this crate holds the Tier 1 WAL archive of a cluster ([`wal_archive`]): completed
+//! segments stored byte-identical to pg_receivewal's, the segment in progress as a CRC-protected
+//! journal whose last valid frame is the exact durable end after a crash, timeline history files,
+//! reads for restores, listings and pg_receivewal-style exports. It will also own Tier 2
+//! (S3-compatible object storage) behind one trait with Tier 1, the base-backup catalog and chunk
+//! store, the relay queue, retention and verification, and read-only mode. The segment-level
+//! conventions it follows are those of [`klio_wal::segment_dir`].
 #![forbid(unsafe_code)]
 
+pub mod wal_archive;
+
 pub use klio_wal::SegmentSize;
+pub use wal_archive::{
+    ArchiveListing, ArchivedFile, BeginOutcome, ClusterIdentity, ExportSummary, WalArchive,
+    WalArchiveError,
+};

@@ -9,6 +9,7 @@
 
 mod command;
 mod files;
+mod klio_server;
 mod pg;
 mod process;
 mod receivers;
@@ -16,6 +17,7 @@ mod test_dir;
 
 pub use command::{Output, as_postgres, run, run_ok, wait_until};
 pub use files::{assert_same_dump, digests};
+pub use klio_server::{KlioServer, TestCerts, start_klio_send_wal};
 pub use pg::{Auth, PASSWORD, PgOptions, PgServer, pg_bin};
 pub use process::BackgroundProcess;
 pub use receivers::{start_klio_receive_wal, start_pg_receivewal};

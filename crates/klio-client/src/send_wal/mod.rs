@@ -1,0 +1,99 @@
+//! `klio send-wal`: streams WAL from PostgreSQL to a Klio server, and reports to PostgreSQL
+//! as flushed only what the server has acknowledged as durable.
+//!
+//! With `synchronous_standby_names = 'klio'` a commit therefore returns only once its WAL is
+//! on the server's stable storage, and the replication slot never releases WAL that Klio could
+//! still lose. The start position is the server's exact durable position (else the slot's), so
+//! reconnecting after any crash, of either side, skips nothing.
+
+mod session;
+
+use std::time::Duration;
+
+use klio_proto::klio::ClusterName;
+
+use crate::conn_string::ConnConfig;
+use crate::error::ConnectionError;
+use crate::server_link::{ServerEndpoint, ServerLinkError};
+use crate::shutdown::Shutdown;
+
+/// Settings of `send-wal`.
+#[derive(Clone, Debug)]
+pub struct SendWalOptions {
+    /// The PostgreSQL connection (replication).
+    pub pg: ConnConfig,
+    /// The Klio server.
+    pub server: ServerEndpoint,
+    /// The cluster this client's certificate is for.
+    pub cluster: ClusterName,
+    /// The physical replication slot (created if missing).
+    pub slot: String,
+    /// How often to send status updates to PostgreSQL even when nothing changes.
+    pub status_interval: Duration,
+    /// First wait before reconnecting; doubled after each failure.
+    pub reconnect_min: Duration,
+    /// Longest wait between reconnection attempts.
+    pub reconnect_max: Duration,
+}
+
+/// Why `send-wal` stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendWalError {
+    /// PostgreSQL side.
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] ConnectionError),
+    /// Klio server side.
+    #[error(transparent)]
+    Server(#[from] ServerLinkError),
+    /// The server is older than PostgreSQL 15.
+    #[error(
+        "server version {0} is not supported: Klio needs PostgreSQL 15 or newer (READ_REPLICATION_SLOT)"
+    )]
+    ServerTooOld(String),
+    /// The slot exists but is not a physical slot.
+    #[error("replication slot {0:?} is not a physical slot")]
+    SlotNotPhysical(String),
+    /// The replication stream broke its own rules.
+    #[error("invalid replication stream: {0}")]
+    Stream(String),
+}
+
+impl SendWalError {
+    fn is_retryable(&self) -> bool {
+        match self {
+            SendWalError::Postgres(ConnectionError::Settings(_) | ConnectionError::Tls(_)) => false,
+            SendWalError::Server(e) => e.is_retryable(),
+            SendWalError::ServerTooOld(_) | SendWalError::SlotNotPhysical(_) => false,
+            _ => true,
+        }
+    }
+}
+
+/// Streams until `shutdown` fires, reconnecting with backoff after failures that retrying can
+/// fix; returns the first error that it cannot.
+pub async fn send_wal(opts: &SendWalOptions, mut shutdown: Shutdown) -> Result<(), SendWalError> {
+    let mut delay = opts.reconnect_min;
+    loop {
+        let started = tokio::time::Instant::now();
+        match session::run(opts, &mut shutdown).await {
+            Ok(()) => return Ok(()),
+            Err(e) if !e.is_retryable() => return Err(e),
+            Err(e) => {
+                if shutdown.is_triggered() {
+                    return Ok(());
+                }
+                // A session that ran for a while was healthy: start the backoff afresh.
+                if started.elapsed() > Duration::from_secs(30) {
+                    delay = opts.reconnect_min;
+                }
+                tracing::warn!("{e}; reconnecting in {:.1} s", delay.as_secs_f32());
+                tokio::select! {
+                    _ = shutdown.wait() => return Ok(()),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(opts.reconnect_max);
+            }
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! One attempt: connect to PostgreSQL and the server, agree on the start, stream.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use klio_proto::klio::{Message, PROTOCOL_VERSION};
+use klio_proto::replication::{ReplicationMessage, StandbyStatusUpdate, pg_epoch_micros};
+use klio_wal::{Lsn, SegmentSize, TimelineId};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::{SendWalError, SendWalOptions};
+use crate::connection::{CopyEvent, ReplicationConnection};
+use crate::server_link::{FramedRecv, FramedSend, ServerConnection, ServerLinkError};
+use crate::shutdown::Shutdown;
+
+/// What the server says while we stream.
+enum ServerEvent {
+    Ack(Lsn),
+    Failed(ServerLinkError),
+}
+
+/// Positions reported to PostgreSQL.
+#[derive(Clone, Copy, Debug)]
+struct Progress {
+    /// Received from PostgreSQL and handed to the server.
+    written: Lsn,
+    /// Acknowledged by the server as durable: the only value reported as flush (and apply).
+    durable: Lsn,
+}
+
+fn now_pg_micros() -> i64 {
+    let unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0);
+    pg_epoch_micros(unix)
+}
+
+async fn report(pg: &mut ReplicationConnection, p: Progress) -> Result<(), SendWalError> {
+    pg.send_status(&StandbyStatusUpdate {
+        write: p.written,
+        flush: p.durable,
+        apply: p.durable,
+        client_time: now_pg_micros(),
+        reply_requested: false,
+    })
+    .await?;
+    Ok(())
+}
+
+/// Reads acknowledgements until the stream ends, forwarding them.
+async fn read_acks(mut recv: FramedRecv, tx: mpsc::Sender<ServerEvent>) {
+    loop {
+        let event = match recv.recv().await {
+            Ok(Some(Message::Ack { durable, .. })) => ServerEvent::Ack(durable),
+            Ok(Some(other)) => ServerEvent::Failed(ServerLinkError::Protocol(
+                klio_proto::klio::KlioProtocolError::Malformed {
+                    tag: other.tag(),
+                    reason: "unexpected message while streaming".to_owned(),
+                },
+            )),
+            Ok(None) => ServerEvent::Failed(ServerLinkError::Closed),
+            Err(e) => ServerEvent::Failed(e),
+        };
+        let failed = matches!(event, ServerEvent::Failed(_));
+        if tx.send(event).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+pub(super) async fn run(
+    opts: &SendWalOptions,
+    shutdown: &mut Shutdown,
+) -> Result<(), SendWalError> {
+    let mut pg = tokio::select! {
+        c = ReplicationConnection::connect(&opts.pg) => c?,
+        _ = shutdown.wait() => return Ok(()),
+    };
+    let version = pg
+        .parameter("server_version")
+        .unwrap_or("unknown")
+        .to_owned();
+    if pg.server_major_version().is_none_or(|v| v < 15) {
+        return Err(SendWalError::ServerTooOld(version));
+    }
+    let system = pg.identify_system().await?;
+    let size = pg.wal_segment_size().await?;
+    let mut slot = pg.read_replication_slot(&opts.slot).await?;
+    if !slot.exists() {
+        pg.create_physical_slot(&opts.slot).await?;
+        tracing::info!(slot = %opts.slot, "created physical replication slot");
+        slot = pg.read_replication_slot(&opts.slot).await?;
+    }
+    if slot.slot_type.as_deref().is_some_and(|t| t != "physical") {
+        return Err(SendWalError::SlotNotPhysical(opts.slot.clone()));
+    }
+
+    let server = ServerConnection::connect(&opts.server).await?;
+    let (mut send, mut recv) = server.open_stream().await?;
+    send.send(&Message::Hello {
+        version: PROTOCOL_VERSION,
+        cluster: opts.cluster.clone(),
+        system_id: system.system_id,
+        segment_size: size.bytes(),
+    })
+    .await?;
+    let welcome = match recv.recv().await? {
+        Some(Message::Welcome { durable, .. }) => durable,
+        Some(other) => {
+            return Err(SendWalError::Stream(format!(
+                "expected Welcome from the server, got {:#04x}",
+                other.tag()
+            )));
+        }
+        None => return Err(ServerLinkError::Closed.into()),
+    };
+
+    let (mut timeline, mut start) = start_position(welcome, &slot, &system, size, &opts.slot);
+    tracing::info!(
+        system_id = system.system_id,
+        "streaming from {start} on timeline {timeline} (server durable: {})",
+        welcome.map_or_else(
+            || "nothing yet".to_owned(),
+            |(t, l)| format!("{l} on timeline {t}")
+        )
+    );
+    let (tx, mut acks) = mpsc::channel(256);
+    let ack_reader = tokio::spawn(read_acks(recv, tx));
+    // Everything before `start` is either durable on the server or was never available.
+    let mut progress = Progress {
+        written: start,
+        durable: start,
+    };
+    let result = async {
+        loop {
+            if timeline != TimelineId::FIRST {
+                let history = pg.timeline_history(timeline).await?;
+                send.push(&Message::History {
+                    timeline,
+                    content: history.content,
+                });
+            }
+            send.send(&Message::StartWal { timeline, start }).await?;
+            pg.start_replication(Some(&opts.slot), start, timeline)
+                .await?;
+            match stream(opts, &mut pg, &mut send, &mut acks, &mut progress, shutdown).await? {
+                Streamed::Shutdown => return Ok(()),
+                Streamed::EndOfTimeline => match pg.finish_copy().await? {
+                    Some(end) if end.next_timeline > timeline => {
+                        tracing::info!(
+                            "timeline {timeline} ended; following timeline {} from {}",
+                            end.next_timeline,
+                            end.next_start
+                        );
+                        timeline = end.next_timeline;
+                        start = size.round_down(end.next_start);
+                        progress.written = start;
+                    }
+                    Some(end) => {
+                        return Err(SendWalError::Stream(format!(
+                            "server reported next timeline {} after timeline {timeline}",
+                            end.next_timeline
+                        )));
+                    }
+                    None => {
+                        return Err(SendWalError::Stream(
+                            "PostgreSQL ended the replication stream".to_owned(),
+                        ));
+                    }
+                },
+            }
+        }
+    }
+    .await;
+    // On the way out, give the server a moment to acknowledge what it has, and tell
+    // PostgreSQL; then close both sides.
+    send.finish();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while let Ok(Some(ServerEvent::Ack(lsn))) = tokio::time::timeout_at(deadline, acks.recv()).await
+    {
+        progress.durable = progress.durable.max(lsn);
+    }
+    let _ = report(&mut pg, progress).await;
+    ack_reader.abort();
+    pg.close().await;
+    server.close().await;
+    if result.is_ok() {
+        tracing::info!("stopped; server durable position {}", progress.durable);
+    }
+    result
+}
+
+/// Where to start: exactly where the server's archive ends, unless PostgreSQL no longer has
+/// that WAL (a new slot); then from the slot, leaving a gap that the server reports.
+fn start_position(
+    server: Option<(TimelineId, Lsn)>,
+    slot: &klio_proto::replication::ReadReplicationSlot,
+    system: &klio_proto::replication::IdentifySystem,
+    size: SegmentSize,
+    slot_name: &str,
+) -> (TimelineId, Lsn) {
+    let from_slot = match (slot.restart_lsn, slot.restart_tli) {
+        (Some(lsn), Some(tli)) => (tli, size.round_down(lsn)),
+        _ => (system.timeline, size.round_down(system.xlog_pos)),
+    };
+    match server {
+        Some((tli, durable)) => {
+            if let Some(restart) = slot.restart_lsn.filter(|r| size.round_down(*r) > durable) {
+                tracing::error!(
+                    "the server's archive ends at {durable} but slot {slot_name:?} only keeps WAL from {restart}: \
+                     the WAL in between is lost to the archive (was the slot dropped and recreated?)"
+                );
+                return from_slot;
+            }
+            (tli, durable)
+        }
+        None => from_slot,
+    }
+}
+
+enum Streamed {
+    Shutdown,
+    EndOfTimeline,
+}
+
+async fn stream(
+    opts: &SendWalOptions,
+    pg: &mut ReplicationConnection,
+    send: &mut FramedSend,
+    acks: &mut mpsc::Receiver<ServerEvent>,
+    progress: &mut Progress,
+    shutdown: &mut Shutdown,
+) -> Result<Streamed, SendWalError> {
+    let interval = opts.status_interval.max(Duration::from_millis(100));
+    let mut next_status = Instant::now();
+    loop {
+        if Instant::now() >= next_status {
+            report(pg, *progress).await?;
+            next_status = Instant::now() + interval;
+        }
+        tokio::select! {
+            _ = shutdown.wait() => return Ok(Streamed::Shutdown),
+            _ = tokio::time::sleep_until(next_status) => {}
+            event = acks.recv() => {
+                match event {
+                    Some(ServerEvent::Ack(lsn)) => {
+                        let mut durable = lsn;
+                        // Coalesce acknowledgements that are already waiting.
+                        while let Ok(ev) = acks.try_recv() {
+                            match ev {
+                                ServerEvent::Ack(l) => durable = durable.max(l),
+                                ServerEvent::Failed(e) => return Err(e.into()),
+                            }
+                        }
+                        if durable > progress.durable {
+                            progress.durable = durable;
+                            report(pg, *progress).await?;
+                            next_status = Instant::now() + interval;
+                        }
+                    }
+                    Some(ServerEvent::Failed(e)) => return Err(e.into()),
+                    None => return Err(ServerLinkError::Closed.into()),
+                }
+            }
+            event = pg.recv_copy() => {
+                let mut reply = false;
+                let mut next = Some(event);
+                while let Some(ev) = next {
+                    match ev? {
+                        CopyEvent::End => {
+                            send.flush().await?;
+                            return Ok(Streamed::EndOfTimeline);
+                        }
+                        CopyEvent::Message(ReplicationMessage::XLogData(x)) => {
+                            if x.wal_start != progress.written {
+                                return Err(SendWalError::Stream(format!(
+                                    "got WAL at {}, expected {}",
+                                    x.wal_start, progress.written
+                                )));
+                            }
+                            progress.written = Lsn(x.wal_start.0 + x.data.len() as u64);
+                            send.push(&Message::WalData { start: x.wal_start, data: x.data });
+                        }
+                        CopyEvent::Message(ReplicationMessage::PrimaryKeepalive { reply_requested, .. }) => {
+                            reply |= reply_requested;
+                        }
+                        CopyEvent::Message(other) => {
+                            return Err(SendWalError::Stream(format!("unexpected message {other:?}")));
+                        }
+                    }
+                    // Batch what is already buffered into one write; flow control on the
+                    // QUIC stream bounds how much can be in flight.
+                    next = if send.queued() < (1 << 20) { pg.try_recv_buffered() } else { None };
+                }
+                send.flush().await?;
+                if reply {
+                    report(pg, *progress).await?;
+                    next_status = Instant::now() + interval;
+                }
+            }
+        }
+    }
+}

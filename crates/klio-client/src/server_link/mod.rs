@@ -1,0 +1,161 @@
+//! The client side of Klio's protocol: a QUIC connection with mutual TLS to a Klio server, and
+//! framed streams over it.
+
+mod framed;
+mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use klio_proto::klio::{ErrorCode, KlioProtocolError};
+
+pub use framed::{FramedRecv, FramedSend};
+
+/// Where the Klio server is and which certificates prove who we are.
+#[derive(Clone, Debug)]
+pub struct ServerEndpoint {
+    /// `host:port` of the server.
+    pub address: String,
+    /// Name to verify in the server certificate (default: the host part of `address`).
+    pub server_name: Option<String>,
+    /// CA certificate that signed the server certificate (PEM).
+    pub ca: PathBuf,
+    /// This cluster's client certificate (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+}
+
+/// Talking to the Klio server failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerLinkError {
+    /// Certificates or keys could not be loaded.
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    /// The address could not be resolved.
+    #[error("cannot resolve Klio server address {address}: {reason}")]
+    Resolve {
+        /// The address.
+        address: String,
+        /// Why.
+        reason: String,
+    },
+    /// The connection could not be established or was lost.
+    #[error("connection to the Klio server {address} failed: {reason}")]
+    Connection {
+        /// The address.
+        address: String,
+        /// Why (TLS alerts name certificate problems).
+        reason: String,
+    },
+    /// The server broke the protocol.
+    #[error("invalid data from the Klio server: {0}")]
+    Protocol(#[from] KlioProtocolError),
+    /// The server refused a request.
+    #[error("the Klio server refused: {message} ({code:?})")]
+    Refused {
+        /// Error class.
+        code: ErrorCode,
+        /// The server's explanation.
+        message: String,
+    },
+    /// The server closed the stream.
+    #[error("the Klio server closed the stream")]
+    Closed,
+}
+
+impl ServerLinkError {
+    /// Whether trying again later can help.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ServerLinkError::Tls(_) => false,
+            ServerLinkError::Refused { code, .. } => code.is_retryable(),
+            _ => true,
+        }
+    }
+}
+
+/// A QUIC connection to a Klio server.
+#[derive(Debug)]
+pub struct ServerConnection {
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    address: String,
+}
+
+impl ServerConnection {
+    /// Connects and completes the TLS handshake.
+    pub async fn connect(cfg: &ServerEndpoint) -> Result<ServerConnection, ServerLinkError> {
+        let client_config = tls::quic_client_config(cfg)?;
+        let resolve_err = |reason: String| ServerLinkError::Resolve {
+            address: cfg.address.clone(),
+            reason,
+        };
+        let addr: SocketAddr = tokio::net::lookup_host(&cfg.address)
+            .await
+            .map_err(|e| resolve_err(e.to_string()))?
+            .next()
+            .ok_or_else(|| resolve_err("no address found".to_owned()))?;
+        let host = cfg
+            .address
+            .rsplit_once(':')
+            .map_or(cfg.address.as_str(), |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let server_name = cfg.server_name.clone().unwrap_or_else(|| host.to_owned());
+        let bind: SocketAddr = if addr.is_ipv6() {
+            "[::]:0"
+                .parse()
+                .map_err(|_| resolve_err("bad bind address".to_owned()))?
+        } else {
+            "0.0.0.0:0"
+                .parse()
+                .map_err(|_| resolve_err("bad bind address".to_owned()))?
+        };
+        let conn_err = |reason: String| ServerLinkError::Connection {
+            address: cfg.address.clone(),
+            reason,
+        };
+        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| conn_err(e.to_string()))?;
+        endpoint.set_default_client_config(client_config);
+        let conn = endpoint
+            .connect(addr, &server_name)
+            .map_err(|e| conn_err(e.to_string()))?
+            .await
+            .map_err(|e| conn_err(e.to_string()))?;
+        Ok(ServerConnection {
+            endpoint,
+            conn,
+            address: cfg.address.clone(),
+        })
+    }
+
+    /// Opens a bidirectional stream for one session.
+    pub async fn open_stream(&self) -> Result<(FramedSend, FramedRecv), ServerLinkError> {
+        let (send, recv) = self
+            .conn
+            .open_bi()
+            .await
+            .map_err(|e| ServerLinkError::Connection {
+                address: self.address.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok((FramedSend::new(send), FramedRecv::new(recv)))
+    }
+
+    /// Closes the connection and waits briefly for the close to reach the server.
+    pub async fn close(self) {
+        self.conn.close(0u32.into(), b"done");
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.endpoint.wait_idle())
+            .await;
+    }
+}
+
+/// Shared with the framing module.
+pub(crate) fn closed_err(e: impl std::fmt::Display, address: &str) -> ServerLinkError {
+    ServerLinkError::Connection {
+        address: address.to_owned(),
+        reason: e.to_string(),
+    }
+}

@@ -1,0 +1,65 @@
+//! Client TLS for the Klio server: TLS 1.3, the server verified against the configured CA,
+//! and this cluster's certificate presented.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use klio_proto::klio::ALPN;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::{ServerEndpoint, ServerLinkError};
+
+pub(super) fn quic_client_config(
+    cfg: &ServerEndpoint,
+) -> Result<quinn::ClientConfig, ServerLinkError> {
+    let read_certs = |path: &std::path::Path, what: &str| {
+        CertificateDer::pem_file_iter(path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| {
+                ServerLinkError::Tls(format!("cannot read {what} {}: {e}", path.display()))
+            })
+            .and_then(|v| {
+                if v.is_empty() {
+                    Err(ServerLinkError::Tls(format!(
+                        "{} holds no PEM certificate",
+                        path.display()
+                    )))
+                } else {
+                    Ok(v)
+                }
+            })
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for c in read_certs(&cfg.ca, "CA certificate")? {
+        roots.add(c).map_err(|e| {
+            ServerLinkError::Tls(format!("CA certificate {}: {e}", cfg.ca.display()))
+        })?;
+    }
+    let chain = read_certs(&cfg.cert, "client certificate")?;
+    let key = PrivateKeyDer::from_pem_file(&cfg.key).map_err(|e| {
+        ServerLinkError::Tls(format!("cannot read client key {}: {e}", cfg.key.display()))
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| ServerLinkError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| {
+            ServerLinkError::Tls(format!("client certificate and key do not match: {e}"))
+        })?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| ServerLinkError::Tls(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    // Keep-alives let the server notice a dead client quickly, and keep NAT state alive.
+    transport.keep_alive_interval(Some(Duration::from_secs(3)));
+    transport.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(Duration::from_secs(15))
+            .map_err(|e| ServerLinkError::Tls(e.to_string()))?,
+    ));
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}

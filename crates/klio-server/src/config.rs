@@ -1,0 +1,244 @@
+//! Server settings: a YAML file, overridden by environment variables and flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::tls::TlsFiles;
+
+/// The default QUIC port.
+pub const DEFAULT_PORT: u16 = 7470;
+
+/// Resolved server settings.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// UDP address the QUIC listener binds.
+    pub listen: SocketAddr,
+    /// Tier 1 data directory (one subdirectory per cluster).
+    pub data_dir: PathBuf,
+    /// Certificates.
+    pub tls: TlsFiles,
+}
+
+/// The YAML file's shape. Unknown keys are errors, so typos do not go unnoticed.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfigFile {
+    /// `listen: 0.0.0.0:7470`
+    pub listen: Option<String>,
+    /// `data_dir: /var/lib/klio`
+    pub data_dir: Option<PathBuf>,
+    /// `tls: {ca: ..., cert: ..., key: ...}`
+    pub tls: Option<TlsSection>,
+}
+
+/// The `tls` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// CA certificate that signs client certificates.
+    pub ca: Option<PathBuf>,
+    /// Server certificate.
+    pub cert: Option<PathBuf>,
+    /// Server private key.
+    pub key: Option<PathBuf>,
+}
+
+/// Values that override the file: from flags, or from `KLIO_*` environment variables.
+#[derive(Debug, Default, Clone)]
+pub struct ServerOverrides {
+    /// `--listen` / `KLIO_LISTEN`.
+    pub listen: Option<String>,
+    /// `--data-dir` / `KLIO_DATA_DIR`.
+    pub data_dir: Option<PathBuf>,
+    /// `--tls-ca` / `KLIO_TLS_CA`.
+    pub tls_ca: Option<PathBuf>,
+    /// `--tls-cert` / `KLIO_TLS_CERT`.
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key` / `KLIO_TLS_KEY`.
+    pub tls_key: Option<PathBuf>,
+}
+
+/// An invalid or incomplete configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML for this schema.
+    #[error("invalid config file {path}: {reason}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong (with line and column).
+        reason: String,
+    },
+    /// A value is not valid.
+    #[error("invalid {key} {value:?}: {reason}")]
+    Invalid {
+        /// The setting.
+        key: &'static str,
+        /// Its value.
+        value: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A required setting is missing.
+    #[error(
+        "{key} is not set: set it in the config file ({yaml}), with {env} or with {flag}{hint}"
+    )]
+    Missing {
+        /// The setting.
+        key: &'static str,
+        /// Its YAML path.
+        yaml: &'static str,
+        /// Its environment variable.
+        env: &'static str,
+        /// Its flag.
+        flag: &'static str,
+        /// Extra advice.
+        hint: &'static str,
+    },
+}
+
+impl ServerConfig {
+    /// Reads `file` (if given) and applies `overrides` on top.
+    pub fn resolve(
+        file: Option<&Path>,
+        overrides: ServerOverrides,
+    ) -> Result<ServerConfig, ConfigError> {
+        let parsed = match file {
+            None => ServerConfigFile::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                serde_yaml_ng::from_str::<Option<ServerConfigFile>>(&text)
+                    .map_err(|e| ConfigError::Parse {
+                        path: path.to_owned(),
+                        reason: e.to_string(),
+                    })?
+                    .unwrap_or_default()
+            }
+        };
+        let listen_text = overrides
+            .listen
+            .or(parsed.listen)
+            .unwrap_or_else(|| format!("0.0.0.0:{DEFAULT_PORT}"));
+        let listen = listen_text
+            .parse::<SocketAddr>()
+            .map_err(|_| ConfigError::Invalid {
+                key: "listen",
+                value: listen_text.clone(),
+                reason: "expected IP:PORT, for example 0.0.0.0:7470 or [::]:7470",
+            })?;
+        let data_dir = overrides
+            .data_dir
+            .or(parsed.data_dir)
+            .unwrap_or_else(|| PathBuf::from("/var/lib/klio"));
+        if data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "data_dir",
+                value: String::new(),
+                reason: "must not be empty",
+            });
+        }
+        let tls = parsed.tls.unwrap_or_default();
+        const HINT: &str = "; `klio certs init` creates a CA and server certificate";
+        let ca = overrides.tls_ca.or(tls.ca).ok_or(ConfigError::Missing {
+            key: "the CA certificate",
+            yaml: "tls.ca",
+            env: "KLIO_TLS_CA",
+            flag: "--tls-ca",
+            hint: HINT,
+        })?;
+        let cert = overrides
+            .tls_cert
+            .or(tls.cert)
+            .ok_or(ConfigError::Missing {
+                key: "the server certificate",
+                yaml: "tls.cert",
+                env: "KLIO_TLS_CERT",
+                flag: "--tls-cert",
+                hint: HINT,
+            })?;
+        let key = overrides.tls_key.or(tls.key).ok_or(ConfigError::Missing {
+            key: "the server key",
+            yaml: "tls.key",
+            env: "KLIO_TLS_KEY",
+            flag: "--tls-key",
+            hint: HINT,
+        })?;
+        Ok(ServerConfig {
+            listen,
+            data_dir,
+            tls: TlsFiles { ca, cert, key },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        f
+    }
+
+    #[test]
+    fn file_then_overrides() {
+        let f = write(
+            "listen: 127.0.0.1:9000\ndata_dir: /srv/klio\ntls:\n  ca: /c/ca.pem\n  cert: /c/s.pem\n  key: /c/s.key\n",
+        );
+        let c = ServerConfig::resolve(Some(f.path()), ServerOverrides::default()).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(c.data_dir, PathBuf::from("/srv/klio"));
+        assert_eq!(c.tls.key, PathBuf::from("/c/s.key"));
+        let c = ServerConfig::resolve(
+            Some(f.path()),
+            ServerOverrides {
+                listen: Some("[::1]:1".into()),
+                tls_key: Some("/other.key".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.listen, "[::1]:1".parse().unwrap());
+        assert_eq!(c.tls.key, PathBuf::from("/other.key"));
+    }
+
+    #[test]
+    fn clear_errors() {
+        let typo = write("listne: 1.2.3.4:5\n");
+        let e = ServerConfig::resolve(Some(typo.path()), ServerOverrides::default()).unwrap_err();
+        assert!(e.to_string().contains("listne"), "{e}");
+        let bad = write("listen: nowhere\ntls: {ca: a, cert: b, key: c}\n");
+        let e = ServerConfig::resolve(Some(bad.path()), ServerOverrides::default()).unwrap_err();
+        assert!(
+            matches!(e, ConfigError::Invalid { key: "listen", .. }),
+            "{e}"
+        );
+        let e = ServerConfig::resolve(None, ServerOverrides::default()).unwrap_err();
+        assert!(
+            e.to_string().contains("KLIO_TLS_CA") && e.to_string().contains("klio certs init"),
+            "{e}"
+        );
+        let e = ServerConfig::resolve(
+            Some(Path::new("/nonexistent/klio.yaml")),
+            ServerOverrides::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }), "{e}");
+    }
+}

@@ -1,0 +1,158 @@
+//! The QUIC listener: accepts connections, identifies their cluster, runs their sessions.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use klio_proto::klio::ClusterName;
+use tracing::Instrument;
+
+use crate::config::ServerConfig;
+use crate::registry::Registry;
+use crate::session;
+use crate::tls::{self, TlsSetupError};
+
+/// The server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// TLS files are missing or invalid.
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+    /// The data directory is unusable.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The UDP socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// State shared by all connections.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) data_dir: PathBuf,
+    pub(crate) registry: Registry,
+}
+
+impl Shared {
+    /// The WAL archive directory of a cluster.
+    pub(crate) fn wal_dir(&self, cluster: &ClusterName) -> PathBuf {
+        self.data_dir
+            .join("clusters")
+            .join(cluster.as_str())
+            .join("wal")
+    }
+}
+
+/// A bound Klio server.
+#[derive(Debug)]
+pub struct Server {
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Checks the configuration, prepares the data directory and binds the socket.
+    pub fn bind(config: &ServerConfig) -> Result<Server, ServerError> {
+        let quic = tls::quic_server_config(&config.tls)?;
+        std::fs::create_dir_all(config.data_dir.join("clusters")).map_err(|source| {
+            ServerError::DataDir {
+                path: config.data_dir.clone(),
+                source,
+            }
+        })?;
+        let endpoint =
+            quinn::Endpoint::server(quic, config.listen).map_err(|source| ServerError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        Ok(Server {
+            endpoint,
+            shared: Arc::new(Shared {
+                data_dir: config.data_dir.clone(),
+                registry: Registry::default(),
+            }),
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Serves connections until `shutdown` resolves.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        tracing::info!(
+            "listening on {} (data directory {})",
+            self.local_addr()
+                .map_or_else(|e| e.to_string(), |a| a.to_string()),
+            self.shared.data_dir.display()
+        );
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                incoming = self.endpoint.accept() => {
+                    let Some(incoming) = incoming else { break };
+                    let shared = self.shared.clone();
+                    tokio::spawn(async move { handle_connection(incoming, shared).await });
+                }
+            }
+        }
+        self.endpoint.close(0u32.into(), b"server shutting down");
+        self.endpoint.wait_idle().await;
+        tracing::info!("server stopped");
+    }
+}
+
+async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            // Missing or untrusted client certificates end here, in the TLS handshake.
+            tracing::warn!(%remote, "refused connection: {e}");
+            return;
+        }
+    };
+    let cluster = match tls::cluster_of(&conn) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(%remote, "refused connection: {e}");
+            conn.close(1u32.into(), b"certificate does not name a cluster");
+            return;
+        }
+    };
+    let span = tracing::info_span!("client", cluster = %cluster, %remote);
+    async move {
+        tracing::debug!("connected");
+        loop {
+            match conn.accept_bi().await {
+                Ok((send, recv)) => {
+                    let shared = shared.clone();
+                    let cluster = cluster.clone();
+                    tokio::spawn(session::run(shared, cluster, send, recv).in_current_span());
+                }
+                Err(e) => {
+                    tracing::debug!("connection closed: {e}");
+                    break;
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+}

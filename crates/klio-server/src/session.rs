@@ -1,0 +1,340 @@
+//! One client stream: a WAL ingest session (after `Hello`) or position queries.
+//!
+//! Durability: frames are applied to the cluster's [`WalArchive`] in batches, one batch per
+//! wake-up of the stream; each batch ends with one `sync` (one fsync for everything received
+//! so far) and only then is the durable position acknowledged with [`Message::Ack`].
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use klio_proto::klio::{ClusterName, ErrorCode, FrameDecoder, Message, PROTOCOL_VERSION};
+use klio_store::wal_archive::{BeginOutcome, ClusterIdentity, WalArchive, WalArchiveError};
+use klio_wal::{Lsn, SegmentSize, TimelineId};
+
+use crate::registry::WriterLease;
+use crate::server::Shared;
+
+/// Why a session ended early.
+enum End {
+    /// The peer went away or finished; nothing to send.
+    Closed(String),
+    /// We refuse to go on: tell the client why.
+    Refused(ErrorCode, String),
+}
+
+impl From<WalArchiveError> for End {
+    fn from(e: WalArchiveError) -> Self {
+        End::Refused(error_code(&e), e.to_string())
+    }
+}
+
+fn error_code(e: &WalArchiveError) -> ErrorCode {
+    use WalArchiveError as E;
+    match e {
+        E::SystemIdMismatch { .. } => ErrorCode::SystemIdMismatch,
+        E::SegmentSizeMismatch { .. } => ErrorCode::SegmentSizeMismatch,
+        E::Overlap { .. }
+        | E::NotSegmentAligned { .. }
+        | E::Discontinuity { .. }
+        | E::NotStreaming => ErrorCode::InvalidPosition,
+        E::HistoryConflict { .. } => ErrorCode::BadRequest,
+        _ => ErrorCode::Storage,
+    }
+}
+
+/// Framed I/O over one QUIC stream.
+struct Framed {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    decoder: FrameDecoder,
+}
+
+impl Framed {
+    /// Waits for more bytes; `false` when the peer finished the stream.
+    async fn fill(&mut self) -> Result<bool, End> {
+        match self.recv.read_chunk(1 << 20, true).await {
+            Ok(Some(chunk)) => {
+                self.rbuf.extend_from_slice(&chunk.bytes);
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            Err(e) => Err(End::Closed(e.to_string())),
+        }
+    }
+
+    /// Every complete frame already buffered.
+    fn drain(&mut self) -> Result<Vec<Message>, End> {
+        let mut out = Vec::new();
+        loop {
+            match self.decoder.decode(&mut self.rbuf) {
+                Ok(Some(m)) => out.push(m),
+                Ok(None) => return Ok(out),
+                Err(e) => return Err(End::Refused(ErrorCode::BadRequest, e.to_string())),
+            }
+        }
+    }
+
+    /// The next frame, waiting as needed; `None` at the end of the stream.
+    async fn next(&mut self) -> Result<Option<Message>, End> {
+        loop {
+            match self.decoder.decode(&mut self.rbuf) {
+                Ok(Some(m)) => return Ok(Some(m)),
+                Ok(None) => {}
+                Err(e) => return Err(End::Refused(ErrorCode::BadRequest, e.to_string())),
+            }
+            if !self.fill().await? {
+                return Ok(None);
+            }
+        }
+    }
+
+    async fn send(&mut self, msgs: &[Message]) -> Result<(), End> {
+        self.wbuf.clear();
+        for m in msgs {
+            m.encode(&mut self.wbuf);
+        }
+        self.send
+            .write_all(&self.wbuf)
+            .await
+            .map_err(|e| End::Closed(e.to_string()))
+    }
+}
+
+/// Runs one stream to its end and logs how it ended.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    cluster: ClusterName,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) {
+    let mut io = Framed {
+        send,
+        recv,
+        rbuf: BytesMut::with_capacity(256 * 1024),
+        wbuf: BytesMut::new(),
+        decoder: FrameDecoder::new(),
+    };
+    match serve(&shared, &cluster, &mut io).await {
+        Ok(()) => tracing::debug!("stream finished"),
+        Err(End::Closed(why)) => tracing::info!("stream ended: {why}"),
+        Err(End::Refused(code, message)) => {
+            tracing::warn!(?code, "refused: {message}");
+            let _ = io.send(&[Message::Error { code, message }]).await;
+            let _ = io.send.finish();
+            // Give the error a moment to reach the client before the stream is dropped.
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(2), io.send.stopped()).await;
+        }
+    }
+}
+
+async fn serve(shared: &Arc<Shared>, cluster: &ClusterName, io: &mut Framed) -> Result<(), End> {
+    match io.next().await? {
+        None => Ok(()),
+        Some(Message::Hello {
+            version,
+            cluster: claimed,
+            system_id,
+            segment_size,
+        }) => {
+            if &claimed != cluster {
+                return Err(End::Refused(
+                    ErrorCode::Unauthorized,
+                    format!(
+                        "this certificate is for cluster {cluster}, not {claimed}: use the client certificate of {claimed}"
+                    ),
+                ));
+            }
+            if version != PROTOCOL_VERSION {
+                return Err(End::Refused(
+                    ErrorCode::UnsupportedVersion,
+                    format!(
+                        "protocol version {version} is not supported (server speaks {PROTOCOL_VERSION})"
+                    ),
+                ));
+            }
+            let segment_size = SegmentSize::new(u64::from(segment_size))
+                .map_err(|e| End::Refused(ErrorCode::BadRequest, e.to_string()))?;
+            let lease = shared.registry.acquire_writer(cluster).await;
+            let identity = ClusterIdentity {
+                system_id,
+                segment_size,
+            };
+            let dir = shared.wal_dir(cluster);
+            let archive = blocking(move || WalArchive::open(&dir, identity)).await??;
+            wal_session(archive, lease, io).await
+        }
+        Some(Message::GetPosition { timeline }) => {
+            let mut next = Some(Message::GetPosition { timeline });
+            while let Some(msg) = next {
+                let Message::GetPosition { timeline } = msg else {
+                    return Err(End::Refused(
+                        ErrorCode::BadRequest,
+                        "only GetPosition may follow GetPosition before Hello".to_owned(),
+                    ));
+                };
+                let dir = shared.wal_dir(cluster);
+                let answer = blocking(move || position_of(&dir, timeline)).await??;
+                io.send(&[answer]).await?;
+                next = io.next().await?;
+            }
+            Ok(())
+        }
+        Some(other) => Err(End::Refused(
+            ErrorCode::BadRequest,
+            format!(
+                "the first message must be Hello or GetPosition, not {:#04x}",
+                other.tag()
+            ),
+        )),
+    }
+}
+
+fn position_of(dir: &std::path::Path, timeline: Option<TimelineId>) -> Result<Message, End> {
+    if !dir.exists() {
+        return Ok(Message::Position {
+            timeline,
+            durable: None,
+        });
+    }
+    let archive = WalArchive::open_existing(dir)?;
+    Ok(match timeline {
+        Some(t) => Message::Position {
+            timeline: Some(t),
+            durable: archive.durable_on(t),
+        },
+        None => Message::Position {
+            timeline: archive.durable().map(|d| d.0),
+            durable: archive.durable().map(|d| d.1),
+        },
+    })
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, End> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| End::Refused(ErrorCode::Internal, format!("storage task failed: {e}")))
+}
+
+/// What a batch of frames produced: replies and the new durable position.
+struct BatchResult {
+    replies: Vec<Message>,
+    ack: Option<(TimelineId, Lsn)>,
+}
+
+fn apply_batch(
+    archive: &mut WalArchive,
+    timeline: &mut Option<TimelineId>,
+    frames: Vec<Message>,
+) -> Result<BatchResult, End> {
+    let mut replies = Vec::new();
+    let mut wrote = false;
+    for msg in frames {
+        match msg {
+            Message::StartWal { timeline: t, start } => {
+                if let BeginOutcome::Gap { from, to } = archive.begin(t, start)? {
+                    tracing::error!(
+                        "archive gap on timeline {t}: WAL from {from} to {to} was never received; \
+                         recovery cannot pass this range (was the replication slot dropped?)"
+                    );
+                }
+                *timeline = Some(t);
+            }
+            Message::WalData { start, data } => {
+                archive.append(start, &data)?;
+                wrote = true;
+            }
+            Message::History {
+                timeline: t,
+                content,
+            } => {
+                archive.store_history(t, &content)?;
+            }
+            Message::GetPosition { timeline: t } => {
+                let t = t.or_else(|| archive.durable().map(|d| d.0));
+                replies.push(Message::Position {
+                    timeline: t,
+                    durable: t.and_then(|t| archive.durable_on(t)),
+                });
+            }
+            other => {
+                return Err(End::Refused(
+                    ErrorCode::BadRequest,
+                    format!("unexpected message {:#04x} in a WAL session", other.tag()),
+                ));
+            }
+        }
+    }
+    let ack = if wrote {
+        // One fsync covers every byte received in this batch; only now may it be acknowledged.
+        archive.sync()?.zip(*timeline).map(|(lsn, t)| (t, lsn))
+    } else {
+        None
+    };
+    Ok(BatchResult { replies, ack })
+}
+
+async fn wal_session(
+    archive: WalArchive,
+    mut lease: WriterLease,
+    io: &mut Framed,
+) -> Result<(), End> {
+    let durable = archive.durable();
+    io.send(&[Message::Welcome {
+        version: PROTOCOL_VERSION,
+        durable,
+    }])
+    .await?;
+    tracing::info!(
+        "WAL session started; durable position {}",
+        durable.map_or_else(
+            || "none".to_owned(),
+            |(t, l)| format!("{l} on timeline {t}")
+        )
+    );
+    let mut archive = Some(archive);
+    let mut timeline: Option<TimelineId> = None;
+    let mut last_ack: Option<(TimelineId, Lsn)> = None;
+    loop {
+        let frames = io.drain()?;
+        if !frames.is_empty() {
+            let mut a = archive
+                .take()
+                .ok_or_else(|| End::Refused(ErrorCode::Internal, "archive lost".to_owned()))?;
+            let mut t = timeline;
+            let (a, result) = blocking(move || {
+                let r = apply_batch(&mut a, &mut t, frames);
+                (a, r.map(|r| (r, t)))
+            })
+            .await?;
+            archive = Some(a);
+            let (batch, t) = result?;
+            timeline = t;
+            let mut out = batch.replies;
+            if let Some(ack) = batch.ack.filter(|a| Some(*a) != last_ack) {
+                out.push(Message::Ack {
+                    timeline: ack.0,
+                    durable: ack.1,
+                });
+                last_ack = Some(ack);
+            }
+            if !out.is_empty() {
+                io.send(&out).await?;
+            }
+        }
+        let more = tokio::select! {
+            _ = lease.preempted() => {
+                return Err(End::Refused(
+                    ErrorCode::Preempted,
+                    "a newer session of this cluster took over".to_owned(),
+                ));
+            }
+            more = io.fill() => more?,
+        };
+        if !more {
+            return Ok(());
+        }
+    }
+}

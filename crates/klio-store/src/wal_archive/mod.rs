@@ -1,0 +1,431 @@
+//! The Tier 1 WAL archive of one PostgreSQL cluster.
+//!
+//! # On-disk layout
+//!
+//! One directory per cluster:
+//!
+//! - `klio-archive.identity`: the cluster's system id and segment size (see
+//!   [`ClusterIdentity`]), written atomically and durably on first use and checked on every open.
+//! - `000000010000000000000003`: a completed segment, byte-identical to what pg_receivewal
+//!   writes. Assembled from its journal into `<name>.klio-tmp`, fsynced, renamed, and the
+//!   directory fsynced: a final name always holds a complete segment.
+//! - `000000010000000000000004.klio-journal`: the segment in progress, as CRC-protected frames
+//!   in a zero-padded file (format in the `journal` module). After a crash, the end of its last
+//!   valid frame is the exact durable end. A journal whose final segment exists is stale and
+//!   removed on open; one holding the whole segment is finished on open.
+//! - `00000002.history`: timeline history files, stored atomically and durably.
+//! - `*.klio-tmp`: files being written; removed on open.
+//!
+//! # Durability
+//!
+//! [`WalArchive::append`] only buffers (and writes out, without fsync, frames of about 4 MiB
+//! to bound memory). [`WalArchive::sync`] writes the rest as one frame per segment touched and
+//! issues one fdatasync (more only when segments complete); the LSN it returns is the only one
+//! that may be acknowledged. An I/O error poisons the handle: the archive on disk stays
+//! consistent, and reopening it recovers the exact durable end.
+//!
+//! Only one writer ([`WalArchive::open`]) may use a directory at a time; read-only handles
+//! ([`WalArchive::open_existing`]) may run alongside it.
+
+mod durable;
+mod error;
+mod identity;
+mod journal;
+mod read;
+mod recover;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use klio_wal::{Lsn, SegmentNo, TimelineId, WalFileName};
+
+pub use error::WalArchiveError;
+pub use identity::ClusterIdentity;
+pub use read::{
+    ArchiveListing, ArchivedFile, ExportSummary, JournalReport, PartialSegment, SegmentRange,
+    TimelineListing, inspect_journal,
+};
+
+use journal::JournalWriter;
+
+/// Appended bytes beyond this are written out as a frame without fsync, to bound memory.
+const WRITE_OUT_THRESHOLD: usize = 4 << 20;
+
+/// How a [`WalArchive::begin`] relates to what the archive already holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BeginOutcome {
+    /// The timeline has no WAL yet; streaming starts at a segment boundary.
+    Started,
+    /// Streaming continues exactly at the durable end.
+    Resumed,
+    /// Streaming continues at a segment boundary after the durable end: the WAL in `from..to`
+    /// is missing from the archive. Callers should log this loudly.
+    Gap {
+        /// The durable end on the timeline.
+        from: Lsn,
+        /// Where streaming resumes.
+        to: Lsn,
+    },
+}
+
+/// The stream currently being appended to.
+#[derive(Debug)]
+struct Stream {
+    timeline: TimelineId,
+    /// Where `begin` started.
+    origin: Lsn,
+    /// Just past the last appended byte.
+    next: Lsn,
+    /// LSN of `buf[0]`.
+    buf_start: Lsn,
+    /// Appended bytes not yet written to a journal.
+    buf: Vec<u8>,
+    /// The journal of the segment being written, if open.
+    journal: Option<JournalWriter>,
+}
+
+/// The WAL archive of one PostgreSQL cluster (see the [module documentation](self)).
+#[derive(Debug)]
+pub struct WalArchive {
+    dir: PathBuf,
+    identity: ClusterIdentity,
+    writable: bool,
+    poisoned: bool,
+    durable: BTreeMap<TimelineId, Lsn>,
+    stream: Option<Stream>,
+}
+
+impl WalArchive {
+    /// Opens the archive in `dir` (created if missing). First use records `identity` durably;
+    /// later uses refuse a different system id or segment size with a clear error. Runs crash
+    /// recovery.
+    pub fn open(dir: &Path, identity: ClusterIdentity) -> Result<WalArchive, WalArchiveError> {
+        if !dir.is_dir() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| WalArchiveError::io("create directory", dir, e))?;
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                // The new directory's entry lives in its parent: without this fsync a crash
+                // could lose the whole archive directory after WAL in it was acknowledged.
+                durable::fsync_dir(parent)?;
+            }
+        }
+        match identity::read(dir)? {
+            Some(recorded) => identity::check(dir, &recorded, &identity)?,
+            None => {
+                let s = recover::survey(dir, identity.segment_size)?;
+                if s.has_archive_files {
+                    return Err(WalArchiveError::MissingIdentity {
+                        dir: dir.to_owned(),
+                    });
+                }
+                identity::write(dir, &identity)?;
+            }
+        }
+        let durable = recover::recover(dir, identity.segment_size)?;
+        Ok(WalArchive {
+            dir: dir.to_owned(),
+            identity,
+            writable: true,
+            poisoned: false,
+            durable,
+            stream: None,
+        })
+    }
+
+    /// Opens an existing archive read-only, reading the identity from disk (for status, export
+    /// and restores). Changes nothing on disk, so it may run alongside the writer.
+    pub fn open_existing(dir: &Path) -> Result<WalArchive, WalArchiveError> {
+        let identity = identity::read(dir)?.ok_or_else(|| WalArchiveError::NotAnArchive {
+            dir: dir.to_owned(),
+            file: identity::IDENTITY_FILE,
+        })?;
+        let durable =
+            recover::survey(dir, identity.segment_size)?.durable_ends(identity.segment_size);
+        Ok(WalArchive {
+            dir: dir.to_owned(),
+            identity,
+            writable: false,
+            poisoned: false,
+            durable,
+            stream: None,
+        })
+    }
+
+    /// The archive directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The cluster this archive belongs to.
+    pub fn identity(&self) -> ClusterIdentity {
+        self.identity
+    }
+
+    /// The newest timeline that has WAL, and the exact durable end on it.
+    ///
+    /// For a read-only handle this is the state when it was opened.
+    pub fn durable(&self) -> Option<(TimelineId, Lsn)> {
+        self.durable.last_key_value().map(|(t, l)| (*t, *l))
+    }
+
+    /// The durable end on `timeline`, if it has WAL.
+    pub fn durable_on(&self, timeline: TimelineId) -> Option<Lsn> {
+        self.durable.get(&timeline).copied()
+    }
+
+    /// The client announces that WAL of `timeline` from `start` follows.
+    ///
+    /// A stream in progress is synced and its journal closed first (it stays partial, like
+    /// pg_receivewal's `.partial`). On a timeline with durable end `D`, `start` must be `D`
+    /// ([`BeginOutcome::Resumed`]) or a segment boundary after it ([`BeginOutcome::Gap`]); on a
+    /// timeline without WAL it must be a segment boundary ([`BeginOutcome::Started`]).
+    pub fn begin(
+        &mut self,
+        timeline: TimelineId,
+        start: Lsn,
+    ) -> Result<BeginOutcome, WalArchiveError> {
+        self.check_writable()?;
+        if self.stream.is_some() {
+            let r = self.sync();
+            self.poison_on(r)?;
+            self.stream = None;
+        }
+        let size = self.identity.segment_size;
+        let aligned = size.offset_of(start) == 0;
+        let durable = self.durable_on(timeline);
+        let outcome = match durable {
+            Some(d) if start == d => BeginOutcome::Resumed,
+            Some(d) if start < d => {
+                return Err(WalArchiveError::Overlap {
+                    timeline,
+                    start,
+                    durable_end: d,
+                });
+            }
+            Some(d) if aligned => BeginOutcome::Gap { from: d, to: start },
+            None if aligned => BeginOutcome::Started,
+            _ => {
+                return Err(WalArchiveError::NotSegmentAligned {
+                    timeline,
+                    start,
+                    durable_end: durable,
+                });
+            }
+        };
+        let journal = if aligned {
+            None
+        } else {
+            let r = self.reopen_journal(timeline, start);
+            Some(self.poison_on(r)?)
+        };
+        self.stream = Some(Stream {
+            timeline,
+            origin: start,
+            next: start,
+            buf_start: start,
+            buf: Vec::new(),
+            journal,
+        });
+        Ok(outcome)
+    }
+
+    /// Appends WAL bytes continuing the stream exactly (`start` is the end of what was appended
+    /// before). Not durable until [`WalArchive::sync`].
+    pub fn append(&mut self, start: Lsn, data: &[u8]) -> Result<(), WalArchiveError> {
+        self.check_writable()?;
+        let stream = self.stream.as_mut().ok_or(WalArchiveError::NotStreaming)?;
+        if start != stream.next {
+            return Err(WalArchiveError::Discontinuity {
+                timeline: stream.timeline,
+                expected: stream.next,
+                got: start,
+            });
+        }
+        start
+            .checked_add(data.len() as u64)
+            .ok_or(WalArchiveError::PositionOverflow)?;
+        let mut rest = data;
+        while !rest.is_empty() {
+            let stream = self.stream.as_mut().ok_or(WalArchiveError::NotStreaming)?;
+            let take = (WRITE_OUT_THRESHOLD - stream.buf.len()).min(rest.len());
+            stream.buf.extend_from_slice(&rest[..take]);
+            stream.next = Lsn(stream.next.0 + take as u64);
+            rest = &rest[take..];
+            if stream.buf.len() >= WRITE_OUT_THRESHOLD {
+                let r = self.write_out(false);
+                self.poison_on(r)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes everything appended so far durable, with one fdatasync unless segments completed,
+    /// and returns the durable end on the current timeline. Only this value may be acknowledged.
+    pub fn sync(&mut self) -> Result<Option<Lsn>, WalArchiveError> {
+        self.check_writable()?;
+        let Some(stream) = self.stream.as_ref() else {
+            return Ok(None);
+        };
+        let timeline = stream.timeline;
+        let r = self.sync_inner();
+        self.poison_on(r)?;
+        Ok(self.durable_on(timeline))
+    }
+
+    /// Stores a timeline history file durably; idempotent for identical content; different
+    /// content for a timeline that already has one is an error.
+    pub fn store_history(
+        &mut self,
+        timeline: TimelineId,
+        content: &[u8],
+    ) -> Result<(), WalArchiveError> {
+        self.check_writable()?;
+        let name = WalFileName::History { timeline }.to_string_with(self.identity.segment_size);
+        let path = self.dir.join(&name);
+        match durable::read_optional(&path)? {
+            Some(existing) if existing == content => Ok(()),
+            Some(_) => Err(WalArchiveError::HistoryConflict { timeline, path }),
+            None => durable::write_file_durably(&self.dir, &name, content),
+        }
+    }
+
+    /// The stored history file of `timeline`, if any.
+    pub fn history(&self, timeline: TimelineId) -> Result<Option<Vec<u8>>, WalArchiveError> {
+        let name = WalFileName::History { timeline }.to_string_with(self.identity.segment_size);
+        durable::read_optional(&self.dir.join(name))
+    }
+
+    fn check_writable(&self) -> Result<(), WalArchiveError> {
+        if !self.writable {
+            return Err(WalArchiveError::ReadOnly {
+                dir: self.dir.clone(),
+            });
+        }
+        if self.poisoned {
+            return Err(WalArchiveError::Poisoned {
+                dir: self.dir.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Marks the handle unusable when a write-path error leaves its view of the disk uncertain
+    /// (a failed fsync may have dropped dirty pages: retrying it could report success wrongly).
+    fn poison_on<T>(&mut self, r: Result<T, WalArchiveError>) -> Result<T, WalArchiveError> {
+        if let Err(e) = &r {
+            if e.poisons() {
+                self.poisoned = true;
+                self.stream = None;
+            }
+        }
+        r
+    }
+
+    fn sync_inner(&mut self) -> Result<(), WalArchiveError> {
+        self.write_out(true)?;
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(());
+        };
+        if let Some(j) = stream.journal.as_mut() {
+            j.sync()?;
+        }
+        if stream.next > stream.origin {
+            self.durable.insert(stream.timeline, stream.next);
+        }
+        Ok(())
+    }
+
+    /// Reopens the journal holding the durable end `at` (mid-segment) to continue it.
+    fn reopen_journal(
+        &self,
+        timeline: TimelineId,
+        at: Lsn,
+    ) -> Result<JournalWriter, WalArchiveError> {
+        let size = self.identity.segment_size;
+        let segno = size.segment_of(at);
+        let path = self.dir.join(journal::journal_name(timeline, segno, size));
+        let (writer, scan) = JournalWriter::reopen(path.clone(), timeline, segno, size)?;
+        if scan.end != at {
+            return Err(WalArchiveError::Inconsistent {
+                path,
+                reason: format!(
+                    "journal ends at {}, expected the durable end {at}",
+                    scan.end
+                ),
+            });
+        }
+        Ok(writer)
+    }
+
+    /// Writes the buffered bytes as frames, one per segment touched. A frame that completes a
+    /// segment is fdatasynced and the segment finished. `end_of_batch`: an fdatasync follows
+    /// the last frame (otherwise frames are marked `CONTINUED`).
+    fn write_out(&mut self, end_of_batch: bool) -> Result<(), WalArchiveError> {
+        let size = self.identity.segment_size;
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(());
+        };
+        if stream.buf.is_empty() {
+            return Ok(());
+        }
+        let buf = std::mem::take(&mut stream.buf);
+        for piece in size.split(stream.buf_start, buf.len() as u64) {
+            let data = &buf[piece.range_offset as usize..][..piece.len as usize];
+            let start = size
+                .segment_start(piece.segno)
+                .and_then(|s| s.checked_add(u64::from(piece.offset)))
+                .ok_or(WalArchiveError::PositionOverflow)?;
+            let journal = match stream.journal.take() {
+                Some(j) if j.segno == piece.segno => j,
+                Some(j) => {
+                    return Err(WalArchiveError::Inconsistent {
+                        path: j.path.clone(),
+                        reason: format!("open journal is not the one for WAL at {start}"),
+                    });
+                }
+                None if piece.offset == 0 => {
+                    JournalWriter::create(&self.dir, stream.timeline, piece.segno, size)?
+                }
+                None => {
+                    return Err(WalArchiveError::Inconsistent {
+                        path: self.dir.clone(),
+                        reason: format!("no journal open for WAL at {start}"),
+                    });
+                }
+            };
+            let journal = stream.journal.insert(journal);
+            let completes = piece.completes_segment(size);
+            journal.write_frame(start, data, !(completes || end_of_batch))?;
+            if completes {
+                journal.sync()?;
+                let end = recover::segment_end(size, piece.segno)
+                    .ok_or(WalArchiveError::PositionOverflow)?;
+                // The whole segment is durable in the journal: acknowledgeable even if
+                // publishing the final file fails below (recovery would finish it).
+                self.durable.insert(stream.timeline, end);
+                if let Some(j) = stream.journal.take() {
+                    j.finish(&self.dir, size)?;
+                }
+            }
+        }
+        let mut buf = buf;
+        buf.clear();
+        stream.buf = buf;
+        stream.buf_start = stream.next;
+        Ok(())
+    }
+}
+
+/// The segment number of a WAL file name's segment (helper for `read`).
+fn segment_of_name(name: &WalFileName) -> Option<(TimelineId, SegmentNo)> {
+    match *name {
+        WalFileName::Segment { timeline, segno } | WalFileName::Partial { timeline, segno } => {
+            Some((timeline, segno))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

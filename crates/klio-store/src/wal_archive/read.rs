@@ -1,0 +1,377 @@
+//! Read-only access: single files for restores, listings, pg_receivewal-style exports, and
+//! journal inspection. Nothing here returns bytes that failed a check.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use klio_wal::{Lsn, SegmentNo, SegmentSize, TimelineId, WalFileName};
+
+use super::journal::{self, FileSource, JournalScan, ScanError};
+use super::recover::{self, Survey};
+use super::{WalArchive, WalArchiveError, durable, segment_of_name};
+
+/// One archived file, read for a restore.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ArchivedFile {
+    /// The file's name.
+    pub name: WalFileName,
+    /// The contents: a whole segment (zero-padded when partial) or a history file.
+    pub content: Vec<u8>,
+    /// The segment is still in progress: only `valid_len` bytes are WAL, the rest zeros.
+    pub partial: bool,
+    /// Bytes of real content (the whole length unless `partial`).
+    pub valid_len: u64,
+}
+
+impl std::fmt::Debug for ArchivedFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArchivedFile")
+            .field("name", &self.name)
+            .field("content_len", &self.content.len())
+            .field("partial", &self.partial)
+            .field("valid_len", &self.valid_len)
+            .finish()
+    }
+}
+
+/// A run of consecutive completed segments, `first..=last`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentRange {
+    /// The first segment of the run.
+    pub first: SegmentNo,
+    /// The last segment of the run (inclusive).
+    pub last: SegmentNo,
+}
+
+/// A segment in progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartialSegment {
+    /// The segment.
+    pub segno: SegmentNo,
+    /// End of the durable WAL in it.
+    pub end: Lsn,
+}
+
+/// What the archive holds for one timeline.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimelineListing {
+    /// The timeline.
+    pub timeline: TimelineId,
+    /// Completed segments, as runs of consecutive segment numbers, ascending.
+    pub segments: Vec<SegmentRange>,
+    /// Segments in progress (normally at most one; earlier ones after gaps), ascending.
+    pub partials: Vec<PartialSegment>,
+    /// The durable end on this timeline.
+    pub durable_end: Lsn,
+}
+
+/// What the archive holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArchiveListing {
+    /// Timelines with WAL, ascending.
+    pub timelines: Vec<TimelineListing>,
+    /// Timelines with a stored history file, ascending.
+    pub histories: Vec<TimelineId>,
+}
+
+/// What [`WalArchive::export_to_directory`] wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExportSummary {
+    /// Complete segments written.
+    pub segments: usize,
+    /// In-progress segments written as zero-padded `.partial` files.
+    pub partials: usize,
+    /// History files written.
+    pub histories: usize,
+    /// Total bytes written.
+    pub bytes: u64,
+}
+
+/// The result of [`inspect_journal`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JournalReport {
+    /// Valid frames.
+    pub frames: usize,
+    /// End of the last valid frame (the segment start if none).
+    pub end: Lsn,
+    /// The frames cover the whole segment.
+    pub complete: bool,
+    /// Byte offset where the valid frames end (a torn tail or zeros follow).
+    pub valid_bytes: u64,
+    /// Why the scan stopped before the end of the segment (`None` when complete).
+    pub stop_reason: Option<&'static str>,
+}
+
+/// Checks the bytes of a journal file (for example, a copy for inspection) of segment `name`
+/// (a [`WalFileName::Segment`] or [`WalFileName::Partial`]): how much valid WAL it holds, or
+/// why it is damaged. `path` only names the file in errors.
+pub fn inspect_journal(
+    bytes: &[u8],
+    name: &WalFileName,
+    size: SegmentSize,
+    path: &Path,
+) -> Result<JournalReport, WalArchiveError> {
+    let (timeline, segno) = segment_of_name(name).ok_or_else(|| WalArchiveError::Inconsistent {
+        path: path.to_owned(),
+        reason: "a journal belongs to a segment, not to a history or backup file".to_owned(),
+    })?;
+    let scan =
+        journal::scan(bytes, timeline, segno, size).map_err(|e| e.into_archive_error(path))?;
+    Ok(JournalReport {
+        frames: scan.frames.len(),
+        end: scan.end,
+        complete: scan.complete,
+        valid_bytes: scan.write_offset,
+        stop_reason: scan.stop_reason,
+    })
+}
+
+/// Assembles a journal's WAL zero-padded to a whole segment, re-checking CRCs while reading.
+fn assemble(
+    file: &File,
+    path: &Path,
+    timeline: TimelineId,
+    scan: &JournalScan,
+    size: SegmentSize,
+) -> Result<Vec<u8>, WalArchiveError> {
+    let src = FileSource::new(file).map_err(|e| WalArchiveError::io("stat", path, e))?;
+    let mut out = Vec::with_capacity(size.bytes() as usize);
+    journal::copy_frames(&src, timeline, &scan.frames, |c| {
+        out.extend_from_slice(c);
+        Ok(())
+    })
+    .map_err(|e| match e {
+        ScanError::Io(e) => WalArchiveError::io("read journal", path, e),
+        other => other.into_archive_error(path),
+    })?;
+    out.resize(size.bytes() as usize, 0);
+    Ok(out)
+}
+
+/// Reads a final segment file, checking its size; `None` if it does not exist.
+fn read_segment(path: &Path, size: SegmentSize) -> Result<Option<Vec<u8>>, WalArchiveError> {
+    let Some(bytes) = durable::read_optional(path)? else {
+        return Ok(None);
+    };
+    if bytes.len() as u64 != size.bytes_u64() {
+        return Err(WalArchiveError::DamagedSegment {
+            path: path.to_owned(),
+            reason: format!("{} bytes, expected {}", bytes.len(), size.bytes()),
+        });
+    }
+    Ok(Some(bytes))
+}
+
+/// A segment's journal contents: `(bytes zero-padded, complete, valid_len)`, or `None` when
+/// there is no journal or it holds no WAL.
+fn read_journal_segment(
+    dir: &Path,
+    timeline: TimelineId,
+    segno: SegmentNo,
+    size: SegmentSize,
+) -> Result<Option<(Vec<u8>, bool, u64)>, WalArchiveError> {
+    let path = dir.join(journal::journal_name(timeline, segno, size));
+    let Some(file) = recover::open_journal_read(&path)? else {
+        return Ok(None);
+    };
+    let scan = recover::scan_journal(&file, &path, timeline, segno, size)?;
+    if scan.frames.is_empty() {
+        return Ok(None);
+    }
+    let bytes = assemble(&file, &path, timeline, &scan, size)?;
+    let valid = scan.end.0 - scan.segment_start.0;
+    Ok(Some((bytes, scan.complete, valid)))
+}
+
+impl WalArchive {
+    /// Reads one archived file by PostgreSQL name for restores: a complete segment, a
+    /// `.history` file, or, when the segment is still in progress, its bytes zero-padded to full
+    /// size (flagged partial). A `.partial` name returns the in-progress segment only.
+    pub fn read_file(&self, name: &WalFileName) -> Result<Option<ArchivedFile>, WalArchiveError> {
+        let size = self.identity.segment_size;
+        match *name {
+            WalFileName::History { timeline } => {
+                Ok(self.history(timeline)?.map(|content| ArchivedFile {
+                    name: *name,
+                    valid_len: content.len() as u64,
+                    content,
+                    partial: false,
+                }))
+            }
+            WalFileName::Segment { timeline, segno } => {
+                let final_path = self.dir.join(name.to_string_with(size));
+                if let Some(content) = read_segment(&final_path, size)? {
+                    return Ok(Some(complete_file(*name, content)));
+                }
+                match read_journal_segment(&self.dir, timeline, segno, size)? {
+                    Some((content, complete, valid_len)) => Ok(Some(ArchivedFile {
+                        name: *name,
+                        content,
+                        partial: !complete,
+                        valid_len,
+                    })),
+                    // The journal may have been finished between the two looks.
+                    None => Ok(read_segment(&final_path, size)?
+                        .map(|content| complete_file(*name, content))),
+                }
+            }
+            WalFileName::Partial { timeline, segno } => {
+                Ok(read_journal_segment(&self.dir, timeline, segno, size)?
+                    .filter(|(_, complete, _)| !complete)
+                    .map(|(content, _, valid_len)| ArchivedFile {
+                        name: *name,
+                        content,
+                        partial: true,
+                        valid_len,
+                    }))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Lists what the archive holds: timelines with their completed segment ranges and partial
+    /// segments, and history files.
+    pub fn list(&self) -> Result<ArchiveListing, WalArchiveError> {
+        let size = self.identity.segment_size;
+        let survey = recover::survey(&self.dir, size)?;
+        let ends = survey.durable_ends(size);
+        let mut timelines = Vec::new();
+        for (&timeline, &durable_end) in &ends {
+            let mut complete: Vec<SegmentNo> = survey
+                .segments
+                .iter()
+                .filter(|(t, _)| *t == timeline)
+                .map(|&(_, s)| s)
+                .chain(
+                    survey
+                        .journals
+                        .iter()
+                        .filter(|((t, _), j)| *t == timeline && j.scan.complete)
+                        .map(|(&(_, s), _)| s),
+                )
+                .collect();
+            complete.sort_unstable();
+            let mut segments: Vec<SegmentRange> = Vec::new();
+            for s in complete {
+                match segments.last_mut() {
+                    Some(r) if r.last.0.checked_add(1) == Some(s.0) => r.last = s,
+                    _ => segments.push(SegmentRange { first: s, last: s }),
+                }
+            }
+            let partials = survey
+                .journals
+                .iter()
+                .filter(|((t, _), j)| {
+                    *t == timeline && !j.scan.complete && !j.scan.frames.is_empty()
+                })
+                .map(|(&(_, segno), j)| PartialSegment {
+                    segno,
+                    end: j.scan.end,
+                })
+                .collect();
+            timelines.push(TimelineListing {
+                timeline,
+                segments,
+                partials,
+                durable_end,
+            });
+        }
+        Ok(ArchiveListing {
+            timelines,
+            histories: survey.histories.iter().copied().collect(),
+        })
+    }
+
+    /// Writes a pg_receivewal-style copy of the archive into `dest` (created if missing):
+    /// complete segments under their names, history files, and in-progress segments as
+    /// zero-padded `<name>.partial`. Every file is written atomically and fsynced.
+    pub fn export_to_directory(&self, dest: &Path) -> Result<ExportSummary, WalArchiveError> {
+        let size = self.identity.segment_size;
+        std::fs::create_dir_all(dest)
+            .map_err(|e| WalArchiveError::io("create directory", dest, e))?;
+        let survey: Survey = recover::survey(&self.dir, size)?;
+        let mut summary = ExportSummary::default();
+        for &(timeline, segno) in &survey.segments {
+            let name = WalFileName::Segment { timeline, segno }.to_string_with(size);
+            summary.bytes += copy_file(&self.dir.join(&name), dest, &name, Some(size))?;
+            summary.segments += 1;
+        }
+        for (&(timeline, segno), j) in &survey.journals {
+            if j.scan.frames.is_empty() {
+                continue;
+            }
+            let Some((content, complete, _)) =
+                read_journal_segment(&self.dir, timeline, segno, size)?
+            else {
+                // Finished concurrently: export the final segment instead.
+                let name = WalFileName::Segment { timeline, segno }.to_string_with(size);
+                summary.bytes += copy_file(&self.dir.join(&name), dest, &name, Some(size))?;
+                summary.segments += 1;
+                continue;
+            };
+            let name = if complete {
+                summary.segments += 1;
+                WalFileName::Segment { timeline, segno }
+            } else {
+                summary.partials += 1;
+                WalFileName::Partial { timeline, segno }
+            }
+            .to_string_with(size);
+            write_export_file(dest, &name, &content)?;
+            summary.bytes += content.len() as u64;
+        }
+        for &timeline in &survey.histories {
+            let name = WalFileName::History { timeline }.to_string_with(size);
+            summary.bytes += copy_file(&self.dir.join(&name), dest, &name, None)?;
+            summary.histories += 1;
+        }
+        // One directory fsync for all the renames above (each file was fsynced before its
+        // rename), so that the exported files survive a crash once this returns.
+        durable::fsync_dir(dest)?;
+        Ok(summary)
+    }
+}
+
+fn complete_file(name: WalFileName, content: Vec<u8>) -> ArchivedFile {
+    ArchivedFile {
+        name,
+        valid_len: content.len() as u64,
+        content,
+        partial: false,
+    }
+}
+
+fn write_export_file(dest: &Path, name: &str, content: &[u8]) -> Result<(), WalArchiveError> {
+    let (file, tmp) = durable::create_tmp(dest, name)?;
+    file.write_all_at(content, 0)
+        .map_err(|e| WalArchiveError::io("write", &tmp, e))?;
+    // The directory is fsynced once at the end of the export.
+    durable::publish(file, &tmp, dest, name, false)
+}
+
+/// Copies `src` into `dest/name` (streaming), checking the size of segments. Returns the bytes.
+fn copy_file(
+    src: &Path,
+    dest: &Path,
+    name: &str,
+    segment: Option<SegmentSize>,
+) -> Result<u64, WalArchiveError> {
+    let mut input = File::open(src).map_err(|e| WalArchiveError::io("open", src, e))?;
+    let (mut out, tmp) = durable::create_tmp(dest, name)?;
+    let copied = io::copy(&mut input, &mut out).map_err(|e| WalArchiveError::io("copy", src, e))?;
+    if let Some(size) = segment {
+        if copied != size.bytes_u64() {
+            drop(out);
+            durable::remove_if_present(&tmp)?;
+            return Err(WalArchiveError::DamagedSegment {
+                path: src.to_owned(),
+                reason: format!("{copied} bytes, expected {}", size.bytes()),
+            });
+        }
+    }
+    // The directory is fsynced once at the end of the export.
+    durable::publish(out, &tmp, dest, name, false)?;
+    Ok(copied)
+}

@@ -1,0 +1,219 @@
+//! Directory scans: what the archive holds, durable ends per timeline, and crash recovery.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use klio_wal::{Lsn, SegmentNo, SegmentSize, TimelineId, WalFileName};
+
+use super::journal::{self, FileSource, JOURNAL_SUFFIX, JournalScan, ScanError};
+use super::{WalArchiveError, durable, identity};
+
+/// A journal found by a survey (not stale: its final segment does not exist).
+#[derive(Debug)]
+pub(super) struct JournalState {
+    pub(super) path: PathBuf,
+    pub(super) scan: JournalScan,
+}
+
+/// What a directory holds.
+#[derive(Debug, Default)]
+pub(super) struct Survey {
+    /// Final segment files (size checked).
+    pub(super) segments: BTreeSet<(TimelineId, SegmentNo)>,
+    /// Journals whose final segment does not exist, scanned.
+    pub(super) journals: BTreeMap<(TimelineId, SegmentNo), JournalState>,
+    /// Journals whose final segment exists (left by a crash between rename and removal).
+    pub(super) stale_journals: Vec<PathBuf>,
+    /// Stored history files.
+    pub(super) histories: BTreeSet<TimelineId>,
+    /// Leftover temporary files.
+    pub(super) temps: Vec<PathBuf>,
+    /// Whether any archive file (other than the identity) exists.
+    pub(super) has_archive_files: bool,
+}
+
+impl Survey {
+    /// Durable end of each timeline that has WAL.
+    pub(super) fn durable_ends(&self, size: SegmentSize) -> BTreeMap<TimelineId, Lsn> {
+        let mut ends = BTreeMap::new();
+        let mut note = |tl: TimelineId, end: Lsn| {
+            let e = ends.entry(tl).or_insert(end);
+            if *e < end {
+                *e = end;
+            }
+        };
+        for &(tl, segno) in &self.segments {
+            if let Some(end) = segment_end(size, segno) {
+                note(tl, end);
+            }
+        }
+        for (&(tl, _), j) in &self.journals {
+            if !j.scan.frames.is_empty() {
+                note(tl, j.scan.end);
+            }
+        }
+        ends
+    }
+}
+
+/// The LSN just past segment `segno`.
+pub(super) fn segment_end(size: SegmentSize, segno: SegmentNo) -> Option<Lsn> {
+    size.segment_start(SegmentNo(segno.0.checked_add(1)?))
+}
+
+/// Opens a journal read-only; `None` if it vanished (finished concurrently).
+pub(super) fn open_journal_read(path: &Path) -> Result<Option<File>, WalArchiveError> {
+    match File::open(path) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(WalArchiveError::io("open journal", path, e)),
+    }
+}
+
+/// Scans an open journal. A frame that looks damaged is scanned once more before it is
+/// reported: a concurrent writer may have been writing it during the first scan.
+pub(super) fn scan_journal(
+    file: &File,
+    path: &Path,
+    timeline: TimelineId,
+    segno: SegmentNo,
+    size: SegmentSize,
+) -> Result<JournalScan, WalArchiveError> {
+    let mut attempt = 0;
+    loop {
+        let src = FileSource::new(file).map_err(|e| WalArchiveError::io("stat", path, e))?;
+        match journal::scan(&src, timeline, segno, size) {
+            Ok(s) => return Ok(s),
+            Err(ScanError::Damaged { .. }) if attempt == 0 => attempt += 1,
+            Err(e) => return Err(e.into_archive_error(path)),
+        }
+    }
+}
+
+/// Lists and classifies the directory, scanning every live journal (read-only).
+pub(super) fn survey(dir: &Path, size: SegmentSize) -> Result<Survey, WalArchiveError> {
+    let mut s = Survey::default();
+    let mut journal_paths = Vec::new();
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| WalArchiveError::io("read directory", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| WalArchiveError::io("read directory", dir, e))?;
+        let file_name = entry.file_name();
+        let Some(name) = file_name.to_str() else {
+            continue;
+        };
+        if name == identity::IDENTITY_FILE {
+            continue;
+        }
+        if name.ends_with(durable::TMP_SUFFIX) {
+            s.temps.push(entry.path());
+            s.has_archive_files = true;
+            continue;
+        }
+        if let Some(base) = name.strip_suffix(JOURNAL_SUFFIX) {
+            if let Ok(WalFileName::Segment { timeline, segno }) = WalFileName::parse(base, size) {
+                journal_paths.push((timeline, segno, entry.path()));
+                s.has_archive_files = true;
+            }
+            continue;
+        }
+        match WalFileName::parse(name, size) {
+            Ok(WalFileName::Segment { timeline, segno }) => {
+                let path = entry.path();
+                let len = entry
+                    .metadata()
+                    .map_err(|e| WalArchiveError::io("stat", &path, e))?
+                    .len();
+                if len != size.bytes_u64() {
+                    return Err(WalArchiveError::DamagedSegment {
+                        path,
+                        reason: format!("{len} bytes, expected {}", size.bytes()),
+                    });
+                }
+                s.segments.insert((timeline, segno));
+                s.has_archive_files = true;
+            }
+            Ok(WalFileName::History { timeline }) => {
+                s.histories.insert(timeline);
+                s.has_archive_files = true;
+            }
+            _ => {}
+        }
+    }
+    for (timeline, segno, path) in journal_paths {
+        if s.segments.contains(&(timeline, segno)) {
+            s.stale_journals.push(path);
+            continue;
+        }
+        let Some(file) = open_journal_read(&path)? else {
+            // Finished by a concurrent writer between the listing and now.
+            if dir
+                .join(WalFileName::Segment { timeline, segno }.to_string_with(size))
+                .is_file()
+            {
+                s.segments.insert((timeline, segno));
+            }
+            continue;
+        };
+        let scan = scan_journal(&file, &path, timeline, segno, size)?;
+        s.journals
+            .insert((timeline, segno), JournalState { path, scan });
+    }
+    Ok(s)
+}
+
+/// Crash recovery for a writer: removes temporary files and stale journals, finishes journals
+/// that hold a whole segment, removes empty journals and zeroes the torn tail of the others, so
+/// that new frames can be appended right after the last valid one. Returns the durable ends.
+pub(super) fn recover(
+    dir: &Path,
+    size: SegmentSize,
+) -> Result<BTreeMap<TimelineId, Lsn>, WalArchiveError> {
+    let mut s = survey(dir, size)?;
+    // None of these removals needs a directory fsync: a file that comes back after a crash is
+    // removed again by the next recovery, and none of them holds WAL that exists nowhere else.
+    for p in s.temps.iter().chain(&s.stale_journals) {
+        durable::remove_if_present(p)?;
+    }
+    let journals = std::mem::take(&mut s.journals);
+    for ((timeline, segno), j) in journals {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&j.path)
+            .map_err(|e| WalArchiveError::io("open journal", &j.path, e))?;
+        if j.scan.complete {
+            journal::finish_segment(dir, &file, &j.path, timeline, segno, &j.scan.frames, size)?;
+            s.segments.insert((timeline, segno));
+            continue;
+        }
+        if j.scan.frames.is_empty() {
+            // Nothing valid was ever made durable in it (a crash during creation or during its
+            // first frame). Same argument as above: no directory fsync needed.
+            drop(file);
+            durable::remove_if_present(&j.path)?;
+            continue;
+        }
+        let src = FileSource::new(&file).map_err(|e| WalArchiveError::io("stat", &j.path, e))?;
+        let garbage_end = journal::nonzero_tail_end(&src, j.scan.write_offset)
+            .map_err(|e| WalArchiveError::io("read journal", &j.path, e))?;
+        if let Some(end) = garbage_end {
+            durable::write_zeros(&file, j.scan.write_offset, end)
+                .map_err(|e| WalArchiveError::io("clear torn tail of", &j.path, e))?;
+        }
+        // Two reasons for this fdatasync: after a kill -9 of the server (the machine kept
+        // running) valid frames may sit in the page cache without ever having been synced, and
+        // they are about to be reported as durable; and a cleared torn tail must be gone from
+        // disk before new frames follow the last valid one, or a crash could leave old frames
+        // after new ones that a scan would accept.
+        file.sync_data()
+            .map_err(|e| WalArchiveError::io("fdatasync", &j.path, e))?;
+        s.journals.insert((timeline, segno), j);
+    }
+    // A kill -9 between a rename (segment, history, identity) and its directory fsync leaves
+    // the rename in the page cache only; make every entry this recovery relies on durable.
+    durable::fsync_dir(dir)?;
+    Ok(s.durable_ends(size))
+}

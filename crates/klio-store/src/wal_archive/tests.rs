@@ -1,0 +1,801 @@
+use std::path::{Path, PathBuf};
+
+use klio_wal::{Lsn, SegmentNo, SegmentSize, TimelineId, WalFileName};
+use proptest::prelude::*;
+
+use super::journal::{self, HEADER_LEN, encode_frame, journal_name};
+use super::*;
+
+const SEG: u64 = 1 << 20;
+
+fn size() -> SegmentSize {
+    SegmentSize::new(SEG).unwrap()
+}
+
+fn ident() -> ClusterIdentity {
+    ClusterIdentity {
+        system_id: 7_400_000_000_000_000_001,
+        segment_size: size(),
+    }
+}
+
+fn tl(n: u32) -> TimelineId {
+    TimelineId::new(n).unwrap()
+}
+
+/// Deterministic "WAL" bytes: the byte at `lsn` on `timeline`.
+fn wal(timeline: TimelineId, start: u64, len: usize) -> Vec<u8> {
+    (start..start + len as u64)
+        .map(|x| {
+            let h = (x ^ u64::from(timeline.get()) << 40).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            (h >> 56) as u8
+        })
+        .collect()
+}
+
+fn seg_name(t: TimelineId, segno: u64) -> String {
+    WalFileName::Segment {
+        timeline: t,
+        segno: SegmentNo(segno),
+    }
+    .to_string_with(size())
+}
+
+fn journal_path(dir: &Path, t: TimelineId, segno: u64) -> PathBuf {
+    dir.join(journal_name(t, SegmentNo(segno), size()))
+}
+
+/// Appends `wal(t, start, len)` in pieces of `piece` bytes.
+fn append_wal(a: &mut WalArchive, t: TimelineId, start: u64, len: usize, piece: usize) {
+    let data = wal(t, start, len);
+    for (i, chunk) in data.chunks(piece.max(1)).enumerate() {
+        a.append(Lsn(start + (i * piece.max(1)) as u64), chunk)
+            .unwrap();
+    }
+}
+
+/// Checks that the archive holds exactly `wal(t, from, end - from)` for `[from, end)`, with
+/// segments before `end`'s complete and `end`'s segment partial (zero-padded).
+fn check_content(a: &WalArchive, t: TimelineId, from: u64, end: u64) {
+    let mut segno = from / SEG;
+    while segno * SEG < end {
+        let name = WalFileName::Segment {
+            timeline: t,
+            segno: SegmentNo(segno),
+        };
+        let f = a
+            .read_file(&name)
+            .unwrap()
+            .unwrap_or_else(|| panic!("segment {segno} missing"));
+        let seg_start = segno * SEG;
+        let valid_end = end.min(seg_start + SEG);
+        let lo = from.max(seg_start);
+        assert_eq!(f.content.len() as u64, SEG);
+        assert_eq!(
+            &f.content[(lo - seg_start) as usize..(valid_end - seg_start) as usize],
+            wal(t, lo, (valid_end - lo) as usize).as_slice(),
+            "segment {segno} content"
+        );
+        if valid_end < seg_start + SEG {
+            assert!(f.partial);
+            assert_eq!(f.valid_len, valid_end - seg_start);
+            assert!(
+                f.content[(valid_end - seg_start) as usize..]
+                    .iter()
+                    .all(|&b| b == 0)
+            );
+        } else {
+            assert!(!f.partial, "segment {segno} should be complete");
+        }
+        segno += 1;
+    }
+}
+
+#[test]
+fn round_trip_with_reopen_and_segment_completion() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("cluster");
+    let t = tl(1);
+    {
+        let mut a = WalArchive::open(&dir, ident()).unwrap();
+        assert_eq!(a.durable(), None);
+        assert_eq!(a.sync().unwrap(), None);
+        assert_eq!(a.begin(t, Lsn(0)).unwrap(), BeginOutcome::Started);
+        assert_eq!(a.sync().unwrap(), None);
+        append_wal(&mut a, t, 0, 1000, 100);
+        assert_eq!(a.durable(), None, "nothing is durable before sync");
+        assert_eq!(a.sync().unwrap(), Some(Lsn(1000)));
+        assert_eq!(a.durable(), Some((t, Lsn(1000))));
+        // Ten appends, one sync: one frame.
+        let jp = journal_path(&dir, t, 0);
+        let name = WalFileName::Segment {
+            timeline: t,
+            segno: SegmentNo(0),
+        };
+        let r = inspect_journal(&std::fs::read(&jp).unwrap(), &name, size(), &jp).unwrap();
+        assert_eq!(
+            (r.frames, r.end, r.valid_bytes),
+            (1, Lsn(1000), HEADER_LEN + 1000)
+        );
+        assert_eq!(std::fs::metadata(&jp).unwrap().len(), SEG + SEG / 8);
+    }
+    let mut a = WalArchive::open(&dir, ident()).unwrap();
+    assert_eq!(a.durable(), Some((t, Lsn(1000))));
+    assert_eq!(a.begin(t, Lsn(1000)).unwrap(), BeginOutcome::Resumed);
+    // Crosses into segment 1 within one append, then into segment 2 across appends.
+    append_wal(&mut a, t, 1000, SEG as usize, 300_000);
+    assert_eq!(a.sync().unwrap(), Some(Lsn(SEG + 1000)));
+    assert!(dir.join(seg_name(t, 0)).is_file());
+    assert!(!journal_path(&dir, t, 0).exists());
+    assert!(journal_path(&dir, t, 1).is_file());
+    append_wal(&mut a, t, SEG + 1000, SEG as usize - 1000, 77_777);
+    // Appended, not yet written or durable.
+    assert_eq!(a.durable_on(t), Some(Lsn(SEG + 1000)));
+    assert_eq!(a.sync().unwrap(), Some(Lsn(2 * SEG)));
+    assert!(dir.join(seg_name(t, 1)).is_file());
+    assert!(!journal_path(&dir, t, 1).exists());
+    assert!(!journal_path(&dir, t, 2).exists());
+    append_wal(&mut a, t, 2 * SEG, 5, 5);
+    assert_eq!(a.sync().unwrap(), Some(Lsn(2 * SEG + 5)));
+    check_content(&a, t, 0, 2 * SEG + 5);
+    // The completed segment files are exactly the WAL.
+    assert_eq!(
+        std::fs::read(dir.join(seg_name(t, 0))).unwrap(),
+        wal(t, 0, SEG as usize)
+    );
+    drop(a);
+    let a = WalArchive::open_existing(&dir).unwrap();
+    assert_eq!(a.identity(), ident());
+    assert_eq!(a.durable(), Some((t, Lsn(2 * SEG + 5))));
+    check_content(&a, t, 0, 2 * SEG + 5);
+    let listing = a.list().unwrap();
+    assert_eq!(
+        listing.timelines,
+        vec![TimelineListing {
+            timeline: t,
+            segments: vec![SegmentRange {
+                first: SegmentNo(0),
+                last: SegmentNo(1)
+            }],
+            partials: vec![PartialSegment {
+                segno: SegmentNo(2),
+                end: Lsn(2 * SEG + 5)
+            }],
+            durable_end: Lsn(2 * SEG + 5),
+        }]
+    );
+    // Read-only handles refuse writes.
+    let mut a = a;
+    assert!(matches!(
+        a.begin(t, Lsn(2 * SEG + 5)),
+        Err(WalArchiveError::ReadOnly { .. })
+    ));
+}
+
+#[test]
+fn large_appends_are_written_out_and_survive_without_extra_syncs() {
+    let d = tempfile::tempdir().unwrap();
+    let t = tl(1);
+    let mut a = WalArchive::open(d.path(), ident()).unwrap();
+    a.begin(t, Lsn(3 * SEG)).unwrap();
+    // One 5.5 MiB append: a 4 MiB write-out completes four segments (durable: each was
+    // fdatasynced), the rest stays buffered until sync.
+    let data = wal(t, 3 * SEG, 5 * SEG as usize + SEG as usize / 2);
+    a.append(Lsn(3 * SEG), &data).unwrap();
+    assert_eq!(a.durable_on(t), Some(Lsn(7 * SEG)));
+    assert!(d.path().join(seg_name(t, 6)).is_file());
+    assert_eq!(a.sync().unwrap(), Some(Lsn(8 * SEG + SEG / 2)));
+    drop(a);
+    let a = WalArchive::open(d.path(), ident()).unwrap();
+    assert_eq!(a.durable(), Some((t, Lsn(8 * SEG + SEG / 2))));
+    check_content(&a, t, 3 * SEG, 8 * SEG + SEG / 2);
+}
+
+#[test]
+fn many_small_syncs_grow_the_journal() {
+    let d = tempfile::tempdir().unwrap();
+    let t = tl(1);
+    let mut a = WalArchive::open(d.path(), ident()).unwrap();
+    a.begin(t, Lsn(0)).unwrap();
+    // First frames fill most of the padding, then small frames overflow it.
+    append_wal(&mut a, t, 0, 1_040_000, 1_040_000);
+    a.sync().unwrap();
+    let mut pos = 1_040_000u64;
+    for _ in 0..4500 {
+        append_wal(&mut a, t, pos, 1, 1);
+        pos += 1;
+        assert_eq!(a.sync().unwrap(), Some(Lsn(pos)));
+    }
+    let jlen = std::fs::metadata(journal_path(d.path(), t, 0))
+        .unwrap()
+        .len();
+    assert!(jlen > SEG + SEG / 8, "journal grew to {jlen}");
+    assert_eq!(jlen % (SEG / 8), 0);
+    // Complete the segment: its file is assembled from ~4500 frames.
+    append_wal(&mut a, t, pos, (SEG - pos) as usize + 10, 4096);
+    assert_eq!(a.sync().unwrap(), Some(Lsn(SEG + 10)));
+    drop(a);
+    let a = WalArchive::open(d.path(), ident()).unwrap();
+    check_content(&a, t, 0, SEG + 10);
+}
+
+#[test]
+fn timelines_switch_and_keep_their_own_durable_ends() {
+    let d = tempfile::tempdir().unwrap();
+    let (t1, t2) = (tl(1), tl(2));
+    let mut a = WalArchive::open(d.path(), ident()).unwrap();
+    a.begin(t1, Lsn(0)).unwrap();
+    append_wal(&mut a, t1, 0, (SEG + SEG / 2) as usize, 65536);
+    // Not synced: switching timelines makes it durable and leaves segment 1 partial.
+    assert_eq!(a.begin(t2, Lsn(SEG)).unwrap(), BeginOutcome::Started);
+    assert_eq!(a.durable_on(t1), Some(Lsn(SEG + SEG / 2)));
+    append_wal(&mut a, t2, SEG, 2000, 2000);
+    assert_eq!(a.sync().unwrap(), Some(Lsn(SEG + 2000)));
+    assert_eq!(a.durable(), Some((t2, Lsn(SEG + 2000))));
+    a.store_history(t2, b"1\t0/180000\tno recovery target specified\n")
+        .unwrap();
+    drop(a);
+
+    let mut a = WalArchive::open(d.path(), ident()).unwrap();
+    assert_eq!(a.durable_on(t1), Some(Lsn(SEG + SEG / 2)));
+    assert_eq!(a.durable_on(t2), Some(Lsn(SEG + 2000)));
+    assert_eq!(a.durable_on(tl(3)), None);
+    assert_eq!(a.durable(), Some((t2, Lsn(SEG + 2000))));
+    check_content(&a, t1, 0, SEG + SEG / 2);
+    check_content(&a, t2, SEG, SEG + 2000);
+    // The old timeline can still be resumed.
+    assert_eq!(
+        a.begin(t1, Lsn(SEG + SEG / 2)).unwrap(),
+        BeginOutcome::Resumed
+    );
+    append_wal(&mut a, t1, SEG + SEG / 2, 10, 10);
+    assert_eq!(a.sync().unwrap(), Some(Lsn(SEG + SEG / 2 + 10)));
+    let listing = a.list().unwrap();
+    assert_eq!(listing.timelines.len(), 2);
+    assert_eq!(listing.histories, vec![t2]);
+    assert_eq!(listing.timelines[1].partials[0].end, Lsn(SEG + 2000));
+}
+
+#[test]
+fn begin_and_append_rules() {
+    let d = tempfile::tempdir().unwrap();
+    let t = tl(1);
+    let mut a = WalArchive::open(d.path(), ident()).unwrap();
+    assert!(matches!(
+        a.append(Lsn(0), b"x"),
+        Err(WalArchiveError::NotStreaming)
+    ));
+    let e = a.begin(t, Lsn(100)).unwrap_err();
+    assert!(matches!(
+        e,
+        WalArchiveError::NotSegmentAligned {
+            durable_end: None,
+            ..
+        }
+    ));
+    assert!(e.to_string().contains("segment boundary"), "{e}");
+    a.begin(t, Lsn(SEG)).unwrap();
+    append_wal(&mut a, t, SEG, 500, 500);
+    let e = a.append(Lsn(SEG + 501), b"x").unwrap_err();
+    assert!(matches!(
+        e,
+        WalArchiveError::Discontinuity {
+            expected: Lsn(0x100_1F4),
+            ..
+        }
+    ));
+    assert!(e.to_string().contains("0/1001F4"), "{e}");
+    a.sync().unwrap();
+    // Overlap: before the durable end.
+    let e = a.begin(t, Lsn(SEG)).unwrap_err();
+    assert!(matches!(
+        e,
+        WalArchiveError::Overlap {
+            durable_end: Lsn(0x100_1F4),
+            ..
+        }
+    ));
+    assert!(
+        e.to_string().contains("resume streaming from 0/1001F4"),
+        "{e}"
+    );
+    // After the durable end but not aligned.
+    assert!(matches!(
+        a.begin(t, Lsn(SEG + 600)),
+        Err(WalArchiveError::NotSegmentAligned {
+            durable_end: Some(_),
+            ..
+        })
+    ));
+    // A gap to a later segment boundary is allowed and reported.
+    assert_eq!(
+        a.begin(t, Lsn(4 * SEG)).unwrap(),
+        BeginOutcome::Gap {
+            from: Lsn(SEG + 500),
+            to: Lsn(4 * SEG)
+        }
+    );
+    append_wal(&mut a, t, 4 * SEG, 10, 10);
+    a.sync().unwrap();
+    drop(a);
+    let a = WalArchive::open(d.path(), ident()).unwrap();
+    assert_eq!(a.durable_on(t), Some(Lsn(4 * SEG + 10)));
+    let listing = a.list().unwrap();
+    assert_eq!(listing.timelines[0].partials.len(), 2);
+    assert!(listing.timelines[0].segments.is_empty());
+    check_content(&a, t, SEG, SEG + 500);
+    check_content(&a, t, 4 * SEG, 4 * SEG + 10);
+    assert_eq!(
+        a.read_file(&WalFileName::Segment {
+            timeline: t,
+            segno: SegmentNo(2)
+        })
+        .unwrap(),
+        None
+    );
+}
+
+#[test]
+fn identity_is_recorded_and_enforced() {
+    let d = tempfile::tempdir().unwrap();
+    assert!(matches!(
+        WalArchive::open_existing(d.path()),
+        Err(WalArchiveError::NotAnArchive { .. })
+    ));
+    drop(WalArchive::open(d.path(), ident()).unwrap());
+    let other = ClusterIdentity {
+        system_id: 42,
+        ..ident()
+    };
+    let e = WalArchive::open(d.path(), other).unwrap_err();
+    assert!(matches!(
+        e,
+        WalArchiveError::SystemIdMismatch {
+            recorded: 7_400_000_000_000_000_001,
+            offered: 42,
+            ..
+        }
+    ));
+    assert!(e.to_string().contains("own archive directory"), "{e}");
+    let bigger = ClusterIdentity {
+        segment_size: SegmentSize::DEFAULT,
+        ..ident()
+    };
+    let e = WalArchive::open(d.path(), bigger).unwrap_err();
+    assert!(matches!(e, WalArchiveError::SegmentSizeMismatch { .. }));
+    assert!(e.to_string().contains("1MB"), "{e}");
+    assert_eq!(
+        WalArchive::open_existing(d.path()).unwrap().identity(),
+        ident()
+    );
+    // A damaged identity file is reported, not replaced.
+    let id_path = d.path().join(identity::IDENTITY_FILE);
+    let mut text = std::fs::read_to_string(&id_path).unwrap();
+    text = text.replace("system_id 7", "system_id 8");
+    std::fs::write(&id_path, text).unwrap();
+    assert!(matches!(
+        WalArchive::open(d.path(), ident()),
+        Err(WalArchiveError::BadIdentity { .. })
+    ));
+    // WAL files without an identity file are not adopted.
+    std::fs::remove_file(&id_path).unwrap();
+    std::fs::write(d.path().join(seg_name(tl(1), 0)), vec![0u8; SEG as usize]).unwrap();
+    assert!(matches!(
+        WalArchive::open(d.path(), ident()),
+        Err(WalArchiveError::MissingIdentity { .. })
+    ));
+}
+
+/// Builds an archive with synced WAL up to `synced`, plus more WAL in the same journal synced
+/// later up to `later`. Returns the journal's valid length at `synced`.
+fn build_crash_base(dir: &Path, synced: u64, later: u64) -> u64 {
+    let t = tl(1);
+    let mut a = WalArchive::open(dir, ident()).unwrap();
+    a.begin(t, Lsn(0)).unwrap();
+    append_wal(&mut a, t, 0, synced as usize, 10_000);
+    assert_eq!(a.sync().unwrap(), Some(Lsn(synced)));
+    let jp = journal_path(dir, t, synced / SEG);
+    let at_sync = inspect_journal(
+        &std::fs::read(&jp).unwrap(),
+        &WalFileName::Segment {
+            timeline: t,
+            segno: SegmentNo(synced / SEG),
+        },
+        size(),
+        &jp,
+    )
+    .unwrap()
+    .valid_bytes;
+    // More WAL in several frames (each sync one frame).
+    let mut pos = synced;
+    for step in [1usize, 700, 4000, 123] {
+        let n = step.min((later - pos) as usize);
+        append_wal(&mut a, t, pos, n, n);
+        pos += n as u64;
+        a.sync().unwrap();
+    }
+    assert_eq!(pos, later);
+    at_sync
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+/// Reopens a "crashed" copy, checks the durable end and content, then resumes streaming from
+/// the durable end and checks that everything reads back correctly again.
+fn check_recovery(dir: &Path, synced: u64, later: u64) {
+    let t = tl(1);
+    let mut a = WalArchive::open(dir, ident()).unwrap();
+    let (_, d) = a.durable().unwrap();
+    assert!(
+        d.0 >= synced && d.0 <= later,
+        "durable {d} not in {synced}..={later}"
+    );
+    check_content(&a, t, 0, d.0);
+    assert_eq!(a.begin(t, d).unwrap(), BeginOutcome::Resumed);
+    append_wal(&mut a, t, d.0, (later + 3000 - d.0) as usize, 1000);
+    assert_eq!(a.sync().unwrap(), Some(Lsn(later + 3000)));
+    drop(a);
+    let a = WalArchive::open(dir, ident()).unwrap();
+    assert_eq!(a.durable(), Some((t, Lsn(later + 3000))));
+    check_content(&a, t, 0, later + 3000);
+}
+
+#[test]
+fn crash_at_many_points_of_the_journal_tail() {
+    let base = tempfile::tempdir().unwrap();
+    let (synced, later) = (SEG + 5000, SEG + 9824);
+    let at_sync = build_crash_base(base.path(), synced, later);
+    let t = tl(1);
+    let jname = journal_name(t, SegmentNo(1), size());
+    let full = std::fs::read(base.path().join(&jname)).unwrap();
+    let valid_end = at_sync + 4 * HEADER_LEN + (later - synced);
+    let mut points: Vec<u64> = (at_sync..valid_end).step_by(97).collect();
+    points.extend([
+        at_sync,
+        at_sync + 1,
+        at_sync + HEADER_LEN - 1,
+        at_sync + HEADER_LEN,
+        at_sync + HEADER_LEN + 1,
+        valid_end - 1,
+        valid_end,
+    ]);
+    for (i, &p) in points.iter().enumerate() {
+        let work = tempfile::tempdir().unwrap();
+        copy_dir(base.path(), work.path());
+        let jp = work.path().join(&jname);
+        let mut bytes = full.clone();
+        match i % 3 {
+            // Torn: everything after p lost (as zeros: the padding).
+            0 => bytes[p as usize..].iter_mut().for_each(|b| *b = 0),
+            // Truncated file (a crash during an extension, or a foreign tool).
+            1 => bytes.truncate(p as usize),
+            // Garbage from p on.
+            _ => {
+                for (k, b) in bytes[p as usize..].iter_mut().take(5000).enumerate() {
+                    *b = (k as u8).wrapping_mul(31).wrapping_add(7) | 1;
+                }
+            }
+        }
+        std::fs::write(&jp, &bytes).unwrap();
+        check_recovery(work.path(), synced, later);
+    }
+}
+
+#[test]
+fn damage_before_the_tail_is_an_error_naming_the_journal() {
+    let base = tempfile::tempdir().unwrap();
+    let t = tl(1);
+    let at_sync = build_crash_base(base.path(), 5000, 9824);
+    let jp = journal_path(base.path(), t, 0);
+    let mut bytes = std::fs::read(&jp).unwrap();
+    // Flip a bit in the data of the first frame; synced frames follow it.
+    bytes[HEADER_LEN as usize + 10] ^= 0x10;
+    assert!(at_sync > HEADER_LEN + 10);
+    std::fs::write(&jp, &bytes).unwrap();
+    for e in [
+        WalArchive::open(base.path(), ident()).unwrap_err(),
+        WalArchive::open_existing(base.path()).unwrap_err(),
+    ] {
+        assert!(
+            matches!(&e, WalArchiveError::DamagedJournal { path, offset: 0, .. } if *path == jp),
+            "{e}"
+        );
+        assert!(e.to_string().contains(".klio-journal"), "{e}");
+    }
+    // The file is untouched by the failed open.
+    assert_eq!(std::fs::read(&jp).unwrap(), bytes);
+}
+
+#[test]
+fn full_journal_without_final_file_is_finished_on_open() {
+    let d = tempfile::tempdir().unwrap();
+    let t = tl(3);
+    drop(WalArchive::open(d.path(), ident()).unwrap());
+    // A journal holding segment 7 in two frames, as a crash after its last fdatasync leaves it.
+    let start = 7 * SEG;
+    let data = wal(t, start, SEG as usize);
+    let mut j = encode_frame(t, Lsn(start), &data[..1000], false);
+    j.extend(encode_frame(t, Lsn(start + 1000), &data[1000..], false));
+    j.resize((SEG + SEG / 8 + 2 * HEADER_LEN) as usize, 0);
+    let jp = journal_path(d.path(), t, 7);
+    std::fs::write(&jp, &j).unwrap();
+    std::fs::write(d.path().join("000000030000000000000007.klio-tmp"), b"half").unwrap();
+
+    // A read-only handle already serves it as complete, without changing anything.
+    let ro = WalArchive::open_existing(d.path()).unwrap();
+    assert_eq!(ro.durable(), Some((t, Lsn(8 * SEG))));
+    let f = ro
+        .read_file(&WalFileName::Segment {
+            timeline: t,
+            segno: SegmentNo(7),
+        })
+        .unwrap()
+        .unwrap();
+    assert!(!f.partial);
+    assert_eq!(f.content, data);
+    assert!(jp.exists());
+
+    let a = WalArchive::open(d.path(), ident()).unwrap();
+    assert_eq!(a.durable(), Some((t, Lsn(8 * SEG))));
+    assert!(!jp.exists());
+    assert!(!d.path().join("000000030000000000000007.klio-tmp").exists());
+    assert_eq!(std::fs::read(d.path().join(seg_name(t, 7))).unwrap(), data);
+}
+
+#[test]
+fn stale_and_empty_journals_are_removed_on_open() {
+    let d = tempfile::tempdir().unwrap();
+    let t = tl(1);
+    let mut a = WalArchive::open(d.path(), ident()).unwrap();
+    a.begin(t, Lsn(0)).unwrap();
+    append_wal(&mut a, t, 0, SEG as usize + 10, 100_000);
+    a.sync().unwrap();
+    drop(a);
+    // A crash between publishing segment 0 and removing its journal leaves a stale journal.
+    let stale = journal_path(d.path(), t, 0);
+    let mut j = encode_frame(t, Lsn(0), b"stale bytes", false);
+    j.resize(4096, 0);
+    std::fs::write(&stale, &j).unwrap();
+    // A crash while creating a journal leaves one without frames.
+    let empty = journal_path(d.path(), t, 9);
+    std::fs::write(&empty, vec![0u8; 1000]).unwrap();
+    let a = WalArchive::open(d.path(), ident()).unwrap();
+    assert!(!stale.exists());
+    assert!(!empty.exists());
+    assert_eq!(a.durable(), Some((t, Lsn(SEG + 10))));
+    check_content(&a, t, 0, SEG + 10);
+}
+
+#[test]
+fn export_matches_pg_receivewal_layout() {
+    let d = tempfile::tempdir().unwrap();
+    let (t1, t2) = (tl(1), tl(2));
+    let mut a = WalArchive::open(&d.path().join("a"), ident()).unwrap();
+    a.begin(t1, Lsn(0)).unwrap();
+    append_wal(&mut a, t1, 0, 2 * SEG as usize + 300, 250_000);
+    a.begin(t2, Lsn(2 * SEG)).unwrap();
+    append_wal(&mut a, t2, 2 * SEG, 1234, 1234);
+    a.sync().unwrap();
+    let history = b"1\t0/200000\tbefore 2000-01-01 00:00:00+00\n";
+    a.store_history(t2, history).unwrap();
+    let out = d.path().join("export");
+    let summary = a.export_to_directory(&out).unwrap();
+    assert_eq!(
+        summary,
+        ExportSummary {
+            segments: 2,
+            partials: 2,
+            histories: 1,
+            bytes: 4 * SEG + history.len() as u64,
+        }
+    );
+    let mut names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec![
+            "000000010000000000000000",
+            "000000010000000000000001",
+            "000000010000000000000002.partial",
+            "00000002.history",
+            "000000020000000000000002.partial",
+        ]
+    );
+    for s in 0..2 {
+        assert_eq!(
+            std::fs::read(out.join(seg_name(t1, s))).unwrap(),
+            wal(t1, s * SEG, SEG as usize)
+        );
+    }
+    let p = std::fs::read(out.join("000000020000000000000002.partial")).unwrap();
+    assert_eq!(p.len() as u64, SEG);
+    assert_eq!(&p[..1234], wal(t2, 2 * SEG, 1234).as_slice());
+    assert!(p[1234..].iter().all(|&b| b == 0));
+    assert_eq!(
+        std::fs::read(out.join("00000002.history")).unwrap(),
+        history
+    );
+    // Reading the .partial by name gives the same bytes.
+    let f = a
+        .read_file(&WalFileName::Partial {
+            timeline: t2,
+            segno: SegmentNo(2),
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(f.content, p);
+    assert!(
+        a.read_file(&WalFileName::Partial {
+            timeline: t1,
+            segno: SegmentNo(0)
+        })
+        .unwrap()
+        .is_none()
+    );
+}
+
+#[test]
+fn history_files_are_idempotent_and_conflicts_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let mut a = WalArchive::open(d.path(), ident()).unwrap();
+    let t = tl(2);
+    assert_eq!(a.history(t).unwrap(), None);
+    a.store_history(t, b"1\t0/3000000\treason\n").unwrap();
+    a.store_history(t, b"1\t0/3000000\treason\n").unwrap();
+    let e = a.store_history(t, b"1\t0/4000000\tother\n").unwrap_err();
+    assert!(matches!(e, WalArchiveError::HistoryConflict { .. }));
+    assert_eq!(
+        a.history(t).unwrap().as_deref(),
+        Some(&b"1\t0/3000000\treason\n"[..])
+    );
+    let f = a
+        .read_file(&WalFileName::History { timeline: t })
+        .unwrap()
+        .unwrap();
+    assert_eq!(f.content, b"1\t0/3000000\treason\n");
+}
+
+#[test]
+fn inspect_journal_reports_what_a_scan_finds() {
+    let t = tl(1);
+    let name = WalFileName::Segment {
+        timeline: t,
+        segno: SegmentNo(0),
+    };
+    let mut j = encode_frame(t, Lsn(0), b"hello", false);
+    j.extend([0u8; 64]);
+    let r = inspect_journal(&j, &name, size(), Path::new("x")).unwrap();
+    assert_eq!(r.frames, 1);
+    assert_eq!(r.end, Lsn(5));
+    assert_eq!(r.valid_bytes, HEADER_LEN + 5);
+    assert!(!r.complete);
+    assert!(
+        inspect_journal(
+            &j,
+            &WalFileName::History { timeline: t },
+            size(),
+            Path::new("x")
+        )
+        .is_err()
+    );
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Append(usize),
+    Sync,
+    /// Drop the archive, then damage unsynced journal bytes: `cut` picks the point, `garbage`
+    /// whether to write garbage instead of losing the bytes.
+    Crash {
+        cut: u64,
+        garbage: bool,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (1usize..200_000).prop_map(Op::Append),
+        1 => (SEG as usize / 2..3 * SEG as usize).prop_map(Op::Append),
+        3 => Just(Op::Sync),
+        2 => (any::<u64>(), any::<bool>()).prop_map(|(cut, garbage)| Op::Crash { cut, garbage }),
+    ]
+}
+
+/// The valid length of every journal in `dir` (a sync point).
+fn journal_valid_lengths(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_str().unwrap().to_owned();
+        if let Some(base) = name.strip_suffix(journal::JOURNAL_SUFFIX) {
+            let wal_name = WalFileName::parse(base, size()).unwrap();
+            let r = inspect_journal(&std::fs::read(&p).unwrap(), &wal_name, size(), &p).unwrap();
+            out.push((p, r.valid_bytes));
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_appends_syncs_and_crashes(ops in proptest::collection::vec(op(), 1..14)) {
+        let d = tempfile::tempdir().unwrap();
+        let t = tl(1);
+        let mut archive = Some(WalArchive::open(d.path(), ident()).unwrap());
+        archive.as_mut().unwrap().begin(t, Lsn(0)).unwrap();
+        let mut appended = 0u64;
+        let mut synced = 0u64;
+        // Valid journal lengths at the last sync: bytes below them must survive a crash.
+        let mut synced_lengths: Vec<(PathBuf, u64)> = Vec::new();
+        for op in ops {
+            match op {
+                Op::Append(n) => {
+                    let a = archive.as_mut().unwrap();
+                    append_wal(a, t, appended, n, 64 * 1024 + 17);
+                    appended += n as u64;
+                    prop_assert!(a.durable_on(t).unwrap_or(Lsn(0)).0 >= synced);
+                }
+                Op::Sync => {
+                    let a = archive.as_mut().unwrap();
+                    let got = a.sync().unwrap();
+                    prop_assert_eq!(got, if appended > 0 { Some(Lsn(appended)) } else { None });
+                    synced = appended;
+                    synced_lengths = journal_valid_lengths(d.path());
+                }
+                Op::Crash { cut, garbage } => {
+                    drop(archive.take());
+                    for e in std::fs::read_dir(d.path()).unwrap() {
+                        let p = e.unwrap().path();
+                        if !p.to_str().unwrap().ends_with(journal::JOURNAL_SUFFIX) {
+                            continue;
+                        }
+                        let keep = synced_lengths
+                            .iter()
+                            .find(|(sp, _)| *sp == p)
+                            .map_or(0, |(_, l)| *l);
+                        let mut bytes = std::fs::read(&p).unwrap();
+                        let len = bytes.len() as u64;
+                        let at = (keep + cut % (len - keep + 1)) as usize;
+                        if garbage {
+                            for (k, b) in bytes[at..].iter_mut().take(3000).enumerate() {
+                                *b = (k as u8) ^ 0xA5;
+                            }
+                        } else {
+                            bytes.truncate(at);
+                        }
+                        std::fs::write(&p, &bytes).unwrap();
+                    }
+                    let mut a = WalArchive::open(d.path(), ident()).unwrap();
+                    let durable = a.durable_on(t).unwrap_or(Lsn(0)).0;
+                    prop_assert!(durable >= synced, "durable {} < synced {}", durable, synced);
+                    prop_assert!(durable <= appended);
+                    check_content(&a, t, 0, durable);
+                    prop_assert_eq!(a.begin(t, Lsn(durable)).unwrap(),
+                        if durable == 0 { BeginOutcome::Started } else { BeginOutcome::Resumed });
+                    appended = durable;
+                    synced = durable;
+                    synced_lengths = journal_valid_lengths(d.path());
+                    archive = Some(a);
+                }
+            }
+        }
+        let a = archive.as_mut().unwrap();
+        a.sync().unwrap();
+        check_content(a, t, 0, appended);
+        drop(archive);
+        let a = WalArchive::open(d.path(), ident()).unwrap();
+        prop_assert_eq!(a.durable_on(t).unwrap_or(Lsn(0)).0, appended);
+        check_content(&a, t, 0, appended);
+    }
+}

@@ -1,0 +1,175 @@
+//! A `klio server start` process with its own certificates, data directory and UDP port,
+//! restartable after kill -9 on the same port and data.
+
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::command::{as_postgres, run_ok, wait_until};
+use crate::process::BackgroundProcess;
+use crate::test_dir::TestDir;
+
+/// Certificates made with `klio certs`.
+#[derive(Debug, Clone)]
+pub struct TestCerts {
+    /// The directory.
+    pub dir: PathBuf,
+}
+
+impl TestCerts {
+    /// `klio certs init` plus a client certificate for each of `clusters`.
+    pub fn create(exe: &Path, dir: &Path, clusters: &[&str]) -> TestCerts {
+        run_ok(Command::new(exe).args(["certs", "init", "-D"]).arg(dir));
+        for c in clusters {
+            run_ok(
+                Command::new(exe)
+                    .args(["certs", "client", "--cluster", c, "-D"])
+                    .arg(dir),
+            );
+        }
+        // The client runs as postgres next to PostgreSQL; let it read its files.
+        run_ok(
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir),
+        );
+        TestCerts {
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// Path of a file in the directory.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+/// A running (or killed) Klio server.
+#[derive(Debug)]
+pub struct KlioServer {
+    exe: PathBuf,
+    certs: TestCerts,
+    data_dir: PathBuf,
+    log: PathBuf,
+    port: u16,
+    process: Option<BackgroundProcess>,
+    starts: u32,
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral UDP port")
+}
+
+impl KlioServer {
+    /// Starts a server with data in `work/server-data`.
+    pub fn start(exe: &Path, work: &TestDir, certs: &TestCerts) -> KlioServer {
+        let mut s = KlioServer {
+            exe: exe.to_owned(),
+            certs: certs.clone(),
+            data_dir: work.subdir("server-data"),
+            log: work.path().join("server.log"),
+            port: free_udp_port(),
+            process: None,
+            starts: 0,
+        };
+        s.restart();
+        s
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The WAL archive directory of `cluster`.
+    pub fn wal_dir(&self, cluster: &str) -> PathBuf {
+        self.data_dir.join("clusters").join(cluster).join("wal")
+    }
+
+    /// The whole server log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Starts the server (again), on the same port and data, and waits until it listens.
+    pub fn restart(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill9();
+        }
+        self.starts += 1;
+        let marker = format!("---- start {} ----\n", self.starts);
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, marker.as_bytes()))
+            .expect("write server log");
+        let mut cmd = as_postgres(&self.exe);
+        cmd.args(["server", "start", "--listen", &self.address(), "--data-dir"])
+            .arg(&self.data_dir)
+            .arg("--tls-ca")
+            .arg(self.certs.file("ca.pem"))
+            .arg("--tls-cert")
+            .arg(self.certs.file("server.pem"))
+            .arg("--tls-key")
+            .arg(self.certs.file("server.key"))
+            .env("RUST_LOG", "info");
+        self.process = Some(BackgroundProcess::spawn("klio server", &mut cmd, &self.log));
+        let log = self.log.clone();
+        let marker_len = marker.len();
+        wait_until("klio server to listen", Duration::from_secs(30), || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let since = text
+                .rfind(&marker)
+                .map(|i| &text[i + marker_len..])
+                .unwrap_or("");
+            since.contains("listening on").then_some(())
+        });
+    }
+
+    /// SIGKILL: no chance to flush or close anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill9();
+        }
+    }
+
+    /// SIGINT and wait.
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.stop();
+        }
+    }
+}
+
+/// Starts `klio send-wal` as the postgres user for cluster `cluster` with slot `slot`.
+pub fn start_klio_send_wal(
+    exe: &Path,
+    pg: &crate::PgServer,
+    server: &KlioServer,
+    certs: &TestCerts,
+    cluster: &str,
+    slot: &str,
+    log: &Path,
+) -> BackgroundProcess {
+    let mut cmd = as_postgres(exe);
+    cmd.args(["send-wal", "-v", "-d", &pg.tcp_connstr(), "-S", slot])
+        .args(["--server", &server.address(), "--cluster", cluster])
+        .arg("--tls-ca")
+        .arg(certs.file("ca.pem"))
+        .arg("--tls-cert")
+        .arg(certs.file(&format!("client-{cluster}.pem")))
+        .arg("--tls-key")
+        .arg(certs.file(&format!("client-{cluster}.key")))
+        .args(["--max-reconnect-delay", "1", "-s", "1"]);
+    BackgroundProcess::spawn("klio send-wal", &mut cmd, log)
+}

@@ -1,0 +1,51 @@
+//! PostgreSQL connection flags shared by the commands that connect to PostgreSQL.
+
+use anyhow::Context;
+use klio_client::{ConnConfig, ConnParams};
+
+/// Connection flags in pg_receivewal's spelling; PGHOST, PGPORT, PGUSER, PGPASSWORD, PGSSLMODE
+/// and the other libpq variables fill in what is not given.
+#[derive(Debug, clap::Args)]
+pub(crate) struct PgArgs {
+    /// Connection string or URI (libpq syntax).
+    #[arg(short = 'd', long, value_name = "CONNSTR")]
+    dbname: Option<String>,
+    /// Database server host or socket directory.
+    #[arg(short = 'h', long, value_name = "HOSTNAME")]
+    host: Option<String>,
+    /// Database server port.
+    #[arg(short = 'p', long, value_name = "PORT")]
+    port: Option<u16>,
+    /// Connect as this role.
+    #[arg(short = 'U', long, value_name = "NAME")]
+    username: Option<String>,
+}
+
+impl PgArgs {
+    /// Resolves the flags, the connection string and the environment into settings.
+    pub(crate) fn resolve(&self) -> anyhow::Result<ConnConfig> {
+        let mut params = match &self.dbname {
+            Some(s) => ConnParams::parse(s).context("in --dbname")?,
+            None => ConnParams::default(),
+        };
+        if let Some(h) = &self.host {
+            params.set("host", h.clone())?;
+        }
+        if let Some(p) = self.port {
+            params.set("port", p.to_string())?;
+        }
+        if let Some(u) = &self.username {
+            params.set("user", u.clone())?;
+        }
+        Ok(params.resolve(|k| std::env::var(k).ok())?)
+    }
+}
+
+/// A runtime for one command.
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("could not start the async runtime")
+}

@@ -1,0 +1,91 @@
+//! `klio send-wal`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use klio_client::send_wal::{SendWalOptions, send_wal};
+use klio_client::server_link::ServerEndpoint;
+use klio_client::shutdown_channel;
+use klio_proto::klio::ClusterName;
+
+/// Stream WAL from PostgreSQL to a Klio server, in real time.
+///
+/// Runs next to PostgreSQL as a replication client (application_name "klio"), creates its
+/// physical slot if missing, and reports WAL to PostgreSQL as flushed only once the Klio server
+/// has it on stable storage: with synchronous_standby_names = 'klio' no committed transaction
+/// can be lost. Reconnects to both sides by itself; resumes exactly where the server's archive
+/// ends.
+#[derive(Debug, clap::Args)]
+#[command(disable_help_flag = true)]
+pub(crate) struct Args {
+    /// Print help (-h is --host, as in pg_receivewal).
+    #[arg(short = '?', long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
+    #[command(flatten)]
+    pg: super::pg_args::PgArgs,
+    /// Physical replication slot to stream from (created if missing).
+    #[arg(
+        short = 'S',
+        long,
+        value_name = "SLOTNAME",
+        default_value = "klio",
+        env = "KLIO_SLOT"
+    )]
+    slot: String,
+    /// The Klio server, host:port.
+    #[arg(long, value_name = "HOST:PORT", env = "KLIO_SERVER")]
+    server: String,
+    /// Name to verify in the server's certificate (default: the host of --server).
+    #[arg(long, value_name = "NAME", env = "KLIO_SERVER_NAME")]
+    server_name: Option<String>,
+    /// The cluster this client streams (its certificate must be for klio@CLUSTER).
+    #[arg(long, value_name = "CLUSTER", env = "KLIO_CLUSTER")]
+    cluster: String,
+    /// CA certificate that signed the server's certificate.
+    #[arg(long, value_name = "FILE", env = "KLIO_TLS_CA")]
+    tls_ca: PathBuf,
+    /// This cluster's client certificate.
+    #[arg(long, value_name = "FILE", env = "KLIO_TLS_CERT")]
+    tls_cert: PathBuf,
+    /// The client certificate's private key.
+    #[arg(long, value_name = "FILE", env = "KLIO_TLS_KEY")]
+    tls_key: PathBuf,
+    /// Seconds between status updates sent to PostgreSQL when nothing else happens.
+    #[arg(short = 's', long, value_name = "SECS", default_value_t = 10)]
+    status_interval: u64,
+    /// Longest wait between reconnection attempts, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    max_reconnect_delay: u64,
+}
+
+pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let pg = a.pg.resolve()?;
+    let cluster = ClusterName::new(&a.cluster).context("in --cluster")?;
+    let opts = SendWalOptions {
+        pg,
+        server: ServerEndpoint {
+            address: a.server,
+            server_name: a.server_name,
+            ca: a.tls_ca,
+            cert: a.tls_cert,
+            key: a.tls_key,
+        },
+        cluster,
+        slot: a.slot,
+        status_interval: Duration::from_secs(a.status_interval.max(1)),
+        reconnect_min: Duration::from_millis(500),
+        reconnect_max: Duration::from_secs(a.max_reconnect_delay.max(1)),
+    };
+    super::pg_args::runtime()?.block_on(async move {
+        let (trigger, shutdown) = shutdown_channel();
+        tokio::spawn(async move {
+            super::signals::wait_for_stop_signal().await;
+            tracing::info!("received stop signal, finishing");
+            trigger.trigger();
+        });
+        send_wal(&opts, shutdown).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}

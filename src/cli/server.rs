@@ -1,0 +1,67 @@
+//! `klio server start`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use klio_server::{Server, ServerConfig, ServerOverrides};
+
+/// Run the Klio server.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Start the Tier 1 server: QUIC with mutual TLS, WAL ingest with durable acknowledgements.
+    ///
+    /// Settings come from the YAML file given with --config, overridden by KLIO_* environment
+    /// variables, overridden by flags. Example file:
+    ///
+    ///   listen: 0.0.0.0:7470
+    ///   data_dir: /var/lib/klio
+    ///   tls: {ca: /etc/klio/ca.pem, cert: /etc/klio/server.pem, key: /etc/klio/server.key}
+    Start(StartArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct StartArgs {
+    /// YAML configuration file.
+    #[arg(short, long, value_name = "FILE", env = "KLIO_CONFIG")]
+    config: Option<PathBuf>,
+    /// UDP address to listen on [default: 0.0.0.0:7470].
+    #[arg(long, value_name = "IP:PORT", env = "KLIO_LISTEN")]
+    listen: Option<String>,
+    /// Tier 1 data directory [default: /var/lib/klio].
+    #[arg(long, value_name = "DIR", env = "KLIO_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// CA certificate that signs client certificates.
+    #[arg(long, value_name = "FILE", env = "KLIO_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Server certificate.
+    #[arg(long, value_name = "FILE", env = "KLIO_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// Server private key.
+    #[arg(long, value_name = "FILE", env = "KLIO_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+}
+
+pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let Command::Start(s) = a.command;
+    let config = ServerConfig::resolve(
+        s.config.as_deref(),
+        ServerOverrides {
+            listen: s.listen,
+            data_dir: s.data_dir,
+            tls_ca: s.tls_ca,
+            tls_cert: s.tls_cert,
+            tls_key: s.tls_key,
+        },
+    )?;
+    super::pg_args::runtime()?.block_on(async move {
+        let server = Server::bind(&config)?;
+        server.run(super::signals::wait_for_stop_signal()).await;
+        Ok(ExitCode::SUCCESS)
+    })
+}

@@ -1,0 +1,251 @@
+//! Identity and isolation: a client reaches only the cluster its certificate names; no
+//! certificate, another CA, or another cluster's certificate gets nothing, for reads and
+//! writes; a different system identifier is refused.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use klio_client::server_link::{ServerConnection, ServerEndpoint, ServerLinkError};
+use klio_proto::klio::{ClusterName, ErrorCode, Message, PROTOCOL_VERSION};
+use klio_server::certs::CertsDir;
+use klio_server::tls::TlsFiles;
+use klio_server::{Server, ServerConfig};
+use klio_wal::{Lsn, TimelineId};
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    certs: CertsDir,
+    other_ca: CertsDir,
+    address: String,
+    data: std::path::PathBuf,
+}
+
+fn setup(rt: &tokio::runtime::Runtime) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = CertsDir::new(dir.path().join("certs"));
+    certs
+        .init(&["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .unwrap();
+    for c in ["pg1", "pg2"] {
+        certs.issue_client(&ClusterName::new(c).unwrap()).unwrap();
+    }
+    let other_ca = CertsDir::new(dir.path().join("other"));
+    other_ca.init(&["localhost".to_owned()]).unwrap();
+    other_ca
+        .issue_client(&ClusterName::new("pg1").unwrap())
+        .unwrap();
+    let data = dir.path().join("data");
+    let config = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data.clone(),
+        tls: TlsFiles {
+            ca: certs.ca_cert(),
+            cert: certs.server_cert(),
+            key: certs.server_key(),
+        },
+    };
+    let server = rt.block_on(async { Server::bind(&config) }).unwrap();
+    let address = server.local_addr().unwrap().to_string();
+    rt.spawn(server.run(std::future::pending()));
+    Setup {
+        _dir: dir,
+        certs,
+        other_ca,
+        address,
+        data,
+    }
+}
+
+fn endpoint(s: &Setup, ca: &Path, dir: &CertsDir, cluster: &str) -> ServerEndpoint {
+    let c = ClusterName::new(cluster).unwrap();
+    ServerEndpoint {
+        address: s.address.clone(),
+        server_name: Some("localhost".to_owned()),
+        ca: ca.to_owned(),
+        cert: dir.client_cert(&c),
+        key: dir.client_key(&c),
+    }
+}
+
+fn hello(cluster: &str, system_id: u64) -> Message {
+    Message::Hello {
+        version: PROTOCOL_VERSION,
+        cluster: ClusterName::new(cluster).unwrap(),
+        system_id,
+        segment_size: 1 << 20,
+    }
+}
+
+/// Opens a stream, sends `msgs`, returns the first answer.
+async fn ask(ep: &ServerEndpoint, msgs: &[Message]) -> Result<Option<Message>, ServerLinkError> {
+    let conn = ServerConnection::connect(ep).await?;
+    let (mut send, mut recv) = conn.open_stream().await?;
+    for m in msgs {
+        send.push(m);
+    }
+    send.flush().await?;
+    let answer = recv.recv().await;
+    conn.close().await;
+    answer
+}
+
+fn tli1() -> TimelineId {
+    TimelineId::FIRST
+}
+
+#[test]
+fn clients_reach_only_their_own_cluster() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let s = setup(&rt);
+    let ca = s.certs.ca_cert();
+    let pg1 = endpoint(&s, &ca, &s.certs, "pg1");
+    let pg2 = endpoint(&s, &ca, &s.certs, "pg2");
+    rt.block_on(async {
+        // pg1 writes some WAL.
+        let conn = ServerConnection::connect(&pg1).await.unwrap();
+        let (mut send, mut recv) = conn.open_stream().await.unwrap();
+        send.send(&hello("pg1", 42)).await.unwrap();
+        assert!(matches!(
+            recv.recv().await.unwrap(),
+            Some(Message::Welcome { durable: None, .. })
+        ));
+        send.push(&Message::StartWal {
+            timeline: tli1(),
+            start: Lsn(1 << 20),
+        });
+        send.push(&Message::WalData {
+            start: Lsn(1 << 20),
+            data: Bytes::from(vec![7u8; 5000]),
+        });
+        send.flush().await.unwrap();
+        let ack = recv.recv().await.unwrap();
+        assert_eq!(
+            ack,
+            Some(Message::Ack {
+                timeline: tli1(),
+                durable: Lsn((1 << 20) + 5000)
+            })
+        );
+        send.finish();
+        conn.close().await;
+
+        // pg1 reads its position.
+        let pos = ask(&pg1, &[Message::GetPosition { timeline: None }])
+            .await
+            .unwrap();
+        assert_eq!(
+            pos,
+            Some(Message::Position {
+                timeline: Some(tli1()),
+                durable: Some(Lsn((1 << 20) + 5000))
+            })
+        );
+
+        // pg2's certificate sees nothing of pg1 ...
+        let pos = ask(
+            &pg2,
+            &[Message::GetPosition {
+                timeline: Some(tli1()),
+            }],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            pos,
+            Some(Message::Position {
+                timeline: Some(tli1()),
+                durable: None
+            })
+        );
+        // ... and cannot write as pg1.
+        let e = ask(&pg2, &[hello("pg1", 42)]).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ServerLinkError::Refused {
+                    code: ErrorCode::Unauthorized,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+
+        // A different system identifier for pg1 is refused.
+        let e = ask(&pg1, &[hello("pg1", 43)]).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ServerLinkError::Refused {
+                    code: ErrorCode::SystemIdMismatch,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+
+        // A certificate from another CA gets no connection, for reads or writes.
+        let foreign = endpoint(&s, &ca, &s.other_ca, "pg1");
+        for msg in [Message::GetPosition { timeline: None }, hello("pg1", 42)] {
+            let e = ask(&foreign, &[msg]).await.unwrap_err();
+            assert!(
+                !matches!(e, ServerLinkError::Refused { .. }),
+                "refused only after connecting: {e}"
+            );
+        }
+
+        // No certificate at all: the handshake fails.
+        let e = connect_without_certificate(&s.address, &ca).await;
+        assert!(
+            e.is_err(),
+            "a connection without a client certificate was accepted"
+        );
+    });
+    // Nothing was written for pg2, and pg1's archive holds only pg1's data.
+    assert!(
+        !s.data
+            .join("clusters/pg2/wal")
+            .join("000000010000000000000001.klio-journal")
+            .exists()
+    );
+    assert!(s.data.join("clusters/pg1/wal").exists());
+}
+
+/// A QUIC client that trusts the server but presents no certificate; tries to read.
+async fn connect_without_certificate(address: &str, ca: &Path) -> Result<Option<Message>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![klio_proto::klio::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("0.0.0.0:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let conn = endpoint
+        .connect(address.parse().unwrap(), "localhost")
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let mut buf = bytes::BytesMut::new();
+    Message::GetPosition { timeline: None }.encode(&mut buf);
+    send.write_all(&buf).await.map_err(|e| e.to_string())?;
+    let mut out = vec![0u8; 64];
+    match recv.read(&mut out).await {
+        Ok(Some(n)) if n > 0 => Ok(None),
+        Ok(_) => Err("closed".to_owned()),
+        Err(e) => Err(e.to_string()),
+    }
+}
