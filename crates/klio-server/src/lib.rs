@@ -12,6 +12,7 @@
 
 pub mod certs;
 pub mod config;
+mod endpoint_keys;
 mod registry;
 pub mod server;
 mod session;

@@ -74,11 +74,19 @@ impl Server {
                 source,
             }
         })?;
-        let endpoint =
-            quinn::Endpoint::server(quic, config.listen).map_err(|source| ServerError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let endpoint_config = crate::endpoint_keys::endpoint_config(&config.data_dir)?;
+        let bind_err = |source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        };
+        let socket = std::net::UdpSocket::bind(config.listen).map_err(bind_err)?;
+        let endpoint = quinn::Endpoint::new(
+            endpoint_config,
+            Some(quic),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(bind_err)?;
         Ok(Server {
             endpoint,
             shared: Arc::new(Shared {
