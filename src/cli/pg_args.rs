@@ -49,3 +49,11 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()
         .context("could not start the async runtime")
 }
+
+/// A single-threaded runtime, for commands whose work is one latency-bound stream.
+pub(crate) fn single_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("could not start the async runtime")
+}

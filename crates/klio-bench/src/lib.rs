@@ -1,7 +1,8 @@
-//! The WAL player (`klio wal-player generate/play`) and the side-by-side comparison harness.
+//! The WAL player (`klio wal-player generate/play`, later) and the side-by-side comparison
+//! harness.
 //!
-//! Synthetic segments come from [`klio_wal::synth`]; this crate will own playing them against a
-//! server and the harness that runs contenders alternately and reports ratios.
+//! [`sync_commit`] measures pgbench TPS with Klio as the synchronous standby against
+//! pg_receivewal `--synchronous`, alternating the two in one run on one machine.
 #![forbid(unsafe_code)]
 
-pub use klio_wal::SegmentSize;
+pub mod sync_commit;

@@ -212,7 +212,15 @@ fn position_of(dir: &std::path::Path, timeline: Option<TimelineId>) -> Result<Me
     })
 }
 
+/// Runs blocking storage work (file writes, fsync). On a multi-threaded runtime the current
+/// worker does it in place, which saves a thread hand-off on every commit's path; otherwise it
+/// goes to the blocking pool.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, End> {
+    if tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::MultiThread
+    {
+        return Ok(tokio::task::block_in_place(f));
+    }
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| End::Refused(ErrorCode::Internal, format!("storage task failed: {e}")))

@@ -5,19 +5,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use klio_proto::klio::{Message, PROTOCOL_VERSION};
 use klio_proto::replication::{ReplicationMessage, StandbyStatusUpdate, pg_epoch_micros};
 use klio_wal::{Lsn, SegmentSize, TimelineId};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{SendWalError, SendWalOptions};
 use crate::connection::{CopyEvent, ReplicationConnection};
 use crate::server_link::{FramedRecv, FramedSend, ServerConnection, ServerLinkError};
 use crate::shutdown::Shutdown;
-
-/// What the server says while we stream.
-enum ServerEvent {
-    Ack(Lsn),
-    Failed(ServerLinkError),
-}
 
 /// Positions reported to PostgreSQL.
 #[derive(Clone, Copy, Debug)]
@@ -48,24 +41,17 @@ async fn report(pg: &mut ReplicationConnection, p: Progress) -> Result<(), SendW
     Ok(())
 }
 
-/// Reads acknowledgements until the stream ends, forwarding them.
-async fn read_acks(mut recv: FramedRecv, tx: mpsc::Sender<ServerEvent>) {
-    loop {
-        let event = match recv.recv().await {
-            Ok(Some(Message::Ack { durable, .. })) => ServerEvent::Ack(durable),
-            Ok(Some(other)) => ServerEvent::Failed(ServerLinkError::Protocol(
-                klio_proto::klio::KlioProtocolError::Malformed {
-                    tag: other.tag(),
-                    reason: "unexpected message while streaming".to_owned(),
-                },
-            )),
-            Ok(None) => ServerEvent::Failed(ServerLinkError::Closed),
-            Err(e) => ServerEvent::Failed(e),
-        };
-        let failed = matches!(event, ServerEvent::Failed(_));
-        if tx.send(event).await.is_err() || failed {
-            return;
-        }
+/// The durable position in an acknowledgement; anything else from the server ends the session.
+fn ack_lsn(msg: Option<Message>) -> Result<Lsn, ServerLinkError> {
+    match msg {
+        Some(Message::Ack { durable, .. }) => Ok(durable),
+        Some(other) => Err(ServerLinkError::Protocol(
+            klio_proto::klio::KlioProtocolError::Malformed {
+                tag: other.tag(),
+                reason: "unexpected message while streaming".to_owned(),
+            },
+        )),
+        None => Err(ServerLinkError::Closed),
     }
 }
 
@@ -125,8 +111,6 @@ pub(super) async fn run(
             |(t, l)| format!("{l} on timeline {t}")
         )
     );
-    let (tx, mut acks) = mpsc::channel(256);
-    let ack_reader = tokio::spawn(read_acks(recv, tx));
     // Everything before `start` is either durable on the server or was never available.
     let mut progress = Progress {
         written: start,
@@ -144,7 +128,7 @@ pub(super) async fn run(
             send.send(&Message::StartWal { timeline, start }).await?;
             pg.start_replication(Some(&opts.slot), start, timeline)
                 .await?;
-            match stream(opts, &mut pg, &mut send, &mut acks, &mut progress, shutdown).await? {
+            match stream(opts, &mut pg, &mut send, &mut recv, &mut progress, shutdown).await? {
                 Streamed::Shutdown => return Ok(()),
                 Streamed::EndOfTimeline => match pg.finish_copy().await? {
                     Some(end) if end.next_timeline > timeline => {
@@ -177,12 +161,13 @@ pub(super) async fn run(
     // PostgreSQL; then close both sides.
     send.finish();
     let deadline = Instant::now() + Duration::from_secs(2);
-    while let Ok(Some(ServerEvent::Ack(lsn))) = tokio::time::timeout_at(deadline, acks.recv()).await
-    {
-        progress.durable = progress.durable.max(lsn);
+    while let Ok(Ok(msg)) = tokio::time::timeout_at(deadline, recv.recv()).await {
+        match ack_lsn(msg) {
+            Ok(lsn) => progress.durable = progress.durable.max(lsn),
+            Err(_) => break,
+        }
     }
     let _ = report(&mut pg, progress).await;
-    ack_reader.abort();
     pg.close().await;
     server.close().await;
     if result.is_ok() {
@@ -228,7 +213,7 @@ async fn stream(
     opts: &SendWalOptions,
     pg: &mut ReplicationConnection,
     send: &mut FramedSend,
-    acks: &mut mpsc::Receiver<ServerEvent>,
+    acks: &mut FramedRecv,
     progress: &mut Progress,
     shutdown: &mut Shutdown,
 ) -> Result<Streamed, SendWalError> {
@@ -242,25 +227,16 @@ async fn stream(
         tokio::select! {
             _ = shutdown.wait() => return Ok(Streamed::Shutdown),
             _ = tokio::time::sleep_until(next_status) => {}
-            event = acks.recv() => {
-                match event {
-                    Some(ServerEvent::Ack(lsn)) => {
-                        let mut durable = lsn;
-                        // Coalesce acknowledgements that are already waiting.
-                        while let Ok(ev) = acks.try_recv() {
-                            match ev {
-                                ServerEvent::Ack(l) => durable = durable.max(l),
-                                ServerEvent::Failed(e) => return Err(e.into()),
-                            }
-                        }
-                        if durable > progress.durable {
-                            progress.durable = durable;
-                            report(pg, *progress).await?;
-                            next_status = Instant::now() + interval;
-                        }
-                    }
-                    Some(ServerEvent::Failed(e)) => return Err(e.into()),
-                    None => return Err(ServerLinkError::Closed.into()),
+            msg = acks.recv() => {
+                let mut durable = ack_lsn(msg?)?;
+                // Coalesce acknowledgements that are already waiting.
+                while let Some(m) = acks.try_recv_buffered()? {
+                    durable = durable.max(ack_lsn(Some(m))?);
+                }
+                if durable > progress.durable {
+                    progress.durable = durable;
+                    report(pg, *progress).await?;
+                    next_status = Instant::now() + interval;
                 }
             }
             event = pg.recv_copy() => {

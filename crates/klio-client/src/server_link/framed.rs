@@ -72,6 +72,16 @@ impl FramedRecv {
         }
     }
 
+    /// A message already buffered, without waiting.
+    pub fn try_recv_buffered(&mut self) -> Result<Option<Message>, ServerLinkError> {
+        match self.decoder.decode(&mut self.buf)? {
+            Some(Message::Error { code, message }) => {
+                Err(ServerLinkError::Refused { code, message })
+            }
+            other => Ok(other),
+        }
+    }
+
     /// The next message; `Ok(None)` when the server finished the stream. A server `Error`
     /// message becomes [`ServerLinkError::Refused`]. Cancel-safe.
     pub async fn recv(&mut self) -> Result<Option<Message>, ServerLinkError> {
