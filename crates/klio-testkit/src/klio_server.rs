@@ -143,6 +143,13 @@ impl KlioServer {
         }
     }
 
+    /// Sends a signal ("STOP", "CONT", ...) to the server process.
+    pub fn signal(&self, signal: &str) {
+        if let Some(p) = &self.process {
+            p.signal(signal);
+        }
+    }
+
     /// SIGINT and wait.
     pub fn stop(&mut self) {
         if let Some(mut p) = self.process.take() {
