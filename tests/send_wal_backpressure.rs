@@ -31,7 +31,7 @@ fn memory_stays_bounded_while_the_server_is_stalled() {
     let work = TestDir::new("backpressure");
     let exe = klio_exe(&work);
     let certs = TestCerts::create(&exe, &work.subdir("certs"), &["pg1"]);
-    let mut server = KlioServer::start(&exe, &work, &certs);
+    let server = KlioServer::start(&exe, &work, &certs);
     let client = start_klio_send_wal(
         &exe,
         &pg,
