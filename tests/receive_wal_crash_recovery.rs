@@ -3,11 +3,9 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use klio_testkit::{
-    BackgroundProcess, PgOptions, PgServer, TestDir, assert_same_dump, start_klio_receive_wal,
+    PgOptions, PgServer, TestDir, TickLoop, assert_same_dump, start_klio_receive_wal,
 };
 
 #[test]
@@ -33,44 +31,14 @@ fn recovers_every_committed_row_after_kill_9() {
     let backup = work.path().join("backup");
     primary.base_backup_without_wal(&backup);
 
-    // A loop committing timestamps; an id is logged only after its commit returned. Ids come
-    // from the loop, not a sequence: a crash legitimately moves a sequence ahead.
-    primary.psql("CREATE TABLE ticks (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())");
-    let ids = work.path().join("committed-ids");
-    let stop = work.path().join("stop");
-    let script = format!(
-        "i=0; while [ ! -e {stop} ]; do i=$((i+1)); \
-           psql -XAtq -h {host} -p {port} -U postgres -d postgres \
-                -c \"INSERT INTO ticks (id) VALUES ($i)\" || exit 1; \
-           echo \"$i\" >> {ids}; \
-         done",
-        stop = stop.display(),
-        host = primary.socket_dir(),
-        port = primary.port(),
-        ids = ids.display(),
-    );
-    let mut ticker = BackgroundProcess::spawn(
-        "tick loop",
-        &mut shell_as_postgres(&script),
-        &work.path().join("ticker.log"),
-    );
+    // A loop committing timestamped rows; an id counts only once its commit returned.
+    let ticks = TickLoop::start(&primary, &work, 0);
 
     primary.pgbench(&["-i", "-s", "5", "-q"]);
     primary.pgbench(&["-T", "10", "-c", "4", "-j", "2"]);
     primary.psql("CREATE TABLE bulk AS SELECT g, md5(g::text) FROM generate_series(1, 200000) g");
 
-    std::fs::write(&stop, b"").expect("create stop file");
-    assert_eq!(
-        ticker.wait(Duration::from_secs(60)),
-        Some(0),
-        "tick loop failed"
-    );
-    let committed = std::fs::read_to_string(&ids).expect("read committed ids");
-    let last_id: i64 = committed
-        .lines()
-        .last()
-        .and_then(|l| l.trim().parse().ok())
-        .expect("the tick loop committed rows");
+    let last_id = ticks.stop();
     assert!(last_id > 10, "only {last_id} ticks committed");
     let before = primary.dumpall();
 

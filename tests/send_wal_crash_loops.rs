@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use common::*;
 use klio_testkit::{
-    BackgroundProcess, KlioServer, PgOptions, PgServer, TestCerts, TestDir, as_postgres, digests,
-    pg_bin, run, start_klio_send_wal, start_pg_receivewal,
+    KlioServer, PgOptions, PgServer, TestCerts, TestDir, digests, pg_bin, pgbench_in_background,
+    run, start_klio_send_wal, start_pg_receivewal,
 };
 
 #[test]
@@ -28,18 +28,9 @@ fn no_gap_and_identical_segments_after_twenty_kills() {
     let mut client = start_klio_send_wal(&exe, &pg, &server, &certs, "pg1", "klio", &client_log);
 
     pg.pgbench(&["-i", "-s", "2", "-q"]);
-    let mut load = BackgroundProcess::spawn(
-        "pgbench",
-        as_postgres(pg_bin("pgbench"))
-            .args([
-                "-h",
-                &pg.socket_dir(),
-                "-p",
-                &pg.port().to_string(),
-                "-U",
-                "postgres",
-            ])
-            .args(["-T", "600", "-c", "2", "postgres"]),
+    let mut load = pgbench_in_background(
+        &pg,
+        &["-T", "600", "-c", "2"],
         &work.path().join("pgbench.log"),
     );
 

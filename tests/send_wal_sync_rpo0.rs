@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use klio_testkit::{
-    BackgroundProcess, KlioServer, PgOptions, PgServer, TestCerts, TestDir, start_klio_send_wal,
-    wait_until,
+    KlioServer, PgOptions, PgServer, TestCerts, TestDir, TickLoop, start_klio_send_wal,
 };
 
 #[test]
@@ -35,56 +34,18 @@ fn every_committed_row_survives_ten_server_crashes() {
     let backup = work.path().join("backup");
     pg.base_backup_without_wal(&backup);
 
-    pg.psql("CREATE TABLE ticks (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp(), pad text)");
-    let ids = work.path().join("committed-ids");
-    let stop = work.path().join("stop");
-    let script = format!(
-        "i=0; while [ ! -e {stop} ]; do i=$((i+1)); \
-           psql -XAtq -h {host} -p {port} -U postgres -d postgres \
-                -c \"INSERT INTO ticks (id, pad) VALUES ($i, repeat('x', 2000))\" || exit 1; \
-           echo \"$i\" >> {ids}; \
-         done",
-        stop = stop.display(),
-        host = pg.socket_dir(),
-        port = pg.port(),
-        ids = ids.display(),
-    );
-    let mut ticker = BackgroundProcess::spawn(
-        "tick loop",
-        &mut shell_as_postgres(&script),
-        &work.path().join("ticker.log"),
-    );
+    let ticks = TickLoop::start(&pg, &work, 2000);
 
     // Kill the server at varying moments; each time the stream must resume with nothing lost.
-    let committed = || {
-        std::fs::read_to_string(&ids)
-            .unwrap_or_default()
-            .lines()
-            .count()
-    };
     for round in 0..10u64 {
-        let before = committed();
-        wait_until("commits to go through", Duration::from_secs(60), || {
-            (committed() > before + 3).then_some(())
-        });
+        ticks.wait_for_more(3);
         std::thread::sleep(Duration::from_millis(100 + (round * 137) % 400));
         server.kill9();
         std::thread::sleep(Duration::from_millis(200));
         server.restart();
     }
-    let before = committed();
-    wait_until(
-        "commits after the last restart",
-        Duration::from_secs(60),
-        || (committed() > before + 3).then_some(()),
-    );
-    std::fs::write(&stop, b"").expect("stop file");
-    assert_eq!(
-        ticker.wait(Duration::from_secs(60)),
-        Some(0),
-        "tick loop failed"
-    );
-    let last_id = committed();
+    ticks.wait_for_more(3);
+    let last_id = ticks.stop();
     assert!(last_id > 40, "only {last_id} commits");
 
     // Crash PostgreSQL too, and recover only from what the server archived.

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use klio_client::receive::{ReceiveOptions, create_slot, receive_wal};
-use klio_client::shutdown_channel;
 
 /// Stream WAL from a PostgreSQL server into a directory, byte for byte as pg_receivewal.
 ///
@@ -76,12 +75,7 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
             status_interval: Duration::from_secs(a.status_interval),
             reconnect_delay: Duration::from_secs(a.reconnect_delay.max(1)),
         };
-        let (trigger, shutdown) = shutdown_channel();
-        tokio::spawn(async move {
-            super::signals::wait_for_stop_signal().await;
-            tracing::info!("received stop signal, finishing");
-            trigger.trigger();
-        });
+        let shutdown = super::signals::shutdown_on_stop_signal();
         receive_wal(&opts, shutdown).await?;
         Ok(ExitCode::SUCCESS)
     })

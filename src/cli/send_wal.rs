@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::Context;
 use klio_client::send_wal::{SendWalOptions, send_wal};
 use klio_client::server_link::ServerEndpoint;
-use klio_client::shutdown_channel;
 use klio_proto::klio::ClusterName;
 
 /// Stream WAL from PostgreSQL to a Klio server, in real time.
@@ -81,12 +80,7 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
     // One thread: the PostgreSQL stream, the QUIC driver and the acknowledgement reader hand
     // work to each other for every commit; on one thread those hand-offs are cheapest.
     super::pg_args::single_thread_runtime()?.block_on(async move {
-        let (trigger, shutdown) = shutdown_channel();
-        tokio::spawn(async move {
-            super::signals::wait_for_stop_signal().await;
-            tracing::info!("received stop signal, finishing");
-            trigger.trigger();
-        });
+        let shutdown = super::signals::shutdown_on_stop_signal();
         send_wal(&opts, shutdown).await?;
         Ok(ExitCode::SUCCESS)
     })

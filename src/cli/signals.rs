@@ -16,3 +16,14 @@ pub(crate) async fn wait_for_stop_signal() {
         _ = term.recv() => {}
     }
 }
+
+/// A shutdown signal that fires on SIGINT or SIGTERM (must be called inside the runtime).
+pub(crate) fn shutdown_on_stop_signal() -> klio_client::Shutdown {
+    let (trigger, shutdown) = klio_client::shutdown_channel();
+    tokio::spawn(async move {
+        wait_for_stop_signal().await;
+        tracing::info!("received stop signal, finishing");
+        trigger.trigger();
+    });
+    shutdown
+}

@@ -354,6 +354,24 @@ impl ReplicationConnection {
         })
     }
 
+    /// Reports progress to the server as Klio does: `write` = received, `flush` = durably
+    /// stored, and `apply` = `flush` (Klio replays nothing; "replayed" means stored), stamped
+    /// with the current time.
+    pub async fn report_progress(&mut self, write: Lsn, flush: Lsn) -> Result<(), ConnectionError> {
+        let unix_micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        self.send_status(&StandbyStatusUpdate {
+            write,
+            flush,
+            apply: flush,
+            client_time: replication::pg_epoch_micros(unix_micros),
+            reply_requested: false,
+        })
+        .await
+    }
+
     /// Sends a standby status update.
     pub async fn send_status(
         &mut self,

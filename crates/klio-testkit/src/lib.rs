@@ -14,6 +14,7 @@ mod pg;
 mod process;
 mod receivers;
 mod test_dir;
+mod tick_loop;
 
 pub use command::{Output, as_postgres, run, run_ok, wait_until};
 pub use files::{assert_same_dump, digests};
@@ -22,3 +23,4 @@ pub use pg::{Auth, PASSWORD, PgOptions, PgServer, pg_bin};
 pub use process::BackgroundProcess;
 pub use receivers::{start_klio_receive_wal, start_pg_receivewal};
 pub use test_dir::TestDir;
+pub use tick_loop::{TickLoop, pgbench_in_background};

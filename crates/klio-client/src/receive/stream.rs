@@ -4,9 +4,9 @@
 //! receiver is one stream, like pg_receivewal, and while an fsync runs there is nothing else
 //! useful to do — WAL not yet fsynced must not be acknowledged anyway.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use klio_proto::replication::{ReplicationMessage, StandbyStatusUpdate, pg_epoch_micros};
+use klio_proto::replication::ReplicationMessage;
 use klio_wal::segment_dir::SegmentDir;
 use klio_wal::{Lsn, TimelineId};
 use tokio::time::Instant;
@@ -80,8 +80,7 @@ pub(super) async fn stream_once(
             CopyOutcome::Shutdown => {
                 dir.close()?;
                 let flushed = dir.flushed().unwrap_or(start);
-                let _ =
-                    send_status(&mut conn, dir.written().unwrap_or(start), flushed, false).await;
+                let _ = send_status(&mut conn, dir.written().unwrap_or(start), flushed).await;
                 conn.close().await;
                 tracing::info!("stopped streaming at {flushed} (fsynced)");
                 return Ok(Outcome::Shutdown);
@@ -116,29 +115,12 @@ pub(super) async fn stream_once(
     }
 }
 
-fn now_pg_micros() -> i64 {
-    let unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0);
-    pg_epoch_micros(unix)
-}
-
 async fn send_status(
     conn: &mut ReplicationConnection,
     write: Lsn,
     flush: Lsn,
-    reply_requested: bool,
 ) -> Result<(), ReceiveError> {
-    let status = StandbyStatusUpdate {
-        write,
-        flush,
-        // Klio applies nothing; "replayed" means the same as durably stored (flushed).
-        apply: flush,
-        client_time: now_pg_micros(),
-        reply_requested,
-    };
-    conn.send_status(&status).await?;
+    conn.report_progress(write, flush).await?;
     Ok(())
 }
 
@@ -156,7 +138,7 @@ async fn copy_loop(
     loop {
         if !interval.is_zero() && Instant::now() >= next_status {
             let written = dir.written().unwrap_or(start);
-            send_status(conn, written, dir.flushed().unwrap_or(start), false).await?;
+            send_status(conn, written, dir.flushed().unwrap_or(start)).await?;
             next_status = Instant::now() + interval;
         }
         let far = Instant::now() + Duration::from_secs(3600);
@@ -205,7 +187,7 @@ async fn copy_loop(
         }
         if flush_now || reply_now {
             let written = dir.written().unwrap_or(start);
-            send_status(conn, written, dir.flushed().unwrap_or(start), false).await?;
+            send_status(conn, written, dir.flushed().unwrap_or(start)).await?;
             if !interval.is_zero() {
                 next_status = Instant::now() + interval;
             }

@@ -1,9 +1,9 @@
 //! One attempt: connect to PostgreSQL and the server, agree on the start, stream.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use klio_proto::klio::{Message, PROTOCOL_VERSION};
-use klio_proto::replication::{ReplicationMessage, StandbyStatusUpdate, pg_epoch_micros};
+use klio_proto::replication::ReplicationMessage;
 use klio_wal::{Lsn, SegmentSize, TimelineId};
 use tokio::time::Instant;
 
@@ -21,23 +21,8 @@ struct Progress {
     durable: Lsn,
 }
 
-fn now_pg_micros() -> i64 {
-    let unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0);
-    pg_epoch_micros(unix)
-}
-
 async fn report(pg: &mut ReplicationConnection, p: Progress) -> Result<(), SendWalError> {
-    pg.send_status(&StandbyStatusUpdate {
-        write: p.written,
-        flush: p.durable,
-        apply: p.durable,
-        client_time: now_pg_micros(),
-        reply_requested: false,
-    })
-    .await?;
+    pg.report_progress(p.written, p.durable).await?;
     Ok(())
 }
 
