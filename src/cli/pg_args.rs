@@ -41,17 +41,9 @@ impl PgArgs {
     }
 }
 
-/// A runtime for one command.
+/// The single-threaded runtime every command uses: their work is latency-bound streams whose
+/// steps hand data to each other; on one thread those hand-offs are cheapest.
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("could not start the async runtime")
-}
-
-/// A single-threaded runtime, for commands whose work is one latency-bound stream.
-pub(crate) fn single_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -77,9 +77,7 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
         reconnect_min: Duration::from_millis(500),
         reconnect_max: Duration::from_secs(a.max_reconnect_delay.max(1)),
     };
-    // One thread: the PostgreSQL stream, the QUIC driver and the acknowledgement reader hand
-    // work to each other for every commit; on one thread those hand-offs are cheapest.
-    super::pg_args::single_thread_runtime()?.block_on(async move {
+    super::pg_args::runtime()?.block_on(async move {
         let shutdown = super::signals::shutdown_on_stop_signal();
         send_wal(&opts, shutdown).await?;
         Ok(ExitCode::SUCCESS)

@@ -212,18 +212,21 @@ fn position_of(dir: &std::path::Path, timeline: Option<TimelineId>) -> Result<Me
     })
 }
 
-/// Runs blocking storage work (file writes, fsync). On a multi-threaded runtime the current
-/// worker does it in place, which saves a thread hand-off on every commit's path; otherwise it
-/// goes to the blocking pool.
+/// Runs blocking storage work (file writes, fsync).
+///
+/// On a current-thread runtime (what `klio server start` uses) the work runs inline: every
+/// thread hand-off on a commit's path costs more CPU and latency than the fsync itself on fast
+/// disks, measured with `klio-bench sync-commit`. The price is that one cluster's fsync delays
+/// the others on the same thread. On a multi-threaded runtime the current worker blocks in
+/// place, so that fsyncs of different clusters overlap.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, End> {
-    if tokio::runtime::Handle::current().runtime_flavor()
-        == tokio::runtime::RuntimeFlavor::MultiThread
-    {
-        return Ok(tokio::task::block_in_place(f));
+    match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::CurrentThread => Ok(f()),
+        tokio::runtime::RuntimeFlavor::MultiThread => Ok(tokio::task::block_in_place(f)),
+        _ => tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| End::Refused(ErrorCode::Internal, format!("storage task failed: {e}"))),
     }
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| End::Refused(ErrorCode::Internal, format!("storage task failed: {e}")))
 }
 
 /// What a batch of frames produced: replies and the new durable position.
