@@ -1,13 +1,14 @@
-//! A guided demo on local defaults: a throw-away PostgreSQL 15 streams to `klio receive-wal`
-//! as its synchronous standby, crashes, and is recovered from a base backup plus Klio's
-//! archive alone, down to the last committed row.
+//! A guided demo on local defaults: a throw-away PostgreSQL 15 streams its WAL with
+//! `klio send-wal` to a `klio server` (QUIC, mutual TLS, certificates from `klio certs`) as its
+//! synchronous standby, crashes, and is recovered from a base backup plus the server's archive
+//! alone, down to the last committed row.
 //!
 //! Run it with `scripts/demo` (which builds `klio` first), or
 //! `cargo run --example demo -- target/debug/klio`.
 
 use std::path::PathBuf;
 
-use klio_testkit::{PgOptions, PgServer, TestDir, start_klio_receive_wal};
+use klio_testkit::{KlioServer, PgOptions, PgServer, TestCerts, TestDir, start_klio_send_wal};
 
 fn step(text: &str) {
     println!("\n==> {text}");
@@ -37,19 +38,23 @@ fn main() {
 
     let work = TestDir::new("demo");
     let exe = work.install_exe(&klio);
-    let archive = work.subdir("archive");
-    step(&format!(
-        "Streaming WAL with `klio receive-wal --synchronous` into {}",
-        archive.display()
-    ));
-    pg.create_slot("klio");
-    let mut receiver = start_klio_receive_wal(
+    step("Creating a private CA and certificates with `klio certs`, starting `klio server`");
+    let certs = TestCerts::create(&exe, &work.subdir("certs"), &["demo"]);
+    let server = KlioServer::start(&exe, &work, &certs);
+    println!(
+        "    listening on {} (data in {})",
+        server.address(),
+        server.data_dir().display()
+    );
+    step("Streaming WAL with `klio send-wal` (cluster \"demo\") to the server");
+    let mut sender = start_klio_send_wal(
         &exe,
         &pg,
-        &archive,
+        &server,
+        &certs,
+        "demo",
         "klio",
-        &[],
-        &work.path().join("klio.log"),
+        &work.path().join("send-wal.log"),
     );
     pg.wait_for_sync_standby("klio");
 
@@ -57,7 +62,9 @@ fn main() {
     let backup = work.path().join("base-backup");
     pg.base_backup_without_wal(&backup);
 
-    step("Running pgbench for 5 seconds; every commit waits until Klio has fsynced its WAL");
+    step(
+        "Running pgbench for 5 seconds; every commit waits until the Klio server has fsynced its WAL",
+    );
     pg.pgbench(&["-i", "-s", "2", "-q"]);
     pg.pgbench(&["-T", "5", "-c", "2"]);
     pg.psql("CREATE TABLE demo_marker (note text, at timestamptz DEFAULT now())");
@@ -74,16 +81,26 @@ fn main() {
 
     step("Crashing PostgreSQL with kill -9");
     pg.kill9();
-    receiver.stop();
-    let mut files: Vec<String> = std::fs::read_dir(&archive)
-        .expect("archive")
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .collect();
-    files.sort();
-    println!("    Klio's archive: {}", files.join(" "));
+    sender.stop();
+    let archive = work.subdir("archive-copy");
+    let summary = klio_store::wal_archive::WalArchive::open_existing(&server.wal_dir("demo"))
+        .expect("open the server's archive")
+        .export_to_directory(&archive)
+        .expect("copy the archive");
+    klio_testkit::run_ok(
+        std::process::Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&archive),
+    );
+    println!(
+        "    the server's archive: {} complete segments, {} in progress (copied to {})",
+        summary.segments,
+        summary.partials,
+        archive.display()
+    );
 
     step(
-        "Replacing its data directory with the base backup; restore_command = 'klio restore-wal %f %p -D <archive>'",
+        "Replacing its data directory with the base backup; restore_command = 'klio restore-wal %f %p -D <copy of the archive>'",
     );
     pg.recover_from_backup(
         &backup,
