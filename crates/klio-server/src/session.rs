@@ -53,10 +53,16 @@ struct Framed {
 
 impl Framed {
     /// Waits for more bytes; `false` when the peer finished the stream.
+    ///
+    /// Takes every chunk QUIC has already reassembled, not just one: whatever arrived while the
+    /// last fsync ran then joins the next batch and shares its fsync (group commit).
     async fn fill(&mut self) -> Result<bool, End> {
-        match self.recv.read_chunk(1 << 20, true).await {
-            Ok(Some(chunk)) => {
-                self.rbuf.extend_from_slice(&chunk.bytes);
+        let mut chunks: [bytes::Bytes; 32] = Default::default();
+        match self.recv.read_chunks(&mut chunks).await {
+            Ok(Some(n)) => {
+                for c in &chunks[..n] {
+                    self.rbuf.extend_from_slice(c);
+                }
                 Ok(true)
             }
             Ok(None) => Ok(false),
