@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use klio_testkit::{
-    KlioServer, PgOptions, PgServer, TestCerts, TestDir, as_postgres, pg_bin, run_ok,
-    start_klio_send_wal, start_pg_receivewal, wait_until,
+    KlioServer, PgOptions, PgServer, TestCerts, TestDir, start_klio_send_wal, start_pg_receivewal,
+    wait_until,
 };
 
 /// What to run.
@@ -68,19 +68,7 @@ impl SyncCommitReport {
 }
 
 fn pgbench_tps(pg: &PgServer, args: &[&str]) -> f64 {
-    let out = run_ok(
-        as_postgres(pg_bin("pgbench"))
-            .args([
-                "-h",
-                &pg.socket_dir(),
-                "-p",
-                &pg.port().to_string(),
-                "-U",
-                "postgres",
-            ])
-            .args(args)
-            .arg("postgres"),
-    );
+    let out = pg.pgbench(args);
     out.stdout
         .lines()
         .find_map(|l| {

@@ -430,15 +430,15 @@ impl PgServer {
         });
     }
 
-    /// Runs pgbench against the `postgres` database.
-    pub fn pgbench(&self, args: &[&str]) {
+    /// Runs pgbench against the `postgres` database; panics with its output if it fails.
+    pub fn pgbench(&self, args: &[&str]) -> Output {
         run_ok(
             as_postgres(pg_bin("pgbench"))
                 .args(["-h", &self.socket_dir(), "-p", &self.port.to_string()])
                 .args(["-U", "postgres"])
                 .args(args)
                 .arg("postgres"),
-        );
+        )
     }
 
     /// `pg_switch_wal()`, to complete the current segment.
