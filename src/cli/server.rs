@@ -22,6 +22,7 @@ enum Command {
     ///   listen: 0.0.0.0:7470
     ///   data_dir: /var/lib/klio
     ///   tls: {ca: /etc/klio/ca.pem, cert: /etc/klio/server.pem, key: /etc/klio/server.key}
+    #[command(verbatim_doc_comment)]
     Start(StartArgs),
 }
 

@@ -1,0 +1,60 @@
+//! Seal and open throughput on WAL-like input (one synthetic 16 MiB segment, 30% random
+//! payload bytes), for lz4 and zstd(3) with AES-256-GCM, plus AES-256-GCM alone as a baseline.
+//!
+//! `cargo bench -p klio-crypto --bench seal_open -- --measurement-time 3 --warm-up-time 1`
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use klio_crypto::{Compression, Kek, Keyring, SealOptions, SystemRandom, open, seal};
+use klio_wal::SegmentSize;
+use klio_wal::synth::{SynthConfig, SyntheticWal};
+
+fn wal_segment() -> Vec<u8> {
+    let mut cfg = SynthConfig::new(SegmentSize::new(16 << 20).expect("16 MiB is a valid size"));
+    cfg.segments = 1;
+    cfg.random_fraction = 0.3;
+    SyntheticWal::new(cfg)
+        .expect("valid synthetic WAL configuration")
+        .next_segment()
+        .expect("one segment")
+        .data
+}
+
+fn bench(c: &mut Criterion) {
+    let rng = SystemRandom::new();
+    let keyring = Keyring::new(Kek::from_bytes(&[0x42; 32]).expect("32-byte key"));
+    let wal = wal_segment();
+    let cases = [
+        ("lz4+aes256gcm", Compression::Lz4),
+        ("zstd3+aes256gcm", Compression::Zstd { level: 3 }),
+        ("none+aes256gcm", Compression::None),
+    ];
+    for (name, compression) in cases {
+        let opts = SealOptions {
+            compression,
+            ..SealOptions::default()
+        };
+        let object = seal(&keyring, &opts, &wal, &rng).expect("seal");
+        assert_eq!(open(&keyring, &object).expect("open"), wal);
+        eprintln!(
+            "{name}: {} -> {} bytes, compression ratio {:.2}",
+            wal.len(),
+            object.len(),
+            wal.len() as f64 / object.len() as f64
+        );
+        let mut g = c.benchmark_group(name);
+        g.throughput(Throughput::Bytes(wal.len() as u64));
+        g.sample_size(10);
+        g.bench_function("seal", |b| {
+            b.iter(|| seal(&keyring, &opts, black_box(&wal), &rng).expect("seal"))
+        });
+        g.bench_function("open", |b| {
+            b.iter(|| open(&keyring, black_box(&object)).expect("open"))
+        });
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
