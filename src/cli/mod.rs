@@ -1,6 +1,7 @@
 //! Argument definitions and dispatch to the library functions.
 
 mod certs;
+mod keys;
 pub(crate) mod logging;
 mod pg_args;
 mod receive_wal;
@@ -40,6 +41,8 @@ enum Command {
     Server(server::Args),
     /// Create a private CA, the server certificate and per-cluster client certificates.
     Certs(certs::Args),
+    /// Key files for encryption at rest.
+    Keys(keys::Args),
 }
 
 pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -49,5 +52,6 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::SendWal(a) => send_wal::run(a),
         Command::Server(a) => server::run(a),
         Command::Certs(a) => certs::run(a),
+        Command::Keys(a) => keys::run(a),
     }
 }

@@ -4,7 +4,8 @@
 //!   certificate names, and a client can reach no other cluster's data.
 //! - WAL ingest: one writer per cluster, batches of frames applied to the cluster's
 //!   `klio_store::wal_archive::WalArchive` with one fsync each, durable positions acknowledged.
-//! - [`config`]: the YAML file with environment and flag overrides; [`certs`]: `klio certs`.
+//! - [`config`]: the YAML file with environment and flag overrides; [`certs`]: `klio certs`;
+//!   [`keys`]: key files for encryption at rest (`klio keys`).
 //!
 //! Later: backup catalog, restore serving, Tier 2 relay, retention. The binary only parses
 //! flags and calls in here.
@@ -13,6 +14,7 @@
 pub mod certs;
 pub mod config;
 mod endpoint_keys;
+pub mod keys;
 mod registry;
 pub mod server;
 mod session;

@@ -1,0 +1,149 @@
+//! Key files on disk for encryption at rest: `klio keys generate` and loading with the
+//! permission checks an operator expects (a key readable by others is refused).
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use klio_crypto::{CryptoError, Kek, KeyId, Keyring, SystemRandom};
+
+/// A key file could not be created or used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyFileError {
+    /// Reading or writing failed.
+    #[error("key file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file exists already; keys are never overwritten.
+    #[error("{0} already exists: keys are never overwritten; choose another file name")]
+    Exists(PathBuf),
+    /// Group or others may read the file.
+    #[error(
+        "key file {path} is accessible by group or others (mode {mode:04o}): run `chmod 600 {path}`"
+    )]
+    TooOpen {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The contents are not a key.
+    #[error("key file {path}: {source}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: CryptoError,
+    },
+}
+
+/// Writes a new random key to `path` (mode 0600, never overwriting) and returns its id.
+pub fn generate_key_file(path: &Path) -> Result<KeyId, KeyFileError> {
+    let io = |source| KeyFileError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let (kek, contents) =
+        Kek::generate(&SystemRandom::new()).map_err(|source| KeyFileError::Invalid {
+            path: path.to_owned(),
+            source,
+        })?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                KeyFileError::Exists(path.to_owned())
+            } else {
+                io(e)
+            }
+        })?;
+    f.write_all(&contents).map_err(io)?;
+    // A key that vanishes after a crash would leave data nobody can read: make it durable
+    // before anyone encrypts with it.
+    f.sync_all().map_err(io)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        // The new directory entry must survive a crash too.
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+    }
+    Ok(kek.id())
+}
+
+/// Reads a key file, refusing one that group or others can access.
+pub fn load_key_file(path: &Path) -> Result<Kek, KeyFileError> {
+    let io = |source| KeyFileError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(KeyFileError::TooOpen {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    let contents = std::fs::read(path).map_err(io)?;
+    Kek::from_key_file_contents(&contents).map_err(|source| KeyFileError::Invalid {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// A keyring from the primary key file (used for new objects) and older ones still needed to
+/// read existing objects.
+pub fn load_keyring(primary: &Path, older: &[PathBuf]) -> Result<Keyring, KeyFileError> {
+    let mut ring = Keyring::new(load_key_file(primary)?);
+    for p in older {
+        ring.add(load_key_file(p)?);
+    }
+    Ok(ring)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generate_load_and_refuse() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k1.key");
+        let id = generate_key_file(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(load_key_file(&path).unwrap().id(), id);
+        assert!(matches!(
+            generate_key_file(&path),
+            Err(KeyFileError::Exists(_))
+        ));
+
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = load_key_file(&path).unwrap_err();
+        assert!(e.to_string().contains("chmod 600"), "{e}");
+
+        let bad = dir.path().join("bad.key");
+        std::fs::write(&bad, b"not a key").unwrap();
+        std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(matches!(
+            load_key_file(&bad),
+            Err(KeyFileError::Invalid { .. })
+        ));
+
+        let k2 = dir.path().join("k2.key");
+        let id2 = generate_key_file(&k2).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let ring = load_keyring(&k2, &[path]).unwrap();
+        assert_eq!(ring.primary_id(), id2);
+        assert!(ring.contains(&id));
+    }
+}
