@@ -13,6 +13,6 @@ pub mod wal_archive;
 
 pub use klio_wal::SegmentSize;
 pub use wal_archive::{
-    ArchiveListing, ArchivedFile, BeginOutcome, ClusterIdentity, ExportSummary, WalArchive,
-    WalArchiveError,
+    ArchiveListing, ArchivedFile, BeginOutcome, ClusterIdentity, ExportSummary, RewrapSummary,
+    StorageOptions, WalArchive, WalArchiveError,
 };

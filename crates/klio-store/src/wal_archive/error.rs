@@ -3,6 +3,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use klio_crypto::{CryptoError, KeyId};
 use klio_wal::{Lsn, SegmentSize, TimelineId};
 
 /// Why a WAL archive operation failed.
@@ -111,6 +112,34 @@ pub enum WalArchiveError {
         /// What is wrong.
         reason: String,
     },
+    /// The archive holds encrypted files, but was opened without a keyring.
+    #[error(
+        "WAL archive file {path:?} is encrypted{}, but the archive was opened without a keyring: \
+         this archive is encrypted: configure the key it was sealed with (and any keys of older \
+         files) and open it with a keyring",
+        match key_id {
+            Some(id) => format!(" with key {id}"),
+            None => String::new(),
+        }
+    )]
+    Encrypted {
+        /// The encrypted file found.
+        path: PathBuf,
+        /// The key its header names, if readable.
+        key_id: Option<KeyId>,
+    },
+    /// Encrypting, decrypting or re-wrapping a file failed (an unknown key, a wrong key, a
+    /// damaged, truncated or swapped file).
+    #[error("could not {action} {path:?}: {source}")]
+    Crypto {
+        /// What was being done.
+        action: &'static str,
+        /// The file involved.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: CryptoError,
+    },
     /// `begin` asked for a position before the durable end: that WAL is already archived.
     #[error(
         "WAL on timeline {timeline} from {start} overlaps the archive, which already holds WAL up to \
@@ -209,6 +238,7 @@ impl WalArchiveError {
                 | WalArchiveError::DamagedJournal { .. }
                 | WalArchiveError::DamagedSegment { .. }
                 | WalArchiveError::Inconsistent { .. }
+                | WalArchiveError::Crypto { .. }
                 | WalArchiveError::PositionOverflow
         )
     }

@@ -16,6 +16,20 @@
 //! - `00000002.history`: timeline history files, stored atomically and durably.
 //! - `*.klio-tmp`: files being written; removed on open.
 //!
+//! # Encryption at rest
+//!
+//! Opened with a keyring ([`WalArchive::open_with`], [`StorageOptions`]), the archive keeps no
+//! WAL in plaintext: completed segments are stored sealed (compressed, then encrypted with
+//! klio-crypto, bound to their name) as `<segment>.klio` instead of `<segment>` (format in the
+//! `sealed` module), and new journals are encrypted: a sealed per-journal frame key at the
+//! start, then AES-256-GCM frames (format in the `journal` module), still one frame and one
+//! fdatasync per [`WalArchive::sync`], with the same exact durable end after a crash. Reads
+//! decrypt and decompress transparently and return the original bytes or an error naming the
+//! file. Plain files written before a keyring was configured stay readable (and a plain journal
+//! is continued plain until its segment completes, which is then sealed). An archive holding
+//! encrypted files refuses to open without a keyring ([`WalArchiveError::Encrypted`]).
+//! [`WalArchive::rewrap_all`] and [`WalArchive::key_ids_in_use`] support key rotation.
+//!
 //! # Durability
 //!
 //! [`WalArchive::append`] only buffers (and writes out, without fsync, frames of about 4 MiB
@@ -33,23 +47,78 @@ mod identity;
 mod journal;
 mod read;
 mod recover;
+mod rotate;
+mod sealed;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 
-use klio_wal::{Lsn, SegmentNo, TimelineId, WalFileName};
+use klio_crypto::{Keyring, SealOptions, SecureRandom, SystemRandom};
+use klio_wal::{Lsn, SegmentNo, SegmentSize, TimelineId, WalFileName};
 
 pub use error::WalArchiveError;
 pub use identity::ClusterIdentity;
 pub use read::{
     ArchiveListing, ArchivedFile, ExportSummary, JournalReport, PartialSegment, SegmentRange,
-    TimelineListing, inspect_journal,
+    TimelineListing, inspect_journal, inspect_journal_with,
 };
+pub use rotate::RewrapSummary;
 
 use journal::JournalWriter;
 
 /// Appended bytes beyond this are written out as a frame without fsync, to bound memory.
 const WRITE_OUT_THRESHOLD: usize = 4 << 20;
+
+/// How an archive stores what it is given: encrypted (and compressed) with a keyring, or plain.
+#[derive(Clone, Debug, Default)]
+pub struct StorageOptions {
+    /// Seal completed segments and encrypt journals with this keyring's primary key, and open
+    /// existing encrypted files with any of its keys. `None`: store plain (and refuse archives
+    /// that hold encrypted files).
+    pub keyring: Option<Keyring>,
+    /// Compression and chunk size of sealed segments (ignored without a keyring).
+    pub seal: SealOptions,
+}
+
+static RNG: LazyLock<SystemRandom> = LazyLock::new(SystemRandom::new);
+
+/// What the file formats need besides the directory: segment size, cluster, keys, randomness.
+#[derive(Clone, Copy)]
+pub(crate) struct Ctx<'a> {
+    pub(crate) size: SegmentSize,
+    pub(crate) system_id: u64,
+    pub(crate) keyring: Option<&'a Keyring>,
+    pub(crate) seal: SealOptions,
+    pub(crate) rng: &'a dyn SecureRandom,
+}
+
+impl Ctx<'static> {
+    /// No keyring: plain files only.
+    pub(crate) fn plain(size: SegmentSize) -> Self {
+        Ctx {
+            size,
+            system_id: 0,
+            keyring: None,
+            seal: SealOptions::default(),
+            rng: &*RNG,
+        }
+    }
+}
+
+fn make_ctx<'a>(
+    identity: &ClusterIdentity,
+    keyring: Option<&'a Keyring>,
+    seal: SealOptions,
+) -> Ctx<'a> {
+    Ctx {
+        size: identity.segment_size,
+        system_id: identity.system_id,
+        keyring,
+        seal,
+        rng: &*RNG,
+    }
+}
 
 /// How a [`WalArchive::begin`] relates to what the archive already holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,6 +159,8 @@ struct Stream {
 pub struct WalArchive {
     dir: PathBuf,
     identity: ClusterIdentity,
+    keyring: Option<Keyring>,
+    seal: SealOptions,
     writable: bool,
     poisoned: bool,
     durable: BTreeMap<TimelineId, Lsn>,
@@ -97,10 +168,33 @@ pub struct WalArchive {
 }
 
 impl WalArchive {
-    /// Opens the archive in `dir` (created if missing). First use records `identity` durably;
-    /// later uses refuse a different system id or segment size with a clear error. Runs crash
-    /// recovery.
+    /// Opens the archive in `dir` (created if missing), storing plain files. First use records
+    /// `identity` durably; later uses refuse a different system id or segment size with a clear
+    /// error. Runs crash recovery. An archive holding encrypted files is refused: use
+    /// [`WalArchive::open_with`].
     pub fn open(dir: &Path, identity: ClusterIdentity) -> Result<WalArchive, WalArchiveError> {
+        WalArchive::open_with(dir, identity, StorageOptions::default())
+    }
+
+    /// Like [`WalArchive::open`], with `options`: with a keyring, everything written from now
+    /// on is encrypted and completed segments are sealed (see the
+    /// [module documentation](self)).
+    pub fn open_with(
+        dir: &Path,
+        identity: ClusterIdentity,
+        options: StorageOptions,
+    ) -> Result<WalArchive, WalArchiveError> {
+        if options.keyring.is_some() {
+            options
+                .seal
+                .validate()
+                .map_err(|source| WalArchiveError::Crypto {
+                    action: "use the seal options for",
+                    path: dir.to_owned(),
+                    source,
+                })?;
+        }
+        let ctx = make_ctx(&identity, options.keyring.as_ref(), options.seal);
         if !dir.is_dir() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| WalArchiveError::io("create directory", dir, e))?;
@@ -113,7 +207,7 @@ impl WalArchive {
         match identity::read(dir)? {
             Some(recorded) => identity::check(dir, &recorded, &identity)?,
             None => {
-                let s = recover::survey(dir, identity.segment_size)?;
+                let s = recover::survey(dir, &ctx)?;
                 if s.has_archive_files {
                     return Err(WalArchiveError::MissingIdentity {
                         dir: dir.to_owned(),
@@ -122,10 +216,12 @@ impl WalArchive {
                 identity::write(dir, &identity)?;
             }
         }
-        let durable = recover::recover(dir, identity.segment_size)?;
+        let durable = recover::recover(dir, &ctx)?;
         Ok(WalArchive {
             dir: dir.to_owned(),
             identity,
+            keyring: options.keyring,
+            seal: options.seal,
             writable: true,
             poisoned: false,
             durable,
@@ -135,16 +231,28 @@ impl WalArchive {
 
     /// Opens an existing archive read-only, reading the identity from disk (for status, export
     /// and restores). Changes nothing on disk, so it may run alongside the writer.
+    /// An archive holding encrypted files is refused: use [`WalArchive::open_existing_with`].
     pub fn open_existing(dir: &Path) -> Result<WalArchive, WalArchiveError> {
+        WalArchive::open_existing_with(dir, None)
+    }
+
+    /// Like [`WalArchive::open_existing`], opening encrypted files with `keyring`.
+    pub fn open_existing_with(
+        dir: &Path,
+        keyring: Option<Keyring>,
+    ) -> Result<WalArchive, WalArchiveError> {
         let identity = identity::read(dir)?.ok_or_else(|| WalArchiveError::NotAnArchive {
             dir: dir.to_owned(),
             file: identity::IDENTITY_FILE,
         })?;
-        let durable =
-            recover::survey(dir, identity.segment_size)?.durable_ends(identity.segment_size);
+        let seal = SealOptions::default();
+        let ctx = make_ctx(&identity, keyring.as_ref(), seal);
+        let durable = recover::survey(dir, &ctx)?.durable_ends(identity.segment_size);
         Ok(WalArchive {
             dir: dir.to_owned(),
             identity,
+            keyring,
+            seal,
             writable: false,
             poisoned: false,
             durable,
@@ -160,6 +268,15 @@ impl WalArchive {
     /// The cluster this archive belongs to.
     pub fn identity(&self) -> ClusterIdentity {
         self.identity
+    }
+
+    /// Whether this handle encrypts what it writes (it was opened with a keyring).
+    pub fn is_encrypted(&self) -> bool {
+        self.keyring.is_some()
+    }
+
+    fn ctx(&self) -> Ctx<'_> {
+        make_ctx(&self.identity, self.keyring.as_ref(), self.seal)
     }
 
     /// The newest timeline that has WAL, and the exact durable end on it.
@@ -345,7 +462,7 @@ impl WalArchive {
         let size = self.identity.segment_size;
         let segno = size.segment_of(at);
         let path = self.dir.join(journal::journal_name(timeline, segno, size));
-        let (writer, scan) = JournalWriter::reopen(path.clone(), timeline, segno, size)?;
+        let (writer, scan) = JournalWriter::reopen(path.clone(), timeline, segno, &self.ctx())?;
         if scan.end != at {
             return Err(WalArchiveError::Inconsistent {
                 path,
@@ -363,6 +480,7 @@ impl WalArchive {
     /// the last frame (otherwise frames are marked `CONTINUED`).
     fn write_out(&mut self, end_of_batch: bool) -> Result<(), WalArchiveError> {
         let size = self.identity.segment_size;
+        let ctx = make_ctx(&self.identity, self.keyring.as_ref(), self.seal);
         let Some(stream) = self.stream.as_mut() else {
             return Ok(());
         };
@@ -385,7 +503,7 @@ impl WalArchive {
                     });
                 }
                 None if piece.offset == 0 => {
-                    JournalWriter::create(&self.dir, stream.timeline, piece.segno, size)?
+                    JournalWriter::create(&self.dir, stream.timeline, piece.segno, &ctx)?
                 }
                 None => {
                     return Err(WalArchiveError::Inconsistent {
@@ -396,7 +514,7 @@ impl WalArchive {
             };
             let journal = stream.journal.insert(journal);
             let completes = piece.completes_segment(size);
-            journal.write_frame(start, data, !(completes || end_of_batch))?;
+            journal.write_frame(start, data, !(completes || end_of_batch), ctx.rng)?;
             if completes {
                 journal.sync()?;
                 let end = recover::segment_end(size, piece.segno)
@@ -405,7 +523,7 @@ impl WalArchive {
                 // publishing the final file fails below (recovery would finish it).
                 self.durable.insert(stream.timeline, end);
                 if let Some(j) = stream.journal.take() {
-                    j.finish(&self.dir, size)?;
+                    j.finish(&self.dir, &ctx)?;
                 }
             }
         }
@@ -429,3 +547,5 @@ fn segment_of_name(name: &WalFileName) -> Option<(TimelineId, SegmentNo)> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_encrypted;

@@ -6,11 +6,12 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use klio_crypto::Keyring;
 use klio_wal::{Lsn, SegmentNo, SegmentSize, TimelineId, WalFileName};
 
 use super::journal::{self, FileSource, JournalScan, ScanError};
 use super::recover::{self, Survey};
-use super::{WalArchive, WalArchiveError, durable, segment_of_name};
+use super::{ClusterIdentity, Ctx, WalArchive, WalArchiveError, durable, sealed, segment_of_name};
 
 /// One archived file, read for a restore.
 #[derive(Clone, PartialEq, Eq)]
@@ -104,13 +105,38 @@ pub struct JournalReport {
     pub stop_reason: Option<&'static str>,
 }
 
-/// Checks the bytes of a journal file (for example, a copy for inspection) of segment `name`
-/// (a [`WalFileName::Segment`] or [`WalFileName::Partial`]): how much valid WAL it holds, or
-/// why it is damaged. `path` only names the file in errors.
+/// Checks the bytes of a plain journal file (for example, a copy for inspection) of segment
+/// `name` (a [`WalFileName::Segment`] or [`WalFileName::Partial`]): how much valid WAL it holds,
+/// or why it is damaged. `path` only names the file in errors. An encrypted journal is an
+/// error here: use [`inspect_journal_with`].
 pub fn inspect_journal(
     bytes: &[u8],
     name: &WalFileName,
     size: SegmentSize,
+    path: &Path,
+) -> Result<JournalReport, WalArchiveError> {
+    inspect(bytes, name, &Ctx::plain(size), path)
+}
+
+/// Like [`inspect_journal`], for plain or encrypted journals of the cluster `identity`
+/// (an encrypted journal needs `keyring`).
+pub fn inspect_journal_with(
+    bytes: &[u8],
+    name: &WalFileName,
+    identity: ClusterIdentity,
+    keyring: Option<&Keyring>,
+    path: &Path,
+) -> Result<JournalReport, WalArchiveError> {
+    let mut ctx = Ctx::plain(identity.segment_size);
+    ctx.system_id = identity.system_id;
+    ctx.keyring = keyring;
+    inspect(bytes, name, &ctx, path)
+}
+
+fn inspect(
+    bytes: &[u8],
+    name: &WalFileName,
+    ctx: &Ctx<'_>,
     path: &Path,
 ) -> Result<JournalReport, WalArchiveError> {
     let (timeline, segno) = segment_of_name(name).ok_or_else(|| WalArchiveError::Inconsistent {
@@ -118,7 +144,7 @@ pub fn inspect_journal(
         reason: "a journal belongs to a segment, not to a history or backup file".to_owned(),
     })?;
     let scan =
-        journal::scan(bytes, timeline, segno, size).map_err(|e| e.into_archive_error(path))?;
+        journal::scan_with(bytes, timeline, segno, ctx).map_err(|e| e.into_archive_error(path))?;
     Ok(JournalReport {
         frames: scan.frames.len(),
         end: scan.end,
@@ -138,7 +164,7 @@ fn assemble(
 ) -> Result<Vec<u8>, WalArchiveError> {
     let src = FileSource::new(file).map_err(|e| WalArchiveError::io("stat", path, e))?;
     let mut out = Vec::with_capacity(size.bytes() as usize);
-    journal::copy_frames(&src, timeline, &scan.frames, |c| {
+    journal::copy_frames(&src, timeline, &scan.format, &scan.frames, |c| {
         out.extend_from_slice(c);
         Ok(())
     })
@@ -148,6 +174,22 @@ fn assemble(
     })?;
     out.resize(size.bytes() as usize, 0);
     Ok(out)
+}
+
+/// Reads a completed segment, plain or sealed (opened and checked); `None` if neither exists.
+fn read_final_segment(
+    dir: &Path,
+    timeline: TimelineId,
+    segno: SegmentNo,
+    ctx: &Ctx<'_>,
+) -> Result<Option<Vec<u8>>, WalArchiveError> {
+    let size = ctx.size;
+    let plain = dir.join(WalFileName::Segment { timeline, segno }.to_string_with(size));
+    if let Some(bytes) = read_segment(&plain, size)? {
+        return Ok(Some(bytes));
+    }
+    let path = dir.join(sealed::sealed_name(timeline, segno, size));
+    sealed::read_sealed(&path, timeline, segno, ctx)
 }
 
 /// Reads a final segment file, checking its size; `None` if it does not exist.
@@ -170,13 +212,14 @@ fn read_journal_segment(
     dir: &Path,
     timeline: TimelineId,
     segno: SegmentNo,
-    size: SegmentSize,
+    ctx: &Ctx<'_>,
 ) -> Result<Option<(Vec<u8>, bool, u64)>, WalArchiveError> {
+    let size = ctx.size;
     let path = dir.join(journal::journal_name(timeline, segno, size));
     let Some(file) = recover::open_journal_read(&path)? else {
         return Ok(None);
     };
-    let scan = recover::scan_journal(&file, &path, timeline, segno, size)?;
+    let scan = recover::scan_journal(&file, &path, timeline, segno, ctx)?;
     if scan.frames.is_empty() {
         return Ok(None);
     }
@@ -190,7 +233,7 @@ impl WalArchive {
     /// `.history` file, or, when the segment is still in progress, its bytes zero-padded to full
     /// size (flagged partial). A `.partial` name returns the in-progress segment only.
     pub fn read_file(&self, name: &WalFileName) -> Result<Option<ArchivedFile>, WalArchiveError> {
-        let size = self.identity.segment_size;
+        let ctx = self.ctx();
         match *name {
             WalFileName::History { timeline } => {
                 Ok(self.history(timeline)?.map(|content| ArchivedFile {
@@ -201,11 +244,10 @@ impl WalArchive {
                 }))
             }
             WalFileName::Segment { timeline, segno } => {
-                let final_path = self.dir.join(name.to_string_with(size));
-                if let Some(content) = read_segment(&final_path, size)? {
+                if let Some(content) = read_final_segment(&self.dir, timeline, segno, &ctx)? {
                     return Ok(Some(complete_file(*name, content)));
                 }
-                match read_journal_segment(&self.dir, timeline, segno, size)? {
+                match read_journal_segment(&self.dir, timeline, segno, &ctx)? {
                     Some((content, complete, valid_len)) => Ok(Some(ArchivedFile {
                         name: *name,
                         content,
@@ -213,12 +255,12 @@ impl WalArchive {
                         valid_len,
                     })),
                     // The journal may have been finished between the two looks.
-                    None => Ok(read_segment(&final_path, size)?
+                    None => Ok(read_final_segment(&self.dir, timeline, segno, &ctx)?
                         .map(|content| complete_file(*name, content))),
                 }
             }
             WalFileName::Partial { timeline, segno } => {
-                Ok(read_journal_segment(&self.dir, timeline, segno, size)?
+                Ok(read_journal_segment(&self.dir, timeline, segno, &ctx)?
                     .filter(|(_, complete, _)| !complete)
                     .map(|(content, _, valid_len)| ArchivedFile {
                         name: *name,
@@ -235,7 +277,7 @@ impl WalArchive {
     /// segments, and history files.
     pub fn list(&self) -> Result<ArchiveListing, WalArchiveError> {
         let size = self.identity.segment_size;
-        let survey = recover::survey(&self.dir, size)?;
+        let survey = recover::survey(&self.dir, &self.ctx())?;
         let ends = survey.durable_ends(size);
         let mut timelines = Vec::new();
         for (&timeline, &durable_end) in &ends {
@@ -288,14 +330,19 @@ impl WalArchive {
     /// complete segments under their names, history files, and in-progress segments as
     /// zero-padded `<name>.partial`. Every file is written atomically and fsynced.
     pub fn export_to_directory(&self, dest: &Path) -> Result<ExportSummary, WalArchiveError> {
-        let size = self.identity.segment_size;
+        let ctx = self.ctx();
+        let size = ctx.size;
         std::fs::create_dir_all(dest)
             .map_err(|e| WalArchiveError::io("create directory", dest, e))?;
-        let survey: Survey = recover::survey(&self.dir, size)?;
+        let survey: Survey = recover::survey(&self.dir, &ctx)?;
         let mut summary = ExportSummary::default();
         for &(timeline, segno) in &survey.segments {
             let name = WalFileName::Segment { timeline, segno }.to_string_with(size);
-            summary.bytes += copy_file(&self.dir.join(&name), dest, &name, Some(size))?;
+            summary.bytes += if survey.sealed.contains(&(timeline, segno)) {
+                self.export_sealed(dest, timeline, segno, &name)?
+            } else {
+                copy_file(&self.dir.join(&name), dest, &name, Some(size))?
+            };
             summary.segments += 1;
         }
         for (&(timeline, segno), j) in &survey.journals {
@@ -303,11 +350,11 @@ impl WalArchive {
                 continue;
             }
             let Some((content, complete, _)) =
-                read_journal_segment(&self.dir, timeline, segno, size)?
+                read_journal_segment(&self.dir, timeline, segno, &ctx)?
             else {
                 // Finished concurrently: export the final segment instead.
                 let name = WalFileName::Segment { timeline, segno }.to_string_with(size);
-                summary.bytes += copy_file(&self.dir.join(&name), dest, &name, Some(size))?;
+                summary.bytes += self.export_sealed(dest, timeline, segno, &name)?;
                 summary.segments += 1;
                 continue;
             };
@@ -331,6 +378,25 @@ impl WalArchive {
         // rename), so that the exported files survive a crash once this returns.
         durable::fsync_dir(dest)?;
         Ok(summary)
+    }
+
+    /// Exports a completed segment (plain or sealed) by reading it whole, opened and checked.
+    fn export_sealed(
+        &self,
+        dest: &Path,
+        timeline: TimelineId,
+        segno: SegmentNo,
+        name: &str,
+    ) -> Result<u64, WalArchiveError> {
+        let content =
+            read_final_segment(&self.dir, timeline, segno, &self.ctx())?.ok_or_else(|| {
+                WalArchiveError::Inconsistent {
+                    path: self.dir.join(name),
+                    reason: "the segment vanished while it was being exported".to_owned(),
+                }
+            })?;
+        write_export_file(dest, name, &content)?;
+        Ok(content.len() as u64)
     }
 }
 

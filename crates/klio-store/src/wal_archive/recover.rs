@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use klio_wal::{Lsn, SegmentNo, SegmentSize, TimelineId, WalFileName};
 
 use super::journal::{self, FileSource, JOURNAL_SUFFIX, JournalScan, ScanError};
-use super::{WalArchiveError, durable, identity};
+use super::sealed::{self, SEALED_SUFFIX};
+use super::{Ctx, WalArchiveError, durable, identity};
 
 /// A journal found by a survey (not stale: its final segment does not exist).
 #[derive(Debug)]
@@ -20,8 +21,12 @@ pub(super) struct JournalState {
 /// What a directory holds.
 #[derive(Debug, Default)]
 pub(super) struct Survey {
-    /// Final segment files (size checked).
+    /// Final segment files, plain (size checked) or sealed.
     pub(super) segments: BTreeSet<(TimelineId, SegmentNo)>,
+    /// The sealed ones among `segments` (`<name>.klio`).
+    pub(super) sealed: BTreeSet<(TimelineId, SegmentNo)>,
+    /// Journals in the encrypted format.
+    pub(super) encrypted_journals: usize,
     /// Journals whose final segment does not exist, scanned.
     pub(super) journals: BTreeMap<(TimelineId, SegmentNo), JournalState>,
     /// Journals whose final segment exists (left by a crash between rename and removal).
@@ -79,12 +84,12 @@ pub(super) fn scan_journal(
     path: &Path,
     timeline: TimelineId,
     segno: SegmentNo,
-    size: SegmentSize,
+    ctx: &Ctx<'_>,
 ) -> Result<JournalScan, WalArchiveError> {
     let mut attempt = 0;
     loop {
         let src = FileSource::new(file).map_err(|e| WalArchiveError::io("stat", path, e))?;
-        match journal::scan(&src, timeline, segno, size) {
+        match journal::scan_with(&src, timeline, segno, ctx) {
             Ok(s) => return Ok(s),
             Err(ScanError::Damaged { .. }) if attempt == 0 => attempt += 1,
             Err(e) => return Err(e.into_archive_error(path)),
@@ -92,8 +97,10 @@ pub(super) fn scan_journal(
     }
 }
 
-/// Lists and classifies the directory, scanning every live journal (read-only).
-pub(super) fn survey(dir: &Path, size: SegmentSize) -> Result<Survey, WalArchiveError> {
+/// Lists and classifies the directory, scanning every live journal (read-only). Encrypted
+/// files are an error without a keyring in `ctx`.
+pub(super) fn survey(dir: &Path, ctx: &Ctx<'_>) -> Result<Survey, WalArchiveError> {
+    let size = ctx.size;
     let mut s = Survey::default();
     let mut journal_paths = Vec::new();
     let entries =
@@ -119,6 +126,19 @@ pub(super) fn survey(dir: &Path, size: SegmentSize) -> Result<Survey, WalArchive
             }
             continue;
         }
+        if let Some(base) = name.strip_suffix(SEALED_SUFFIX) {
+            if let Ok(WalFileName::Segment { timeline, segno }) = WalFileName::parse(base, size) {
+                let path = entry.path();
+                if ctx.keyring.is_none() {
+                    return Err(WalArchiveError::Encrypted {
+                        key_id: sealed::key_id_of(&path),
+                        path,
+                    });
+                }
+                note_segment(&mut s, dir, timeline, segno, true, size)?;
+            }
+            continue;
+        }
         match WalFileName::parse(name, size) {
             Ok(WalFileName::Segment { timeline, segno }) => {
                 let path = entry.path();
@@ -132,8 +152,7 @@ pub(super) fn survey(dir: &Path, size: SegmentSize) -> Result<Survey, WalArchive
                         reason: format!("{len} bytes, expected {}", size.bytes()),
                     });
                 }
-                s.segments.insert((timeline, segno));
-                s.has_archive_files = true;
+                note_segment(&mut s, dir, timeline, segno, false, size)?;
             }
             Ok(WalFileName::History { timeline }) => {
                 s.histories.insert(timeline);
@@ -154,14 +173,47 @@ pub(super) fn survey(dir: &Path, size: SegmentSize) -> Result<Survey, WalArchive
                 .is_file()
             {
                 s.segments.insert((timeline, segno));
+            } else if dir
+                .join(sealed::sealed_name(timeline, segno, size))
+                .is_file()
+            {
+                s.segments.insert((timeline, segno));
+                s.sealed.insert((timeline, segno));
             }
             continue;
         };
-        let scan = scan_journal(&file, &path, timeline, segno, size)?;
+        let scan = scan_journal(&file, &path, timeline, segno, ctx)?;
+        if matches!(scan.format, journal::FrameFormat::Encrypted(_)) {
+            s.encrypted_journals += 1;
+        }
         s.journals
             .insert((timeline, segno), JournalState { path, scan });
     }
     Ok(s)
+}
+
+/// Records a final segment file; a segment stored both plain and sealed is an error.
+fn note_segment(
+    s: &mut Survey,
+    dir: &Path,
+    timeline: TimelineId,
+    segno: SegmentNo,
+    sealed: bool,
+    size: SegmentSize,
+) -> Result<(), WalArchiveError> {
+    if !s.segments.insert((timeline, segno)) {
+        return Err(WalArchiveError::Inconsistent {
+            path: dir.join(sealed::sealed_name(timeline, segno, size)),
+            reason: "the segment is stored both plain and sealed; keep one of the two files \
+                     (the sealed one when the archive is to be encrypted)"
+                .to_owned(),
+        });
+    }
+    if sealed {
+        s.sealed.insert((timeline, segno));
+    }
+    s.has_archive_files = true;
+    Ok(())
 }
 
 /// Crash recovery for a writer: removes temporary files and stale journals, finishes journals
@@ -169,9 +221,10 @@ pub(super) fn survey(dir: &Path, size: SegmentSize) -> Result<Survey, WalArchive
 /// that new frames can be appended right after the last valid one. Returns the durable ends.
 pub(super) fn recover(
     dir: &Path,
-    size: SegmentSize,
+    ctx: &Ctx<'_>,
 ) -> Result<BTreeMap<TimelineId, Lsn>, WalArchiveError> {
-    let mut s = survey(dir, size)?;
+    let size = ctx.size;
+    let mut s = survey(dir, ctx)?;
     // None of these removals needs a directory fsync: a file that comes back after a crash is
     // removed again by the next recovery, and none of them holds WAL that exists nowhere else.
     for p in s.temps.iter().chain(&s.stale_journals) {
@@ -185,8 +238,20 @@ pub(super) fn recover(
             .open(&j.path)
             .map_err(|e| WalArchiveError::io("open journal", &j.path, e))?;
         if j.scan.complete {
-            journal::finish_segment(dir, &file, &j.path, timeline, segno, &j.scan.frames, size)?;
+            journal::finish_segment(
+                dir,
+                &file,
+                &j.path,
+                timeline,
+                segno,
+                &j.scan.format,
+                &j.scan.frames,
+                ctx,
+            )?;
             s.segments.insert((timeline, segno));
+            if ctx.keyring.is_some() {
+                s.sealed.insert((timeline, segno));
+            }
             continue;
         }
         if j.scan.frames.is_empty() {
