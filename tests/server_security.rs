@@ -44,6 +44,7 @@ fn setup(rt: &tokio::runtime::Runtime) -> Setup {
             cert: certs.server_cert(),
             key: certs.server_key(),
         },
+        encryption: None,
     };
     let server = rt.block_on(async { Server::bind(&config) }).unwrap();
     let address = server.local_addr().unwrap().to_string();

@@ -22,6 +22,10 @@ enum Command {
     ///   listen: 0.0.0.0:7470
     ///   data_dir: /var/lib/klio
     ///   tls: {ca: /etc/klio/ca.pem, cert: /etc/klio/server.pem, key: /etc/klio/server.key}
+    ///   encryption:                  # optional: WAL encrypted at rest
+    ///     key: /etc/klio/2026.key    # `klio keys generate -o FILE`
+    ///     old_keys: [/etc/klio/2025.key]
+    ///     compression: lz4           # lz4 (default), zstd (zstd_level: 1-22) or none
     #[command(verbatim_doc_comment)]
     Start(StartArgs),
 }
@@ -46,6 +50,9 @@ struct StartArgs {
     /// Server private key.
     #[arg(long, value_name = "FILE", env = "KLIO_TLS_KEY")]
     tls_key: Option<PathBuf>,
+    /// Encrypt WAL at rest with this key file (`klio keys generate`).
+    #[arg(long, value_name = "FILE", env = "KLIO_ENCRYPTION_KEY")]
+    encryption_key: Option<PathBuf>,
 }
 
 pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -58,6 +65,7 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
             tls_ca: s.tls_ca,
             tls_cert: s.tls_cert,
             tls_key: s.tls_key,
+            encryption_key: s.encryption_key,
         },
     )?;
     super::pg_args::runtime()?.block_on(async move {

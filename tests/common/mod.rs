@@ -14,9 +14,20 @@ pub fn klio_exe(dir: &TestDir) -> PathBuf {
 /// A pg_receivewal-style copy of a cluster's archive on the Klio server, readable by the
 /// postgres user (for `klio restore-wal` as restore_command).
 pub fn export_archive(server: &klio_testkit::KlioServer, cluster: &str, work: &TestDir) -> PathBuf {
+    export_archive_with(server, cluster, work, None)
+}
+
+/// [`export_archive`] of an encrypted archive.
+pub fn export_archive_with(
+    server: &klio_testkit::KlioServer,
+    cluster: &str,
+    work: &TestDir,
+    keyring: Option<klio_crypto::Keyring>,
+) -> PathBuf {
     let dest = work.subdir(&format!("export-{cluster}"));
-    let archive = klio_store::wal_archive::WalArchive::open_existing(&server.wal_dir(cluster))
-        .expect("open the server's archive");
+    let archive =
+        klio_store::wal_archive::WalArchive::open_existing_with(&server.wal_dir(cluster), keyring)
+            .expect("open the server's archive");
     archive
         .export_to_directory(&dest)
         .expect("export the archive");

@@ -19,6 +19,19 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Certificates.
     pub tls: TlsFiles,
+    /// Encryption at rest; `None` stores WAL in plain form.
+    pub encryption: Option<EncryptionConfig>,
+}
+
+/// Encryption at rest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncryptionConfig {
+    /// The key new objects are encrypted with.
+    pub key: PathBuf,
+    /// Retired keys still needed to read older objects.
+    pub old_keys: Vec<PathBuf>,
+    /// Compression applied before encryption.
+    pub compression: klio_crypto::Compression,
 }
 
 /// The YAML file's shape. Unknown keys are errors, so typos do not go unnoticed.
@@ -31,6 +44,23 @@ pub struct ServerConfigFile {
     pub data_dir: Option<PathBuf>,
     /// `tls: {ca: ..., cert: ..., key: ...}`
     pub tls: Option<TlsSection>,
+    /// `encryption: {key: ..., old_keys: [...], compression: lz4, zstd_level: 3}`
+    pub encryption: Option<EncryptionSection>,
+}
+
+/// The `encryption` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionSection {
+    /// Key file (from `klio keys generate`) for new objects.
+    pub key: Option<PathBuf>,
+    /// Older key files still needed for reading.
+    #[serde(default)]
+    pub old_keys: Vec<PathBuf>,
+    /// `lz4` (default), `zstd` or `none`.
+    pub compression: Option<String>,
+    /// zstd level, 1 to 22 (default 3).
+    pub zstd_level: Option<i32>,
 }
 
 /// The `tls` section.
@@ -58,6 +88,8 @@ pub struct ServerOverrides {
     pub tls_cert: Option<PathBuf>,
     /// `--tls-key` / `KLIO_TLS_KEY`.
     pub tls_key: Option<PathBuf>,
+    /// `--encryption-key` / `KLIO_ENCRYPTION_KEY`.
+    pub encryption_key: Option<PathBuf>,
 }
 
 /// An invalid or incomplete configuration.
@@ -178,11 +210,57 @@ impl ServerConfig {
             flag: "--tls-key",
             hint: HINT,
         })?;
+        let section = parsed.encryption.unwrap_or_default();
+        let encryption = match overrides.encryption_key.or(section.key) {
+            None if section.old_keys.is_empty() => None,
+            None => {
+                return Err(ConfigError::Missing {
+                    key: "the encryption key",
+                    yaml: "encryption.key",
+                    env: "KLIO_ENCRYPTION_KEY",
+                    flag: "--encryption-key",
+                    hint: " (old_keys are only for reading; `klio keys generate` makes a key)",
+                });
+            }
+            Some(key) => Some(EncryptionConfig {
+                key,
+                old_keys: section.old_keys,
+                compression: compression(section.compression.as_deref(), section.zstd_level)?,
+            }),
+        };
         Ok(ServerConfig {
             listen,
             data_dir,
             tls: TlsFiles { ca, cert, key },
+            encryption,
         })
+    }
+}
+
+fn compression(
+    name: Option<&str>,
+    level: Option<i32>,
+) -> Result<klio_crypto::Compression, ConfigError> {
+    use klio_crypto::Compression;
+    match name.unwrap_or("lz4") {
+        "lz4" => Ok(Compression::Lz4),
+        "none" => Ok(Compression::None),
+        "zstd" => {
+            let level = level.unwrap_or(3);
+            if !(1..=22).contains(&level) {
+                return Err(ConfigError::Invalid {
+                    key: "encryption.zstd_level",
+                    value: level.to_string(),
+                    reason: "must be from 1 to 22",
+                });
+            }
+            Ok(Compression::Zstd { level })
+        }
+        other => Err(ConfigError::Invalid {
+            key: "encryption.compression",
+            value: other.to_owned(),
+            reason: "expected lz4, zstd or none",
+        }),
     }
 }
 

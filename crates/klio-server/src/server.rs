@@ -20,6 +20,9 @@ pub enum ServerError {
     /// TLS files are missing or invalid.
     #[error(transparent)]
     Tls(#[from] TlsSetupError),
+    /// Encryption keys could not be loaded.
+    #[error(transparent)]
+    Keys(#[from] crate::keys::KeyFileError),
     /// The data directory is unusable.
     #[error("data directory {path}: {source}")]
     DataDir {
@@ -45,6 +48,8 @@ pub enum ServerError {
 pub(crate) struct Shared {
     pub(crate) data_dir: PathBuf,
     pub(crate) registry: Registry,
+    /// How archives store WAL (encrypted with these keys, or plain).
+    pub(crate) storage: klio_store::wal_archive::StorageOptions,
 }
 
 impl Shared {
@@ -68,6 +73,16 @@ impl Server {
     /// Checks the configuration, prepares the data directory and binds the socket.
     pub fn bind(config: &ServerConfig) -> Result<Server, ServerError> {
         let quic = tls::quic_server_config(&config.tls)?;
+        let storage = match &config.encryption {
+            None => klio_store::wal_archive::StorageOptions::default(),
+            Some(e) => klio_store::wal_archive::StorageOptions {
+                keyring: Some(crate::keys::load_keyring(&e.key, &e.old_keys)?),
+                seal: klio_crypto::SealOptions {
+                    compression: e.compression,
+                    ..Default::default()
+                },
+            },
+        };
         std::fs::create_dir_all(config.data_dir.join("clusters")).map_err(|source| {
             ServerError::DataDir {
                 path: config.data_dir.clone(),
@@ -92,6 +107,7 @@ impl Server {
             shared: Arc::new(Shared {
                 data_dir: config.data_dir.clone(),
                 registry: Registry::default(),
+                storage,
             }),
         })
     }
@@ -104,10 +120,14 @@ impl Server {
     /// Serves connections until `shutdown` resolves.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         tracing::info!(
-            "listening on {} (data directory {})",
+            "listening on {} (data directory {}, {})",
             self.local_addr()
                 .map_or_else(|e| e.to_string(), |a| a.to_string()),
-            self.shared.data_dir.display()
+            self.shared.data_dir.display(),
+            match &self.shared.storage.keyring {
+                Some(k) => format!("WAL encrypted with key {}", k.primary_id()),
+                None => "WAL not encrypted".to_owned(),
+            }
         );
         tokio::pin!(shutdown);
         loop {

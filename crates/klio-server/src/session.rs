@@ -169,7 +169,9 @@ async fn serve(shared: &Arc<Shared>, cluster: &ClusterName, io: &mut Framed) -> 
                 segment_size,
             };
             let dir = shared.wal_dir(cluster);
-            let archive = blocking(move || WalArchive::open(&dir, identity)).await??;
+            let storage = shared.storage.clone();
+            let archive =
+                blocking(move || WalArchive::open_with(&dir, identity, storage)).await??;
             wal_session(archive, lease, io).await
         }
         Some(Message::GetPosition { timeline }) => {
@@ -182,7 +184,8 @@ async fn serve(shared: &Arc<Shared>, cluster: &ClusterName, io: &mut Framed) -> 
                     ));
                 };
                 let dir = shared.wal_dir(cluster);
-                let answer = blocking(move || position_of(&dir, timeline)).await??;
+                let keyring = shared.storage.keyring.clone();
+                let answer = blocking(move || position_of(&dir, keyring, timeline)).await??;
                 io.send(&[answer]).await?;
                 next = io.next().await?;
             }
@@ -198,14 +201,18 @@ async fn serve(shared: &Arc<Shared>, cluster: &ClusterName, io: &mut Framed) -> 
     }
 }
 
-fn position_of(dir: &std::path::Path, timeline: Option<TimelineId>) -> Result<Message, End> {
+fn position_of(
+    dir: &std::path::Path,
+    keyring: Option<klio_crypto::Keyring>,
+    timeline: Option<TimelineId>,
+) -> Result<Message, End> {
     if !dir.exists() {
         return Ok(Message::Position {
             timeline,
             durable: None,
         });
     }
-    let archive = WalArchive::open_existing(dir)?;
+    let archive = WalArchive::open_existing_with(dir, keyring)?;
     Ok(match timeline {
         Some(t) => Message::Position {
             timeline: Some(t),

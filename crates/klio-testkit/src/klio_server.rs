@@ -55,6 +55,7 @@ pub struct KlioServer {
     port: u16,
     process: Option<BackgroundProcess>,
     starts: u32,
+    extra_args: Vec<std::ffi::OsString>,
 }
 
 fn free_udp_port() -> u16 {
@@ -67,6 +68,16 @@ fn free_udp_port() -> u16 {
 impl KlioServer {
     /// Starts a server with data in `work/server-data`.
     pub fn start(exe: &Path, work: &TestDir, certs: &TestCerts) -> KlioServer {
+        Self::start_with_args(exe, work, certs, &[])
+    }
+
+    /// Like [`KlioServer::start`], with extra `server start` flags (kept across restarts).
+    pub fn start_with_args(
+        exe: &Path,
+        work: &TestDir,
+        certs: &TestCerts,
+        extra_args: &[&std::ffi::OsStr],
+    ) -> KlioServer {
         let mut s = KlioServer {
             exe: exe.to_owned(),
             certs: certs.clone(),
@@ -75,6 +86,7 @@ impl KlioServer {
             port: free_udp_port(),
             process: None,
             starts: 0,
+            extra_args: extra_args.iter().map(|a| a.to_os_string()).collect(),
         };
         s.restart();
         s
@@ -122,6 +134,7 @@ impl KlioServer {
             .arg(self.certs.file("server.pem"))
             .arg("--tls-key")
             .arg(self.certs.file("server.key"))
+            .args(&self.extra_args)
             .env("RUST_LOG", "info");
         self.process = Some(BackgroundProcess::spawn("klio server", &mut cmd, &self.log));
         let log = self.log.clone();
