@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use klio_server::keys::{generate_key_file, load_key_file};
+use anyhow::Context;
+use klio_server::keys::{generate_key_file, keys_in_use, load_key_file, load_keyring};
 
 /// Key files for encrypting archives at rest.
 #[derive(Debug, clap::Args)]
@@ -27,6 +28,16 @@ enum Command {
         /// The key file.
         file: PathBuf,
     },
+    /// List, per cluster, the keys the server's files still need; a key no longer listed can
+    /// be retired. Read-only, safe while the server runs.
+    InUse {
+        /// The server's data directory.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Key files (all keys that may be in use; repeatable).
+        #[arg(long = "key", value_name = "FILE", required = true)]
+        keys: Vec<PathBuf>,
+    },
 }
 
 pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -36,6 +47,21 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
             println!("created {} (key id {id})", output.display());
         }
         Command::Id { file } => println!("{}", load_key_file(&file)?.id()),
+        Command::InUse { data_dir, keys } => {
+            let (first, rest) = keys.split_first().context("at least one --key is needed")?;
+            let ring = load_keyring(first, rest)?;
+            for (cluster, ids) in keys_in_use(&data_dir, &ring)? {
+                let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+                println!(
+                    "{cluster}: {}",
+                    if ids.is_empty() {
+                        "no encrypted files".to_owned()
+                    } else {
+                        ids.join(" ")
+                    }
+                );
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -50,9 +50,13 @@ struct StartArgs {
     /// Server private key.
     #[arg(long, value_name = "FILE", env = "KLIO_TLS_KEY")]
     tls_key: Option<PathBuf>,
-    /// Encrypt WAL at rest with this key file (`klio keys generate`).
+    /// Encrypt WAL at rest with this key file (`klio keys generate`). Starting with a new key
+    /// rotates: each cluster's files are re-wrapped under it when its client next connects.
     #[arg(long, value_name = "FILE", env = "KLIO_ENCRYPTION_KEY")]
     encryption_key: Option<PathBuf>,
+    /// A retired key still needed to read older files (repeatable).
+    #[arg(long = "encryption-old-key", value_name = "FILE")]
+    encryption_old_keys: Vec<PathBuf>,
 }
 
 pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -66,6 +70,7 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
             tls_cert: s.tls_cert,
             tls_key: s.tls_key,
             encryption_key: s.encryption_key,
+            encryption_old_keys: s.encryption_old_keys,
         },
     )?;
     super::pg_args::runtime()?.block_on(async move {

@@ -90,6 +90,8 @@ pub struct ServerOverrides {
     pub tls_key: Option<PathBuf>,
     /// `--encryption-key` / `KLIO_ENCRYPTION_KEY`.
     pub encryption_key: Option<PathBuf>,
+    /// `--encryption-old-key` (repeatable), added to `encryption.old_keys`.
+    pub encryption_old_keys: Vec<PathBuf>,
 }
 
 /// An invalid or incomplete configuration.
@@ -210,7 +212,8 @@ impl ServerConfig {
             flag: "--tls-key",
             hint: HINT,
         })?;
-        let section = parsed.encryption.unwrap_or_default();
+        let mut section = parsed.encryption.unwrap_or_default();
+        section.old_keys.extend(overrides.encryption_old_keys);
         let encryption = match overrides.encryption_key.or(section.key) {
             None if section.old_keys.is_empty() => None,
             None => {

@@ -110,6 +110,70 @@ pub fn load_keyring(primary: &Path, older: &[PathBuf]) -> Result<Keyring, KeyFil
     Ok(ring)
 }
 
+/// Why the keys in use could not be listed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeysInUseError {
+    /// The data directory could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A cluster's archive could not be read (a key missing from the keyring, damage).
+    #[error("cluster {cluster}: {source}")]
+    Archive {
+        /// The cluster.
+        cluster: String,
+        /// Why.
+        #[source]
+        source: klio_store::wal_archive::WalArchiveError,
+    },
+}
+
+/// For every cluster under `data_dir`, the ids of the keys its archive's files still need.
+/// Read-only, safe while the server runs; `keyring` must hold every key in use.
+pub fn keys_in_use(
+    data_dir: &Path,
+    keyring: &Keyring,
+) -> Result<Vec<(String, std::collections::BTreeSet<KeyId>)>, KeysInUseError> {
+    let clusters = data_dir.join("clusters");
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(&clusters) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(source) => {
+            return Err(KeysInUseError::Io {
+                path: clusters,
+                source,
+            });
+        }
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    for name in names {
+        let wal = clusters.join(&name).join("wal");
+        if !wal.is_dir() {
+            continue;
+        }
+        let archive =
+            klio_store::wal_archive::WalArchive::open_existing_with(&wal, Some(keyring.clone()))
+                .and_then(|a| a.key_ids_in_use())
+                .map_err(|source| KeysInUseError::Archive {
+                    cluster: name.clone(),
+                    source,
+                })?;
+        out.push((name, archive));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

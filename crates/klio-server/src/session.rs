@@ -170,8 +170,7 @@ async fn serve(shared: &Arc<Shared>, cluster: &ClusterName, io: &mut Framed) -> 
             };
             let dir = shared.wal_dir(cluster);
             let storage = shared.storage.clone();
-            let archive =
-                blocking(move || WalArchive::open_with(&dir, identity, storage)).await??;
+            let archive = blocking(move || open_and_rotate(&dir, identity, storage)).await??;
             wal_session(archive, lease, io).await
         }
         Some(Message::GetPosition { timeline }) => {
@@ -199,6 +198,30 @@ async fn serve(shared: &Arc<Shared>, cluster: &ClusterName, io: &mut Framed) -> 
             ),
         )),
     }
+}
+
+/// Opens the cluster's archive for writing. When the configured primary key is new (keys were
+/// rotated by restarting with it), the data keys of all existing encrypted files are re-wrapped
+/// under it, so that the old key can be retired once `klio keys in-use` no longer lists it.
+/// Only the writer may do this: it is the one handle that may touch the journal in progress.
+fn open_and_rotate(
+    dir: &std::path::Path,
+    identity: ClusterIdentity,
+    storage: klio_store::wal_archive::StorageOptions,
+) -> Result<WalArchive, WalArchiveError> {
+    let keyring = storage.keyring.clone();
+    let mut archive = WalArchive::open_with(dir, identity, storage)?;
+    if let Some(ring) = keyring {
+        let primary = ring.primary_id();
+        if archive.key_ids_in_use()?.iter().any(|id| *id != primary) {
+            let summary = archive.rewrap_all(&ring, &primary)?;
+            tracing::info!(
+                "re-wrapped the data keys of {} encrypted files under key {primary}",
+                summary.rewrapped
+            );
+        }
+    }
+    Ok(archive)
 }
 
 fn position_of(

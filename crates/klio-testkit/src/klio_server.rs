@@ -149,6 +149,11 @@ impl KlioServer {
         });
     }
 
+    /// Replaces the extra `server start` flags used by the next [`KlioServer::restart`].
+    pub fn set_extra_args(&mut self, extra_args: &[&std::ffi::OsStr]) {
+        self.extra_args = extra_args.iter().map(|a| a.to_os_string()).collect();
+    }
+
     /// SIGKILL: no chance to flush or close anything.
     pub fn kill9(&mut self) {
         if let Some(mut p) = self.process.take() {
