@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use klio_server::keys::{generate_key_file, keys_in_use, load_key_file, load_keyring};
+use klio_server::keys::{
+    generate_key_file, keys_in_use, load_key_file, load_keyring, rotate_offline,
+};
 
 /// Key files for encrypting archives at rest.
 #[derive(Debug, clap::Args)]
@@ -28,6 +30,20 @@ enum Command {
         /// The key file.
         file: PathBuf,
     },
+    /// With the server stopped: re-wrap every encrypted file's data key under --key (the new
+    /// primary), reading them with the --old-key files. Only key slots are rewritten. While the
+    /// server runs, restart it with the new key instead: it rotates by itself.
+    Rotate {
+        /// The server's data directory.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// The new key.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// Keys the files are encrypted with now (repeatable).
+        #[arg(long = "old-key", value_name = "FILE")]
+        old_keys: Vec<PathBuf>,
+    },
     /// List, per cluster, the keys the server's files still need; a key no longer listed can
     /// be retired. Read-only, safe while the server runs.
     InUse {
@@ -47,6 +63,19 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
             println!("created {} (key id {id})", output.display());
         }
         Command::Id { file } => println!("{}", load_key_file(&file)?.id()),
+        Command::Rotate {
+            data_dir,
+            key,
+            old_keys,
+        } => {
+            let ring = load_keyring(&key, &old_keys)?;
+            for (cluster, n) in rotate_offline(&data_dir, &ring)? {
+                println!(
+                    "{cluster}: re-wrapped {n} files under key {}",
+                    ring.primary_id()
+                );
+            }
+        }
         Command::InUse { data_dir, keys } => {
             let (first, rest) = keys.split_first().context("at least one --key is needed")?;
             let ring = load_keyring(first, rest)?;

@@ -185,13 +185,13 @@ pub(crate) fn check_prefix(prefix: &[u8]) -> Result<(), CryptoError> {
     if prefix[..n] != MAGIC[..n] {
         return Err(CryptoError::NotAnObject);
     }
-    if let Some(&version) = prefix.get(MAGIC.len()) {
-        if version != FORMAT_VERSION {
-            return Err(CryptoError::UnsupportedVersion {
-                version,
-                supported: FORMAT_VERSION,
-            });
-        }
+    if let Some(&version) = prefix.get(MAGIC.len())
+        && version != FORMAT_VERSION
+    {
+        return Err(CryptoError::UnsupportedVersion {
+            version,
+            supported: FORMAT_VERSION,
+        });
     }
     Ok(())
 }

@@ -347,13 +347,13 @@ impl<'k> Opener<'k> {
             }
             if self.pending.is_empty() {
                 // Whole units straight from `data`, without copying them into `pending`.
-                if let Some(n) = self.unit_len(data)? {
-                    if n <= data.len() {
-                        let (unit, rest) = data.split_at(n);
-                        self.consume(unit, None, out)?;
-                        data = rest;
-                        continue;
-                    }
+                if let Some(n) = self.unit_len(data)?
+                    && n <= data.len()
+                {
+                    let (unit, rest) = data.split_at(n);
+                    self.consume(unit, None, out)?;
+                    data = rest;
+                    continue;
                 }
             }
             // Assemble the unit in `pending`: up to its length if known, else up to the

@@ -65,15 +65,15 @@ impl SealOptions {
                 ),
             });
         }
-        if let Compression::Zstd { level } = self.compression {
-            if !(ZSTD_MIN_LEVEL..=ZSTD_MAX_LEVEL).contains(&level) {
-                return Err(CryptoError::InvalidOptions {
-                    reason: format!(
-                        "zstd level {level} is outside {ZSTD_MIN_LEVEL}..={ZSTD_MAX_LEVEL}; \
+        if let Compression::Zstd { level } = self.compression
+            && !(ZSTD_MIN_LEVEL..=ZSTD_MAX_LEVEL).contains(&level)
+        {
+            return Err(CryptoError::InvalidOptions {
+                reason: format!(
+                    "zstd level {level} is outside {ZSTD_MIN_LEVEL}..={ZSTD_MAX_LEVEL}; \
                          3 is a good default"
-                    ),
-                });
-            }
+                ),
+            });
         }
         Ok(())
     }

@@ -174,6 +174,57 @@ pub fn keys_in_use(
     Ok(out)
 }
 
+/// `klio keys rotate`: with the server stopped, re-wraps the data keys of every cluster's
+/// encrypted files under `keyring`'s primary key (only key slots are rewritten, never data).
+/// Returns per cluster how many files were re-wrapped.
+pub fn rotate_offline(
+    data_dir: &Path,
+    keyring: &Keyring,
+) -> Result<Vec<(String, usize)>, RotateError> {
+    let _lock = crate::data_dir_lock::lock(data_dir).map_err(RotateError::Locked)?;
+    let primary = keyring.primary_id();
+    let mut out = Vec::new();
+    for (cluster, _) in keys_in_use(data_dir, keyring)? {
+        let wal = data_dir.join("clusters").join(&cluster).join("wal");
+        let archive_err = |source| {
+            RotateError::InUse(KeysInUseError::Archive {
+                cluster: cluster.clone(),
+                source,
+            })
+        };
+        let identity =
+            klio_store::wal_archive::WalArchive::open_existing_with(&wal, Some(keyring.clone()))
+                .map_err(archive_err)?
+                .identity();
+        let mut archive = klio_store::wal_archive::WalArchive::open_with(
+            &wal,
+            identity,
+            klio_store::wal_archive::StorageOptions {
+                keyring: Some(keyring.clone()),
+                seal: klio_crypto::SealOptions::default(),
+            },
+        )
+        .map_err(archive_err)?;
+        let summary = archive.rewrap_all(keyring, &primary).map_err(archive_err)?;
+        out.push((cluster, summary.rewrapped));
+    }
+    Ok(out)
+}
+
+/// Why an offline rotation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RotateError {
+    /// The server is running (or another rotation).
+    #[error(
+        "{0}; to rotate while it runs, restart the server with --encryption-key NEW --encryption-old-key OLD: it re-wraps each cluster's files itself"
+    )]
+    Locked(#[source] crate::server::ServerError),
+    /// An archive could not be read or rewritten.
+    #[error(transparent)]
+    InUse(#[from] KeysInUseError),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,5 +260,55 @@ mod tests {
         let ring = load_keyring(&k2, &[path]).unwrap();
         assert_eq!(ring.primary_id(), id2);
         assert!(ring.contains(&id));
+    }
+
+    #[test]
+    fn offline_rotation_rewraps_and_respects_the_lock() {
+        use klio_store::wal_archive::{ClusterIdentity, StorageOptions, WalArchive};
+        use klio_wal::{Lsn, SegmentSize, TimelineId};
+        let dir = tempfile::tempdir().unwrap();
+        let k1 = dir.path().join("k1.key");
+        let k2 = dir.path().join("k2.key");
+        let id1 = generate_key_file(&k1).unwrap();
+        let id2 = generate_key_file(&k2).unwrap();
+        let data = dir.path().join("data");
+        let wal = data.join("clusters/pg1/wal");
+        let identity = ClusterIdentity {
+            system_id: 7,
+            segment_size: SegmentSize::new(1 << 20).unwrap(),
+        };
+        let mut archive = WalArchive::open_with(
+            &wal,
+            identity,
+            StorageOptions {
+                keyring: Some(load_keyring(&k1, &[]).unwrap()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        archive.begin(TimelineId::FIRST, Lsn(1 << 20)).unwrap();
+        archive
+            .append(Lsn(1 << 20), &vec![3u8; (1 << 20) + 100])
+            .unwrap();
+        archive.sync().unwrap();
+        drop(archive);
+
+        let both = load_keyring(&k2, std::slice::from_ref(&k1)).unwrap();
+        let before = keys_in_use(&data, &both).unwrap();
+        assert_eq!(before[0].1.iter().copied().collect::<Vec<_>>(), vec![id1]);
+
+        let lock = crate::data_dir_lock::lock(&data).unwrap();
+        let e = rotate_offline(&data, &both).unwrap_err();
+        assert!(e.to_string().contains("restart the server"), "{e}");
+        drop(lock);
+
+        let done = rotate_offline(&data, &both).unwrap();
+        assert_eq!(
+            done,
+            vec![("pg1".to_owned(), 2)],
+            "a sealed segment and a journal"
+        );
+        let after = keys_in_use(&data, &load_keyring(&k2, &[]).unwrap()).unwrap();
+        assert_eq!(after[0].1.iter().copied().collect::<Vec<_>>(), vec![id2]);
     }
 }

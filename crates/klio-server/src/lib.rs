@@ -13,6 +13,7 @@
 
 pub mod certs;
 pub mod config;
+mod data_dir_lock;
 mod endpoint_keys;
 pub mod keys;
 mod registry;

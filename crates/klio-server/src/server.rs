@@ -32,6 +32,11 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// Another process holds the data directory.
+    #[error(
+        "data directory {0} is in use by another klio server (or `klio keys rotate`): stop it first"
+    )]
+    DataDirInUse(PathBuf),
     /// The UDP socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -67,12 +72,19 @@ impl Shared {
 pub struct Server {
     endpoint: quinn::Endpoint,
     shared: Arc<Shared>,
+    /// Held while the server runs: one process per data directory.
+    _lock: std::fs::File,
 }
 
 impl Server {
     /// Checks the configuration, prepares the data directory and binds the socket.
     pub fn bind(config: &ServerConfig) -> Result<Server, ServerError> {
         let quic = tls::quic_server_config(&config.tls)?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let lock = crate::data_dir_lock::lock(&config.data_dir)?;
         let storage = match &config.encryption {
             None => klio_store::wal_archive::StorageOptions::default(),
             Some(e) => klio_store::wal_archive::StorageOptions {
@@ -109,6 +121,7 @@ impl Server {
                 registry: Registry::default(),
                 storage,
             }),
+            _lock: lock,
         })
     }
 

@@ -54,10 +54,10 @@ impl TestDir {
 
 impl Drop for TestDir {
     fn drop(&mut self) {
-        if std::env::var_os("KLIO_KEEP_TEST_DIRS").is_some() {
-            if let Some(d) = self.dir.take() {
-                eprintln!("keeping {}", d.keep().display());
-            }
+        if std::env::var_os("KLIO_KEEP_TEST_DIRS").is_some()
+            && let Some(d) = self.dir.take()
+        {
+            eprintln!("keeping {}", d.keep().display());
         }
     }
 }

@@ -359,7 +359,7 @@ impl PageHeader {
         if !block_size.is_power_of_two() || !(1024..=65536).contains(&block_size) {
             return Err(PageHeaderError::InvalidBlockSize { block_size });
         }
-        if expected_addr.0 % u64::from(block_size) != 0 {
+        if !expected_addr.0.is_multiple_of(u64::from(block_size)) {
             return Err(PageHeaderError::UnalignedPageAddr {
                 expected: expected_addr,
                 block_size,

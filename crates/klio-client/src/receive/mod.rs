@@ -132,10 +132,10 @@ pub async fn receive_wal(
     loop {
         let result = stream::stream_once(opts, &mut dir, &mut shutdown).await;
         // Whatever happened, make what was received durable before deciding what to do.
-        if let Some(d) = dir.as_mut() {
-            if let Err(e) = d.close() {
-                tracing::error!("could not flush {}: {e}", d.path().display());
-            }
+        if let Some(d) = dir.as_mut()
+            && let Err(e) = d.close()
+        {
+            tracing::error!("could not flush {}: {e}", d.path().display());
         }
         let err = match result {
             Ok(stream::Outcome::Shutdown) => return Ok(StopReason::Shutdown),

@@ -788,23 +788,23 @@ pub(super) fn scan_with<S: Source + ?Sized>(
                         ),
                     });
                 }
-                if let Some(bad) = header {
-                    if damage_proven(src, bad, exp)? {
-                        return Err(ScanError::Damaged {
-                            offset,
-                            reason: format!(
-                                "the frame for {}+{} bytes fails its {}, but frames written after \
+                if let Some(bad) = header
+                    && damage_proven(src, bad, exp)?
+                {
+                    return Err(ScanError::Damaged {
+                        offset,
+                        reason: format!(
+                            "the frame for {}+{} bytes fails its {}, but frames written after \
                                  a later fdatasync follow it, so it was damaged after it was made \
                                  durable",
-                                bad.start,
-                                bad.len,
-                                match format {
-                                    FrameFormat::Plain => "CRC",
-                                    FrameFormat::Encrypted(_) => "authentication",
-                                }
-                            ),
-                        });
-                    }
+                            bad.start,
+                            bad.len,
+                            match format {
+                                FrameFormat::Plain => "CRC",
+                                FrameFormat::Encrypted(_) => "authentication",
+                            }
+                        ),
+                    });
                 }
                 stop_reason = Some(reason);
                 break;

@@ -430,11 +430,11 @@ impl WalArchive {
     /// Marks the handle unusable when a write-path error leaves its view of the disk uncertain
     /// (a failed fsync may have dropped dirty pages: retrying it could report success wrongly).
     fn poison_on<T>(&mut self, r: Result<T, WalArchiveError>) -> Result<T, WalArchiveError> {
-        if let Err(e) = &r {
-            if e.poisons() {
-                self.poisoned = true;
-                self.stream = None;
-            }
+        if let Err(e) = &r
+            && e.poisons()
+        {
+            self.poisoned = true;
+            self.stream = None;
         }
         r
     }

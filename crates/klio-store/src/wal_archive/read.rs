@@ -427,15 +427,15 @@ fn copy_file(
     let mut input = File::open(src).map_err(|e| WalArchiveError::io("open", src, e))?;
     let (mut out, tmp) = durable::create_tmp(dest, name)?;
     let copied = io::copy(&mut input, &mut out).map_err(|e| WalArchiveError::io("copy", src, e))?;
-    if let Some(size) = segment {
-        if copied != size.bytes_u64() {
-            drop(out);
-            durable::remove_if_present(&tmp)?;
-            return Err(WalArchiveError::DamagedSegment {
-                path: src.to_owned(),
-                reason: format!("{copied} bytes, expected {}", size.bytes()),
-            });
-        }
+    if let Some(size) = segment
+        && copied != size.bytes_u64()
+    {
+        drop(out);
+        durable::remove_if_present(&tmp)?;
+        return Err(WalArchiveError::DamagedSegment {
+            path: src.to_owned(),
+            reason: format!("{copied} bytes, expected {}", size.bytes()),
+        });
     }
     // The directory is fsynced once at the end of the export.
     durable::publish(out, &tmp, dest, name, false)?;
