@@ -7,9 +7,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use klio_testkit::{
-    KlioServer, PgOptions, PgServer, TestCerts, TestDir, run_ok, start_klio_send_wal,
-};
+use klio_testkit::{KlioServer, PgOptions, PgServer, TestCerts, TestDir, start_klio_send_wal};
 
 const MARKER: &str = "klio-marker-7f3a9c51e2";
 
@@ -44,16 +42,7 @@ fn marker_is_nowhere_on_disk_but_comes_back_for_recovery() {
     let exe = klio_exe(&work);
     let certs = TestCerts::create(&exe, &work.subdir("certs"), &["pg1"]);
     let key = work.path().join("wal.key");
-    run_ok(
-        std::process::Command::new(&exe)
-            .args(["keys", "generate", "-o"])
-            .arg(&key),
-    );
-    run_ok(
-        std::process::Command::new("chown")
-            .arg("postgres:postgres")
-            .arg(&key),
-    );
+    generate_key(&exe, &key);
     let server = KlioServer::start_with_args(
         &exe,
         &work,
@@ -101,9 +90,7 @@ fn marker_is_nowhere_on_disk_but_comes_back_for_recovery() {
     );
 
     // With it, the WAL read back holds the marker, in complete segments and the partial one.
-    let kek =
-        klio_crypto::Kek::from_key_file_contents(&std::fs::read(&key).expect("key")).expect("kek");
-    let exported = export_archive_with(&server, "pg1", &work, Some(klio_crypto::Keyring::new(kek)));
+    let exported = export_archive_with(&server, "pg1", &work, Some(keyring(&[&key])));
     let found = files_containing(&exported, MARKER.as_bytes());
     assert!(
         found.iter().any(|f| f.ends_with(".partial")),

@@ -11,38 +11,6 @@ use klio_testkit::{
     KlioServer, PgOptions, PgServer, TestCerts, TestDir, run_ok, start_klio_send_wal,
 };
 
-fn generate(exe: &Path, path: &Path) -> String {
-    run_ok(
-        std::process::Command::new(exe)
-            .args(["keys", "generate", "-o"])
-            .arg(path),
-    );
-    run_ok(
-        std::process::Command::new("chown")
-            .arg("postgres:postgres")
-            .arg(path),
-    );
-    run_ok(
-        std::process::Command::new(exe)
-            .args(["keys", "id"])
-            .arg(path),
-    )
-    .stdout
-    .trim()
-    .to_owned()
-}
-
-fn keyring(files: &[&Path]) -> klio_crypto::Keyring {
-    let kek = |p: &Path| {
-        klio_crypto::Kek::from_key_file_contents(&std::fs::read(p).expect("key")).expect("kek")
-    };
-    let mut ring = klio_crypto::Keyring::new(kek(files[0]));
-    for f in &files[1..] {
-        ring.add(kek(f));
-    }
-    ring
-}
-
 fn write_and_wait(pg: &PgServer, tag: &str) {
     pg.psql(&format!(
         "INSERT INTO notes SELECT '{tag}-' || g FROM generate_series(1, 3000) g"
@@ -64,8 +32,8 @@ fn rotate_during_streaming_then_retire_the_old_key() {
     let certs = TestCerts::create(&exe, &work.subdir("certs"), &["pg1"]);
     let k1 = work.path().join("k1.key");
     let k2 = work.path().join("k2.key");
-    let id1 = generate(&exe, &k1);
-    let id2 = generate(&exe, &k2);
+    let id1 = generate_key(&exe, &k1);
+    let id2 = generate_key(&exe, &k2);
     let mut server = KlioServer::start_with_args(
         &exe,
         &work,

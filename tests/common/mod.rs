@@ -38,3 +38,21 @@ pub fn export_archive_with(
     );
     dest
 }
+
+/// `klio keys generate` into `path` (readable by the postgres user that runs the server);
+/// returns the key id `klio keys id` prints.
+pub fn generate_key(exe: &Path, path: &Path) -> String {
+    klio_testkit::run_ok(Command::new(exe).args(["keys", "generate", "-o"]).arg(path));
+    klio_testkit::run_ok(Command::new("chown").arg("postgres:postgres").arg(path));
+    klio_testkit::run_ok(Command::new(exe).args(["keys", "id"]).arg(path))
+        .stdout
+        .trim()
+        .to_owned()
+}
+
+/// The keyring the server would load from these key files (the first is the primary).
+pub fn keyring(files: &[&Path]) -> klio_crypto::Keyring {
+    let (first, rest) = files.split_first().expect("at least one key file");
+    let rest: Vec<PathBuf> = rest.iter().map(|p| p.to_path_buf()).collect();
+    klio_server::keys::load_keyring(first, &rest).expect("load key files")
+}
