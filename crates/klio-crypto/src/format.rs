@@ -83,8 +83,14 @@ pub const HEADER_LEN: usize = IMMUTABLE_HEADER_LEN + KEY_SLOT_LEN;
 /// Largest chunk size a header may name (64 MiB).
 pub const MAX_CHUNK_SIZE: usize = 64 << 20;
 
-/// Chunk size of [`SealOptions::default`](crate::SealOptions) (1 MiB).
-pub const DEFAULT_CHUNK_SIZE: usize = 1 << 20;
+/// Chunk size of [`SealOptions::default`](crate::SealOptions) (32 KiB).
+///
+/// Small enough that a chunk, its compressed form and lz4's table stay in the CPU's private
+/// caches while the chunk is compressed and then encrypted: lz4+AES-256-GCM seals 1.06 times
+/// faster than with 1 MiB chunks on pgbench WAL and 1.5 times on synthetic WAL
+/// (`benches/seal_open.rs`), for 1 to 2% less compression and 21 bytes of framing and tag
+/// per chunk.
+pub const DEFAULT_CHUNK_SIZE: usize = 32 << 10;
 
 /// AES-GCM tag length.
 pub const TAG_LEN: usize = 16;

@@ -39,7 +39,7 @@ pub struct SealOptions {
 }
 
 impl Default for SealOptions {
-    /// lz4, 1 MiB chunks.
+    /// lz4, [`DEFAULT_CHUNK_SIZE`] (32 KiB) chunks.
     fn default() -> Self {
         SealOptions {
             compression: Compression::Lz4,

@@ -349,7 +349,7 @@ fn invalid_options() {
             Err(CryptoError::InvalidOptions { .. })
         ));
     }
-    assert_eq!(SealOptions::default(), opts(Compression::Lz4, 1 << 20));
+    assert_eq!(SealOptions::default(), opts(Compression::Lz4, 32 << 10));
 }
 
 #[test]
