@@ -98,3 +98,132 @@ fn marker_is_nowhere_on_disk_but_comes_back_for_recovery() {
     );
     assert!(found.len() >= 3, "marker in several segments: {found:?}");
 }
+
+/// A key derived from a passphrase: the server reads the passphrase from the variable the key
+/// file names, encrypts with it, and refuses to start with a wrong or missing passphrase.
+#[test]
+fn passphrase_key_encrypts_and_a_wrong_passphrase_is_refused() {
+    const VAR: &str = "KLIO_TEST_WAL_PASSPHRASE";
+    const PASSPHRASE: &str = "correct horse battery staple";
+    let pg = PgServer::start(PgOptions {
+        wal_segsize_mb: 1,
+        conf: vec!["synchronous_standby_names = 'klio'".to_owned()],
+        ..PgOptions::default()
+    });
+    let work = TestDir::new("encryption-passphrase");
+    let exe = klio_exe(&work);
+    let certs = TestCerts::create(&exe, &work.subdir("certs"), &["pg1"]);
+    let key = work.path().join("wal.kek");
+    let generated = klio_testkit::run_ok(
+        std::process::Command::new(&exe)
+            .args([
+                "keys",
+                "generate",
+                "--passphrase",
+                "--passphrase-env",
+                VAR,
+                "-o",
+            ])
+            .arg(&key)
+            .env(VAR, PASSPHRASE),
+    );
+    klio_testkit::run_ok(
+        std::process::Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(&key),
+    );
+    let file = klio_crypto::PassphraseKeyFile::parse(&std::fs::read(&key).expect("read key file"))
+        .expect("a passphrase key file");
+    assert!(
+        generated.stdout.contains(&file.key_id.to_string()),
+        "generate prints the key id: {}",
+        generated.stdout
+    );
+    assert!(
+        !String::from_utf8_lossy(&std::fs::read(&key).expect("read")).contains(PASSPHRASE),
+        "the passphrase is not stored"
+    );
+
+    let key_arg: [&std::ffi::OsStr; 2] = ["--encryption-key".as_ref(), key.as_os_str()];
+    let mut server =
+        KlioServer::start_with_env(&exe, &work, &certs, &key_arg, &[(VAR, PASSPHRASE)]);
+    assert!(
+        server
+            .log()
+            .contains(&format!("WAL encrypted with key {}", file.key_id)),
+        "server encrypts with the passphrase key: {}",
+        server.log()
+    );
+    let mut client = start_klio_send_wal(
+        &exe,
+        &pg,
+        &server,
+        &certs,
+        "pg1",
+        "klio",
+        &work.path().join("send-wal.log"),
+    );
+    pg.wait_for_sync_standby("klio");
+    pg.psql("CREATE TABLE secrets (note text)");
+    pg.psql(&format!(
+        "INSERT INTO secrets SELECT '{MARKER}' || g FROM generate_series(1, 2000) g"
+    ));
+    pg.switch_wal();
+    pg.psql(&format!("INSERT INTO secrets VALUES ('{MARKER} last')"));
+    client.stop();
+    server.stop();
+
+    assert_eq!(
+        files_containing(server.data_dir(), MARKER.as_bytes()),
+        Vec::<String>::new(),
+        "plaintext marker on the server's disk"
+    );
+    // The passphrase and the file together give the key that reads the archive back.
+    let kek = file.derive(PASSPHRASE.as_bytes()).expect("derive");
+    let exported = export_archive_with(&server, "pg1", &work, Some(klio_crypto::Keyring::new(kek)));
+    assert!(
+        !files_containing(&exported, MARKER.as_bytes()).is_empty(),
+        "the marker comes back with the passphrase key"
+    );
+
+    // A wrong passphrase, or none, stops the server before it listens, saying why.
+    for (env, expect) in [(Some("wrong horse"), "wrong passphrase"), (None, VAR)] {
+        let mut cmd = server.command();
+        cmd.env_remove(VAR);
+        if let Some(p) = env {
+            cmd.env(VAR, p);
+        }
+        let out = cmd.output().expect("run klio server start");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "server started with passphrase {env:?}"
+        );
+        assert!(stderr.contains(expect), "{expect:?} not in: {stderr}");
+        assert!(
+            !stderr.contains("wrong horse"),
+            "passphrase logged: {stderr}"
+        );
+    }
+}
+
+/// Runs `cmd` to completion; panics (after killing it) if it is still running after `limit`.
+fn output_within(
+    cmd: &mut std::process::Command,
+    limit: std::time::Duration,
+) -> std::process::Output {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().ok();
+            panic!("still running after {limit:?}: {cmd:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.wait_with_output().expect("collect output")
+}

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use klio_server::keys::{
-    generate_key_file, keys_in_use, load_key_file, load_keyring, rotate_offline,
+    DEFAULT_PASSPHRASE_ENV, KdfParams, generate_key_file, generate_passphrase_key_file,
+    keys_in_use, load_key_file, load_keyring, rotate_offline,
 };
 
 /// Key files for encrypting archives at rest.
@@ -20,12 +21,31 @@ enum Command {
     /// Write a new random 256-bit key (64 hex digits) to FILE with mode 0600; never overwrites.
     ///
     /// Keep a copy somewhere safe: without the key, data encrypted with it cannot be read.
+    ///
+    /// With --passphrase, the key is derived (Argon2id, 64 MiB, 3 passes) from the passphrase
+    /// in the environment variable --passphrase-env instead, and FILE keeps only the salt, the
+    /// costs and the key's id. Whoever loads FILE (the server, `klio keys`) must have the same
+    /// passphrase in that variable; a wrong one is refused at once. Keep FILE and the
+    /// passphrase: either alone gives no key.
     Generate {
         /// The key file to create.
         #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
+        /// Derive the key from a passphrase instead of random bytes.
+        #[arg(long)]
+        passphrase: bool,
+        /// The environment variable holding the passphrase, now and whenever FILE is loaded
+        /// (give each passphrase key its own variable to rotate between two of them).
+        #[arg(
+            long,
+            value_name = "NAME",
+            default_value = DEFAULT_PASSPHRASE_ENV,
+            requires = "passphrase"
+        )]
+        passphrase_env: String,
     },
-    /// Print the id of a key file (archived objects name the key they need by this id).
+    /// Print the id of a key file (archived objects name the key they need by this id). For a
+    /// passphrase key file this also checks the passphrase.
     Id {
         /// The key file.
         file: PathBuf,
@@ -58,8 +78,16 @@ enum Command {
 
 pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
     match a.command {
-        Command::Generate { output } => {
-            let id = generate_key_file(&output)?;
+        Command::Generate {
+            output,
+            passphrase,
+            passphrase_env,
+        } => {
+            let id = if passphrase {
+                generate_passphrase_key_file(&output, &passphrase_env, KdfParams::default())?
+            } else {
+                generate_key_file(&output)?
+            };
             println!("created {} (key id {id})", output.display());
         }
         Command::Id { file } => println!("{}", load_key_file(&file)?.id()),

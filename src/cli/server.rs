@@ -50,7 +50,8 @@ struct StartArgs {
     /// Server private key.
     #[arg(long, value_name = "FILE", env = "KLIO_TLS_KEY")]
     tls_key: Option<PathBuf>,
-    /// Encrypt WAL at rest with this key file (`klio keys generate`). Starting with a new key
+    /// Encrypt WAL at rest with this key file (`klio keys generate`; a passphrase key file
+    /// reads its passphrase from the environment variable it names). Starting with a new key
     /// rotates: each cluster's files are re-wrapped under it when its client next connects.
     #[arg(long, value_name = "FILE", env = "KLIO_ENCRYPTION_KEY")]
     encryption_key: Option<PathBuf>,

@@ -131,6 +131,28 @@ pub enum CryptoError {
         input: String,
     },
 
+    /// A passphrase key file is malformed.
+    #[error(
+        "invalid passphrase key file: {reason}; write a new one with \
+         `klio keys generate --passphrase`"
+    )]
+    BadPassphraseKeyFile {
+        /// What is wrong (the file holds no secret).
+        reason: String,
+    },
+
+    /// The passphrase does not give the key its passphrase key file names.
+    #[error(
+        "wrong passphrase: it gives key {derived}, but the key file is for key {expected}; \
+         supply the passphrase this key file was generated with"
+    )]
+    WrongPassphrase {
+        /// The id the file records.
+        expected: KeyId,
+        /// The id the given passphrase gives.
+        derived: KeyId,
+    },
+
     /// The passphrase KDF rejected its input or parameters.
     #[error("cannot derive a key from the passphrase: {reason}")]
     Kdf {

@@ -312,10 +312,10 @@ fn wrap_aad(
     aad
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
+pub(crate) const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Decodes exactly `2 * out.len()` hex digits; on error, the offset of the first bad byte.
-fn decode_hex(text: &[u8], out: &mut [u8]) -> Result<(), usize> {
+pub(crate) fn decode_hex(text: &[u8], out: &mut [u8]) -> Result<(), usize> {
     if text.len() != 2 * out.len() {
         return Err(text.len().min(2 * out.len()));
     }

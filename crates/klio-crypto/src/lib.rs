@@ -1,7 +1,8 @@
 //! Envelope encryption for everything Klio stores.
 //!
 //! - **Keys** ([`keys`]): key-encryption keys ([`Kek`]) come from a key file or a passphrase
-//!   (Argon2id); each has a [`KeyId`] derived from the key. A [`Keyring`] holds the keys a
+//!   (Argon2id, with salt and costs kept in a [`PassphraseKeyFile`]); each has a [`KeyId`]
+//!   derived from the key. A [`Keyring`] holds the keys a
 //!   process can open objects with and the primary one it seals new objects with.
 //! - **Objects** ([`mod@format`]): each object gets a fresh random data key, wrapped by a KEK
 //!   (AES-256-GCM) in a fixed-size key slot of the header. The data is cut into chunks,
@@ -33,6 +34,7 @@ mod error;
 pub mod format;
 pub mod keys;
 mod open;
+pub mod passphrase;
 mod rotate;
 mod seal;
 #[cfg(test)]
@@ -45,6 +47,7 @@ pub use format::{
 };
 pub use keys::{KdfParams, Kek, KeyId, Keyring};
 pub use open::{Opener, open};
+pub use passphrase::PassphraseKeyFile;
 pub use ring::rand::{SecureRandom, SystemRandom};
 pub use rotate::{object_key_id, rewrap};
 pub use seal::{Compression, SealOptions, Sealer, seal};

@@ -5,7 +5,9 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use klio_crypto::{CryptoError, Kek, KeyId, Keyring, SystemRandom};
+pub use klio_crypto::keys::KdfParams;
+pub use klio_crypto::passphrase::DEFAULT_PASSPHRASE_ENV;
+use klio_crypto::{CryptoError, Kek, KeyId, Keyring, PassphraseKeyFile, SystemRandom};
 
 /// A key file could not be created or used.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +35,17 @@ pub enum KeyFileError {
         /// Its permission bits.
         mode: u32,
     },
+    /// A passphrase key file's environment variable is not set.
+    #[error(
+        "key file {path} is derived from a passphrase, read from the environment variable \
+         {var}, which is not set (or empty): set {var} to the passphrase"
+    )]
+    PassphraseMissing {
+        /// The file.
+        path: PathBuf,
+        /// The variable it names.
+        var: String,
+    },
     /// The contents are not a key.
     #[error("key file {path}: {source}")]
     Invalid {
@@ -46,15 +59,55 @@ pub enum KeyFileError {
 
 /// Writes a new random key to `path` (mode 0600, never overwriting) and returns its id.
 pub fn generate_key_file(path: &Path) -> Result<KeyId, KeyFileError> {
-    let io = |source| KeyFileError::Io {
-        path: path.to_owned(),
-        source,
-    };
     let (kek, contents) =
         Kek::generate(&SystemRandom::new()).map_err(|source| KeyFileError::Invalid {
             path: path.to_owned(),
             source,
         })?;
+    write_new_key_file(path, &contents)?;
+    Ok(kek.id())
+}
+
+/// Derives a key from the passphrase in the environment variable `passphrase_env` and writes
+/// its [`PassphraseKeyFile`] (salt, costs, id) to `path` (mode 0600, never overwriting).
+/// Loading the file later reads the passphrase from the same variable.
+pub fn generate_passphrase_key_file(
+    path: &Path,
+    passphrase_env: &str,
+    params: KdfParams,
+) -> Result<KeyId, KeyFileError> {
+    let invalid = |source| KeyFileError::Invalid {
+        path: path.to_owned(),
+        source,
+    };
+    let passphrase = passphrase_from_env(path, passphrase_env)?;
+    let (kek, file) = PassphraseKeyFile::create(
+        passphrase.as_bytes(),
+        params,
+        passphrase_env,
+        &SystemRandom::new(),
+    )
+    .map_err(invalid)?;
+    write_new_key_file(path, &file.encode())?;
+    Ok(kek.id())
+}
+
+fn passphrase_from_env(path: &Path, var: &str) -> Result<String, KeyFileError> {
+    std::env::var(var)
+        .ok()
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| KeyFileError::PassphraseMissing {
+            path: path.to_owned(),
+            var: var.to_owned(),
+        })
+}
+
+/// Creates `path` with `contents`, mode 0600, durably; refuses to replace an existing file.
+fn write_new_key_file(path: &Path, contents: &[u8]) -> Result<(), KeyFileError> {
+    let io = |source| KeyFileError::Io {
+        path: path.to_owned(),
+        source,
+    };
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -67,7 +120,7 @@ pub fn generate_key_file(path: &Path) -> Result<KeyId, KeyFileError> {
                 io(e)
             }
         })?;
-    f.write_all(&contents).map_err(io)?;
+    f.write_all(contents).map_err(io)?;
     // A key that vanishes after a crash would leave data nobody can read: make it durable
     // before anyone encrypts with it.
     f.sync_all().map_err(io)?;
@@ -77,10 +130,12 @@ pub fn generate_key_file(path: &Path) -> Result<KeyId, KeyFileError> {
             .and_then(|d| d.sync_all())
             .map_err(io)?;
     }
-    Ok(kek.id())
+    Ok(())
 }
 
-/// Reads a key file, refusing one that group or others can access.
+/// Reads a key file, refusing one that group or others can access. A passphrase key file
+/// takes its passphrase from the environment variable it names, and a wrong passphrase is
+/// refused here, before anything is encrypted with the key.
 pub fn load_key_file(path: &Path) -> Result<Kek, KeyFileError> {
     let io = |source| KeyFileError::Io {
         path: path.to_owned(),
@@ -94,10 +149,16 @@ pub fn load_key_file(path: &Path) -> Result<Kek, KeyFileError> {
         });
     }
     let contents = std::fs::read(path).map_err(io)?;
-    Kek::from_key_file_contents(&contents).map_err(|source| KeyFileError::Invalid {
+    let invalid = |source| KeyFileError::Invalid {
         path: path.to_owned(),
         source,
-    })
+    };
+    if PassphraseKeyFile::is_passphrase_key_file(&contents) {
+        let file = PassphraseKeyFile::parse(&contents).map_err(invalid)?;
+        let passphrase = passphrase_from_env(path, &file.passphrase_env)?;
+        return file.derive(passphrase.as_bytes()).map_err(invalid);
+    }
+    Kek::from_key_file_contents(&contents).map_err(invalid)
 }
 
 /// A keyring from the primary key file (used for new objects) and older ones still needed to

@@ -56,6 +56,7 @@ pub struct KlioServer {
     process: Option<BackgroundProcess>,
     starts: u32,
     extra_args: Vec<std::ffi::OsString>,
+    env: Vec<(String, String)>,
 }
 
 fn free_udp_port() -> u16 {
@@ -78,6 +79,18 @@ impl KlioServer {
         certs: &TestCerts,
         extra_args: &[&std::ffi::OsStr],
     ) -> KlioServer {
+        Self::start_with_env(exe, work, certs, extra_args, &[])
+    }
+
+    /// Like [`KlioServer::start_with_args`], with environment variables for the server (kept
+    /// across restarts; see [`KlioServer::set_env`]).
+    pub fn start_with_env(
+        exe: &Path,
+        work: &TestDir,
+        certs: &TestCerts,
+        extra_args: &[&std::ffi::OsStr],
+        env: &[(&str, &str)],
+    ) -> KlioServer {
         let mut s = KlioServer {
             exe: exe.to_owned(),
             certs: certs.clone(),
@@ -87,6 +100,10 @@ impl KlioServer {
             process: None,
             starts: 0,
             extra_args: extra_args.iter().map(|a| a.to_os_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         s.restart();
         s
@@ -125,16 +142,8 @@ impl KlioServer {
             .open(&self.log)
             .and_then(|mut f| std::io::Write::write_all(&mut f, marker.as_bytes()))
             .expect("write server log");
-        let mut cmd = as_postgres(&self.exe);
-        cmd.args(["server", "start", "--listen", &self.address(), "--data-dir"])
-            .arg(&self.data_dir)
-            .arg("--tls-ca")
-            .arg(self.certs.file("ca.pem"))
-            .arg("--tls-cert")
-            .arg(self.certs.file("server.pem"))
-            .arg("--tls-key")
-            .arg(self.certs.file("server.key"))
-            .args(&self.extra_args)
+        let mut cmd = self.command();
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info");
         self.process = Some(BackgroundProcess::spawn("klio server", &mut cmd, &self.log));
         let log = self.log.clone();
@@ -152,6 +161,28 @@ impl KlioServer {
     /// Replaces the extra `server start` flags used by the next [`KlioServer::restart`].
     pub fn set_extra_args(&mut self, extra_args: &[&std::ffi::OsStr]) {
         self.extra_args = extra_args.iter().map(|a| a.to_os_string()).collect();
+    }
+
+    /// Sets an environment variable for the next [`KlioServer::restart`] (and later ones).
+    pub fn set_env(&mut self, name: &str, value: &str) {
+        self.env.retain(|(k, _)| k != name);
+        self.env.push((name.to_owned(), value.to_owned()));
+    }
+
+    /// The `klio server start` command [`KlioServer::restart`] runs, to run by hand (as the
+    /// postgres user, without the environment set by [`KlioServer::set_env`]).
+    pub fn command(&self) -> std::process::Command {
+        let mut cmd = as_postgres(&self.exe);
+        cmd.args(["server", "start", "--listen", &self.address(), "--data-dir"])
+            .arg(&self.data_dir)
+            .arg("--tls-ca")
+            .arg(self.certs.file("ca.pem"))
+            .arg("--tls-cert")
+            .arg(self.certs.file("server.pem"))
+            .arg("--tls-key")
+            .arg(self.certs.file("server.key"))
+            .args(&self.extra_args);
+        cmd
     }
 
     /// SIGKILL: no chance to flush or close anything.
