@@ -193,7 +193,7 @@ fn passphrase_key_encrypts_and_a_wrong_passphrase_is_refused() {
         if let Some(p) = env {
             cmd.env(VAR, p);
         }
-        let out = cmd.output().expect("run klio server start");
+        let out = output_within(&mut cmd, std::time::Duration::from_secs(60));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             !out.status.success(),
