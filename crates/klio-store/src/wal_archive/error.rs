@@ -95,7 +95,7 @@ pub enum WalArchiveError {
     },
     /// A completed segment file is damaged (for example, the wrong size).
     #[error(
-        "WAL segment {path:?} is damaged: {reason}; fetch it from Tier 2 or another copy and \
+        "WAL file {path:?} is damaged: {reason}; fetch it from Tier 2 or another copy and \
          investigate the disk"
     )]
     DamagedSegment {

@@ -21,7 +21,8 @@
 //! Opened with a keyring ([`WalArchive::open_with`], [`StorageOptions`]), the archive keeps no
 //! WAL in plaintext: completed segments are stored sealed (compressed, then encrypted with
 //! klio-crypto, bound to their name) as `<segment>.klio` instead of `<segment>` (format in the
-//! `sealed` module), and new journals are encrypted: a sealed per-journal frame key at the
+//! `sealed` module), history files likewise as `<tli>.history.klio`, and new journals are
+//! encrypted: a sealed per-journal frame key at the
 //! start, then AES-256-GCM frames (format in the `journal` module), still one frame and one
 //! fdatasync per [`WalArchive::sync`], with the same exact durable end after a crash. Reads
 //! decrypt and decompress transparently and return the original bytes or an error naming the
@@ -390,27 +391,51 @@ impl WalArchive {
         Ok(self.durable_on(timeline))
     }
 
-    /// Stores a timeline history file durably; idempotent for identical content; different
-    /// content for a timeline that already has one is an error.
+    /// Stores a timeline history file durably (sealed when the archive has a keyring);
+    /// idempotent for identical content; different content for a timeline that already has one
+    /// is an error.
     pub fn store_history(
         &mut self,
         timeline: TimelineId,
         content: &[u8],
     ) -> Result<(), WalArchiveError> {
         self.check_writable()?;
-        let name = WalFileName::History { timeline }.to_string_with(self.identity.segment_size);
-        let path = self.dir.join(&name);
-        match durable::read_optional(&path)? {
+        let size = self.identity.segment_size;
+        match self.history(timeline)? {
             Some(existing) if existing == content => Ok(()),
-            Some(_) => Err(WalArchiveError::HistoryConflict { timeline, path }),
-            None => durable::write_file_durably(&self.dir, &name, content),
+            Some(_) => Err(WalArchiveError::HistoryConflict {
+                timeline,
+                path: self
+                    .dir
+                    .join(WalFileName::History { timeline }.to_string_with(size)),
+            }),
+            None if self.keyring.is_some() => {
+                let name = sealed::sealed_history_name(timeline, size);
+                let sealed =
+                    sealed::seal_history(&self.dir.join(&name), timeline, content, &self.ctx())?;
+                durable::write_file_durably(&self.dir, &name, &sealed)
+            }
+            None => durable::write_file_durably(
+                &self.dir,
+                &WalFileName::History { timeline }.to_string_with(size),
+                content,
+            ),
         }
     }
 
-    /// The stored history file of `timeline`, if any.
+    /// The stored history file of `timeline`, if any (opened when sealed).
     pub fn history(&self, timeline: TimelineId) -> Result<Option<Vec<u8>>, WalArchiveError> {
-        let name = WalFileName::History { timeline }.to_string_with(self.identity.segment_size);
-        durable::read_optional(&self.dir.join(name))
+        let size = self.identity.segment_size;
+        let sealed_path = self.dir.join(sealed::sealed_history_name(timeline, size));
+        if let Some(content) = sealed::read_sealed_history(&sealed_path, timeline, &self.ctx())? {
+            return Ok(Some(content));
+        }
+        // Written before encryption was configured: plain.
+        durable::read_optional(
+            &self
+                .dir
+                .join(WalFileName::History { timeline }.to_string_with(size)),
+        )
     }
 
     fn check_writable(&self) -> Result<(), WalArchiveError> {

@@ -371,7 +371,14 @@ impl WalArchive {
         }
         for &timeline in &survey.histories {
             let name = WalFileName::History { timeline }.to_string_with(size);
-            summary.bytes += copy_file(&self.dir.join(&name), dest, &name, None)?;
+            let content = self
+                .history(timeline)?
+                .ok_or_else(|| WalArchiveError::Inconsistent {
+                    path: self.dir.join(&name),
+                    reason: "the history file disappeared during the export".to_owned(),
+                })?;
+            write_export_file(dest, &name, &content)?;
+            summary.bytes += content.len() as u64;
             summary.histories += 1;
         }
         // One directory fsync for all the renames above (each file was fsynced before its

@@ -127,15 +127,27 @@ pub(super) fn survey(dir: &Path, ctx: &Ctx<'_>) -> Result<Survey, WalArchiveErro
             continue;
         }
         if let Some(base) = name.strip_suffix(SEALED_SUFFIX) {
-            if let Ok(WalFileName::Segment { timeline, segno }) = WalFileName::parse(base, size) {
+            let parsed = WalFileName::parse(base, size);
+            if matches!(
+                parsed,
+                Ok(WalFileName::Segment { .. } | WalFileName::History { .. })
+            ) && ctx.keyring.is_none()
+            {
                 let path = entry.path();
-                if ctx.keyring.is_none() {
-                    return Err(WalArchiveError::Encrypted {
-                        key_id: sealed::key_id_of(&path),
-                        path,
-                    });
+                return Err(WalArchiveError::Encrypted {
+                    key_id: sealed::key_id_of(&path),
+                    path,
+                });
+            }
+            match parsed {
+                Ok(WalFileName::Segment { timeline, segno }) => {
+                    note_segment(&mut s, dir, timeline, segno, true, size)?;
                 }
-                note_segment(&mut s, dir, timeline, segno, true, size)?;
+                Ok(WalFileName::History { timeline }) => {
+                    s.histories.insert(timeline);
+                    s.has_archive_files = true;
+                }
+                _ => {}
             }
             continue;
         }

@@ -1,4 +1,5 @@
-//! Key rotation: re-wrapping the data keys of sealed segments and encrypted journals in place.
+//! Key rotation: re-wrapping the data keys of sealed segments, sealed history files and
+//! encrypted journals in place.
 //!
 //! Every encrypted file of the archive starts with a klio-crypto object header whose key slot
 //! (bytes 48..124) holds the file's data key (a sealed segment's, or the key of an encrypted
@@ -62,7 +63,10 @@ fn encrypted_files(archive: &WalArchive) -> Result<(Vec<PathBuf>, usize), WalArc
             )
         };
         if let Some(base) = name.strip_suffix(SEALED_SUFFIX) {
-            if is_segment(base) {
+            if matches!(
+                WalFileName::parse(base, size),
+                Ok(WalFileName::Segment { .. } | WalFileName::History { .. })
+            ) {
                 files.push(entry.path());
             }
         } else if let Some(base) = name.strip_suffix(JOURNAL_SUFFIX) {

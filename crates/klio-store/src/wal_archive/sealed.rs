@@ -1,4 +1,5 @@
-//! Completed segments sealed at rest: compressed, then encrypted with klio-crypto.
+//! Completed segments and history files sealed at rest: compressed, then encrypted with
+//! klio-crypto.
 //!
 //! With a keyring, a completed segment is stored as `<segment name>.klio` instead of the plain
 //! `<segment name>`. The file is one klio-crypto sealed object (format in
@@ -21,6 +22,10 @@
 //! byte or a truncated file never yields bytes. The file is written as `<name>.klio.klio-tmp`,
 //! fsynced, renamed and the directory fsynced, like a plain segment. Key rotation rewrites only
 //! the object's key slot (bytes 48..124) in place.
+//!
+//! A timeline history file is sealed the same way as `<name>.history.klio`, its binding block
+//! holding the magic `KLWHIS01`, the system id and the timeline (segment number and size zero),
+//! followed by the history file's bytes.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -35,12 +40,19 @@ use super::{Ctx, WalArchiveError, durable};
 pub(super) const SEALED_SUFFIX: &str = ".klio";
 
 const BINDING_MAGIC: [u8; 8] = *b"KLWSEG01";
+const HISTORY_BINDING_MAGIC: [u8; 8] = *b"KLWHIS01";
 /// Length of the binding block in front of the segment's bytes.
 pub(super) const BINDING_LEN: usize = 32;
 
 /// The file name of a sealed segment.
 pub(super) fn sealed_name(timeline: TimelineId, segno: SegmentNo, size: SegmentSize) -> String {
     let base = WalFileName::Segment { timeline, segno }.to_string_with(size);
+    format!("{base}{SEALED_SUFFIX}")
+}
+
+/// The file name of a sealed history file.
+pub(super) fn sealed_history_name(timeline: TimelineId, size: SegmentSize) -> String {
+    let base = WalFileName::History { timeline }.to_string_with(size);
     format!("{base}{SEALED_SUFFIX}")
 }
 
@@ -51,6 +63,14 @@ fn binding(ctx: &Ctx<'_>, timeline: TimelineId, segno: SegmentNo) -> [u8; BINDIN
     b[16..20].copy_from_slice(&timeline.get().to_le_bytes());
     b[20..28].copy_from_slice(&segno.0.to_le_bytes());
     b[28..32].copy_from_slice(&(ctx.size.bytes_u64() as u32).to_le_bytes());
+    b
+}
+
+fn history_binding(ctx: &Ctx<'_>, timeline: TimelineId) -> [u8; BINDING_LEN] {
+    let mut b = [0u8; BINDING_LEN];
+    b[0..8].copy_from_slice(&HISTORY_BINDING_MAGIC);
+    b[8..16].copy_from_slice(&ctx.system_id.to_le_bytes());
+    b[16..20].copy_from_slice(&timeline.get().to_le_bytes());
     b
 }
 
@@ -187,35 +207,120 @@ pub(super) fn open_sealed(
             ),
         });
     }
-    let expected = binding(ctx, timeline, segno);
-    let found = &plain[..BINDING_LEN];
-    if found != expected {
-        let le = |r: std::ops::Range<usize>| {
-            let mut b = [0u8; 8];
-            b[..r.len()].copy_from_slice(&found[r]);
-            u64::from_le_bytes(b)
-        };
-        let reason = if found[0..8] != BINDING_MAGIC {
-            "it does not hold a sealed WAL segment (no binding block)".to_owned()
-        } else {
-            format!(
-                "it holds timeline {} segment {} of the cluster with system id {} (segment size \
-                 {}), not this file's segment of system id {}: the file was swapped, renamed or \
-                 copied from another archive",
-                le(16..20),
-                le(20..28),
-                le(8..16),
-                le(28..32),
-                ctx.system_id
-            )
-        };
-        return Err(WalArchiveError::DamagedSegment {
-            path: path.to_owned(),
-            reason,
-        });
-    }
+    check_binding(
+        path,
+        &plain[..BINDING_LEN],
+        &binding(ctx, timeline, segno),
+        ctx,
+    )?;
     plain.drain(..BINDING_LEN);
     Ok(plain)
+}
+
+/// Refuses a file whose binding block is not the one its name and archive call for.
+fn check_binding(
+    path: &Path,
+    found: &[u8],
+    expected: &[u8; BINDING_LEN],
+    ctx: &Ctx<'_>,
+) -> Result<(), WalArchiveError> {
+    if found == expected {
+        return Ok(());
+    }
+    let le = |r: std::ops::Range<usize>| {
+        let mut b = [0u8; 8];
+        b[..r.len()].copy_from_slice(&found[r]);
+        u64::from_le_bytes(b)
+    };
+    let reason = if found[0..8] == BINDING_MAGIC {
+        format!(
+            "it holds timeline {} segment {} of the cluster with system id {} (segment size {}), \
+             not this file's contents of system id {}: the file was swapped, renamed or copied \
+             from another archive",
+            le(16..20),
+            le(20..28),
+            le(8..16),
+            le(28..32),
+            ctx.system_id
+        )
+    } else if found[0..8] == HISTORY_BINDING_MAGIC {
+        format!(
+            "it holds the history file of timeline {} of the cluster with system id {}, not \
+             this file's contents of system id {}: the file was swapped, renamed or copied from \
+             another archive",
+            le(16..20),
+            le(8..16),
+            ctx.system_id
+        )
+    } else {
+        "it does not hold a sealed WAL file (no binding block)".to_owned()
+    };
+    Err(WalArchiveError::DamagedSegment {
+        path: path.to_owned(),
+        reason,
+    })
+}
+
+/// The sealed form of the history file of `timeline` (`ctx` must have a keyring).
+pub(super) fn seal_history(
+    path: &Path,
+    timeline: TimelineId,
+    content: &[u8],
+    ctx: &Ctx<'_>,
+) -> Result<Vec<u8>, WalArchiveError> {
+    let crypto = |source| WalArchiveError::Crypto {
+        action: "seal history file",
+        path: path.to_owned(),
+        source,
+    };
+    let keyring = ctx.keyring.ok_or(WalArchiveError::Encrypted {
+        path: path.to_owned(),
+        key_id: None,
+    })?;
+    let mut plain = Vec::with_capacity(BINDING_LEN + content.len());
+    plain.extend_from_slice(&history_binding(ctx, timeline));
+    plain.extend_from_slice(content);
+    klio_crypto::seal(keyring, &ctx.seal, &plain, ctx.rng).map_err(crypto)
+}
+
+/// Reads and opens the sealed history file of `timeline` at `path`; `None` if it does not exist.
+pub(super) fn read_sealed_history(
+    path: &Path,
+    timeline: TimelineId,
+    ctx: &Ctx<'_>,
+) -> Result<Option<Vec<u8>>, WalArchiveError> {
+    let Some(bytes) = durable::read_optional(path)? else {
+        return Ok(None);
+    };
+    let Some(keyring) = ctx.keyring else {
+        return Err(WalArchiveError::Encrypted {
+            path: path.to_owned(),
+            key_id: klio_crypto::object_key_id(&bytes).ok(),
+        });
+    };
+    let mut plain =
+        klio_crypto::open(keyring, &bytes).map_err(|source| WalArchiveError::Crypto {
+            action: "decrypt history file",
+            path: path.to_owned(),
+            source,
+        })?;
+    if plain.len() < BINDING_LEN {
+        return Err(WalArchiveError::DamagedSegment {
+            path: path.to_owned(),
+            reason: format!(
+                "it decrypts to {} bytes, less than its {BINDING_LEN}-byte binding block",
+                plain.len()
+            ),
+        });
+    }
+    check_binding(
+        path,
+        &plain[..BINDING_LEN],
+        &history_binding(ctx, timeline),
+        ctx,
+    )?;
+    plain.drain(..BINDING_LEN);
+    Ok(Some(plain))
 }
 
 /// Reads and opens a sealed segment; `None` if the file does not exist.

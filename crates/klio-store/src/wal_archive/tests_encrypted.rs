@@ -208,7 +208,12 @@ fn marker_appears_in_no_file_yet_reads_and_exports_return_it() {
         let bytes = std::fs::read(dir.join(&name)).unwrap();
         assert!(!contains(&bytes, marker), "{name} holds the marker");
         assert!(!contains(&bytes, &marker[..12]), "{name} holds part of it");
+        assert!(
+            !contains(&bytes, b"no recovery target"),
+            "{name} holds the history's text"
+        );
     }
+    assert!(names(&dir).contains(&"00000002.history.klio".to_owned()));
     for segno in 0..3 {
         let f = a.read_file(&seg(t, segno)).unwrap().unwrap();
         let lo = (segno * SEG) as usize;
@@ -589,6 +594,8 @@ fn rewrap_all_moves_every_file_to_the_new_key() {
         a.begin(t, Lsn(0)).unwrap();
         append_wal(&mut a, t, 0, end as usize, 200_000);
         a.sync().unwrap();
+        a.store_history(tl(2), b"1\t0/100\tno recovery target specified\n")
+            .unwrap();
         assert_eq!(
             a.key_ids_in_use().unwrap().into_iter().collect::<Vec<_>>(),
             vec![kek(1).id()]
@@ -597,14 +604,15 @@ fn rewrap_all_moves_every_file_to_the_new_key() {
         both.add(kek(2));
         let new = kek(2).id();
         let s = a.rewrap_all(&both, &new).unwrap();
-        assert_eq!((s.rewrapped, s.already_current, s.plain), (4, 0, 0));
+        // Three sealed segments, the journal, the history file.
+        assert_eq!((s.rewrapped, s.already_current, s.plain), (5, 0, 0));
         assert_eq!(
             a.key_ids_in_use().unwrap().into_iter().collect::<Vec<_>>(),
             vec![new]
         );
         // Idempotent.
         let s = a.rewrap_all(&both, &new).unwrap();
-        assert_eq!((s.rewrapped, s.already_current), (0, 4));
+        assert_eq!((s.rewrapped, s.already_current), (0, 5));
         // Streaming goes on (the open journal's frame key is unchanged) and new files use the
         // new key.
         append_wal(&mut a, t, end, SEG as usize, 100_000);
@@ -615,6 +623,10 @@ fn rewrap_all_moves_every_file_to_the_new_key() {
     // Only the new key is needed now.
     let a = open_enc(d.path(), 2).unwrap();
     check_content(&a, t, end + SEG);
+    assert_eq!(
+        a.history(tl(2)).unwrap().unwrap(),
+        b"1\t0/100\tno recovery target specified\n"
+    );
     assert!(
         open_enc(d.path(), 1).is_err(),
         "the old key alone opens nothing"
@@ -634,8 +646,13 @@ fn a_plain_archive_opened_with_a_key_seals_from_then_on() {
         a.begin(t, Lsn(0)).unwrap();
         append_wal(&mut a, t, 0, SEG as usize + 100, 100_000);
         a.sync().unwrap();
+        a.store_history(tl(2), b"plain history\n").unwrap();
     }
     let mut a = open_enc(d.path(), 1).unwrap();
+    // The plain history stays plain and readable; storing it again changes nothing.
+    a.store_history(tl(2), b"plain history\n").unwrap();
+    assert_eq!(a.history(tl(2)).unwrap().unwrap(), b"plain history\n");
+    a.store_history(tl(3), b"sealed history\n").unwrap();
     a.begin(t, Lsn(SEG + 100)).unwrap();
     append_wal(&mut a, t, SEG + 100, 2 * SEG as usize, 100_000);
     a.sync().unwrap();
@@ -651,9 +668,11 @@ fn a_plain_archive_opened_with_a_key_seals_from_then_on() {
     );
     let jp = d.path().join("000000010000000000000003.klio-journal");
     assert!(std::fs::read(jp).unwrap().starts_with(&klio_crypto::MAGIC));
+    assert!(n.contains(&"00000002.history".to_owned()), "{n:?}");
+    assert!(n.contains(&"00000003.history.klio".to_owned()), "{n:?}");
     check_content(&a, t, 3 * SEG + 100);
     let s = a.rewrap_all(&ring(1), &kek(1).id()).unwrap();
-    assert_eq!((s.already_current, s.plain), (3, 1));
+    assert_eq!((s.already_current, s.plain), (4, 1));
 }
 
 #[derive(Clone, Debug)]
@@ -765,4 +784,49 @@ proptest! {
         prop_assert_eq!(a.durable_on(t).unwrap_or(Lsn(0)).0, appended);
         check_content(&a, t, appended);
     }
+}
+
+#[test]
+fn sealed_history_files_are_bound_to_their_timeline_and_checked() {
+    let d = tempfile::tempdir().unwrap();
+    let h2 = b"1\t0/3000000\tno recovery target specified\n".to_vec();
+    let h3 = b"1\t0/3000000\tno recovery target specified\n2\t0/5000000\tafter point\n".to_vec();
+    let mut a = open_enc(d.path(), 1).unwrap();
+    a.store_history(tl(2), &h2).unwrap();
+    a.store_history(tl(3), &h3).unwrap();
+    // Idempotent for the same content, a conflict for other content.
+    a.store_history(tl(2), &h2).unwrap();
+    assert!(matches!(
+        a.store_history(tl(2), &h3),
+        Err(WalArchiveError::HistoryConflict { .. })
+    ));
+    assert_eq!(a.history(tl(3)).unwrap().unwrap(), h3);
+    let f = a
+        .read_file(&WalFileName::History { timeline: tl(2) })
+        .unwrap()
+        .unwrap();
+    assert_eq!(f.content, h2);
+    drop(a);
+
+    let p2 = d.path().join("00000002.history.klio");
+    let p3 = d.path().join("00000003.history.klio");
+    // Without the key: refused, naming the file.
+    let e = WalArchive::open_existing(d.path()).unwrap_err();
+    assert!(matches!(e, WalArchiveError::Encrypted { .. }), "{e}");
+
+    // One history swapped for the other: refused, saying so.
+    let orig2 = std::fs::read(&p2).unwrap();
+    std::fs::copy(&p3, &p2).unwrap();
+    let a = open_enc(d.path(), 1).unwrap();
+    let e = a.history(tl(2)).unwrap_err().to_string();
+    assert!(e.contains("history file of timeline 3"), "{e}");
+    // A flipped byte: refused.
+    let mut flipped = orig2.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    std::fs::write(&p2, &flipped).unwrap();
+    let e = a.history(tl(2)).unwrap_err();
+    assert!(matches!(e, WalArchiveError::Crypto { .. }), "{e}");
+    std::fs::write(&p2, &orig2).unwrap();
+    assert_eq!(a.history(tl(2)).unwrap().unwrap(), h2);
 }
