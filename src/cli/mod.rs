@@ -1,13 +1,16 @@
 //! Argument definitions and dispatch to the library functions.
 
 mod certs;
+mod get_wal;
 mod keys;
 pub(crate) mod logging;
 mod pg_args;
+mod prepare_recovery;
 mod receive_wal;
 mod restore_wal;
 mod send_wal;
 mod server;
+mod server_args;
 mod signals;
 
 use std::process::ExitCode;
@@ -37,6 +40,10 @@ enum Command {
     RestoreWal(restore_wal::Args),
     /// Stream WAL from PostgreSQL to a Klio server (zero data loss as synchronous standby).
     SendWal(send_wal::Args),
+    /// restore_command served by the Klio server: fetch %f into %p, prefetching ahead.
+    GetWal(get_wal::Args),
+    /// Prepare a restored data directory to recover from the Klio server (target, signal).
+    PrepareRecovery(prepare_recovery::Args),
     /// The Klio server.
     Server(server::Args),
     /// Create a private CA, the server certificate and per-cluster client certificates.
@@ -50,6 +57,8 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::ReceiveWal(a) => receive_wal::run(a),
         Command::RestoreWal(a) => restore_wal::run(a),
         Command::SendWal(a) => send_wal::run(a),
+        Command::GetWal(a) => get_wal::run(a),
+        Command::PrepareRecovery(a) => prepare_recovery::run(a),
         Command::Server(a) => server::run(a),
         Command::Certs(a) => certs::run(a),
         Command::Keys(a) => keys::run(a),

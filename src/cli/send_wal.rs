@@ -1,12 +1,10 @@
 //! `klio send-wal`.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use klio_client::send_wal::{SendWalOptions, send_wal};
-use klio_client::server_link::ServerEndpoint;
 use klio_proto::klio::ClusterName;
 
 /// Stream WAL from PostgreSQL to a Klio server, in real time.
@@ -33,24 +31,11 @@ pub(crate) struct Args {
         env = "KLIO_SLOT"
     )]
     slot: String,
-    /// The Klio server, host:port.
-    #[arg(long, value_name = "HOST:PORT", env = "KLIO_SERVER")]
-    server: String,
-    /// Name to verify in the server's certificate (default: the host of --server).
-    #[arg(long, value_name = "NAME", env = "KLIO_SERVER_NAME")]
-    server_name: Option<String>,
+    #[command(flatten)]
+    server: super::server_args::ServerArgs,
     /// The cluster this client streams (its certificate must be for klio@CLUSTER).
     #[arg(long, value_name = "CLUSTER", env = "KLIO_CLUSTER")]
     cluster: String,
-    /// CA certificate that signed the server's certificate.
-    #[arg(long, value_name = "FILE", env = "KLIO_TLS_CA")]
-    tls_ca: PathBuf,
-    /// This cluster's client certificate.
-    #[arg(long, value_name = "FILE", env = "KLIO_TLS_CERT")]
-    tls_cert: PathBuf,
-    /// The client certificate's private key.
-    #[arg(long, value_name = "FILE", env = "KLIO_TLS_KEY")]
-    tls_key: PathBuf,
     /// Seconds between status updates sent to PostgreSQL when nothing else happens.
     #[arg(short = 's', long, value_name = "SECS", default_value_t = 10)]
     status_interval: u64,
@@ -64,13 +49,7 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
     let cluster = ClusterName::new(&a.cluster).context("in --cluster")?;
     let opts = SendWalOptions {
         pg,
-        server: ServerEndpoint {
-            address: a.server,
-            server_name: a.server_name,
-            ca: a.tls_ca,
-            cert: a.tls_cert,
-            key: a.tls_key,
-        },
+        server: a.server.endpoint(),
         cluster,
         slot: a.slot,
         status_interval: Duration::from_secs(a.status_interval.max(1)),

@@ -9,13 +9,20 @@
 //! - [`server_link`]: QUIC with mutual TLS to a Klio server, framed streams.
 //! - [`send_wal`]: `klio send-wal`, streaming WAL to a Klio server with flush = durable acks.
 //!
-//! Later: `get-wal`, backup and restore.
+//! - [`get_wal`]: `klio get-wal`, a `restore_command` served by the Klio server, with a
+//!   prefetching spool; [`recovery_config`]: a data directory prepared for recovery to a
+//!   target.
+//!
+//! Later: backup and restore.
 #![forbid(unsafe_code)]
 
+mod atomic_file;
 pub mod conn_string;
 pub mod connection;
 mod error;
+pub mod get_wal;
 pub mod receive;
+pub mod recovery_config;
 pub mod restore_wal;
 pub mod send_wal;
 pub mod server_link;

@@ -4,9 +4,7 @@
 //! of the complete segment: it is pre-padded with zeros, so recovery replays up to the last
 //! streamed byte and then ends cleanly, with no manual renaming.
 
-use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use klio_wal::{SegmentSize, WalFileName};
@@ -80,32 +78,18 @@ pub fn restore_from_directory(
 }
 
 fn copy_atomically(source: &Path, dest: &Path) -> Result<(), RestoreWalError> {
-    let io_err = |action, path: &Path| {
-        let path = path.to_owned();
-        move |source| RestoreWalError::Io {
+    let bytes = std::fs::read(source).map_err(|e| RestoreWalError::Io {
+        action: "read",
+        path: source.to_owned(),
+        source: e,
+    })?;
+    crate::atomic_file::write_atomically(dest, &bytes).map_err(|(action, path, source)| {
+        RestoreWalError::Io {
             action,
             path,
             source,
         }
-    };
-    let mut tmp_name = dest.as_os_str().to_owned();
-    tmp_name.push(".klio-tmp");
-    let tmp = PathBuf::from(tmp_name);
-    let mut src = File::open(source).map_err(io_err("open", source))?;
-    let mut out = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io_err("create", &tmp))?;
-    io::copy(&mut src, &mut out).map_err(io_err("copy to", &tmp))?;
-    // PostgreSQL may read the file right after the rename; make the bytes durable first so a
-    // crash never leaves a complete-looking but empty file under its final name.
-    out.sync_all().map_err(io_err("fsync", &tmp))?;
-    drop(out);
-    std::fs::rename(&tmp, dest).map_err(io_err("rename to", dest))?;
-    Ok(())
+    })
 }
 
 #[cfg(test)]

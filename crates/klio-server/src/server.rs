@@ -55,7 +55,13 @@ pub(crate) struct Shared {
     pub(crate) registry: Registry,
     /// How archives store WAL (encrypted with these keys, or plain).
     pub(crate) storage: klio_store::wal_archive::StorageOptions,
+    /// Files being read for restores at once (each is held whole in memory while sent).
+    pub(crate) file_reads: tokio::sync::Semaphore,
 }
+
+/// Files read for restores at the same time, across all clients: bounds the server's memory
+/// (a 16 MiB segment each) whatever the clients' prefetch settings.
+const CONCURRENT_FILE_READS: usize = 16;
 
 impl Shared {
     /// The WAL archive directory of a cluster.
@@ -120,6 +126,7 @@ impl Server {
                 data_dir: config.data_dir.clone(),
                 registry: Registry::default(),
                 storage,
+                file_reads: tokio::sync::Semaphore::new(CONCURRENT_FILE_READS),
             }),
             _lock: lock,
         })

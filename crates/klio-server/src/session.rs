@@ -173,30 +173,143 @@ async fn serve(shared: &Arc<Shared>, cluster: &ClusterName, io: &mut Framed) -> 
             let archive = blocking(move || open_and_rotate(&dir, identity, storage)).await??;
             wal_session(archive, lease, io).await
         }
-        Some(Message::GetPosition { timeline }) => {
-            let mut next = Some(Message::GetPosition { timeline });
-            while let Some(msg) = next {
-                let Message::GetPosition { timeline } = msg else {
-                    return Err(End::Refused(
-                        ErrorCode::BadRequest,
-                        "only GetPosition may follow GetPosition before Hello".to_owned(),
-                    ));
-                };
-                let dir = shared.wal_dir(cluster);
-                let keyring = shared.storage.keyring.clone();
-                let answer = blocking(move || position_of(&dir, keyring, timeline)).await??;
-                io.send(&[answer]).await?;
-                next = io.next().await?;
-            }
-            Ok(())
+        Some(first @ (Message::GetPosition { .. } | Message::GetFile { .. })) => {
+            read_session(shared, cluster, io, first).await
         }
         Some(other) => Err(End::Refused(
             ErrorCode::BadRequest,
             format!(
-                "the first message must be Hello or GetPosition, not {:#04x}",
+                "the first message must be Hello, GetPosition or GetFile, not {:#04x}",
                 other.tag()
             ),
         )),
+    }
+}
+
+/// Answers position queries and file requests, in order, until the client finishes the stream.
+async fn read_session(
+    shared: &Arc<Shared>,
+    cluster: &ClusterName,
+    io: &mut Framed,
+    first: Message,
+) -> Result<(), End> {
+    let mut next = Some(first);
+    while let Some(msg) = next {
+        match msg {
+            Message::GetPosition { timeline } => {
+                let dir = shared.wal_dir(cluster);
+                let keyring = shared.storage.keyring.clone();
+                let answer = blocking(move || position_of(&dir, keyring, timeline)).await??;
+                io.send(&[answer]).await?;
+            }
+            Message::GetFile { name } => send_file(shared, cluster, io, name).await?,
+            other => {
+                return Err(End::Refused(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "only GetPosition and GetFile may follow a read request, not {:#04x}",
+                        other.tag()
+                    ),
+                ));
+            }
+        }
+        next = io.next().await?;
+    }
+    Ok(())
+}
+
+/// Plaintext bytes per `FileData` frame.
+const FILE_CHUNK: usize = 1 << 20;
+
+/// Sends one archived file (decrypted, checked) as `FileData` frames and `FileEnd`, or
+/// `NoSuchFile`.
+async fn send_file(
+    shared: &Arc<Shared>,
+    cluster: &ClusterName,
+    io: &mut Framed,
+    name: String,
+) -> Result<(), End> {
+    let _permit = shared
+        .file_reads
+        .acquire()
+        .await
+        .map_err(|_| End::Refused(ErrorCode::Internal, "server shutting down".to_owned()))?;
+    let dir = shared.wal_dir(cluster);
+    let keyring = shared.storage.keyring.clone();
+    let wanted = name.clone();
+    let file = blocking(move || read_archived(&dir, keyring, &wanted)).await??;
+    let Some(file) = file else {
+        tracing::debug!("restore: {name} not in the archive");
+        return io.send(&[Message::NoSuchFile { name }]).await;
+    };
+    let crc = crc32c::crc32c(&file.content);
+    let content = bytes::Bytes::from(file.content);
+    for chunk in content.chunks(FILE_CHUNK) {
+        io.send(&[Message::FileData {
+            data: content.slice_ref(chunk),
+        }])
+        .await?;
+    }
+    io.send(&[Message::FileEnd {
+        size: content.len() as u64,
+        crc32c: crc,
+        partial: file.partial,
+    }])
+    .await?;
+    tracing::info!(
+        "restore: sent {name} ({} bytes{})",
+        content.len(),
+        if file.partial {
+            format!(
+                ", in progress: {} bytes of WAL, zero-padded",
+                file.valid_len
+            )
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
+
+/// A segment or history file of the archive at `dir`, by PostgreSQL name.
+fn read_archived(
+    dir: &std::path::Path,
+    keyring: Option<klio_crypto::Keyring>,
+    name: &str,
+) -> Result<Option<klio_store::wal_archive::ArchivedFile>, End> {
+    if !dir.exists() {
+        return Ok(None);
+    }
+    let archive = WalArchive::open_existing_with(dir, keyring).map_err(read_error)?;
+    let parsed = klio_wal::WalFileName::parse(name, archive.identity().segment_size)
+        .ok()
+        .filter(|n| {
+            matches!(
+                n,
+                klio_wal::WalFileName::Segment { .. } | klio_wal::WalFileName::History { .. }
+            )
+        })
+        .ok_or_else(|| {
+            End::Refused(
+                ErrorCode::BadRequest,
+                format!(
+                    "{name:?} is not the name of a WAL segment or timeline history file of this \
+                     cluster"
+                ),
+            )
+        })?;
+    archive.read_file(&parsed).map_err(read_error)
+}
+
+/// Damage found while reading for a restore is not worth retrying: say so.
+fn read_error(e: WalArchiveError) -> End {
+    use WalArchiveError as E;
+    match e {
+        E::DamagedSegment { .. }
+        | E::DamagedJournal { .. }
+        | E::Crypto { .. }
+        | E::Encrypted { .. } => End::Refused(ErrorCode::DamagedFile, e.to_string()),
+        other => other.into(),
     }
 }
 

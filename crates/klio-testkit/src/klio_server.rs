@@ -124,6 +124,20 @@ impl KlioServer {
         self.data_dir.join("clusters").join(cluster).join("wal")
     }
 
+    /// `--server` and the `--tls-*` options of a client of `cluster`.
+    pub fn client_args(&self, certs: &TestCerts, cluster: &str) -> Vec<std::ffi::OsString> {
+        vec![
+            "--server".into(),
+            self.address().into(),
+            "--tls-ca".into(),
+            certs.file("ca.pem").into(),
+            "--tls-cert".into(),
+            certs.file(&format!("client-{cluster}.pem")).into(),
+            "--tls-key".into(),
+            certs.file(&format!("client-{cluster}.key")).into(),
+        ]
+    }
+
     /// The whole server log.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -219,13 +233,8 @@ pub fn start_klio_send_wal(
 ) -> BackgroundProcess {
     let mut cmd = as_postgres(exe);
     cmd.args(["send-wal", "-v", "-d", &pg.tcp_connstr(), "-S", slot])
-        .args(["--server", &server.address(), "--cluster", cluster])
-        .arg("--tls-ca")
-        .arg(certs.file("ca.pem"))
-        .arg("--tls-cert")
-        .arg(certs.file(&format!("client-{cluster}.pem")))
-        .arg("--tls-key")
-        .arg(certs.file(&format!("client-{cluster}.key")))
+        .args(["--cluster", cluster])
+        .args(server.client_args(certs, cluster))
         .args(["--max-reconnect-delay", "1", "-s", "1"]);
     BackgroundProcess::spawn("klio send-wal", &mut cmd, log)
 }

@@ -407,6 +407,24 @@ impl PgServer {
     /// with `restore_command` (and no synchronous standby), starts the server and waits until
     /// recovery has ended and it accepts writes.
     pub fn recover_from_backup(&mut self, backup: &Path, restore_command: &str) {
+        self.replace_data_with_backup(backup);
+        let data = self.data_dir();
+        std::fs::write(data.join("recovery.signal"), b"").expect("write recovery.signal");
+        give_to_postgres(&data.join("recovery.signal"));
+        append_conf(
+            &data,
+            &format!(
+                "restore_command = '{}'",
+                restore_command.replace('\'', "''")
+            ),
+        );
+        self.start_and_finish_recovery();
+    }
+
+    /// After a crash or stop: replaces the data directory with a copy of `backup`, with no
+    /// synchronous standby configured (nothing would acknowledge commits after recovery).
+    /// Configure recovery, then call [`PgServer::start_and_finish_recovery`].
+    pub fn replace_data_with_backup(&mut self, backup: &Path) {
         assert!(
             self.stopped,
             "stop or kill9 the server before replacing its data"
@@ -414,15 +432,12 @@ impl PgServer {
         let data = self.data_dir();
         std::fs::remove_dir_all(&data).expect("delete PGDATA");
         run_ok(as_postgres("cp").arg("-a").arg(backup).arg(&data));
-        std::fs::write(data.join("recovery.signal"), b"").expect("write recovery.signal");
-        give_to_postgres(&data.join("recovery.signal"));
-        append_conf(
-            &data,
-            &format!(
-                "synchronous_standby_names = ''\nrestore_command = '{}'",
-                restore_command.replace('\'', "''")
-            ),
-        );
+        append_conf(&data, "synchronous_standby_names = ''");
+    }
+
+    /// Starts on the existing data directory and waits until recovery has ended and the
+    /// server accepts writes.
+    pub fn start_and_finish_recovery(&mut self) {
         self.start_existing();
         wait_until("recovery to finish", Duration::from_secs(300), || {
             let r = self.try_psql("SELECT pg_is_in_recovery()");

@@ -63,6 +63,18 @@ pub enum ServerLinkError {
     /// The server closed the stream.
     #[error("the Klio server closed the stream")]
     Closed,
+    /// The TLS handshake failed: one side refused the other's certificate. A daemon may retry
+    /// (certificates may be replaced), a one-shot command should report it at once.
+    #[error("TLS handshake with the Klio server {address} failed: {reason}")]
+    Handshake {
+        /// The address.
+        address: String,
+        /// The TLS alert, and what to check.
+        reason: String,
+    },
+    /// The server's answer does not make sense (wrong message, size or checksum).
+    #[error("unexpected answer from the Klio server {0}")]
+    Unexpected(String),
 }
 
 impl ServerLinkError {
@@ -123,7 +135,20 @@ impl ServerConnection {
             .connect(addr, &server_name)
             .map_err(|e| conn_err(e.to_string()))?
             .await
-            .map_err(|e| conn_err(e.to_string()))?;
+            .map_err(|e| {
+                if is_tls_failure(&e) {
+                    ServerLinkError::Handshake {
+                        address: cfg.address.clone(),
+                        reason: format!(
+                            "{e}; check that --tls-ca signed the server's certificate (and that \
+                             it names {server_name}), and that the server trusts this client \
+                             certificate"
+                        ),
+                    }
+                } else {
+                    conn_err(e.to_string())
+                }
+            })?;
         Ok(ServerConnection {
             endpoint,
             conn,
@@ -149,6 +174,18 @@ impl ServerConnection {
         self.conn.close(0u32.into(), b"done");
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.endpoint.wait_idle())
             .await;
+    }
+}
+
+/// A handshake that ended in a TLS alert (either side refused a certificate): retrying
+/// cannot help.
+fn is_tls_failure(e: &quinn::ConnectionError) -> bool {
+    // QUIC carries TLS alerts as the transport error codes 0x100..=0x1ff (RFC 9001, 4.8).
+    let is_crypto = |code: quinn::TransportErrorCode| (0x100..=0x1ff).contains(&u64::from(code));
+    match e {
+        quinn::ConnectionError::TransportError(t) => is_crypto(t.code),
+        quinn::ConnectionError::ConnectionClosed(c) => is_crypto(c.error_code),
+        _ => false,
     }
 }
 

@@ -32,6 +32,9 @@ pub enum ErrorCode {
     UnsupportedVersion,
     /// An unexpected server-side failure.
     Internal,
+    /// A stored file failed its integrity checks (damaged, truncated, swapped, or sealed with
+    /// a key the server does not have); the server will not send wrong bytes.
+    DamagedFile,
     /// A code this version does not know.
     Unknown(u16),
 }
@@ -49,6 +52,7 @@ impl ErrorCode {
             ErrorCode::ReadOnly => 8,
             ErrorCode::UnsupportedVersion => 9,
             ErrorCode::Internal => 10,
+            ErrorCode::DamagedFile => 11,
             ErrorCode::Unknown(c) => c,
         }
     }
@@ -65,6 +69,7 @@ impl ErrorCode {
             8 => ErrorCode::ReadOnly,
             9 => ErrorCode::UnsupportedVersion,
             10 => ErrorCode::Internal,
+            11 => ErrorCode::DamagedFile,
             c => ErrorCode::Unknown(c),
         }
     }
@@ -140,6 +145,32 @@ pub enum Message {
         /// Durable LSN on it, if any.
         durable: Option<Lsn>,
     },
+    /// Client → server: send the file of this cluster's archive named `name` (a segment or
+    /// a `.history` file, PostgreSQL's name as restore_command gets it).
+    GetFile {
+        /// The file's name.
+        name: String,
+    },
+    /// Server → client: the next bytes of the file asked for (plaintext, in order).
+    FileData {
+        /// The bytes.
+        data: Bytes,
+    },
+    /// Server → client: the file asked for is complete.
+    FileEnd {
+        /// Bytes sent in `FileData` frames.
+        size: u64,
+        /// CRC-32C of those bytes, so that the client (and its spool) can check its copy.
+        crc32c: u32,
+        /// The segment is still being streamed: these are its durable bytes so far,
+        /// zero-padded to the segment size. It will change; do not cache it.
+        partial: bool,
+    },
+    /// Server → client: the archive has no file of that name.
+    NoSuchFile {
+        /// The file's name.
+        name: String,
+    },
     /// Either direction: the session ends because of this error.
     Error {
         /// What kind of error.
@@ -159,6 +190,10 @@ pub(super) mod tag {
     pub(crate) const GET_POSITION: u8 = b'P';
     pub(crate) const POSITION: u8 = b'p';
     pub(crate) const ERROR: u8 = b'E';
+    pub(crate) const GET_FILE: u8 = b'F';
+    pub(crate) const FILE_DATA: u8 = b'd';
+    pub(crate) const FILE_END: u8 = b'e';
+    pub(crate) const NO_SUCH_FILE: u8 = b'n';
 }
 
 fn put_str(out: &mut BytesMut, s: &str) {
@@ -185,6 +220,10 @@ impl Message {
             Message::GetPosition { .. } => tag::GET_POSITION,
             Message::Position { .. } => tag::POSITION,
             Message::Error { .. } => tag::ERROR,
+            Message::GetFile { .. } => tag::GET_FILE,
+            Message::FileData { .. } => tag::FILE_DATA,
+            Message::FileEnd { .. } => tag::FILE_END,
+            Message::NoSuchFile { .. } => tag::NO_SUCH_FILE,
         }
     }
 
@@ -235,6 +274,17 @@ impl Message {
             Message::Error { code, message } => {
                 out.put_u16(code.to_u16());
                 put_str(out, message);
+            }
+            Message::GetFile { name } | Message::NoSuchFile { name } => put_str(out, name),
+            Message::FileData { data } => out.put_slice(data),
+            Message::FileEnd {
+                size,
+                crc32c,
+                partial,
+            } => {
+                out.put_u64(*size);
+                out.put_u32(*crc32c);
+                out.put_u8(u8::from(*partial));
             }
         }
         let len = (out.len() - len_at - 4) as u32;
@@ -391,6 +441,28 @@ mod decode {
                 code: ErrorCode::from_u16(r.u16()?),
                 message: r.string()?,
             },
+            tag::GET_FILE => Message::GetFile { name: r.string()? },
+            tag::NO_SUCH_FILE => Message::NoSuchFile { name: r.string()? },
+            tag::FILE_DATA => Message::FileData { data: r.rest() },
+            tag::FILE_END => {
+                let size = r.u64()?;
+                let crc32c = r.u32()?;
+                let partial = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    b => {
+                        return Err(KlioProtocolError::Malformed {
+                            tag: t,
+                            reason: format!("partial flag {b}, expected 0 or 1"),
+                        });
+                    }
+                };
+                Message::FileEnd {
+                    size,
+                    crc32c,
+                    partial,
+                }
+            }
             other => return Err(KlioProtocolError::UnknownTag(other)),
         };
         r.end()?;

@@ -64,6 +64,25 @@ fn samples() -> Vec<Message> {
             code: ErrorCode::Unknown(999),
             message: String::new(),
         },
+        Message::GetFile {
+            name: "000000010000000000000003".to_owned(),
+        },
+        Message::FileData {
+            data: Bytes::from_static(b"segment bytes"),
+        },
+        Message::FileEnd {
+            size: 16 << 20,
+            crc32c: 0xdead_beef,
+            partial: true,
+        },
+        Message::FileEnd {
+            size: 0,
+            crc32c: 0,
+            partial: false,
+        },
+        Message::NoSuchFile {
+            name: "00000002.history".to_owned(),
+        },
     ]
 }
 
@@ -121,6 +140,14 @@ fn hostile_frames_are_errors() {
     trailing.extend_from_slice(&[0]);
     assert!(matches!(
         dec.decode(&mut trailing),
+        Err(KlioProtocolError::Malformed { .. })
+    ));
+    let mut bad_flag = BytesMut::new();
+    bad_flag.extend_from_slice(&[b'e', 0, 0, 0, 13]);
+    bad_flag.extend_from_slice(&[0u8; 12]);
+    bad_flag.extend_from_slice(&[2]);
+    assert!(matches!(
+        dec.decode(&mut bad_flag),
         Err(KlioProtocolError::Malformed { .. })
     ));
     let mut bad_name = BytesMut::new();

@@ -1,0 +1,207 @@
+//! Recovery through the Klio server only: `klio prepare-recovery` + `klio get-wal` as
+//! restore_command, against real PostgreSQL 15.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use klio_testkit::{
+    KlioServer, PgOptions, PgServer, TestCerts, TestDir, TickLoop, as_postgres, assert_same_dump,
+    pgbench_in_background, run_ok, start_klio_send_wal,
+};
+
+/// `klio prepare-recovery` on `pg`'s data directory (as the postgres user, who owns it).
+fn prepare_recovery(
+    exe: &Path,
+    pg: &PgServer,
+    server: &KlioServer,
+    certs: &TestCerts,
+    extra: &[&str],
+) {
+    run_ok(
+        as_postgres(exe)
+            .arg("prepare-recovery")
+            .arg("-D")
+            .arg(pg.data_dir())
+            .args(server.client_args(certs, "pg1"))
+            .args(extra),
+    );
+}
+
+fn streamed_primary(name: &str) -> (PgServer, TestDir, std::path::PathBuf, TestCerts, KlioServer) {
+    let pg = PgServer::start(PgOptions {
+        wal_segsize_mb: 1,
+        conf: vec!["synchronous_standby_names = 'klio'".to_owned()],
+        ..PgOptions::default()
+    });
+    let work = TestDir::new(name);
+    let exe = klio_exe(&work);
+    let certs = TestCerts::create(&exe, &work.subdir("certs"), &["pg1"]);
+    let server = KlioServer::start(&exe, &work, &certs);
+    (pg, work, exe, certs, server)
+}
+
+#[test]
+fn golden_recovery_through_get_wal_only() {
+    let (mut pg, work, exe, certs, server) = streamed_primary("get-wal-golden");
+    let mut client = start_klio_send_wal(
+        &exe,
+        &pg,
+        &server,
+        &certs,
+        "pg1",
+        "klio",
+        &work.path().join("send-wal.log"),
+    );
+    pg.wait_for_sync_standby("klio");
+    let backup = work.path().join("backup");
+    pg.base_backup_without_wal(&backup);
+
+    let ticks = TickLoop::start(&pg, &work, 500);
+    pg.pgbench(&["-i", "-s", "5", "-q"]);
+    let mut bench = pgbench_in_background(
+        &pg,
+        &["-T", "8", "-c", "2"],
+        &work.path().join("pgbench.log"),
+    );
+    pg.psql(
+        "CREATE TABLE big AS SELECT g AS id, md5(g::text) AS h FROM generate_series(1, 200000) g",
+    );
+    assert_eq!(
+        bench.wait(std::time::Duration::from_secs(60)),
+        Some(0),
+        "pgbench"
+    );
+    ticks.wait_for_more(5);
+    let last_id = ticks.stop();
+    let before = pg.dumpall();
+    pg.kill9();
+    client.stop();
+
+    pg.replace_data_with_backup(&backup);
+    prepare_recovery(&exe, &pg, &server, &certs, &[]);
+    let conf = std::fs::read_to_string(pg.data_dir().join("postgresql.auto.conf")).unwrap();
+    assert!(conf.contains("get-wal %f %p"), "{conf}");
+    pg.start_and_finish_recovery();
+
+    let after = pg.dumpall();
+    assert_same_dump(work.path(), &before, &after);
+    assert_eq!(
+        pg.psql("SELECT count(*), max(id) FROM ticks"),
+        format!("{last_id}|{last_id}"),
+        "every committed tick, and the last one"
+    );
+    // The last segment was in progress on the server: served zero-padded, replayed to its end.
+    assert!(
+        server.log().contains("in progress"),
+        "the partial segment was served"
+    );
+    assert!(
+        pg.log().contains("restored log file"),
+        "PostgreSQL restored files through get-wal"
+    );
+}
+
+/// Prefetched segments are served from the spool (here with the server stopped), and a
+/// spooled copy that no longer matches the server's checksum is never served.
+#[test]
+fn prefetched_segments_come_from_the_spool_and_only_when_intact() {
+    let (pg, work, exe, certs, mut server) = streamed_primary("get-wal-spool");
+    let mut client = start_klio_send_wal(
+        &exe,
+        &pg,
+        &server,
+        &certs,
+        "pg1",
+        "klio",
+        &work.path().join("send-wal.log"),
+    );
+    pg.wait_for_sync_standby("klio");
+    pg.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 10) g");
+    let first = pg.switch_wal();
+    for _ in 0..8 {
+        pg.psql("INSERT INTO t SELECT generate_series(1, 20000)");
+        pg.switch_wal();
+    }
+    pg.psql("INSERT INTO t VALUES (1)");
+    client.stop();
+    let first = pg.psql(&format!("SELECT pg_walfile_name('{first}')"));
+    let seg = |n: u64| {
+        let base = u64::from_str_radix(&first[16..], 16).unwrap();
+        format!("{}{:08X}", &first[..16], base + n)
+    };
+
+    let spool = work.path().join("spool");
+    let out = work.subdir("restored");
+    let client_args = server.client_args(&certs, "pg1");
+    let get = |name: &str| {
+        klio_testkit::run(
+            Command::new(&exe)
+                .args(["get-wal", name])
+                .arg(out.join(name))
+                .args(&client_args)
+                .arg("--spool-dir")
+                .arg(&spool)
+                .args(["--prefetch", "4", "--timeout", "2"]),
+        )
+    };
+    // The first call fetches from the server and starts the prefetcher for the next four.
+    let r = get(&seg(1));
+    assert!(r.success(), "{}", r.stderr);
+    klio_testkit::wait_until(
+        "the prefetcher to fill the spool",
+        std::time::Duration::from_secs(30),
+        || {
+            let n = std::fs::read_dir(&spool)
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().file_name().len() == 33)
+                .count();
+            (n == 4).then_some(())
+        },
+    );
+    let original = std::fs::read(server.wal_dir("pg1").join(seg(3))).unwrap();
+
+    server.kill9();
+    for n in 2..=3 {
+        let r = get(&seg(n));
+        assert!(r.success(), "segment {n} from the spool: {}", r.stderr);
+    }
+    // The spool's copies are exactly the server's.
+    assert_eq!(std::fs::read(out.join(seg(3))).unwrap(), original);
+    // Damage the spooled copy of segment 4: it is not served; the server is down, so the
+    // call fails with 255 (PostgreSQL stops recovery) instead of serving wrong bytes.
+    let spooled4 = std::fs::read_dir(&spool)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with(&seg(4))
+        })
+        .expect("segment 4 spooled");
+    let mut bytes = std::fs::read(&spooled4).unwrap();
+    bytes[5000] ^= 0x40;
+    std::fs::write(&spooled4, &bytes).unwrap();
+    let r = get(&seg(4));
+    assert_eq!(r.code, Some(255), "{}", r.stderr);
+    assert!(r.stderr.contains("did not answer"), "{}", r.stderr);
+    assert!(!out.join(seg(4)).exists(), "no file written");
+
+    // With the server back, the segment comes from the server, intact.
+    server.restart();
+    let r = get(&seg(4));
+    assert!(r.success(), "{}", r.stderr);
+    assert_eq!(
+        std::fs::read(out.join(seg(4))).unwrap(),
+        std::fs::read(server.wal_dir("pg1").join(seg(4))).unwrap()
+    );
+    // A name outside the archive: exit 1 (end of recovery); a bad name: 255.
+    let r = get("000000010000000A00000000");
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    let r = get("../../etc/passwd");
+    assert_eq!(r.code, Some(255), "{}", r.stderr);
+}
