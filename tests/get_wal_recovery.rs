@@ -205,3 +205,112 @@ fn prefetched_segments_come_from_the_spool_and_only_when_intact() {
     let r = get("../../etc/passwd");
     assert_eq!(r.code, Some(255), "{}", r.stderr);
 }
+
+/// Recovery to a timestamp, to an LSN and to a named restore point stops exactly there: the
+/// rows committed before the target are present, none committed after it.
+#[test]
+fn point_in_time_recovery_stops_exactly_at_the_target() {
+    let (mut pg, work, exe, certs, server) = streamed_primary("get-wal-pitr");
+    let mut client = start_klio_send_wal(
+        &exe,
+        &pg,
+        &server,
+        &certs,
+        "pg1",
+        "klio",
+        &work.path().join("send-wal.log"),
+    );
+    pg.wait_for_sync_standby("klio");
+    let backup = work.path().join("backup");
+    pg.base_backup_without_wal(&backup);
+
+    pg.psql("CREATE TABLE events (phase int, n int)");
+    pg.psql("INSERT INTO events SELECT 1, g FROM generate_series(1, 1000) g");
+    pg.psql("SELECT pg_create_restore_point('after-phase-1')");
+    let lsn = pg.psql("SELECT pg_current_wal_insert_lsn()");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let time = pg.psql("SELECT clock_timestamp()");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    pg.psql("INSERT INTO events SELECT 2, g FROM generate_series(1, 1000) g");
+    pg.switch_wal();
+    pg.psql("INSERT INTO events VALUES (3, 0)");
+    pg.kill9();
+    client.stop();
+
+    for (target, value) in [
+        ("--target-time", time.as_str()),
+        ("--target-lsn", lsn.as_str()),
+        ("--target-name", "after-phase-1"),
+    ] {
+        pg.replace_data_with_backup(&backup);
+        prepare_recovery(
+            &exe,
+            &pg,
+            &server,
+            &certs,
+            &[target, value, "--target-action", "promote"],
+        );
+        pg.start_and_finish_recovery();
+        assert_eq!(
+            pg.psql("SELECT phase, count(*) FROM events GROUP BY phase ORDER BY phase"),
+            "1|1000",
+            "recovery with {target} {value}: phase 1 complete, nothing after"
+        );
+        pg.stop();
+    }
+}
+
+/// A promoted standby's timeline: recovery from a backup taken on timeline 1 follows the
+/// archived `00000002.history` to timeline 2 and replays what was written there.
+#[test]
+fn recovery_follows_a_timeline_switch() {
+    let mut primary = PgServer::start(PgOptions {
+        wal_segsize_mb: 1,
+        ..PgOptions::default()
+    });
+    let mut standby = PgServer::standby_of(&primary);
+    let work = TestDir::new("get-wal-timeline");
+    let exe = klio_exe(&work);
+    let certs = TestCerts::create(&exe, &work.subdir("certs"), &["pg1"]);
+    let server = KlioServer::start(&exe, &work, &certs);
+    let mut client = start_klio_send_wal(
+        &exe,
+        &standby,
+        &server,
+        &certs,
+        "pg1",
+        "klio",
+        &work.path().join("send-wal.log"),
+    );
+    standby.wait_for_flush("klio", &standby.psql("SELECT pg_last_wal_replay_lsn()"));
+    let backup = work.path().join("backup");
+    primary.base_backup_without_wal(&backup);
+
+    primary.psql("CREATE TABLE t (phase int, n int)");
+    primary.psql("INSERT INTO t SELECT 1, g FROM generate_series(1, 500) g");
+    primary.switch_wal();
+    standby.wait_for_flush("klio", &primary.current_lsn());
+    standby.promote();
+    standby.psql("INSERT INTO t SELECT 2, g FROM generate_series(1, 500) g");
+    standby.switch_wal();
+    standby.psql("INSERT INTO t VALUES (3, 0)");
+    standby.wait_for_flush("klio", &standby.current_lsn());
+    client.stop();
+    standby.kill9();
+    primary.kill9();
+
+    primary.replace_data_with_backup(&backup);
+    prepare_recovery(&exe, &primary, &server, &certs, &[]);
+    primary.start_and_finish_recovery();
+    assert_eq!(
+        primary.psql("SELECT phase, count(*) FROM t GROUP BY phase ORDER BY phase"),
+        "1|500\n2|500\n3|1",
+        "the rows of both timelines"
+    );
+    assert!(
+        primary
+            .log()
+            .contains("restored log file \"00000002.history\""),
+        "recovery read the history file through get-wal"
+    );
+}
