@@ -1,17 +1,19 @@
 //! PostgreSQL write-ahead-log primitives for Klio and for any Rust tool that handles WAL.
 //!
 //! Synchronous and small on purpose: LSN and segment arithmetic, WAL file names, page header
-//! validation, a synthetic WAL generator, and a segment directory writer that follows
-//! pg_receivewal's durability rules exactly.
+//! validation, a record walker that checks WAL byte for byte, a synthetic WAL generator, and a
+//! segment directory writer that follows pg_receivewal's durability rules exactly.
 #![forbid(unsafe_code)]
 
 mod file_name;
 mod lsn;
 pub mod page;
+pub mod record_walk;
 mod segment;
 pub mod segment_dir;
 pub mod synth;
 mod timeline;
+pub mod timeline_history;
 
 pub use file_name::{ParseWalFileNameError, WalFileName, WalFileNameDisplay};
 pub use lsn::{Lsn, ParseLsnError};
@@ -19,3 +21,4 @@ pub use page::{LongPageHeader, PageHeader, PageHeaderError, WalMagic};
 pub use segment::{InvalidSegmentSize, SegmentNo, SegmentPiece, SegmentSize, SegmentSplit};
 pub use synth::{SynthConfig, SynthConfigError, SynthStats, SyntheticSegment, SyntheticWal};
 pub use timeline::{InvalidTimeline, TimelineId};
+pub use timeline_history::{HistoryEntry, HistoryParseError, parse_history};
