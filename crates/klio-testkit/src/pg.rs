@@ -408,6 +408,12 @@ impl PgServer {
     /// recovery has ended and it accepts writes.
     pub fn recover_from_backup(&mut self, backup: &Path, restore_command: &str) {
         self.replace_data_with_backup(backup);
+        self.configure_archive_recovery(restore_command);
+        self.start_and_finish_recovery();
+    }
+
+    /// With the server stopped: `recovery.signal` and `restore_command` in its data directory.
+    pub fn configure_archive_recovery(&self, restore_command: &str) {
         let data = self.data_dir();
         std::fs::write(data.join("recovery.signal"), b"").expect("write recovery.signal");
         give_to_postgres(&data.join("recovery.signal"));
@@ -418,7 +424,6 @@ impl PgServer {
                 restore_command.replace('\'', "''")
             ),
         );
-        self.start_and_finish_recovery();
     }
 
     /// After a crash or stop: replaces the data directory with a copy of `backup`, with no

@@ -3,23 +3,28 @@
 //! ```text
 //! cargo build --release --bin klio
 //! cargo run --release -p klio-bench -- sync-commit --klio target/release/klio
+//! cargo run --release -p klio-bench -- recovery --klio target/release/klio --wal-mib 2048
 //! ```
 
 use std::path::PathBuf;
 
+use klio_bench::recovery::RecoveryOptions;
 use klio_bench::sync_commit::{SyncCommitOptions, run};
 
 fn usage() -> ! {
     eprintln!(
-        "usage: klio-bench sync-commit --klio PATH [--rounds N] [--seconds S] [--clients C] [--scale K]"
+        "usage: klio-bench sync-commit --klio PATH [--rounds N] [--seconds S] [--clients C] [--scale K]\n\
+         \x20      klio-bench recovery --klio PATH [--rounds N] [--wal-mib M]"
     );
     std::process::exit(2)
 }
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    if args.next().as_deref() != Some("sync-commit") {
-        usage();
+    match args.next().as_deref() {
+        Some("sync-commit") => {}
+        Some("recovery") => return recovery(args),
+        _ => usage(),
     }
     let mut klio: Option<PathBuf> = None;
     let mut opts = SyncCommitOptions {
@@ -42,5 +47,25 @@ fn main() {
     }
     let klio = klio.unwrap_or_else(|| usage());
     let report = run(&klio, &opts);
+    println!("{}", report.markdown());
+}
+
+fn recovery(mut args: impl Iterator<Item = String>) {
+    let mut klio: Option<PathBuf> = None;
+    let mut opts = RecoveryOptions {
+        rounds: 2,
+        wal_mib: 2048,
+    };
+    while let Some(flag) = args.next() {
+        let value = args.next().unwrap_or_else(|| usage());
+        match flag.as_str() {
+            "--klio" => klio = Some(PathBuf::from(&value)),
+            "--rounds" => opts.rounds = value.parse().unwrap_or_else(|_| usage()),
+            "--wal-mib" => opts.wal_mib = value.parse().unwrap_or_else(|_| usage()),
+            _ => usage(),
+        }
+    }
+    let klio = klio.unwrap_or_else(|| usage());
+    let report = klio_bench::recovery::run(&klio, &opts);
     println!("{}", report.markdown());
 }

@@ -1,0 +1,188 @@
+//! Recovery speed: PostgreSQL replaying the same WAL with `restore_command = 'klio get-wal
+//! ...'` (from the Klio server, with prefetching) against `cp` from a local directory (the
+//! floor), taking turns in one run.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use klio_testkit::{
+    KlioServer, PgOptions, PgServer, TestCerts, TestDir, as_postgres, run_ok, start_klio_send_wal,
+};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct RecoveryOptions {
+    /// Rounds; each recovers once with each contender.
+    pub rounds: u32,
+    /// WAL to generate and recover, in MiB.
+    pub wal_mib: u64,
+}
+
+/// One recovery.
+#[derive(Clone, Debug)]
+pub struct RecoverySample {
+    /// `cp` or `klio get-wal`.
+    pub contender: &'static str,
+    /// Round number.
+    pub round: u32,
+    /// From starting PostgreSQL to the end of recovery.
+    pub seconds: f64,
+}
+
+/// Every recovery and the ratio of mean times (klio / cp).
+#[derive(Clone, Debug)]
+pub struct RecoveryReport {
+    /// WAL replayed, in bytes.
+    pub wal_bytes: u64,
+    /// Every run, in order.
+    pub samples: Vec<RecoverySample>,
+}
+
+impl RecoveryReport {
+    fn mean(&self, c: &str) -> f64 {
+        let v: Vec<f64> = self
+            .samples
+            .iter()
+            .filter(|s| s.contender == c)
+            .map(|s| s.seconds)
+            .collect();
+        v.iter().sum::<f64>() / v.len().max(1) as f64
+    }
+
+    /// Mean recovery time with get-wal over mean time with cp.
+    pub fn ratio(&self) -> f64 {
+        self.mean(KLIO) / self.mean(CP)
+    }
+
+    /// A markdown table.
+    pub fn markdown(&self) -> String {
+        let mut s = format!(
+            "WAL replayed: {:.0} MiB\n\n| round | restore_command | seconds | MiB/s |\n|---|---|---|---|\n",
+            self.wal_bytes as f64 / 1048576.0
+        );
+        for x in &self.samples {
+            s += &format!(
+                "| {} | {} | {:.2} | {:.0} |\n",
+                x.round,
+                x.contender,
+                x.seconds,
+                self.wal_bytes as f64 / 1048576.0 / x.seconds
+            );
+        }
+        s += &format!(
+            "\nmean seconds: klio get-wal {:.2}, cp {:.2}; ratio get-wal/cp = {:.3}\n",
+            self.mean(KLIO),
+            self.mean(CP),
+            self.ratio()
+        );
+        s
+    }
+}
+
+const KLIO: &str = "klio get-wal";
+const CP: &str = "cp";
+
+/// Runs the comparison with the `klio` binary at `klio`.
+pub fn run(klio: &Path, opts: &RecoveryOptions) -> RecoveryReport {
+    let mut pg = PgServer::start(PgOptions {
+        conf: vec![
+            "max_wal_size = 8GB".to_owned(),
+            "checkpoint_timeout = 1h".to_owned(),
+            "shared_buffers = 256MB".to_owned(),
+        ],
+        ..PgOptions::default()
+    });
+    let work = TestDir::new("bench-recovery");
+    let exe = work.install_exe(klio);
+    let certs = TestCerts::create(&exe, &work.subdir("certs"), &["bench"]);
+    let server = KlioServer::start(&exe, &work, &certs);
+    let mut client = start_klio_send_wal(
+        &exe,
+        &pg,
+        &server,
+        &certs,
+        "bench",
+        "klio",
+        &work.path().join("send-wal.log"),
+    );
+    pg.wait_for_flush("klio", &pg.current_lsn());
+    let backup = work.path().join("backup");
+    pg.base_backup_without_wal(&backup);
+    let start = pg.current_lsn();
+
+    pg.pgbench(&["-i", "-q", "-s", "20"]);
+    loop {
+        let done: u64 = pg
+            .psql(&format!(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{start}')::bigint"
+            ))
+            .parse()
+            .unwrap_or(0);
+        eprintln!("generated {} MiB of WAL", done >> 20);
+        if done >= opts.wal_mib << 20 {
+            break;
+        }
+        pg.pgbench(&["-N", "-T", "10", "-c", "4", "-j", "2"]);
+    }
+    pg.switch_wal();
+    let end = pg.current_lsn();
+    pg.wait_for_flush("klio", &end);
+    let wal_bytes: u64 = pg
+        .psql(&format!(
+            "SELECT pg_wal_lsn_diff('{end}', '{start}')::bigint"
+        ))
+        .parse()
+        .unwrap_or(0);
+    client.stop();
+    pg.stop();
+
+    // The floor: the same WAL as plain files in a local directory.
+    let local = work.subdir("local-wal");
+    for e in std::fs::read_dir(server.wal_dir("bench")).expect("read the archive") {
+        let p = e.expect("entry").path();
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.len() == 24 || name.ends_with(".history") {
+            std::fs::copy(&p, local.join(name)).expect("copy a segment");
+        }
+    }
+    run_ok(
+        std::process::Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&local),
+    );
+
+    let mut samples = Vec::new();
+    for round in 0..opts.rounds {
+        let order = if round % 2 == 0 {
+            [CP, KLIO]
+        } else {
+            [KLIO, CP]
+        };
+        for contender in order {
+            pg.replace_data_with_backup(&backup);
+            if contender == CP {
+                pg.configure_archive_recovery(&format!("cp {}/%f %p", local.display()));
+            } else {
+                run_ok(
+                    as_postgres(&exe)
+                        .arg("prepare-recovery")
+                        .arg("-D")
+                        .arg(pg.data_dir())
+                        .args(server.client_args(&certs, "bench")),
+                );
+            }
+            let t = Instant::now();
+            pg.start_and_finish_recovery();
+            let seconds = t.elapsed().as_secs_f64();
+            eprintln!("round {round}: {contender} {seconds:.2} s");
+            samples.push(RecoverySample {
+                contender,
+                round,
+                seconds,
+            });
+            pg.stop();
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    RecoveryReport { wal_bytes, samples }
+}
