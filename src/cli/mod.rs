@@ -12,6 +12,7 @@ mod send_wal;
 mod server;
 mod server_args;
 mod signals;
+mod verify;
 
 use std::process::ExitCode;
 
@@ -50,6 +51,8 @@ enum Command {
     Certs(certs::Args),
     /// Key files for encryption at rest.
     Keys(keys::Args),
+    /// Check a cluster's archive: continuous, intact, and what it can recover.
+    Verify(verify::Args),
 }
 
 pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -62,5 +65,6 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Server(a) => server::run(a),
         Command::Certs(a) => certs::run(a),
         Command::Keys(a) => keys::run(a),
+        Command::Verify(a) => verify::run(a),
     }
 }

@@ -5,7 +5,7 @@
 //! - WAL ingest: one writer per cluster, batches of frames applied to the cluster's
 //!   `klio_store::wal_archive::WalArchive` with one fsync each, durable positions acknowledged.
 //! - [`config`]: the YAML file with environment and flag overrides; [`certs`]: `klio certs`;
-//!   [`keys`]: key files for encryption at rest (`klio keys`).
+//!   [`keys`]: key files for encryption at rest (`klio keys`); [`verify`]: `klio verify`.
 //!
 //! Later: backup catalog, restore serving, Tier 2 relay, retention. The binary only parses
 //! flags and calls in here.
@@ -20,6 +20,7 @@ mod registry;
 pub mod server;
 mod session;
 pub mod tls;
+pub mod verify;
 
 pub use config::{ConfigError, ServerConfig, ServerOverrides};
 pub use server::{Server, ServerError};

@@ -50,6 +50,7 @@ mod read;
 mod recover;
 mod rotate;
 mod sealed;
+mod verify;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -65,6 +66,7 @@ pub use read::{
     TimelineListing, inspect_journal, inspect_journal_with,
 };
 pub use rotate::RewrapSummary;
+pub use verify::{VerifyProblem, VerifyReport, WalPoint};
 
 use journal::JournalWriter;
 
