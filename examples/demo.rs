@@ -1,7 +1,8 @@
 //! A guided demo on local defaults: a throw-away PostgreSQL 15 streams its WAL with
 //! `klio send-wal` to a `klio server` (QUIC, mutual TLS, certificates from `klio certs`) as its
-//! synchronous standby, crashes, and is recovered from a base backup plus the server's archive
-//! alone, down to the last committed row.
+//! synchronous standby, crashes, has its archive checked with `klio verify`, and is recovered
+//! from a base backup plus `klio get-wal` alone (set up by `klio prepare-recovery`), down to
+//! the last committed row.
 //!
 //! Run it with `scripts/demo` (which builds `klio` first), or
 //! `cargo run --example demo -- target/debug/klio`.
@@ -82,34 +83,27 @@ fn main() {
     step("Crashing PostgreSQL with kill -9");
     pg.kill9();
     sender.stop();
-    let archive = work.subdir("archive-copy");
-    let summary = klio_store::wal_archive::WalArchive::open_existing(&server.wal_dir("demo"))
-        .expect("open the server's archive")
-        .export_to_directory(&archive)
-        .expect("copy the archive");
-    klio_testkit::run_ok(
-        std::process::Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(&archive),
+    step("Checking the server's archive: klio verify (continuous, every record's checksum)");
+    let verify = klio_testkit::run(
+        std::process::Command::new(&exe)
+            .args(["verify", "--cluster", "demo", "--data-dir"])
+            .arg(server.data_dir()),
     );
-    println!(
-        "    the server's archive: {} complete segments, {} in progress (copied to {})",
-        summary.segments,
-        summary.partials,
-        archive.display()
-    );
+    print!("{}", verify.stdout.replace("\n  ", "\n      "));
+    assert!(verify.success(), "klio verify: {}", verify.stderr);
 
     step(
-        "Replacing its data directory with the base backup; restore_command = 'klio restore-wal %f %p -D <copy of the archive>'",
+        "Replacing its data directory with the base backup; klio prepare-recovery sets restore_command = 'klio get-wal %f %p ...'",
     );
-    pg.recover_from_backup(
-        &backup,
-        &format!(
-            "{} restore-wal %f %p -D {}",
-            exe.display(),
-            archive.display()
-        ),
+    pg.replace_data_with_backup(&backup);
+    klio_testkit::run_ok(
+        klio_testkit::as_postgres(&exe)
+            .arg("prepare-recovery")
+            .arg("-D")
+            .arg(pg.data_dir())
+            .args(server.client_args(&certs, "demo")),
     );
+    pg.start_and_finish_recovery();
 
     step("Checking the recovered cluster");
     let marker = pg.psql("SELECT note FROM demo_marker");
