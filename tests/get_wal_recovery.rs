@@ -30,7 +30,17 @@ fn prepare_recovery(
     );
 }
 
-fn streamed_primary(name: &str) -> (PgServer, TestDir, std::path::PathBuf, TestCerts, KlioServer) {
+/// A primary (1 MiB segments) streaming to a fresh Klio server as its synchronous standby.
+struct Streamed {
+    pg: PgServer,
+    work: TestDir,
+    exe: std::path::PathBuf,
+    certs: TestCerts,
+    server: KlioServer,
+    client: klio_testkit::BackgroundProcess,
+}
+
+fn streamed_primary(name: &str) -> Streamed {
     let pg = PgServer::start(PgOptions {
         wal_segsize_mb: 1,
         conf: vec!["synchronous_standby_names = 'klio'".to_owned()],
@@ -40,13 +50,7 @@ fn streamed_primary(name: &str) -> (PgServer, TestDir, std::path::PathBuf, TestC
     let exe = klio_exe(&work);
     let certs = TestCerts::create(&exe, &work.subdir("certs"), &["pg1"]);
     let server = KlioServer::start(&exe, &work, &certs);
-    (pg, work, exe, certs, server)
-}
-
-#[test]
-fn golden_recovery_through_get_wal_only() {
-    let (mut pg, work, exe, certs, server) = streamed_primary("get-wal-golden");
-    let mut client = start_klio_send_wal(
+    let client = start_klio_send_wal(
         &exe,
         &pg,
         &server,
@@ -56,6 +60,26 @@ fn golden_recovery_through_get_wal_only() {
         &work.path().join("send-wal.log"),
     );
     pg.wait_for_sync_standby("klio");
+    Streamed {
+        pg,
+        work,
+        exe,
+        certs,
+        server,
+        client,
+    }
+}
+
+#[test]
+fn golden_recovery_through_get_wal_only() {
+    let Streamed {
+        mut pg,
+        work,
+        exe,
+        certs,
+        server,
+        mut client,
+    } = streamed_primary("get-wal-golden");
     let backup = work.path().join("backup");
     pg.base_backup_without_wal(&backup);
 
@@ -76,6 +100,9 @@ fn golden_recovery_through_get_wal_only() {
     );
     ticks.wait_for_more(5);
     let last_id = ticks.stop();
+    // The last commit goes into a fresh segment, which is still in progress at the crash.
+    pg.switch_wal();
+    pg.psql("CREATE TABLE last_words AS SELECT 'committed last' AS note");
     let before = pg.dumpall();
     pg.kill9();
     client.stop();
@@ -93,6 +120,7 @@ fn golden_recovery_through_get_wal_only() {
         format!("{last_id}|{last_id}"),
         "every committed tick, and the last one"
     );
+    assert_eq!(pg.psql("SELECT note FROM last_words"), "committed last");
     // The last segment was in progress on the server: served zero-padded, replayed to its end.
     assert!(
         server.log().contains("in progress"),
@@ -108,17 +136,14 @@ fn golden_recovery_through_get_wal_only() {
 /// spooled copy that no longer matches the server's checksum is never served.
 #[test]
 fn prefetched_segments_come_from_the_spool_and_only_when_intact() {
-    let (pg, work, exe, certs, mut server) = streamed_primary("get-wal-spool");
-    let mut client = start_klio_send_wal(
-        &exe,
-        &pg,
-        &server,
-        &certs,
-        "pg1",
-        "klio",
-        &work.path().join("send-wal.log"),
-    );
-    pg.wait_for_sync_standby("klio");
+    let Streamed {
+        pg,
+        work,
+        exe,
+        certs,
+        mut server,
+        mut client,
+    } = streamed_primary("get-wal-spool");
     pg.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 10) g");
     let first = pg.switch_wal();
     for _ in 0..8 {
@@ -210,17 +235,14 @@ fn prefetched_segments_come_from_the_spool_and_only_when_intact() {
 /// rows committed before the target are present, none committed after it.
 #[test]
 fn point_in_time_recovery_stops_exactly_at_the_target() {
-    let (mut pg, work, exe, certs, server) = streamed_primary("get-wal-pitr");
-    let mut client = start_klio_send_wal(
-        &exe,
-        &pg,
-        &server,
-        &certs,
-        "pg1",
-        "klio",
-        &work.path().join("send-wal.log"),
-    );
-    pg.wait_for_sync_standby("klio");
+    let Streamed {
+        mut pg,
+        work,
+        exe,
+        certs,
+        server,
+        mut client,
+    } = streamed_primary("get-wal-pitr");
     let backup = work.path().join("backup");
     pg.base_backup_without_wal(&backup);
 

@@ -121,16 +121,21 @@ fn is_permanent(e: &ServerLinkError) -> bool {
     matches!(e, ServerLinkError::Handshake { .. }) || !e.is_retryable()
 }
 
-/// Connects, retrying transient failures with backoff until `timeout`.
-pub(crate) async fn connect_with_retry(
+/// Runs `attempt` until it succeeds, fails permanently, or `opts.timeout` has passed,
+/// waiting longer between tries (0.1 s doubling to 5 s).
+async fn with_retry<T, Fut>(
     opts: &GetWalOptions,
     name: &str,
-) -> Result<ServerConnection, GetWalError> {
+    mut attempt: impl FnMut() -> Fut,
+) -> Result<T, GetWalError>
+where
+    Fut: std::future::Future<Output = Result<T, ServerLinkError>>,
+{
     let start = Instant::now();
     let mut delay = Duration::from_millis(100);
     loop {
-        match ServerConnection::connect(&opts.server).await {
-            Ok(c) => return Ok(c),
+        match attempt().await {
+            Ok(v) => return Ok(v),
             Err(e) if is_permanent(&e) => {
                 return Err(GetWalError::Server {
                     name: name.to_owned(),
@@ -153,39 +158,26 @@ pub(crate) async fn connect_with_retry(
     }
 }
 
-/// Fetches `name` with retries (connection and transient server errors) until the timeout.
+/// Connects, retrying transient failures until the timeout.
+pub(crate) async fn connect_with_retry(
+    opts: &GetWalOptions,
+    name: &str,
+) -> Result<ServerConnection, GetWalError> {
+    with_retry(opts, name, || ServerConnection::connect(&opts.server)).await
+}
+
+/// Fetches `name` on a fresh connection, retrying transient failures until the timeout.
 async fn fetch_with_retry(
     opts: &GetWalOptions,
     name: &str,
 ) -> Result<Option<FetchedFile>, GetWalError> {
-    let start = Instant::now();
-    let mut delay = Duration::from_millis(100);
-    loop {
-        let conn = connect_with_retry(opts, name).await?;
+    with_retry(opts, name, || async {
+        let conn = ServerConnection::connect(&opts.server).await?;
         let r = fetch_file(&conn, name).await;
         conn.close().await;
-        match r {
-            Ok(f) => return Ok(f),
-            Err(e) if is_permanent(&e) => {
-                return Err(GetWalError::Server {
-                    name: name.to_owned(),
-                    source: e,
-                });
-            }
-            Err(e) if start.elapsed() + delay > opts.timeout => {
-                return Err(GetWalError::Unreachable {
-                    name: name.to_owned(),
-                    waited: start.elapsed(),
-                    source: e,
-                });
-            }
-            Err(e) => {
-                tracing::warn!("{e}; retrying in {delay:?}");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
+        r
+    })
+    .await
 }
 
 /// How long a call waits for a segment the running prefetcher is about to deliver before
