@@ -24,11 +24,30 @@ impl Output {
     }
 }
 
+/// Runs `start` again while it fails with ETXTBSY. Tests copy the klio executable into their
+/// own directory while other test threads fork: a child forked while the copy is still open
+/// for writing holds that descriptor until it execs, and executing the copy meanwhile fails
+/// with "Text file busy". It clears within milliseconds.
+pub(crate) fn retry_text_file_busy<T>(
+    mut start: impl FnMut() -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    const ETXTBSY: i32 = 26;
+    let mut tries = 0;
+    loop {
+        match start() {
+            Err(e) if e.raw_os_error() == Some(ETXTBSY) && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Runs `cmd` to completion and returns its output, whatever the exit status.
 pub fn run(cmd: &mut Command) -> Output {
     let cmdline = format!("{cmd:?}");
-    let out = cmd
-        .output()
+    let out = retry_text_file_busy(|| cmd.output())
         .unwrap_or_else(|e| panic!("could not run {cmdline}: {e}"));
     Output {
         code: out.status.code(),

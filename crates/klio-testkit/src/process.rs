@@ -24,11 +24,10 @@ impl BackgroundProcess {
             .open(log)
             .expect("open process log");
         let err = out.try_clone().expect("clone log handle");
-        let child = cmd
-            .stdin(Stdio::null())
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .spawn()
+            .stderr(Stdio::from(err));
+        let child = crate::command::retry_text_file_busy(|| cmd.spawn())
             .unwrap_or_else(|e| panic!("could not start {name} ({cmd:?}): {e}"));
         BackgroundProcess {
             name: name.to_owned(),
