@@ -296,8 +296,8 @@ pub fn should_prefetch(opts: &GetWalOptions) -> bool {
     if spool.prefetcher_running() {
         return false;
     }
-    (1..=opts.prefetch_depth).any(|n| {
-        last.after(n)
-            .is_some_and(|k| !spool.contains(&k.name()).unwrap_or(false))
-    })
+    let Ok(spooled) = spool.names() else {
+        return false;
+    };
+    (1..=opts.prefetch_depth).any(|n| last.after(n).is_some_and(|k| !spooled.contains(&k.name())))
 }

@@ -47,12 +47,8 @@ pub async fn prefetch(opts: &GetWalOptions) -> Result<PrefetchSummary, GetWalErr
                 .collect();
             let names: Vec<String> = window.iter().map(SpoolKey::name).collect();
             spool.retain(&names)?;
-            let mut missing = Vec::new();
-            for n in names {
-                if !spool.contains(&n)? {
-                    missing.push(n);
-                }
-            }
+            let spooled = spool.names()?;
+            let missing: Vec<String> = names.into_iter().filter(|n| !spooled.contains(n)).collect();
             if !missing.is_empty() {
                 let c = match &conn {
                     Some(c) => Arc::clone(c),

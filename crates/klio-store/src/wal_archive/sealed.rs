@@ -174,6 +174,26 @@ impl SegmentWriter {
     }
 }
 
+/// Decrypts and authenticates the sealed object read from `path` (binding not yet checked).
+fn open_object(
+    path: &Path,
+    bytes: &[u8],
+    action: &'static str,
+    ctx: &Ctx<'_>,
+) -> Result<Vec<u8>, WalArchiveError> {
+    let Some(keyring) = ctx.keyring else {
+        return Err(WalArchiveError::Encrypted {
+            path: path.to_owned(),
+            key_id: klio_crypto::object_key_id(bytes).ok(),
+        });
+    };
+    klio_crypto::open(keyring, bytes).map_err(|source| WalArchiveError::Crypto {
+        action,
+        path: path.to_owned(),
+        source,
+    })
+}
+
 /// Opens the bytes of the sealed segment `timeline`/`segno` read from `path`: the segment, or
 /// why it cannot be trusted.
 pub(super) fn open_sealed(
@@ -183,18 +203,7 @@ pub(super) fn open_sealed(
     segno: SegmentNo,
     ctx: &Ctx<'_>,
 ) -> Result<Vec<u8>, WalArchiveError> {
-    let Some(keyring) = ctx.keyring else {
-        return Err(WalArchiveError::Encrypted {
-            path: path.to_owned(),
-            key_id: klio_crypto::object_key_id(bytes).ok(),
-        });
-    };
-    let mut plain =
-        klio_crypto::open(keyring, bytes).map_err(|source| WalArchiveError::Crypto {
-            action: "decrypt WAL segment",
-            path: path.to_owned(),
-            source,
-        })?;
+    let mut plain = open_object(path, bytes, "decrypt WAL segment", ctx)?;
     let expected_len = BINDING_LEN as u64 + ctx.size.bytes_u64();
     if plain.len() as u64 != expected_len {
         return Err(WalArchiveError::DamagedSegment {
@@ -292,18 +301,7 @@ pub(super) fn read_sealed_history(
     let Some(bytes) = durable::read_optional(path)? else {
         return Ok(None);
     };
-    let Some(keyring) = ctx.keyring else {
-        return Err(WalArchiveError::Encrypted {
-            path: path.to_owned(),
-            key_id: klio_crypto::object_key_id(&bytes).ok(),
-        });
-    };
-    let mut plain =
-        klio_crypto::open(keyring, &bytes).map_err(|source| WalArchiveError::Crypto {
-            action: "decrypt history file",
-            path: path.to_owned(),
-            source,
-        })?;
+    let mut plain = open_object(path, &bytes, "decrypt history file", ctx)?;
     if plain.len() < BINDING_LEN {
         return Err(WalArchiveError::DamagedSegment {
             path: path.to_owned(),
