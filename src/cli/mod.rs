@@ -6,6 +6,7 @@ mod keys;
 pub(crate) mod logging;
 mod pg_args;
 mod prepare_recovery;
+mod progress;
 mod receive_wal;
 mod restore_wal;
 mod send_wal;
@@ -13,6 +14,7 @@ mod server;
 mod server_args;
 mod signals;
 mod verify;
+mod wal_player;
 
 use std::process::ExitCode;
 
@@ -53,6 +55,8 @@ enum Command {
     Keys(keys::Args),
     /// Check a cluster's archive: continuous, intact, and what it can recover.
     Verify(verify::Args),
+    /// Benchmark a Klio server: generate synthetic WAL and stream it with many clients.
+    WalPlayer(wal_player::Args),
 }
 
 pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -66,5 +70,6 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Certs(a) => certs::run(a),
         Command::Keys(a) => keys::run(a),
         Command::Verify(a) => verify::run(a),
+        Command::WalPlayer(a) => wal_player::run(a),
     }
 }

@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 mod atomic_file;
+pub mod client_config;
 pub mod conn_string;
 pub mod connection;
 mod error;
@@ -28,6 +29,7 @@ pub mod send_wal;
 pub mod server_link;
 mod shutdown;
 mod tls;
+pub mod wal_player;
 
 pub use conn_string::{ConnConfig, ConnParams, ConnStringError, Host, SslMode};
 pub use connection::{CopyEvent, ReplicationConnection};

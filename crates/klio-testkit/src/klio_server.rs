@@ -114,6 +114,11 @@ impl KlioServer {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// The running server's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(BackgroundProcess::pid)
+    }
+
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir

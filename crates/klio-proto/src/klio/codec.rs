@@ -5,9 +5,10 @@ use bytes::{Buf, BytesMut};
 use super::Message;
 use super::message::decode_payload;
 
-/// The default limit for one frame's payload: WAL arrives in pieces of at most a few hundred
-/// KiB, so 8 MiB leaves room without letting a peer make us allocate without bound.
-pub const DEFAULT_MAX_FRAME_LEN: usize = 8 << 20;
+/// The default limit for one frame's payload: a block of WAL of up to 8 MiB (the largest
+/// `wal-player --block-size`) plus its header, without letting a peer make us allocate without
+/// bound.
+pub const DEFAULT_MAX_FRAME_LEN: usize = (8 << 20) + 4096;
 
 /// A Klio frame could not be decoded; the stream can no longer be trusted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
