@@ -1,10 +1,21 @@
-//! The WAL player (`klio wal-player generate/play`, later) and the side-by-side comparison
-//! harness.
+//! The side-by-side comparison harness (`klio-bench`): Klio against the machine's limits and
+//! against its peers, contenders taking turns in one run, results as ratios.
 //!
-//! [`sync_commit`] measures pgbench TPS with Klio as the synchronous standby against
-//! pg_receivewal `--synchronous`, alternating the two in one run on one machine; [`recovery`]
-//! times PostgreSQL's recovery of the same WAL through `klio get-wal` and through `cp`.
+//! - [`ingest`]: `klio wal-player play` against fsync'd disk writes and pgBackRest
+//!   `archive-push`.
+//! - [`streaming`]: CPU per GB and flush lag of `klio send-wal` and `pg_receivewal`.
+//! - [`sync_commit`]: pgbench TPS with Klio as synchronous standby against
+//!   `pg_receivewal --synchronous`.
+//! - [`recovery`]: PostgreSQL recovering the same WAL through `klio get-wal` and through `cp`.
+//! - [`compare`]: all of them, with [`machine`] figures, as markdown and JSON.
+//!
+//! The WAL Player itself is `klio wal-player` (library: `klio_client::wal_player`).
 #![forbid(unsafe_code)]
 
+pub mod compare;
+pub mod ingest;
+pub mod machine;
 pub mod recovery;
+mod setup;
+pub mod streaming;
 pub mod sync_commit;

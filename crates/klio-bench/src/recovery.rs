@@ -19,7 +19,7 @@ pub struct RecoveryOptions {
 }
 
 /// One recovery.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct RecoverySample {
     /// `cp` or `klio get-wal`.
     pub contender: &'static str,
@@ -30,7 +30,7 @@ pub struct RecoverySample {
 }
 
 /// Every recovery and the ratio of mean times (klio / cp).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct RecoveryReport {
     /// WAL replayed, in bytes.
     pub wal_bytes: u64,
@@ -39,7 +39,8 @@ pub struct RecoveryReport {
 }
 
 impl RecoveryReport {
-    fn mean(&self, c: &str) -> f64 {
+    /// Mean seconds of contender `c` ([`KLIO`] or [`CP`]).
+    pub fn mean(&self, c: &str) -> f64 {
         let v: Vec<f64> = self
             .samples
             .iter()
@@ -79,8 +80,10 @@ impl RecoveryReport {
     }
 }
 
-const KLIO: &str = "klio get-wal";
-const CP: &str = "cp";
+/// The Klio contender.
+pub const KLIO: &str = "klio get-wal";
+/// The floor: `cp` from a local directory.
+pub const CP: &str = "cp";
 
 /// Runs the comparison with the `klio` binary at `klio`.
 pub fn run(klio: &Path, opts: &RecoveryOptions) -> RecoveryReport {

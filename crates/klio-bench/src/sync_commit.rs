@@ -24,7 +24,7 @@ pub struct SyncCommitOptions {
 }
 
 /// One pgbench run.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Sample {
     /// `klio` or `pg_receivewal`.
     pub contender: &'static str,
@@ -35,7 +35,7 @@ pub struct Sample {
 }
 
 /// All samples and the ratio of means (klio / pg_receivewal).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct SyncCommitReport {
     /// Every run, in order.
     pub samples: Vec<Sample>,

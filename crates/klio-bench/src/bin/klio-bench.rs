@@ -1,71 +1,156 @@
 //! `klio-bench`: comparison runs on this machine. Measures; asserts nothing.
 //!
 //! ```text
-//! cargo build --release --bin klio
-//! cargo run --release -p klio-bench -- sync-commit --klio target/release/klio
-//! cargo run --release -p klio-bench -- recovery --klio target/release/klio --wal-mib 2048
+//! scripts/bench                    # everything, results in bench-results/
+//! cargo run --release -p klio-bench -- ingest --klio target/release/klio
 //! ```
 
 use std::path::PathBuf;
 
-use klio_bench::recovery::RecoveryOptions;
-use klio_bench::sync_commit::{SyncCommitOptions, run};
+use clap::{Parser, Subcommand};
+use klio_bench::compare::CompareOptions;
 
-fn usage() -> ! {
-    eprintln!(
-        "usage: klio-bench sync-commit --klio PATH [--rounds N] [--seconds S] [--clients C] [--scale K]\n\
-         \x20      klio-bench recovery --klio PATH [--rounds N] [--wal-mib M]"
-    );
-    std::process::exit(2)
+/// Side-by-side comparisons of Klio with the machine's limits and with its peers.
+#[derive(Debug, Parser)]
+#[command(name = "klio-bench", max_term_width = 100)]
+struct Cli {
+    /// The klio binary to measure (build it with --release).
+    #[arg(
+        long,
+        value_name = "PATH",
+        global = true,
+        default_value = "target/release/klio"
+    )]
+    klio: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Everything: machine, ingest, streaming, synchronous commit, recovery; writes
+    /// results.md and results.json.
+    Compare {
+        /// Where to write the results.
+        #[arg(long, value_name = "DIR", default_value = "bench-results")]
+        out: PathBuf,
+        /// A short run that checks the harness (noisy numbers).
+        #[arg(long)]
+        quick: bool,
+    },
+    /// wal-player play against fsync'd disk writes and pgBackRest archive-push.
+    Ingest {
+        /// Rounds.
+        #[arg(long, default_value_t = 2)]
+        rounds: u32,
+        /// 16 MiB files per run.
+        #[arg(long, default_value_t = 64)]
+        files: usize,
+        /// Parallelism settings.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+        jobs: Vec<usize>,
+    },
+    /// CPU per GB and flush lag: send-wal against pg_receivewal on one pgbench run.
+    Streaming {
+        /// Rounds.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Seconds per pgbench run.
+        #[arg(long, default_value_t = 30)]
+        seconds: u32,
+    },
+    /// pgbench TPS with Klio as synchronous standby against pg_receivewal --synchronous.
+    SyncCommit {
+        /// Rounds.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Seconds per pgbench run.
+        #[arg(long, default_value_t = 20)]
+        seconds: u32,
+        /// pgbench clients.
+        #[arg(long, default_value_t = 8)]
+        clients: u32,
+        /// pgbench scale.
+        #[arg(long, default_value_t = 10)]
+        scale: u32,
+    },
+    /// Recovery time through get-wal against cp.
+    Recovery {
+        /// Rounds.
+        #[arg(long, default_value_t = 2)]
+        rounds: u32,
+        /// WAL to recover, MiB.
+        #[arg(long, default_value_t = 1024)]
+        wal_mib: u64,
+    },
 }
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    match args.next().as_deref() {
-        Some("sync-commit") => {}
-        Some("recovery") => return recovery(args),
-        _ => usage(),
+    let cli = Cli::parse();
+    let klio = std::path::absolute(&cli.klio).unwrap_or(cli.klio);
+    if !klio.is_file() {
+        eprintln!(
+            "klio-bench: {} not found; build it first: cargo build --release --bin klio",
+            klio.display()
+        );
+        std::process::exit(2);
     }
-    let mut klio: Option<PathBuf> = None;
-    let mut opts = SyncCommitOptions {
-        rounds: 3,
-        seconds: 20,
-        clients: 8,
-        scale: 10,
-    };
-    while let Some(flag) = args.next() {
-        let value = args.next().unwrap_or_else(|| usage());
-        let num = || value.parse::<u32>().unwrap_or_else(|_| usage());
-        match flag.as_str() {
-            "--klio" => klio = Some(PathBuf::from(&value)),
-            "--rounds" => opts.rounds = num(),
-            "--seconds" => opts.seconds = num(),
-            "--clients" => opts.clients = num(),
-            "--scale" => opts.scale = num(),
-            _ => usage(),
+    match cli.command {
+        Command::Compare { out, quick } => {
+            let opts = if quick {
+                CompareOptions::quick()
+            } else {
+                CompareOptions::full()
+            };
+            let report = klio_bench::compare::run(&klio, &std::env::temp_dir(), &opts);
+            match report.write(&out) {
+                Ok((md, json)) => {
+                    println!("{}", report.markdown());
+                    eprintln!("wrote {} and {}", md.display(), json.display());
+                }
+                Err(e) => {
+                    eprintln!("klio-bench: cannot write results to {}: {e}", out.display());
+                    std::process::exit(1);
+                }
+            }
+        }
+        Command::Ingest {
+            rounds,
+            files,
+            jobs,
+        } => {
+            let opts = klio_bench::ingest::IngestOptions {
+                rounds,
+                files,
+                jobs,
+            };
+            println!("{}", klio_bench::ingest::run(&klio, &opts).markdown());
+        }
+        Command::Streaming { rounds, seconds } => {
+            let opts = klio_bench::streaming::StreamingOptions {
+                rounds,
+                seconds,
+                ..Default::default()
+            };
+            println!("{}", klio_bench::streaming::run(&klio, &opts).markdown());
+        }
+        Command::SyncCommit {
+            rounds,
+            seconds,
+            clients,
+            scale,
+        } => {
+            let opts = klio_bench::sync_commit::SyncCommitOptions {
+                rounds,
+                seconds,
+                clients,
+                scale,
+            };
+            println!("{}", klio_bench::sync_commit::run(&klio, &opts).markdown());
+        }
+        Command::Recovery { rounds, wal_mib } => {
+            let opts = klio_bench::recovery::RecoveryOptions { rounds, wal_mib };
+            println!("{}", klio_bench::recovery::run(&klio, &opts).markdown());
         }
     }
-    let klio = klio.unwrap_or_else(|| usage());
-    let report = run(&klio, &opts);
-    println!("{}", report.markdown());
-}
-
-fn recovery(mut args: impl Iterator<Item = String>) {
-    let mut klio: Option<PathBuf> = None;
-    let mut opts = RecoveryOptions {
-        rounds: 2,
-        wal_mib: 2048,
-    };
-    while let Some(flag) = args.next() {
-        let value = args.next().unwrap_or_else(|| usage());
-        match flag.as_str() {
-            "--klio" => klio = Some(PathBuf::from(&value)),
-            "--rounds" => opts.rounds = value.parse().unwrap_or_else(|_| usage()),
-            "--wal-mib" => opts.wal_mib = value.parse().unwrap_or_else(|_| usage()),
-            _ => usage(),
-        }
-    }
-    let klio = klio.unwrap_or_else(|| usage());
-    let report = klio_bench::recovery::run(&klio, &opts);
-    println!("{}", report.markdown());
 }

@@ -1,0 +1,218 @@
+//! The whole comparison in one run: machine, ingest, streaming, synchronous commit, recovery;
+//! written as `results.md` and `results.json`.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::ingest::{self, IngestOptions, IngestReport};
+use crate::machine::Machine;
+use crate::recovery::{self, RecoveryOptions, RecoveryReport};
+use crate::streaming::{self, StreamingOptions, StreamingReport};
+use crate::sync_commit::{self, SyncCommitOptions, SyncCommitReport};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct CompareOptions {
+    /// Ingest settings.
+    pub ingest: IngestOptions,
+    /// Streaming settings.
+    pub streaming: StreamingOptions,
+    /// Synchronous commit settings.
+    pub sync_commit: SyncCommitOptions,
+    /// Recovery settings.
+    pub recovery: RecoveryOptions,
+}
+
+impl CompareOptions {
+    /// The full run (about 25 minutes on 2 cores).
+    pub fn full() -> CompareOptions {
+        CompareOptions {
+            ingest: IngestOptions::default(),
+            streaming: StreamingOptions::default(),
+            sync_commit: SyncCommitOptions {
+                rounds: 3,
+                seconds: 20,
+                clients: 8,
+                scale: 10,
+            },
+            recovery: RecoveryOptions {
+                rounds: 2,
+                wal_mib: 1024,
+            },
+        }
+    }
+
+    /// A short run that checks the harness works (a few minutes; numbers are noisy).
+    pub fn quick() -> CompareOptions {
+        CompareOptions {
+            ingest: IngestOptions {
+                rounds: 1,
+                files: 8,
+                jobs: vec![1, 2],
+            },
+            streaming: StreamingOptions {
+                rounds: 1,
+                seconds: 5,
+                clients: 4,
+                scale: 2,
+            },
+            sync_commit: SyncCommitOptions {
+                rounds: 1,
+                seconds: 5,
+                clients: 4,
+                scale: 2,
+            },
+            recovery: RecoveryOptions {
+                rounds: 1,
+                wal_mib: 64,
+            },
+        }
+    }
+}
+
+/// Everything measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct CompareReport {
+    /// When (RFC 3339) and with which klio version.
+    pub started: String,
+    /// `klio --version`.
+    pub klio_version: String,
+    /// `pgbackrest version`.
+    pub pgbackrest_version: String,
+    /// The machine.
+    pub machine: Machine,
+    /// 1. Ingest.
+    pub ingest: IngestReport,
+    /// 2. Streaming.
+    pub streaming: StreamingReport,
+    /// 3. Synchronous commit.
+    pub sync_commit: SyncCommitReport,
+    /// 4. Recovery.
+    pub recovery: RecoveryReport,
+}
+
+fn version(cmd: &mut std::process::Command) -> String {
+    cmd.output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "not found".to_owned())
+}
+
+/// Runs everything with the `klio` binary at `klio`, measuring the disk under `scratch`.
+pub fn run(klio: &Path, scratch: &Path, opts: &CompareOptions) -> CompareReport {
+    let started = humantime_now();
+    let machine = Machine::describe(scratch);
+    eprintln!("{}", machine.markdown());
+    let ingest = ingest::run(klio, &opts.ingest);
+    let streaming = streaming::run(klio, &opts.streaming);
+    let sync_commit = sync_commit::run(klio, &opts.sync_commit);
+    let recovery = recovery::run(klio, &opts.recovery);
+    CompareReport {
+        started,
+        klio_version: version(std::process::Command::new(klio).arg("--version")),
+        pgbackrest_version: version(std::process::Command::new("pgbackrest").arg("version")),
+        machine,
+        ingest,
+        streaming,
+        sync_commit,
+        recovery,
+    }
+}
+
+fn humantime_now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+impl CompareReport {
+    /// The summary table of ratios, then each section's details.
+    pub fn markdown(&self) -> String {
+        let i = &self.ingest;
+        let s = &self.streaming;
+        let mut out = format!(
+            "# Klio comparison run\n\n{} ({}), {}\n\n{}\n## Summary (ratios: Klio / reference)\n\n\
+             | comparison | Klio | reference | ratio |\n|---|---|---|---|\n",
+            self.klio_version,
+            self.pgbackrest_version,
+            self.started,
+            self.machine.markdown()
+        );
+        for j in i.jobs() {
+            let k = i.mean(ingest::KLIO, j);
+            out += &format!(
+                "| ingest, {j} job(s), MB/s | {k:.0} | disk fsync write {:.0} | {:.2} |\n",
+                i.mean(ingest::DISK, j),
+                k / i.mean(ingest::DISK, j)
+            );
+            out += &format!(
+                "| ingest, {j} job(s), MB/s | {k:.0} | pgBackRest archive-push {:.0} | {:.2} |\n",
+                i.mean(ingest::PGBACKREST, j),
+                k / i.mean(ingest::PGBACKREST, j)
+            );
+        }
+        let cpu = |x: &streaming::StreamingSample| x.cpu_s_per_gb;
+        let p50 = |x: &streaming::StreamingSample| x.flush_lag_p50_ms;
+        let p99 = |x: &streaming::StreamingSample| x.flush_lag_p99_ms;
+        for (what, f) in [
+            ("streaming CPU s per GB of WAL", &cpu as &dyn Fn(&_) -> f64),
+            ("streaming flush lag p50, ms", &p50),
+            ("streaming flush lag p99, ms", &p99),
+        ] {
+            out += &format!(
+                "| {what} | {:.2} | pg_receivewal --synchronous {:.2} | {:.2} |\n",
+                s.mean("klio", f),
+                s.mean("pg_receivewal", f),
+                s.mean("klio", f) / s.mean("pg_receivewal", f)
+            );
+        }
+        out += &format!(
+            "| synchronous commit, pgbench TPS | {:.0} | pg_receivewal --synchronous {:.0} | {:.2} |\n",
+            self.sync_commit.klio_mean,
+            self.sync_commit.pg_receivewal_mean,
+            self.sync_commit.ratio()
+        );
+        out += &format!(
+            "| recovery of {:.0} MiB, seconds | {:.2} | cp from a local directory {:.2} | {:.2} |\n",
+            self.recovery.wal_bytes as f64 / 1048576.0,
+            self.recovery.mean(recovery::KLIO),
+            self.recovery.mean(recovery::CP),
+            self.recovery.ratio()
+        );
+        out += "\n## 1. Ingest\n\n";
+        out += &i.markdown();
+        out +=
+            "\n| round | jobs | contender | MB/s | p50 ms | p99 ms |\n|---|---|---|---|---|---|\n";
+        for x in &i.samples {
+            let ms = |v: Option<f64>| v.map_or_else(|| "".to_owned(), |v| format!("{v:.0}"));
+            out += &format!(
+                "| {} | {} | {} | {:.0} | {} | {} |\n",
+                x.round,
+                x.jobs,
+                x.contender,
+                x.mb_per_s,
+                ms(x.p50_ms),
+                ms(x.p99_ms)
+            );
+        }
+        out += "\n## 2. Streaming (both attached to the same pgbench run)\n\n";
+        out += &s.markdown();
+        out += "\n## 3. Synchronous commit\n\n";
+        out += &self.sync_commit.markdown();
+        out += "\n## 4. Recovery\n\n";
+        out += &self.recovery.markdown();
+        out
+    }
+
+    /// Writes `results.md` and `results.json` into `dir`; their paths.
+    pub fn write(&self, dir: &Path) -> std::io::Result<(PathBuf, PathBuf)> {
+        std::fs::create_dir_all(dir)?;
+        let md = dir.join("results.md");
+        let json = dir.join("results.json");
+        std::fs::write(&md, self.markdown())?;
+        std::fs::write(
+            &json,
+            serde_json::to_string_pretty(self).map_err(std::io::Error::other)?,
+        )?;
+        Ok((md, json))
+    }
+}
