@@ -436,6 +436,38 @@ fn apply_batch(
     Ok(BatchResult { replies, ack })
 }
 
+/// Batches carrying at least this much WAL are stored on a blocking thread while the stream
+/// goes on reading: a bulk stream then gets receiving (QUIC, TLS) and storing (sealing, writes,
+/// fsync) on two cores instead of taking turns on one. Smaller batches (a commit's WAL) are
+/// stored inline: a thread hand-off would cost a commit more than it saves.
+const OFFLOAD_BYTES: usize = 1 << 20;
+
+/// How far the stream reads ahead of a batch being stored; beyond it QUIC flow control holds
+/// the client back, which bounds the memory of every stream.
+const READ_AHEAD: usize = 16 << 20;
+
+/// An archive back from storing a batch, with the batch's outcome.
+type Stored = (WalArchive, Result<(BatchResult, Option<TimelineId>), End>);
+
+fn store_batch(
+    mut archive: WalArchive,
+    mut timeline: Option<TimelineId>,
+    frames: Vec<Message>,
+) -> Stored {
+    let r = apply_batch(&mut archive, &mut timeline, frames);
+    (archive, r.map(|r| (r, timeline)))
+}
+
+fn wal_bytes(frames: &[Message]) -> usize {
+    frames
+        .iter()
+        .map(|m| match m {
+            Message::WalData { data, .. } => data.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
 async fn wal_session(
     archive: WalArchive,
     mut lease: WriterLease,
@@ -454,47 +486,93 @@ async fn wal_session(
             |(t, l)| format!("{l} on timeline {t}")
         )
     );
+    // A batch being stored on a blocking thread; only one at a time, so batches stay in order.
+    let mut storing: Option<tokio::task::JoinHandle<Stored>> = None;
+    let result = stream_batches(archive, &mut lease, io, &mut storing).await;
+    if let Some(batch) = storing.take() {
+        // Whatever ended the session, the batch still holds the archive: wait for it, so that
+        // the archive is closed before the lease is released and a new session opens it.
+        let _ = batch.await;
+    }
+    result
+}
+
+/// Reads frames and stores them in batches until the client finishes the stream.
+async fn stream_batches(
+    archive: WalArchive,
+    lease: &mut WriterLease,
+    io: &mut Framed,
+    storing: &mut Option<tokio::task::JoinHandle<Stored>>,
+) -> Result<(), End> {
     let mut archive = Some(archive);
     let mut timeline: Option<TimelineId> = None;
     let mut last_ack: Option<(TimelineId, Lsn)> = None;
+    let mut finished = false;
     loop {
-        let frames = io.drain()?;
-        if !frames.is_empty() {
-            let mut a = archive
-                .take()
-                .ok_or_else(|| End::Refused(ErrorCode::Internal, "archive lost".to_owned()))?;
-            let mut t = timeline;
-            let (a, result) = blocking(move || {
-                let r = apply_batch(&mut a, &mut t, frames);
-                (a, r.map(|r| (r, t)))
-            })
-            .await?;
-            archive = Some(a);
-            let (batch, t) = result?;
-            timeline = t;
-            let mut out = batch.replies;
-            if let Some(ack) = batch.ack.filter(|a| Some(*a) != last_ack) {
-                out.push(Message::Ack {
-                    timeline: ack.0,
-                    durable: ack.1,
-                });
-                last_ack = Some(ack);
+        if storing.is_none() {
+            let frames = io.drain()?;
+            if frames.is_empty() && finished {
+                return Ok(());
             }
-            if !out.is_empty() {
-                io.send(&out).await?;
+            if !frames.is_empty() {
+                let a = archive
+                    .take()
+                    .ok_or_else(|| End::Refused(ErrorCode::Internal, "archive lost".to_owned()))?;
+                let t = timeline;
+                if wal_bytes(&frames) >= OFFLOAD_BYTES {
+                    *storing = Some(tokio::task::spawn_blocking(move || {
+                        store_batch(a, t, frames)
+                    }));
+                } else {
+                    let stored = blocking(move || store_batch(a, t, frames)).await?;
+                    acknowledge(stored, &mut archive, &mut timeline, &mut last_ack, io).await?;
+                    continue;
+                }
             }
         }
-        let more = tokio::select! {
+        tokio::select! {
             _ = lease.preempted() => {
                 return Err(End::Refused(
                     ErrorCode::Preempted,
                     "a newer session of this cluster took over".to_owned(),
                 ));
             }
-            more = io.fill() => more?,
-        };
-        if !more {
-            return Ok(());
+            stored = async { storing.as_mut().expect("checked by the guard").await }, if storing.is_some() => {
+                *storing = None;
+                let stored = stored.map_err(|e| {
+                    End::Refused(ErrorCode::Internal, format!("storage task failed: {e}"))
+                })?;
+                acknowledge(stored, &mut archive, &mut timeline, &mut last_ack, io).await?;
+            }
+            more = io.fill(), if !finished && io.rbuf.len() < READ_AHEAD => {
+                finished = !more?;
+            }
         }
     }
+}
+
+/// Takes the archive back from a stored batch and sends the replies and the new durable
+/// position (only now, after the batch's fsync).
+async fn acknowledge(
+    (a, result): Stored,
+    archive: &mut Option<WalArchive>,
+    timeline: &mut Option<TimelineId>,
+    last_ack: &mut Option<(TimelineId, Lsn)>,
+    io: &mut Framed,
+) -> Result<(), End> {
+    *archive = Some(a);
+    let (batch, t) = result?;
+    *timeline = t;
+    let mut out = batch.replies;
+    if let Some(ack) = batch.ack.filter(|a| Some(*a) != *last_ack) {
+        out.push(Message::Ack {
+            timeline: ack.0,
+            durable: ack.1,
+        });
+        *last_ack = Some(ack);
+    }
+    if !out.is_empty() {
+        io.send(&out).await?;
+    }
+    Ok(())
 }
