@@ -3,7 +3,10 @@
 use std::path::Path;
 use std::process::Command;
 
-use klio_testkit::{KlioServer, TestCerts, TestDir, run_ok};
+use klio_testkit::{
+    BackgroundProcess, KlioServer, PgOptions, PgServer, TestCerts, TestDir, run_ok,
+    start_klio_send_wal, start_pg_receivewal,
+};
 
 /// A Klio server as production runs it: every cluster's WAL compressed (lz4) and encrypted
 /// (AES-256-GCM) at rest, with a new key file in `work`.
@@ -18,4 +21,65 @@ pub(crate) fn start_encrypted_server(exe: &Path, work: &TestDir, certs: &TestCer
         certs,
         &["--encryption-key".as_ref(), key.as_os_str()],
     )
+}
+
+/// One PostgreSQL streaming to both receivers at once: `klio send-wal` (application name
+/// `klio`, slot `klio`) into a Klio server, and `pg_receivewal --synchronous` (application
+/// name `pg_receivewal`, slot `pgrw`) into a directory.
+pub(crate) struct BothReceivers {
+    // Fields drop in order: the receivers stop before the servers they talk to.
+    /// `klio send-wal`.
+    pub(crate) klio: BackgroundProcess,
+    /// `pg_receivewal`.
+    pub(crate) pg_receivewal: BackgroundProcess,
+    /// The Klio server.
+    pub(crate) server: KlioServer,
+    /// PostgreSQL (`max_wal_size = 4GB`, `shared_buffers = 256MB`).
+    pub(crate) pg: PgServer,
+    _work: TestDir,
+}
+
+impl BothReceivers {
+    /// Starts everything with the `klio` binary at `klio`; `encrypted`: the Klio server
+    /// encrypts at rest.
+    pub(crate) fn start(klio: &Path, label: &str, encrypted: bool) -> BothReceivers {
+        let pg = PgServer::start(PgOptions {
+            conf: vec![
+                "max_wal_size = 4GB".to_owned(),
+                "shared_buffers = 256MB".to_owned(),
+            ],
+            ..PgOptions::default()
+        });
+        let work = TestDir::new(label);
+        let exe = work.install_exe(klio);
+        let certs = TestCerts::create(&exe, &work.subdir("certs"), &["bench"]);
+        let server = if encrypted {
+            start_encrypted_server(&exe, &work, &certs)
+        } else {
+            KlioServer::start(&exe, &work, &certs)
+        };
+        let klio = start_klio_send_wal(
+            &exe,
+            &pg,
+            &server,
+            &certs,
+            "bench",
+            "klio",
+            &work.path().join("send-wal.log"),
+        );
+        pg.create_slot("pgrw");
+        let pg_receivewal = start_pg_receivewal(
+            &pg,
+            &work.subdir("pg_receivewal"),
+            "pgrw",
+            &work.path().join("pgrw.log"),
+        );
+        BothReceivers {
+            klio,
+            pg_receivewal,
+            server,
+            pg,
+            _work: work,
+        }
+    }
 }

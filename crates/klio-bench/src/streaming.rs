@@ -11,10 +11,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use klio_testkit::{
-    PgOptions, PgServer, TestCerts, TestDir, start_klio_send_wal, start_pg_receivewal,
-};
 use serde::Serialize;
+
+use crate::setup::BothReceivers;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -131,33 +130,8 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 
 /// Runs the comparison with the `klio` binary at `klio`.
 pub fn run(klio: &Path, opts: &StreamingOptions) -> StreamingReport {
-    let pg = PgServer::start(PgOptions {
-        conf: vec![
-            "max_wal_size = 4GB".to_owned(),
-            "shared_buffers = 256MB".to_owned(),
-        ],
-        ..PgOptions::default()
-    });
-    let work = TestDir::new("bench-streaming");
-    let exe = work.install_exe(klio);
-    let certs = TestCerts::create(&exe, &work.subdir("certs"), &["bench"]);
-    let server = crate::setup::start_encrypted_server(&exe, &work, &certs);
-    let client = start_klio_send_wal(
-        &exe,
-        &pg,
-        &server,
-        &certs,
-        "bench",
-        "klio",
-        &work.path().join("send-wal.log"),
-    );
-    pg.create_slot("pgrw");
-    let pgrw = start_pg_receivewal(
-        &pg,
-        &work.subdir("pg_receivewal"),
-        "pgrw",
-        &work.path().join("pgrw.log"),
-    );
+    let both = BothReceivers::start(klio, "bench-streaming", true);
+    let (pg, server, client, pgrw) = (&both.pg, &both.server, &both.klio, &both.pg_receivewal);
     let lsn = pg.current_lsn();
     pg.wait_for_flush(KLIO, &lsn);
     pg.wait_for_flush(PGRW, &lsn);
@@ -238,7 +212,5 @@ pub fn run(klio: &Path, opts: &StreamingOptions) -> StreamingReport {
             samples.push(sample);
         }
     }
-    drop(client);
-    drop(pgrw);
     StreamingReport { samples }
 }

@@ -5,10 +5,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use klio_testkit::{
-    KlioServer, PgOptions, PgServer, TestCerts, TestDir, start_klio_send_wal, start_pg_receivewal,
-    wait_until,
-};
+use klio_testkit::{PgServer, wait_until};
+
+use crate::setup::BothReceivers;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -95,34 +94,10 @@ fn make_synchronous(pg: &PgServer, app: &str) {
 
 /// Runs the comparison with the `klio` binary at `klio`.
 pub fn run(klio: &Path, opts: &SyncCommitOptions) -> SyncCommitReport {
-    let pg = PgServer::start(PgOptions {
-        conf: vec![
-            "max_wal_size = 4GB".to_owned(),
-            "shared_buffers = 256MB".to_owned(),
-        ],
-        ..PgOptions::default()
-    });
+    // The server stores plain WAL here: this measures the commit path itself.
+    let both = BothReceivers::start(klio, "bench-sync", false);
+    let pg = &both.pg;
     pg.pgbench(&["-i", "-q", "-s", &opts.scale.to_string()]);
-    let work = TestDir::new("bench-sync");
-    let exe = work.install_exe(klio);
-    let certs = TestCerts::create(&exe, &work.subdir("certs"), &["bench"]);
-    let server = KlioServer::start(&exe, &work, &certs);
-    let _klio = start_klio_send_wal(
-        &exe,
-        &pg,
-        &server,
-        &certs,
-        "bench",
-        "klio",
-        &work.path().join("send-wal.log"),
-    );
-    pg.create_slot("pgrw");
-    let _pgrw = start_pg_receivewal(
-        &pg,
-        &work.subdir("pg_receivewal"),
-        "pgrw",
-        &work.path().join("pgrw.log"),
-    );
 
     let secs = opts.seconds.to_string();
     let clients = opts.clients.to_string();
@@ -135,8 +110,8 @@ pub fn run(klio: &Path, opts: &SyncCommitOptions) -> SyncCommitReport {
             ["pg_receivewal", "klio"]
         };
         for contender in order {
-            make_synchronous(&pg, contender);
-            let tps = pgbench_tps(&pg, &args);
+            make_synchronous(pg, contender);
+            let tps = pgbench_tps(pg, &args);
             eprintln!("round {round}: {contender} {tps:.1} TPS");
             samples.push(Sample {
                 contender,
