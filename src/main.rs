@@ -10,11 +10,16 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    cli::logging::init(args.verbose, args.quiet);
+    let format = args.log_format;
+    cli::logging::init(args.verbose, args.quiet, format);
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("klio: error: {}", error_chain(&e));
+            match format {
+                // A log collector gets the final error as a JSON line too.
+                cli::logging::LogFormat::Json => tracing::error!("{}", error_chain(&e)),
+                cli::logging::LogFormat::Text => eprintln!("klio: error: {}", error_chain(&e)),
+            }
             ExitCode::FAILURE
         }
     }

@@ -1,9 +1,22 @@
-//! Log output on standard error through `tracing`.
+//! Log output on standard error through `tracing`: readable text, or one JSON object per line
+//! for log collectors. Lines about a cluster carry its name (`cluster`, from the span of the
+//! client session or the send-wal loop).
 
 use tracing_subscriber::EnvFilter;
 
-/// Text logs on stderr; `RUST_LOG` overrides the level chosen by -v/-q.
-pub(crate) fn init(verbose: u8, quiet: bool) {
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Readable text (colored on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line: timestamp, level, message and fields, and the fields of the
+    /// enclosing spans (`span`, `spans`), such as `cluster`.
+    Json,
+}
+
+/// Logs on stderr; `RUST_LOG` overrides the level chosen by -v/-q.
+pub(crate) fn init(verbose: u8, quiet: bool, format: LogFormat) {
     let level = match (quiet, verbose) {
         (true, _) => "warn",
         (false, 0) => "info",
@@ -11,10 +24,19 @@ pub(crate) fn init(verbose: u8, quiet: bool) {
         (false, _) => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+    }
 }

@@ -31,6 +31,17 @@ pub(crate) struct Cli {
     /// Only warnings and errors.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub(crate) quiet: bool,
+    /// Log line format on standard error: text, or json (one object per line, with the
+    /// cluster's name on every line about a cluster).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "FORMAT",
+        env = "KLIO_LOG_FORMAT",
+        default_value_t
+    )]
+    pub(crate) log_format: logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }

@@ -72,7 +72,13 @@ impl SendWalError {
 
 /// Streams until `shutdown` fires, reconnecting with backoff after failures that retrying can
 /// fix; returns the first error that it cannot.
-pub async fn send_wal(opts: &SendWalOptions, mut shutdown: Shutdown) -> Result<(), SendWalError> {
+pub async fn send_wal(opts: &SendWalOptions, shutdown: Shutdown) -> Result<(), SendWalError> {
+    // Every log line of this client names its cluster.
+    let span = tracing::info_span!("send_wal", cluster = %opts.cluster);
+    tracing::Instrument::instrument(reconnect_loop(opts, shutdown), span).await
+}
+
+async fn reconnect_loop(opts: &SendWalOptions, mut shutdown: Shutdown) -> Result<(), SendWalError> {
     let mut delay = opts.reconnect_min;
     loop {
         let started = tokio::time::Instant::now();
