@@ -114,30 +114,13 @@ fn passphrase_key_encrypts_and_a_wrong_passphrase_is_refused() {
     let exe = klio_exe(&work);
     let certs = TestCerts::create(&exe, &work.subdir("certs"), &["pg1"]);
     let key = work.path().join("wal.kek");
-    let generated = klio_testkit::run_ok(
-        std::process::Command::new(&exe)
-            .args([
-                "keys",
-                "generate",
-                "--passphrase",
-                "--passphrase-env",
-                VAR,
-                "-o",
-            ])
-            .arg(&key)
-            .env(VAR, PASSPHRASE),
-    );
-    klio_testkit::run_ok(
-        std::process::Command::new("chown")
-            .arg("postgres:postgres")
-            .arg(&key),
-    );
+    let generated = generate_passphrase_key(&exe, &key, VAR, PASSPHRASE);
     let file = klio_crypto::PassphraseKeyFile::parse(&std::fs::read(&key).expect("read key file"))
         .expect("a passphrase key file");
     assert!(
-        generated.stdout.contains(&file.key_id.to_string()),
+        generated.contains(&file.key_id.to_string()),
         "generate prints the key id: {}",
-        generated.stdout
+        generated
     );
     assert!(
         !String::from_utf8_lossy(&std::fs::read(&key).expect("read")).contains(PASSPHRASE),

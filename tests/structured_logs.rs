@@ -8,7 +8,7 @@ use std::process::Command;
 
 use common::*;
 use klio_testkit::{
-    BackgroundProcess, KlioServer, PgOptions, PgServer, TestCerts, TestDir, as_postgres, run_ok,
+    BackgroundProcess, KlioServer, PgOptions, PgServer, TestCerts, TestDir, as_postgres,
 };
 
 const VAR: &str = "KLIO_TEST_LOG_PASSPHRASE";
@@ -43,20 +43,7 @@ fn json_logs_parse_name_the_cluster_and_hold_no_secret() {
     let exe = klio_exe(&work);
     let certs = TestCerts::create(&exe, &work.subdir("certs"), &["pg1"]);
     let key = work.path().join("wal.kek");
-    run_ok(
-        Command::new(&exe)
-            .args([
-                "keys",
-                "generate",
-                "--passphrase",
-                "--passphrase-env",
-                VAR,
-                "-o",
-            ])
-            .arg(&key)
-            .env(VAR, PASSPHRASE),
-    );
-    run_ok(Command::new("chown").arg("postgres:postgres").arg(&key));
+    generate_passphrase_key(&exe, &key, VAR, PASSPHRASE);
     let mut server = KlioServer::start_with_env(
         &exe,
         &work,

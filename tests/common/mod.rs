@@ -50,6 +50,26 @@ pub fn generate_key(exe: &Path, path: &Path) -> String {
         .to_owned()
 }
 
+/// `klio keys generate --passphrase` into `path` with the passphrase in variable `var`
+/// (readable by the postgres user that runs the server); returns the command's stdout.
+pub fn generate_passphrase_key(exe: &Path, path: &Path, var: &str, passphrase: &str) -> String {
+    let out = klio_testkit::run_ok(
+        Command::new(exe)
+            .args([
+                "keys",
+                "generate",
+                "--passphrase",
+                "--passphrase-env",
+                var,
+                "-o",
+            ])
+            .arg(path)
+            .env(var, passphrase),
+    );
+    klio_testkit::run_ok(Command::new("chown").arg("postgres:postgres").arg(path));
+    out.stdout
+}
+
 /// The keyring the server would load from these key files (the first is the primary).
 pub fn keyring(files: &[&Path]) -> klio_crypto::Keyring {
     let (first, rest) = files.split_first().expect("at least one key file");
