@@ -48,8 +48,10 @@ mod identity;
 mod journal;
 mod read;
 mod recover;
+mod recovery_plan;
 mod rotate;
 mod sealed;
+mod summary;
 mod verify;
 
 use std::collections::BTreeMap;
@@ -66,6 +68,7 @@ pub use read::{
     TimelineListing, inspect_journal, inspect_journal_with,
 };
 pub use rotate::RewrapSummary;
+pub use summary::ArchiveSummary;
 pub use verify::{VerifyProblem, VerifyReport, WalPoint};
 
 use journal::JournalWriter;

@@ -799,3 +799,56 @@ proptest! {
         check_content(&a, t, 0, appended);
     }
 }
+
+#[test]
+fn summary_follows_gaps_and_timelines() {
+    let d = tempfile::tempdir().unwrap();
+    let (t1, t2) = (tl(1), tl(2));
+    let empty = WalArchive::open(d.path(), ident())
+        .unwrap()
+        .summary()
+        .unwrap();
+    assert_eq!(
+        (empty.segments, empty.gaps, empty.recoverable),
+        (0, 0, None)
+    );
+
+    let mut a = WalArchive::open(d.path(), ident()).unwrap();
+    a.begin(t1, Lsn(SEG)).unwrap();
+    append_wal(&mut a, t1, SEG, (2 * SEG + 100) as usize, 65536);
+    a.sync().unwrap();
+    let s = a.summary().unwrap();
+    let p = |timeline, lsn| WalPoint {
+        timeline,
+        lsn: Lsn(lsn),
+    };
+    assert_eq!(s.segments, 2);
+    assert_eq!(s.gaps, 0);
+    assert_eq!(s.oldest, Some(p(t1, SEG)));
+    assert_eq!(s.recoverable, Some((p(t1, SEG), p(t1, 3 * SEG + 100))));
+    let on_disk: u64 = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert_eq!(s.bytes, on_disk);
+    assert!(s.bytes > 2 * SEG, "{}", s.bytes);
+
+    // A gap: WAL before it cannot be replayed to the newest point.
+    a.begin(t1, Lsn(6 * SEG)).unwrap();
+    append_wal(&mut a, t1, 6 * SEG, (SEG + 10) as usize, 65536);
+    a.sync().unwrap();
+    let s = a.summary().unwrap();
+    assert_eq!((s.segments, s.gaps), (3, 1));
+    assert_eq!(s.oldest, Some(p(t1, SEG)));
+    assert_eq!(s.recoverable, Some((p(t1, 6 * SEG), p(t1, 7 * SEG + 10))));
+
+    // A new timeline branching in segment 7: the recoverable range follows it back.
+    a.begin(t2, Lsn(7 * SEG)).unwrap();
+    append_wal(&mut a, t2, 7 * SEG, 2000, 2000);
+    a.sync().unwrap();
+    a.store_history(t2, b"1\t0/700008\tno recovery target specified\n")
+        .unwrap();
+    let s = a.summary().unwrap();
+    assert_eq!(s.gaps, 1);
+    assert_eq!(s.recoverable, Some((p(t1, 6 * SEG), p(t2, 7 * SEG + 2000))));
+}

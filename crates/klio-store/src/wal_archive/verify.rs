@@ -8,8 +8,9 @@
 //! precisely; the recoverable range ends before the first problem.
 
 use klio_wal::record_walk::{RecordWalker, SegmentSummary};
-use klio_wal::{Lsn, PageHeader, SegmentNo, TimelineId, WalFileName, parse_history};
+use klio_wal::{Lsn, PageHeader, SegmentNo, TimelineId, WalFileName};
 
+use super::recovery_plan::{PathStep, RecoveryPlan};
 use super::{WalArchive, WalArchiveError};
 
 /// A problem found by [`WalArchive::verify`].
@@ -100,14 +101,6 @@ impl VerifyReport {
     }
 }
 
-/// One timeline of the path to the newest WAL: from `begin` (its first LSN) to `end` (where a
-/// newer timeline takes over; `None` for the newest).
-struct PathStep {
-    timeline: TimelineId,
-    begin: Lsn,
-    end: Option<Lsn>,
-}
-
 impl WalArchive {
     /// Checks the archive from `from` (default: the oldest WAL stored) to the newest WAL;
     /// see the [module documentation](self). Read-only; safe while a writer streams.
@@ -115,108 +108,18 @@ impl WalArchive {
         let size = self.identity.segment_size;
         let listing = self.list()?;
         let mut report = VerifyReport::default();
-        let Some(newest) = listing.timelines.last() else {
+        let Some(RecoveryPlan {
+            path,
+            wanted,
+            start,
+            problems,
+            ..
+        }) = self.recovery_plan(&listing, from)
+        else {
             return Ok(report);
         };
-        let newest_tl = newest.timeline;
-        let newest_end = newest.durable_end;
-
-        // The path of timelines leading to the newest one.
-        let mut path = Vec::new();
-        let history_name = WalFileName::History {
-            timeline: newest_tl,
-        }
-        .to_string_with(size);
-        match self.history(newest_tl) {
-            Ok(Some(content)) => match parse_history(&content) {
-                Ok(entries) => {
-                    let mut begin = Lsn(0);
-                    for e in entries {
-                        path.push(PathStep {
-                            timeline: e.parent,
-                            begin,
-                            end: Some(e.switchpoint),
-                        });
-                        begin = e.switchpoint;
-                    }
-                    path.push(PathStep {
-                        timeline: newest_tl,
-                        begin,
-                        end: None,
-                    });
-                }
-                Err(e) => report.problems.push(VerifyProblem::Damaged {
-                    file: history_name,
-                    reason: e.to_string(),
-                }),
-            },
-            Ok(None) if newest_tl.get() > 1 => {
-                report.problems.push(VerifyProblem::MissingHistory {
-                    timeline: newest_tl,
-                });
-            }
-            Ok(None) => {}
-            Err(e) => report.problems.push(VerifyProblem::Damaged {
-                file: history_name,
-                reason: e.to_string(),
-            }),
-        }
-        if path.is_empty() {
-            path.push(PathStep {
-                timeline: newest_tl,
-                begin: Lsn(0),
-                end: None,
-            });
-        }
+        report.problems = problems;
         report.timelines = path.iter().map(|s| s.timeline).collect();
-
-        // Where to start: `from`, else the oldest segment stored on the path.
-        let first_stored = |t: TimelineId| {
-            listing
-                .timelines
-                .iter()
-                .find(|l| l.timeline == t)
-                .and_then(|l| {
-                    l.segments
-                        .first()
-                        .map(|r| r.first)
-                        .into_iter()
-                        .chain(l.partials.first().map(|p| p.segno))
-                        .min()
-                })
-        };
-        let start = match from {
-            Some(lsn) => lsn,
-            None => path
-                .iter()
-                .find_map(|s| {
-                    first_stored(s.timeline).map(|seg| {
-                        let lo = size.segment_start(seg).unwrap_or(Lsn(0));
-                        if lo < s.begin { s.begin } else { lo }
-                    })
-                })
-                .unwrap_or(newest_end),
-        };
-
-        // The segments a recovery from `start` reads, in order.
-        let mut wanted: Vec<(usize, SegmentNo)> = Vec::new();
-        for (i, step) in path.iter().enumerate() {
-            let begin = step.begin.max(start);
-            let (last, exclusive) = match step.end {
-                // The segment holding the switch point is read from the newer timeline.
-                Some(end) => (size.segment_of(end), true),
-                None if size.offset_of(newest_end) == 0 => (size.segment_of(newest_end), true),
-                None => (size.segment_of(newest_end), false),
-            };
-            if step.end.is_some_and(|end| end <= begin) {
-                continue;
-            }
-            let mut seg = size.segment_of(begin);
-            while seg < last || (!exclusive && seg == last) {
-                wanted.push((i, seg));
-                seg = SegmentNo(seg.0 + 1);
-            }
-        }
 
         // Walk them.
         let mut walker: Option<RecordWalker> = None;
