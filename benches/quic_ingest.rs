@@ -65,6 +65,7 @@ impl Loopback {
                 key: certs.server_key(),
             },
             encryption,
+            metrics_listen: None,
         };
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -13,6 +13,7 @@ mod send_wal;
 mod server;
 mod server_args;
 mod signals;
+mod status;
 mod verify;
 mod wal_player;
 
@@ -48,25 +49,17 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Stream WAL from PostgreSQL into a local directory, as pg_receivewal does.
+    // Each command's help (summary and details) is the doc comment of its `Args`.
     ReceiveWal(receive_wal::Args),
-    /// restore_command for a directory written by receive-wal: copy %f to %p.
     RestoreWal(restore_wal::Args),
-    /// Stream WAL from PostgreSQL to a Klio server (zero data loss as synchronous standby).
     SendWal(send_wal::Args),
-    /// restore_command served by the Klio server: fetch %f into %p, prefetching ahead.
     GetWal(get_wal::Args),
-    /// Prepare a restored data directory to recover from the Klio server (target, signal).
     PrepareRecovery(prepare_recovery::Args),
-    /// The Klio server.
     Server(server::Args),
-    /// Create a private CA, the server certificate and per-cluster client certificates.
     Certs(certs::Args),
-    /// Key files for encryption at rest.
     Keys(keys::Args),
-    /// Check a cluster's archive: continuous, intact, and what it can recover.
+    Status(status::Args),
     Verify(verify::Args),
-    /// Benchmark a Klio server: generate synthetic WAL and stream it with many clients.
     WalPlayer(wal_player::Args),
 }
 
@@ -80,6 +73,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Server(a) => server::run(a),
         Command::Certs(a) => certs::run(a),
         Command::Keys(a) => keys::run(a),
+        Command::Status(a) => status::run(a),
         Command::Verify(a) => verify::run(a),
         Command::WalPlayer(a) => wal_player::run(a),
     }

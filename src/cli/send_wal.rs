@@ -42,6 +42,10 @@ pub(crate) struct Args {
     /// Longest wait between reconnection attempts, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     max_reconnect_delay: u64,
+    /// Serve Prometheus metrics (/metrics) and a health probe (/healthz: 200 while streaming)
+    /// over HTTP on this TCP address [default: none].
+    #[arg(long, value_name = "IP:PORT|off", env = "KLIO_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
 }
 
 pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -55,6 +59,12 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
         status_interval: Duration::from_secs(a.status_interval.max(1)),
         reconnect_min: Duration::from_millis(500),
         reconnect_max: Duration::from_secs(a.max_reconnect_delay.max(1)),
+        metrics_listen: match a.metrics_listen.as_deref() {
+            Some(text) => {
+                klio_server::config::parse_metrics_listen(text).context("in --metrics-listen")?
+            }
+            None => None,
+        },
     };
     super::pg_args::runtime()?.block_on(async move {
         let shutdown = super::signals::shutdown_on_stop_signal();

@@ -26,6 +26,8 @@ enum Command {
     ///     key: /etc/klio/2026.key    # `klio keys generate -o FILE`
     ///     old_keys: [/etc/klio/2025.key]
     ///     compression: lz4           # lz4 (default), zstd (zstd_level: 1-22) or none
+    ///   metrics:
+    ///     listen: 127.0.0.1:7471     # /metrics, /healthz, /status (`klio status`); or off
     #[command(verbatim_doc_comment)]
     Start(StartArgs),
 }
@@ -58,6 +60,10 @@ struct StartArgs {
     /// A retired key still needed to read older files (repeatable).
     #[arg(long = "encryption-old-key", value_name = "FILE")]
     encryption_old_keys: Vec<PathBuf>,
+    /// TCP address of the HTTP listener for Prometheus (/metrics), health probes (/healthz)
+    /// and `klio status` (/status), or `off` [default: 127.0.0.1:7471].
+    #[arg(long, value_name = "IP:PORT|off", env = "KLIO_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
 }
 
 pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -72,6 +78,7 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
             tls_key: s.tls_key,
             encryption_key: s.encryption_key,
             encryption_old_keys: s.encryption_old_keys,
+            metrics_listen: s.metrics_listen,
         },
     )?;
     super::pg_args::runtime()?.block_on(async move {

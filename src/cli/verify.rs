@@ -8,8 +8,10 @@ use klio_proto::klio::ClusterName;
 use klio_server::keys::load_keyring;
 use klio_server::verify::{render_report, verify_cluster};
 
-/// Check a cluster's archive on the server: continuous from --from (or its oldest WAL) to the
-/// newest, across timelines, every record's checksum and link, every stored file intact.
+/// Check a cluster's archive: continuous, intact, and what it can recover.
+///
+/// Checks from --from (or its oldest WAL) to the newest, across timelines: every record's
+/// checksum and link, every stored file intact.
 ///
 /// Run it on the server host (read-only, safe while the server runs). Prints the recoverable
 /// range and every gap or damaged file; exits with 1 if there is any.

@@ -36,6 +36,21 @@ pub struct ClusterKindLabels {
     pub kind: String,
 }
 
+/// A series that says what kind of event it counts, in a registry whose constant labels
+/// already name the cluster (a client serves one cluster).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// What kind.
+    pub kind: String,
+}
+
+/// A process-wide series that says why something happened (a refused connection, say).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why.
+    pub reason: String,
+}
+
 /// Buckets for latencies of acknowledgements and fsyncs: 100 µs to about 13 s, doubling.
 /// A healthy local fsync lands in the first few; a stalled disk shows in the last.
 pub fn latency_histogram() -> Histogram {

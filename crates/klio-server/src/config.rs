@@ -10,6 +10,9 @@ use crate::tls::TlsFiles;
 /// The default QUIC port.
 pub const DEFAULT_PORT: u16 = 7470;
 
+/// Where the metrics listener binds unless configured: loopback only, as it is plain HTTP.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:7471";
+
 /// Resolved server settings.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -21,6 +24,9 @@ pub struct ServerConfig {
     pub tls: TlsFiles,
     /// Encryption at rest; `None` stores WAL in plain form.
     pub encryption: Option<EncryptionConfig>,
+    /// TCP address of the HTTP listener for `/metrics`, `/healthz` and `/status`; `None`
+    /// disables it.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Encryption at rest.
@@ -46,6 +52,16 @@ pub struct ServerConfigFile {
     pub tls: Option<TlsSection>,
     /// `encryption: {key: ..., old_keys: [...], compression: lz4, zstd_level: 3}`
     pub encryption: Option<EncryptionSection>,
+    /// `metrics: {listen: 127.0.0.1:7471}`
+    pub metrics: Option<MetricsSection>,
+}
+
+/// The `metrics` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// `IP:PORT` of the HTTP listener, or `off`.
+    pub listen: Option<String>,
 }
 
 /// The `encryption` section.
@@ -92,6 +108,8 @@ pub struct ServerOverrides {
     pub encryption_key: Option<PathBuf>,
     /// `--encryption-old-key` (repeatable), added to `encryption.old_keys`.
     pub encryption_old_keys: Vec<PathBuf>,
+    /// `--metrics-listen` / `KLIO_METRICS_LISTEN`.
+    pub metrics_listen: Option<String>,
 }
 
 /// An invalid or incomplete configuration.
@@ -143,6 +161,41 @@ pub enum ConfigError {
     },
 }
 
+impl ServerConfigFile {
+    /// Reads and parses `path`.
+    pub fn read(path: &Path) -> Result<ServerConfigFile, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(serde_yaml_ng::from_str::<Option<ServerConfigFile>>(&text)
+            .map_err(|e| ConfigError::Parse {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })?
+            .unwrap_or_default())
+    }
+
+    /// Where a client on this host reaches the metrics listener this file configures
+    /// (`None` if it is off): an unspecified address (0.0.0.0, ::) means loopback.
+    pub fn metrics_address(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let text = self
+            .metrics
+            .as_ref()
+            .and_then(|m| m.listen.as_deref())
+            .unwrap_or(DEFAULT_METRICS_LISTEN);
+        Ok(parse_metrics_listen(text)?.map(|mut a| {
+            if a.ip().is_unspecified() {
+                a.set_ip(match a {
+                    SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            a
+        }))
+    }
+}
+
 impl ServerConfig {
     /// Reads `file` (if given) and applies `overrides` on top.
     pub fn resolve(
@@ -151,18 +204,7 @@ impl ServerConfig {
     ) -> Result<ServerConfig, ConfigError> {
         let parsed = match file {
             None => ServerConfigFile::default(),
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.to_owned(),
-                    source,
-                })?;
-                serde_yaml_ng::from_str::<Option<ServerConfigFile>>(&text)
-                    .map_err(|e| ConfigError::Parse {
-                        path: path.to_owned(),
-                        reason: e.to_string(),
-                    })?
-                    .unwrap_or_default()
-            }
+            Some(path) => ServerConfigFile::read(path)?,
         };
         let listen_text = overrides
             .listen
@@ -231,13 +273,33 @@ impl ServerConfig {
                 compression: compression(section.compression.as_deref(), section.zstd_level)?,
             }),
         };
+        let metrics_text = overrides
+            .metrics_listen
+            .or(parsed.metrics.and_then(|m| m.listen))
+            .unwrap_or_else(|| DEFAULT_METRICS_LISTEN.to_owned());
+        let metrics_listen = parse_metrics_listen(&metrics_text)?;
         Ok(ServerConfig {
             listen,
             data_dir,
             tls: TlsFiles { ca, cert, key },
             encryption,
+            metrics_listen,
         })
     }
+}
+
+/// `IP:PORT`, or `off` for no metrics listener.
+pub fn parse_metrics_listen(text: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    text.parse::<SocketAddr>()
+        .map(Some)
+        .map_err(|_| ConfigError::Invalid {
+            key: "metrics.listen",
+            value: text.to_owned(),
+            reason: "expected IP:PORT (for example 127.0.0.1:7471) or off",
+        })
 }
 
 fn compression(
@@ -286,15 +348,21 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:9000".parse().unwrap());
         assert_eq!(c.data_dir, PathBuf::from("/srv/klio"));
         assert_eq!(c.tls.key, PathBuf::from("/c/s.key"));
+        assert_eq!(
+            c.metrics_listen,
+            Some(DEFAULT_METRICS_LISTEN.parse().unwrap())
+        );
         let c = ServerConfig::resolve(
             Some(f.path()),
             ServerOverrides {
                 listen: Some("[::1]:1".into()),
                 tls_key: Some("/other.key".into()),
+                metrics_listen: Some("off".into()),
                 ..Default::default()
             },
         )
         .unwrap();
+        assert_eq!(c.metrics_listen, None);
         assert_eq!(c.listen, "[::1]:1".parse().unwrap());
         assert_eq!(c.tls.key, PathBuf::from("/other.key"));
     }
@@ -308,6 +376,24 @@ mod tests {
         let e = ServerConfig::resolve(Some(bad.path()), ServerOverrides::default()).unwrap_err();
         assert!(
             matches!(e, ConfigError::Invalid { key: "listen", .. }),
+            "{e}"
+        );
+        let any = write("metrics: {listen: '0.0.0.0:9100'}\n");
+        let file = ServerConfigFile::read(any.path()).unwrap();
+        assert_eq!(
+            file.metrics_address().unwrap(),
+            Some("127.0.0.1:9100".parse().unwrap())
+        );
+        let bad = write("metrics: {listen: localhost}\ntls: {ca: a, cert: b, key: c}\n");
+        let e = ServerConfig::resolve(Some(bad.path()), ServerOverrides::default()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigError::Invalid {
+                    key: "metrics.listen",
+                    ..
+                }
+            ),
             "{e}"
         );
         let e = ServerConfig::resolve(None, ServerOverrides::default()).unwrap_err();

@@ -6,6 +6,9 @@
 //!   `klio_store::wal_archive::WalArchive` with one fsync each, durable positions acknowledged.
 //! - [`config`]: the YAML file with environment and flag overrides; [`certs`]: `klio certs`;
 //!   [`keys`]: key files for encryption at rest (`klio keys`); [`verify`]: `klio verify`.
+//! - Observability: Prometheus metrics, `/healthz` and `/status` on an HTTP listener
+//!   (`telemetry`, served by `klio_metrics`); [`status`]: the status document and
+//!   `klio status`.
 //!
 //! Later: backup catalog, restore serving, Tier 2 relay, retention. The binary only parses
 //! flags and calls in here.
@@ -19,6 +22,8 @@ pub mod keys;
 mod registry;
 pub mod server;
 mod session;
+pub mod status;
+mod telemetry;
 pub mod tls;
 pub mod verify;
 

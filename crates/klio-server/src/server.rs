@@ -11,6 +11,7 @@ use tracing::Instrument;
 use crate::config::ServerConfig;
 use crate::registry::Registry;
 use crate::session;
+use crate::telemetry::Telemetry;
 use crate::tls::{self, TlsSetupError};
 
 /// The server could not start.
@@ -37,6 +38,9 @@ pub enum ServerError {
         "data directory {0} is in use by another klio server (or `klio keys rotate`): stop it first"
     )]
     DataDirInUse(PathBuf),
+    /// The metrics listener could not be bound.
+    #[error(transparent)]
+    Metrics(#[from] klio_metrics::MetricsError),
     /// The UDP socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -57,6 +61,8 @@ pub(crate) struct Shared {
     pub(crate) storage: klio_store::wal_archive::StorageOptions,
     /// Files being read for restores at once (each is held whole in memory while sent).
     pub(crate) file_reads: tokio::sync::Semaphore,
+    /// Metrics, health and status.
+    pub(crate) telemetry: Arc<Telemetry>,
 }
 
 /// Files read for restores at the same time, across all clients: bounds the server's memory
@@ -77,13 +83,15 @@ impl Shared {
 #[derive(Debug)]
 pub struct Server {
     endpoint: quinn::Endpoint,
+    metrics: Option<klio_metrics::MetricsEndpoint>,
     shared: Arc<Shared>,
     /// Held while the server runs: one process per data directory.
     _lock: std::fs::File,
 }
 
 impl Server {
-    /// Checks the configuration, prepares the data directory and binds the socket.
+    /// Checks the configuration, prepares the data directory and binds the sockets (QUIC, and
+    /// the metrics listener if configured). Must be called inside a Tokio runtime.
     pub fn bind(config: &ServerConfig) -> Result<Server, ServerError> {
         let quic = tls::quic_server_config(&config.tls)?;
         std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
@@ -120,13 +128,20 @@ impl Server {
             Arc::new(quinn::TokioRuntime),
         )
         .map_err(bind_err)?;
+        let metrics = config
+            .metrics_listen
+            .map(klio_metrics::MetricsEndpoint::bind)
+            .transpose()?;
+        let telemetry = Arc::new(Telemetry::new(&config.data_dir, storage.keyring.clone()));
         Ok(Server {
             endpoint,
+            metrics,
             shared: Arc::new(Shared {
                 data_dir: config.data_dir.clone(),
                 registry: Registry::default(),
                 storage,
                 file_reads: tokio::sync::Semaphore::new(CONCURRENT_FILE_READS),
+                telemetry,
             }),
             _lock: lock,
         })
@@ -137,8 +152,24 @@ impl Server {
         self.endpoint.local_addr()
     }
 
+    /// The address of the metrics listener, if there is one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|m| m.local_addr().ok())
+    }
+
     /// Serves connections until `shutdown` resolves.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        let (stop_metrics, metrics_stopped) = tokio::sync::watch::channel(false);
+        if let Some(m) = self.metrics.take() {
+            if let Ok(addr) = m.local_addr() {
+                tracing::info!("metrics on http://{addr}/metrics (also /healthz and /status)");
+            }
+            let pages: Arc<dyn klio_metrics::Pages> = self.shared.telemetry.clone();
+            let mut stopped = metrics_stopped;
+            tokio::spawn(m.serve(pages, async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            }));
+        }
         tracing::info!(
             "listening on {} (data directory {}, {})",
             self.local_addr()
@@ -160,6 +191,7 @@ impl Server {
                 }
             }
         }
+        let _ = stop_metrics.send(true);
         self.endpoint.close(0u32.into(), b"server shutting down");
         self.endpoint.wait_idle().await;
         tracing::info!("server stopped");
@@ -173,6 +205,7 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
         Err(e) => {
             // Missing or untrusted client certificates end here, in the TLS handshake.
             tracing::warn!(%remote, "refused connection: {e}");
+            shared.telemetry.connection_refused("handshake");
             return;
         }
     };
@@ -180,11 +213,14 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(%remote, "refused connection: {e}");
+            shared.telemetry.connection_refused("no_cluster");
             conn.close(1u32.into(), b"certificate does not name a cluster");
             return;
         }
     };
     let span = tracing::info_span!("client", cluster = %cluster, %remote);
+    let telemetry = shared.telemetry.cluster(&cluster);
+    let _counted = telemetry.connected();
     async move {
         tracing::debug!("connected");
         loop {
@@ -192,7 +228,11 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
                 Ok((send, recv)) => {
                     let shared = shared.clone();
                     let cluster = cluster.clone();
-                    tokio::spawn(session::run(shared, cluster, send, recv).in_current_span());
+                    let telemetry = telemetry.clone();
+                    tokio::spawn(
+                        session::run(shared, cluster, telemetry, remote, send, recv)
+                            .in_current_span(),
+                    );
                 }
                 Err(e) => {
                     tracing::debug!("connection closed: {e}");

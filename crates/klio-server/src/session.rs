@@ -13,6 +13,7 @@ use klio_wal::{Lsn, SegmentSize, TimelineId};
 
 use crate::registry::WriterLease;
 use crate::server::Shared;
+use crate::telemetry::ClusterTelemetry;
 
 /// Why a session ended early.
 enum End {
@@ -49,6 +50,9 @@ struct Framed {
     rbuf: BytesMut,
     wbuf: BytesMut,
     decoder: FrameDecoder,
+    /// When the oldest bytes not yet taken by [`Framed::drain`] arrived: a batch's
+    /// acknowledgement latency runs from here.
+    pending_since: Option<std::time::Instant>,
 }
 
 impl Framed {
@@ -63,6 +67,8 @@ impl Framed {
                 for c in &chunks[..n] {
                     self.rbuf.extend_from_slice(c);
                 }
+                self.pending_since
+                    .get_or_insert_with(std::time::Instant::now);
                 Ok(true)
             }
             Ok(None) => Ok(false),
@@ -76,7 +82,12 @@ impl Framed {
         loop {
             match self.decoder.decode(&mut self.rbuf) {
                 Ok(Some(m)) => out.push(m),
-                Ok(None) => return Ok(out),
+                Ok(None) => {
+                    if self.rbuf.is_empty() {
+                        self.pending_since = None;
+                    }
+                    return Ok(out);
+                }
                 Err(e) => return Err(End::Refused(ErrorCode::BadRequest, e.to_string())),
             }
         }
@@ -112,6 +123,8 @@ impl Framed {
 pub(crate) async fn run(
     shared: Arc<Shared>,
     cluster: ClusterName,
+    telemetry: ClusterTelemetry,
+    remote: std::net::SocketAddr,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
 ) {
@@ -121,12 +134,19 @@ pub(crate) async fn run(
         rbuf: BytesMut::with_capacity(256 * 1024),
         wbuf: BytesMut::new(),
         decoder: FrameDecoder::new(),
+        pending_since: None,
     };
-    match serve(&shared, &cluster, &mut io).await {
+    let client = Client {
+        cluster: &cluster,
+        telemetry: &telemetry,
+        remote,
+    };
+    match serve(&shared, client, &mut io).await {
         Ok(()) => tracing::debug!("stream finished"),
         Err(End::Closed(why)) => tracing::info!("stream ended: {why}"),
         Err(End::Refused(code, message)) => {
             tracing::warn!(?code, "refused: {message}");
+            telemetry.error(code, &message);
             let _ = io.send(&[Message::Error { code, message }]).await;
             let _ = io.send.finish();
             // Give the error a moment to reach the client before the stream is dropped.
@@ -136,7 +156,16 @@ pub(crate) async fn run(
     }
 }
 
-async fn serve(shared: &Arc<Shared>, cluster: &ClusterName, io: &mut Framed) -> Result<(), End> {
+/// Who is on the other end of a stream.
+#[derive(Clone, Copy)]
+struct Client<'a> {
+    cluster: &'a ClusterName,
+    telemetry: &'a ClusterTelemetry,
+    remote: std::net::SocketAddr,
+}
+
+async fn serve(shared: &Arc<Shared>, client: Client<'_>, io: &mut Framed) -> Result<(), End> {
+    let cluster = client.cluster;
     match io.next().await? {
         None => Ok(()),
         Some(Message::Hello {
@@ -171,10 +200,13 @@ async fn serve(shared: &Arc<Shared>, cluster: &ClusterName, io: &mut Framed) -> 
             let dir = shared.wal_dir(cluster);
             let storage = shared.storage.clone();
             let archive = blocking(move || open_and_rotate(&dir, identity, storage)).await??;
-            wal_session(archive, lease, io).await
+            let _streaming = client
+                .telemetry
+                .writer_started(client.remote, archive.durable());
+            wal_session(archive, lease, io, client.telemetry).await
         }
         Some(first @ (Message::GetPosition { .. } | Message::GetFile { .. })) => {
-            read_session(shared, cluster, io, first).await
+            read_session(shared, client, io, first).await
         }
         Some(other) => Err(End::Refused(
             ErrorCode::BadRequest,
@@ -189,10 +221,11 @@ async fn serve(shared: &Arc<Shared>, cluster: &ClusterName, io: &mut Framed) -> 
 /// Answers position queries and file requests, in order, until the client finishes the stream.
 async fn read_session(
     shared: &Arc<Shared>,
-    cluster: &ClusterName,
+    client: Client<'_>,
     io: &mut Framed,
     first: Message,
 ) -> Result<(), End> {
+    let cluster = client.cluster;
     let mut next = Some(first);
     while let Some(msg) = next {
         match msg {
@@ -202,7 +235,7 @@ async fn read_session(
                 let answer = blocking(move || position_of(&dir, keyring, timeline)).await??;
                 io.send(&[answer]).await?;
             }
-            Message::GetFile { name } => send_file(shared, cluster, io, name).await?,
+            Message::GetFile { name } => send_file(shared, client, io, name).await?,
             other => {
                 return Err(End::Refused(
                     ErrorCode::BadRequest,
@@ -225,10 +258,11 @@ const FILE_CHUNK: usize = 1 << 20;
 /// `NoSuchFile`.
 async fn send_file(
     shared: &Arc<Shared>,
-    cluster: &ClusterName,
+    client: Client<'_>,
     io: &mut Framed,
     name: String,
 ) -> Result<(), End> {
+    let cluster = client.cluster;
     let _permit = shared
         .file_reads
         .acquire()
@@ -240,6 +274,7 @@ async fn send_file(
     let file = blocking(move || read_archived(&dir, keyring, &wanted)).await??;
     let Some(file) = file else {
         tracing::debug!("restore: {name} not in the archive");
+        client.telemetry.restore_missing();
         return io.send(&[Message::NoSuchFile { name }]).await;
     };
     let crc = crc32c::crc32c(&file.content);
@@ -256,6 +291,12 @@ async fn send_file(
         partial: file.partial,
     }])
     .await?;
+    let kind = match file.name {
+        klio_wal::WalFileName::History { .. } => "history",
+        _ if file.partial => "partial",
+        _ => "segment",
+    };
+    client.telemetry.restore_served(kind, content.len() as u64);
     tracing::info!(
         "restore: sent {name} ({} bytes{})",
         content.len(),
@@ -378,19 +419,31 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     }
 }
 
-/// What a batch of frames produced: replies and the new durable position.
+/// What a batch of frames produced: replies, the new durable position, and what to report.
 struct BatchResult {
     replies: Vec<Message>,
     ack: Option<(TimelineId, Lsn)>,
+    /// When the batch's first bytes arrived.
+    received_at: std::time::Instant,
+    /// How long the fsync that made it durable took.
+    fsync: Option<std::time::Duration>,
+    /// WAL bytes in it.
+    bytes: u64,
+    /// Segments it completed.
+    segments: u64,
 }
 
 fn apply_batch(
     archive: &mut WalArchive,
     timeline: &mut Option<TimelineId>,
     frames: Vec<Message>,
+    received_at: std::time::Instant,
 ) -> Result<BatchResult, End> {
+    let size = archive.identity().segment_size;
     let mut replies = Vec::new();
     let mut wrote = false;
+    let mut bytes = 0;
+    let mut segments = 0;
     for msg in frames {
         match msg {
             Message::StartWal { timeline: t, start } => {
@@ -405,6 +458,13 @@ fn apply_batch(
             Message::WalData { start, data } => {
                 archive.append(start, &data)?;
                 wrote = true;
+                let len = data.len() as u64;
+                bytes += len;
+                // Appends are contiguous, so each boundary crossed completes one segment.
+                segments += size
+                    .segment_of(Lsn(start.0 + len))
+                    .0
+                    .saturating_sub(size.segment_of(start).0);
             }
             Message::History {
                 timeline: t,
@@ -427,13 +487,25 @@ fn apply_batch(
             }
         }
     }
-    let ack = if wrote {
+    let (ack, fsync) = if wrote {
+        let began = std::time::Instant::now();
         // One fsync covers every byte received in this batch; only now may it be acknowledged.
-        archive.sync()?.zip(*timeline).map(|(lsn, t)| (t, lsn))
+        let synced = archive.sync()?;
+        (
+            synced.zip(*timeline).map(|(lsn, t)| (t, lsn)),
+            Some(began.elapsed()),
+        )
     } else {
-        None
+        (None, None)
     };
-    Ok(BatchResult { replies, ack })
+    Ok(BatchResult {
+        replies,
+        ack,
+        received_at,
+        fsync,
+        bytes,
+        segments,
+    })
 }
 
 /// Batches carrying at least this much WAL are stored on a blocking thread while the stream
@@ -453,8 +525,9 @@ fn store_batch(
     mut archive: WalArchive,
     mut timeline: Option<TimelineId>,
     frames: Vec<Message>,
+    received_at: std::time::Instant,
 ) -> Stored {
-    let r = apply_batch(&mut archive, &mut timeline, frames);
+    let r = apply_batch(&mut archive, &mut timeline, frames, received_at);
     (archive, r.map(|r| (r, timeline)))
 }
 
@@ -472,6 +545,7 @@ async fn wal_session(
     archive: WalArchive,
     mut lease: WriterLease,
     io: &mut Framed,
+    telemetry: &ClusterTelemetry,
 ) -> Result<(), End> {
     let durable = archive.durable();
     io.send(&[Message::Welcome {
@@ -488,7 +562,7 @@ async fn wal_session(
     );
     // A batch being stored on a blocking thread; only one at a time, so batches stay in order.
     let mut storing: Option<tokio::task::JoinHandle<Stored>> = None;
-    let result = stream_batches(archive, &mut lease, io, &mut storing).await;
+    let result = stream_batches(archive, &mut lease, io, &mut storing, telemetry).await;
     if let Some(batch) = storing.take() {
         // Whatever ended the session, the batch still holds the archive: wait for it, so that
         // the archive is closed before the lease is released and a new session opens it.
@@ -503,6 +577,7 @@ async fn stream_batches(
     lease: &mut WriterLease,
     io: &mut Framed,
     storing: &mut Option<tokio::task::JoinHandle<Stored>>,
+    telemetry: &ClusterTelemetry,
 ) -> Result<(), End> {
     let mut archive = Some(archive);
     let mut timeline: Option<TimelineId> = None;
@@ -510,7 +585,9 @@ async fn stream_batches(
     let mut finished = false;
     loop {
         if storing.is_none() {
-            let frames = io.drain()?;
+            let received_at = io.pending_since.unwrap_or_else(std::time::Instant::now);
+            let frames = take_upstream(io.drain()?, telemetry);
+            telemetry.received(wal_bytes(&frames) as u64);
             if frames.is_empty() && finished {
                 return Ok(());
             }
@@ -521,11 +598,12 @@ async fn stream_batches(
                 let t = timeline;
                 if wal_bytes(&frames) >= OFFLOAD_BYTES {
                     *storing = Some(tokio::task::spawn_blocking(move || {
-                        store_batch(a, t, frames)
+                        store_batch(a, t, frames, received_at)
                     }));
                 } else {
-                    let stored = blocking(move || store_batch(a, t, frames)).await?;
-                    acknowledge(stored, &mut archive, &mut timeline, &mut last_ack, io).await?;
+                    let stored = blocking(move || store_batch(a, t, frames, received_at)).await?;
+                    let state = (&mut archive, &mut timeline, &mut last_ack);
+                    acknowledge(stored, state, io, telemetry).await?;
                     continue;
                 }
             }
@@ -542,7 +620,8 @@ async fn stream_batches(
                 let stored = stored.map_err(|e| {
                     End::Refused(ErrorCode::Internal, format!("storage task failed: {e}"))
                 })?;
-                acknowledge(stored, &mut archive, &mut timeline, &mut last_ack, io).await?;
+                let state = (&mut archive, &mut timeline, &mut last_ack);
+                acknowledge(stored, state, io, telemetry).await?;
             }
             more = io.fill(), if !finished && io.rbuf.len() < READ_AHEAD => {
                 finished = !more?;
@@ -551,28 +630,54 @@ async fn stream_batches(
     }
 }
 
+/// Reports and removes the client's `Upstream` notes: they change nothing stored.
+fn take_upstream(mut frames: Vec<Message>, telemetry: &ClusterTelemetry) -> Vec<Message> {
+    frames.retain(|m| match m {
+        Message::Upstream { timeline, wal_end } => {
+            telemetry.upstream(*timeline, *wal_end);
+            false
+        }
+        _ => true,
+    });
+    frames
+}
+
+/// The session's state that a stored batch hands back or moves on.
+type SessionState<'a> = (
+    &'a mut Option<WalArchive>,
+    &'a mut Option<TimelineId>,
+    &'a mut Option<(TimelineId, Lsn)>,
+);
+
 /// Takes the archive back from a stored batch and sends the replies and the new durable
 /// position (only now, after the batch's fsync).
 async fn acknowledge(
     (a, result): Stored,
-    archive: &mut Option<WalArchive>,
-    timeline: &mut Option<TimelineId>,
-    last_ack: &mut Option<(TimelineId, Lsn)>,
+    (archive, timeline, last_ack): SessionState<'_>,
     io: &mut Framed,
+    telemetry: &ClusterTelemetry,
 ) -> Result<(), End> {
     *archive = Some(a);
     let (batch, t) = result?;
     *timeline = t;
+    // Before the acknowledgement leaves: whoever sees PostgreSQL's flush position move can
+    // already see it in the status.
+    telemetry.stored(batch.fsync, batch.bytes, batch.segments, batch.ack);
     let mut out = batch.replies;
+    let mut acked = false;
     if let Some(ack) = batch.ack.filter(|a| Some(*a) != *last_ack) {
         out.push(Message::Ack {
             timeline: ack.0,
             durable: ack.1,
         });
         *last_ack = Some(ack);
+        acked = true;
     }
     if !out.is_empty() {
         io.send(&out).await?;
+    }
+    if acked {
+        telemetry.acknowledged(batch.received_at.elapsed());
     }
     Ok(())
 }

@@ -53,6 +53,7 @@ pub struct KlioServer {
     data_dir: PathBuf,
     log: PathBuf,
     port: u16,
+    metrics_port: u16,
     process: Option<BackgroundProcess>,
     starts: u32,
     extra_args: Vec<std::ffi::OsString>,
@@ -64,6 +65,14 @@ fn free_udp_port() -> u16 {
         .and_then(|s| s.local_addr())
         .map(|a| a.port())
         .expect("bind an ephemeral UDP port")
+}
+
+/// A TCP port that was free a moment ago.
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral TCP port")
 }
 
 impl KlioServer {
@@ -97,6 +106,7 @@ impl KlioServer {
             data_dir: work.subdir("server-data"),
             log: work.path().join("server.log"),
             port: free_udp_port(),
+            metrics_port: free_tcp_port(),
             process: None,
             starts: 0,
             extra_args: extra_args.iter().map(|a| a.to_os_string()).collect(),
@@ -112,6 +122,11 @@ impl KlioServer {
     /// `127.0.0.1:<port>`.
     pub fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `127.0.0.1:<port>` of the metrics listener (`/metrics`, `/healthz`, `/status`).
+    pub fn metrics_address(&self) -> String {
+        format!("127.0.0.1:{}", self.metrics_port)
     }
 
     /// The running server's process id.
@@ -200,6 +215,7 @@ impl KlioServer {
             .arg(self.certs.file("server.pem"))
             .arg("--tls-key")
             .arg(self.certs.file("server.key"))
+            .args(["--metrics-listen", &self.metrics_address()])
             .args(&self.extra_args);
         cmd
     }

@@ -7,7 +7,9 @@
 //! reconnecting after any crash, of either side, skips nothing.
 
 mod session;
+mod telemetry;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use klio_proto::klio::ClusterName;
@@ -34,6 +36,8 @@ pub struct SendWalOptions {
     pub reconnect_min: Duration,
     /// Longest wait between reconnection attempts.
     pub reconnect_max: Duration,
+    /// TCP address for `/metrics` and `/healthz`; `None` serves none.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Why `send-wal` stopped.
@@ -57,6 +61,9 @@ pub enum SendWalError {
     /// The replication stream broke its own rules.
     #[error("invalid replication stream: {0}")]
     Stream(String),
+    /// The metrics listener could not be started.
+    #[error(transparent)]
+    Metrics(#[from] klio_metrics::MetricsError),
 }
 
 impl SendWalError {
@@ -64,8 +71,19 @@ impl SendWalError {
         match self {
             SendWalError::Postgres(ConnectionError::Settings(_) | ConnectionError::Tls(_)) => false,
             SendWalError::Server(e) => e.is_retryable(),
-            SendWalError::ServerTooOld(_) | SendWalError::SlotNotPhysical(_) => false,
+            SendWalError::ServerTooOld(_)
+            | SendWalError::SlotNotPhysical(_)
+            | SendWalError::Metrics(_) => false,
             _ => true,
+        }
+    }
+
+    /// The `kind` label of `klio_errors_total`.
+    fn kind(&self) -> &'static str {
+        match self {
+            SendWalError::Postgres(_) => "postgres",
+            SendWalError::Server(_) => "server",
+            _ => "stream",
         }
     }
 }
@@ -75,17 +93,39 @@ impl SendWalError {
 pub async fn send_wal(opts: &SendWalOptions, shutdown: Shutdown) -> Result<(), SendWalError> {
     // Every log line of this client names its cluster.
     let span = tracing::info_span!("send_wal", cluster = %opts.cluster);
-    tracing::Instrument::instrument(reconnect_loop(opts, shutdown), span).await
+    let telemetry = Arc::new(telemetry::SendWalTelemetry::new(opts.cluster.as_str()));
+    let (_stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(addr) = opts.metrics_listen {
+        let endpoint = {
+            let _entered = span.enter();
+            let endpoint = klio_metrics::MetricsEndpoint::bind(addr)?;
+            if let Ok(a) = endpoint.local_addr() {
+                tracing::info!("metrics on http://{a}/metrics (also /healthz)");
+            }
+            endpoint
+        };
+        let pages: Arc<dyn klio_metrics::Pages> = telemetry.clone();
+        // Served until this function returns and drops the sender.
+        tokio::spawn(endpoint.serve(pages, async move {
+            let _ = metrics_stopped.await;
+        }));
+    }
+    tracing::Instrument::instrument(reconnect_loop(opts, shutdown, &telemetry), span).await
 }
 
-async fn reconnect_loop(opts: &SendWalOptions, mut shutdown: Shutdown) -> Result<(), SendWalError> {
+async fn reconnect_loop(
+    opts: &SendWalOptions,
+    mut shutdown: Shutdown,
+    telemetry: &telemetry::SendWalTelemetry,
+) -> Result<(), SendWalError> {
     let mut delay = opts.reconnect_min;
     loop {
         let started = tokio::time::Instant::now();
-        match session::run(opts, &mut shutdown).await {
+        match session::run(opts, &mut shutdown, telemetry).await {
             Ok(()) => return Ok(()),
             Err(e) if !e.is_retryable() => return Err(e),
             Err(e) => {
+                telemetry.failed(e.kind(), e.to_string());
                 if shutdown.is_triggered() {
                     return Ok(());
                 }

@@ -7,6 +7,7 @@ use klio_proto::replication::ReplicationMessage;
 use klio_wal::{Lsn, SegmentSize, TimelineId};
 use tokio::time::Instant;
 
+use super::telemetry::SendWalTelemetry;
 use super::{SendWalError, SendWalOptions};
 use crate::connection::{CopyEvent, ReplicationConnection};
 use crate::server_link::{FramedRecv, FramedSend, ServerConnection, ServerLinkError};
@@ -40,14 +41,27 @@ fn ack_lsn(msg: Option<Message>) -> Result<Lsn, ServerLinkError> {
     }
 }
 
+/// Shows the connections as down when the session ends, however it ends.
+struct Connected<'a>(&'a SendWalTelemetry);
+
+impl Drop for Connected<'_> {
+    fn drop(&mut self) {
+        self.0.postgres_connected(false);
+        self.0.server_connected(false);
+    }
+}
+
 pub(super) async fn run(
     opts: &SendWalOptions,
     shutdown: &mut Shutdown,
+    telemetry: &SendWalTelemetry,
 ) -> Result<(), SendWalError> {
+    let _connected = Connected(telemetry);
     let mut pg = tokio::select! {
         c = ReplicationConnection::connect(&opts.pg) => c?,
         _ = shutdown.wait() => return Ok(()),
     };
+    telemetry.postgres_connected(true);
     let version = pg
         .parameter("server_version")
         .unwrap_or("unknown")
@@ -69,6 +83,7 @@ pub(super) async fn run(
 
     let server = ServerConnection::connect(&opts.server).await?;
     let (mut send, mut recv) = server.open_stream().await?;
+    telemetry.server_connected(true);
     send.send(&Message::Hello {
         version: PROTOCOL_VERSION,
         cluster: opts.cluster.clone(),
@@ -113,7 +128,14 @@ pub(super) async fn run(
             send.send(&Message::StartWal { timeline, start }).await?;
             pg.start_replication(Some(&opts.slot), start, timeline)
                 .await?;
-            match stream(opts, &mut pg, &mut send, &mut recv, &mut progress, shutdown).await? {
+            telemetry.streaming(timeline, progress.durable);
+            let link = Link {
+                send: &mut send,
+                acks: &mut recv,
+                timeline,
+                telemetry,
+            };
+            match stream(opts, &mut pg, link, &mut progress, shutdown).await? {
                 Streamed::Shutdown => return Ok(()),
                 Streamed::EndOfTimeline => match pg.finish_copy().await? {
                     Some(end) if end.next_timeline > timeline => {
@@ -148,7 +170,10 @@ pub(super) async fn run(
     let deadline = Instant::now() + Duration::from_secs(2);
     while let Ok(Ok(msg)) = tokio::time::timeout_at(deadline, recv.recv()).await {
         match ack_lsn(msg) {
-            Ok(lsn) => progress.durable = progress.durable.max(lsn),
+            Ok(lsn) => {
+                progress.durable = progress.durable.max(lsn);
+                telemetry.acknowledged(lsn);
+            }
             Err(_) => break,
         }
     }
@@ -194,16 +219,32 @@ enum Streamed {
     EndOfTimeline,
 }
 
+/// The server side of a stream, and where to report.
+struct Link<'a> {
+    send: &'a mut FramedSend,
+    acks: &'a mut FramedRecv,
+    timeline: TimelineId,
+    telemetry: &'a SendWalTelemetry,
+}
+
 async fn stream(
     opts: &SendWalOptions,
     pg: &mut ReplicationConnection,
-    send: &mut FramedSend,
-    acks: &mut FramedRecv,
+    link: Link<'_>,
     progress: &mut Progress,
     shutdown: &mut Shutdown,
 ) -> Result<Streamed, SendWalError> {
+    let Link {
+        send,
+        acks,
+        timeline,
+        telemetry,
+    } = link;
     let interval = opts.status_interval.max(Duration::from_millis(100));
     let mut next_status = Instant::now();
+    // PostgreSQL's end of WAL: the newest seen, and the newest told to the server.
+    let mut upstream = progress.written;
+    let mut upstream_told = Lsn(0);
     loop {
         if Instant::now() >= next_status {
             report(pg, *progress).await?;
@@ -218,6 +259,7 @@ async fn stream(
                 while let Some(m) = acks.try_recv_buffered()? {
                     durable = durable.max(ack_lsn(Some(m))?);
                 }
+                telemetry.acknowledged(durable);
                 if durable > progress.durable {
                     progress.durable = durable;
                     report(pg, *progress).await?;
@@ -241,10 +283,14 @@ async fn stream(
                                 )));
                             }
                             progress.written = Lsn(x.wal_start.0 + x.data.len() as u64);
+                            upstream = upstream.max(x.wal_end).max(progress.written);
+                            telemetry.received(x.data.len() as u64, upstream);
                             send.push(&Message::WalData { start: x.wal_start, data: x.data });
                         }
-                        CopyEvent::Message(ReplicationMessage::PrimaryKeepalive { reply_requested, .. }) => {
+                        CopyEvent::Message(ReplicationMessage::PrimaryKeepalive { reply_requested, wal_end, .. }) => {
                             reply |= reply_requested;
+                            upstream = upstream.max(wal_end);
+                            telemetry.upstream(upstream);
                         }
                         CopyEvent::Message(other) => {
                             return Err(SendWalError::Stream(format!("unexpected message {other:?}")));
@@ -254,7 +300,13 @@ async fn stream(
                     // QUIC stream bounds how much can be in flight.
                     next = if send.queued() < (1 << 20) { pg.try_recv_buffered() } else { None };
                 }
+                if upstream > upstream_told {
+                    // For the server's lag figures; 13 bytes per batch at most.
+                    send.push(&Message::Upstream { timeline, wal_end: upstream });
+                    upstream_told = upstream;
+                }
                 send.flush().await?;
+                telemetry.flushed(progress.written);
                 if reply {
                     report(pg, *progress).await?;
                     next_status = Instant::now() + interval;

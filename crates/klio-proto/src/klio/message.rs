@@ -133,6 +133,14 @@ pub enum Message {
         /// Durable position.
         durable: Lsn,
     },
+    /// Client → server: where PostgreSQL's WAL ends, as its walsender last said. Changes
+    /// nothing stored; the server shows the distance to its durable position as lag.
+    Upstream {
+        /// The timeline being streamed.
+        timeline: TimelineId,
+        /// PostgreSQL's end of WAL on it.
+        wal_end: Lsn,
+    },
     /// Client → server: ask for the durable position (of a timeline, or the newest).
     GetPosition {
         /// `None` for the newest timeline.
@@ -194,6 +202,7 @@ pub(super) mod tag {
     pub(crate) const FILE_DATA: u8 = b'd';
     pub(crate) const FILE_END: u8 = b'e';
     pub(crate) const NO_SUCH_FILE: u8 = b'n';
+    pub(crate) const UPSTREAM: u8 = b'U';
 }
 
 fn put_str(out: &mut BytesMut, s: &str) {
@@ -224,6 +233,7 @@ impl Message {
             Message::FileData { .. } => tag::FILE_DATA,
             Message::FileEnd { .. } => tag::FILE_END,
             Message::NoSuchFile { .. } => tag::NO_SUCH_FILE,
+            Message::Upstream { .. } => tag::UPSTREAM,
         }
     }
 
@@ -261,9 +271,16 @@ impl Message {
                 out.put_u32(timeline.get());
                 out.put_slice(content);
             }
-            Message::Ack { timeline, durable } => {
+            Message::Ack {
+                timeline,
+                durable: lsn,
+            }
+            | Message::Upstream {
+                timeline,
+                wal_end: lsn,
+            } => {
                 out.put_u32(timeline.get());
-                out.put_u64(durable.0);
+                out.put_u64(lsn.0);
             }
             Message::GetPosition { timeline } => put_opt_tli(out, *timeline),
             Message::Position { timeline, durable } => {
@@ -424,6 +441,10 @@ mod decode {
             tag::ACK => Message::Ack {
                 timeline: r.timeline()?,
                 durable: Lsn(r.u64()?),
+            },
+            tag::UPSTREAM => Message::Upstream {
+                timeline: r.timeline()?,
+                wal_end: Lsn(r.u64()?),
             },
             tag::GET_POSITION => Message::GetPosition {
                 timeline: r.opt_timeline()?,

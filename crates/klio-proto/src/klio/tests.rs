@@ -80,6 +80,10 @@ fn samples() -> Vec<Message> {
             crc32c: 0,
             partial: false,
         },
+        Message::Upstream {
+            timeline: TimelineId::new(3).unwrap(),
+            wal_end: Lsn(0x1_2345_6789),
+        },
         Message::NoSuchFile {
             name: "00000002.history".to_owned(),
         },

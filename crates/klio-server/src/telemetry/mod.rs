@@ -1,0 +1,534 @@
+//! What the server tells operators: Prometheus metrics, health and status per cluster, served
+//! by a [`klio_metrics::MetricsEndpoint`].
+//!
+//! Sessions report events through a [`ClusterTelemetry`]; the live state (who streams, the
+//! newest acknowledgement, the last error) is kept here, and what is on disk (archive size,
+//! recoverable range) is surveyed when a page is asked for, at most every
+//! [`SURVEY_INTERVAL`].
+
+mod metrics;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use klio_metrics::{ClusterKindLabels, ClusterLabel, Health, Pages, ReasonLabel, gauge_value};
+use klio_proto::klio::{ClusterName, ErrorCode};
+use klio_store::wal_archive::{ArchiveSummary, WalArchive};
+use klio_wal::{Lsn, TimelineId};
+
+use crate::status::{self, ClusterStatus, ServerStatus, StatusPoint, StreamingClient};
+use metrics::ServerMetrics;
+
+/// How old a survey of the archives may be when a page is served: scrapes and `klio status`
+/// then cost at most one directory listing (and one scan of each journal in progress) per
+/// cluster per interval.
+const SURVEY_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The server's observability state.
+#[derive(Debug)]
+pub(crate) struct Telemetry {
+    metrics: ServerMetrics,
+    clusters: Mutex<BTreeMap<ClusterName, Arc<ClusterState>>>,
+    clusters_dir: PathBuf,
+    keyring: Option<klio_crypto::Keyring>,
+    started: SystemTime,
+    survey: Mutex<Option<Survey>>,
+}
+
+#[derive(Debug)]
+struct Survey {
+    at: Instant,
+    archives: BTreeMap<String, Result<ArchiveSummary, String>>,
+}
+
+#[derive(Debug)]
+struct ClusterState {
+    label: ClusterLabel,
+    live: Mutex<Live>,
+}
+
+/// What only the running server knows about a cluster.
+#[derive(Debug, Default)]
+struct Live {
+    connections: u32,
+    writer: Option<Writer>,
+    writers_started: u64,
+    durable: Option<(TimelineId, Lsn)>,
+    last_ack: Option<SystemTime>,
+    upstream: Option<(TimelineId, Lsn)>,
+    last_error: Option<status::LastError>,
+}
+
+#[derive(Debug)]
+struct Writer {
+    id: u64,
+    remote: SocketAddr,
+    since: SystemTime,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The state is plain values: a panic elsewhere cannot leave it half-updated in a way that
+    // matters more than losing the pages would.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn unix_seconds(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| gauge_value(d.as_secs()))
+}
+
+/// The protocol's error code as a metric label and status kind.
+fn kind_of(code: ErrorCode) -> String {
+    match code {
+        ErrorCode::Unauthorized => "unauthorized".to_owned(),
+        ErrorCode::SystemIdMismatch => "system_id_mismatch".to_owned(),
+        ErrorCode::SegmentSizeMismatch => "segment_size_mismatch".to_owned(),
+        ErrorCode::BadRequest => "bad_request".to_owned(),
+        ErrorCode::InvalidPosition => "invalid_position".to_owned(),
+        ErrorCode::Storage => "storage".to_owned(),
+        ErrorCode::Preempted => "preempted".to_owned(),
+        ErrorCode::ReadOnly => "read_only".to_owned(),
+        ErrorCode::UnsupportedVersion => "unsupported_version".to_owned(),
+        ErrorCode::Internal => "internal".to_owned(),
+        ErrorCode::DamagedFile => "damaged_file".to_owned(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+impl Telemetry {
+    pub(crate) fn new(data_dir: &std::path::Path, keyring: Option<klio_crypto::Keyring>) -> Self {
+        Telemetry {
+            metrics: ServerMetrics::new(),
+            clusters: Mutex::default(),
+            clusters_dir: data_dir.join("clusters"),
+            keyring,
+            started: SystemTime::now(),
+            survey: Mutex::default(),
+        }
+    }
+
+    /// The reporting handle of `cluster`.
+    pub(crate) fn cluster(self: &Arc<Self>, cluster: &ClusterName) -> ClusterTelemetry {
+        let state = lock(&self.clusters)
+            .entry(cluster.clone())
+            .or_insert_with(|| {
+                Arc::new(ClusterState {
+                    label: ClusterLabel {
+                        cluster: cluster.to_string(),
+                    },
+                    live: Mutex::default(),
+                })
+            })
+            .clone();
+        ClusterTelemetry {
+            telemetry: self.clone(),
+            state,
+        }
+    }
+
+    /// A connection was refused before it named a cluster (`reason`: `tls`, `no_cluster`).
+    pub(crate) fn connection_refused(&self, reason: &str) {
+        self.metrics
+            .connections_refused
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Summaries of every archive on disk, surveyed again when older than [`SURVEY_INTERVAL`].
+    fn archives(&self) -> BTreeMap<String, Result<ArchiveSummary, String>> {
+        let mut survey = lock(&self.survey);
+        if let Some(s) = survey.as_ref().filter(|s| s.at.elapsed() < SURVEY_INTERVAL) {
+            return s.archives.clone();
+        }
+        let mut archives = BTreeMap::new();
+        if let Ok(entries) = std::fs::read_dir(&self.clusters_dir) {
+            for entry in entries.flatten() {
+                let Ok(name) = entry.file_name().into_string() else {
+                    continue;
+                };
+                let wal = entry.path().join("wal");
+                if !wal.is_dir() {
+                    continue;
+                }
+                let summary = WalArchive::open_existing_with(&wal, self.keyring.clone())
+                    .and_then(|a| a.summary())
+                    .map_err(|e| e.to_string());
+                archives.insert(name, summary);
+            }
+        }
+        *survey = Some(Survey {
+            at: Instant::now(),
+            archives: archives.clone(),
+        });
+        archives
+    }
+
+    /// Sets the archive gauges from a fresh survey.
+    fn refresh_archive_gauges(&self, archives: &BTreeMap<String, Result<ArchiveSummary, String>>) {
+        let m = &self.metrics;
+        for (name, summary) in archives {
+            let Ok(s) = summary else { continue };
+            let label = ClusterLabel {
+                cluster: name.clone(),
+            };
+            m.archive_size
+                .get_or_create(&label)
+                .set(gauge_value(s.bytes));
+            m.archive_segments
+                .get_or_create(&label)
+                .set(gauge_value(s.segments));
+            m.archive_gaps
+                .get_or_create(&label)
+                .set(gauge_value(s.gaps));
+            if let Some((from, to)) = s.recoverable {
+                m.recoverable_from
+                    .get_or_create(&label)
+                    .set(gauge_value(from.lsn.0));
+                let live_to = ClusterName::new(name)
+                    .ok()
+                    .and_then(|c| lock(&self.clusters).get(&c).cloned())
+                    .and_then(|c| lock(&c.live).durable);
+                let to = live_to.map_or(to.lsn, |d| d.1.max(to.lsn));
+                m.recoverable_to
+                    .get_or_create(&label)
+                    .set(gauge_value(to.0));
+            }
+            // Clusters not streamed since the server started still show their position.
+            if let Some(newest) = s.recoverable.map(|r| r.1) {
+                let d = m.durable_lsn.get_or_create(&label);
+                if d.get() < gauge_value(newest.lsn.0) {
+                    d.set(gauge_value(newest.lsn.0));
+                    m.durable_timeline
+                        .get_or_create(&label)
+                        .set(i64::from(newest.timeline.get()));
+                }
+            }
+        }
+    }
+
+    /// The `/status` document.
+    pub(crate) fn status(&self) -> ServerStatus {
+        let archives = self.archives();
+        let live: BTreeMap<String, Arc<ClusterState>> = lock(&self.clusters)
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        let mut names: Vec<&String> = archives.keys().chain(live.keys()).collect();
+        names.sort();
+        names.dedup();
+        let clusters = names
+            .into_iter()
+            .map(|name| {
+                let summary = archives.get(name);
+                let state = live.get(name).map(|s| lock(&s.live));
+                cluster_status(name, summary, state.as_deref())
+            })
+            .collect();
+        ServerStatus {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started: rfc3339(self.started),
+            clusters,
+        }
+    }
+}
+
+fn status_point(timeline: TimelineId, lsn: Lsn) -> StatusPoint {
+    StatusPoint {
+        timeline: timeline.get(),
+        lsn: lsn.to_string(),
+    }
+}
+
+fn cluster_status(
+    name: &str,
+    summary: Option<&Result<ArchiveSummary, String>>,
+    live: Option<&Live>,
+) -> ClusterStatus {
+    let mut c = ClusterStatus {
+        cluster: name.to_owned(),
+        ..ClusterStatus::default()
+    };
+    let ok = summary.and_then(|s| s.as_ref().ok());
+    c.archive_error = summary.and_then(|s| s.as_ref().err().cloned());
+    // The live acknowledgement is newer than any survey; the survey covers clusters that have
+    // not streamed since the server started.
+    let durable = live
+        .and_then(|l| l.durable)
+        .into_iter()
+        .chain(
+            ok.and_then(|s| s.recoverable)
+                .map(|r| (r.1.timeline, r.1.lsn)),
+        )
+        .max_by_key(|d| (d.0, d.1));
+    if let Some((t, l)) = durable {
+        c.timeline = Some(t.get());
+        c.durable_lsn = Some(l.to_string());
+        c.recoverable_to = Some(status_point(t, l));
+    }
+    if let Some(s) = ok {
+        c.recoverable_from = s
+            .recoverable
+            .map(|(from, _)| status_point(from.timeline, from.lsn));
+        if c.recoverable_from.is_none() {
+            c.recoverable_to = None;
+        }
+        c.gaps = Some(s.gaps);
+        c.segments = Some(s.segments);
+        c.archive_bytes = Some(s.bytes);
+    }
+    if let Some(l) = live {
+        c.connections = l.connections;
+        c.last_ack = l.last_ack.map(rfc3339);
+        c.upstream_lsn = l.upstream.map(|u| u.1.to_string());
+        c.lag_bytes = l
+            .upstream
+            .zip(durable)
+            .map(|(u, d)| u.1.0.saturating_sub(d.1.0));
+        c.streaming_client = l.writer.as_ref().map(|w| StreamingClient {
+            address: w.remote.to_string(),
+            since: rfc3339(w.since),
+        });
+        c.last_error = l.last_error.clone();
+    }
+    c
+}
+
+impl Pages for Telemetry {
+    fn metrics(&self) -> String {
+        let archives = self.archives();
+        self.refresh_archive_gauges(&archives);
+        klio_metrics::encode(&self.metrics.registry)
+    }
+
+    fn health(&self) -> Health {
+        match std::fs::read_dir(&self.clusters_dir) {
+            Ok(_) => Health::Healthy,
+            Err(e) => Health::Unhealthy(format!(
+                "data directory {} is not readable: {e}",
+                self.clusters_dir.display()
+            )),
+        }
+    }
+
+    fn status(&self) -> Option<String> {
+        serde_json::to_string(&Telemetry::status(self)).ok()
+    }
+}
+
+/// Reports the events of one cluster's connections and sessions.
+#[derive(Clone, Debug)]
+pub(crate) struct ClusterTelemetry {
+    telemetry: Arc<Telemetry>,
+    state: Arc<ClusterState>,
+}
+
+/// Counts a connection while it lives.
+#[derive(Debug)]
+pub(crate) struct ConnectionGuard(ClusterTelemetry);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let t = &self.0;
+        lock(&t.state.live).connections -= 1;
+        t.m().connected_clients.get_or_create(t.label()).dec();
+    }
+}
+
+/// Shows a WAL session as the cluster's streaming client while it lives.
+#[derive(Debug)]
+pub(crate) struct WriterGuard {
+    cluster: ClusterTelemetry,
+    id: u64,
+}
+
+impl Drop for WriterGuard {
+    fn drop(&mut self) {
+        let mut live = lock(&self.cluster.state.live);
+        // A newer session may already have taken over.
+        if live.writer.as_ref().is_some_and(|w| w.id == self.id) {
+            live.writer = None;
+        }
+    }
+}
+
+impl ClusterTelemetry {
+    fn m(&self) -> &ServerMetrics {
+        &self.telemetry.metrics
+    }
+
+    fn label(&self) -> &ClusterLabel {
+        &self.state.label
+    }
+
+    /// A client of this cluster connected; it counts until the guard drops.
+    pub(crate) fn connected(&self) -> ConnectionGuard {
+        lock(&self.state.live).connections += 1;
+        self.m().connected_clients.get_or_create(self.label()).inc();
+        ConnectionGuard(self.clone())
+    }
+
+    /// A WAL session from `remote` started with the archive at `durable`.
+    pub(crate) fn writer_started(
+        &self,
+        remote: SocketAddr,
+        durable: Option<(TimelineId, Lsn)>,
+    ) -> WriterGuard {
+        let mut live = lock(&self.state.live);
+        live.writers_started += 1;
+        let id = live.writers_started;
+        live.writer = Some(Writer {
+            id,
+            remote,
+            since: SystemTime::now(),
+        });
+        if live.durable.is_none() {
+            live.durable = durable;
+        }
+        drop(live);
+        if let Some(d) = durable {
+            self.set_durable(d);
+        }
+        WriterGuard {
+            cluster: self.clone(),
+            id,
+        }
+    }
+
+    fn set_durable(&self, (t, l): (TimelineId, Lsn)) {
+        let m = self.m();
+        m.durable_lsn
+            .get_or_create(self.label())
+            .set(gauge_value(l.0));
+        m.durable_timeline
+            .get_or_create(self.label())
+            .set(i64::from(t.get()));
+    }
+
+    /// WAL bytes arrived.
+    pub(crate) fn received(&self, bytes: u64) {
+        if bytes > 0 {
+            self.m()
+                .wal_received
+                .get_or_create(self.label())
+                .inc_by(bytes);
+        }
+    }
+
+    /// A batch was stored: its fsync took `fsync`, it made `bytes` of WAL durable up to `ack`,
+    /// completing `segments` segments.
+    pub(crate) fn stored(
+        &self,
+        fsync: Option<Duration>,
+        bytes: u64,
+        segments: u64,
+        ack: Option<(TimelineId, Lsn)>,
+    ) {
+        let m = self.m();
+        if let Some(d) = fsync {
+            m.fsync_duration
+                .get_or_create(self.label())
+                .observe(d.as_secs_f64());
+        }
+        if bytes > 0 {
+            m.wal_acknowledged.get_or_create(self.label()).inc_by(bytes);
+        }
+        if segments > 0 {
+            m.segments_completed
+                .get_or_create(self.label())
+                .inc_by(segments);
+        }
+        if let Some(ack) = ack {
+            let now = SystemTime::now();
+            let upstream = {
+                let mut live = lock(&self.state.live);
+                live.durable = Some(ack);
+                live.last_ack = Some(now);
+                live.upstream
+            };
+            self.set_durable(ack);
+            m.last_ack
+                .get_or_create(self.label())
+                .set(unix_seconds(now));
+            self.set_lag(upstream, Some(ack));
+        }
+    }
+
+    /// An acknowledgement was sent, `latency` after its batch was received.
+    pub(crate) fn acknowledged(&self, latency: Duration) {
+        self.m()
+            .ack_latency
+            .get_or_create(self.label())
+            .observe(latency.as_secs_f64());
+    }
+
+    /// The client says PostgreSQL's WAL ends at `wal_end` on `timeline`.
+    pub(crate) fn upstream(&self, timeline: TimelineId, wal_end: Lsn) {
+        let durable = {
+            let mut live = lock(&self.state.live);
+            live.upstream = Some((timeline, wal_end));
+            live.durable
+        };
+        self.m()
+            .upstream_lsn
+            .get_or_create(self.label())
+            .set(gauge_value(wal_end.0));
+        self.set_lag(Some((timeline, wal_end)), durable);
+    }
+
+    fn set_lag(&self, upstream: Option<(TimelineId, Lsn)>, durable: Option<(TimelineId, Lsn)>) {
+        if let Some((u, d)) = upstream.zip(durable) {
+            self.m()
+                .lag_bytes
+                .get_or_create(self.label())
+                .set(gauge_value(u.1.0.saturating_sub(d.1.0)));
+        }
+    }
+
+    /// A session ended with an error that the client was told.
+    pub(crate) fn error(&self, code: ErrorCode, message: &str) {
+        let kind = kind_of(code);
+        self.m()
+            .errors
+            .get_or_create(&ClusterKindLabels {
+                cluster: self.label().cluster.clone(),
+                kind: kind.clone(),
+            })
+            .inc();
+        if code == ErrorCode::Preempted {
+            // A client reconnecting takes over from its own old session: routine, not an
+            // error to show an operator.
+            return;
+        }
+        lock(&self.state.live).last_error = Some(status::LastError {
+            at: rfc3339(SystemTime::now()),
+            kind,
+            message: message.to_owned(),
+        });
+    }
+
+    /// A file was served for a restore (`kind`: segment, partial, history).
+    pub(crate) fn restore_served(&self, kind: &str, bytes: u64) {
+        let m = self.m();
+        m.restores_served
+            .get_or_create(&ClusterKindLabels {
+                cluster: self.label().cluster.clone(),
+                kind: kind.to_owned(),
+            })
+            .inc();
+        m.restore_bytes.get_or_create(self.label()).inc_by(bytes);
+    }
+
+    /// A restore asked for a file the archive does not have.
+    pub(crate) fn restore_missing(&self) {
+        self.m().restores_missing.get_or_create(self.label()).inc();
+    }
+}
