@@ -18,6 +18,7 @@ struct Setup {
     certs: CertsDir,
     other_ca: CertsDir,
     address: String,
+    metrics: String,
     data: std::path::PathBuf,
 }
 
@@ -49,12 +50,14 @@ fn setup(rt: &tokio::runtime::Runtime) -> Setup {
     };
     let server = rt.block_on(async { Server::bind(&config) }).unwrap();
     let address = server.local_addr().unwrap().to_string();
+    let metrics = server.metrics_addr().unwrap().to_string();
     rt.spawn(server.run(std::future::pending()));
     Setup {
         _dir: dir,
         certs,
         other_ca,
         address,
+        metrics,
         data,
     }
 }
@@ -205,6 +208,49 @@ fn clients_reach_only_their_own_cluster() {
         assert!(
             e.is_err(),
             "a connection without a client certificate was accepted"
+        );
+
+        // The metrics count the refusals, under the cluster that misbehaved; the two foreign
+        // certificates and the missing one fail in the handshake.
+        let counted = |body: &str, series: &str| -> f64 {
+            body.lines()
+                .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+                .unwrap_or(0.0)
+        };
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        let body = loop {
+            let page =
+                klio_metrics::http_get(&s.metrics, "/metrics", std::time::Duration::from_secs(5))
+                    .await
+                    .unwrap();
+            let settled = counted(
+                &page.body,
+                "klio_connections_refused_total{reason=\"handshake\"}",
+            ) >= 3.0
+                && counted(&page.body, "klio_connected_clients{cluster=\"pg1\"}") == 0.0;
+            if settled || tokio::time::Instant::now() > deadline {
+                break page.body;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
+        for (series, want) in [
+            ("klio_connections_refused_total{reason=\"handshake\"}", 3.0),
+            (
+                "klio_errors_total{cluster=\"pg2\",kind=\"unauthorized\"}",
+                1.0,
+            ),
+            (
+                "klio_errors_total{cluster=\"pg1\",kind=\"system_id_mismatch\"}",
+                1.0,
+            ),
+            ("klio_connected_clients{cluster=\"pg1\"}", 0.0),
+            ("klio_wal_acknowledged_bytes_total{cluster=\"pg1\"}", 5000.0),
+        ] {
+            assert_eq!(counted(&body, series), want, "{series} in\n{body}");
+        }
+        assert!(
+            !body.contains("klio_wal_received_bytes_total{cluster=\"pg2\"}"),
+            "{body}"
         );
     });
     // Nothing was written for pg2, and pg1's archive holds only pg1's data.
