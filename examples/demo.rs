@@ -79,6 +79,14 @@ fn main() {
         )
     );
     let accounts = pg.psql("SELECT sum(abalance) FROM pgbench_accounts");
+    step("The server's view: klio status (Prometheus metrics are on the same listener)");
+    let status = klio_testkit::run_ok(std::process::Command::new(&exe).args([
+        "status",
+        "--address",
+        &server.metrics_address(),
+    ]));
+    print!("    {}", status.stdout.trim_end().replace('\n', "\n    "));
+    println!();
 
     step("Crashing PostgreSQL with kill -9");
     pg.kill9();

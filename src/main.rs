@@ -10,16 +10,12 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    let format = args.log_format;
-    cli::logging::init(args.verbose, args.quiet, format);
+    cli::logging::init(args.verbose, args.quiet, args.log_format);
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {
-            match format {
-                // A log collector gets the final error as a JSON line too.
-                cli::logging::LogFormat::Json => tracing::error!("{}", error_chain(&e)),
-                cli::logging::LogFormat::Text => eprintln!("klio: error: {}", error_chain(&e)),
-            }
+            // A log collector gets the final error as a JSON line too.
+            cli::logging::error(&error_chain(&e));
             ExitCode::FAILURE
         }
     }

@@ -93,7 +93,7 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!("klio: error: {e}");
+            super::logging::error(&e.to_string());
             Ok(ExitCode::from(EXIT_ABORT_RECOVERY))
         }
     }

@@ -2,7 +2,12 @@
 //! for log collectors. Lines about a cluster carry its name (`cluster`, from the span of the
 //! client session or the send-wal loop).
 
+use std::sync::OnceLock;
+
 use tracing_subscriber::EnvFilter;
+
+/// The format chosen at start, for the lines written outside of `tracing`.
+static FORMAT: OnceLock<LogFormat> = OnceLock::new();
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -23,6 +28,7 @@ pub(crate) fn init(verbose: u8, quiet: bool, format: LogFormat) {
         (false, 1) => "debug",
         (false, _) => "trace",
     };
+    let _ = FORMAT.set(format);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -38,5 +44,22 @@ pub(crate) fn init(verbose: u8, quiet: bool, format: LogFormat) {
             .with_current_span(true)
             .with_span_list(true)
             .init(),
+    }
+}
+
+/// A command's closing summary for a person: plain text on stderr, or an INFO line in JSON
+/// mode so that a log collector can parse every line.
+pub(crate) fn summary(text: &str) {
+    match FORMAT.get().copied().unwrap_or_default() {
+        LogFormat::Text => eprintln!("{text}"),
+        LogFormat::Json => tracing::info!("{text}"),
+    }
+}
+
+/// A command's final error: `klio: error: ...` on stderr, or an ERROR line in JSON mode.
+pub(crate) fn error(text: &str) {
+    match FORMAT.get().copied().unwrap_or_default() {
+        LogFormat::Text => eprintln!("klio: error: {text}"),
+        LogFormat::Json => tracing::error!("{text}"),
     }
 }

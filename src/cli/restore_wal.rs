@@ -39,7 +39,7 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
         Err(e) => {
-            eprintln!("klio: error: {e}");
+            super::logging::error(&e.to_string());
             Ok(ExitCode::from(EXIT_ABORT_RECOVERY))
         }
     }

@@ -125,7 +125,7 @@ fn run_generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
     let mut progress = Progress::new("generate", a.length, "files");
     let paths = generate(&a.dir, size, a.length, |n| progress.set(n))?;
     progress.finish();
-    eprintln!(
+    super::logging::summary(&format!(
         "generated {} files of {size} in {} ({} to {})",
         paths.len(),
         a.dir.display(),
@@ -139,7 +139,7 @@ fn run_generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
             .and_then(|p| p.file_name())
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
-    );
+    ));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -223,7 +223,7 @@ fn run_play(a: PlayArgs) -> anyhow::Result<ExitCode> {
     progress.finish();
     let _ = writeln!(stdout, "{}", summary.to_json());
     let _ = stdout.flush();
-    eprintln!("{}", summary.to_text());
+    super::logging::summary(&summary.to_text());
     Ok(if summary.errors == 0 {
         ExitCode::SUCCESS
     } else {
