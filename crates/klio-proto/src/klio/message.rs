@@ -74,6 +74,24 @@ impl ErrorCode {
         }
     }
 
+    /// A stable snake_case name, for metric labels and status documents.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::SystemIdMismatch => "system_id_mismatch",
+            ErrorCode::SegmentSizeMismatch => "segment_size_mismatch",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::InvalidPosition => "invalid_position",
+            ErrorCode::Storage => "storage",
+            ErrorCode::Preempted => "preempted",
+            ErrorCode::ReadOnly => "read_only",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::Internal => "internal",
+            ErrorCode::DamagedFile => "damaged_file",
+            ErrorCode::Unknown(_) => "unknown",
+        }
+    }
+
     /// Whether retrying the same request later can succeed.
     pub fn is_retryable(self) -> bool {
         matches!(

@@ -84,24 +84,6 @@ fn unix_seconds(t: SystemTime) -> i64 {
         .map_or(0, |d| gauge_value(d.as_secs()))
 }
 
-/// The protocol's error code as a metric label and status kind.
-fn kind_of(code: ErrorCode) -> String {
-    match code {
-        ErrorCode::Unauthorized => "unauthorized".to_owned(),
-        ErrorCode::SystemIdMismatch => "system_id_mismatch".to_owned(),
-        ErrorCode::SegmentSizeMismatch => "segment_size_mismatch".to_owned(),
-        ErrorCode::BadRequest => "bad_request".to_owned(),
-        ErrorCode::InvalidPosition => "invalid_position".to_owned(),
-        ErrorCode::Storage => "storage".to_owned(),
-        ErrorCode::Preempted => "preempted".to_owned(),
-        ErrorCode::ReadOnly => "read_only".to_owned(),
-        ErrorCode::UnsupportedVersion => "unsupported_version".to_owned(),
-        ErrorCode::Internal => "internal".to_owned(),
-        ErrorCode::DamagedFile => "damaged_file".to_owned(),
-        other => format!("{other:?}").to_lowercase(),
-    }
-}
-
 impl Telemetry {
     pub(crate) fn new(data_dir: &std::path::Path, keyring: Option<klio_crypto::Keyring>) -> Self {
         Telemetry {
@@ -495,7 +477,7 @@ impl ClusterTelemetry {
 
     /// A session ended with an error that the client was told.
     pub(crate) fn error(&self, code: ErrorCode, message: &str) {
-        let kind = kind_of(code);
+        let kind = code.name().to_owned();
         self.m()
             .errors
             .get_or_create(&ClusterKindLabels {
