@@ -1,5 +1,5 @@
 //! Writes a real WAL segment produced by pgbench, for benches that need realistic WAL:
-//! `cargo run --example make_wal_fixture -- crates/klio-crypto/benches/fixtures/pgbench-1mib.wal`
+//! `cargo run --example make_wal_fixture -- klio-crypto/benches/fixtures/pgbench-1mib.wal`
 //! (1 MiB segments, pgbench scale 1 and a few seconds of TPC-B-like load; the segment taken is
 //! a complete one from the middle of the run).
 
