@@ -46,8 +46,7 @@ fn no_gap_and_identical_segments_after_twenty_kills() {
         }
     }
     std::thread::sleep(Duration::from_secs(2));
-    load.signal("INT");
-    let _ = load.wait(Duration::from_secs(30));
+    load.terminate();
     pg.switch_wal();
     pg.psql("CREATE TABLE after_load AS SELECT 1 AS x");
     let target = pg.current_lsn();

@@ -64,6 +64,25 @@ impl BackgroundProcess {
         self.wait(Duration::from_secs(60))
     }
 
+    /// Ends the process whatever it is doing: SIGTERM, then SIGKILL if it is still running
+    /// after 30 s; reaps it. For load generators: pgbench 15 answers SIGINT by cancelling the
+    /// query in flight, which need not end its run.
+    pub fn terminate(&mut self) {
+        if self.child.is_none() {
+            return;
+        }
+        self.signal("TERM");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if !self.is_running() {
+                self.child = None;
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill9();
+    }
+
     /// SIGKILL, and reap.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -75,7 +75,8 @@ impl TickLoop {
     }
 }
 
-/// pgbench running in the background against `pg` until stopped (SIGINT).
+/// pgbench running in the background against `pg` until its run ends or it is stopped with
+/// [`BackgroundProcess::terminate`] (SIGINT only cancels pgbench's query in flight).
 pub fn pgbench_in_background(
     pg: &PgServer,
     args: &[&str],
