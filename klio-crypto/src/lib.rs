@@ -51,3 +51,8 @@ pub use passphrase::PassphraseKeyFile;
 pub use ring::rand::{SecureRandom, SystemRandom};
 pub use rotate::{object_key_id, rewrap};
 pub use seal::{Compression, SealOptions, Sealer, seal};
+
+/// The examples of the crate's README, compiled and run as doctests so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

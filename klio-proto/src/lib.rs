@@ -28,3 +28,8 @@ pub use startup::{AuthMethod, Startup, StartupStatus};
 
 #[cfg(test)]
 mod tests;
+
+/// The examples of the crate's README, compiled and run as doctests so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

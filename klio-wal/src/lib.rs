@@ -22,3 +22,8 @@ pub use segment::{InvalidSegmentSize, SegmentNo, SegmentPiece, SegmentSize, Segm
 pub use synth::{SynthConfig, SynthConfigError, SynthStats, SyntheticSegment, SyntheticWal};
 pub use timeline::{InvalidTimeline, TimelineId};
 pub use timeline_history::{HistoryEntry, HistoryParseError, parse_history};
+
+/// The examples of the crate's README, compiled and run as doctests so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
