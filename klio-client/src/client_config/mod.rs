@@ -322,4 +322,6 @@ pub fn check_endpoint(server: &ServerEndpoint) -> Result<(), ClientConfigError> 
 }
 
 #[cfg(test)]
+pub(crate) mod test_pki;
+#[cfg(test)]
 mod tests;

@@ -1,64 +1,8 @@
 use std::collections::HashMap;
 
+use super::test_pki::Pki;
 use super::*;
 use crate::server_link::TlsFile;
-
-/// A CA with client certificates, written as `klio certs` writes them.
-struct Pki {
-    dir: tempfile::TempDir,
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-}
-
-impl Pki {
-    fn new(name: &str) -> Pki {
-        let dir = tempfile::tempdir().unwrap();
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, format!("{name} CA"));
-        let ca = params.self_signed(&ca_key).unwrap();
-        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-        Pki {
-            dir,
-            issuer: rcgen::Issuer::new(params, ca_key),
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// Writes `client-<cluster>.pem` and `.key`.
-    fn client(&self, cluster: &str) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, format!("klio@{cluster}"));
-        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        std::fs::write(self.path(&format!("client-{cluster}.pem")), cert.pem()).unwrap();
-        std::fs::write(
-            self.path(&format!("client-{cluster}.key")),
-            key.serialize_pem(),
-        )
-        .unwrap();
-    }
-
-    /// Flags for `cluster`'s certificate and this CA.
-    fn flags(&self, cluster: &str) -> ClientSettings {
-        ClientSettings {
-            address: Some("localhost:7470".into()),
-            server_name: None,
-            ca: Some(self.path("ca.pem")),
-            cert: Some(self.path(&format!("client-{cluster}.pem"))),
-            key: Some(self.path(&format!("client-{cluster}.key"))),
-            cluster: Some(cluster.into()),
-        }
-    }
-}
 
 fn env(vars: &[(&str, &str)]) -> ClientSettings {
     let vars: HashMap<String, OsString> = vars
