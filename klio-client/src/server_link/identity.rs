@@ -28,6 +28,16 @@ pub enum TlsFile {
     ClientKey,
 }
 
+impl TlsFile {
+    /// What the file must hold.
+    fn pem_item(self) -> &'static str {
+        match self {
+            TlsFile::Ca | TlsFile::ClientCert => "certificate",
+            TlsFile::ClientKey => "private key",
+        }
+    }
+}
+
 impl fmt::Display for TlsFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -68,7 +78,7 @@ pub enum IdentityError {
     #[error(
         "the {file} {} holds no PEM {}; is it the right file?",
         path.display(),
-        if *file == TlsFile::ClientKey { "private key" } else { "certificate" }
+        file.pem_item()
     )]
     Empty {
         /// Which file.
