@@ -6,6 +6,8 @@
 //! - [`receive`]: `klio receive-wal`, a pg_receivewal-compatible receiver into a directory.
 //! - [`restore_wal`]: a `restore_command` that serves a local directory, `.partial` included.
 //!
+//! - [`client_config`]: the server settings of every command that talks to a Klio server,
+//!   from `--config`, `KLIO_*` variables and flags, checked before anything connects.
 //! - [`server_link`]: QUIC with mutual TLS to a Klio server, framed streams.
 //! - [`send_wal`]: `klio send-wal`, streaming WAL to a Klio server with flush = durable acks.
 //!

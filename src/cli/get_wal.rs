@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
+use klio_client::client_config::ClientConfig;
 use klio_client::get_wal::{GetWalOptions, GetWalOutcome, get_wal, prefetch, should_prefetch};
 
 /// restore_command served by the Klio server: fetch WAL file %f of this cluster into %p.
@@ -28,8 +29,6 @@ pub(crate) struct Args {
     /// Destination path (%p).
     #[arg(required_unless_present = "prefetch_worker")]
     path: Option<PathBuf>,
-    #[command(flatten)]
-    server: super::server_args::ServerArgs,
     /// Spool directory for prefetched segments (relative paths are relative to the data
     /// directory, where PostgreSQL runs restore_command).
     #[arg(long, value_name = "DIR", default_value = "pg_wal/klio-spool")]
@@ -46,14 +45,28 @@ pub(crate) struct Args {
     /// Internal: run the prefetcher (started in the background by get-wal itself).
     #[arg(long, hide = true)]
     prefetch_worker: bool,
+    #[command(flatten)]
+    client: super::client_args::ClientArgs,
 }
 
 /// Exit status above 125: PostgreSQL aborts recovery rather than treating the file as absent.
 const EXIT_ABORT_RECOVERY: u8 = 255;
 
 pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let client = match a.client.resolve() {
+        Ok(client) => client,
+        // Unusable settings are a failure, not "not in the archive": recovery must stop.
+        Err(e) if a.prefetch_worker => {
+            tracing::warn!("prefetching stopped: {:#}", anyhow::Error::from(e));
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(e) => {
+            super::logging::error(&format!("{:#}", anyhow::Error::from(e)));
+            return Ok(ExitCode::from(EXIT_ABORT_RECOVERY));
+        }
+    };
     let opts = GetWalOptions {
-        server: a.server.endpoint(),
+        server: client.server.clone(),
         spool_dir: (a.prefetch > 0).then(|| a.spool_dir.clone()),
         prefetch_depth: a.prefetch,
         prefetch_jobs: a.jobs.max(1),
@@ -86,7 +99,7 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
                 tracing::info!("served {file}: the segment still being streamed, zero-padded");
             }
             if should_prefetch(&opts)
-                && let Err(e) = spawn_prefetcher(&a)
+                && let Err(e) = spawn_prefetcher(&a, &client)
             {
                 tracing::warn!("could not start the prefetcher: {e}");
             }
@@ -99,14 +112,15 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Starts `klio get-wal --prefetch-worker` in the background; it outlives this process.
-fn spawn_prefetcher(a: &Args) -> std::io::Result<()> {
+/// Starts `klio get-wal --prefetch-worker` in the background, with the resolved settings as
+/// flags; it outlives this process.
+fn spawn_prefetcher(a: &Args, client: &ClientConfig) -> std::io::Result<()> {
     let exe = std::env::current_exe()?;
     let spool = std::path::absolute(&a.spool_dir)?;
     std::process::Command::new(exe)
         .arg("get-wal")
         .arg("--prefetch-worker")
-        .args(a.server.to_args())
+        .args(client.to_args())
         .arg("--spool-dir")
         .arg(spool)
         .args(["--prefetch", &a.prefetch.to_string()])

@@ -1,6 +1,7 @@
 //! Argument definitions and dispatch to the library functions.
 
 mod certs;
+mod client_args;
 mod get_wal;
 mod keys;
 pub(crate) mod logging;
@@ -11,7 +12,6 @@ mod receive_wal;
 mod restore_wal;
 mod send_wal;
 mod server;
-mod server_args;
 mod signals;
 mod status;
 mod verify;

@@ -24,8 +24,6 @@ pub(crate) struct Args {
     /// The data directory to prepare (PostgreSQL stopped).
     #[arg(short = 'D', long, value_name = "DIR", env = "PGDATA")]
     pgdata: PathBuf,
-    #[command(flatten)]
-    server: super::server_args::ServerArgs,
     /// Stop at this time (e.g. '2026-11-21 09:59:00+00').
     #[arg(long, value_name = "TIMESTAMP", group = "target")]
     target_time: Option<String>,
@@ -59,6 +57,8 @@ pub(crate) struct Args {
     /// get-wal: segments fetched at once.
     #[arg(long, value_name = "N", default_value_t = 4)]
     jobs: usize,
+    #[command(flatten)]
+    client: super::client_args::ClientArgs,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -82,12 +82,11 @@ fn shell_quote(s: &str) -> String {
 
 pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot find the klio executable")?;
-    let mut server = a.server.clone();
-    for p in [
-        &mut server.tls_ca,
-        &mut server.tls_cert,
-        &mut server.tls_key,
-    ] {
+    // Checked now, so that recovery does not start with a restore_command that cannot work.
+    let mut client = a.client.resolve()?;
+    // restore_command runs in the data directory: the paths must not depend on where this runs.
+    let server = &mut client.server;
+    for p in [&mut server.ca, &mut server.cert, &mut server.key] {
         *p = std::path::absolute(&*p).with_context(|| format!("resolving {}", p.display()))?;
     }
     let mut words = vec![
@@ -97,7 +96,7 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
         "%p".to_owned(),
     ];
     words.extend(
-        server
+        client
             .to_args()
             .into_iter()
             .map(|a| a.to_string_lossy().into_owned()),
@@ -142,7 +141,7 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
     println!(
         "{} prepared for recovery from {}; start PostgreSQL to begin",
         a.pgdata.display(),
-        a.server.server
+        client.server.address
     );
     Ok(ExitCode::SUCCESS)
 }

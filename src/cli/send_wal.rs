@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use klio_client::send_wal::{SendWalOptions, send_wal};
-use klio_proto::klio::ClusterName;
 
 /// Stream WAL from PostgreSQL to a Klio server, in real time.
 ///
@@ -31,11 +30,6 @@ pub(crate) struct Args {
         env = "KLIO_SLOT"
     )]
     slot: String,
-    #[command(flatten)]
-    server: super::server_args::ServerArgs,
-    /// The cluster this client streams (its certificate must be for klio@CLUSTER).
-    #[arg(long, value_name = "CLUSTER", env = "KLIO_CLUSTER")]
-    cluster: String,
     /// Seconds between status updates sent to PostgreSQL when nothing else happens.
     #[arg(short = 's', long, value_name = "SECS", default_value_t = 10)]
     status_interval: u64,
@@ -46,14 +40,19 @@ pub(crate) struct Args {
     /// over HTTP on this TCP address [default: none].
     #[arg(long, value_name = "IP:PORT|off", env = "KLIO_METRICS_LISTEN")]
     metrics_listen: Option<String>,
+    #[command(flatten)]
+    client: super::client_args::ClientArgs,
 }
 
 pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
+    // Before PostgreSQL is reached: a wrong path or certificate fails here, at once, and is
+    // not hidden behind retries of an unreachable database.
+    let client = a.client.resolve()?;
+    let cluster = client.cluster()?.clone();
     let pg = a.pg.resolve()?;
-    let cluster = ClusterName::new(&a.cluster).context("in --cluster")?;
     let opts = SendWalOptions {
         pg,
-        server: a.server.endpoint(),
+        server: client.server,
         cluster,
         slot: a.slot,
         status_interval: Duration::from_secs(a.status_interval.max(1)),

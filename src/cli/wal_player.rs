@@ -5,8 +5,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use klio_client::client_config::ClientConfigFile;
-use klio_client::server_link::ServerEndpoint;
 use klio_client::wal_player::{
     DEFAULT_BLOCK_SIZE, JobTarget, MAX_BLOCK_SIZE, PlayList, PlayOptions, generate, play,
 };
@@ -58,7 +56,9 @@ struct GenerateArgs {
 /// client_cert_path: certs/client-walplayer-{job}.pem (issue them with
 /// `klio certs client --cluster walplayer-1`, ...). Each cluster must hold no WAL yet.
 ///
-/// The client configuration comes from --config (YAML), then environment variables, then flags:
+/// The client configuration comes from flags, else KLIO_* environment variables, else
+/// --config (YAML); {job} is replaced by the job number in the cluster name and the client
+/// certificate and key paths:
 ///
 ///   client:
 ///     cluster_name: walplayer
@@ -78,27 +78,8 @@ struct PlayArgs {
     /// Bytes per request, in KB (at most 8192).
     #[arg(long, value_name = "KB", default_value_t = DEFAULT_BLOCK_SIZE / 1024)]
     block_size: usize,
-    /// Client configuration file (YAML, as above).
-    #[arg(long, value_name = "FILE", env = "KLIO_CONFIG")]
-    config: Option<PathBuf>,
-    /// Cluster name (client.cluster_name); {job} is replaced by the job number.
-    #[arg(long, value_name = "CLUSTER", env = "KLIO_CLUSTER")]
-    cluster: Option<String>,
-    /// The Klio server, host:port (client.wal.address).
-    #[arg(long, value_name = "HOST:PORT", env = "KLIO_SERVER")]
-    server: Option<String>,
-    /// Name to verify in the server's certificate (client.wal.server_name).
-    #[arg(long, value_name = "NAME", env = "KLIO_SERVER_NAME")]
-    server_name: Option<String>,
-    /// CA certificate that signed the server's (client.wal.server_cert_path).
-    #[arg(long, value_name = "FILE", env = "KLIO_TLS_CA")]
-    tls_ca: Option<PathBuf>,
-    /// Client certificate (client.wal.client_cert_path); {job} is replaced by the job number.
-    #[arg(long, value_name = "FILE", env = "KLIO_TLS_CERT")]
-    tls_cert: Option<PathBuf>,
-    /// Its private key (client.wal.client_key_path); {job} is replaced by the job number.
-    #[arg(long, value_name = "FILE", env = "KLIO_TLS_KEY")]
-    tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    client: super::client_args::ClientArgs,
 }
 
 pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -151,41 +132,7 @@ fn run_play(a: PlayArgs) -> anyhow::Result<ExitCode> {
             MAX_BLOCK_SIZE / 1024
         );
     }
-    let file = match &a.config {
-        Some(p) => ClientConfigFile::load(p)?,
-        None => ClientConfigFile::default(),
-    };
-    let wal = file.client.wal;
-    let missing = |what: &str, key: &str| {
-        anyhow::anyhow!(
-            "no {what}: set {key} in --config, or give --{}",
-            flag_of(key)
-        )
-    };
-    let cluster = a
-        .cluster
-        .or(file.client.cluster_name)
-        .ok_or_else(|| missing("cluster name", "client.cluster_name"))?;
-    let endpoint = ServerEndpoint {
-        address: a
-            .server
-            .or(wal.address)
-            .ok_or_else(|| missing("server address", "client.wal.address"))?,
-        server_name: a.server_name.or(wal.server_name),
-        ca: a
-            .tls_ca
-            .or(wal.server_cert_path)
-            .ok_or_else(|| missing("CA certificate", "client.wal.server_cert_path"))?,
-        cert: a
-            .tls_cert
-            .or(wal.client_cert_path)
-            .ok_or_else(|| missing("client certificate", "client.wal.client_cert_path"))?,
-        key: a
-            .tls_key
-            .or(wal.client_key_path)
-            .ok_or_else(|| missing("client key", "client.wal.client_key_path"))?,
-    };
-    let targets = JobTarget::from_template(&cluster, &endpoint, a.jobs.max(1))?;
+    let targets = JobTarget::resolve(&a.client.merge()?, a.jobs.max(1))?;
     let list = PlayList::scan(&a.dir)?;
     if a.jobs > list.files.len() {
         tracing::warn!(
@@ -229,15 +176,4 @@ fn run_play(a: PlayArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
-}
-
-/// The flag that overrides a configuration key.
-fn flag_of(key: &str) -> &'static str {
-    match key {
-        "client.cluster_name" => "cluster",
-        "client.wal.address" => "server",
-        "client.wal.server_cert_path" => "tls-ca",
-        "client.wal.client_cert_path" => "tls-cert",
-        _ => "tls-key",
-    }
 }

@@ -2,6 +2,7 @@
 //! framed streams over it.
 
 mod framed;
+mod identity;
 mod tls;
 
 use std::net::SocketAddr;
@@ -10,6 +11,7 @@ use std::path::PathBuf;
 use klio_proto::klio::{ErrorCode, KlioProtocolError};
 
 pub use framed::{FramedRecv, FramedSend};
+pub use identity::{ClientIdentity, IdentityError, TlsFile};
 
 /// Where the Klio server is and which certificates prove who we are.
 #[derive(Clone, Debug)]
@@ -33,6 +35,9 @@ pub enum ServerLinkError {
     /// Certificates or keys could not be loaded.
     #[error("TLS setup: {0}")]
     Tls(String),
+    /// The CA, certificate or key file cannot be used (boxed: it is large and rare).
+    #[error(transparent)]
+    Identity(Box<IdentityError>),
     /// The address could not be resolved.
     #[error("cannot resolve Klio server address {address}: {reason}")]
     Resolve {
@@ -77,11 +82,17 @@ pub enum ServerLinkError {
     Unexpected(String),
 }
 
+impl From<IdentityError> for ServerLinkError {
+    fn from(e: IdentityError) -> Self {
+        ServerLinkError::Identity(Box::new(e))
+    }
+}
+
 impl ServerLinkError {
     /// Whether trying again later can help.
     pub fn is_retryable(&self) -> bool {
         match self {
-            ServerLinkError::Tls(_) => false,
+            ServerLinkError::Tls(_) | ServerLinkError::Identity(_) => false,
             ServerLinkError::Refused { code, .. } => code.is_retryable(),
             _ => true,
         }

@@ -4,48 +4,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use klio_proto::klio::ALPN;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
+use super::identity::ClientIdentity;
 use super::{ServerEndpoint, ServerLinkError};
+use klio_proto::klio::ALPN;
 
 pub(super) fn quic_client_config(
     cfg: &ServerEndpoint,
 ) -> Result<quinn::ClientConfig, ServerLinkError> {
-    let read_certs = |path: &std::path::Path, what: &str| {
-        CertificateDer::pem_file_iter(path)
-            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| {
-                ServerLinkError::Tls(format!("cannot read {what} {}: {e}", path.display()))
-            })
-            .and_then(|v| {
-                if v.is_empty() {
-                    Err(ServerLinkError::Tls(format!(
-                        "{} holds no PEM certificate",
-                        path.display()
-                    )))
-                } else {
-                    Ok(v)
-                }
-            })
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    for c in read_certs(&cfg.ca, "CA certificate")? {
-        roots.add(c).map_err(|e| {
-            ServerLinkError::Tls(format!("CA certificate {}: {e}", cfg.ca.display()))
-        })?;
-    }
-    let chain = read_certs(&cfg.cert, "client certificate")?;
-    let key = PrivateKeyDer::from_pem_file(&cfg.key).map_err(|e| {
-        ServerLinkError::Tls(format!("cannot read client key {}: {e}", cfg.key.display()))
-    })?;
+    let identity = ClientIdentity::load(cfg)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| ServerLinkError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
+        .with_root_certificates(identity.roots)
+        .with_client_auth_cert(identity.chain, identity.key)
         .map_err(|e| {
             ServerLinkError::Tls(format!("client certificate and key do not match: {e}"))
         })?;

@@ -21,6 +21,7 @@ use klio_proto::klio::ClusterName;
 use klio_wal::SegmentSize;
 use klio_wal::synth::{SynthConfig, SyntheticWal};
 
+use crate::client_config::{ClientConfigError, ClientSettings, check_endpoint};
 use crate::server_link::{ServerEndpoint, ServerLinkError};
 
 pub use files::{PlayList, WalInput};
@@ -109,6 +110,9 @@ pub enum WalPlayerError {
     /// Bad generator settings.
     #[error("cannot generate WAL: {0}")]
     Generate(String),
+    /// The client settings cannot be used (for one job, its paths name the job).
+    #[error(transparent)]
+    Config(#[from] ClientConfigError),
     /// A job could not talk to the server (reported per file as well).
     #[error("job {job} ({cluster}): {source}")]
     Link {
@@ -132,6 +136,21 @@ pub struct JobTarget {
 }
 
 impl JobTarget {
+    /// The targets of jobs `1..=jobs` from merged client settings, checked as
+    /// [`crate::client_config::ClientConfig::resolve`] checks, once per job after
+    /// [`JobTarget::from_template`] has put the job's number in.
+    pub fn resolve(
+        settings: &ClientSettings,
+        jobs: usize,
+    ) -> Result<Vec<JobTarget>, WalPlayerError> {
+        let cluster = settings.cluster()?;
+        let targets = JobTarget::from_template(cluster, &settings.endpoint()?, jobs)?;
+        for target in &targets {
+            check_endpoint(&target.server)?;
+        }
+        Ok(targets)
+    }
+
     /// The targets of jobs `1..=jobs`: [`JOB_PLACEHOLDER`] in the cluster name and the client
     /// certificate and key paths is replaced by the job's number. More than one job needs the
     /// placeholder in the cluster name.

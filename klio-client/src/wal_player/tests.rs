@@ -115,3 +115,36 @@ fn several_jobs_without_a_placeholder_are_explained() {
     let one = JobTarget::from_template("walplayer", &endpoint(), 1).unwrap();
     assert_eq!(one[0].cluster.as_str(), "walplayer");
 }
+
+#[test]
+fn each_job_is_checked_with_its_own_certificate_files() {
+    let pki = crate::client_config::test_pki::Pki::new("main");
+    pki.client("walplayer-1");
+    pki.client("walplayer-2");
+    let settings = crate::client_config::ClientSettings {
+        cluster: Some("walplayer-{job}".into()),
+        cert: Some(pki.path("client-walplayer-{job}.pem")),
+        key: Some(pki.path("client-walplayer-{job}.key")),
+        ..pki.flags("walplayer-1")
+    };
+    let targets = JobTarget::resolve(&settings, 2).unwrap();
+    assert_eq!(targets[1].cluster.as_str(), "walplayer-2");
+    assert_eq!(targets[1].server.key, pki.path("client-walplayer-2.key"));
+    // No certificate for job 3: its path is named.
+    let e = JobTarget::resolve(&settings, 3).unwrap_err();
+    assert!(matches!(e, WalPlayerError::Config(_)), "{e}");
+    assert!(e.to_string().contains("client-walplayer-3.pem"), "{e}");
+}
+
+#[test]
+fn a_missing_setting_is_named_before_any_job_is_made() {
+    let settings = crate::client_config::ClientSettings {
+        cluster: Some("one".into()),
+        ..Default::default()
+    };
+    let e = JobTarget::resolve(&settings, 1).unwrap_err();
+    assert!(
+        e.to_string().contains("client.wal.address") && e.to_string().contains("--server"),
+        "{e}"
+    );
+}

@@ -1,5 +1,6 @@
 //! The client configuration file (`klio-config.yaml`): which cluster this client is and how it
-//! reaches the Klio server. Flags and environment variables override each key.
+//! reaches the Klio server. Every key is optional; [`super::ClientConfig::resolve`] lays
+//! environment variables and flags over it.
 //!
 //! ```yaml
 //! client:
@@ -14,6 +15,8 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+use super::ClientConfigError;
 
 /// The parsed file; every key is optional here, the command decides what it needs.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -49,29 +52,6 @@ pub struct WalEndpointSection {
     pub client_cert_path: Option<PathBuf>,
     /// Its private key.
     pub client_key_path: Option<PathBuf>,
-}
-
-/// The configuration file could not be used.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ClientConfigError {
-    /// Reading failed.
-    #[error("cannot read the client configuration {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Not valid YAML of this shape.
-    #[error("client configuration {path} is invalid: {reason}")]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong, with its line.
-        reason: String,
-    },
 }
 
 impl ClientConfigFile {

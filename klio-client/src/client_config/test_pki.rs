@@ -1,0 +1,62 @@
+//! Certificates for tests: a CA and client certificates, as `klio certs` writes them.
+
+use std::path::PathBuf;
+
+use super::ClientSettings;
+
+/// A CA with client certificates, written as `klio certs` writes them.
+pub(crate) struct Pki {
+    dir: tempfile::TempDir,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    pub(crate) fn new(name: &str) -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} CA"));
+        let ca = params.self_signed(&ca_key).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        Pki {
+            dir,
+            issuer: rcgen::Issuer::new(params, ca_key),
+        }
+    }
+
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes `client-<cluster>.pem` and `.key`.
+    pub(crate) fn client(&self, cluster: &str) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("klio@{cluster}"));
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        std::fs::write(self.path(&format!("client-{cluster}.pem")), cert.pem()).unwrap();
+        std::fs::write(
+            self.path(&format!("client-{cluster}.key")),
+            key.serialize_pem(),
+        )
+        .unwrap();
+    }
+
+    /// Flags for `cluster`'s certificate and this CA.
+    pub(crate) fn flags(&self, cluster: &str) -> ClientSettings {
+        ClientSettings {
+            address: Some("localhost:7470".into()),
+            server_name: None,
+            ca: Some(self.path("ca.pem")),
+            cert: Some(self.path(&format!("client-{cluster}.pem"))),
+            key: Some(self.path(&format!("client-{cluster}.key"))),
+            cluster: Some(cluster.into()),
+        }
+    }
+}
