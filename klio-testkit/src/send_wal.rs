@@ -85,11 +85,6 @@ impl SendWal {
         self.process.as_ref().map(BackgroundProcess::pid)
     }
 
-    /// The log file, shared by every start.
-    pub fn log_path(&self) -> &Path {
-        &self.log
-    }
-
     /// The whole log, of every start.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

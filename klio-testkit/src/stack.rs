@@ -112,11 +112,6 @@ impl Stack {
     pub fn client_args(&self) -> Vec<OsString> {
         self.server.client_args(&self.certs, &self.cluster)
     }
-
-    /// A path in the work directory.
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.work.path().join(name)
-    }
 }
 
 impl StackBuilder {
