@@ -27,7 +27,7 @@ fn main() {
     );
 
     step(
-        "Starting a temporary PostgreSQL 15 with synchronous_standby_names = 'klio', creating a private CA and certificates with `klio certs`, starting `klio server`",
+        "Starting a temporary PostgreSQL 15 (synchronous_standby_names = 'klio'), a private CA and certificates from `klio certs`, and `klio server`",
     );
     let mut stack = Stack::builder("demo", &klio)
         .cluster("demo")
