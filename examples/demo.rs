@@ -9,7 +9,7 @@
 
 use std::path::PathBuf;
 
-use klio_testkit::{KlioServer, PgOptions, PgServer, TestCerts, TestDir, start_klio_send_wal};
+use klio_testkit::{SEND_WAL_SLOT, Stack};
 
 fn step(text: &str) {
     println!("\n==> {text}");
@@ -26,38 +26,36 @@ fn main() {
         klio.display()
     );
 
-    step("Starting a temporary PostgreSQL 15 with synchronous_standby_names = 'klio'");
-    let mut pg = PgServer::start(PgOptions {
-        conf: vec!["synchronous_standby_names = 'klio'".to_owned()],
-        ..PgOptions::default()
-    });
+    step(
+        "Starting a temporary PostgreSQL 15 (synchronous_standby_names = 'klio'), a private CA and certificates from `klio certs`, and `klio server`",
+    );
+    let mut stack = Stack::builder("demo", &klio)
+        .cluster("demo")
+        .sync_standby()
+        .without_send_wal()
+        .start();
+    let Stack {
+        pg,
+        server,
+        client: sender,
+        certs,
+        work,
+        exe,
+        ..
+    } = &mut stack;
     println!(
-        "    data directory {}, port {}",
+        "    PostgreSQL: data directory {}, port {}",
         pg.data_dir().display(),
         pg.port()
     );
-
-    let work = TestDir::new("demo");
-    let exe = work.install_exe(&klio);
-    step("Creating a private CA and certificates with `klio certs`, starting `klio server`");
-    let certs = TestCerts::create(&exe, &work.subdir("certs"), &["demo"]);
-    let server = KlioServer::start(&exe, &work, &certs);
     println!(
-        "    listening on {} (data in {})",
+        "    klio server: listening on {} (data in {})",
         server.address(),
         server.data_dir().display()
     );
     step("Streaming WAL with `klio send-wal` (cluster \"demo\") to the server");
-    let mut sender = start_klio_send_wal(
-        &exe,
-        &pg,
-        &server,
-        &certs,
-        "demo",
-        "klio",
-        &work.path().join("send-wal.log"),
-    );
-    pg.wait_for_sync_standby("klio");
+    sender.start();
+    pg.wait_for_sync_standby(SEND_WAL_SLOT);
 
     step("Taking a base backup (pg_basebackup --wal-method=none: WAL comes from Klio)");
     let backup = work.path().join("base-backup");
@@ -80,7 +78,7 @@ fn main() {
     );
     let accounts = pg.psql("SELECT sum(abalance) FROM pgbench_accounts");
     step("The server's view: klio status (Prometheus metrics are on the same listener)");
-    let status = klio_testkit::run_ok(std::process::Command::new(&exe).args([
+    let status = klio_testkit::run_ok(std::process::Command::new(&*exe).args([
         "status",
         "--address",
         &server.metrics_address(),
@@ -93,7 +91,7 @@ fn main() {
     sender.stop();
     step("Checking the server's archive: klio verify (continuous, every record's checksum)");
     let verify = klio_testkit::run(
-        std::process::Command::new(&exe)
+        std::process::Command::new(&*exe)
             .args(["verify", "--cluster", "demo", "--data-dir"])
             .arg(server.data_dir()),
     );
@@ -105,11 +103,11 @@ fn main() {
     );
     pg.replace_data_with_backup(&backup);
     klio_testkit::run_ok(
-        klio_testkit::as_postgres(&exe)
+        klio_testkit::as_postgres(&*exe)
             .arg("prepare-recovery")
             .arg("-D")
             .arg(pg.data_dir())
-            .args(server.client_args(&certs, "demo")),
+            .args(server.client_args(certs, "demo")),
     );
     pg.start_and_finish_recovery();
 

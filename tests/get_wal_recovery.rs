@@ -8,8 +8,8 @@ use std::process::Command;
 
 use common::*;
 use klio_testkit::{
-    KlioServer, PgOptions, PgServer, TestCerts, TestDir, TickLoop, as_postgres, assert_same_dump,
-    pgbench_in_background, run_ok, start_klio_send_wal,
+    KlioServer, PgServer, Stack, TestCerts, TickLoop, as_postgres, assert_same_dump,
+    pgbench_in_background, run_ok,
 };
 
 /// `klio prepare-recovery` on `pg`'s data directory (as the postgres user, who owns it).
@@ -31,67 +31,35 @@ fn prepare_recovery(
 }
 
 /// A primary (1 MiB segments) streaming to a fresh Klio server as its synchronous standby.
-struct Streamed {
-    pg: PgServer,
-    work: TestDir,
-    exe: std::path::PathBuf,
-    certs: TestCerts,
-    server: KlioServer,
-    client: klio_testkit::BackgroundProcess,
+fn streamed_primary(name: &str) -> Stack {
+    stack(name)
+        .segment_size_mb(1)
+        .sync_standby()
+        // No WAL written behind the tests' back (it is not waited for, so a crash may cut it
+        // anywhere, making the end of the archive unpredictable).
+        .conf("autovacuum = off")
+        .start()
 }
 
-fn streamed_primary(name: &str) -> Streamed {
-    let pg = PgServer::start(PgOptions {
-        wal_segsize_mb: 1,
-        conf: vec![
-            "synchronous_standby_names = 'klio'".to_owned(),
-            // No WAL written behind the tests' back (it is not waited for, so a crash may cut
-            // it anywhere, making the end of the archive unpredictable).
-            "autovacuum = off".to_owned(),
-        ],
-        ..PgOptions::default()
-    });
-    let work = TestDir::new(name);
-    let exe = klio_exe(&work);
-    let certs = TestCerts::create(&exe, &work.subdir("certs"), &["pg1"]);
-    let server = KlioServer::start(&exe, &work, &certs);
-    let client = start_klio_send_wal(
-        &exe,
-        &pg,
-        &server,
-        &certs,
-        "pg1",
-        "klio",
-        &work.path().join("send-wal.log"),
-    );
-    pg.wait_for_sync_standby("klio");
-    Streamed {
+#[test]
+fn golden_recovery_through_get_wal_only() {
+    let mut stack = streamed_primary("get-wal-golden");
+    let Stack {
         pg,
         work,
         exe,
         certs,
         server,
         client,
-    }
-}
-
-#[test]
-fn golden_recovery_through_get_wal_only() {
-    let Streamed {
-        mut pg,
-        work,
-        exe,
-        certs,
-        server,
-        mut client,
-    } = streamed_primary("get-wal-golden");
+        ..
+    } = &mut stack;
     let backup = work.path().join("backup");
     pg.base_backup_without_wal(&backup);
 
-    let ticks = TickLoop::start(&pg, &work, 500);
+    let ticks = TickLoop::start(pg, work, 500);
     pg.pgbench(&["-i", "-s", "5", "-q"]);
     let mut bench = pgbench_in_background(
-        &pg,
+        pg,
         &["-T", "8", "-c", "2"],
         &work.path().join("pgbench.log"),
     );
@@ -119,7 +87,7 @@ fn golden_recovery_through_get_wal_only() {
         .any(|t| !t.partials.is_empty());
 
     pg.replace_data_with_backup(&backup);
-    prepare_recovery(&exe, &pg, &server, &certs, &[]);
+    prepare_recovery(exe, pg, server, certs, &[]);
     let conf = std::fs::read_to_string(pg.data_dir().join("postgresql.auto.conf")).unwrap();
     assert!(conf.contains("get-wal %f %p"), "{conf}");
     pg.start_and_finish_recovery();
@@ -149,14 +117,16 @@ fn golden_recovery_through_get_wal_only() {
 /// spooled copy that no longer matches the server's checksum is never served.
 #[test]
 fn prefetched_segments_come_from_the_spool_and_only_when_intact() {
-    let Streamed {
+    let mut stack = streamed_primary("get-wal-spool");
+    let Stack {
         pg,
         work,
         exe,
         certs,
-        mut server,
-        mut client,
-    } = streamed_primary("get-wal-spool");
+        server,
+        client,
+        ..
+    } = &mut stack;
     pg.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 10) g");
     let first = pg.switch_wal();
     for _ in 0..8 {
@@ -173,7 +143,7 @@ fn prefetched_segments_come_from_the_spool_and_only_when_intact() {
 
     let spool = work.path().join("spool");
     let out = work.subdir("restored");
-    let client_args = server.client_args(&certs, "pg1");
+    let client_args = server.client_args(certs, "pg1");
     let get = |name: &str| {
         klio_testkit::run(
             Command::new(&exe)
@@ -248,14 +218,16 @@ fn prefetched_segments_come_from_the_spool_and_only_when_intact() {
 /// rows committed before the target are present, none committed after it.
 #[test]
 fn point_in_time_recovery_stops_exactly_at_the_target() {
-    let Streamed {
-        mut pg,
+    let mut stack = streamed_primary("get-wal-pitr");
+    let Stack {
+        pg,
         work,
         exe,
         certs,
         server,
-        mut client,
-    } = streamed_primary("get-wal-pitr");
+        client,
+        ..
+    } = &mut stack;
     let backup = work.path().join("backup");
     pg.base_backup_without_wal(&backup);
 
@@ -279,10 +251,10 @@ fn point_in_time_recovery_stops_exactly_at_the_target() {
     ] {
         pg.replace_data_with_backup(&backup);
         prepare_recovery(
-            &exe,
-            &pg,
-            &server,
-            &certs,
+            exe,
+            pg,
+            server,
+            certs,
             &[target, value, "--target-action", "promote"],
         );
         pg.start_and_finish_recovery();
@@ -299,24 +271,23 @@ fn point_in_time_recovery_stops_exactly_at_the_target() {
 /// archived `00000002.history` to timeline 2 and replays what was written there.
 #[test]
 fn recovery_follows_a_timeline_switch() {
-    let mut primary = PgServer::start(PgOptions {
-        wal_segsize_mb: 1,
-        ..PgOptions::default()
-    });
-    let mut standby = PgServer::standby_of(&primary);
-    let work = TestDir::new("get-wal-timeline");
-    let exe = klio_exe(&work);
-    let certs = TestCerts::create(&exe, &work.subdir("certs"), &["pg1"]);
-    let server = KlioServer::start(&exe, &work, &certs);
-    let mut client = start_klio_send_wal(
-        &exe,
-        &standby,
-        &server,
-        &certs,
-        "pg1",
-        "klio",
-        &work.path().join("send-wal.log"),
-    );
+    let mut stack = stack("get-wal-timeline")
+        .segment_size_mb(1)
+        .standby()
+        .start();
+    let Stack {
+        pg: primary,
+        standby: Some(standby),
+        server,
+        client,
+        certs,
+        work,
+        exe,
+        ..
+    } = &mut stack
+    else {
+        unreachable!("built with a standby")
+    };
     standby.wait_for_flush("klio", &standby.psql("SELECT pg_last_wal_replay_lsn()"));
     let backup = work.path().join("backup");
     primary.base_backup_without_wal(&backup);
@@ -335,7 +306,7 @@ fn recovery_follows_a_timeline_switch() {
     primary.kill9();
 
     primary.replace_data_with_backup(&backup);
-    prepare_recovery(&exe, &primary, &server, &certs, &[]);
+    prepare_recovery(exe, primary, server, certs, &[]);
     primary.start_and_finish_recovery();
     assert_eq!(
         primary.psql("SELECT phase, count(*) FROM t GROUP BY phase ORDER BY phase"),

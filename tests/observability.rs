@@ -9,10 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use klio_testkit::{
-    BackgroundProcess, KlioServer, PgOptions, PgServer, TestCerts, TestDir, as_postgres,
-    free_tcp_port, run, run_ok, wait_until,
-};
+use klio_testkit::{Stack, free_tcp_port, run, run_ok, wait_until};
 
 /// One HTTP GET: status code and body.
 fn get(addr: &str, path: &str) -> (u16, String) {
@@ -58,34 +55,21 @@ fn s(name: &str) -> String {
 
 #[test]
 fn metrics_move_with_the_stream_and_status_agrees_with_postgres() {
-    let pg = PgServer::start(PgOptions {
-        wal_segsize_mb: 1,
-        ..PgOptions::default()
-    });
-    let work = TestDir::new("observability");
-    let exe = klio_exe(&work);
-    let certs = TestCerts::create(&exe, &work.subdir("certs"), &["pg1"]);
-    let mut server = KlioServer::start(&exe, &work, &certs);
-    let server_metrics = server.metrics_address();
     let client_metrics = format!("127.0.0.1:{}", free_tcp_port());
-    let client_log = work.path().join("send-wal.log");
-    let mut client = BackgroundProcess::spawn(
-        "klio send-wal",
-        as_postgres(&exe)
-            .args([
-                "send-wal",
-                "-d",
-                &pg.tcp_connstr(),
-                "-S",
-                "klio",
-                "--cluster",
-                "pg1",
-            ])
-            .args(["--max-reconnect-delay", "1", "-s", "1"])
-            .args(["--metrics-listen", &client_metrics])
-            .args(server.client_args(&certs, "pg1")),
-        &client_log,
-    );
+    let mut stack = stack("observability")
+        .segment_size_mb(1)
+        .send_wal_args(["--metrics-listen", &client_metrics])
+        .start();
+    let Stack {
+        pg,
+        server,
+        client,
+        certs,
+        work,
+        exe,
+        ..
+    } = &mut stack;
+    let server_metrics = server.metrics_address();
 
     // Both report healthy once streaming.
     assert_eq!(get(&server_metrics, "/healthz").0, 200);
@@ -226,7 +210,7 @@ fn metrics_move_with_the_stream_and_status_agrees_with_postgres() {
             .args(["get-wal", name])
             .arg(&restored)
             .args(["--prefetch", "0"])
-            .args(server.client_args(&certs, "pg1")))
+            .args(server.client_args(certs, "pg1")))
     };
     assert_eq!(get_wal(&seg_name).code, Some(0), "{seg_name}");
     assert_eq!(get_wal("0000000100000099000000FF").code, Some(1));
@@ -278,7 +262,7 @@ fn metrics_move_with_the_stream_and_status_agrees_with_postgres() {
         .args(["wal-player", "play"])
         .arg(&foreign)
         .args(["--cluster", "pg1"])
-        .args(server.client_args(&certs, "pg1")));
+        .args(server.client_args(certs, "pg1")));
     assert_eq!(played.code, Some(1), "{}", played.stderr);
     let m = scrape(&server_metrics);
     assert_eq!(

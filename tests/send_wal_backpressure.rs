@@ -5,10 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use klio_testkit::{
-    BackgroundProcess, KlioServer, PgOptions, PgServer, TestCerts, TestDir, as_postgres, pg_bin,
-    start_klio_send_wal,
-};
+use klio_testkit::{BackgroundProcess, Stack, as_postgres, pg_bin};
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -24,23 +21,14 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[test]
 fn memory_stays_bounded_while_the_server_is_stalled() {
-    let pg = PgServer::start(PgOptions {
-        conf: vec!["max_wal_size = 2GB".to_owned()],
-        ..PgOptions::default()
-    });
-    let work = TestDir::new("backpressure");
-    let exe = klio_exe(&work);
-    let certs = TestCerts::create(&exe, &work.subdir("certs"), &["pg1"]);
-    let server = KlioServer::start(&exe, &work, &certs);
-    let client = start_klio_send_wal(
-        &exe,
-        &pg,
-        &server,
-        &certs,
-        "pg1",
-        "klio",
-        &work.path().join("send-wal.log"),
-    );
+    let stack = stack("backpressure").conf("max_wal_size = 2GB").start();
+    let Stack {
+        pg,
+        server,
+        client,
+        work,
+        ..
+    } = &stack;
     pg.psql("CREATE TABLE warmup AS SELECT 1 AS x");
     let lsn = pg.current_lsn();
     pg.wait_for_flush("klio", &lsn);
@@ -60,7 +48,7 @@ fn memory_stays_bounded_while_the_server_is_stalled() {
     let mut peak = 0;
     let stall = Instant::now();
     while stall.elapsed() < Duration::from_secs(10) {
-        peak = peak.max(rss_kib(client.pid()));
+        peak = peak.max(rss_kib(client.pid().expect("send-wal runs")));
         std::thread::sleep(Duration::from_millis(100));
     }
     let during: f64 = pg

@@ -6,30 +6,29 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use klio_testkit::{
-    KlioServer, PgOptions, PgServer, TestCerts, TestDir, digests, pg_bin, pgbench_in_background,
-    run, start_klio_send_wal, start_pg_receivewal,
-};
+use klio_testkit::{Stack, digests, pg_bin, pgbench_in_background, run, start_pg_receivewal};
 
 #[test]
 fn no_gap_and_identical_segments_after_twenty_kills() {
-    let pg = PgServer::start(PgOptions {
-        wal_segsize_mb: 1,
-        ..PgOptions::default()
-    });
-    let work = TestDir::new("crashloop");
-    let exe = klio_exe(&work);
-    let certs = TestCerts::create(&exe, &work.subdir("certs"), &["pg1"]);
-    let mut server = KlioServer::start(&exe, &work, &certs);
+    let mut stack = stack("crashloop")
+        .segment_size_mb(1)
+        .without_send_wal()
+        .start();
+    let Stack {
+        pg,
+        server,
+        client,
+        work,
+        ..
+    } = &mut stack;
     pg.create_slot("pgrw");
     let pgrw_dir = work.subdir("pg_receivewal");
-    let mut pgrw = start_pg_receivewal(&pg, &pgrw_dir, "pgrw", &work.path().join("pgrw.log"));
-    let client_log = work.path().join("send-wal.log");
-    let mut client = start_klio_send_wal(&exe, &pg, &server, &certs, "pg1", "klio", &client_log);
+    let mut pgrw = start_pg_receivewal(pg, &pgrw_dir, "pgrw", &work.path().join("pgrw.log"));
+    client.start();
 
     pg.pgbench(&["-i", "-s", "2", "-q"]);
     let mut load = pgbench_in_background(
-        &pg,
+        pg,
         &["-T", "600", "-c", "2"],
         &work.path().join("pgbench.log"),
     );
@@ -42,7 +41,7 @@ fn no_gap_and_identical_segments_after_twenty_kills() {
             server.restart();
         } else {
             client.kill9();
-            client = start_klio_send_wal(&exe, &pg, &server, &certs, "pg1", "klio", &client_log);
+            client.start();
         }
     }
     std::thread::sleep(Duration::from_secs(2));
@@ -55,7 +54,7 @@ fn no_gap_and_identical_segments_after_twenty_kills() {
     client.stop();
     pgrw.stop();
 
-    let exported = export_archive(&server, "pg1", &work);
+    let exported = export_archive(server, "pg1", work);
     let ours = digests(&exported);
     let theirs = digests(&pgrw_dir);
     let complete: Vec<&String> = ours.keys().filter(|n| n.len() == 24).collect();

@@ -3,31 +3,23 @@
 mod common;
 
 use common::*;
-use klio_testkit::{
-    KlioServer, PgOptions, PgServer, TestCerts, TestDir, pg_bin, run, start_klio_send_wal,
-};
+use klio_testkit::{Stack, pg_bin, run};
 
 #[test]
 fn promotion_continues_on_the_new_timeline() {
-    let primary = PgServer::start(PgOptions {
-        wal_segsize_mb: 1,
-        ..PgOptions::default()
-    });
+    let mut stack = stack("promote").segment_size_mb(1).standby().start();
+    let Stack {
+        pg: primary,
+        standby: Some(standby),
+        server,
+        client,
+        work,
+        ..
+    } = &mut stack
+    else {
+        unreachable!("built with a standby")
+    };
     primary.pgbench(&["-i", "-s", "1", "-q"]);
-    let standby = PgServer::standby_of(&primary);
-    let work = TestDir::new("promote");
-    let exe = klio_exe(&work);
-    let certs = TestCerts::create(&exe, &work.subdir("certs"), &["pg1"]);
-    let server = KlioServer::start(&exe, &work, &certs);
-    let mut client = start_klio_send_wal(
-        &exe,
-        &standby,
-        &server,
-        &certs,
-        "pg1",
-        "klio",
-        &work.path().join("send-wal.log"),
-    );
 
     primary.pgbench(&["-T", "4", "-c", "2"]);
     primary.switch_wal();
@@ -42,7 +34,7 @@ fn promotion_continues_on_the_new_timeline() {
     standby.wait_for_flush("klio", &target);
     client.stop();
 
-    let exported = export_archive(&server, "pg1", &work);
+    let exported = export_archive(server, "pg1", work);
     assert!(
         exported.join("00000002.history").is_file(),
         "history file archived"

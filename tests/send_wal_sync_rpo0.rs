@@ -6,35 +6,22 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use klio_testkit::{
-    KlioServer, PgOptions, PgServer, TestCerts, TestDir, TickLoop, start_klio_send_wal,
-};
+use klio_testkit::{Stack, TickLoop};
 
 #[test]
 fn every_committed_row_survives_ten_server_crashes() {
-    let mut pg = PgServer::start(PgOptions {
-        wal_segsize_mb: 1,
-        conf: vec!["synchronous_standby_names = 'klio'".to_owned()],
-        ..PgOptions::default()
-    });
-    let work = TestDir::new("rpo0");
-    let exe = klio_exe(&work);
-    let certs = TestCerts::create(&exe, &work.subdir("certs"), &["pg1"]);
-    let mut server = KlioServer::start(&exe, &work, &certs);
-    let _client = start_klio_send_wal(
-        &exe,
-        &pg,
-        &server,
-        &certs,
-        "pg1",
-        "klio",
-        &work.path().join("send-wal.log"),
-    );
-    pg.wait_for_sync_standby("klio");
+    let mut stack = stack("rpo0").segment_size_mb(1).sync_standby().start();
+    let Stack {
+        pg,
+        server,
+        work,
+        exe,
+        ..
+    } = &mut stack;
     let backup = work.path().join("backup");
     pg.base_backup_without_wal(&backup);
 
-    let ticks = TickLoop::start(&pg, &work, 2000);
+    let ticks = TickLoop::start(pg, work, 2000);
 
     // Kill the server at varying moments; each time the stream must resume with nothing lost.
     for round in 0..10u64 {
@@ -50,7 +37,7 @@ fn every_committed_row_survives_ten_server_crashes() {
 
     // Crash PostgreSQL too, and recover only from what the server archived.
     pg.kill9();
-    let exported = export_archive(&server, "pg1", &work);
+    let exported = export_archive(server, "pg1", work);
     pg.recover_from_backup(
         &backup,
         &format!(

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use klio_testkit::{KlioServer, PgOptions, PgServer, TestCerts, TestDir, start_klio_send_wal};
+use klio_testkit::Stack;
 
 const MARKER: &str = "klio-marker-7f3a9c51e2";
 
@@ -33,32 +33,22 @@ fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
 
 #[test]
 fn marker_is_nowhere_on_disk_but_comes_back_for_recovery() {
-    let pg = PgServer::start(PgOptions {
-        wal_segsize_mb: 1,
-        conf: vec!["synchronous_standby_names = 'klio'".to_owned()],
-        ..PgOptions::default()
-    });
-    let work = TestDir::new("encryption");
-    let exe = klio_exe(&work);
-    let certs = TestCerts::create(&exe, &work.subdir("certs"), &["pg1"]);
-    let key = work.path().join("wal.key");
-    generate_key(&exe, &key);
-    let server = KlioServer::start_with_args(
-        &exe,
-        &work,
-        &certs,
-        &["--encryption-key".as_ref(), key.as_os_str()],
-    );
-    let mut client = start_klio_send_wal(
-        &exe,
-        &pg,
-        &server,
-        &certs,
-        "pg1",
-        "klio",
-        &work.path().join("send-wal.log"),
-    );
-    pg.wait_for_sync_standby("klio");
+    let mut stack = stack("encryption")
+        .segment_size_mb(1)
+        .sync_standby()
+        .encryption()
+        .start();
+    let Stack {
+        pg,
+        server,
+        client,
+        key: Some(key),
+        work,
+        ..
+    } = &mut stack
+    else {
+        unreachable!("built with encryption")
+    };
 
     // The marker lands in completed segments (several switches) and in the segment in progress.
     pg.psql("CREATE TABLE secrets (note text)");
@@ -90,7 +80,7 @@ fn marker_is_nowhere_on_disk_but_comes_back_for_recovery() {
     );
 
     // With it, the WAL read back holds the marker, in complete segments and the partial one.
-    let exported = export_archive_with(&server, "pg1", &work, Some(keyring(&[&key])));
+    let exported = export_archive_with(server, "pg1", work, Some(keyring(&[&key.path])));
     let found = files_containing(&exported, MARKER.as_bytes());
     assert!(
         found.iter().any(|f| f.ends_with(".partial")),
@@ -105,17 +95,24 @@ fn marker_is_nowhere_on_disk_but_comes_back_for_recovery() {
 fn passphrase_key_encrypts_and_a_wrong_passphrase_is_refused() {
     const VAR: &str = "KLIO_TEST_WAL_PASSPHRASE";
     const PASSPHRASE: &str = "correct horse battery staple";
-    let pg = PgServer::start(PgOptions {
-        wal_segsize_mb: 1,
-        conf: vec!["synchronous_standby_names = 'klio'".to_owned()],
-        ..PgOptions::default()
-    });
-    let work = TestDir::new("encryption-passphrase");
-    let exe = klio_exe(&work);
-    let certs = TestCerts::create(&exe, &work.subdir("certs"), &["pg1"]);
-    let key = work.path().join("wal.kek");
-    let generated = generate_passphrase_key(&exe, &key, VAR, PASSPHRASE);
-    let file = klio_crypto::PassphraseKeyFile::parse(&std::fs::read(&key).expect("read key file"))
+    let mut stack = stack("encryption-passphrase")
+        .segment_size_mb(1)
+        .sync_standby()
+        .passphrase_encryption(VAR, PASSPHRASE)
+        .start();
+    let Stack {
+        pg,
+        server,
+        client,
+        key: Some(key),
+        work,
+        ..
+    } = &mut stack
+    else {
+        unreachable!("built with encryption")
+    };
+    let (key, generated) = (&key.path, &key.generated);
+    let file = klio_crypto::PassphraseKeyFile::parse(&std::fs::read(key).expect("read key file"))
         .expect("a passphrase key file");
     assert!(
         generated.contains(&file.key_id.to_string()),
@@ -123,13 +120,10 @@ fn passphrase_key_encrypts_and_a_wrong_passphrase_is_refused() {
         generated
     );
     assert!(
-        !String::from_utf8_lossy(&std::fs::read(&key).expect("read")).contains(PASSPHRASE),
+        !String::from_utf8_lossy(&std::fs::read(key).expect("read")).contains(PASSPHRASE),
         "the passphrase is not stored"
     );
 
-    let key_arg: [&std::ffi::OsStr; 2] = ["--encryption-key".as_ref(), key.as_os_str()];
-    let mut server =
-        KlioServer::start_with_env(&exe, &work, &certs, &key_arg, &[(VAR, PASSPHRASE)]);
     assert!(
         server
             .log()
@@ -137,16 +131,6 @@ fn passphrase_key_encrypts_and_a_wrong_passphrase_is_refused() {
         "server encrypts with the passphrase key: {}",
         server.log()
     );
-    let mut client = start_klio_send_wal(
-        &exe,
-        &pg,
-        &server,
-        &certs,
-        "pg1",
-        "klio",
-        &work.path().join("send-wal.log"),
-    );
-    pg.wait_for_sync_standby("klio");
     pg.psql("CREATE TABLE secrets (note text)");
     pg.psql(&format!(
         "INSERT INTO secrets SELECT '{MARKER}' || g FROM generate_series(1, 2000) g"
@@ -163,7 +147,7 @@ fn passphrase_key_encrypts_and_a_wrong_passphrase_is_refused() {
     );
     // The passphrase and the file together give the key that reads the archive back.
     let kek = file.derive(PASSPHRASE.as_bytes()).expect("derive");
-    let exported = export_archive_with(&server, "pg1", &work, Some(klio_crypto::Keyring::new(kek)));
+    let exported = export_archive_with(server, "pg1", work, Some(klio_crypto::Keyring::new(kek)));
     assert!(
         !files_containing(&exported, MARKER.as_bytes()).is_empty(),
         "the marker comes back with the passphrase key"

@@ -7,9 +7,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use klio_testkit::{
-    KlioServer, PgOptions, PgServer, TestCerts, TestDir, run_ok, start_klio_send_wal,
-};
+use klio_testkit::{KeyFile, PgServer, Stack, run_ok};
 
 fn write_and_wait(pg: &PgServer, tag: &str) {
     pg.psql(&format!(
@@ -23,38 +21,29 @@ fn write_and_wait(pg: &PgServer, tag: &str) {
 
 #[test]
 fn rotate_during_streaming_then_retire_the_old_key() {
-    let pg = PgServer::start(PgOptions {
-        wal_segsize_mb: 1,
-        ..PgOptions::default()
-    });
-    let work = TestDir::new("rotation");
-    let exe = klio_exe(&work);
-    let certs = TestCerts::create(&exe, &work.subdir("certs"), &["pg1"]);
-    let k1 = work.path().join("k1.key");
-    let k2 = work.path().join("k2.key");
-    let id1 = generate_key(&exe, &k1);
-    let id2 = generate_key(&exe, &k2);
-    let mut server = KlioServer::start_with_args(
-        &exe,
-        &work,
-        &certs,
-        &["--encryption-key".as_ref(), k1.as_os_str()],
-    );
-    let mut client = start_klio_send_wal(
-        &exe,
-        &pg,
-        &server,
-        &certs,
-        "pg1",
-        "klio",
-        &work.path().join("send-wal.log"),
-    );
+    let mut stack = stack("rotation").segment_size_mb(1).encryption().start();
+    let Stack {
+        pg,
+        server,
+        client,
+        key: Some(first_key),
+        work,
+        exe,
+        ..
+    } = &mut stack
+    else {
+        unreachable!("built with encryption")
+    };
+    let (k1, id1) = (first_key.path.clone(), first_key.id.clone());
+    let KeyFile {
+        path: k2, id: id2, ..
+    } = KeyFile::generate(exe, &work.path().join("k2.key"));
     pg.psql("CREATE TABLE notes (t text)");
-    write_and_wait(&pg, "before-rotation");
+    write_and_wait(pg, "before-rotation");
 
     let data_dir = server.data_dir().to_owned();
     let in_use = |keys: &[&Path]| {
-        let mut cmd = std::process::Command::new(&exe);
+        let mut cmd = std::process::Command::new(&*exe);
         cmd.args(["keys", "in-use", "--data-dir"]).arg(&data_dir);
         for k in keys {
             cmd.arg("--key").arg(k);
@@ -71,7 +60,7 @@ fn rotate_during_streaming_then_retire_the_old_key() {
         k1.as_os_str(),
     ]);
     server.restart();
-    write_and_wait(&pg, "after-rotation");
+    write_and_wait(pg, "after-rotation");
     assert!(
         server.log().contains("re-wrapped the data keys"),
         "server rotated"
@@ -85,10 +74,10 @@ fn rotate_during_streaming_then_retire_the_old_key() {
     // Retire k1: the server runs with k2 alone and streaming goes on.
     server.set_extra_args(&["--encryption-key".as_ref(), k2.as_os_str()]);
     server.restart();
-    write_and_wait(&pg, "after-retirement");
+    write_and_wait(pg, "after-retirement");
     client.stop();
 
-    let exported = export_archive_with(&server, "pg1", &work, Some(keyring(&[&k2])));
+    let exported = export_archive_with(server, "pg1", work, Some(keyring(&[&k2])));
     let all: Vec<u8> = std::fs::read_dir(&exported)
         .unwrap()
         .flat_map(|e| std::fs::read(e.unwrap().path()).unwrap())

@@ -7,9 +7,7 @@ mod common;
 use std::process::Command;
 
 use common::*;
-use klio_testkit::{
-    BackgroundProcess, KlioServer, PgOptions, PgServer, TestCerts, TestDir, as_postgres,
-};
+use klio_testkit::Stack;
 
 const VAR: &str = "KLIO_TEST_LOG_PASSPHRASE";
 const PASSPHRASE: &str = "purple-elephant-4711-never-logged";
@@ -35,36 +33,20 @@ fn cluster_of(line: &serde_json::Value) -> Option<&str> {
 
 #[test]
 fn json_logs_parse_name_the_cluster_and_hold_no_secret() {
-    let pg = PgServer::start(PgOptions {
-        wal_segsize_mb: 1,
-        ..PgOptions::default()
-    });
-    let work = TestDir::new("json-logs");
-    let exe = klio_exe(&work);
-    let certs = TestCerts::create(&exe, &work.subdir("certs"), &["pg1"]);
-    let key = work.path().join("wal.kek");
-    generate_passphrase_key(&exe, &key, VAR, PASSPHRASE);
-    let mut server = KlioServer::start_with_env(
-        &exe,
-        &work,
-        &certs,
-        &[
-            "--log-format".as_ref(),
-            "json".as_ref(),
-            "--encryption-key".as_ref(),
-            key.as_os_str(),
-        ],
-        &[(VAR, PASSPHRASE)],
-    );
-    let client_log = work.path().join("send-wal.log");
-    let mut client = BackgroundProcess::spawn(
-        "klio send-wal",
-        as_postgres(&exe)
-            .args(["--log-format", "json", "-v", "send-wal"])
-            .args(["-d", &pg.tcp_connstr(), "-S", "klio", "--cluster", "pg1"])
-            .args(server.client_args(&certs, "pg1")),
-        &client_log,
-    );
+    let mut stack = stack("json-logs")
+        .segment_size_mb(1)
+        .passphrase_encryption(VAR, PASSPHRASE)
+        .server_args(["--log-format", "json"])
+        .send_wal_args(["--log-format", "json"])
+        .start();
+    let Stack {
+        pg,
+        server,
+        client,
+        work,
+        exe,
+        ..
+    } = &mut stack;
     pg.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 20000) g");
     pg.switch_wal();
     pg.wait_for_flush("klio", &pg.current_lsn());
@@ -72,7 +54,7 @@ fn json_logs_parse_name_the_cluster_and_hold_no_secret() {
     server.stop();
 
     let server_lines = json_lines(&server.log(), "the server");
-    let client_lines = json_lines(&std::fs::read_to_string(&client_log).unwrap(), "send-wal");
+    let client_lines = json_lines(&client.log(), "send-wal");
     for l in server_lines.iter().chain(&client_lines) {
         assert!(l["timestamp"].is_string() && l["level"].is_string(), "{l}");
     }
@@ -105,7 +87,7 @@ fn json_logs_parse_name_the_cluster_and_hold_no_secret() {
 
     // A failing command's final error is a JSON line too.
     let failed = klio_testkit::run(
-        Command::new(&exe)
+        Command::new(&*exe)
             .args(["--log-format", "json", "keys", "id"])
             .arg(work.path().join("missing.key")),
     );
@@ -120,10 +102,6 @@ fn json_logs_parse_name_the_cluster_and_hold_no_secret() {
             .contains("missing.key")
     );
 
-    let both = format!(
-        "{}{}",
-        server.log(),
-        std::fs::read_to_string(&client_log).unwrap()
-    );
+    let both = format!("{}{}", server.log(), client.log());
     assert!(!both.contains(PASSPHRASE), "a log holds the passphrase");
 }

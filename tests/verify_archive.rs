@@ -6,28 +6,22 @@ mod common;
 use std::process::Command;
 
 use common::*;
-use klio_testkit::{KlioServer, PgOptions, PgServer, TestCerts, TestDir, run, start_klio_send_wal};
+use klio_testkit::{Stack, run};
 
 #[test]
 fn verify_reports_the_range_a_missing_segment_and_a_corrupted_one() {
-    let primary = PgServer::start(PgOptions {
-        wal_segsize_mb: 1,
-        ..PgOptions::default()
-    });
-    let standby = PgServer::standby_of(&primary);
-    let work = TestDir::new("verify");
-    let exe = klio_exe(&work);
-    let certs = TestCerts::create(&exe, &work.subdir("certs"), &["pg1"]);
-    let server = KlioServer::start(&exe, &work, &certs);
-    let mut client = start_klio_send_wal(
-        &exe,
-        &standby,
-        &server,
-        &certs,
-        "pg1",
-        "klio",
-        &work.path().join("send-wal.log"),
-    );
+    let mut stack = stack("verify").segment_size_mb(1).standby().start();
+    let Stack {
+        pg: primary,
+        standby: Some(standby),
+        server,
+        client,
+        exe,
+        ..
+    } = &mut stack
+    else {
+        unreachable!("built with a standby")
+    };
     primary.pgbench(&["-i", "-s", "2", "-q"]);
     primary.pgbench(&["-T", "3"]);
     primary.switch_wal();
@@ -41,7 +35,7 @@ fn verify_reports_the_range_a_missing_segment_and_a_corrupted_one() {
     client.stop();
 
     let verify = || {
-        run(Command::new(&exe)
+        run(Command::new(&*exe)
             .args(["verify", "--cluster", "pg1", "--data-dir"])
             .arg(server.data_dir()))
     };

@@ -243,6 +243,7 @@ impl KlioServer {
 }
 
 /// Starts `klio send-wal` as the postgres user for cluster `cluster` with slot `slot`.
+/// End-to-end tests use [`crate::Stack`] and its [`crate::SendWal`] instead.
 pub fn start_klio_send_wal(
     exe: &Path,
     pg: &crate::PgServer,

@@ -4,23 +4,30 @@
 //! temporary directory on a free port, prints the server log when a test panics, and stops the
 //! server and removes its files on drop, even on panic. [`TestDir`] makes directories the
 //! `postgres` user can use, and [`run`] runs reference tools with their output attached to
-//! failures.
+//! failures. [`Stack`] puts together what an end-to-end test of Klio runs: PostgreSQL,
+//! certificates, a `klio server` and a `klio send-wal` streaming to it.
 #![forbid(unsafe_code)]
 
 mod command;
 mod files;
+mod key_file;
 mod klio_server;
 mod pg;
 mod process;
 mod receivers;
+mod send_wal;
+mod stack;
 mod test_dir;
 mod tick_loop;
 
 pub use command::{Output, as_postgres, run, run_ok, wait_until};
 pub use files::{assert_same_dump, digests};
+pub use key_file::KeyFile;
 pub use klio_server::{KlioServer, TestCerts, free_tcp_port, start_klio_send_wal};
 pub use pg::{Auth, PASSWORD, PgOptions, PgServer, pg_bin};
 pub use process::BackgroundProcess;
 pub use receivers::{start_klio_receive_wal, start_pg_receivewal};
+pub use send_wal::{SEND_WAL_SLOT, SendWal};
+pub use stack::{Stack, StackBuilder};
 pub use test_dir::TestDir;
 pub use tick_loop::{TickLoop, pgbench_in_background};

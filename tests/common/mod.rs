@@ -4,11 +4,16 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use klio_testkit::TestDir;
+use klio_testkit::{Stack, StackBuilder, TestDir};
 
 /// The klio binary, copied where the `postgres` user can run it.
 pub fn klio_exe(dir: &TestDir) -> PathBuf {
     dir.install_exe(Path::new(env!("CARGO_BIN_EXE_klio")))
+}
+
+/// A [`Stack`] running the klio binary under test; `label` names its directories.
+pub fn stack(label: &str) -> StackBuilder {
+    Stack::builder(label, Path::new(env!("CARGO_BIN_EXE_klio")))
 }
 
 /// A pg_receivewal-style copy of a cluster's archive on the Klio server, readable by the
@@ -37,37 +42,6 @@ pub fn export_archive_with(
             .arg(&dest),
     );
     dest
-}
-
-/// `klio keys generate` into `path` (readable by the postgres user that runs the server);
-/// returns the key id `klio keys id` prints.
-pub fn generate_key(exe: &Path, path: &Path) -> String {
-    klio_testkit::run_ok(Command::new(exe).args(["keys", "generate", "-o"]).arg(path));
-    klio_testkit::run_ok(Command::new("chown").arg("postgres:postgres").arg(path));
-    klio_testkit::run_ok(Command::new(exe).args(["keys", "id"]).arg(path))
-        .stdout
-        .trim()
-        .to_owned()
-}
-
-/// `klio keys generate --passphrase` into `path` with the passphrase in variable `var`
-/// (readable by the postgres user that runs the server); returns the command's stdout.
-pub fn generate_passphrase_key(exe: &Path, path: &Path, var: &str, passphrase: &str) -> String {
-    let out = klio_testkit::run_ok(
-        Command::new(exe)
-            .args([
-                "keys",
-                "generate",
-                "--passphrase",
-                "--passphrase-env",
-                var,
-                "-o",
-            ])
-            .arg(path)
-            .env(var, passphrase),
-    );
-    klio_testkit::run_ok(Command::new("chown").arg("postgres:postgres").arg(path));
-    out.stdout
 }
 
 /// The keyring the server would load from these key files (the first is the primary).

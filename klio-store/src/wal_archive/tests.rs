@@ -1,52 +1,207 @@
+//! The archive's scenarios, each run on both formats: plain (segment files as PostgreSQL writes
+//! them) and encrypted (sealed `.klio` files, encrypted journals). A scenario is a function
+//! taking a [`Format`]; [`for_both_formats!`] makes a `plain` and an `encrypted` test of it.
+//! Tests of one format's own files (plain frames written by hand, keys, sealing, rotation)
+//! follow the scenarios here and in `tests_encrypted.rs`.
+
 use std::path::{Path, PathBuf};
 
+use klio_crypto::{Compression, Kek, Keyring, SealOptions};
 use klio_wal::{Lsn, SegmentNo, SegmentSize, TimelineId, WalFileName};
 use proptest::prelude::*;
 
-use super::journal::{self, HEADER_LEN, encode_frame, journal_name};
+use super::journal::{
+    ENC_FRAMES_START, ENC_HEADER_LEN, HEADER_LEN, JOURNAL_SUFFIX, TAG_LEN, encode_frame,
+    journal_name,
+};
+use super::sealed::sealed_name;
 use super::*;
 
-const SEG: u64 = 1 << 20;
+pub(super) const SEG: u64 = 1 << 20;
 
-fn size() -> SegmentSize {
+pub(super) fn size() -> SegmentSize {
     SegmentSize::new(SEG).unwrap()
 }
 
-fn ident() -> ClusterIdentity {
+pub(super) fn ident() -> ClusterIdentity {
     ClusterIdentity {
         system_id: 7_400_000_000_000_000_001,
         segment_size: size(),
     }
 }
 
-fn tl(n: u32) -> TimelineId {
+pub(super) fn tl(n: u32) -> TimelineId {
     TimelineId::new(n).unwrap()
 }
 
-/// Deterministic "WAL" bytes: the byte at `lsn` on `timeline`.
-fn wal(timeline: TimelineId, start: u64, len: usize) -> Vec<u8> {
+pub(super) fn kek(seed: u8) -> Kek {
+    Kek::from_bytes(&[seed; 32]).unwrap()
+}
+
+pub(super) fn ring(seed: u8) -> Keyring {
+    Keyring::new(kek(seed))
+}
+
+pub(super) fn opts(keyring: Keyring, compression: Compression) -> StorageOptions {
+    StorageOptions {
+        keyring: Some(keyring),
+        seal: SealOptions {
+            compression,
+            chunk_size: 64 << 10,
+        },
+    }
+}
+
+/// Opens (or creates) an archive encrypted with key `seed`, compressed with lz4.
+pub(super) fn open_enc(dir: &Path, seed: u8) -> Result<WalArchive, WalArchiveError> {
+    WalArchive::open_with(dir, ident(), opts(ring(seed), Compression::Lz4))
+}
+
+/// How an archive stores WAL at rest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Format {
+    /// Segment files as PostgreSQL writes them, journals of plain frames.
+    Plain,
+    /// Sealed `.klio` files and encrypted journals, under key [`ring`]`(1)`.
+    Encrypted,
+}
+
+impl Format {
+    /// Opens (or creates) a writable archive of cluster [`ident`] in this format.
+    pub(super) fn open(self, dir: &Path) -> Result<WalArchive, WalArchiveError> {
+        self.open_as(dir, ident())
+    }
+
+    /// Opens (or creates) a writable archive of the cluster `identity` in this format.
+    pub(super) fn open_as(
+        self,
+        dir: &Path,
+        identity: ClusterIdentity,
+    ) -> Result<WalArchive, WalArchiveError> {
+        match self {
+            Format::Plain => WalArchive::open(dir, identity),
+            Format::Encrypted => {
+                WalArchive::open_with(dir, identity, opts(ring(1), Compression::Lz4))
+            }
+        }
+    }
+
+    /// Opens an existing archive read-only (with the key, when encrypted).
+    pub(super) fn open_existing(self, dir: &Path) -> Result<WalArchive, WalArchiveError> {
+        match self {
+            Format::Plain => WalArchive::open_existing(dir),
+            Format::Encrypted => WalArchive::open_existing_with(dir, Some(ring(1))),
+        }
+    }
+
+    /// What a scan of the journal at `jp` finds.
+    pub(super) fn inspect(self, jp: &Path) -> JournalReport {
+        let base = jp
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .strip_suffix(JOURNAL_SUFFIX)
+            .unwrap()
+            .to_owned();
+        let name = WalFileName::parse(&base, size()).unwrap();
+        let bytes = std::fs::read(jp).unwrap();
+        match self {
+            Format::Plain => inspect_journal(&bytes, &name, size(), jp),
+            Format::Encrypted => inspect_journal_with(&bytes, &name, ident(), Some(&ring(1)), jp),
+        }
+        .unwrap()
+    }
+
+    /// Where a journal's first frame starts (after the key header, when encrypted).
+    pub(super) fn frames_start(self) -> u64 {
+        match self {
+            Format::Plain => 0,
+            Format::Encrypted => ENC_FRAMES_START,
+        }
+    }
+
+    /// The length of a frame's header.
+    pub(super) fn frame_header_len(self) -> u64 {
+        match self {
+            Format::Plain => HEADER_LEN,
+            Format::Encrypted => ENC_HEADER_LEN,
+        }
+    }
+
+    /// The length of a frame's authentication tag (none in plain frames).
+    pub(super) fn frame_tag_len(self) -> u64 {
+        match self {
+            Format::Plain => 0,
+            Format::Encrypted => TAG_LEN,
+        }
+    }
+
+    /// The length of a frame carrying `n` bytes of WAL.
+    pub(super) fn frame_len(self, n: u64) -> u64 {
+        self.frame_header_len() + n + self.frame_tag_len()
+    }
+
+    /// The file name of a completed segment.
+    pub(super) fn segment_file(self, t: TimelineId, segno: u64) -> String {
+        match self {
+            Format::Plain => seg_name(t, segno),
+            Format::Encrypted => sealed_name(t, SegmentNo(segno), size()),
+        }
+    }
+}
+
+/// A `plain` and an `encrypted` test of each scenario, in a module named after it.
+macro_rules! for_both_formats {
+    ($($scenario:ident),* $(,)?) => {
+        $(
+            mod $scenario {
+                #[test]
+                fn plain() {
+                    super::$scenario(super::Format::Plain);
+                }
+
+                #[test]
+                fn encrypted() {
+                    super::$scenario(super::Format::Encrypted);
+                }
+            }
+        )*
+    };
+}
+
+/// Deterministic "WAL" bytes, the byte at each position mixed in, compressible like real WAL:
+/// text-like records in every third run of 64 bytes.
+pub(super) fn wal(t: TimelineId, start: u64, len: usize) -> Vec<u8> {
     (start..start + len as u64)
         .map(|x| {
-            let h = (x ^ u64::from(timeline.get()) << 40).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            (h >> 56) as u8
+            if (x / 64) % 3 == 0 {
+                b"INSERT INTO t VALUES (42, 'some row text');"[(x % 43) as usize]
+            } else {
+                let h = (x ^ u64::from(t.get()) << 40).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                (h >> 60) as u8
+            }
         })
         .collect()
 }
 
-fn seg_name(t: TimelineId, segno: u64) -> String {
+pub(super) fn seg(t: TimelineId, segno: u64) -> WalFileName {
     WalFileName::Segment {
         timeline: t,
         segno: SegmentNo(segno),
     }
-    .to_string_with(size())
 }
 
-fn journal_path(dir: &Path, t: TimelineId, segno: u64) -> PathBuf {
+fn seg_name(t: TimelineId, segno: u64) -> String {
+    seg(t, segno).to_string_with(size())
+}
+
+pub(super) fn journal_path(dir: &Path, t: TimelineId, segno: u64) -> PathBuf {
     dir.join(journal_name(t, SegmentNo(segno), size()))
 }
 
 /// Appends `wal(t, start, len)` in pieces of `piece` bytes.
-fn append_wal(a: &mut WalArchive, t: TimelineId, start: u64, len: usize, piece: usize) {
+pub(super) fn append_wal(a: &mut WalArchive, t: TimelineId, start: u64, len: usize, piece: usize) {
     let data = wal(t, start, len);
     for (i, chunk) in data.chunks(piece.max(1)).enumerate() {
         a.append(Lsn(start + (i * piece.max(1)) as u64), chunk)
@@ -54,17 +209,35 @@ fn append_wal(a: &mut WalArchive, t: TimelineId, start: u64, len: usize, piece: 
     }
 }
 
+/// The sorted file names in `dir`.
+pub(super) fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+pub(super) fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+pub(super) fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
 /// Checks that the archive holds exactly `wal(t, from, end - from)` for `[from, end)`, with
 /// segments before `end`'s complete and `end`'s segment partial (zero-padded).
-fn check_content(a: &WalArchive, t: TimelineId, from: u64, end: u64) {
+pub(super) fn check_content(a: &WalArchive, t: TimelineId, from: u64, end: u64) {
     let mut segno = from / SEG;
     while segno * SEG < end {
-        let name = WalFileName::Segment {
-            timeline: t,
-            segno: SegmentNo(segno),
-        };
         let f = a
-            .read_file(&name)
+            .read_file(&seg(t, segno))
             .unwrap()
             .unwrap_or_else(|| panic!("segment {segno} missing"));
         let seg_start = segno * SEG;
@@ -91,13 +264,27 @@ fn check_content(a: &WalArchive, t: TimelineId, from: u64, end: u64) {
     }
 }
 
-#[test]
-fn round_trip_with_reopen_and_segment_completion() {
+for_both_formats!(
+    round_trip_with_reopen_and_segment_completion,
+    large_appends_are_written_out_and_survive_without_extra_syncs,
+    many_small_syncs_grow_the_journal,
+    timelines_switch_and_keep_their_own_durable_ends,
+    begin_and_append_rules,
+    identity_is_recorded_and_enforced,
+    crash_at_many_points_of_the_journal_tail,
+    damage_before_the_tail_is_an_error_naming_the_journal,
+    export_matches_pg_receivewal_layout,
+    history_files_are_idempotent_and_conflicts_refused,
+    summary_follows_gaps_and_timelines,
+);
+// random_appends_syncs_and_crashes runs on both formats too, as property tests (below).
+
+fn round_trip_with_reopen_and_segment_completion(format: Format) {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().join("cluster");
     let t = tl(1);
     {
-        let mut a = WalArchive::open(&dir, ident()).unwrap();
+        let mut a = format.open(&dir).unwrap();
         assert_eq!(a.durable(), None);
         assert_eq!(a.sync().unwrap(), None);
         assert_eq!(a.begin(t, Lsn(0)).unwrap(), BeginOutcome::Started);
@@ -108,43 +295,46 @@ fn round_trip_with_reopen_and_segment_completion() {
         assert_eq!(a.durable(), Some((t, Lsn(1000))));
         // Ten appends, one sync: one frame.
         let jp = journal_path(&dir, t, 0);
-        let name = WalFileName::Segment {
-            timeline: t,
-            segno: SegmentNo(0),
-        };
-        let r = inspect_journal(&std::fs::read(&jp).unwrap(), &name, size(), &jp).unwrap();
+        let r = format.inspect(&jp);
         assert_eq!(
             (r.frames, r.end, r.valid_bytes),
-            (1, Lsn(1000), HEADER_LEN + 1000)
+            (1, Lsn(1000), format.frames_start() + format.frame_len(1000))
         );
-        assert_eq!(std::fs::metadata(&jp).unwrap().len(), SEG + SEG / 8);
+        // The journal is preallocated: a segment and an eighth, after any key header.
+        assert_eq!(
+            std::fs::metadata(&jp).unwrap().len(),
+            format.frames_start() + SEG + SEG / 8
+        );
     }
-    let mut a = WalArchive::open(&dir, ident()).unwrap();
+    let mut a = format.open(&dir).unwrap();
     assert_eq!(a.durable(), Some((t, Lsn(1000))));
     assert_eq!(a.begin(t, Lsn(1000)).unwrap(), BeginOutcome::Resumed);
     // Crosses into segment 1 within one append, then into segment 2 across appends.
     append_wal(&mut a, t, 1000, SEG as usize, 300_000);
     assert_eq!(a.sync().unwrap(), Some(Lsn(SEG + 1000)));
-    assert!(dir.join(seg_name(t, 0)).is_file());
+    assert!(dir.join(format.segment_file(t, 0)).is_file());
     assert!(!journal_path(&dir, t, 0).exists());
     assert!(journal_path(&dir, t, 1).is_file());
     append_wal(&mut a, t, SEG + 1000, SEG as usize - 1000, 77_777);
     // Appended, not yet written or durable.
     assert_eq!(a.durable_on(t), Some(Lsn(SEG + 1000)));
     assert_eq!(a.sync().unwrap(), Some(Lsn(2 * SEG)));
-    assert!(dir.join(seg_name(t, 1)).is_file());
+    assert!(dir.join(format.segment_file(t, 1)).is_file());
     assert!(!journal_path(&dir, t, 1).exists());
     assert!(!journal_path(&dir, t, 2).exists());
     append_wal(&mut a, t, 2 * SEG, 5, 5);
     assert_eq!(a.sync().unwrap(), Some(Lsn(2 * SEG + 5)));
     check_content(&a, t, 0, 2 * SEG + 5);
-    // The completed segment files are exactly the WAL.
-    assert_eq!(
-        std::fs::read(dir.join(seg_name(t, 0))).unwrap(),
-        wal(t, 0, SEG as usize)
-    );
+    // Plain segment files are exactly the WAL (sealed ones hold none of it in the clear:
+    // tests_encrypted).
+    if format == Format::Plain {
+        assert_eq!(
+            std::fs::read(dir.join(seg_name(t, 0))).unwrap(),
+            wal(t, 0, SEG as usize)
+        );
+    }
     drop(a);
-    let a = WalArchive::open_existing(&dir).unwrap();
+    let a = format.open_existing(&dir).unwrap();
     assert_eq!(a.identity(), ident());
     assert_eq!(a.durable(), Some((t, Lsn(2 * SEG + 5))));
     check_content(&a, t, 0, 2 * SEG + 5);
@@ -172,30 +362,28 @@ fn round_trip_with_reopen_and_segment_completion() {
     ));
 }
 
-#[test]
-fn large_appends_are_written_out_and_survive_without_extra_syncs() {
+fn large_appends_are_written_out_and_survive_without_extra_syncs(format: Format) {
     let d = tempfile::tempdir().unwrap();
     let t = tl(1);
-    let mut a = WalArchive::open(d.path(), ident()).unwrap();
+    let mut a = format.open(d.path()).unwrap();
     a.begin(t, Lsn(3 * SEG)).unwrap();
     // One 5.5 MiB append: a 4 MiB write-out completes four segments (durable: each was
     // fdatasynced), the rest stays buffered until sync.
     let data = wal(t, 3 * SEG, 5 * SEG as usize + SEG as usize / 2);
     a.append(Lsn(3 * SEG), &data).unwrap();
     assert_eq!(a.durable_on(t), Some(Lsn(7 * SEG)));
-    assert!(d.path().join(seg_name(t, 6)).is_file());
+    assert!(d.path().join(format.segment_file(t, 6)).is_file());
     assert_eq!(a.sync().unwrap(), Some(Lsn(8 * SEG + SEG / 2)));
     drop(a);
-    let a = WalArchive::open(d.path(), ident()).unwrap();
+    let a = format.open(d.path()).unwrap();
     assert_eq!(a.durable(), Some((t, Lsn(8 * SEG + SEG / 2))));
     check_content(&a, t, 3 * SEG, 8 * SEG + SEG / 2);
 }
 
-#[test]
-fn many_small_syncs_grow_the_journal() {
+fn many_small_syncs_grow_the_journal(format: Format) {
     let d = tempfile::tempdir().unwrap();
     let t = tl(1);
-    let mut a = WalArchive::open(d.path(), ident()).unwrap();
+    let mut a = format.open(d.path()).unwrap();
     a.begin(t, Lsn(0)).unwrap();
     // First frames fill most of the padding, then small frames overflow it.
     append_wal(&mut a, t, 0, 1_040_000, 1_040_000);
@@ -209,21 +397,22 @@ fn many_small_syncs_grow_the_journal() {
     let jlen = std::fs::metadata(journal_path(d.path(), t, 0))
         .unwrap()
         .len();
-    assert!(jlen > SEG + SEG / 8, "journal grew to {jlen}");
-    assert_eq!(jlen % (SEG / 8), 0);
+    // It grows by eighths of a segment, after any key header.
+    let frames_area = jlen - format.frames_start();
+    assert!(frames_area > SEG + SEG / 8, "journal grew to {jlen}");
+    assert_eq!(frames_area % (SEG / 8), 0);
     // Complete the segment: its file is assembled from ~4500 frames.
     append_wal(&mut a, t, pos, (SEG - pos) as usize + 10, 4096);
     assert_eq!(a.sync().unwrap(), Some(Lsn(SEG + 10)));
     drop(a);
-    let a = WalArchive::open(d.path(), ident()).unwrap();
+    let a = format.open(d.path()).unwrap();
     check_content(&a, t, 0, SEG + 10);
 }
 
-#[test]
-fn timelines_switch_and_keep_their_own_durable_ends() {
+fn timelines_switch_and_keep_their_own_durable_ends(format: Format) {
     let d = tempfile::tempdir().unwrap();
     let (t1, t2) = (tl(1), tl(2));
-    let mut a = WalArchive::open(d.path(), ident()).unwrap();
+    let mut a = format.open(d.path()).unwrap();
     a.begin(t1, Lsn(0)).unwrap();
     append_wal(&mut a, t1, 0, (SEG + SEG / 2) as usize, 65536);
     // Not synced: switching timelines makes it durable and leaves segment 1 partial.
@@ -236,7 +425,7 @@ fn timelines_switch_and_keep_their_own_durable_ends() {
         .unwrap();
     drop(a);
 
-    let mut a = WalArchive::open(d.path(), ident()).unwrap();
+    let mut a = format.open(d.path()).unwrap();
     assert_eq!(a.durable_on(t1), Some(Lsn(SEG + SEG / 2)));
     assert_eq!(a.durable_on(t2), Some(Lsn(SEG + 2000)));
     assert_eq!(a.durable_on(tl(3)), None);
@@ -256,11 +445,10 @@ fn timelines_switch_and_keep_their_own_durable_ends() {
     assert_eq!(listing.timelines[1].partials[0].end, Lsn(SEG + 2000));
 }
 
-#[test]
-fn begin_and_append_rules() {
+fn begin_and_append_rules(format: Format) {
     let d = tempfile::tempdir().unwrap();
     let t = tl(1);
-    let mut a = WalArchive::open(d.path(), ident()).unwrap();
+    let mut a = format.open(d.path()).unwrap();
     assert!(matches!(
         a.append(Lsn(0), b"x"),
         Err(WalArchiveError::NotStreaming)
@@ -318,7 +506,7 @@ fn begin_and_append_rules() {
     append_wal(&mut a, t, 4 * SEG, 10, 10);
     a.sync().unwrap();
     drop(a);
-    let a = WalArchive::open(d.path(), ident()).unwrap();
+    let a = format.open(d.path()).unwrap();
     assert_eq!(a.durable_on(t), Some(Lsn(4 * SEG + 10)));
     let listing = a.list().unwrap();
     assert_eq!(listing.timelines[0].partials.len(), 2);
@@ -335,19 +523,18 @@ fn begin_and_append_rules() {
     );
 }
 
-#[test]
-fn identity_is_recorded_and_enforced() {
+fn identity_is_recorded_and_enforced(format: Format) {
     let d = tempfile::tempdir().unwrap();
     assert!(matches!(
-        WalArchive::open_existing(d.path()),
+        format.open_existing(d.path()),
         Err(WalArchiveError::NotAnArchive { .. })
     ));
-    drop(WalArchive::open(d.path(), ident()).unwrap());
+    drop(format.open(d.path()).unwrap());
     let other = ClusterIdentity {
         system_id: 42,
         ..ident()
     };
-    let e = WalArchive::open(d.path(), other).unwrap_err();
+    let e = format.open_as(d.path(), other).unwrap_err();
     assert!(matches!(
         e,
         WalArchiveError::SystemIdMismatch {
@@ -361,52 +548,40 @@ fn identity_is_recorded_and_enforced() {
         segment_size: SegmentSize::DEFAULT,
         ..ident()
     };
-    let e = WalArchive::open(d.path(), bigger).unwrap_err();
+    let e = format.open_as(d.path(), bigger).unwrap_err();
     assert!(matches!(e, WalArchiveError::SegmentSizeMismatch { .. }));
     assert!(e.to_string().contains("1MB"), "{e}");
-    assert_eq!(
-        WalArchive::open_existing(d.path()).unwrap().identity(),
-        ident()
-    );
+    assert_eq!(format.open_existing(d.path()).unwrap().identity(), ident());
     // A damaged identity file is reported, not replaced.
     let id_path = d.path().join(identity::IDENTITY_FILE);
     let mut text = std::fs::read_to_string(&id_path).unwrap();
     text = text.replace("system_id 7", "system_id 8");
     std::fs::write(&id_path, text).unwrap();
     assert!(matches!(
-        WalArchive::open(d.path(), ident()),
+        format.open(d.path()),
         Err(WalArchiveError::BadIdentity { .. })
     ));
     // WAL files without an identity file are not adopted.
     std::fs::remove_file(&id_path).unwrap();
     std::fs::write(d.path().join(seg_name(tl(1), 0)), vec![0u8; SEG as usize]).unwrap();
     assert!(matches!(
-        WalArchive::open(d.path(), ident()),
+        format.open(d.path()),
         Err(WalArchiveError::MissingIdentity { .. })
     ));
 }
 
 /// Builds an archive with synced WAL up to `synced`, plus more WAL in the same journal synced
-/// later up to `later`. Returns the journal's valid length at `synced`.
-fn build_crash_base(dir: &Path, synced: u64, later: u64) -> u64 {
+/// later up to `later`, in frames of at most 1, 700, 4000 and 123 bytes (each sync one
+/// frame). Returns the journal's valid length at `synced`.
+pub(super) fn build_crash_base(format: Format, dir: &Path, synced: u64, later: u64) -> u64 {
     let t = tl(1);
-    let mut a = WalArchive::open(dir, ident()).unwrap();
+    let mut a = format.open(dir).unwrap();
     a.begin(t, Lsn(0)).unwrap();
     append_wal(&mut a, t, 0, synced as usize, 10_000);
     assert_eq!(a.sync().unwrap(), Some(Lsn(synced)));
-    let jp = journal_path(dir, t, synced / SEG);
-    let at_sync = inspect_journal(
-        &std::fs::read(&jp).unwrap(),
-        &WalFileName::Segment {
-            timeline: t,
-            segno: SegmentNo(synced / SEG),
-        },
-        size(),
-        &jp,
-    )
-    .unwrap()
-    .valid_bytes;
-    // More WAL in several frames (each sync one frame).
+    let at_sync = format
+        .inspect(&journal_path(dir, t, synced / SEG))
+        .valid_bytes;
     let mut pos = synced;
     for step in [1usize, 700, 4000, 123] {
         let n = step.min((later - pos) as usize);
@@ -418,50 +593,27 @@ fn build_crash_base(dir: &Path, synced: u64, later: u64) -> u64 {
     at_sync
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
-}
-
-/// Reopens a "crashed" copy, checks the durable end and content, then resumes streaming from
-/// the durable end and checks that everything reads back correctly again.
-fn check_recovery(dir: &Path, synced: u64, later: u64) {
-    let t = tl(1);
-    let mut a = WalArchive::open(dir, ident()).unwrap();
-    let (_, d) = a.durable().unwrap();
-    assert!(
-        d.0 >= synced && d.0 <= later,
-        "durable {d} not in {synced}..={later}"
-    );
-    check_content(&a, t, 0, d.0);
-    assert_eq!(a.begin(t, d).unwrap(), BeginOutcome::Resumed);
-    append_wal(&mut a, t, d.0, (later + 3000 - d.0) as usize, 1000);
-    assert_eq!(a.sync().unwrap(), Some(Lsn(later + 3000)));
-    drop(a);
-    let a = WalArchive::open(dir, ident()).unwrap();
-    assert_eq!(a.durable(), Some((t, Lsn(later + 3000))));
-    check_content(&a, t, 0, later + 3000);
-}
-
-#[test]
-fn crash_at_many_points_of_the_journal_tail() {
+fn crash_at_many_points_of_the_journal_tail(format: Format) {
     let base = tempfile::tempdir().unwrap();
     let (synced, later) = (SEG + 5000, SEG + 9824);
-    let at_sync = build_crash_base(base.path(), synced, later);
+    let at_sync = build_crash_base(format, base.path(), synced, later);
     let t = tl(1);
     let jname = journal_name(t, SegmentNo(1), size());
     let full = std::fs::read(base.path().join(&jname)).unwrap();
-    let valid_end = at_sync + 4 * HEADER_LEN + (later - synced);
-    let mut points: Vec<u64> = (at_sync..valid_end).step_by(97).collect();
+    let valid_end = at_sync + 4 * format.frame_len(0) + (later - synced);
+    assert_eq!(
+        format.inspect(&base.path().join(&jname)).valid_bytes,
+        valid_end
+    );
+    let header = format.frame_header_len();
+    let mut points: Vec<u64> = (at_sync..valid_end).step_by(89).collect();
     points.extend([
         at_sync,
         at_sync + 1,
-        at_sync + HEADER_LEN - 1,
-        at_sync + HEADER_LEN,
-        at_sync + HEADER_LEN + 1,
+        at_sync + header - 1,
+        at_sync + header,
+        at_sync + header + 1,
+        valid_end - format.frame_tag_len(),
         valid_end - 1,
         valid_end,
     ]);
@@ -483,27 +635,47 @@ fn crash_at_many_points_of_the_journal_tail() {
             }
         }
         std::fs::write(&jp, &bytes).unwrap();
-        check_recovery(work.path(), synced, later);
+        // The "crashed" copy reopens at a durable end between the two syncs, with the content
+        // up to it, and streaming resumes from there.
+        let mut a = format.open(work.path()).unwrap();
+        let (_, d) = a.durable().unwrap();
+        assert!(
+            d.0 >= synced && d.0 <= later,
+            "cut at {p}: durable {d} not in {synced}..={later}"
+        );
+        if p == valid_end {
+            assert_eq!(d.0, later, "nothing cut");
+        }
+        check_content(&a, t, 0, d.0);
+        assert_eq!(a.begin(t, d).unwrap(), BeginOutcome::Resumed);
+        append_wal(&mut a, t, d.0, (later + 3000 - d.0) as usize, 1000);
+        assert_eq!(a.sync().unwrap(), Some(Lsn(later + 3000)));
+        drop(a);
+        let a = format.open(work.path()).unwrap();
+        assert_eq!(a.durable(), Some((t, Lsn(later + 3000))));
+        check_content(&a, t, 0, later + 3000);
     }
 }
 
-#[test]
-fn damage_before_the_tail_is_an_error_naming_the_journal() {
+fn damage_before_the_tail_is_an_error_naming_the_journal(format: Format) {
     let base = tempfile::tempdir().unwrap();
     let t = tl(1);
-    let at_sync = build_crash_base(base.path(), 5000, 9824);
+    let at_sync = build_crash_base(format, base.path(), 5000, 9824);
     let jp = journal_path(base.path(), t, 0);
     let mut bytes = std::fs::read(&jp).unwrap();
     // Flip a bit in the data of the first frame; synced frames follow it.
-    bytes[HEADER_LEN as usize + 10] ^= 0x10;
-    assert!(at_sync > HEADER_LEN + 10);
+    let first_frame = format.frames_start();
+    let at = first_frame + format.frame_header_len() + 10;
+    bytes[at as usize] ^= 0x10;
+    assert!(at_sync > at);
     std::fs::write(&jp, &bytes).unwrap();
     for e in [
-        WalArchive::open(base.path(), ident()).unwrap_err(),
-        WalArchive::open_existing(base.path()).unwrap_err(),
+        format.open(base.path()).unwrap_err(),
+        format.open_existing(base.path()).unwrap_err(),
     ] {
         assert!(
-            matches!(&e, WalArchiveError::DamagedJournal { path, offset: 0, .. } if *path == jp),
+            matches!(&e, WalArchiveError::DamagedJournal { path, offset, .. }
+                if *path == jp && *offset == first_frame),
             "{e}"
         );
         assert!(e.to_string().contains(".klio-journal"), "{e}");
@@ -512,71 +684,10 @@ fn damage_before_the_tail_is_an_error_naming_the_journal() {
     assert_eq!(std::fs::read(&jp).unwrap(), bytes);
 }
 
-#[test]
-fn full_journal_without_final_file_is_finished_on_open() {
-    let d = tempfile::tempdir().unwrap();
-    let t = tl(3);
-    drop(WalArchive::open(d.path(), ident()).unwrap());
-    // A journal holding segment 7 in two frames, as a crash after its last fdatasync leaves it.
-    let start = 7 * SEG;
-    let data = wal(t, start, SEG as usize);
-    let mut j = encode_frame(t, Lsn(start), &data[..1000], false);
-    j.extend(encode_frame(t, Lsn(start + 1000), &data[1000..], false));
-    j.resize((SEG + SEG / 8 + 2 * HEADER_LEN) as usize, 0);
-    let jp = journal_path(d.path(), t, 7);
-    std::fs::write(&jp, &j).unwrap();
-    std::fs::write(d.path().join("000000030000000000000007.klio-tmp"), b"half").unwrap();
-
-    // A read-only handle already serves it as complete, without changing anything.
-    let ro = WalArchive::open_existing(d.path()).unwrap();
-    assert_eq!(ro.durable(), Some((t, Lsn(8 * SEG))));
-    let f = ro
-        .read_file(&WalFileName::Segment {
-            timeline: t,
-            segno: SegmentNo(7),
-        })
-        .unwrap()
-        .unwrap();
-    assert!(!f.partial);
-    assert_eq!(f.content, data);
-    assert!(jp.exists());
-
-    let a = WalArchive::open(d.path(), ident()).unwrap();
-    assert_eq!(a.durable(), Some((t, Lsn(8 * SEG))));
-    assert!(!jp.exists());
-    assert!(!d.path().join("000000030000000000000007.klio-tmp").exists());
-    assert_eq!(std::fs::read(d.path().join(seg_name(t, 7))).unwrap(), data);
-}
-
-#[test]
-fn stale_and_empty_journals_are_removed_on_open() {
-    let d = tempfile::tempdir().unwrap();
-    let t = tl(1);
-    let mut a = WalArchive::open(d.path(), ident()).unwrap();
-    a.begin(t, Lsn(0)).unwrap();
-    append_wal(&mut a, t, 0, SEG as usize + 10, 100_000);
-    a.sync().unwrap();
-    drop(a);
-    // A crash between publishing segment 0 and removing its journal leaves a stale journal.
-    let stale = journal_path(d.path(), t, 0);
-    let mut j = encode_frame(t, Lsn(0), b"stale bytes", false);
-    j.resize(4096, 0);
-    std::fs::write(&stale, &j).unwrap();
-    // A crash while creating a journal leaves one without frames.
-    let empty = journal_path(d.path(), t, 9);
-    std::fs::write(&empty, vec![0u8; 1000]).unwrap();
-    let a = WalArchive::open(d.path(), ident()).unwrap();
-    assert!(!stale.exists());
-    assert!(!empty.exists());
-    assert_eq!(a.durable(), Some((t, Lsn(SEG + 10))));
-    check_content(&a, t, 0, SEG + 10);
-}
-
-#[test]
-fn export_matches_pg_receivewal_layout() {
+fn export_matches_pg_receivewal_layout(format: Format) {
     let d = tempfile::tempdir().unwrap();
     let (t1, t2) = (tl(1), tl(2));
-    let mut a = WalArchive::open(&d.path().join("a"), ident()).unwrap();
+    let mut a = format.open(&d.path().join("a")).unwrap();
     a.begin(t1, Lsn(0)).unwrap();
     append_wal(&mut a, t1, 0, 2 * SEG as usize + 300, 250_000);
     a.begin(t2, Lsn(2 * SEG)).unwrap();
@@ -643,10 +754,9 @@ fn export_matches_pg_receivewal_layout() {
     );
 }
 
-#[test]
-fn history_files_are_idempotent_and_conflicts_refused() {
+fn history_files_are_idempotent_and_conflicts_refused(format: Format) {
     let d = tempfile::tempdir().unwrap();
-    let mut a = WalArchive::open(d.path(), ident()).unwrap();
+    let mut a = format.open(d.path()).unwrap();
     let t = tl(2);
     assert_eq!(a.history(t).unwrap(), None);
     a.store_history(t, b"1\t0/3000000\treason\n").unwrap();
@@ -662,6 +772,277 @@ fn history_files_are_idempotent_and_conflicts_refused() {
         .unwrap()
         .unwrap();
     assert_eq!(f.content, b"1\t0/3000000\treason\n");
+}
+
+fn summary_follows_gaps_and_timelines(format: Format) {
+    let d = tempfile::tempdir().unwrap();
+    let (t1, t2) = (tl(1), tl(2));
+    let empty = format.open(d.path()).unwrap().summary().unwrap();
+    assert_eq!(
+        (empty.segments, empty.gaps, empty.recoverable),
+        (0, 0, None)
+    );
+
+    let mut a = format.open(d.path()).unwrap();
+    a.begin(t1, Lsn(SEG)).unwrap();
+    append_wal(&mut a, t1, SEG, (2 * SEG + 100) as usize, 65536);
+    a.sync().unwrap();
+    let s = a.summary().unwrap();
+    let p = |timeline, lsn| WalPoint {
+        timeline,
+        lsn: Lsn(lsn),
+    };
+    assert_eq!(s.segments, 2);
+    assert_eq!(s.gaps, 0);
+    assert_eq!(s.oldest, Some(p(t1, SEG)));
+    assert_eq!(s.recoverable, Some((p(t1, SEG), p(t1, 3 * SEG + 100))));
+    let on_disk: u64 = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert_eq!(s.bytes, on_disk);
+    // Sealed segments are compressed.
+    if format == Format::Plain {
+        assert!(s.bytes > 2 * SEG, "{}", s.bytes);
+    }
+
+    // A gap: WAL before it cannot be replayed to the newest point.
+    a.begin(t1, Lsn(6 * SEG)).unwrap();
+    append_wal(&mut a, t1, 6 * SEG, (SEG + 10) as usize, 65536);
+    a.sync().unwrap();
+    let s = a.summary().unwrap();
+    assert_eq!((s.segments, s.gaps), (3, 1));
+    assert_eq!(s.oldest, Some(p(t1, SEG)));
+    assert_eq!(s.recoverable, Some((p(t1, 6 * SEG), p(t1, 7 * SEG + 10))));
+
+    // A new timeline branching in segment 7: the recoverable range follows it back.
+    a.begin(t2, Lsn(7 * SEG)).unwrap();
+    append_wal(&mut a, t2, 7 * SEG, 2000, 2000);
+    a.sync().unwrap();
+    a.store_history(t2, b"1\t0/700008\tno recovery target specified\n")
+        .unwrap();
+    let s = a.summary().unwrap();
+    assert_eq!(s.gaps, 1);
+    assert_eq!(s.recoverable, Some((p(t1, 6 * SEG), p(t2, 7 * SEG + 2000))));
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Append(usize),
+    Sync,
+    /// Drop the archive, then damage unsynced journal bytes: `cut` picks the point, `garbage`
+    /// whether to write garbage instead of losing the bytes.
+    Crash {
+        cut: u64,
+        garbage: bool,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (1usize..200_000).prop_map(Op::Append),
+        1 => (SEG as usize / 2..3 * SEG as usize).prop_map(Op::Append),
+        3 => Just(Op::Sync),
+        2 => (any::<u64>(), any::<bool>()).prop_map(|(cut, garbage)| Op::Crash { cut, garbage }),
+    ]
+}
+
+/// The valid length of every journal in `dir` (a sync point).
+fn journal_valid_lengths(format: Format, dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.to_str().unwrap().ends_with(JOURNAL_SUFFIX) {
+            out.push((p.clone(), format.inspect(&p).valid_bytes));
+        }
+    }
+    out
+}
+
+fn random_appends_syncs_and_crashes(format: Format, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let d = tempfile::tempdir().unwrap();
+    let t = tl(1);
+    let mut archive = Some(format.open(d.path()).unwrap());
+    archive.as_mut().unwrap().begin(t, Lsn(0)).unwrap();
+    let mut appended = 0u64;
+    let mut synced = 0u64;
+    // Valid journal lengths at the last sync: bytes below them must survive a crash.
+    let mut synced_lengths: Vec<(PathBuf, u64)> = Vec::new();
+    for op in ops {
+        match op {
+            Op::Append(n) => {
+                let a = archive.as_mut().unwrap();
+                append_wal(a, t, appended, n, 64 * 1024 + 17);
+                appended += n as u64;
+                prop_assert!(a.durable_on(t).unwrap_or(Lsn(0)).0 >= synced);
+            }
+            Op::Sync => {
+                let a = archive.as_mut().unwrap();
+                let got = a.sync().unwrap();
+                prop_assert_eq!(
+                    got,
+                    if appended > 0 {
+                        Some(Lsn(appended))
+                    } else {
+                        None
+                    }
+                );
+                synced = appended;
+                synced_lengths = journal_valid_lengths(format, d.path());
+            }
+            Op::Crash { cut, garbage } => {
+                drop(archive.take());
+                for e in std::fs::read_dir(d.path()).unwrap() {
+                    let p = e.unwrap().path();
+                    if !p.to_str().unwrap().ends_with(JOURNAL_SUFFIX) {
+                        continue;
+                    }
+                    // An encrypted journal's key header was fsynced when it was created,
+                    // before any frame: only bytes after it (and after the last sync) can be
+                    // lost.
+                    let keep = synced_lengths
+                        .iter()
+                        .find(|(sp, _)| *sp == p)
+                        .map_or(0, |(_, l)| *l)
+                        .max(format.frames_start());
+                    let mut bytes = std::fs::read(&p).unwrap();
+                    let len = bytes.len() as u64;
+                    let at = (keep + cut % (len - keep + 1)) as usize;
+                    if garbage {
+                        for (k, b) in bytes[at..].iter_mut().take(3000).enumerate() {
+                            *b = (k as u8) ^ 0xA5;
+                        }
+                    } else {
+                        bytes.truncate(at);
+                    }
+                    std::fs::write(&p, &bytes).unwrap();
+                }
+                let mut a = format.open(d.path()).unwrap();
+                let durable = a.durable_on(t).unwrap_or(Lsn(0)).0;
+                prop_assert!(durable >= synced, "durable {} < synced {}", durable, synced);
+                prop_assert!(durable <= appended);
+                check_content(&a, t, 0, durable);
+                prop_assert_eq!(
+                    a.begin(t, Lsn(durable)).unwrap(),
+                    if durable == 0 {
+                        BeginOutcome::Started
+                    } else {
+                        BeginOutcome::Resumed
+                    }
+                );
+                appended = durable;
+                synced = durable;
+                synced_lengths = journal_valid_lengths(format, d.path());
+                archive = Some(a);
+            }
+        }
+    }
+    let a = archive.as_mut().unwrap();
+    a.sync().unwrap();
+    check_content(a, t, 0, appended);
+    drop(archive);
+    if format == Format::Encrypted {
+        // Sealed files only: no WAL left in the clear.
+        for name in names(d.path()) {
+            prop_assert!(
+                name == "klio-archive.identity"
+                    || name.ends_with(".klio")
+                    || name.ends_with(JOURNAL_SUFFIX),
+                "unexpected file {}",
+                name
+            );
+        }
+    }
+    let a = format.open(d.path()).unwrap();
+    prop_assert_eq!(a.durable_on(t).unwrap_or(Lsn(0)).0, appended);
+    check_content(&a, t, 0, appended);
+    Ok(())
+}
+
+mod random_appends_syncs_and_crashes {
+    use proptest::prelude::*;
+
+    use super::{Format, op, random_appends_syncs_and_crashes};
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        #[test]
+        fn plain(ops in proptest::collection::vec(op(), 1..14)) {
+            random_appends_syncs_and_crashes(Format::Plain, ops)?;
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+        #[test]
+        fn encrypted(ops in proptest::collection::vec(op(), 1..14)) {
+            random_appends_syncs_and_crashes(Format::Encrypted, ops)?;
+        }
+    }
+}
+
+// Plain journals written frame by frame, as a crash leaves them.
+
+#[test]
+fn full_journal_without_final_file_is_finished_on_open() {
+    let d = tempfile::tempdir().unwrap();
+    let t = tl(3);
+    drop(WalArchive::open(d.path(), ident()).unwrap());
+    // A journal holding segment 7 in two frames, as a crash after its last fdatasync leaves it.
+    let start = 7 * SEG;
+    let data = wal(t, start, SEG as usize);
+    let mut j = encode_frame(t, Lsn(start), &data[..1000], false);
+    j.extend(encode_frame(t, Lsn(start + 1000), &data[1000..], false));
+    j.resize((SEG + SEG / 8 + 2 * HEADER_LEN) as usize, 0);
+    let jp = journal_path(d.path(), t, 7);
+    std::fs::write(&jp, &j).unwrap();
+    std::fs::write(d.path().join("000000030000000000000007.klio-tmp"), b"half").unwrap();
+
+    // A read-only handle already serves it as complete, without changing anything.
+    let ro = WalArchive::open_existing(d.path()).unwrap();
+    assert_eq!(ro.durable(), Some((t, Lsn(8 * SEG))));
+    let f = ro
+        .read_file(&WalFileName::Segment {
+            timeline: t,
+            segno: SegmentNo(7),
+        })
+        .unwrap()
+        .unwrap();
+    assert!(!f.partial);
+    assert_eq!(f.content, data);
+    assert!(jp.exists());
+
+    let a = WalArchive::open(d.path(), ident()).unwrap();
+    assert_eq!(a.durable(), Some((t, Lsn(8 * SEG))));
+    assert!(!jp.exists());
+    assert!(!d.path().join("000000030000000000000007.klio-tmp").exists());
+    assert_eq!(std::fs::read(d.path().join(seg_name(t, 7))).unwrap(), data);
+}
+
+#[test]
+fn stale_and_empty_journals_are_removed_on_open() {
+    let d = tempfile::tempdir().unwrap();
+    let t = tl(1);
+    let mut a = WalArchive::open(d.path(), ident()).unwrap();
+    a.begin(t, Lsn(0)).unwrap();
+    append_wal(&mut a, t, 0, SEG as usize + 10, 100_000);
+    a.sync().unwrap();
+    drop(a);
+    // A crash between publishing segment 0 and removing its journal leaves a stale journal.
+    let stale = journal_path(d.path(), t, 0);
+    let mut j = encode_frame(t, Lsn(0), b"stale bytes", false);
+    j.resize(4096, 0);
+    std::fs::write(&stale, &j).unwrap();
+    // A crash while creating a journal leaves one without frames.
+    let empty = journal_path(d.path(), t, 9);
+    std::fs::write(&empty, vec![0u8; 1000]).unwrap();
+    let a = WalArchive::open(d.path(), ident()).unwrap();
+    assert!(!stale.exists());
+    assert!(!empty.exists());
+    assert_eq!(a.durable(), Some((t, Lsn(SEG + 10))));
+    check_content(&a, t, 0, SEG + 10);
 }
 
 #[test]
@@ -687,168 +1068,4 @@ fn inspect_journal_reports_what_a_scan_finds() {
         )
         .is_err()
     );
-}
-
-#[derive(Clone, Debug)]
-enum Op {
-    Append(usize),
-    Sync,
-    /// Drop the archive, then damage unsynced journal bytes: `cut` picks the point, `garbage`
-    /// whether to write garbage instead of losing the bytes.
-    Crash {
-        cut: u64,
-        garbage: bool,
-    },
-}
-
-fn op() -> impl Strategy<Value = Op> {
-    prop_oneof![
-        4 => (1usize..200_000).prop_map(Op::Append),
-        1 => (SEG as usize / 2..3 * SEG as usize).prop_map(Op::Append),
-        3 => Just(Op::Sync),
-        2 => (any::<u64>(), any::<bool>()).prop_map(|(cut, garbage)| Op::Crash { cut, garbage }),
-    ]
-}
-
-/// The valid length of every journal in `dir` (a sync point).
-fn journal_valid_lengths(dir: &Path) -> Vec<(PathBuf, u64)> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        let name = p.file_name().unwrap().to_str().unwrap().to_owned();
-        if let Some(base) = name.strip_suffix(journal::JOURNAL_SUFFIX) {
-            let wal_name = WalFileName::parse(base, size()).unwrap();
-            let r = inspect_journal(&std::fs::read(&p).unwrap(), &wal_name, size(), &p).unwrap();
-            out.push((p, r.valid_bytes));
-        }
-    }
-    out
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
-
-    #[test]
-    fn random_appends_syncs_and_crashes(ops in proptest::collection::vec(op(), 1..14)) {
-        let d = tempfile::tempdir().unwrap();
-        let t = tl(1);
-        let mut archive = Some(WalArchive::open(d.path(), ident()).unwrap());
-        archive.as_mut().unwrap().begin(t, Lsn(0)).unwrap();
-        let mut appended = 0u64;
-        let mut synced = 0u64;
-        // Valid journal lengths at the last sync: bytes below them must survive a crash.
-        let mut synced_lengths: Vec<(PathBuf, u64)> = Vec::new();
-        for op in ops {
-            match op {
-                Op::Append(n) => {
-                    let a = archive.as_mut().unwrap();
-                    append_wal(a, t, appended, n, 64 * 1024 + 17);
-                    appended += n as u64;
-                    prop_assert!(a.durable_on(t).unwrap_or(Lsn(0)).0 >= synced);
-                }
-                Op::Sync => {
-                    let a = archive.as_mut().unwrap();
-                    let got = a.sync().unwrap();
-                    prop_assert_eq!(got, if appended > 0 { Some(Lsn(appended)) } else { None });
-                    synced = appended;
-                    synced_lengths = journal_valid_lengths(d.path());
-                }
-                Op::Crash { cut, garbage } => {
-                    drop(archive.take());
-                    for e in std::fs::read_dir(d.path()).unwrap() {
-                        let p = e.unwrap().path();
-                        if !p.to_str().unwrap().ends_with(journal::JOURNAL_SUFFIX) {
-                            continue;
-                        }
-                        let keep = synced_lengths
-                            .iter()
-                            .find(|(sp, _)| *sp == p)
-                            .map_or(0, |(_, l)| *l);
-                        let mut bytes = std::fs::read(&p).unwrap();
-                        let len = bytes.len() as u64;
-                        let at = (keep + cut % (len - keep + 1)) as usize;
-                        if garbage {
-                            for (k, b) in bytes[at..].iter_mut().take(3000).enumerate() {
-                                *b = (k as u8) ^ 0xA5;
-                            }
-                        } else {
-                            bytes.truncate(at);
-                        }
-                        std::fs::write(&p, &bytes).unwrap();
-                    }
-                    let mut a = WalArchive::open(d.path(), ident()).unwrap();
-                    let durable = a.durable_on(t).unwrap_or(Lsn(0)).0;
-                    prop_assert!(durable >= synced, "durable {} < synced {}", durable, synced);
-                    prop_assert!(durable <= appended);
-                    check_content(&a, t, 0, durable);
-                    prop_assert_eq!(a.begin(t, Lsn(durable)).unwrap(),
-                        if durable == 0 { BeginOutcome::Started } else { BeginOutcome::Resumed });
-                    appended = durable;
-                    synced = durable;
-                    synced_lengths = journal_valid_lengths(d.path());
-                    archive = Some(a);
-                }
-            }
-        }
-        let a = archive.as_mut().unwrap();
-        a.sync().unwrap();
-        check_content(a, t, 0, appended);
-        drop(archive);
-        let a = WalArchive::open(d.path(), ident()).unwrap();
-        prop_assert_eq!(a.durable_on(t).unwrap_or(Lsn(0)).0, appended);
-        check_content(&a, t, 0, appended);
-    }
-}
-
-#[test]
-fn summary_follows_gaps_and_timelines() {
-    let d = tempfile::tempdir().unwrap();
-    let (t1, t2) = (tl(1), tl(2));
-    let empty = WalArchive::open(d.path(), ident())
-        .unwrap()
-        .summary()
-        .unwrap();
-    assert_eq!(
-        (empty.segments, empty.gaps, empty.recoverable),
-        (0, 0, None)
-    );
-
-    let mut a = WalArchive::open(d.path(), ident()).unwrap();
-    a.begin(t1, Lsn(SEG)).unwrap();
-    append_wal(&mut a, t1, SEG, (2 * SEG + 100) as usize, 65536);
-    a.sync().unwrap();
-    let s = a.summary().unwrap();
-    let p = |timeline, lsn| WalPoint {
-        timeline,
-        lsn: Lsn(lsn),
-    };
-    assert_eq!(s.segments, 2);
-    assert_eq!(s.gaps, 0);
-    assert_eq!(s.oldest, Some(p(t1, SEG)));
-    assert_eq!(s.recoverable, Some((p(t1, SEG), p(t1, 3 * SEG + 100))));
-    let on_disk: u64 = std::fs::read_dir(d.path())
-        .unwrap()
-        .map(|e| e.unwrap().metadata().unwrap().len())
-        .sum();
-    assert_eq!(s.bytes, on_disk);
-    assert!(s.bytes > 2 * SEG, "{}", s.bytes);
-
-    // A gap: WAL before it cannot be replayed to the newest point.
-    a.begin(t1, Lsn(6 * SEG)).unwrap();
-    append_wal(&mut a, t1, 6 * SEG, (SEG + 10) as usize, 65536);
-    a.sync().unwrap();
-    let s = a.summary().unwrap();
-    assert_eq!((s.segments, s.gaps), (3, 1));
-    assert_eq!(s.oldest, Some(p(t1, SEG)));
-    assert_eq!(s.recoverable, Some((p(t1, 6 * SEG), p(t1, 7 * SEG + 10))));
-
-    // A new timeline branching in segment 7: the recoverable range follows it back.
-    a.begin(t2, Lsn(7 * SEG)).unwrap();
-    append_wal(&mut a, t2, 7 * SEG, 2000, 2000);
-    a.sync().unwrap();
-    a.store_history(t2, b"1\t0/700008\tno recovery target specified\n")
-        .unwrap();
-    let s = a.summary().unwrap();
-    assert_eq!(s.gaps, 1);
-    assert_eq!(s.recoverable, Some((p(t1, 6 * SEG), p(t2, 7 * SEG + 2000))));
 }

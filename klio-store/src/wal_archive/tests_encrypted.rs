@@ -1,113 +1,17 @@
-//! Encryption at rest: round trips, no plaintext on disk, crashes, keys, damage, rotation.
+//! What only an encrypted archive has: compression choices, no plaintext on disk, keys,
+//! damage to sealed files and encrypted frames, rotation, sealing a plain archive from then
+//! on. The scenarios both formats share (crashes among them) are in `tests.rs`.
 
-use std::path::{Path, PathBuf};
+use klio_crypto::{Compression, KeyId};
+use klio_wal::{Lsn, SegmentNo};
 
-use klio_crypto::{Compression, Kek, KeyId, Keyring, SealOptions};
-use klio_wal::{Lsn, SegmentNo, SegmentSize, TimelineId, WalFileName};
-use proptest::prelude::*;
-
-use super::journal::{ENC_FRAMES_START, ENC_HEADER_LEN, JOURNAL_SUFFIX, TAG_LEN, journal_name};
+use super::journal::{ENC_FRAMES_START, ENC_HEADER_LEN, TAG_LEN, journal_name};
 use super::sealed::sealed_name;
+use super::tests::{
+    Format, SEG, append_wal, build_crash_base, check_content, contains, ident, kek, names,
+    open_enc, opts, ring, seg, size, tl, wal,
+};
 use super::*;
-
-const SEG: u64 = 1 << 20;
-
-fn size() -> SegmentSize {
-    SegmentSize::new(SEG).unwrap()
-}
-
-fn ident() -> ClusterIdentity {
-    ClusterIdentity {
-        system_id: 7_400_000_000_000_000_002,
-        segment_size: size(),
-    }
-}
-
-fn tl(n: u32) -> TimelineId {
-    TimelineId::new(n).unwrap()
-}
-
-fn kek(seed: u8) -> Kek {
-    Kek::from_bytes(&[seed; 32]).unwrap()
-}
-
-fn ring(seed: u8) -> Keyring {
-    Keyring::new(kek(seed))
-}
-
-fn opts(keyring: Keyring, compression: Compression) -> StorageOptions {
-    StorageOptions {
-        keyring: Some(keyring),
-        seal: SealOptions {
-            compression,
-            chunk_size: 64 << 10,
-        },
-    }
-}
-
-fn open_enc(dir: &Path, seed: u8) -> Result<WalArchive, WalArchiveError> {
-    WalArchive::open_with(dir, ident(), opts(ring(seed), Compression::Lz4))
-}
-
-/// Compressible, deterministic "WAL": text-like records, with the byte position mixed in.
-fn wal(t: TimelineId, start: u64, len: usize) -> Vec<u8> {
-    (start..start + len as u64)
-        .map(|x| {
-            if (x / 64) % 3 == 0 {
-                b"INSERT INTO t VALUES (42, 'some row text');"[(x % 43) as usize]
-            } else {
-                let h = (x ^ u64::from(t.get()) << 40).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                (h >> 60) as u8
-            }
-        })
-        .collect()
-}
-
-fn append_wal(a: &mut WalArchive, t: TimelineId, start: u64, len: usize, piece: usize) {
-    let data = wal(t, start, len);
-    let piece = piece.max(1);
-    for (i, chunk) in data.chunks(piece).enumerate() {
-        a.append(Lsn(start + (i * piece) as u64), chunk).unwrap();
-    }
-}
-
-fn seg(t: TimelineId, segno: u64) -> WalFileName {
-    WalFileName::Segment {
-        timeline: t,
-        segno: SegmentNo(segno),
-    }
-}
-
-/// The archive holds exactly `wal(t, 0, end)` (complete segments, then a zero-padded partial).
-fn check_content(a: &WalArchive, t: TimelineId, end: u64) {
-    let mut segno = 0;
-    while segno * SEG < end {
-        let f = a.read_file(&seg(t, segno)).unwrap().unwrap();
-        let start = segno * SEG;
-        let valid = (end - start).min(SEG);
-        assert_eq!(f.content.len() as u64, SEG);
-        assert!(
-            f.content[..valid as usize] == wal(t, start, valid as usize)[..],
-            "segment {segno} content"
-        );
-        assert!(f.content[valid as usize..].iter().all(|&b| b == 0));
-        assert_eq!(f.partial, valid < SEG);
-        segno += 1;
-    }
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    v.sort();
-    v
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
 
 #[test]
 fn round_trip_lz4_and_zstd() {
@@ -128,7 +32,7 @@ fn round_trip_lz4_and_zstd() {
             assert_eq!(a.sync().unwrap(), Some(Lsn(1000)));
             append_wal(&mut a, t, 1000, (end - 1000) as usize, 70_001);
             assert_eq!(a.sync().unwrap(), Some(Lsn(end)));
-            check_content(&a, t, end);
+            check_content(&a, t, 0, end);
         }
         assert_eq!(
             names(d.path()),
@@ -168,14 +72,14 @@ fn round_trip_lz4_and_zstd() {
         ));
         let mut a = WalArchive::open_with(d.path(), ident(), opts(ring(1), compression)).unwrap();
         assert_eq!(a.durable(), Some((t, Lsn(end))));
-        check_content(&a, t, end);
+        check_content(&a, t, 0, end);
         assert_eq!(a.begin(t, Lsn(end)).unwrap(), BeginOutcome::Resumed);
         append_wal(&mut a, t, end, 5000, 999);
         assert_eq!(a.sync().unwrap(), Some(Lsn(end + 5000)));
         drop(a);
         let r = WalArchive::open_existing_with(d.path(), Some(ring(1))).unwrap();
         assert_eq!(r.durable(), Some((t, Lsn(end + 5000))));
-        check_content(&r, t, end + 5000);
+        check_content(&r, t, 0, end + 5000);
     }
 }
 
@@ -232,107 +136,6 @@ fn marker_appears_in_no_file_yet_reads_and_exports_return_it() {
     expected.resize(3 * SEG as usize, 0);
     expected.extend_from_slice(b"1\t0/3000000\tno recovery target specified\n");
     assert!(exported == expected, "export differs");
-}
-
-/// Builds an encrypted archive with synced WAL up to `synced`, plus later synced frames up to
-/// `later` in the same journal. Returns the journal's valid length at `synced`.
-fn build_crash_base(dir: &Path, synced: u64, later: u64) -> u64 {
-    let t = tl(1);
-    let mut a = open_enc(dir, 1).unwrap();
-    a.begin(t, Lsn(0)).unwrap();
-    append_wal(&mut a, t, 0, synced as usize, 10_000);
-    assert_eq!(a.sync().unwrap(), Some(Lsn(synced)));
-    let at_sync = valid_bytes(&dir.join(journal_name(t, SegmentNo(synced / SEG), size())));
-    let mut pos = synced;
-    for step in [1usize, 700, 4000, 123] {
-        let n = step.min((later - pos) as usize);
-        append_wal(&mut a, t, pos, n, n);
-        pos += n as u64;
-        a.sync().unwrap();
-    }
-    at_sync
-}
-
-fn valid_bytes(jp: &Path) -> u64 {
-    let base = jp
-        .file_name()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .strip_suffix(JOURNAL_SUFFIX)
-        .unwrap()
-        .to_owned();
-    let name = WalFileName::parse(&base, size()).unwrap();
-    inspect_journal_with(
-        &std::fs::read(jp).unwrap(),
-        &name,
-        ident(),
-        Some(&ring(1)),
-        jp,
-    )
-    .unwrap()
-    .valid_bytes
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
-}
-
-#[test]
-fn crash_at_many_points_of_an_encrypted_journal_tail() {
-    let base = tempfile::tempdir().unwrap();
-    let t = tl(1);
-    let (synced, later) = (SEG + 5000, SEG + 9824);
-    let at_sync = build_crash_base(base.path(), synced, later);
-    let jname = journal_name(t, SegmentNo(1), size());
-    let full = std::fs::read(base.path().join(&jname)).unwrap();
-    let valid_end = at_sync + 4 * (ENC_HEADER_LEN + TAG_LEN) + (later - synced);
-    assert_eq!(valid_bytes(&base.path().join(&jname)), valid_end);
-    let mut points: Vec<u64> = (at_sync..valid_end).step_by(89).collect();
-    points.extend([
-        at_sync,
-        at_sync + 1,
-        at_sync + ENC_HEADER_LEN - 1,
-        at_sync + ENC_HEADER_LEN,
-        at_sync + ENC_HEADER_LEN + 1,
-        valid_end - TAG_LEN,
-        valid_end - 1,
-        valid_end,
-    ]);
-    for (i, &p) in points.iter().enumerate() {
-        let work = tempfile::tempdir().unwrap();
-        copy_dir(base.path(), work.path());
-        let jp = work.path().join(&jname);
-        let mut bytes = full.clone();
-        match i % 3 {
-            0 => bytes[p as usize..].iter_mut().for_each(|b| *b = 0),
-            1 => bytes.truncate(p as usize),
-            _ => {
-                for (k, b) in bytes[p as usize..].iter_mut().take(5000).enumerate() {
-                    *b = (k as u8).wrapping_mul(31).wrapping_add(7) | 1;
-                }
-            }
-        }
-        std::fs::write(&jp, &bytes).unwrap();
-        let mut a = open_enc(work.path(), 1).unwrap();
-        let (_, d) = a.durable().unwrap();
-        assert!(d.0 >= synced && d.0 <= later, "cut at {p}: durable {d}");
-        if p == valid_end {
-            assert_eq!(d.0, later);
-        }
-        check_content(&a, t, d.0);
-        assert_eq!(a.begin(t, d).unwrap(), BeginOutcome::Resumed);
-        append_wal(&mut a, t, d.0, (later + 3000 - d.0) as usize, 1000);
-        assert_eq!(a.sync().unwrap(), Some(Lsn(later + 3000)));
-        drop(a);
-        let a = open_enc(work.path(), 1).unwrap();
-        assert_eq!(a.durable(), Some((t, Lsn(later + 3000))));
-        check_content(&a, t, later + 3000);
-    }
 }
 
 #[test]
@@ -430,7 +233,7 @@ fn missing_or_unknown_keys_are_clear_errors() {
 fn damage_in_sealed_segments_and_journals_is_an_error_naming_the_file() {
     let d = tempfile::tempdir().unwrap();
     let t = tl(1);
-    build_crash_base(d.path(), 2 * SEG + 5000, 2 * SEG + 9824);
+    build_crash_base(Format::Encrypted, d.path(), 2 * SEG + 5000, 2 * SEG + 9824);
     let s0 = d.path().join(sealed_name(t, SegmentNo(0), size()));
     let s1 = d.path().join(sealed_name(t, SegmentNo(1), size()));
     let original = std::fs::read(&s1).unwrap();
@@ -475,7 +278,7 @@ fn damage_in_sealed_segments_and_journals_is_an_error_naming_the_file() {
     }
     std::fs::write(&s0, &zero).unwrap();
     std::fs::write(&s1, &original).unwrap();
-    check_content(&a, t, 2 * SEG + 9824);
+    check_content(&a, t, 0, 2 * SEG + 9824);
     drop(a);
     // A flipped bit in the first frame of the journal, with synced frames after it.
     let jp = d.path().join(journal_name(t, SegmentNo(2), size()));
@@ -525,14 +328,14 @@ fn damage_in_sealed_segments_and_journals_is_an_error_naming_the_file() {
     );
     std::fs::rename(&moved, &jp).unwrap();
     let a = open_enc(d.path(), 1).unwrap();
-    check_content(&a, t, 2 * SEG + 9824);
+    check_content(&a, t, 0, 2 * SEG + 9824);
 }
 
 #[test]
 fn frames_spliced_reordered_or_dropped_are_errors() {
     let d = tempfile::tempdir().unwrap();
     let t = tl(1);
-    build_crash_base(d.path(), 5000, 9824);
+    build_crash_base(Format::Encrypted, d.path(), 5000, 9824);
     let jp = d.path().join(journal_name(t, SegmentNo(0), size()));
     let bytes = std::fs::read(&jp).unwrap();
     // Frames of 5000, 1, 700, 4000 and 123 bytes, each followed by an fdatasync.
@@ -550,7 +353,7 @@ fn frames_spliced_reordered_or_dropped_are_errors() {
     // Another archive with the same key and the same WAL, hence frames of the same lengths
     // and fields: its frame 1 spliced into this journal is refused (journal id in the AAD).
     let d2 = tempfile::tempdir().unwrap();
-    build_crash_base(d2.path(), 5000, 9824);
+    build_crash_base(Format::Encrypted, d2.path(), 5000, 9824);
     let other = std::fs::read(d2.path().join(journal_name(t, SegmentNo(0), size()))).unwrap();
     let mut spliced = bytes.clone();
     spliced[bounds[1]..bounds[2]].copy_from_slice(&frame(&other, 1, 1));
@@ -581,7 +384,7 @@ fn frames_spliced_reordered_or_dropped_are_errors() {
     }
     std::fs::write(&jp, &bytes).unwrap();
     let a = open_enc(d.path(), 1).unwrap();
-    check_content(&a, t, 9824);
+    check_content(&a, t, 0, 9824);
 }
 
 #[test]
@@ -622,7 +425,7 @@ fn rewrap_all_moves_every_file_to_the_new_key() {
     }
     // Only the new key is needed now.
     let a = open_enc(d.path(), 2).unwrap();
-    check_content(&a, t, end + SEG);
+    check_content(&a, t, 0, end + SEG);
     assert_eq!(
         a.history(tl(2)).unwrap().unwrap(),
         b"1\t0/100\tno recovery target specified\n"
@@ -670,120 +473,9 @@ fn a_plain_archive_opened_with_a_key_seals_from_then_on() {
     assert!(std::fs::read(jp).unwrap().starts_with(&klio_crypto::MAGIC));
     assert!(n.contains(&"00000002.history".to_owned()), "{n:?}");
     assert!(n.contains(&"00000003.history.klio".to_owned()), "{n:?}");
-    check_content(&a, t, 3 * SEG + 100);
+    check_content(&a, t, 0, 3 * SEG + 100);
     let s = a.rewrap_all(&ring(1), &kek(1).id()).unwrap();
     assert_eq!((s.already_current, s.plain), (4, 1));
-}
-
-#[derive(Clone, Debug)]
-enum Op {
-    Append(usize),
-    Sync,
-    Crash { cut: u64, garbage: bool },
-}
-
-fn op() -> impl Strategy<Value = Op> {
-    prop_oneof![
-        4 => (1usize..200_000).prop_map(Op::Append),
-        1 => (SEG as usize / 2..3 * SEG as usize).prop_map(Op::Append),
-        3 => Just(Op::Sync),
-        2 => (any::<u64>(), any::<bool>()).prop_map(|(cut, garbage)| Op::Crash { cut, garbage }),
-    ]
-}
-
-fn journal_valid_lengths(dir: &Path) -> Vec<(PathBuf, u64)> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.to_str().unwrap().ends_with(JOURNAL_SUFFIX) {
-            out.push((p.clone(), valid_bytes(&p)));
-        }
-    }
-    out
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
-
-    #[test]
-    fn random_appends_syncs_and_crashes_encrypted(ops in proptest::collection::vec(op(), 1..14)) {
-        let d = tempfile::tempdir().unwrap();
-        let t = tl(1);
-        let mut archive = Some(open_enc(d.path(), 1).unwrap());
-        archive.as_mut().unwrap().begin(t, Lsn(0)).unwrap();
-        let mut appended = 0u64;
-        let mut synced = 0u64;
-        let mut synced_lengths: Vec<(PathBuf, u64)> = Vec::new();
-        for op in ops {
-            match op {
-                Op::Append(n) => {
-                    let a = archive.as_mut().unwrap();
-                    append_wal(a, t, appended, n, 64 * 1024 + 17);
-                    appended += n as u64;
-                }
-                Op::Sync => {
-                    let a = archive.as_mut().unwrap();
-                    let got = a.sync().unwrap();
-                    prop_assert_eq!(got, if appended > 0 { Some(Lsn(appended)) } else { None });
-                    synced = appended;
-                    synced_lengths = journal_valid_lengths(d.path());
-                }
-                Op::Crash { cut, garbage } => {
-                    drop(archive.take());
-                    for e in std::fs::read_dir(d.path()).unwrap() {
-                        let p = e.unwrap().path();
-                        if !p.to_str().unwrap().ends_with(JOURNAL_SUFFIX) {
-                            continue;
-                        }
-                        // A journal's key header was fsynced when it was created, before any
-                        // frame: only bytes after it (and after the last sync) can be lost.
-                        let keep = synced_lengths
-                            .iter()
-                            .find(|(sp, _)| *sp == p)
-                            .map_or(0, |(_, l)| *l)
-                            .max(ENC_FRAMES_START);
-                        let mut bytes = std::fs::read(&p).unwrap();
-                        let len = bytes.len() as u64;
-                        let at = (keep + cut % (len - keep + 1)) as usize;
-                        if garbage {
-                            for (k, b) in bytes[at..].iter_mut().take(3000).enumerate() {
-                                *b = (k as u8) ^ 0xA5;
-                            }
-                        } else {
-                            bytes.truncate(at);
-                        }
-                        std::fs::write(&p, &bytes).unwrap();
-                    }
-                    let mut a = open_enc(d.path(), 1).unwrap();
-                    let durable = a.durable_on(t).unwrap_or(Lsn(0)).0;
-                    prop_assert!(durable >= synced, "durable {} < synced {}", durable, synced);
-                    prop_assert!(durable <= appended);
-                    check_content(&a, t, durable);
-                    prop_assert_eq!(a.begin(t, Lsn(durable)).unwrap(),
-                        if durable == 0 { BeginOutcome::Started } else { BeginOutcome::Resumed });
-                    appended = durable;
-                    synced = durable;
-                    synced_lengths = journal_valid_lengths(d.path());
-                    archive = Some(a);
-                }
-            }
-        }
-        let a = archive.as_mut().unwrap();
-        a.sync().unwrap();
-        check_content(a, t, appended);
-        drop(archive);
-        for name in names(d.path()) {
-            prop_assert!(
-                name == "klio-archive.identity"
-                    || name.ends_with(".klio")
-                    || name.ends_with(JOURNAL_SUFFIX),
-                "unexpected file {}", name
-            );
-        }
-        let a = open_enc(d.path(), 1).unwrap();
-        prop_assert_eq!(a.durable_on(t).unwrap_or(Lsn(0)).0, appended);
-        check_content(&a, t, appended);
-    }
 }
 
 #[test]
