@@ -47,6 +47,8 @@ pub enum FsAction {
     Remove,
     /// Taking a lock on a file.
     Lock,
+    /// Making a relative path absolute (reading the current directory).
+    ResolvePath,
 }
 
 impl FsAction {
@@ -68,6 +70,7 @@ impl FsAction {
             FsAction::Rename => "rename into place",
             FsAction::Remove => "remove",
             FsAction::Lock => "lock",
+            FsAction::ResolvePath => "resolve the absolute path of",
         }
     }
 }
