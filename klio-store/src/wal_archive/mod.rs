@@ -41,6 +41,9 @@
 //!
 //! Only one writer ([`WalArchive::open`]) may use a directory at a time; read-only handles
 //! ([`WalArchive::open_existing`]) may run alongside it.
+//!
+//! Every file is put on disk through [`klio_wal::durable`], whose module doc states the policy
+//! (when files and directories are fsynced, the one temporary suffix, what a crash leaves).
 
 mod error;
 mod identity;
