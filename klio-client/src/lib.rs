@@ -18,7 +18,6 @@
 //! Later: backup and restore.
 #![forbid(unsafe_code)]
 
-mod atomic_file;
 pub mod client_config;
 pub mod conn_string;
 pub mod connection;

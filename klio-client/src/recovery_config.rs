@@ -6,6 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
+use klio_wal::{FsAction, FsError, durable};
+
 /// Where recovery stops.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -87,16 +89,8 @@ pub enum RecoveryConfigError {
         reason: String,
     },
     /// Reading or writing failed.
-    #[error("could not {action} {path:?}: {source}")]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Fs(#[from] FsError),
 }
 
 /// Settings this module owns in `postgresql.auto.conf`.
@@ -163,14 +157,6 @@ impl RecoveryConfig {
 
     /// Writes the settings and the signal file into `pgdata`.
     pub fn apply(&self, pgdata: &Path) -> Result<(), RecoveryConfigError> {
-        let io = |action: &'static str, path: &Path| {
-            let path = path.to_owned();
-            move |source| RecoveryConfigError::Io {
-                action,
-                path,
-                source,
-            }
-        };
         if !pgdata.join("PG_VERSION").is_file() {
             return Err(RecoveryConfigError::NotADataDir(pgdata.to_owned()));
         }
@@ -183,7 +169,7 @@ impl RecoveryConfig {
         let existing = match std::fs::read_to_string(&auto) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(io("read", &auto)(e)),
+            Err(e) => return Err(FsError::new(FsAction::Read, &auto, e).into()),
         };
         let mut text: String = existing
             .lines()
@@ -199,13 +185,9 @@ impl RecoveryConfig {
             text.push_str(&l);
             text.push('\n');
         }
-        crate::atomic_file::write_atomically(&auto, text.as_bytes()).map_err(
-            |(action, path, source)| RecoveryConfigError::Io {
-                action,
-                path,
-                source,
-            },
-        )?;
+        // PostgreSQL reads the settings at its next start, which may follow a crash: they are
+        // there whole (old or new), never torn.
+        durable::replace(&auto, text.as_bytes())?;
         let (signal, other) = if self.standby {
             ("standby.signal", "recovery.signal")
         } else {
@@ -213,13 +195,9 @@ impl RecoveryConfig {
         };
         let _ = std::fs::remove_file(pgdata.join(other));
         let signal = pgdata.join(signal);
-        crate::atomic_file::write_atomically(&signal, b"").map_err(|(action, path, source)| {
-            RecoveryConfigError::Io {
-                action,
-                path,
-                source,
-            }
-        })?;
+        // The signal file must survive a crash with the settings, or PostgreSQL would start
+        // without recovering.
+        durable::replace(&signal, b"")?;
         Ok(())
     }
 }

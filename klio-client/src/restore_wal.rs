@@ -4,10 +4,9 @@
 //! of the complete segment: it is pre-padded with zeros, so recovery replays up to the last
 //! streamed byte and then ends cleanly, with no manual renaming.
 
-use std::io;
 use std::path::{Path, PathBuf};
 
-use klio_wal::{SegmentSize, WalFileName};
+use klio_wal::{FsAction, FsError, SegmentSize, WalFileName, durable};
 
 /// What was served.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,16 +29,8 @@ pub enum RestoreWalError {
     #[error("{0:?} is not a WAL file name; use restore_command = 'klio restore-wal %f %p ...'")]
     BadName(String),
     /// Reading the archive or writing the destination failed.
-    #[error("could not {action} {path:?}: {source}")]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The file involved.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Fs(#[from] FsError),
 }
 
 impl RestoreWalError {
@@ -78,18 +69,10 @@ pub fn restore_from_directory(
 }
 
 fn copy_atomically(source: &Path, dest: &Path) -> Result<(), RestoreWalError> {
-    let bytes = std::fs::read(source).map_err(|e| RestoreWalError::Io {
-        action: "read",
-        path: source.to_owned(),
-        source: e,
-    })?;
-    crate::atomic_file::write_atomically(dest, &bytes).map_err(|(action, path, source)| {
-        RestoreWalError::Io {
-            action,
-            path,
-            source,
-        }
-    })
+    let bytes = std::fs::read(source).map_err(|e| FsError::new(FsAction::Read, source, e))?;
+    // PostgreSQL may read the file right after the rename: it must never find a
+    // complete-looking but empty or torn file under its final name, even after a crash.
+    Ok(durable::replace(dest, &bytes)?)
 }
 
 #[cfg(test)]

@@ -1,11 +1,10 @@
 //! `klio certs`: a private CA, the server certificate and per-cluster client certificates, so
 //! that a first secure setup takes one command.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use klio_proto::klio::ClusterName;
+use klio_wal::{FsAction, FsError, durable};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -38,14 +37,8 @@ pub enum CertsError {
     #[error("{0} already exists: remove it first, or use another directory")]
     Exists(PathBuf),
     /// Reading or writing a file failed.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Fs(#[from] FsError),
 }
 
 /// A new self-signed CA.
@@ -149,10 +142,8 @@ impl CertsDir {
                 return Err(CertsError::Exists(p));
             }
         }
-        std::fs::create_dir_all(&self.dir).map_err(|source| CertsError::Io {
-            path: self.dir.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| FsError::new(FsAction::CreateDirectory, &self.dir, e))?;
         let ca = new_ca("Klio private CA")?;
         let server = issue_server(&ca, server_names)?;
         write_new(&self.ca_cert(), &ca.cert_pem, 0o644)?;
@@ -165,7 +156,7 @@ impl CertsDir {
     /// Issues the client certificate of `cluster` with the CA made by [`CertsDir::init`].
     pub fn issue_client(&self, cluster: &ClusterName) -> Result<(), CertsError> {
         let read = |p: PathBuf| {
-            std::fs::read_to_string(&p).map_err(|source| CertsError::Io { path: p, source })
+            std::fs::read_to_string(&p).map_err(|e| FsError::new(FsAction::Read, &p, e))
         };
         let ca = IssuedCert {
             cert_pem: read(self.ca_cert())?,
@@ -184,20 +175,10 @@ impl CertsDir {
 }
 
 fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), CertsError> {
-    let err = |source| CertsError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(err)?;
-    f.write_all(contents.as_bytes()).map_err(err)?;
     // Losing a freshly issued key after a crash would only mean issuing it again, but a
-    // truncated key file would be a confusing failure later.
-    f.sync_all().map_err(err)
+    // truncated key file would be a confusing failure later: write_new fsyncs the file and its
+    // directory.
+    Ok(durable::write_new(path, contents.as_bytes(), mode)?)
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::Path;
 
+use klio_wal::{FsAction, FsError};
+
 use crate::server::ServerError;
 
 /// Takes the lock, or fails at once if another process holds it. Released when the returned
@@ -15,13 +17,10 @@ pub(crate) fn lock(data_dir: &Path) -> Result<File, ServerError> {
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|source| ServerError::DataDir {
-            path: path.clone(),
-            source,
-        })?;
+        .map_err(|e| FsError::new(FsAction::Open, &path, e))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(TryLockError::WouldBlock) => Err(ServerError::DataDirInUse(data_dir.to_owned())),
-        Err(TryLockError::Error(source)) => Err(ServerError::DataDir { path, source }),
+        Err(TryLockError::Error(e)) => Err(FsError::new(FsAction::Lock, &path, e).into()),
     }
 }

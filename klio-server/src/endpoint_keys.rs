@@ -5,11 +5,10 @@
 //! server recognises its own connection ids and answers with a valid stateless reset, so the
 //! client reconnects at once instead of waiting for its idle timeout.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use klio_wal::{FsAction, FsError, durable};
 use ring::rand::SecureRandom;
 
 use crate::server::ServerError;
@@ -36,46 +35,25 @@ pub(crate) fn endpoint_config(data_dir: &Path) -> Result<quinn::EndpointConfig, 
 /// Reads the secret, creating it on first start.
 fn load_or_create(data_dir: &Path) -> Result<Vec<u8>, ServerError> {
     let path = data_dir.join(FILE);
-    let err = |source| ServerError::DataDir {
-        path: path.clone(),
-        source,
-    };
     let secret = match std::fs::read(&path) {
         Ok(bytes) if bytes.len() == LEN => bytes,
         Ok(_) => {
             tracing::warn!("{} has the wrong size; creating a new key", path.display());
-            create(data_dir, &path)?
+            create(&path)?
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(data_dir, &path)?,
-        Err(e) => return Err(err(e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(&path)?,
+        Err(e) => return Err(FsError::new(FsAction::Read, &path, e).into()),
     };
     Ok(secret)
 }
 
-fn create(data_dir: &Path, path: &Path) -> Result<Vec<u8>, ServerError> {
-    let err = |source| ServerError::DataDir {
-        path: path.to_owned(),
-        source,
-    };
+fn create(path: &Path) -> Result<Vec<u8>, ServerError> {
     let mut secret = vec![0u8; LEN];
     ring::rand::SystemRandom::new()
         .fill(&mut secret)
-        .map_err(|_| err(std::io::Error::other("no system randomness")))?;
-    let tmp = data_dir.join(format!("{FILE}.tmp"));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(err)?;
-    f.write_all(&secret).map_err(err)?;
-    // Without the key on disk, a restarted server could not reset old connections.
-    f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)?;
-    // Make the rename durable too.
-    std::fs::File::open(data_dir)
-        .and_then(|d| d.sync_all())
-        .map_err(err)?;
+        .map_err(|_| ServerError::Randomness)?;
+    // Without the key on disk, a restarted server could not reset old connections: replace
+    // fsyncs it, renames it into place and makes the rename durable too.
+    durable::replace(path, &secret)?;
     Ok(secret)
 }

@@ -1,27 +1,21 @@
 //! Key files on disk for encryption at rest: `klio keys generate` and loading with the
 //! permission checks an operator expects (a key readable by others is refused).
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 pub use klio_crypto::keys::KdfParams;
 pub use klio_crypto::passphrase::DEFAULT_PASSPHRASE_ENV;
 use klio_crypto::{CryptoError, Kek, KeyId, Keyring, PassphraseKeyFile, SystemRandom};
+use klio_wal::{FsAction, FsError, durable};
 
 /// A key file could not be created or used.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KeyFileError {
     /// Reading or writing failed.
-    #[error("key file {path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Fs(#[from] FsError),
     /// The file exists already; keys are never overwritten.
     #[error("{0} already exists: keys are never overwritten; choose another file name")]
     Exists(PathBuf),
@@ -104,51 +98,33 @@ fn passphrase_from_env(path: &Path, var: &str) -> Result<String, KeyFileError> {
 
 /// Creates `path` with `contents`, mode 0600, durably; refuses to replace an existing file.
 fn write_new_key_file(path: &Path, contents: &[u8]) -> Result<(), KeyFileError> {
-    let io = |source| KeyFileError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                KeyFileError::Exists(path.to_owned())
-            } else {
-                io(e)
-            }
-        })?;
-    f.write_all(contents).map_err(io)?;
-    // A key that vanishes after a crash would leave data nobody can read: make it durable
-    // before anyone encrypts with it.
-    f.sync_all().map_err(io)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        // The new directory entry must survive a crash too.
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io)?;
-    }
-    Ok(())
+    // A key that vanishes after a crash would leave data nobody can read: write_new makes it
+    // and its directory entry durable before anyone encrypts with it.
+    durable::write_new(path, contents, 0o600).map_err(|e| {
+        if e.action == FsAction::Create && e.kind() == std::io::ErrorKind::AlreadyExists {
+            KeyFileError::Exists(path.to_owned())
+        } else {
+            KeyFileError::Fs(e)
+        }
+    })
 }
 
 /// Reads a key file, refusing one that group or others can access. A passphrase key file
 /// takes its passphrase from the environment variable it names, and a wrong passphrase is
 /// refused here, before anything is encrypted with the key.
 pub fn load_key_file(path: &Path) -> Result<Kek, KeyFileError> {
-    let io = |source| KeyFileError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| FsError::new(FsAction::Stat, path, e))?
+        .permissions()
+        .mode()
+        & 0o777;
     if mode & 0o077 != 0 {
         return Err(KeyFileError::TooOpen {
             path: path.to_owned(),
             mode,
         });
     }
-    let contents = std::fs::read(path).map_err(io)?;
+    let contents = std::fs::read(path).map_err(|e| FsError::new(FsAction::Read, path, e))?;
     let invalid = |source| KeyFileError::Invalid {
         path: path.to_owned(),
         source,
@@ -176,14 +152,8 @@ pub fn load_keyring(primary: &Path, older: &[PathBuf]) -> Result<Keyring, KeyFil
 #[non_exhaustive]
 pub enum KeysInUseError {
     /// The data directory could not be read.
-    #[error("cannot read {path}: {source}")]
-    Io {
-        /// The directory.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Fs(#[from] FsError),
     /// A cluster's archive could not be read (a key missing from the keyring, damage).
     #[error("cluster {cluster}: {source}")]
     Archive {
@@ -206,12 +176,7 @@ pub fn keys_in_use(
     let entries = match std::fs::read_dir(&clusters) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(source) => {
-            return Err(KeysInUseError::Io {
-                path: clusters,
-                source,
-            });
-        }
+        Err(e) => return Err(FsError::new(FsAction::ReadDirectory, &clusters, e).into()),
     };
     let mut names: Vec<String> = entries
         .filter_map(|e| e.ok())

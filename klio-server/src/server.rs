@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use klio_proto::klio::ClusterName;
+use klio_wal::{FsAction, FsError};
 use tracing::Instrument;
 
 use crate::config::ServerConfig;
@@ -24,15 +25,15 @@ pub enum ServerError {
     /// Encryption keys could not be loaded.
     #[error(transparent)]
     Keys(#[from] crate::keys::KeyFileError),
-    /// The data directory is unusable.
-    #[error("data directory {path}: {source}")]
-    DataDir {
-        /// The directory.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
+    /// The data directory (or a file in it) is unusable.
+    #[error(transparent)]
+    DataDir(#[from] FsError),
+    /// The system's random number generator failed.
+    #[error(
+        "the system's random number generator failed while creating the QUIC endpoint keys: \
+         check that the kernel's getrandom (or /dev/urandom) works, then start again"
+    )]
+    Randomness,
     /// Another process holds the data directory.
     #[error(
         "data directory {0} is in use by another klio server (or `klio keys rotate`): stop it first"
@@ -94,10 +95,8 @@ impl Server {
     /// the metrics listener if configured). Must be called inside a Tokio runtime.
     pub fn bind(config: &ServerConfig) -> Result<Server, ServerError> {
         let quic = tls::quic_server_config(&config.tls)?;
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
-            path: config.data_dir.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| FsError::new(FsAction::CreateDirectory, &config.data_dir, e))?;
         let lock = crate::data_dir_lock::lock(&config.data_dir)?;
         let storage = match &config.encryption {
             None => klio_store::wal_archive::StorageOptions::default(),
@@ -109,12 +108,9 @@ impl Server {
                 },
             },
         };
-        std::fs::create_dir_all(config.data_dir.join("clusters")).map_err(|source| {
-            ServerError::DataDir {
-                path: config.data_dir.clone(),
-                source,
-            }
-        })?;
+        let clusters = config.data_dir.join("clusters");
+        std::fs::create_dir_all(&clusters)
+            .map_err(|e| FsError::new(FsAction::CreateDirectory, &clusters, e))?;
         let endpoint_config = crate::endpoint_keys::endpoint_config(&config.data_dir)?;
         let bind_err = |source| ServerError::Bind {
             addr: config.listen,

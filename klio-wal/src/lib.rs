@@ -1,11 +1,14 @@
 //! PostgreSQL write-ahead-log primitives for Klio and for any Rust tool that handles WAL.
 //!
 //! Synchronous and small on purpose: LSN and segment arithmetic, WAL file names, page header
-//! validation, a record walker that checks WAL byte for byte, a synthetic WAL generator, and a
-//! segment directory writer that follows pg_receivewal's durability rules exactly.
+//! validation, a record walker that checks WAL byte for byte, a synthetic WAL generator, a
+//! segment directory writer that follows pg_receivewal's durability rules exactly, and the
+//! crash-safe file writes ([`durable`]) every Klio crate uses.
 #![forbid(unsafe_code)]
 
+pub mod durable;
 mod file_name;
+mod fs_error;
 mod lsn;
 pub mod page;
 pub mod record_walk;
@@ -16,6 +19,7 @@ mod timeline;
 pub mod timeline_history;
 
 pub use file_name::{ParseWalFileNameError, WalFileName, WalFileNameDisplay};
+pub use fs_error::{FsAction, FsError};
 pub use lsn::{Lsn, ParseLsnError};
 pub use page::{LongPageHeader, PageHeader, PageHeaderError, WalMagic};
 pub use segment::{InvalidSegmentSize, SegmentNo, SegmentPiece, SegmentSize, SegmentSplit};

@@ -16,7 +16,7 @@ mod spool;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use klio_wal::{SegmentSize, WalFileName};
+use klio_wal::{FsError, SegmentSize, WalFileName, durable};
 
 pub use fetch::{FetchedFile, fetch_file};
 pub use prefetch::{PrefetchSummary, prefetch};
@@ -84,27 +84,12 @@ pub enum GetWalError {
         #[source]
         source: ServerLinkError,
     },
-    /// Writing the destination failed.
-    #[error("could not {action} {path:?}: {source}")]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-impl From<(&'static str, PathBuf, std::io::Error)> for GetWalError {
-    fn from((action, path, source): (&'static str, PathBuf, std::io::Error)) -> Self {
-        GetWalError::Io {
-            action,
-            path,
-            source,
-        }
-    }
+    /// Writing the destination or the spool failed.
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    /// A prefetch task panicked or was cancelled.
+    #[error("a prefetch task stopped before it finished")]
+    PrefetchTask(#[source] tokio::task::JoinError),
 }
 
 /// The file's name, checked; the segment size is not known yet (any valid one parses).
@@ -224,7 +209,9 @@ pub async fn get_wal(
         }
         return Ok(GetWalOutcome::NotFound);
     };
-    crate::atomic_file::write_atomically(dest, &file.content)?;
+    // PostgreSQL may read the file right after the rename: it must never find a
+    // complete-looking but empty or torn file under its final name, even after a crash.
+    durable::replace(dest, &file.content)?;
     if let (Some(spool), WalFileName::Segment { timeline, segno }) = (&spool, parsed)
         && !file.partial
         && let Ok(size) = SegmentSize::new(file.content.len() as u64)

@@ -104,11 +104,7 @@ async fn fetch_window(
         let Some(done) = running.join_next().await else {
             return Ok(ended);
         };
-        let (name, r) = done.map_err(|e| GetWalError::Io {
-            action: "run a fetch task for",
-            path: std::path::PathBuf::new(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        let (name, r) = done.map_err(GetWalError::PrefetchTask)?;
         match r {
             Ok(Some(f)) if !f.partial => {
                 spool.put(&name, &f.content, f.crc32c)?;

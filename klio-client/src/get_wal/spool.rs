@@ -15,9 +15,7 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use klio_wal::{SegmentNo, SegmentSize, TimelineId, WalFileName};
-
-use crate::atomic_file;
+use klio_wal::{FsAction, FsError, SegmentNo, SegmentSize, TimelineId, WalFileName, durable};
 
 /// A segment name with what is needed to compute the names after it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,7 +67,7 @@ pub(crate) struct Spool {
 }
 
 /// A spool operation failed (the caller falls back to the server).
-pub(crate) type SpoolResult<T> = Result<T, (&'static str, PathBuf, io::Error)>;
+pub(crate) type SpoolResult<T> = Result<T, FsError>;
 
 const LAST_REQUESTED: &str = "last-requested";
 const LOCK: &str = "prefetch.lock";
@@ -77,7 +75,8 @@ const LOCK: &str = "prefetch.lock";
 impl Spool {
     /// The spool at `dir`, created if missing.
     pub(crate) fn open(dir: &Path) -> SpoolResult<Spool> {
-        std::fs::create_dir_all(dir).map_err(|e| ("create", dir.to_owned(), e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| FsError::new(FsAction::CreateDirectory, dir, e))?;
         Ok(Spool {
             dir: dir.to_owned(),
         })
@@ -86,9 +85,9 @@ impl Spool {
     /// Spooled segments: (segment name, crc, path).
     fn entries(&self) -> SpoolResult<Vec<(String, u32, PathBuf)>> {
         let mut out = Vec::new();
-        let rd = std::fs::read_dir(&self.dir).map_err(|e| ("read", self.dir.clone(), e))?;
-        for entry in rd {
-            let entry = entry.map_err(|e| ("read", self.dir.clone(), e))?;
+        let read_dir = |e| FsError::new(FsAction::ReadDirectory, &self.dir, e);
+        for entry in std::fs::read_dir(&self.dir).map_err(read_dir)? {
+            let entry = entry.map_err(read_dir)?;
             let file_name = entry.file_name();
             let Some(name) = file_name.to_str() else {
                 continue;
@@ -122,7 +121,7 @@ impl Spool {
             if seg != name {
                 continue;
             }
-            let bytes = std::fs::read(&path).map_err(|e| ("read", path.clone(), e))?;
+            let bytes = std::fs::read(&path).map_err(|e| FsError::new(FsAction::Read, &path, e))?;
             if crc32c::crc32c(&bytes) != crc {
                 tracing::warn!(
                     "spooled copy {} does not match the server's checksum: removed, fetching \
@@ -132,17 +131,19 @@ impl Spool {
                 let _ = std::fs::remove_file(&path);
                 return Ok(false);
             }
-            // Same file system: a rename, no copy. The spooled file was fsynced when written.
-            // Elsewhere: an atomic copy.
-            match std::fs::rename(&path, dest) {
+            // Same file system: a durable rename, no copy. Elsewhere: an atomic copy. Either
+            // way PostgreSQL never finds a torn file under its final name, even after a crash.
+            match durable::rename(&path, dest) {
                 Ok(()) => return Ok(true),
-                Err(e) if e.raw_os_error() == Some(18) => {
-                    // EXDEV: the spool is on another file system.
-                    atomic_file::write_atomically(dest, &bytes)?;
+                Err(e)
+                    if e.action == FsAction::Rename
+                        && e.kind() == io::ErrorKind::CrossesDevices =>
+                {
+                    durable::replace(dest, &bytes)?;
                     let _ = std::fs::remove_file(&path);
                     return Ok(true);
                 }
-                Err(e) => return Err(("rename to", dest.to_owned(), e)),
+                Err(e) => return Err(e),
             }
         }
         Ok(false)
@@ -150,7 +151,9 @@ impl Spool {
 
     /// Stores a complete segment fetched ahead, durably, named with the server's CRC.
     pub(crate) fn put(&self, name: &str, bytes: &[u8], crc: u32) -> SpoolResult<()> {
-        atomic_file::write_atomically(&self.dir.join(format!("{name}.{crc:08x}")), bytes)
+        // Durable, so that a spooled copy never turns out empty or torn after a crash (the CRC
+        // in its name would catch it, at the cost of a fetch).
+        durable::replace(&self.dir.join(format!("{name}.{crc:08x}")), bytes)
     }
 
     /// Removes spooled segments not in `keep` and leftover temporary files.
@@ -169,7 +172,8 @@ impl Spool {
     }
 
     pub(crate) fn set_last_requested(&self, key: &SpoolKey) -> SpoolResult<()> {
-        atomic_write_small(&self.dir.join(LAST_REQUESTED), key.encode().as_bytes())
+        // A small bookkeeping file: no fsync (losing it costs a re-fetch, never wrong data).
+        durable::replace_without_sync(&self.dir.join(LAST_REQUESTED), key.encode().as_bytes())
     }
 
     pub(crate) fn last_requested(&self) -> Option<SpoolKey> {
@@ -186,11 +190,11 @@ impl Spool {
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(|e| ("open", path.clone(), e))?;
+            .map_err(|e| FsError::new(FsAction::Open, &path, e))?;
         match f.try_lock() {
             Ok(()) => Ok(Some(f)),
             Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-            Err(std::fs::TryLockError::Error(e)) => Err(("lock", path, e)),
+            Err(std::fs::TryLockError::Error(e)) => Err(FsError::new(FsAction::Lock, &path, e)),
         }
     }
 
@@ -198,13 +202,6 @@ impl Spool {
     pub(crate) fn prefetcher_running(&self) -> bool {
         matches!(self.try_lock(), Ok(None))
     }
-}
-
-/// Small bookkeeping files: no fsync (losing one costs a re-fetch, never wrong data).
-fn atomic_write_small(path: &Path, bytes: &[u8]) -> SpoolResult<()> {
-    let tmp = atomic_file::tmp_path(path, ".klio-tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| ("write", tmp.clone(), e))?;
-    std::fs::rename(&tmp, path).map_err(|e| ("rename to", path.to_owned(), e))
 }
 
 #[cfg(test)]

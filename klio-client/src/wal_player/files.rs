@@ -5,7 +5,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use klio_wal::page::PageHeader;
-use klio_wal::{Lsn, SegmentNo, SegmentSize, TimelineId, WalFileName};
+use klio_wal::{FsAction, FsError, Lsn, SegmentNo, SegmentSize, TimelineId, WalFileName};
 
 use super::WalPlayerError;
 
@@ -51,15 +51,10 @@ impl PlayList {
     /// identifier. The files must be of one timeline and consecutive, since each job streams its
     /// share as one continuous WAL stream.
     pub fn scan(dir: &Path) -> Result<PlayList, WalPlayerError> {
-        let dir = std::path::absolute(dir).map_err(|source| WalPlayerError::Io {
-            path: dir.to_owned(),
-            source,
-        })?;
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| WalPlayerError::Io { path, source }
-        };
-        let (mut named, ignored) = segment_entries(&dir).map_err(io(&dir))?;
+        let dir =
+            std::path::absolute(dir).map_err(|e| FsError::new(FsAction::ResolvePath, dir, e))?;
+        let (mut named, ignored) =
+            segment_entries(&dir).map_err(|e| FsError::new(FsAction::ReadDirectory, &dir, e))?;
         named.sort();
         let Some((_, first, first_gz)) = named.first() else {
             return Err(WalPlayerError::NoFiles(dir));
@@ -97,7 +92,9 @@ impl PlayList {
                 }
             }
             if !gzip {
-                let len = std::fs::metadata(&path).map_err(io(&path))?.len();
+                let len = std::fs::metadata(&path)
+                    .map_err(|e| FsError::new(FsAction::Stat, &path, e))?
+                    .len();
                 if len != segment_size.bytes_u64() {
                     return Err(WalPlayerError::WrongLength {
                         path,
@@ -149,10 +146,8 @@ pub(super) fn segment_entries(dir: &Path) -> std::io::Result<(Vec<SegmentEntry>,
 fn identity_of(path: &Path, gzip: bool) -> Result<(SegmentSize, u64), WalPlayerError> {
     let mut head = [0u8; 64];
     let mut reader = open(path, gzip)?;
-    let got = read_block(&mut *reader, &mut head).map_err(|source| WalPlayerError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
+    let got =
+        read_block(&mut *reader, &mut head).map_err(|e| FsError::new(FsAction::Read, path, e))?;
     let not_wal = |reason: String| WalPlayerError::NotWal {
         path: path.to_owned(),
         reason,
@@ -167,10 +162,7 @@ fn identity_of(path: &Path, gzip: bool) -> Result<(SegmentSize, u64), WalPlayerE
 
 /// A reader of the file's WAL bytes (decompressing `.gz`).
 pub(super) fn open(path: &Path, gzip: bool) -> Result<Box<dyn Read + Send>, WalPlayerError> {
-    let file = std::fs::File::open(path).map_err(|source| WalPlayerError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
+    let file = std::fs::File::open(path).map_err(|e| FsError::new(FsAction::Open, path, e))?;
     Ok(if gzip {
         Box::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::new(
             file,

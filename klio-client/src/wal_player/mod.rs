@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use klio_proto::klio::ClusterName;
-use klio_wal::SegmentSize;
 use klio_wal::synth::{SynthConfig, SyntheticWal};
+use klio_wal::{FsAction, FsError, SegmentSize};
 
 use crate::client_config::{ClientConfigError, ClientSettings, check_endpoint};
 use crate::server_link::{ServerEndpoint, ServerLinkError};
@@ -39,14 +39,8 @@ pub const JOB_PLACEHOLDER: &str = "{job}";
 #[non_exhaustive]
 pub enum WalPlayerError {
     /// A file or directory could not be read or written.
-    #[error("{path}: {source}")]
-    Io {
-        /// The path.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Fs(#[from] FsError),
     /// No segment files to play.
     #[error(
         "{0} holds no WAL segment files (named like 000000010000000000000001, optionally .gz); create some with `klio wal-player generate`"
@@ -261,12 +255,10 @@ pub fn generate(
     length: u64,
     mut on_segment: impl FnMut(u64),
 ) -> Result<Vec<PathBuf>, WalPlayerError> {
-    let io = |source| WalPlayerError::Io {
-        path: dir.to_owned(),
-        source,
-    };
-    std::fs::create_dir_all(dir).map_err(io)?;
-    if !files::segment_entries(dir).map_err(io)?.0.is_empty() {
+    std::fs::create_dir_all(dir).map_err(|e| FsError::new(FsAction::CreateDirectory, dir, e))?;
+    let existing =
+        files::segment_entries(dir).map_err(|e| FsError::new(FsAction::ReadDirectory, dir, e))?;
+    if !existing.0.is_empty() {
         return Err(WalPlayerError::NotEmpty(dir.to_owned()));
     }
     let mut wal = SyntheticWal::new(SynthConfig {
@@ -277,10 +269,7 @@ pub fn generate(
     let mut paths = Vec::with_capacity(length as usize);
     while let Some(seg) = wal.next_segment() {
         let path = dir.join(&seg.file_name);
-        std::fs::write(&path, &seg.data).map_err(|source| WalPlayerError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        std::fs::write(&path, &seg.data).map_err(|e| FsError::new(FsAction::Write, &path, e))?;
         paths.push(path);
         on_segment(paths.len() as u64);
     }

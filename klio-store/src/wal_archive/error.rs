@@ -4,7 +4,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use klio_crypto::{CryptoError, KeyId};
-use klio_wal::{Lsn, SegmentSize, TimelineId};
+use klio_wal::{FsAction, FsError, Lsn, SegmentSize, TimelineId};
 
 /// Why a WAL archive operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -12,16 +12,8 @@ use klio_wal::{Lsn, SegmentSize, TimelineId};
 pub enum WalArchiveError {
     /// A file-system call failed. The archive on disk stays consistent; after a failed write the
     /// handle refuses further writes and the archive must be reopened (which runs recovery).
-    #[error("could not {action} {path:?}: {source}")]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The file or directory involved.
-        path: PathBuf,
-        /// The operating system's error.
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Fs(#[from] FsError),
     /// The archive belongs to another PostgreSQL cluster.
     #[error(
         "WAL archive {dir:?} belongs to the PostgreSQL cluster with system id {recorded}, but WAL from \
@@ -222,19 +214,15 @@ pub enum WalArchiveError {
 }
 
 impl WalArchiveError {
-    pub(super) fn io(action: &'static str, path: &Path, source: io::Error) -> Self {
-        WalArchiveError::Io {
-            action,
-            path: path.to_owned(),
-            source,
-        }
+    pub(super) fn io(action: FsAction, path: &Path, source: io::Error) -> Self {
+        WalArchiveError::Fs(FsError::new(action, path, source))
     }
 
     /// Whether this error means the handle's view of the disk may be wrong (write path failures).
     pub(super) fn poisons(&self) -> bool {
         matches!(
             self,
-            WalArchiveError::Io { .. }
+            WalArchiveError::Fs(_)
                 | WalArchiveError::DamagedJournal { .. }
                 | WalArchiveError::DamagedSegment { .. }
                 | WalArchiveError::Inconsistent { .. }

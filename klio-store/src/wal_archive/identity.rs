@@ -13,9 +13,9 @@
 
 use std::path::Path;
 
-use klio_wal::SegmentSize;
+use klio_wal::{SegmentSize, durable};
 
-use super::{WalArchiveError, durable};
+use super::{WalArchiveError, optional_file};
 
 /// Name of the identity file inside the archive directory.
 pub(super) const IDENTITY_FILE: &str = "klio-archive.identity";
@@ -83,7 +83,7 @@ impl ClusterIdentity {
 /// Reads the recorded identity, or `None` if the archive has none yet.
 pub(super) fn read(dir: &Path) -> Result<Option<ClusterIdentity>, WalArchiveError> {
     let path = dir.join(IDENTITY_FILE);
-    match durable::read_optional(&path)? {
+    match optional_file::read_optional(&path)? {
         None => Ok(None),
         Some(bytes) => ClusterIdentity::decode(&bytes)
             .map(Some)
@@ -93,7 +93,10 @@ pub(super) fn read(dir: &Path) -> Result<Option<ClusterIdentity>, WalArchiveErro
 
 /// Records the identity atomically and durably (temporary file, fsync, rename, directory fsync).
 pub(super) fn write(dir: &Path, identity: &ClusterIdentity) -> Result<(), WalArchiveError> {
-    durable::write_file_durably(dir, IDENTITY_FILE, identity.encode().as_bytes())
+    Ok(durable::replace(
+        &dir.join(IDENTITY_FILE),
+        identity.encode().as_bytes(),
+    )?)
 }
 
 /// Checks an offered identity against the recorded one.

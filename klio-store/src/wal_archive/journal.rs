@@ -90,16 +90,16 @@
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use klio_crypto::{Compression, CryptoError, KeyId, ObjectHeader, SealOptions, SecureRandom};
-use klio_wal::{Lsn, SegmentNo, SegmentSize, TimelineId, WalFileName};
+use klio_wal::{FsAction, Lsn, SegmentNo, SegmentSize, TimelineId, WalFileName, durable};
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 
 use super::sealed::SegmentWriter;
-use super::{Ctx, WalArchiveError, durable};
+use super::{Ctx, WalArchiveError, optional_file};
 
 /// Suffix appended to a segment's name for its journal.
 pub(super) const JOURNAL_SUFFIX: &str = ".klio-journal";
@@ -589,7 +589,7 @@ pub(super) enum ScanError {
 impl ScanError {
     pub(super) fn into_archive_error(self, path: &Path) -> WalArchiveError {
         match self {
-            ScanError::Io(e) => WalArchiveError::io("read journal", path, e),
+            ScanError::Io(e) => WalArchiveError::io(FsAction::Read, path, e),
             ScanError::Damaged { offset, reason } => WalArchiveError::DamagedJournal {
                 path: path.to_owned(),
                 offset,
@@ -1017,28 +1017,15 @@ impl JournalWriter {
                 (object, FrameFormat::Encrypted(Arc::new(key)))
             }
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| WalArchiveError::io("create journal", &path, e))?;
         let first = format.first_frame();
         let (pad, grow_step) = padded_len(size);
         let len = first + pad;
-        durable::write_zeros(&file, 0, len)
-            .map_err(|e| WalArchiveError::io("pre-pad journal", &path, e))?;
-        file.write_all_at(&header, 0)
-            .map_err(|e| WalArchiveError::io("write journal key header", &path, e))?;
         // The padding (and the file size), and the key header of an encrypted journal, must be
         // on disk before frames go in, so that the fdatasync after each frame needs no metadata
         // update, a crash never shortens the file, and no frame exists whose key could be lost.
-        file.sync_all()
-            .map_err(|e| WalArchiveError::io("fsync", &path, e))?;
         // The new directory entry must be durable too: a crash must not lose the file that is
-        // about to hold acknowledged WAL.
-        durable::fsync_dir(dir)?;
+        // about to hold acknowledged WAL. create_prepadded fsyncs both before it returns.
+        let file = durable::create_prepadded(&path, &header, len)?;
         Ok(JournalWriter {
             file,
             path,
@@ -1065,8 +1052,9 @@ impl JournalWriter {
             .read(true)
             .write(true)
             .open(&path)
-            .map_err(|e| WalArchiveError::io("open journal", &path, e))?;
-        let src = FileSource::new(&file).map_err(|e| WalArchiveError::io("stat", &path, e))?;
+            .map_err(|e| WalArchiveError::io(FsAction::Open, &path, e))?;
+        let src =
+            FileSource::new(&file).map_err(|e| WalArchiveError::io(FsAction::Stat, &path, e))?;
         let scan =
             scan_with(&src, timeline, segno, ctx).map_err(|e| e.into_archive_error(&path))?;
         let file_len = src.len;
@@ -1116,18 +1104,17 @@ impl JournalWriter {
             while new_len < end {
                 new_len += self.grow_step;
             }
-            durable::write_zeros(&self.file, self.file_len, new_len)
-                .map_err(|e| WalArchiveError::io("extend journal", &self.path, e))?;
+            durable::write_zeros(&self.file, &self.path, self.file_len, new_len)?;
             // Make the new size durable now, so that the fdatasync after the frame again needs no
             // metadata update (and the padding beyond the frame reads as zeros after a crash).
             self.file
                 .sync_all()
-                .map_err(|e| WalArchiveError::io("fsync", &self.path, e))?;
+                .map_err(|e| WalArchiveError::io(FsAction::Fsync, &self.path, e))?;
             self.file_len = new_len;
         }
         self.file
             .write_all_at(&frame, self.write_offset)
-            .map_err(|e| WalArchiveError::io("write journal", &self.path, e))?;
+            .map_err(|e| WalArchiveError::io(FsAction::Write, &self.path, e))?;
         self.frames.push(Frame {
             offset: self.write_offset,
             start,
@@ -1147,7 +1134,7 @@ impl JournalWriter {
             // needed to read the frames back changes. Only after this may their end be acknowledged.
             self.file
                 .sync_data()
-                .map_err(|e| WalArchiveError::io("fdatasync", &self.path, e))?;
+                .map_err(|e| WalArchiveError::io(FsAction::Fdatasync, &self.path, e))?;
             self.dirty = false;
         }
         Ok(())
@@ -1194,7 +1181,8 @@ pub(super) fn finish_segment(
             ),
         });
     }
-    let src = FileSource::new(file).map_err(|e| WalArchiveError::io("stat", journal_path, e))?;
+    let src =
+        FileSource::new(file).map_err(|e| WalArchiveError::io(FsAction::Stat, journal_path, e))?;
     let mut out = SegmentWriter::create(dir, timeline, segno, ctx)?;
     let mut failed = None;
     let copied = copy_frames(&src, timeline, format, frames, |chunk| {
@@ -1208,10 +1196,10 @@ pub(super) fn finish_segment(
         return Err(e);
     }
     copied.map_err(|e| e.into_archive_error(journal_path))?;
-    out.publish(dir)?;
+    out.publish()?;
     // No fsync of the directory after this removal: if a crash brings the journal back, it is
     // stale (its final segment exists) and recovery removes it again.
-    durable::remove_if_present(journal_path)
+    optional_file::remove_if_present(journal_path)
 }
 
 #[cfg(test)]

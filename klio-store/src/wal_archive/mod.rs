@@ -41,11 +41,14 @@
 //!
 //! Only one writer ([`WalArchive::open`]) may use a directory at a time; read-only handles
 //! ([`WalArchive::open_existing`]) may run alongside it.
+//!
+//! Every file is put on disk through [`klio_wal::durable`], whose module doc states the policy
+//! (when files and directories are fsynced, the one temporary suffix, what a crash leaves).
 
-mod durable;
 mod error;
 mod identity;
 mod journal;
+mod optional_file;
 mod read;
 mod recover;
 mod recovery_plan;
@@ -59,7 +62,7 @@ use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
 use klio_crypto::{Keyring, SealOptions, SecureRandom, SystemRandom};
-use klio_wal::{Lsn, SegmentNo, SegmentSize, TimelineId, WalFileName};
+use klio_wal::{FsAction, Lsn, SegmentNo, SegmentSize, TimelineId, WalFileName, durable};
 
 pub use error::WalArchiveError;
 pub use identity::ClusterIdentity;
@@ -203,11 +206,11 @@ impl WalArchive {
         let ctx = make_ctx(&identity, options.keyring.as_ref(), options.seal);
         if !dir.is_dir() {
             std::fs::create_dir_all(dir)
-                .map_err(|e| WalArchiveError::io("create directory", dir, e))?;
+                .map_err(|e| WalArchiveError::io(FsAction::CreateDirectory, dir, e))?;
             if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
                 // The new directory's entry lives in its parent: without this fsync a crash
                 // could lose the whole archive directory after WAL in it was acknowledged.
-                durable::fsync_dir(parent)?;
+                durable::sync_dir(parent)?;
             }
         }
         match identity::read(dir)? {
@@ -418,13 +421,14 @@ impl WalArchive {
                 let name = sealed::sealed_history_name(timeline, size);
                 let sealed =
                     sealed::seal_history(&self.dir.join(&name), timeline, content, &self.ctx())?;
-                durable::write_file_durably(&self.dir, &name, &sealed)
+                Ok(durable::replace(&self.dir.join(&name), &sealed)?)
             }
-            None => durable::write_file_durably(
-                &self.dir,
-                &WalFileName::History { timeline }.to_string_with(size),
+            None => Ok(durable::replace(
+                &self
+                    .dir
+                    .join(WalFileName::History { timeline }.to_string_with(size)),
                 content,
-            ),
+            )?),
         }
     }
 
@@ -436,7 +440,7 @@ impl WalArchive {
             return Ok(Some(content));
         }
         // Written before encryption was configured: plain.
-        durable::read_optional(
+        optional_file::read_optional(
             &self
                 .dir
                 .join(WalFileName::History { timeline }.to_string_with(size)),

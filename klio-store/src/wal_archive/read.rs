@@ -3,15 +3,17 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use klio_crypto::Keyring;
-use klio_wal::{Lsn, SegmentNo, SegmentSize, TimelineId, WalFileName};
+use klio_wal::durable::{self, TempFile};
+use klio_wal::{FsAction, Lsn, SegmentNo, SegmentSize, TimelineId, WalFileName};
 
 use super::journal::{self, FileSource, JournalScan, ScanError};
 use super::recover::{self, Survey};
-use super::{ClusterIdentity, Ctx, WalArchive, WalArchiveError, durable, sealed, segment_of_name};
+use super::{
+    ClusterIdentity, Ctx, WalArchive, WalArchiveError, optional_file, sealed, segment_of_name,
+};
 
 /// One archived file, read for a restore.
 #[derive(Clone, PartialEq, Eq)]
@@ -162,14 +164,14 @@ fn assemble(
     scan: &JournalScan,
     size: SegmentSize,
 ) -> Result<Vec<u8>, WalArchiveError> {
-    let src = FileSource::new(file).map_err(|e| WalArchiveError::io("stat", path, e))?;
+    let src = FileSource::new(file).map_err(|e| WalArchiveError::io(FsAction::Stat, path, e))?;
     let mut out = Vec::with_capacity(size.bytes() as usize);
     journal::copy_frames(&src, timeline, &scan.format, &scan.frames, |c| {
         out.extend_from_slice(c);
         Ok(())
     })
     .map_err(|e| match e {
-        ScanError::Io(e) => WalArchiveError::io("read journal", path, e),
+        ScanError::Io(e) => WalArchiveError::io(FsAction::Read, path, e),
         other => other.into_archive_error(path),
     })?;
     out.resize(size.bytes() as usize, 0);
@@ -194,7 +196,7 @@ fn read_final_segment(
 
 /// Reads a final segment file, checking its size; `None` if it does not exist.
 fn read_segment(path: &Path, size: SegmentSize) -> Result<Option<Vec<u8>>, WalArchiveError> {
-    let Some(bytes) = durable::read_optional(path)? else {
+    let Some(bytes) = optional_file::read_optional(path)? else {
         return Ok(None);
     };
     if bytes.len() as u64 != size.bytes_u64() {
@@ -333,7 +335,7 @@ impl WalArchive {
         let ctx = self.ctx();
         let size = ctx.size;
         std::fs::create_dir_all(dest)
-            .map_err(|e| WalArchiveError::io("create directory", dest, e))?;
+            .map_err(|e| WalArchiveError::io(FsAction::CreateDirectory, dest, e))?;
         let survey: Survey = recover::survey(&self.dir, &ctx)?;
         let mut summary = ExportSummary::default();
         for &(timeline, segno) in &survey.segments {
@@ -383,7 +385,7 @@ impl WalArchive {
         }
         // One directory fsync for all the renames above (each file was fsynced before its
         // rename), so that the exported files survive a crash once this returns.
-        durable::fsync_dir(dest)?;
+        durable::sync_dir(dest)?;
         Ok(summary)
     }
 
@@ -417,11 +419,10 @@ fn complete_file(name: WalFileName, content: Vec<u8>) -> ArchivedFile {
 }
 
 fn write_export_file(dest: &Path, name: &str, content: &[u8]) -> Result<(), WalArchiveError> {
-    let (file, tmp) = durable::create_tmp(dest, name)?;
-    file.write_all_at(content, 0)
-        .map_err(|e| WalArchiveError::io("write", &tmp, e))?;
+    let temp = TempFile::create(&dest.join(name))?;
+    temp.write_all_at(content, 0)?;
     // The directory is fsynced once at the end of the export.
-    durable::publish(file, &tmp, dest, name, false)
+    Ok(temp.publish_deferring_dir_sync()?)
 }
 
 /// Copies `src` into `dest/name` (streaming), checking the size of segments. Returns the bytes.
@@ -431,20 +432,20 @@ fn copy_file(
     name: &str,
     segment: Option<SegmentSize>,
 ) -> Result<u64, WalArchiveError> {
-    let mut input = File::open(src).map_err(|e| WalArchiveError::io("open", src, e))?;
-    let (mut out, tmp) = durable::create_tmp(dest, name)?;
-    let copied = io::copy(&mut input, &mut out).map_err(|e| WalArchiveError::io("copy", src, e))?;
+    let mut input = File::open(src).map_err(|e| WalArchiveError::io(FsAction::Open, src, e))?;
+    let temp = TempFile::create(&dest.join(name))?;
+    let copied = io::copy(&mut input, &mut temp.file())
+        .map_err(|e| WalArchiveError::io(FsAction::Copy, src, e))?;
     if let Some(size) = segment
         && copied != size.bytes_u64()
     {
-        drop(out);
-        durable::remove_if_present(&tmp)?;
+        temp.discard()?;
         return Err(WalArchiveError::DamagedSegment {
             path: src.to_owned(),
             reason: format!("{copied} bytes, expected {}", size.bytes()),
         });
     }
     // The directory is fsynced once at the end of the export.
-    durable::publish(out, &tmp, dest, name, false)?;
+    temp.publish_deferring_dir_sync()?;
     Ok(copied)
 }

@@ -5,11 +5,11 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use klio_wal::{Lsn, SegmentNo, SegmentSize, TimelineId, WalFileName};
+use klio_wal::{FsAction, Lsn, SegmentNo, SegmentSize, TimelineId, WalFileName, durable};
 
 use super::journal::{self, FileSource, JOURNAL_SUFFIX, JournalScan, ScanError};
 use super::sealed::{self, SEALED_SUFFIX};
-use super::{Ctx, WalArchiveError, durable, identity};
+use super::{Ctx, WalArchiveError, identity, optional_file};
 
 /// A journal found by a survey (not stale: its final segment does not exist).
 #[derive(Debug)]
@@ -73,7 +73,7 @@ pub(super) fn open_journal_read(path: &Path) -> Result<Option<File>, WalArchiveE
     match File::open(path) {
         Ok(f) => Ok(Some(f)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(WalArchiveError::io("open journal", path, e)),
+        Err(e) => Err(WalArchiveError::io(FsAction::Open, path, e)),
     }
 }
 
@@ -88,7 +88,8 @@ pub(super) fn scan_journal(
 ) -> Result<JournalScan, WalArchiveError> {
     let mut attempt = 0;
     loop {
-        let src = FileSource::new(file).map_err(|e| WalArchiveError::io("stat", path, e))?;
+        let src =
+            FileSource::new(file).map_err(|e| WalArchiveError::io(FsAction::Stat, path, e))?;
         match journal::scan_with(&src, timeline, segno, ctx) {
             Ok(s) => return Ok(s),
             Err(ScanError::Damaged { .. }) if attempt == 0 => attempt += 1,
@@ -104,9 +105,9 @@ pub(super) fn survey(dir: &Path, ctx: &Ctx<'_>) -> Result<Survey, WalArchiveErro
     let mut s = Survey::default();
     let mut journal_paths = Vec::new();
     let entries =
-        std::fs::read_dir(dir).map_err(|e| WalArchiveError::io("read directory", dir, e))?;
+        std::fs::read_dir(dir).map_err(|e| WalArchiveError::io(FsAction::ReadDirectory, dir, e))?;
     for entry in entries {
-        let entry = entry.map_err(|e| WalArchiveError::io("read directory", dir, e))?;
+        let entry = entry.map_err(|e| WalArchiveError::io(FsAction::ReadDirectory, dir, e))?;
         let file_name = entry.file_name();
         let Some(name) = file_name.to_str() else {
             continue;
@@ -114,7 +115,7 @@ pub(super) fn survey(dir: &Path, ctx: &Ctx<'_>) -> Result<Survey, WalArchiveErro
         if name == identity::IDENTITY_FILE {
             continue;
         }
-        if name.ends_with(durable::TMP_SUFFIX) {
+        if name.ends_with(durable::TEMP_SUFFIX) {
             s.temps.push(entry.path());
             s.has_archive_files = true;
             continue;
@@ -156,7 +157,7 @@ pub(super) fn survey(dir: &Path, ctx: &Ctx<'_>) -> Result<Survey, WalArchiveErro
                 let path = entry.path();
                 let len = entry
                     .metadata()
-                    .map_err(|e| WalArchiveError::io("stat", &path, e))?
+                    .map_err(|e| WalArchiveError::io(FsAction::Stat, &path, e))?
                     .len();
                 if len != size.bytes_u64() {
                     return Err(WalArchiveError::DamagedSegment {
@@ -240,7 +241,7 @@ pub(super) fn recover(
     // None of these removals needs a directory fsync: a file that comes back after a crash is
     // removed again by the next recovery, and none of them holds WAL that exists nowhere else.
     for p in s.temps.iter().chain(&s.stale_journals) {
-        durable::remove_if_present(p)?;
+        optional_file::remove_if_present(p)?;
     }
     let journals = std::mem::take(&mut s.journals);
     for ((timeline, segno), j) in journals {
@@ -248,7 +249,7 @@ pub(super) fn recover(
             .read(true)
             .write(true)
             .open(&j.path)
-            .map_err(|e| WalArchiveError::io("open journal", &j.path, e))?;
+            .map_err(|e| WalArchiveError::io(FsAction::Open, &j.path, e))?;
         if j.scan.complete {
             journal::finish_segment(
                 dir,
@@ -270,15 +271,15 @@ pub(super) fn recover(
             // Nothing valid was ever made durable in it (a crash during creation or during its
             // first frame). Same argument as above: no directory fsync needed.
             drop(file);
-            durable::remove_if_present(&j.path)?;
+            optional_file::remove_if_present(&j.path)?;
             continue;
         }
-        let src = FileSource::new(&file).map_err(|e| WalArchiveError::io("stat", &j.path, e))?;
+        let src =
+            FileSource::new(&file).map_err(|e| WalArchiveError::io(FsAction::Stat, &j.path, e))?;
         let garbage_end = journal::nonzero_tail_end(&src, j.scan.write_offset)
-            .map_err(|e| WalArchiveError::io("read journal", &j.path, e))?;
+            .map_err(|e| WalArchiveError::io(FsAction::Read, &j.path, e))?;
         if let Some(end) = garbage_end {
-            durable::write_zeros(&file, j.scan.write_offset, end)
-                .map_err(|e| WalArchiveError::io("clear torn tail of", &j.path, e))?;
+            durable::write_zeros(&file, &j.path, j.scan.write_offset, end)?;
         }
         // Two reasons for this fdatasync: after a kill -9 of the server (the machine kept
         // running) valid frames may sit in the page cache without ever having been synced, and
@@ -286,11 +287,11 @@ pub(super) fn recover(
         // disk before new frames follow the last valid one, or a crash could leave old frames
         // after new ones that a scan would accept.
         file.sync_data()
-            .map_err(|e| WalArchiveError::io("fdatasync", &j.path, e))?;
+            .map_err(|e| WalArchiveError::io(FsAction::Fdatasync, &j.path, e))?;
         s.journals.insert((timeline, segno), j);
     }
     // A kill -9 between a rename (segment, history, identity) and its directory fsync leaves
     // the rename in the page cache only; make every entry this recovery relies on durable.
-    durable::fsync_dir(dir)?;
+    durable::sync_dir(dir)?;
     Ok(s.durable_ends(size))
 }

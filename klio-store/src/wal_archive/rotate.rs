@@ -24,7 +24,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use klio_crypto::{CryptoError, HEADER_LEN, KeyId, Keyring, key_slot_range};
-use klio_wal::WalFileName;
+use klio_wal::{FsAction, WalFileName};
 
 use super::journal::JOURNAL_SUFFIX;
 use super::sealed::SEALED_SUFFIX;
@@ -49,9 +49,9 @@ fn encrypted_files(archive: &WalArchive) -> Result<(Vec<PathBuf>, usize), WalArc
     let mut files = Vec::new();
     let mut plain = 0;
     let entries =
-        std::fs::read_dir(dir).map_err(|e| WalArchiveError::io("read directory", dir, e))?;
+        std::fs::read_dir(dir).map_err(|e| WalArchiveError::io(FsAction::ReadDirectory, dir, e))?;
     for entry in entries {
-        let entry = entry.map_err(|e| WalArchiveError::io("read directory", dir, e))?;
+        let entry = entry.map_err(|e| WalArchiveError::io(FsAction::ReadDirectory, dir, e))?;
         let file_name = entry.file_name();
         let Some(name) = file_name.to_str() else {
             continue;
@@ -91,13 +91,13 @@ fn starts_with_magic(path: &Path) -> Result<Option<bool>, WalArchiveError> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(WalArchiveError::io("open", path, e)),
+        Err(e) => return Err(WalArchiveError::io(FsAction::Open, path, e)),
     };
     let mut magic = [0u8; 8];
     match file.read_exact_at(&mut magic, 0) {
         Ok(()) => Ok(Some(magic == klio_crypto::MAGIC)),
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(Some(false)),
-        Err(e) => Err(WalArchiveError::io("read", path, e)),
+        Err(e) => Err(WalArchiveError::io(FsAction::Read, path, e)),
     }
 }
 
@@ -105,7 +105,7 @@ fn starts_with_magic(path: &Path) -> Result<Option<bool>, WalArchiveError> {
 fn read_header(file: &File, path: &Path) -> Result<[u8; HEADER_LEN], WalArchiveError> {
     let mut header = [0u8; HEADER_LEN];
     file.read_exact_at(&mut header, 0)
-        .map_err(|e| WalArchiveError::io("read the key header of", path, e))?;
+        .map_err(|e| WalArchiveError::io(FsAction::Read, path, e))?;
     Ok(header)
 }
 
@@ -129,7 +129,7 @@ impl WalArchive {
             let file = match File::open(&path) {
                 Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(WalArchiveError::io("open", &path, e)),
+                Err(e) => return Err(WalArchiveError::io(FsAction::Open, &path, e)),
             };
             let header = read_header(&file, &path)?;
             let id =
@@ -177,7 +177,7 @@ impl WalArchive {
                 Ok(f) => f,
                 // A journal finished (its segment sealed under the new key) meanwhile.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(WalArchiveError::io("open", &path, e)),
+                Err(e) => return Err(WalArchiveError::io(FsAction::Open, &path, e)),
             };
             let header = read_header(&file, &path)?;
             let current =
@@ -189,12 +189,12 @@ impl WalArchive {
             let slot = klio_crypto::rewrap(keyring, &header, new_primary, &*RNG)
                 .map_err(crypto("re-wrap the data key of", &path))?;
             file.write_all_at(&slot, key_slot_range().start as u64)
-                .map_err(|e| WalArchiveError::io("write the key slot of", &path, e))?;
+                .map_err(|e| WalArchiveError::io(FsAction::Write, &path, e))?;
             // The old key may be removed once nothing names it: the new slot must be on disk
             // before key_ids_in_use stops reporting the old key. fdatasync suffices (same
             // size, data only).
             file.sync_data()
-                .map_err(|e| WalArchiveError::io("fdatasync", &path, e))?;
+                .map_err(|e| WalArchiveError::io(FsAction::Fdatasync, &path, e))?;
             summary.rewrapped += 1;
         }
         Ok(summary)

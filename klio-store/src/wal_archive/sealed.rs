@@ -29,12 +29,13 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use klio_crypto::{CryptoError, Sealer};
+use klio_wal::durable::TempFile;
 use klio_wal::{SegmentNo, SegmentSize, TimelineId, WalFileName};
 
-use super::{Ctx, WalArchiveError, durable};
+use super::{Ctx, WalArchiveError, optional_file};
 
 /// Suffix of a sealed segment's file name.
 pub(super) const SEALED_SUFFIX: &str = ".klio";
@@ -84,9 +85,7 @@ pub(super) fn key_id_of(path: &Path) -> Option<klio_crypto::KeyId> {
 
 /// Writes a completed segment, plain or sealed, into a temporary file and publishes it.
 pub(super) struct SegmentWriter {
-    file: File,
-    tmp: PathBuf,
-    name: String,
+    temp: TempFile,
     at: u64,
     sealer: Option<(Sealer, Vec<u8>)>,
 }
@@ -101,20 +100,16 @@ impl SegmentWriter {
     ) -> Result<SegmentWriter, WalArchiveError> {
         let Some(keyring) = ctx.keyring else {
             let name = WalFileName::Segment { timeline, segno }.to_string_with(ctx.size);
-            let (file, tmp) = durable::create_tmp(dir, &name)?;
             return Ok(SegmentWriter {
-                file,
-                tmp,
-                name,
+                temp: TempFile::create(&dir.join(name))?,
                 at: 0,
                 sealer: None,
             });
         };
-        let name = sealed_name(timeline, segno, ctx.size);
-        let (file, tmp) = durable::create_tmp(dir, &name)?;
+        let temp = TempFile::create(&dir.join(sealed_name(timeline, segno, ctx.size)))?;
         let crypto = |source| WalArchiveError::Crypto {
             action: "seal WAL segment",
-            path: tmp.clone(),
+            path: temp.path().to_owned(),
             source,
         };
         let (mut sealer, mut buf) = Sealer::new(keyring, &ctx.seal, ctx.rng).map_err(crypto)?;
@@ -122,9 +117,7 @@ impl SegmentWriter {
             .update_into(&binding(ctx, timeline, segno), &mut buf)
             .map_err(crypto)?;
         let mut w = SegmentWriter {
-            file,
-            tmp,
-            name,
+            temp,
             at: 0,
             sealer: None,
         };
@@ -135,9 +128,7 @@ impl SegmentWriter {
     }
 
     fn write_raw(&mut self, bytes: &[u8]) -> Result<(), WalArchiveError> {
-        self.file
-            .write_all_at(bytes, self.at)
-            .map_err(|e| WalArchiveError::io("write", &self.tmp, e))?;
+        self.temp.write_all_at(bytes, self.at)?;
         self.at += bytes.len() as u64;
         Ok(())
     }
@@ -145,7 +136,7 @@ impl SegmentWriter {
     fn crypto(&self, source: CryptoError) -> WalArchiveError {
         WalArchiveError::Crypto {
             action: "seal WAL segment",
-            path: self.tmp.clone(),
+            path: self.temp.path().to_owned(),
             source,
         }
     }
@@ -165,12 +156,14 @@ impl SegmentWriter {
     }
 
     /// Finishes the file and gives it its final name, atomically and durably.
-    pub(super) fn publish(mut self, dir: &Path) -> Result<(), WalArchiveError> {
+    pub(super) fn publish(mut self) -> Result<(), WalArchiveError> {
         if let Some((sealer, mut buf)) = self.sealer.take() {
             sealer.finish_into(&mut buf).map_err(|e| self.crypto(e))?;
             self.write_raw(&buf)?;
         }
-        durable::publish(self.file, &self.tmp, dir, &self.name, true)
+        // The rename lives in the directory: without its fsync a crash could undo it, and a
+        // segment acknowledged as complete would be missing. publish fsyncs the directory.
+        Ok(self.temp.publish()?)
     }
 }
 
@@ -298,7 +291,7 @@ pub(super) fn read_sealed_history(
     timeline: TimelineId,
     ctx: &Ctx<'_>,
 ) -> Result<Option<Vec<u8>>, WalArchiveError> {
-    let Some(bytes) = durable::read_optional(path)? else {
+    let Some(bytes) = optional_file::read_optional(path)? else {
         return Ok(None);
     };
     let mut plain = open_object(path, &bytes, "decrypt history file", ctx)?;
@@ -328,7 +321,7 @@ pub(super) fn read_sealed(
     segno: SegmentNo,
     ctx: &Ctx<'_>,
 ) -> Result<Option<Vec<u8>>, WalArchiveError> {
-    match durable::read_optional(path)? {
+    match optional_file::read_optional(path)? {
         None => Ok(None),
         Some(bytes) => open_sealed(path, &bytes, timeline, segno, ctx).map(Some),
     }

@@ -2,7 +2,7 @@
 //! range judged by which files exist. [`WalArchive::verify`] is the thorough check (it reads
 //! and walks every record); this only lists the directory and scans the journal in progress.
 
-use klio_wal::{Lsn, SegmentNo, TimelineId};
+use klio_wal::{FsAction, Lsn, SegmentNo, TimelineId};
 
 use super::recovery_plan::RecoveryPlan;
 use super::verify::WalPoint;
@@ -109,7 +109,7 @@ fn stored(listing: &ArchiveListing, timeline: TimelineId, segno: SegmentNo) -> b
 
 /// The total size of the regular files in `dir` (not recursive: an archive is flat).
 fn directory_bytes(dir: &std::path::Path) -> Result<u64, WalArchiveError> {
-    let read = |e| WalArchiveError::io("read directory", dir, e);
+    let read = |e| WalArchiveError::io(FsAction::ReadDirectory, dir, e);
     let mut total = 0;
     for entry in std::fs::read_dir(dir).map_err(read)? {
         let entry = entry.map_err(read)?;
@@ -118,7 +118,7 @@ fn directory_bytes(dir: &std::path::Path) -> Result<u64, WalArchiveError> {
             Ok(_) => {}
             // Removed since the listing (a journal finishing): not part of the archive now.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(WalArchiveError::io("stat", &entry.path(), e)),
+            Err(e) => return Err(WalArchiveError::io(FsAction::Stat, &entry.path(), e)),
         }
     }
     Ok(total)

@@ -10,15 +10,14 @@
 //! The caller decides when to [`SegmentDir::flush`]; [`SegmentDir::flushed`] is the only
 //! position that may be reported to PostgreSQL as flushed.
 
-mod durable;
 mod scan;
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::{Lsn, SegmentNo, SegmentSize, TimelineId, WalFileName};
+use crate::{FsAction, FsError, Lsn, SegmentNo, SegmentSize, TimelineId, WalFileName, durable};
 
 pub use scan::{StreamingStart, find_streaming_start};
 
@@ -27,13 +26,8 @@ pub use scan::{StreamingStart, find_streaming_start};
 #[non_exhaustive]
 pub enum SegmentDirError {
     /// A file-system call failed.
-    #[error("could not {action} {path:?}: {source}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Fs(#[from] FsError),
     /// The target directory does not exist or is not a directory.
     #[error("{0:?} is not a directory: create it first (mkdir -p) or pass another --directory")]
     NotADirectory(PathBuf),
@@ -53,12 +47,8 @@ pub enum SegmentDirError {
 }
 
 impl SegmentDirError {
-    fn io(action: &'static str, path: &Path, source: io::Error) -> Self {
-        SegmentDirError::Io {
-            action,
-            path: path.to_owned(),
-            source,
-        }
+    fn io(action: FsAction, path: &Path, source: io::Error) -> Self {
+        SegmentDirError::Fs(FsError::new(action, path, source))
     }
 }
 
@@ -174,16 +164,15 @@ impl SegmentDir {
             let bytes = &data[piece.range_offset as usize..][..piece.len as usize];
             o.file
                 .write_all_at(bytes, u64::from(piece.offset))
-                .map_err(|e| SegmentDirError::io("write", &o.partial_path, e))?;
+                .map_err(|e| SegmentDirError::io(FsAction::Write, &o.partial_path, e))?;
             o.end = piece.offset + piece.len;
             o.dirty = true;
             let end_lsn = Lsn(at.0 + u64::from(piece.len));
             self.written = Some(end_lsn);
             if piece.completes_segment(self.size) {
-                // durable_rename fsyncs the data, renames, and fsyncs the directory: only a
+                // durable::rename fsyncs the data, renames, and fsyncs the directory: only a
                 // segment whose every byte is on disk may carry its final name.
-                durable::durable_rename(&o.partial_path, &o.final_path, &self.dir)
-                    .map_err(|e| SegmentDirError::io("complete segment", &o.partial_path, e))?;
+                durable::rename(&o.partial_path, &o.final_path)?;
                 self.flushed = Some(end_lsn);
                 completed.push(WalFileName::Segment {
                     timeline: o.timeline,
@@ -203,7 +192,7 @@ impl SegmentDir {
             // needed to read the data back changes. Flush may be reported only after this.
             o.file
                 .sync_data()
-                .map_err(|e| SegmentDirError::io("fsync", &o.partial_path, e))?;
+                .map_err(|e| SegmentDirError::io(FsAction::Fdatasync, &o.partial_path, e))?;
             o.dirty = false;
             self.flushed = self.written;
         }
@@ -241,8 +230,9 @@ impl SegmentDir {
         contents: &[u8],
     ) -> Result<(), SegmentDirError> {
         let name = WalFileName::History { timeline }.to_string_with(self.size);
-        durable::write_file_durably(&self.dir, &name, contents)
-            .map_err(|e| SegmentDirError::io("write history file", &self.dir.join(&name), e))
+        // Atomic and durable: PostgreSQL reads a history file whole, so a torn one must never
+        // carry its name, and once stored it must survive a crash.
+        Ok(durable::replace(&self.dir.join(name), contents)?)
     }
 
     fn open_segment(
@@ -257,31 +247,28 @@ impl SegmentDir {
         let existing = match std::fs::metadata(&partial_path) {
             Ok(m) => Some(m.len()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(SegmentDirError::io("stat", &partial_path, e)),
+            Err(e) => return Err(SegmentDirError::io(FsAction::Stat, &partial_path, e)),
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&partial_path)
-            .map_err(|e| SegmentDirError::io("open", &partial_path, e))?;
-        if existing != Some(seg_bytes) {
-            // New, or a file a crash left mid-padding (no WAL is written before padding is
-            // complete and fsynced, so it holds none): pad it with real zeros so later writes
-            // never change the file size and a reader never sees a short segment.
-            pad_with_zeros(&file, seg_bytes)
-                .map_err(|e| SegmentDirError::io("pre-pad", &partial_path, e))?;
-            // The padding must be on disk before WAL goes in, so that fdatasync alone makes
-            // later writes durable.
-            file.sync_all()
-                .map_err(|e| SegmentDirError::io("fsync", &partial_path, e))?;
-            // Make the new directory entry durable: a crash must not lose the file that later
-            // holds acknowledged WAL.
-            durable::fsync_dir(&self.dir)
-                .map_err(|e| SegmentDirError::io("fsync directory", &self.dir, e))?;
-        }
+        let file = if existing == Some(seg_bytes) {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&partial_path)
+                .map_err(|e| SegmentDirError::io(FsAction::Open, &partial_path, e))?
+        } else {
+            if existing.is_some() {
+                // A file a crash left mid-padding (no WAL is written before padding is complete
+                // and fsynced, so it holds none): start it again. The directory fsync of its
+                // re-creation below covers this removal.
+                std::fs::remove_file(&partial_path)
+                    .map_err(|e| SegmentDirError::io(FsAction::Remove, &partial_path, e))?;
+            }
+            // Pad it with real zeros so later writes never change the file size and a reader
+            // never sees a short segment. The padding must be on disk before WAL goes in, so
+            // that fdatasync alone makes later writes durable, and the new directory entry must
+            // be durable too: a crash must not lose the file that later holds acknowledged WAL.
+            durable::create_prepadded(&partial_path, &[], seg_bytes)?
+        };
         Ok(OpenSegment {
             file,
             timeline,
@@ -292,19 +279,6 @@ impl SegmentDir {
             dirty: false,
         })
     }
-}
-
-fn pad_with_zeros(file: &File, len: u64) -> io::Result<()> {
-    const CHUNK: usize = 1 << 20;
-    let zeros = vec![0u8; CHUNK];
-    file.set_len(0)?;
-    let mut off = 0u64;
-    while off < len {
-        let n = (len - off).min(CHUNK as u64) as usize;
-        file.write_all_at(&zeros[..n], off)?;
-        off += n as u64;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

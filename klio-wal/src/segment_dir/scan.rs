@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::{Lsn, SegmentSize, TimelineId, WalFileName};
+use crate::{FsAction, Lsn, SegmentSize, TimelineId, WalFileName};
 
 use super::SegmentDirError;
 
@@ -26,9 +26,9 @@ pub fn find_streaming_start(
     let mut best: Option<(crate::SegmentNo, TimelineId, bool)> = None;
     let mut warnings = Vec::new();
     let entries =
-        std::fs::read_dir(dir).map_err(|e| SegmentDirError::io("read directory", dir, e))?;
+        std::fs::read_dir(dir).map_err(|e| SegmentDirError::io(FsAction::ReadDirectory, dir, e))?;
     for entry in entries {
-        let entry = entry.map_err(|e| SegmentDirError::io("read directory", dir, e))?;
+        let entry = entry.map_err(|e| SegmentDirError::io(FsAction::ReadDirectory, dir, e))?;
         let file_name = entry.file_name();
         let Some(name) = file_name.to_str() else {
             continue;
@@ -40,7 +40,7 @@ pub fn find_streaming_start(
         };
         let len = entry
             .metadata()
-            .map_err(|e| SegmentDirError::io("stat", &entry.path(), e))?
+            .map_err(|e| SegmentDirError::io(FsAction::Stat, &entry.path(), e))?
             .len();
         if len != size.bytes_u64() {
             warnings.push(format!(

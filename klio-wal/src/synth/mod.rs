@@ -11,14 +11,13 @@ mod prng;
 mod record;
 
 use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::page::{
     DEFAULT_BLOCK_SIZE, LongPageHeader, PageHeader, WalMagic, XLP_BKP_REMOVABLE,
     XLP_FIRST_IS_CONTRECORD,
 };
-use crate::{Lsn, SegmentNo, SegmentSize, TimelineId, WalFileName};
+use crate::{FsAction, FsError, Lsn, SegmentNo, SegmentSize, TimelineId, WalFileName};
 
 use prng::SplitMix64;
 use record::{MAXALIGN, encode_noop};
@@ -202,17 +201,6 @@ pub struct SynthStats {
     pub payload_bytes: u64,
 }
 
-/// Why writing synthetic segments to a directory failed.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot write synthetic WAL segment {}: {source}", path.display())]
-pub struct WriteSegmentError {
-    /// The file that could not be written.
-    pub path: PathBuf,
-    /// The underlying error.
-    #[source]
-    pub source: io::Error,
-}
-
 /// The generator: yields [`SyntheticSegment`]s in LSN order, `config.segments` of them.
 #[derive(Debug)]
 pub struct SyntheticWal {
@@ -289,14 +277,11 @@ impl SyntheticWal {
 
     /// Writes every remaining segment into `dir` (which must exist) under its WAL file name and
     /// returns the paths. Plain writes without fsync: this is test and benchmark input.
-    pub fn write_to_dir(&mut self, dir: &Path) -> Result<Vec<PathBuf>, WriteSegmentError> {
+    pub fn write_to_dir(&mut self, dir: &Path) -> Result<Vec<PathBuf>, FsError> {
         let mut paths = Vec::new();
         while let Some(seg) = self.next_segment() {
             let path = dir.join(&seg.file_name);
-            fs::write(&path, &seg.data).map_err(|source| WriteSegmentError {
-                path: path.clone(),
-                source,
-            })?;
+            fs::write(&path, &seg.data).map_err(|e| FsError::new(FsAction::Write, &path, e))?;
             paths.push(path);
         }
         Ok(paths)
