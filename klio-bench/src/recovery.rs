@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use klio_testkit::{
-    KlioServer, PgOptions, PgServer, TestCerts, TestDir, as_postgres, run_ok, start_klio_send_wal,
+    KlioServer, PgOptions, PgServer, SendWal, TestCerts, TestDir, as_postgres, run_ok,
 };
 
 /// What to run.
@@ -99,15 +99,16 @@ pub fn run(klio: &Path, opts: &RecoveryOptions) -> RecoveryReport {
     let exe = work.install_exe(klio);
     let certs = TestCerts::create(&exe, &work.subdir("certs"), &["bench"]);
     let server = KlioServer::start(&exe, &work, &certs);
-    let mut client = start_klio_send_wal(
+    let mut client = SendWal::new(
         &exe,
         &pg,
         &server,
         &certs,
         "bench",
-        "klio",
+        &[],
         &work.path().join("send-wal.log"),
     );
+    client.start();
     pg.wait_for_flush("klio", &pg.current_lsn());
     let backup = work.path().join("backup");
     pg.base_backup_without_wal(&backup);

@@ -4,8 +4,8 @@ use std::path::Path;
 use std::process::Command;
 
 use klio_testkit::{
-    BackgroundProcess, KlioServer, PgOptions, PgServer, TestCerts, TestDir, run_ok,
-    start_klio_send_wal, start_pg_receivewal,
+    BackgroundProcess, KlioServer, PgOptions, PgServer, SendWal, TestCerts, TestDir, run_ok,
+    start_pg_receivewal,
 };
 
 /// A Klio server as production runs it: every cluster's WAL compressed (lz4) and encrypted
@@ -29,7 +29,7 @@ pub(crate) fn start_encrypted_server(exe: &Path, work: &TestDir, certs: &TestCer
 pub(crate) struct BothReceivers {
     // Fields drop in order: the receivers stop before the servers they talk to.
     /// `klio send-wal`.
-    pub(crate) klio: BackgroundProcess,
+    pub(crate) klio: SendWal,
     /// `pg_receivewal`.
     pub(crate) pg_receivewal: BackgroundProcess,
     /// The Klio server.
@@ -58,15 +58,16 @@ impl BothReceivers {
         } else {
             KlioServer::start(&exe, &work, &certs)
         };
-        let klio = start_klio_send_wal(
+        let mut klio = SendWal::new(
             &exe,
             &pg,
             &server,
             &certs,
             "bench",
-            "klio",
+            &[],
             &work.path().join("send-wal.log"),
         );
+        klio.start();
         pg.create_slot("pgrw");
         let pg_receivewal = start_pg_receivewal(
             &pg,

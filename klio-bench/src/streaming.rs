@@ -138,7 +138,10 @@ pub fn run(klio: &Path, opts: &StreamingOptions) -> StreamingReport {
 
     let pids = |c: &str| -> Vec<u32> {
         if c == KLIO {
-            vec![client.pid(), server.pid().expect("server running")]
+            vec![
+                client.pid().expect("send-wal running"),
+                server.pid().expect("server running"),
+            ]
         } else {
             vec![pgrw.pid()]
         }

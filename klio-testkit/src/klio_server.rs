@@ -241,22 +241,3 @@ impl KlioServer {
         }
     }
 }
-
-/// Starts `klio send-wal` as the postgres user for cluster `cluster` with slot `slot`.
-/// End-to-end tests use [`crate::Stack`] and its [`crate::SendWal`] instead.
-pub fn start_klio_send_wal(
-    exe: &Path,
-    pg: &crate::PgServer,
-    server: &KlioServer,
-    certs: &TestCerts,
-    cluster: &str,
-    slot: &str,
-    log: &Path,
-) -> BackgroundProcess {
-    let mut cmd = as_postgres(exe);
-    cmd.args(["send-wal", "-v", "-d", &pg.tcp_connstr(), "-S", slot])
-        .args(["--cluster", cluster])
-        .args(server.client_args(certs, cluster))
-        .args(["--max-reconnect-delay", "1", "-s", "1"]);
-    BackgroundProcess::spawn("klio send-wal", &mut cmd, log)
-}

@@ -23,7 +23,7 @@ mod tick_loop;
 pub use command::{Output, as_postgres, run, run_ok, wait_until};
 pub use files::{assert_same_dump, digests};
 pub use key_file::KeyFile;
-pub use klio_server::{KlioServer, TestCerts, free_tcp_port, start_klio_send_wal};
+pub use klio_server::{KlioServer, TestCerts, free_tcp_port};
 pub use pg::{Auth, PASSWORD, PgOptions, PgServer, pg_bin};
 pub use process::BackgroundProcess;
 pub use receivers::{start_klio_receive_wal, start_pg_receivewal};
