@@ -5,6 +5,7 @@
 //! segment directory writer that follows pg_receivewal's durability rules exactly.
 #![forbid(unsafe_code)]
 
+mod error_chain;
 mod file_name;
 mod lsn;
 pub mod page;
@@ -15,6 +16,7 @@ pub mod synth;
 mod timeline;
 pub mod timeline_history;
 
+pub use error_chain::ErrorChain;
 pub use file_name::{ParseWalFileNameError, WalFileName, WalFileNameDisplay};
 pub use lsn::{Lsn, ParseLsnError};
 pub use page::{LongPageHeader, PageHeader, PageHeaderError, WalMagic};
