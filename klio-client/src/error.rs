@@ -13,7 +13,7 @@ pub enum ConnectionError {
     Settings(#[from] crate::conn_string::ConnStringError),
     /// The server could not be reached.
     #[error(
-        "could not connect to {target}: {source}; is PostgreSQL running and accepting connections there?"
+        "could not connect to {target} (is PostgreSQL running and accepting connections there?)"
     )]
     Connect {
         /// Host and port, or socket path.
@@ -40,7 +40,7 @@ pub enum ConnectionError {
         target: String,
     },
     /// Reading or writing the established connection failed.
-    #[error("connection to the server lost: {0}")]
+    #[error("connection to the server lost")]
     Io(#[from] io::Error),
     /// The server closed the connection.
     #[error("server closed the connection unexpectedly")]

@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 #[non_exhaustive]
 pub enum HttpGetError {
     /// No connection (nothing listens there, or it is unreachable).
-    #[error("cannot connect to {addr}: {source}")]
+    #[error("cannot connect to {addr}")]
     Connect {
         /// The address.
         addr: String,

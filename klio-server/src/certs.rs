@@ -32,13 +32,13 @@ impl std::fmt::Debug for IssuedCert {
 #[non_exhaustive]
 pub enum CertsError {
     /// Generating or signing failed.
-    #[error("certificate generation failed: {0}")]
+    #[error("certificate generation failed")]
     Generate(#[from] rcgen::Error),
     /// A file exists already; nothing is overwritten.
     #[error("{0} already exists: remove it first, or use another directory")]
     Exists(PathBuf),
     /// Reading or writing a file failed.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file.
         path: PathBuf,

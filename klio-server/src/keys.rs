@@ -14,7 +14,7 @@ use klio_crypto::{CryptoError, Kek, KeyId, Keyring, PassphraseKeyFile, SystemRan
 #[non_exhaustive]
 pub enum KeyFileError {
     /// Reading or writing failed.
-    #[error("key file {path}: {source}")]
+    #[error("key file {path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -47,7 +47,7 @@ pub enum KeyFileError {
         var: String,
     },
     /// The contents are not a key.
-    #[error("key file {path}: {source}")]
+    #[error("invalid key file {path}")]
     Invalid {
         /// The file.
         path: PathBuf,
@@ -176,7 +176,7 @@ pub fn load_keyring(primary: &Path, older: &[PathBuf]) -> Result<Keyring, KeyFil
 #[non_exhaustive]
 pub enum KeysInUseError {
     /// The data directory could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         /// The directory.
         path: PathBuf,
@@ -185,7 +185,7 @@ pub enum KeysInUseError {
         source: std::io::Error,
     },
     /// A cluster's archive could not be read (a key missing from the keyring, damage).
-    #[error("cluster {cluster}: {source}")]
+    #[error("cluster {cluster}")]
     Archive {
         /// The cluster.
         cluster: String,
@@ -278,7 +278,7 @@ pub fn rotate_offline(
 pub enum RotateError {
     /// The server is running (or another rotation).
     #[error(
-        "{0}; to rotate while it runs, restart the server with --encryption-key NEW --encryption-old-key OLD: it re-wraps each cluster's files itself"
+        "cannot lock the data directory; to rotate keys while the server runs, restart the server with --encryption-key NEW --encryption-old-key OLD: it re-wraps each cluster's files itself"
     )]
     Locked(#[source] crate::server::ServerError),
     /// An archive could not be read or rewritten.

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use klio_proto::klio::ClusterName;
+use klio_wal::ErrorChain;
 use tracing::Instrument;
 
 use crate::config::ServerConfig;
@@ -25,7 +26,7 @@ pub enum ServerError {
     #[error(transparent)]
     Keys(#[from] crate::keys::KeyFileError),
     /// The data directory is unusable.
-    #[error("data directory {path}: {source}")]
+    #[error("data directory {path}")]
     DataDir {
         /// The directory.
         path: PathBuf,
@@ -42,7 +43,7 @@ pub enum ServerError {
     #[error(transparent)]
     Metrics(#[from] klio_metrics::MetricsError),
     /// The UDP socket could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         /// The address.
         addr: SocketAddr,
@@ -204,7 +205,7 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
         Ok(c) => c,
         Err(e) => {
             // Missing or untrusted client certificates end here, in the TLS handshake.
-            tracing::warn!(%remote, "refused connection: {e}");
+            tracing::warn!(%remote, "refused connection: {}", ErrorChain(&e));
             shared.telemetry.connection_refused("handshake");
             return;
         }
@@ -212,7 +213,7 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let cluster = match tls::cluster_of(&conn) {
         Ok(c) => c,
         Err(e) => {
-            tracing::warn!(%remote, "refused connection: {e}");
+            tracing::warn!(%remote, "refused connection: {}", ErrorChain(&e));
             shared.telemetry.connection_refused("no_cluster");
             conn.close(1u32.into(), b"certificate does not name a cluster");
             return;
@@ -235,7 +236,7 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
                     );
                 }
                 Err(e) => {
-                    tracing::debug!("connection closed: {e}");
+                    tracing::debug!("connection closed: {}", ErrorChain(&e));
                     break;
                 }
             }

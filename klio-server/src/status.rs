@@ -86,7 +86,7 @@ pub struct LastError {
 pub enum StatusError {
     /// Nothing answered.
     #[error(
-        "no Klio server answers on {addr}: {source} (is it running? `klio status` reads the \
+        "no Klio server answers on {addr} (is it running? `klio status` reads the \
          server's metrics listener, set by metrics.listen / --metrics-listen, default {default})",
         default = crate::config::DEFAULT_METRICS_LISTEN
     )]

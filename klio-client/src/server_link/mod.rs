@@ -50,7 +50,7 @@ pub enum ServerLinkError {
         reason: String,
     },
     /// The server broke the protocol.
-    #[error("invalid data from the Klio server: {0}")]
+    #[error("invalid data from the Klio server")]
     Protocol(#[from] KlioProtocolError),
     /// The server refused a request.
     #[error("the Klio server refused: {message} ({code:?})")]

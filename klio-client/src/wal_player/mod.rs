@@ -38,7 +38,7 @@ pub const JOB_PLACEHOLDER: &str = "{job}";
 #[non_exhaustive]
 pub enum WalPlayerError {
     /// A file or directory could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The path.
         path: PathBuf,
@@ -110,7 +110,7 @@ pub enum WalPlayerError {
     #[error("cannot generate WAL: {0}")]
     Generate(String),
     /// A job could not talk to the server (reported per file as well).
-    #[error("job {job} ({cluster}): {source}")]
+    #[error("job {job} ({cluster})")]
     Link {
         /// The job.
         job: usize,

@@ -204,7 +204,7 @@ pub struct SynthStats {
 
 /// Why writing synthetic segments to a directory failed.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot write synthetic WAL segment {}: {source}", path.display())]
+#[error("cannot write synthetic WAL segment {}", path.display())]
 pub struct WriteSegmentError {
     /// The file that could not be written.
     pub path: PathBuf,
