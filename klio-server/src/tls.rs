@@ -62,15 +62,15 @@ pub enum TlsSetupError {
 }
 
 /// Why a peer has no usable identity.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum IdentityError {
     /// The peer presented no certificate.
     #[error("the client presented no certificate")]
     NoCertificate,
     /// The certificate could not be parsed.
-    #[error("the client certificate cannot be parsed: {0}")]
-    Unparsable(String),
+    #[error("the client certificate cannot be parsed")]
+    Unparsable(#[source] x509_parser::nom::Err<x509_parser::error::X509Error>),
     /// The certificate does not name a cluster (`CN=klio@<cluster>`).
     #[error(
         "the client certificate's common name {0:?} does not name a cluster (expected klio@<cluster>)"
@@ -168,8 +168,8 @@ pub fn cluster_of(conn: &quinn::Connection) -> Result<ClusterName, IdentityError
 
 /// The cluster named by a DER certificate's common name (`klio@<cluster>`).
 pub fn cluster_of_certificate(cert: &CertificateDer<'_>) -> Result<ClusterName, IdentityError> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert)
-        .map_err(|e| IdentityError::Unparsable(e.to_string()))?;
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(cert).map_err(IdentityError::Unparsable)?;
     let cn = parsed
         .subject()
         .iter_common_name()
