@@ -325,7 +325,7 @@ fn new_walker(
     );
     if starts_here {
         w.switch_timeline(step.timeline, step.begin)
-            .map_err(|e| format!("timeline switch at {}: {e}", step.begin))?;
+            .map_err(|e| format!("timeline switch at {}: {}", step.begin, ErrorChain(&e)))?;
     }
     Ok(w)
 }
