@@ -47,7 +47,7 @@ pub enum KeyFileError {
         var: String,
     },
     /// The contents are not a key.
-    #[error("invalid key file {path}")]
+    #[error("key file {path}")]
     Invalid {
         /// The file.
         path: PathBuf,
