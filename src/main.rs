@@ -7,6 +7,7 @@ mod cli;
 use std::process::ExitCode;
 
 use clap::Parser;
+use klio_wal::ErrorChain;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
@@ -14,23 +15,10 @@ fn main() -> ExitCode {
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {
-            // A log collector gets the final error as a JSON line too.
-            cli::logging::error(&error_chain(&e));
+            // A log collector gets the final error as a JSON line too; the chain shows each
+            // cause once, since a message never repeats its source.
+            cli::logging::error(&ErrorChain(e.as_ref()).to_string());
             ExitCode::FAILURE
         }
     }
-}
-
-/// The error and its causes, `: `-separated, skipping a cause whose text its parent already
-/// shows (many library errors include their source in their own message).
-fn error_chain(e: &anyhow::Error) -> String {
-    let mut text = e.to_string();
-    for cause in e.chain().skip(1) {
-        let cause = cause.to_string();
-        if !text.contains(&cause) {
-            text.push_str(": ");
-            text.push_str(&cause);
-        }
-    }
-    text
 }

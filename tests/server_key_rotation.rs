@@ -96,7 +96,10 @@ fn rotate_during_streaming_then_retire_the_old_key() {
         &server.wal_dir("pg1"),
         Some(keyring(&[&k1])),
     );
-    let err = old_only.err().map(|e| e.to_string()).unwrap_or_default();
+    let err = old_only
+        .err()
+        .map(|e| klio_wal::ErrorChain(&e).to_string())
+        .unwrap_or_default();
     assert!(
         err.contains(&id2),
         "the retired key alone cannot read: {err}"

@@ -92,24 +92,26 @@ impl ReplicationConnection {
                             b'S' => {
                                 let name = rustls::pki_types::ServerName::try_from(h.clone())
                                     .map_err(|e| {
-                                        ConnectionError::Tls(format!(
-                                            "invalid server name {h:?}: {e}"
-                                        ))
+                                        ConnectionError::tls_because(
+                                            format!("invalid server name {h:?}"),
+                                            e,
+                                        )
                                     })?;
                                 let stream = tokio_rustls::TlsConnector::from(tls)
                                     .connect(name, tcp)
                                     .await
                                     .map_err(|e| {
-                                        ConnectionError::Tls(format!(
-                                            "handshake with {target} failed: {e}"
-                                        ))
+                                        ConnectionError::tls_because(
+                                            format!("handshake with {target} failed"),
+                                            e,
+                                        )
                                     })?;
                                 Box::new(stream)
                             }
                             b'N' if cfg.sslmode == SslMode::Prefer => Box::new(tcp),
                             b'N' => return Err(ConnectionError::TlsNotOffered { target }),
                             other => {
-                                return Err(ConnectionError::Tls(format!(
+                                return Err(ConnectionError::tls(format!(
                                     "unexpected answer {other:#04x} to the TLS request from {target}"
                                 )));
                             }
@@ -224,10 +226,7 @@ impl ReplicationConnection {
     pub async fn wal_segment_size(&mut self) -> Result<SegmentSize, ConnectionError> {
         let text = self.show("wal_segment_size").await?;
         let bytes = replication::parse_size_setting(&text)?;
-        SegmentSize::new(bytes).map_err(|e| ConnectionError::UnexpectedResult {
-            command: "SHOW wal_segment_size".to_owned(),
-            reason: e.to_string(),
-        })
+        SegmentSize::new(bytes).map_err(ConnectionError::SegmentSize)
     }
 
     /// `READ_REPLICATION_SLOT` (PostgreSQL 15+): the slot's restart position, if it exists.

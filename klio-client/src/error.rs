@@ -13,7 +13,7 @@ pub enum ConnectionError {
     Settings(#[from] crate::conn_string::ConnStringError),
     /// The server could not be reached.
     #[error(
-        "could not connect to {target}: {source}; is PostgreSQL running and accepting connections there?"
+        "could not connect to {target} (is PostgreSQL running and accepting connections there?)"
     )]
     Connect {
         /// Host and port, or socket path.
@@ -29,8 +29,8 @@ pub enum ConnectionError {
         target: String,
     },
     /// TLS could not be set up.
-    #[error("TLS: {0}")]
-    Tls(String),
+    #[error("TLS")]
+    Tls(#[source] TlsFailure),
     /// TLS is required but the server does not offer it.
     #[error(
         "server at {target} does not support TLS, but sslmode requires it: enable ssl in postgresql.conf or use sslmode=prefer"
@@ -40,7 +40,7 @@ pub enum ConnectionError {
         target: String,
     },
     /// Reading or writing the established connection failed.
-    #[error("connection to the server lost: {0}")]
+    #[error("connection to the server lost")]
     Io(#[from] io::Error),
     /// The server closed the connection.
     #[error("server closed the connection unexpectedly")]
@@ -48,6 +48,9 @@ pub enum ConnectionError {
     /// The server or the byte stream broke the protocol, or the server reported an error.
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
+    /// The server's `wal_segment_size` is not a valid WAL segment size.
+    #[error("unexpected result for SHOW wal_segment_size")]
+    SegmentSize(#[source] klio_wal::InvalidSegmentSize),
     /// A command returned something other than what it should.
     #[error("unexpected result for {command}: {reason}")]
     UnexpectedResult {
@@ -58,7 +61,37 @@ pub enum ConnectionError {
     },
 }
 
+/// What part of TLS to PostgreSQL failed, and the library's reason when there is one.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}")]
+pub struct TlsFailure {
+    /// What could not be done, naming the file or host.
+    pub what: String,
+    /// Why, when rustls or the OS said so.
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
 impl ConnectionError {
+    /// TLS failed at `what` (naming the file or host).
+    pub(crate) fn tls(what: impl Into<String>) -> ConnectionError {
+        ConnectionError::Tls(TlsFailure {
+            what: what.into(),
+            source: None,
+        })
+    }
+
+    /// TLS failed at `what` because of `source`.
+    pub(crate) fn tls_because(
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> ConnectionError {
+        ConnectionError::Tls(TlsFailure {
+            what: what.into(),
+            source: Some(source.into()),
+        })
+    }
+
     /// The server's own error, when the server reported one (SQLSTATE and message).
     pub fn server_error(&self) -> Option<&klio_proto::ServerError> {
         match self {

@@ -24,7 +24,7 @@ pub(crate) fn client_config(
 ) -> Result<Option<Arc<rustls::ClientConfig>>, ConnectionError> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| ConnectionError::Tls(e.to_string()))?;
+        .map_err(|e| ConnectionError::tls_because("protocol versions", e))?;
     let config = match mode {
         SslMode::Disable => return Ok(None),
         SslMode::Prefer | SslMode::Require => builder
@@ -35,31 +35,36 @@ pub(crate) fn client_config(
             .with_no_client_auth(),
         SslMode::VerifyCa | SslMode::VerifyFull => {
             let path = root_cert.ok_or_else(|| {
-                ConnectionError::Tls(
-                    "sslmode verify-ca/verify-full needs sslrootcert (or PGSSLROOTCERT) naming the CA certificate file"
-                        .to_owned(),
+                ConnectionError::tls(
+                    "sslmode verify-ca/verify-full needs sslrootcert (or PGSSLROOTCERT) naming the CA certificate file",
                 )
             })?;
             let mut roots = RootCertStore::empty();
             let certs = CertificateDer::pem_file_iter(path)
                 .and_then(|it| it.collect::<Result<Vec<_>, _>>())
                 .map_err(|e| {
-                    ConnectionError::Tls(format!("cannot read sslrootcert {}: {e}", path.display()))
+                    ConnectionError::tls_because(
+                        format!("cannot read sslrootcert {}", path.display()),
+                        e,
+                    )
                 })?;
             if certs.is_empty() {
-                return Err(ConnectionError::Tls(format!(
+                return Err(ConnectionError::tls(format!(
                     "sslrootcert {} holds no PEM certificate",
                     path.display()
                 )));
             }
             for c in certs {
                 roots.add(c).map_err(|e| {
-                    ConnectionError::Tls(format!("bad certificate in {}: {e}", path.display()))
+                    ConnectionError::tls_because(
+                        format!("bad certificate in {}", path.display()),
+                        e,
+                    )
                 })?;
             }
             let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
                 .build()
-                .map_err(|e| ConnectionError::Tls(e.to_string()))?;
+                .map_err(|e| ConnectionError::tls_because("server certificate verifier", e))?;
             let verifier: Arc<dyn ServerCertVerifier> = if mode == SslMode::VerifyFull {
                 webpki
             } else {

@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use klio_wal::ErrorChain;
 
 /// What a process shows on its HTTP pages. Every method may read files (archive sizes, say):
 /// they are called on a blocking thread, never on the async runtime.
@@ -45,7 +46,7 @@ pub enum Health {
 pub enum MetricsError {
     /// The TCP socket could not be bound.
     #[error(
-        "cannot listen for metrics on {addr}: {source} (choose another address with \
+        "cannot listen for metrics on {addr} (choose another address with \
          --metrics-listen, or `off` to disable the metrics listener)"
     )]
     Bind {
@@ -105,7 +106,7 @@ impl MetricsEndpoint {
                     Ok(a) => a,
                     Err(e) => {
                         // Out of file descriptors, say: wait instead of spinning.
-                        tracing::warn!("metrics listener: accept failed: {e}");
+                        tracing::warn!("metrics listener: accept failed: {}", ErrorChain(&e));
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
@@ -121,7 +122,7 @@ impl MetricsEndpoint {
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
                 if let Err(e) = served {
-                    tracing::debug!(%peer, "metrics connection ended: {e}");
+                    tracing::debug!(%peer, "metrics connection ended: {}", ErrorChain(&e));
                 }
             });
         }

@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 #[non_exhaustive]
 pub enum HttpGetError {
     /// No connection (nothing listens there, or it is unreachable).
-    #[error("cannot connect to {addr}: {source}")]
+    #[error("cannot connect to {addr}")]
     Connect {
         /// The address.
         addr: String,
@@ -22,12 +22,24 @@ pub enum HttpGetError {
         source: std::io::Error,
     },
     /// The HTTP exchange failed.
-    #[error("HTTP request to {addr} failed: {reason}")]
+    #[error("HTTP request to {addr} failed")]
     Http {
         /// The address.
         addr: String,
         /// What went wrong.
-        reason: String,
+        #[source]
+        source: hyper::Error,
+    },
+    /// The request itself could not be built (the path is not a valid URI path).
+    #[error("cannot request {path:?} from {addr}")]
+    Request {
+        /// The address.
+        addr: String,
+        /// The path asked for.
+        path: String,
+        /// Why the request is invalid.
+        #[source]
+        source: hyper::http::Error,
     },
     /// No answer in time.
     #[error("{addr} did not answer within {0:?}", .timeout)]
@@ -59,9 +71,9 @@ pub async fn http_get(addr: &str, path: &str, timeout: Duration) -> Result<Page,
 }
 
 async fn get(addr: &str, path: &str) -> Result<Page, HttpGetError> {
-    let http = |e: hyper::Error| HttpGetError::Http {
+    let http = |source: hyper::Error| HttpGetError::Http {
         addr: addr.to_owned(),
-        reason: e.to_string(),
+        source,
     };
     let stream = tokio::net::TcpStream::connect(addr)
         .await
@@ -76,9 +88,10 @@ async fn get(addr: &str, path: &str) -> Result<Page, HttpGetError> {
     let req = Request::get(path)
         .header(hyper::header::HOST, addr)
         .body(Empty::<Bytes>::new())
-        .map_err(|e| HttpGetError::Http {
+        .map_err(|source| HttpGetError::Request {
             addr: addr.to_owned(),
-            reason: e.to_string(),
+            path: path.to_owned(),
+            source,
         })?;
     let resp = sender.send_request(req).await.map_err(http)?;
     let status = resp.status().as_u16();

@@ -86,6 +86,28 @@ pub enum ProtocolError {
         /// The method the server asked for.
         method: &'static str,
     },
+    /// A result column does not hold an LSN.
+    #[error("unexpected result for {command}: column {column:?} is not an LSN")]
+    BadLsn {
+        /// The command.
+        command: &'static str,
+        /// The column.
+        column: String,
+        /// Why the text does not parse.
+        #[source]
+        source: klio_wal::ParseLsnError,
+    },
+    /// A result column holds timeline 0.
+    #[error("unexpected result for {command}: column {column:?} is not a timeline")]
+    BadTimeline {
+        /// The command.
+        command: &'static str,
+        /// The column.
+        column: String,
+        /// Why the number is not a timeline.
+        #[source]
+        source: klio_wal::InvalidTimeline,
+    },
     /// A replication command's result set did not have the expected shape or values.
     #[error("unexpected result for {command}: {reason}")]
     BadResult {

@@ -63,8 +63,11 @@ impl Row<'_> {
     }
 
     fn lsn(&self, name: &str, s: &str) -> Result<Lsn, ProtocolError> {
-        s.parse()
-            .map_err(|e| bad(self.command, format!("column {name:?}: {e}")))
+        s.parse().map_err(|source| ProtocolError::BadLsn {
+            command: self.command,
+            column: name.to_owned(),
+            source,
+        })
     }
 
     fn timeline(&self, name: &str, s: &str) -> Result<TimelineId, ProtocolError> {
@@ -74,7 +77,11 @@ impl Row<'_> {
                 format!("column {name:?}: {s:?} is not a timeline id"),
             )
         })?;
-        TimelineId::new(n).map_err(|e| bad(self.command, format!("column {name:?}: {e}")))
+        TimelineId::new(n).map_err(|source| ProtocolError::BadTimeline {
+            command: self.command,
+            column: name.to_owned(),
+            source,
+        })
     }
 }
 

@@ -31,7 +31,7 @@ impl std::fmt::Debug for IssuedCert {
 #[non_exhaustive]
 pub enum CertsError {
     /// Generating or signing failed.
-    #[error("certificate generation failed: {0}")]
+    #[error("certificate generation failed")]
     Generate(#[from] rcgen::Error),
     /// A file exists already; nothing is overwritten.
     #[error("{0} already exists: remove it first, or use another directory")]

@@ -117,7 +117,7 @@ pub struct ServerOverrides {
 #[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -126,12 +126,13 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file is not valid YAML for this schema.
-    #[error("invalid config file {path}: {reason}")]
+    #[error("invalid config file {path}")]
     Parse {
         /// The file.
         path: PathBuf,
         /// What is wrong (with line and column).
-        reason: String,
+        #[source]
+        source: serde_yaml_ng::Error,
     },
     /// A value is not valid.
     #[error("invalid {key} {value:?}: {reason}")]
@@ -169,9 +170,9 @@ impl ServerConfigFile {
             source,
         })?;
         Ok(serde_yaml_ng::from_str::<Option<ServerConfigFile>>(&text)
-            .map_err(|e| ConfigError::Parse {
+            .map_err(|source| ConfigError::Parse {
                 path: path.to_owned(),
-                reason: e.to_string(),
+                source,
             })?
             .unwrap_or_default())
     }
@@ -371,7 +372,8 @@ mod tests {
     fn clear_errors() {
         let typo = write("listne: 1.2.3.4:5\n");
         let e = ServerConfig::resolve(Some(typo.path()), ServerOverrides::default()).unwrap_err();
-        assert!(e.to_string().contains("listne"), "{e}");
+        let text = klio_wal::ErrorChain(&e).to_string();
+        assert!(text.contains("listne"), "{text}");
         let bad = write("listen: nowhere\ntls: {ca: a, cert: b, key: c}\n");
         let e = ServerConfig::resolve(Some(bad.path()), ServerOverrides::default()).unwrap_err();
         assert!(

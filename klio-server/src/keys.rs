@@ -41,7 +41,7 @@ pub enum KeyFileError {
         var: String,
     },
     /// The contents are not a key.
-    #[error("key file {path}: {source}")]
+    #[error("key file {path}")]
     Invalid {
         /// The file.
         path: PathBuf,
@@ -155,7 +155,7 @@ pub enum KeysInUseError {
     #[error(transparent)]
     Fs(#[from] FsError),
     /// A cluster's archive could not be read (a key missing from the keyring, damage).
-    #[error("cluster {cluster}: {source}")]
+    #[error("cluster {cluster}")]
     Archive {
         /// The cluster.
         cluster: String,
@@ -243,7 +243,7 @@ pub fn rotate_offline(
 pub enum RotateError {
     /// The server is running (or another rotation).
     #[error(
-        "{0}; to rotate while it runs, restart the server with --encryption-key NEW --encryption-old-key OLD: it re-wraps each cluster's files itself"
+        "cannot lock the data directory; to rotate keys while the server runs, restart the server with --encryption-key NEW --encryption-old-key OLD: it re-wraps each cluster's files itself"
     )]
     Locked(#[source] crate::server::ServerError),
     /// An archive could not be read or rewritten.

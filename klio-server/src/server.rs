@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use klio_proto::klio::ClusterName;
-use klio_wal::{FsAction, FsError};
+use klio_wal::{ErrorChain, FsAction, FsError};
 use tracing::Instrument;
 
 use crate::config::ServerConfig;
@@ -43,7 +43,7 @@ pub enum ServerError {
     #[error(transparent)]
     Metrics(#[from] klio_metrics::MetricsError),
     /// The UDP socket could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         /// The address.
         addr: SocketAddr,
@@ -200,7 +200,7 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
         Ok(c) => c,
         Err(e) => {
             // Missing or untrusted client certificates end here, in the TLS handshake.
-            tracing::warn!(%remote, "refused connection: {e}");
+            tracing::warn!(%remote, "refused connection: {}", ErrorChain(&e));
             shared.telemetry.connection_refused("handshake");
             return;
         }
@@ -208,7 +208,7 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let cluster = match tls::cluster_of(&conn) {
         Ok(c) => c,
         Err(e) => {
-            tracing::warn!(%remote, "refused connection: {e}");
+            tracing::warn!(%remote, "refused connection: {}", ErrorChain(&e));
             shared.telemetry.connection_refused("no_cluster");
             conn.close(1u32.into(), b"certificate does not name a cluster");
             return;
@@ -231,7 +231,7 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
                     );
                 }
                 Err(e) => {
-                    tracing::debug!("connection closed: {e}");
+                    tracing::debug!("connection closed: {}", ErrorChain(&e));
                     break;
                 }
             }

@@ -86,7 +86,7 @@ pub struct LastError {
 pub enum StatusError {
     /// Nothing answered.
     #[error(
-        "no Klio server answers on {addr}: {source} (is it running? `klio status` reads the \
+        "no Klio server answers on {addr} (is it running? `klio status` reads the \
          server's metrics listener, set by metrics.listen / --metrics-listen, default {default})",
         default = crate::config::DEFAULT_METRICS_LISTEN
     )]
@@ -97,13 +97,22 @@ pub enum StatusError {
         #[source]
         source: klio_metrics::HttpGetError,
     },
-    /// Something answered, but not with a status document.
-    #[error("{addr} did not answer like a Klio server: {reason}")]
+    /// Something answered /status with an HTTP error.
+    #[error("{addr} did not answer like a Klio server: HTTP {status} for /status")]
     NotKlio {
         /// The address.
         addr: String,
-        /// What was wrong.
-        reason: String,
+        /// The HTTP status code.
+        status: u16,
+    },
+    /// Something answered /status, but not with a status document.
+    #[error("{addr} did not answer like a Klio server: /status is not a Klio status document")]
+    NotJson {
+        /// The address.
+        addr: String,
+        /// Why the body does not parse.
+        #[source]
+        source: serde_json::Error,
     },
 }
 
@@ -118,12 +127,12 @@ pub async fn fetch(addr: &str, timeout: Duration) -> Result<ServerStatus, Status
     if page.status != 200 {
         return Err(StatusError::NotKlio {
             addr: addr.to_owned(),
-            reason: format!("HTTP {} for /status", page.status),
+            status: page.status,
         });
     }
-    serde_json::from_str(&page.body).map_err(|e| StatusError::NotKlio {
+    serde_json::from_str(&page.body).map_err(|source| StatusError::NotJson {
         addr: addr.to_owned(),
-        reason: e.to_string(),
+        source,
     })
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use klio_proto::klio::{ALPN, ClusterName};
-use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::pem::{Error as PemError, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 
@@ -26,30 +26,51 @@ pub struct TlsFiles {
 #[non_exhaustive]
 pub enum TlsSetupError {
     /// A PEM file could not be read or parsed.
-    #[error("cannot read {what} from {path}: {reason}")]
+    #[error("cannot read {what} from {path}")]
     File {
         /// What the file should hold.
         what: &'static str,
         /// The file.
         path: PathBuf,
         /// Why not.
-        reason: String,
+        #[source]
+        source: PemError,
     },
+    /// A PEM file holds no certificate.
+    #[error("cannot read {what} from {path}: no PEM certificate found")]
+    NoCertificate {
+        /// What the file should hold.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+    },
+    /// A CA certificate cannot be used as a trust anchor.
+    #[error("invalid TLS configuration: CA certificate {path}")]
+    CaCertificate {
+        /// The CA file.
+        path: PathBuf,
+        /// Why rustls refused it.
+        #[source]
+        source: rustls::Error,
+    },
+    /// The server's certificate and key do not make a usable pair.
+    #[error("invalid TLS configuration: server certificate and key")]
+    CertificateAndKey(#[source] rustls::Error),
     /// rustls or quinn refused the configuration.
-    #[error("invalid TLS configuration: {0}")]
-    Config(String),
+    #[error("invalid TLS configuration")]
+    Config(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Why a peer has no usable identity.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum IdentityError {
     /// The peer presented no certificate.
     #[error("the client presented no certificate")]
     NoCertificate,
     /// The certificate could not be parsed.
-    #[error("the client certificate cannot be parsed: {0}")]
-    Unparsable(String),
+    #[error("the client certificate cannot be parsed")]
+    Unparsable(#[source] x509_parser::nom::Err<x509_parser::error::X509Error>),
     /// The certificate does not name a cluster (`CN=klio@<cluster>`).
     #[error(
         "the client certificate's common name {0:?} does not name a cluster (expected klio@<cluster>)"
@@ -66,27 +87,30 @@ pub fn load_certs(
     path: &Path,
     what: &'static str,
 ) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
-    let err = |reason: String| TlsSetupError::File {
+    let err = |source| TlsSetupError::File {
         what,
         path: path.to_owned(),
-        reason,
+        source,
     };
     let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| err(e.to_string()))?
+        .map_err(err)?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(err)?;
     if certs.is_empty() {
-        return Err(err("no PEM certificate found".to_owned()));
+        return Err(TlsSetupError::NoCertificate {
+            what,
+            path: path.to_owned(),
+        });
     }
     Ok(certs)
 }
 
 /// Reads a private key from a PEM file.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsSetupError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsSetupError::File {
+    PrivateKeyDer::from_pem_file(path).map_err(|source| TlsSetupError::File {
         what: "a private key",
         path: path.to_owned(),
-        reason: e.to_string(),
+        source,
     })
 }
 
@@ -94,31 +118,34 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsSetupError> {
 pub fn quic_server_config(files: &TlsFiles) -> Result<quinn::ServerConfig, TlsSetupError> {
     let mut roots = rustls::RootCertStore::empty();
     for c in load_certs(&files.ca, "CA certificates")? {
-        roots.add(c).map_err(|e| {
-            TlsSetupError::Config(format!("CA certificate {}: {e}", files.ca.display()))
-        })?;
+        roots
+            .add(c)
+            .map_err(|source| TlsSetupError::CaCertificate {
+                path: files.ca.clone(),
+                source,
+            })?;
     }
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
         .build()
-        .map_err(|e| TlsSetupError::Config(e.to_string()))?;
+        .map_err(|e| TlsSetupError::Config(e.into()))?;
     let certs = load_certs(&files.cert, "the server certificate")?;
     let key = load_key(&files.key)?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| TlsSetupError::Config(e.to_string()))?
+        .map_err(|e| TlsSetupError::Config(e.into()))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)
-        .map_err(|e| TlsSetupError::Config(format!("server certificate and key: {e}")))?;
+        .map_err(TlsSetupError::CertificateAndKey)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
-        .map_err(|e| TlsSetupError::Config(e.to_string()))?;
+        .map_err(|e| TlsSetupError::Config(e.into()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     // A vanished client (kill -9, network loss) is noticed within this time; its cluster's
     // archive is then free for the reconnecting client.
     transport.max_idle_timeout(Some(
         quinn::IdleTimeout::try_from(Duration::from_secs(15))
-            .map_err(|e| TlsSetupError::Config(e.to_string()))?,
+            .map_err(|e| TlsSetupError::Config(e.into()))?,
     ));
     transport.max_concurrent_uni_streams(0u8.into());
     transport.max_concurrent_bidi_streams(16u8.into());
@@ -141,8 +168,8 @@ pub fn cluster_of(conn: &quinn::Connection) -> Result<ClusterName, IdentityError
 
 /// The cluster named by a DER certificate's common name (`klio@<cluster>`).
 pub fn cluster_of_certificate(cert: &CertificateDer<'_>) -> Result<ClusterName, IdentityError> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert)
-        .map_err(|e| IdentityError::Unparsable(e.to_string()))?;
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(cert).map_err(IdentityError::Unparsable)?;
     let cn = parsed
         .subject()
         .iter_common_name()

@@ -21,7 +21,7 @@ pub enum VerifyError {
         dir: PathBuf,
     },
     /// The archive could not be opened or listed.
-    #[error("cluster {cluster}: {source}")]
+    #[error("cluster {cluster}")]
     Archive {
         /// The cluster.
         cluster: String,

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod durable;
+mod error_chain;
 mod file_name;
 mod fs_error;
 mod lsn;
@@ -18,6 +19,7 @@ pub mod synth;
 mod timeline;
 pub mod timeline_history;
 
+pub use error_chain::ErrorChain;
 pub use file_name::{ParseWalFileNameError, WalFileName, WalFileNameDisplay};
 pub use fs_error::{FsAction, FsError};
 pub use lsn::{Lsn, ParseLsnError};

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use klio_client::client_config::ClientConfig;
 use klio_client::get_wal::{GetWalOptions, GetWalOutcome, get_wal, prefetch, should_prefetch};
+use klio_wal::ErrorChain;
 
 /// restore_command served by the Klio server: fetch WAL file %f of this cluster into %p.
 ///
@@ -81,7 +82,7 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
             }
             Err(e) => {
                 // Not fatal: the foreground fetches what the spool lacks.
-                tracing::warn!("prefetching stopped: {e}");
+                tracing::warn!("prefetching stopped: {}", ErrorChain(&e));
                 Ok(ExitCode::FAILURE)
             }
         };
@@ -106,7 +107,7 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            super::logging::error(&e.to_string());
+            super::logging::error(&ErrorChain(&e).to_string());
             Ok(ExitCode::from(EXIT_ABORT_RECOVERY))
         }
     }

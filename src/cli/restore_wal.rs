@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use klio_client::restore_wal::{Restored, restore_from_directory};
+use klio_wal::ErrorChain;
 
 /// Copy WAL file %f from a receive-wal directory to %p, for PostgreSQL's restore_command.
 ///
@@ -35,11 +36,11 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
         Ok(_) => Ok(ExitCode::SUCCESS),
         Err(e) if e.is_not_found() => {
-            tracing::debug!("{e}");
+            tracing::debug!("{}", ErrorChain(&e));
             Ok(ExitCode::from(1))
         }
         Err(e) => {
-            super::logging::error(&e.to_string());
+            super::logging::error(&ErrorChain(&e).to_string());
             Ok(ExitCode::from(EXIT_ABORT_RECOVERY))
         }
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use klio_server::config::{DEFAULT_METRICS_LISTEN, ServerConfigFile};
 use klio_server::status::{ServerStatus, fetch, render_text};
+use klio_wal::ErrorChain;
 
 /// Show what the running server knows of each cluster: durable position, lag behind
 /// PostgreSQL, recoverable range, streaming client and last error.
@@ -51,7 +52,7 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
     let mut status: ServerStatus = match rt.block_on(fetch(&address, Duration::from_secs(10))) {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!("{e}");
+            tracing::error!("{}", ErrorChain(&e));
             return Ok(ExitCode::from(2));
         }
     };

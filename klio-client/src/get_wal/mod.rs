@@ -16,7 +16,7 @@ mod spool;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use klio_wal::{FsError, SegmentSize, WalFileName, durable};
+use klio_wal::{ErrorChain, FsError, SegmentSize, WalFileName, durable};
 
 pub use fetch::{FetchedFile, fetch_file};
 pub use prefetch::{PrefetchSummary, prefetch};
@@ -65,7 +65,7 @@ pub enum GetWalError {
     )]
     BadName(String),
     /// The server could not be reached or refused.
-    #[error("cannot fetch {name} from the Klio server: {source}")]
+    #[error("cannot fetch {name} from the Klio server")]
     Server {
         /// The file.
         name: String,
@@ -74,7 +74,7 @@ pub enum GetWalError {
         source: ServerLinkError,
     },
     /// The server kept failing for the whole timeout.
-    #[error("cannot fetch {name}: the Klio server did not answer for {waited:?}: {source}")]
+    #[error("cannot fetch {name}: the Klio server did not answer for {waited:?}")]
     Unreachable {
         /// The file.
         name: String,
@@ -101,9 +101,10 @@ fn parse_name(name: &str) -> Result<WalFileName, GetWalError> {
     }
 }
 
-/// Whether retrying cannot help a one-shot fetch.
-fn is_permanent(e: &ServerLinkError) -> bool {
-    matches!(e, ServerLinkError::Handshake { .. }) || !e.is_retryable()
+/// Whether a one-shot fetch should try again: a refused TLS handshake is reported at once,
+/// since PostgreSQL waits for this command and the certificates will not change meanwhile.
+fn is_retryable_for_one_shot(e: &ServerLinkError) -> bool {
+    !matches!(e, ServerLinkError::Handshake { .. }) && e.is_retryable()
 }
 
 /// Runs `attempt` until it succeeds, fails permanently, or `opts.timeout` has passed,
@@ -121,7 +122,7 @@ where
     loop {
         match attempt().await {
             Ok(v) => return Ok(v),
-            Err(e) if is_permanent(&e) => {
+            Err(e) if !is_retryable_for_one_shot(&e) => {
                 return Err(GetWalError::Server {
                     name: name.to_owned(),
                     source: e,
@@ -135,7 +136,7 @@ where
                 });
             }
             Err(e) => {
-                tracing::warn!("{e}; retrying in {delay:?}");
+                tracing::warn!("{}; retrying in {delay:?}", ErrorChain(&e));
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }

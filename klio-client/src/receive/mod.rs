@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use klio_wal::segment_dir::{SegmentDir, SegmentDirError};
-use klio_wal::{Lsn, SegmentSize, TimelineId};
+use klio_wal::{ErrorChain, Lsn, SegmentSize, TimelineId};
 
 use crate::conn_string::ConnConfig;
 use crate::connection::ReplicationConnection;
@@ -90,9 +90,10 @@ pub enum ReceiveError {
 }
 
 impl ReceiveError {
-    /// Errors that retrying cannot fix.
-    fn is_permanent(&self) -> bool {
-        matches!(
+    /// Whether reconnecting can help: not for settings, TLS, a missing directory, an old
+    /// server or a logical slot, which stay wrong until someone changes them.
+    fn is_retryable(&self) -> bool {
+        !matches!(
             self,
             ReceiveError::Connection(ConnectionError::Settings(_))
                 | ReceiveError::Connection(ConnectionError::Tls(_))
@@ -135,7 +136,7 @@ pub async fn receive_wal(
         if let Some(d) = dir.as_mut()
             && let Err(e) = d.close()
         {
-            tracing::error!("could not flush {}: {e}", d.path().display());
+            tracing::error!("could not flush {}: {}", d.path().display(), ErrorChain(&e));
         }
         let err = match result {
             Ok(stream::Outcome::Shutdown) => return Ok(StopReason::Shutdown),
@@ -147,11 +148,12 @@ pub async fn receive_wal(
         if shutdown.is_triggered() {
             return Ok(StopReason::Shutdown);
         }
-        if opts.no_loop || err.is_permanent() {
+        if opts.no_loop || !err.is_retryable() {
             return Err(err);
         }
         tracing::warn!(
-            "{err}; reconnecting in {} s",
+            "{}; reconnecting in {} s",
+            ErrorChain(&err),
             opts.reconnect_delay.as_secs_f32()
         );
         tokio::select! {

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use klio_proto::klio::ClusterName;
+use klio_wal::ErrorChain;
 
 use crate::conn_string::ConnConfig;
 use crate::error::ConnectionError;
@@ -45,7 +46,7 @@ pub struct SendWalOptions {
 #[non_exhaustive]
 pub enum SendWalError {
     /// PostgreSQL side.
-    #[error("PostgreSQL: {0}")]
+    #[error("PostgreSQL")]
     Postgres(#[from] ConnectionError),
     /// Klio server side.
     #[error(transparent)]
@@ -67,6 +68,7 @@ pub enum SendWalError {
 }
 
 impl SendWalError {
+    /// Whether reconnecting can help.
     fn is_retryable(&self) -> bool {
         match self {
             SendWalError::Postgres(ConnectionError::Settings(_) | ConnectionError::Tls(_)) => false,
@@ -125,7 +127,7 @@ async fn reconnect_loop(
             Ok(()) => return Ok(()),
             Err(e) if !e.is_retryable() => return Err(e),
             Err(e) => {
-                telemetry.failed(e.kind(), e.to_string());
+                telemetry.failed(e.kind(), ErrorChain(&e).to_string());
                 if shutdown.is_triggered() {
                     return Ok(());
                 }
@@ -133,7 +135,11 @@ async fn reconnect_loop(
                 if started.elapsed() > Duration::from_secs(30) {
                     delay = opts.reconnect_min;
                 }
-                tracing::warn!("{e}; reconnecting in {:.1} s", delay.as_secs_f32());
+                tracing::warn!(
+                    "{}; reconnecting in {:.1} s",
+                    ErrorChain(&e),
+                    delay.as_secs_f32()
+                );
                 tokio::select! {
                     _ = shutdown.wait() => return Ok(()),
                     _ = tokio::time::sleep(delay) => {}

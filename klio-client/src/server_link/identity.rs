@@ -173,11 +173,12 @@ impl ClientIdentity {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let ca = read_certificates(TlsFile::Ca, &endpoint.ca)?;
         let mut roots = rustls::RootCertStore::empty();
-        let (_, unusable) = roots.add_parsable_certificates(ca);
-        if unusable > 0 {
-            return Err(IdentityError::NotACa {
+        // One by one rather than `add_parsable_certificates`, which logs a line of its own
+        // before send-wal's cluster span exists.
+        for cert in ca {
+            roots.add(cert).map_err(|_| IdentityError::NotACa {
                 path: endpoint.ca.clone(),
-            });
+            })?;
         }
         let chain = read_certificates(TlsFile::ClientCert, &endpoint.cert)?;
         let key = read_key(&endpoint.key)?;

@@ -5,7 +5,7 @@ mod framed;
 mod identity;
 mod tls;
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
 use klio_proto::klio::{ErrorCode, KlioProtocolError};
@@ -28,34 +28,51 @@ pub struct ServerEndpoint {
     pub key: PathBuf,
 }
 
+/// A cause of another library's type, kept as the source of a [`ServerLinkError`].
+pub type BoxedError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Talking to the Klio server failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServerLinkError {
-    /// Certificates or keys could not be loaded.
-    #[error("TLS setup: {0}")]
-    Tls(String),
+    /// Certificates or keys could not be loaded, or rustls refused them.
+    #[error("TLS setup: {what}")]
+    Tls {
+        /// What could not be set up, naming the file.
+        what: String,
+        /// Why, when a library said so.
+        #[source]
+        source: Option<BoxedError>,
+    },
     /// The CA, certificate or key file cannot be used (boxed: it is large and rare).
     #[error(transparent)]
     Identity(Box<IdentityError>),
     /// The address could not be resolved.
-    #[error("cannot resolve Klio server address {address}: {reason}")]
+    #[error("cannot resolve Klio server address {address}")]
     Resolve {
         /// The address.
         address: String,
         /// Why.
-        reason: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The address resolved to nothing.
+    #[error("cannot resolve Klio server address {address}: no address found")]
+    NoAddress {
+        /// The address.
+        address: String,
     },
     /// The connection could not be established or was lost.
-    #[error("connection to the Klio server {address} failed: {reason}")]
+    #[error("connection to the Klio server {address} failed")]
     Connection {
         /// The address.
         address: String,
-        /// Why (TLS alerts name certificate problems).
-        reason: String,
+        /// Why (a quinn or OS error).
+        #[source]
+        source: BoxedError,
     },
     /// The server broke the protocol.
-    #[error("invalid data from the Klio server: {0}")]
+    #[error("invalid data from the Klio server")]
     Protocol(#[from] KlioProtocolError),
     /// The server refused a request.
     #[error("the Klio server refused: {message} ({code:?})")]
@@ -70,12 +87,19 @@ pub enum ServerLinkError {
     Closed,
     /// The TLS handshake failed: one side refused the other's certificate. A daemon may retry
     /// (certificates may be replaced), a one-shot command should report it at once.
-    #[error("TLS handshake with the Klio server {address} failed: {reason}")]
+    #[error(
+        "TLS handshake with the Klio server {address} failed; check that --tls-ca signed the \
+         server's certificate (and that it names {server_name}), and that the server trusts \
+         this client certificate"
+    )]
     Handshake {
         /// The address.
         address: String,
-        /// The TLS alert, and what to check.
-        reason: String,
+        /// The name the server's certificate was checked against.
+        server_name: String,
+        /// The TLS alert (boxed: the error is large).
+        #[source]
+        source: Box<quinn::ConnectionError>,
     },
     /// The server's answer does not make sense (wrong message, size or checksum).
     #[error("unexpected answer from the Klio server {0}")]
@@ -92,7 +116,7 @@ impl ServerLinkError {
     /// Whether trying again later can help.
     pub fn is_retryable(&self) -> bool {
         match self {
-            ServerLinkError::Tls(_) | ServerLinkError::Identity(_) => false,
+            ServerLinkError::Tls { .. } | ServerLinkError::Identity(_) => false,
             ServerLinkError::Refused { code, .. } => code.is_retryable(),
             _ => true,
         }
@@ -111,15 +135,16 @@ impl ServerConnection {
     /// Connects and completes the TLS handshake.
     pub async fn connect(cfg: &ServerEndpoint) -> Result<ServerConnection, ServerLinkError> {
         let client_config = tls::quic_client_config(cfg)?;
-        let resolve_err = |reason: String| ServerLinkError::Resolve {
-            address: cfg.address.clone(),
-            reason,
-        };
         let addr: SocketAddr = tokio::net::lookup_host(&cfg.address)
             .await
-            .map_err(|e| resolve_err(e.to_string()))?
+            .map_err(|source| ServerLinkError::Resolve {
+                address: cfg.address.clone(),
+                source,
+            })?
             .next()
-            .ok_or_else(|| resolve_err("no address found".to_owned()))?;
+            .ok_or_else(|| ServerLinkError::NoAddress {
+                address: cfg.address.clone(),
+            })?;
         let host = cfg
             .address
             .rsplit_once(':')
@@ -127,37 +152,27 @@ impl ServerConnection {
             .trim_start_matches('[')
             .trim_end_matches(']');
         let server_name = cfg.server_name.clone().unwrap_or_else(|| host.to_owned());
-        let bind: SocketAddr = if addr.is_ipv6() {
-            "[::]:0"
-                .parse()
-                .map_err(|_| resolve_err("bad bind address".to_owned()))?
+        let bind = if addr.is_ipv6() {
+            SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))
         } else {
-            "0.0.0.0:0"
-                .parse()
-                .map_err(|_| resolve_err("bad bind address".to_owned()))?
+            SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
         };
-        let conn_err = |reason: String| ServerLinkError::Connection {
-            address: cfg.address.clone(),
-            reason,
-        };
-        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| conn_err(e.to_string()))?;
+        let mut endpoint =
+            quinn::Endpoint::client(bind).map_err(|e| closed_err(e, &cfg.address))?;
         endpoint.set_default_client_config(client_config);
         let conn = endpoint
             .connect(addr, &server_name)
-            .map_err(|e| conn_err(e.to_string()))?
+            .map_err(|e| closed_err(e, &cfg.address))?
             .await
             .map_err(|e| {
                 if is_tls_failure(&e) {
                     ServerLinkError::Handshake {
                         address: cfg.address.clone(),
-                        reason: format!(
-                            "{e}; check that --tls-ca signed the server's certificate (and that \
-                             it names {server_name}), and that the server trusts this client \
-                             certificate"
-                        ),
+                        server_name: server_name.clone(),
+                        source: Box::new(e),
                     }
                 } else {
-                    conn_err(e.to_string())
+                    closed_err(e, &cfg.address)
                 }
             })?;
         Ok(ServerConnection {
@@ -173,10 +188,7 @@ impl ServerConnection {
             .conn
             .open_bi()
             .await
-            .map_err(|e| ServerLinkError::Connection {
-                address: self.address.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| closed_err(e, &self.address))?;
         Ok((FramedSend::new(send), FramedRecv::new(recv)))
     }
 
@@ -200,10 +212,10 @@ fn is_tls_failure(e: &quinn::ConnectionError) -> bool {
     }
 }
 
-/// Shared with the framing module.
-pub(crate) fn closed_err(e: impl std::fmt::Display, address: &str) -> ServerLinkError {
+/// The connection to `address` failed or was lost; shared with the framing module.
+pub(crate) fn closed_err(e: impl Into<BoxedError>, address: &str) -> ServerLinkError {
     ServerLinkError::Connection {
         address: address.to_owned(),
-        reason: e.to_string(),
+        source: e.into(),
     }
 }

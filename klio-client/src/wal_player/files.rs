@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use klio_wal::page::PageHeader;
 use klio_wal::{FsAction, FsError, Lsn, SegmentNo, SegmentSize, TimelineId, WalFileName};
 
-use super::WalPlayerError;
+use super::{NotWalReason, WalPlayerError};
 
 /// One segment file to send.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -148,15 +148,15 @@ fn identity_of(path: &Path, gzip: bool) -> Result<(SegmentSize, u64), WalPlayerE
     let mut reader = open(path, gzip)?;
     let got =
         read_block(&mut *reader, &mut head).map_err(|e| FsError::new(FsAction::Read, path, e))?;
-    let not_wal = |reason: String| WalPlayerError::NotWal {
+    let not_wal = |reason: NotWalReason| WalPlayerError::NotWal {
         path: path.to_owned(),
-        reason,
+        source: reason,
     };
-    let header = PageHeader::parse(&head[..got]).map_err(|e| not_wal(e.to_string()))?;
+    let header = PageHeader::parse(&head[..got]).map_err(|e| not_wal(e.into()))?;
     let long = header
         .long
-        .ok_or_else(|| not_wal("its first page has no long header".to_owned()))?;
-    let size = SegmentSize::new(u64::from(long.seg_size)).map_err(|e| not_wal(e.to_string()))?;
+        .ok_or_else(|| not_wal(NotWalReason::NoLongHeader))?;
+    let size = SegmentSize::new(u64::from(long.seg_size)).map_err(|e| not_wal(e.into()))?;
     Ok((size, long.system_id))
 }
 

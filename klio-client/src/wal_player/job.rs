@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use klio_proto::klio::{Message, PROTOCOL_VERSION};
-use klio_wal::Lsn;
+use klio_wal::{ErrorChain, Lsn};
 use tokio::sync::mpsc;
 
 use super::files::{self, PlayList};
@@ -70,7 +70,8 @@ async fn stream(
     tx: &mpsc::UnboundedSender<FileReport>,
     done: &mut usize,
 ) -> Result<(), String> {
-    let link = |e: ServerLinkError| e.to_string();
+    // The report holds text for a person: the whole chain.
+    let link = |e: ServerLinkError| ErrorChain(&e).to_string();
     let server = ServerConnection::connect(&target.server)
         .await
         .map_err(link)?;
@@ -203,7 +204,7 @@ fn read_blocks(
         };
         let mut reader = match files::open(&file.path, file.gzip) {
             Ok(r) => r,
-            Err(e) => return fail(e.to_string()),
+            Err(e) => return fail(ErrorChain(&e).to_string()),
         };
         let mut total = 0u64;
         loop {
@@ -211,7 +212,7 @@ fn read_blocks(
             let mut buf = vec![0u8; want];
             let n = match files::read_block(&mut *reader, &mut buf) {
                 Ok(n) => n,
-                Err(e) => return fail(e.to_string()),
+                Err(e) => return fail(ErrorChain(&e).to_string()),
             };
             if n == 0 {
                 break;
@@ -230,7 +231,7 @@ fn read_blocks(
                 match files::read_block(&mut *reader, &mut probe) {
                     Ok(0) => break,
                     Ok(_) => return fail(format!("more than a segment's {segment} bytes")),
-                    Err(e) => return fail(e.to_string()),
+                    Err(e) => return fail(ErrorChain(&e).to_string()),
                 }
             }
         }

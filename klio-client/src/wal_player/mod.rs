@@ -17,9 +17,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use klio_proto::klio::ClusterName;
+use klio_proto::klio::{ClusterName, InvalidClusterName};
 use klio_wal::synth::{SynthConfig, SyntheticWal};
-use klio_wal::{FsAction, FsError, SegmentSize};
+use klio_wal::{
+    FsAction, FsError, InvalidSegmentSize, PageHeaderError, SegmentSize, SynthConfigError,
+};
 
 use crate::client_config::{ClientConfigError, ClientSettings, check_endpoint};
 use crate::server_link::{ServerEndpoint, ServerLinkError};
@@ -47,12 +49,13 @@ pub enum WalPlayerError {
     )]
     NoFiles(PathBuf),
     /// A file does not start with a WAL page header.
-    #[error("{path} is not a WAL segment: {reason}")]
+    #[error("{path} is not a WAL segment")]
     NotWal {
         /// The file.
         path: PathBuf,
         /// What is wrong.
-        reason: String,
+        #[source]
+        source: NotWalReason,
     },
     /// A segment-like name that is not valid for the segment size.
     #[error("{path} is not a valid segment name for {segment_size} segments")]
@@ -89,26 +92,27 @@ pub enum WalPlayerError {
         cluster: String,
     },
     /// A job's cluster name is not valid.
-    #[error("job {job}: cluster name {name:?} is invalid: {reason}")]
+    #[error("job {job}: the cluster name is invalid")]
     ClusterName {
         /// The job.
         job: usize,
-        /// The name after substitution.
+        /// The name after substitution (the source names it too).
         name: String,
         /// Why.
-        reason: String,
+        #[source]
+        source: InvalidClusterName,
     },
     /// `generate` into a directory that already holds WAL.
     #[error("{0} already holds WAL segment files; generate into an empty or new directory")]
     NotEmpty(PathBuf),
     /// Bad generator settings.
-    #[error("cannot generate WAL: {0}")]
-    Generate(String),
+    #[error("cannot generate WAL")]
+    Generate(#[source] SynthConfigError),
     /// The client settings cannot be used (for one job, its paths name the job).
     #[error(transparent)]
     Config(#[from] ClientConfigError),
     /// A job could not talk to the server (reported per file as well).
-    #[error("job {job} ({cluster}): {source}")]
+    #[error("job {job} ({cluster})")]
     Link {
         /// The job.
         job: usize,
@@ -118,6 +122,21 @@ pub enum WalPlayerError {
         #[source]
         source: ServerLinkError,
     },
+}
+
+/// Why a file is not a WAL segment.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NotWalReason {
+    /// Its first page header is invalid.
+    #[error(transparent)]
+    PageHeader(#[from] PageHeaderError),
+    /// Its first page has a short header, so it does not start a segment.
+    #[error("its first page has no long header")]
+    NoLongHeader,
+    /// Its long header names an invalid segment size.
+    #[error(transparent)]
+    SegmentSize(#[from] InvalidSegmentSize),
 }
 
 /// Who one job is: its cluster and how it reaches the server.
@@ -165,11 +184,12 @@ impl JobTarget {
             .map(|job| {
                 let n = job.to_string();
                 let name = cluster.replace(JOB_PLACEHOLDER, &n);
-                let cluster = ClusterName::new(&name).map_err(|e| WalPlayerError::ClusterName {
-                    job,
-                    name: name.clone(),
-                    reason: e.to_string(),
-                })?;
+                let cluster =
+                    ClusterName::new(&name).map_err(|source| WalPlayerError::ClusterName {
+                        job,
+                        name: name.clone(),
+                        source,
+                    })?;
                 Ok(JobTarget {
                     cluster,
                     server: ServerEndpoint {
@@ -265,7 +285,7 @@ pub fn generate(
         segments: length,
         ..SynthConfig::new(segment_size)
     })
-    .map_err(|e| WalPlayerError::Generate(e.to_string()))?;
+    .map_err(WalPlayerError::Generate)?;
     let mut paths = Vec::with_capacity(length as usize);
     while let Some(seg) = wal.next_segment() {
         let path = dir.join(&seg.file_name);

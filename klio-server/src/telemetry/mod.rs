@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 use klio_metrics::{ClusterKindLabels, ClusterLabel, Health, Pages, ReasonLabel, gauge_value};
 use klio_proto::klio::{ClusterName, ErrorCode};
 use klio_store::wal_archive::{ArchiveSummary, WalArchive};
-use klio_wal::{Lsn, TimelineId};
+use klio_wal::{ErrorChain, Lsn, TimelineId};
 
 use crate::status::{self, ClusterStatus, ServerStatus, StatusPoint, StreamingClient};
 use metrics::ServerMetrics;
@@ -143,7 +143,7 @@ impl Telemetry {
                 }
                 let summary = WalArchive::open_existing_with(&wal, self.keyring.clone())
                     .and_then(|a| a.summary())
-                    .map_err(|e| e.to_string());
+                    .map_err(|e| ErrorChain(&e).to_string());
                 archives.insert(name, summary);
             }
         }

@@ -122,7 +122,7 @@ pub enum WalArchiveError {
     },
     /// Encrypting, decrypting or re-wrapping a file failed (an unknown key, a wrong key, a
     /// damaged, truncated or swapped file).
-    #[error("could not {action} {path:?}: {source}")]
+    #[error("could not {action} {path:?}")]
     Crypto {
         /// What was being done.
         action: &'static str,

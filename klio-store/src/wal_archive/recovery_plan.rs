@@ -3,7 +3,7 @@
 //! [`WalArchive::verify`] (which reads them) and [`WalArchive::summary`] (which only looks for
 //! them).
 
-use klio_wal::{Lsn, SegmentNo, TimelineId, WalFileName, parse_history};
+use klio_wal::{ErrorChain, Lsn, SegmentNo, TimelineId, WalFileName, parse_history};
 
 use super::verify::VerifyProblem;
 use super::{ArchiveListing, WalArchive};
@@ -70,7 +70,7 @@ impl WalArchive {
                 }
                 Err(e) => problems.push(VerifyProblem::Damaged {
                     file: history_name,
-                    reason: e.to_string(),
+                    reason: ErrorChain(&e).to_string(),
                 }),
             },
             Ok(None) if newest_tl.get() > 1 => {
@@ -81,7 +81,7 @@ impl WalArchive {
             Ok(None) => {}
             Err(e) => problems.push(VerifyProblem::Damaged {
                 file: history_name,
-                reason: e.to_string(),
+                reason: ErrorChain(&e).to_string(),
             }),
         }
         if path.is_empty() {

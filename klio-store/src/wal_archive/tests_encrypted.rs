@@ -3,7 +3,7 @@
 //! on. The scenarios both formats share (crashes among them) are in `tests.rs`.
 
 use klio_crypto::{Compression, KeyId};
-use klio_wal::{Lsn, SegmentNo};
+use klio_wal::{ErrorChain, Lsn, SegmentNo};
 
 use super::journal::{ENC_FRAMES_START, ENC_HEADER_LEN, TAG_LEN, journal_name};
 use super::sealed::sealed_name;
@@ -187,7 +187,7 @@ fn missing_or_unknown_keys_are_clear_errors() {
     // Another key: the sealed segment names key 1.
     let other = WalArchive::open_existing_with(d.path(), Some(ring(2))).unwrap();
     let e = other.read_file(&seg(t, 1)).unwrap_err();
-    let msg = e.to_string();
+    let msg = ErrorChain(&e).to_string();
     assert!(
         matches!(
             &e,
@@ -201,8 +201,8 @@ fn missing_or_unknown_keys_are_clear_errors() {
     assert!(
         other
             .export_to_directory(&d.path().join("x"))
+            .map_err(|e| ErrorChain(&e).to_string())
             .unwrap_err()
-            .to_string()
             .contains(&id1.to_string())
     );
     // With a journal: refusing to open without a key, and with an unknown key naming it.
@@ -220,7 +220,7 @@ fn missing_or_unknown_keys_are_clear_errors() {
         open_enc(d.path(), 2).unwrap_err(),
         WalArchive::open_existing_with(d.path(), Some(ring(2))).unwrap_err(),
     ] {
-        let msg = e.to_string();
+        let msg = ErrorChain(&e).to_string();
         assert!(msg.contains(&id1.to_string()), "{msg}");
         assert!(msg.contains(".klio-journal"), "{msg}");
     }
@@ -437,7 +437,8 @@ fn rewrap_all_moves_every_file_to_the_new_key() {
     // Rotating to a key that is not in the keyring is refused, naming it.
     let mut a = a;
     let e = a.rewrap_all(&ring(2), &kek(3).id()).unwrap_err();
-    assert!(e.to_string().contains(&kek(3).id().to_string()), "{e}");
+    let msg = ErrorChain(&e).to_string();
+    assert!(msg.contains(&kek(3).id().to_string()), "{msg}");
 }
 
 #[test]

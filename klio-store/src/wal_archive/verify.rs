@@ -8,7 +8,7 @@
 //! precisely; the recoverable range ends before the first problem.
 
 use klio_wal::record_walk::{RecordWalker, SegmentSummary};
-use klio_wal::{Lsn, PageHeader, SegmentNo, TimelineId, WalFileName};
+use klio_wal::{ErrorChain, Lsn, PageHeader, SegmentNo, TimelineId, WalFileName};
 
 use super::recovery_plan::{PathStep, RecoveryPlan};
 use super::{WalArchive, WalArchiveError};
@@ -172,7 +172,7 @@ impl WalArchive {
                     walker = None;
                     report.problems.push(VerifyProblem::Damaged {
                         file: file_name,
-                        reason: e.to_string(),
+                        reason: ErrorChain(&e).to_string(),
                     });
                     continue;
                 }
@@ -198,7 +198,7 @@ impl WalArchive {
                 clean = false;
                 report.problems.push(VerifyProblem::Damaged {
                     file: file_name,
-                    reason: format!("timeline switch at {}: {e}", step.begin),
+                    reason: format!("timeline switch at {}: {}", step.begin, ErrorChain(&e)),
                 });
                 walker = None;
                 continue;
@@ -244,7 +244,7 @@ impl WalArchive {
                     clean = false;
                     report.problems.push(VerifyProblem::Damaged {
                         file: file_name,
-                        reason: e.to_string(),
+                        reason: ErrorChain(&e).to_string(),
                     });
                     walker = None;
                 }
@@ -270,7 +270,7 @@ impl WalArchive {
                 if let Err(e) = self.read_file(&name) {
                     report.problems.push(VerifyProblem::Damaged {
                         file: name.to_string_with(size),
-                        reason: e.to_string(),
+                        reason: ErrorChain(&e).to_string(),
                     });
                 }
             }
@@ -280,7 +280,7 @@ impl WalArchive {
             if let Err(e) = self.history(timeline) {
                 report.problems.push(VerifyProblem::Damaged {
                     file: WalFileName::History { timeline }.to_string_with(size),
-                    reason: e.to_string(),
+                    reason: ErrorChain(&e).to_string(),
                 });
             }
         }
@@ -325,7 +325,7 @@ fn new_walker(
     );
     if starts_here {
         w.switch_timeline(step.timeline, step.begin)
-            .map_err(|e| format!("timeline switch at {}: {e}", step.begin))?;
+            .map_err(|e| format!("timeline switch at {}: {}", step.begin, ErrorChain(&e)))?;
     }
     Ok(w)
 }

@@ -82,7 +82,7 @@ pub enum WalCorruption {
         len: usize,
     },
     /// A page header is invalid or does not fit its position (see [`PageHeaderError`]).
-    #[error("invalid WAL page header at {page}: {source}")]
+    #[error("invalid WAL page header at {page}")]
     PageHeader {
         /// The page's LSN.
         page: Lsn,
