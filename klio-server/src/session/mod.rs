@@ -20,6 +20,8 @@ mod error_code;
 mod framing;
 mod ingest;
 mod restore;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 
