@@ -1,0 +1,99 @@
+//! The one mapping from archive errors to the protocol's error codes: what a client is told
+//! when the cluster's archive fails.
+
+use klio_proto::klio::ErrorCode;
+use klio_store::wal_archive::WalArchiveError;
+
+use super::{End, render};
+
+/// The request an archive error interrupted: the same failure means different things to the
+/// client depending on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Request {
+    /// Opening the archive for writing, or storing WAL and history files.
+    Ingest,
+    /// Answering `GetPosition`.
+    Position,
+    /// Reading a file for `GetFile`: damage found there is not worth retrying, so it is
+    /// reported as such.
+    File,
+}
+
+/// The protocol error code for `e`, met while serving `request`.
+pub(super) fn error_code(e: &WalArchiveError, request: Request) -> ErrorCode {
+    use WalArchiveError as E;
+    match e {
+        E::SystemIdMismatch { .. } => ErrorCode::SystemIdMismatch,
+        E::SegmentSizeMismatch { .. } => ErrorCode::SegmentSizeMismatch,
+        E::Overlap { .. }
+        | E::NotSegmentAligned { .. }
+        | E::Discontinuity { .. }
+        | E::NotStreaming => ErrorCode::InvalidPosition,
+        E::HistoryConflict { .. } => ErrorCode::BadRequest,
+        E::DamagedSegment { .. }
+        | E::DamagedJournal { .. }
+        | E::Crypto { .. }
+        | E::Encrypted { .. }
+            if request == Request::File =>
+        {
+            ErrorCode::DamagedFile
+        }
+        _ => ErrorCode::Storage,
+    }
+}
+
+/// Ends the session over `e`, telling the client the code for it and the whole error.
+pub(super) fn refusal(e: &WalArchiveError, request: Request) -> End {
+    End::Refused(error_code(e, request), render(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn damaged() -> WalArchiveError {
+        WalArchiveError::DamagedSegment {
+            path: PathBuf::from("000000010000000000000003"),
+            reason: "it is 3 bytes long".to_owned(),
+        }
+    }
+
+    #[test]
+    fn damage_is_a_damaged_file_only_when_reading_a_file() {
+        assert_eq!(
+            error_code(&damaged(), Request::File),
+            ErrorCode::DamagedFile
+        );
+        assert_eq!(error_code(&damaged(), Request::Ingest), ErrorCode::Storage);
+        assert_eq!(
+            error_code(&damaged(), Request::Position),
+            ErrorCode::Storage
+        );
+    }
+
+    #[test]
+    fn a_position_the_archive_cannot_continue_is_an_invalid_position_for_every_request() {
+        for request in [Request::Ingest, Request::Position, Request::File] {
+            assert_eq!(
+                error_code(&WalArchiveError::NotStreaming, request),
+                ErrorCode::InvalidPosition
+            );
+        }
+    }
+
+    #[test]
+    fn a_refusal_carries_the_cause_of_an_io_error() {
+        let e = WalArchiveError::Io {
+            action: "fsync",
+            path: PathBuf::from("wal"),
+            source: std::io::Error::other("no space left on device"),
+        };
+        let End::Refused(code, message) = refusal(&e, Request::Ingest) else {
+            panic!("an archive error must refuse the session");
+        };
+        assert_eq!(code, ErrorCode::Storage);
+        assert!(message.contains("no space left on device"), "{message}");
+    }
+}

@@ -1,0 +1,144 @@
+//! One client stream: a WAL ingest session (after `Hello`) or restore requests (position
+//! queries and file reads).
+//!
+//! - [`framing`]: frames over the QUIC stream, and the small interface ingest needs of it.
+//! - [`ingest`]: the WAL session, an explicit state machine (idle with the archive, or storing
+//!   a batch that holds it).
+//! - [`restore`]: `GetPosition` and `GetFile`, served from a read-only handle.
+//! - [`error_code`]: the one mapping from archive errors to protocol error codes.
+//!
+//! # Durability
+//!
+//! Frames are applied to the cluster's `WalArchive` in batches, one batch per wake-up of the
+//! stream; each batch ends with one `sync` (one fsync for everything received so far) and only
+//! then is the durable position acknowledged with `Message::Ack`. An error while storing a
+//! batch acknowledges nothing of it. One batch is stored at a time, and a session that ends
+//! for any reason waits for its batch before it releases the cluster's writer lease, so the
+//! next writer never opens an archive still being written.
+
+mod error_code;
+mod framing;
+mod ingest;
+mod restore;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use klio_proto::klio::{ClusterName, ErrorCode, Message};
+
+use crate::server::Shared;
+use crate::telemetry::ClusterTelemetry;
+use framing::Framed;
+
+/// Why a session ended early.
+#[derive(Debug)]
+pub(crate) enum End {
+    /// The peer went away or finished; nothing to send.
+    Closed(String),
+    /// We refuse to go on: tell the client why.
+    Refused(ErrorCode, String),
+}
+
+/// An error's message followed by its `source()` chain, joined with ": ": the text of a log
+/// line or of an error frame.
+fn render(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// Runs one stream to its end and logs how it ended.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    cluster: ClusterName,
+    telemetry: ClusterTelemetry,
+    remote: std::net::SocketAddr,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) {
+    let mut io = Framed::new(send, recv);
+    let client = Client {
+        cluster: &cluster,
+        telemetry: &telemetry,
+        remote,
+    };
+    match serve(&shared, client, &mut io).await {
+        Ok(()) => tracing::debug!("stream finished"),
+        Err(End::Closed(why)) => tracing::info!("stream ended: {why}"),
+        Err(End::Refused(code, message)) => {
+            tracing::warn!(?code, "refused: {message}");
+            telemetry.error(code, &message);
+            io.refuse(code, message).await;
+        }
+    }
+}
+
+/// Who is on the other end of a stream.
+#[derive(Clone, Copy)]
+struct Client<'a> {
+    cluster: &'a ClusterName,
+    telemetry: &'a ClusterTelemetry,
+    remote: std::net::SocketAddr,
+}
+
+/// Dispatches on the first message: `Hello` starts ingest, a read request starts restore.
+async fn serve(shared: &Arc<Shared>, client: Client<'_>, io: &mut Framed) -> Result<(), End> {
+    match io.next().await? {
+        None => Ok(()),
+        Some(Message::Hello {
+            version,
+            cluster: claimed,
+            system_id,
+            segment_size,
+        }) => {
+            let hello = ingest::Hello {
+                version,
+                claimed,
+                system_id,
+                segment_size,
+            };
+            ingest::serve(shared, client, io, hello).await
+        }
+        Some(first @ (Message::GetPosition { .. } | Message::GetFile { .. })) => {
+            restore::serve(shared, client, io, first).await
+        }
+        Some(other) => Err(End::Refused(
+            ErrorCode::BadRequest,
+            format!(
+                "the first message must be Hello, GetPosition or GetFile, not {:#04x}",
+                other.tag()
+            ),
+        )),
+    }
+}
+
+/// Runs blocking storage work (file writes, fsync).
+///
+/// On a current-thread runtime (what `klio server start` uses) the work runs inline: every
+/// thread hand-off on a commit's path costs more CPU and latency than the fsync itself on fast
+/// disks, measured with `klio-bench sync-commit`. The price is that one cluster's fsync delays
+/// the others on the same thread. On a multi-threaded runtime the current worker blocks in
+/// place, so that fsyncs of different clusters overlap.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, End> {
+    match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::CurrentThread => Ok(f()),
+        tokio::runtime::RuntimeFlavor::MultiThread => Ok(tokio::task::block_in_place(f)),
+        _ => tokio::task::spawn_blocking(f)
+            .await
+            .map_err(storage_task_failed),
+    }
+}
+
+/// A storage task panicked or was cancelled.
+fn storage_task_failed(e: tokio::task::JoinError) -> End {
+    End::Refused(
+        ErrorCode::Internal,
+        format!("storage task failed: {}", render(&e)),
+    )
+}
