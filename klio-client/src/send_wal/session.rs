@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use klio_proto::klio::{Message, PROTOCOL_VERSION};
 use klio_proto::replication::ReplicationMessage;
-use klio_wal::{Lsn, SegmentSize, TimelineId};
+use klio_wal::{Lsn, SegmentSize, TimelineId, WalPosition};
 use tokio::time::Instant;
 
 use super::telemetry::SendWalTelemetry;
@@ -102,14 +102,14 @@ pub(super) async fn run(
         None => return Err(ServerLinkError::Closed.into()),
     };
 
-    let (mut timeline, mut start) = start_position(welcome, &slot, &system, size, &opts.slot);
+    let WalPosition {
+        mut timeline,
+        lsn: mut start,
+    } = start_position(welcome, &slot, &system, size, &opts.slot);
     tracing::info!(
         system_id = system.system_id,
         "streaming from {start} on timeline {timeline} (server durable: {})",
-        welcome.map_or_else(
-            || "nothing yet".to_owned(),
-            |(t, l)| format!("{l} on timeline {t}")
-        )
+        welcome.map_or_else(|| "nothing yet".to_owned(), |p| p.to_string())
     );
     // Everything before `start` is either durable on the server or was never available.
     let mut progress = Progress {
@@ -189,18 +189,21 @@ pub(super) async fn run(
 /// Where to start: exactly where the server's archive ends, unless PostgreSQL no longer has
 /// that WAL (a new slot); then from the slot, leaving a gap that the server reports.
 fn start_position(
-    server: Option<(TimelineId, Lsn)>,
+    server: Option<WalPosition>,
     slot: &klio_proto::replication::ReadReplicationSlot,
     system: &klio_proto::replication::IdentifySystem,
     size: SegmentSize,
     slot_name: &str,
-) -> (TimelineId, Lsn) {
+) -> WalPosition {
     let from_slot = match (slot.restart_lsn, slot.restart_tli) {
-        (Some(lsn), Some(tli)) => (tli, size.round_down(lsn)),
-        _ => (system.timeline, size.round_down(system.xlog_pos)),
+        (Some(lsn), Some(tli)) => WalPosition::new(tli, size.round_down(lsn)),
+        _ => WalPosition::new(system.timeline, size.round_down(system.xlog_pos)),
     };
     match server {
-        Some((tli, durable)) => {
+        Some(WalPosition {
+            timeline: tli,
+            lsn: durable,
+        }) => {
             if let Some(restart) = slot.restart_lsn.filter(|r| size.round_down(*r) > durable) {
                 tracing::error!(
                     "the server's archive ends at {durable} but slot {slot_name:?} only keeps WAL from {restart}: \
@@ -208,7 +211,7 @@ fn start_position(
                 );
                 return from_slot;
             }
-            (tli, durable)
+            WalPosition::new(tli, durable)
         }
         None => from_slot,
     }

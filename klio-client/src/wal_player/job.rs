@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use klio_proto::klio::{Message, PROTOCOL_VERSION};
-use klio_wal::{ErrorChain, Lsn};
+use klio_wal::{ErrorChain, Lsn, WalPosition};
 use tokio::sync::mpsc;
 
 use super::files::{self, PlayList};
@@ -88,15 +88,15 @@ async fn stream(
     match recv.recv().await.map_err(link)? {
         Some(Message::Welcome { durable: None, .. }) => {}
         Some(Message::Welcome {
-            durable: Some((tli, lsn)),
+            durable: Some(durable),
             ..
-        }) if tli == list.timeline && lsn == first => {}
+        }) if durable == WalPosition::new(list.timeline, first) => {}
         Some(Message::Welcome {
-            durable: Some((tli, lsn)),
+            durable: Some(durable),
             ..
         }) => {
             return Err(format!(
-                "cluster {} already holds WAL up to {lsn} on timeline {tli}, and these files \
+                "cluster {} already holds WAL up to {durable}, and these files \
                  start at {first} on timeline {}: play into a cluster with no WAL (another \
                  cluster name, or an empty server)",
                 target.cluster, list.timeline

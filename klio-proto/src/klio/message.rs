@@ -1,7 +1,7 @@
 //! The messages of Klio's protocol and their encodings.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use klio_wal::{Lsn, TimelineId};
+use klio_wal::{Lsn, TimelineId, WalPosition};
 
 use super::ClusterName;
 
@@ -121,7 +121,7 @@ pub enum Message {
         /// Protocol version.
         version: u16,
         /// Newest timeline and durable LSN on it, if the archive has any WAL.
-        durable: Option<(TimelineId, Lsn)>,
+        durable: Option<WalPosition>,
     },
     /// Client → server: WAL of `timeline` follows, starting at `start`.
     StartWal {
@@ -274,8 +274,8 @@ impl Message {
             }
             Message::Welcome { version, durable } => {
                 out.put_u16(*version);
-                put_opt_tli(out, durable.map(|d| d.0));
-                out.put_u64(durable.map_or(0, |d| d.1.0));
+                put_opt_tli(out, durable.map(|d| d.timeline));
+                out.put_u64(durable.map_or(0, |d| d.lsn.0));
             }
             Message::StartWal { timeline, start } => {
                 out.put_u32(timeline.get());
@@ -331,7 +331,7 @@ pub(super) use decode::decode_payload;
 
 mod decode {
     use bytes::{Buf, Bytes};
-    use klio_wal::{Lsn, TimelineId};
+    use klio_wal::{Lsn, TimelineId, WalPosition};
 
     use super::{ErrorCode, Message, tag};
     use crate::klio::{ClusterName, KlioProtocolError};
@@ -434,7 +434,7 @@ mod decode {
                 let lsn = Lsn(r.u64()?);
                 Message::Welcome {
                     version,
-                    durable: tli.map(|t| (t, lsn)),
+                    durable: tli.map(|t| WalPosition::new(t, lsn)),
                 }
             }
             tag::START_WAL => Message::StartWal {

@@ -22,7 +22,7 @@ fn samples() -> Vec<Message> {
         },
         Message::Welcome {
             version: 1,
-            durable: Some((tli(3), Lsn(0x1_0000_0028))),
+            durable: Some(klio_wal::WalPosition::new(tli(3), Lsn(0x1_0000_0028))),
         },
         Message::StartWal {
             timeline: tli(2),

@@ -3,8 +3,9 @@
 
 use klio_proto::klio::ErrorCode;
 use klio_store::wal_archive::WalArchiveError;
+use klio_wal::ErrorChain;
 
-use super::{End, render};
+use super::End;
 
 /// The request an archive error interrupted: the same failure means different things to the
 /// client depending on it.
@@ -44,12 +45,14 @@ pub(super) fn error_code(e: &WalArchiveError, request: Request) -> ErrorCode {
 
 /// Ends the session over `e`, telling the client the code for it and the whole error.
 pub(super) fn refusal(e: &WalArchiveError, request: Request) -> End {
-    End::Refused(error_code(e, request), render(e))
+    End::Refused(error_code(e, request), ErrorChain(e).to_string())
 }
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
+
+    use klio_wal::{FsAction, FsError};
 
     use super::*;
 
@@ -85,11 +88,11 @@ mod tests {
 
     #[test]
     fn a_refusal_carries_the_cause_of_an_io_error() {
-        let e = WalArchiveError::Io {
-            action: "fsync",
-            path: PathBuf::from("wal"),
-            source: std::io::Error::other("no space left on device"),
-        };
+        let e = WalArchiveError::Fs(FsError::new(
+            FsAction::Fdatasync,
+            Path::new("wal"),
+            std::io::Error::other("no space left on device"),
+        ));
         let End::Refused(code, message) = refusal(&e, Request::Ingest) else {
             panic!("an archive error must refuse the session");
         };

@@ -1,12 +1,13 @@
 //! Klio frames over one QUIC stream: a thin layer that reads chunks, decodes frames and writes
 //! them. [`FrameIo`] is what ingest needs of it, so that ingest runs without sockets in tests.
 
+use klio_wal::ErrorChain;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use klio_proto::klio::{ErrorCode, FrameDecoder, Message};
 
-use super::{End, render};
+use super::End;
 
 /// How long a refused stream waits for its error frame to reach the client before it is
 /// dropped.
@@ -70,7 +71,7 @@ impl Framed {
     fn decode(&mut self) -> Result<Option<Message>, End> {
         self.decoder
             .decode(&mut self.rbuf)
-            .map_err(|e| End::Refused(ErrorCode::BadRequest, render(&e)))
+            .map_err(|e| End::Refused(ErrorCode::BadRequest, ErrorChain(&e).to_string()))
     }
 
     /// Sends the error that ends the stream, finishes it and gives the error a moment to reach
@@ -96,7 +97,7 @@ impl FrameIo for Framed {
                 Ok(true)
             }
             Ok(None) => Ok(false),
-            Err(e) => Err(End::Closed(render(&e))),
+            Err(e) => Err(End::Closed(ErrorChain(&e).to_string())),
         }
     }
 
@@ -124,6 +125,6 @@ impl FrameIo for Framed {
         self.send
             .write_all(&self.wbuf)
             .await
-            .map_err(|e| End::Closed(render(&e)))
+            .map_err(|e| End::Closed(ErrorChain(&e).to_string()))
     }
 }

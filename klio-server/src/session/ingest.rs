@@ -25,12 +25,12 @@ use klio_proto::klio::{ClusterName, ErrorCode, Message, PROTOCOL_VERSION};
 use klio_store::wal_archive::{
     BeginOutcome, ClusterIdentity, StorageOptions, WalArchive, WalArchiveError,
 };
-use klio_wal::{Lsn, SegmentSize, TimelineId};
+use klio_wal::{ErrorChain, Lsn, SegmentSize, TimelineId, WalPosition};
 use tokio::task::JoinHandle;
 
 use super::error_code::{Request, refusal};
 use super::framing::{FrameIo, Framed};
-use super::{Client, End, blocking, render, storage_task_failed};
+use super::{Client, End, blocking, storage_task_failed};
 use crate::registry::WriterLease;
 use crate::server::Shared;
 use crate::telemetry::ClusterTelemetry;
@@ -81,7 +81,7 @@ pub(super) async fn serve(
         ));
     }
     let segment_size = SegmentSize::new(u64::from(hello.segment_size))
-        .map_err(|e| End::Refused(ErrorCode::BadRequest, render(&e)))?;
+        .map_err(|e| End::Refused(ErrorCode::BadRequest, ErrorChain(&e).to_string()))?;
     let lease = shared.registry.acquire_writer(cluster).await;
     let identity = ClusterIdentity {
         system_id: hello.system_id,
@@ -129,7 +129,7 @@ pub(super) trait IngestArchive: Send + 'static {
     /// The cluster's WAL segment size.
     fn segment_size(&self) -> SegmentSize;
     /// The newest timeline that has WAL, and the durable end on it.
-    fn durable(&self) -> Option<(TimelineId, Lsn)>;
+    fn durable(&self) -> Option<WalPosition>;
     /// The durable end on `timeline`.
     fn durable_on(&self, timeline: TimelineId) -> Option<Lsn>;
     /// WAL of `timeline` from `start` follows.
@@ -151,7 +151,7 @@ impl IngestArchive for WalArchive {
         self.identity().segment_size
     }
 
-    fn durable(&self) -> Option<(TimelineId, Lsn)> {
+    fn durable(&self) -> Option<WalPosition> {
         WalArchive::durable(self)
     }
 
@@ -227,7 +227,7 @@ struct Stored<A> {
 struct StoredBatch {
     replies: Vec<Message>,
     /// The durable position its sync returned, if it wrote WAL.
-    durable: Option<(TimelineId, Lsn)>,
+    durable: Option<WalPosition>,
     /// How long the fsync that made it durable took.
     fsync: Option<Duration>,
     /// WAL bytes in it.
@@ -300,7 +300,7 @@ fn apply<A: IngestArchive>(
                 archive.store_history(t, &content).map_err(failed)?;
             }
             Message::GetPosition { timeline: t } => {
-                let t = t.or_else(|| archive.durable().map(|d| d.0));
+                let t = t.or_else(|| archive.durable().map(|d| d.timeline));
                 replies.push(Message::Position {
                     timeline: t,
                     durable: t.and_then(|t| archive.durable_on(t)),
@@ -319,7 +319,9 @@ fn apply<A: IngestArchive>(
         // One fsync covers every byte received in this batch; only now may it be acknowledged.
         let synced = archive.sync().map_err(failed)?;
         (
-            synced.zip(writer.timeline).map(|(lsn, t)| (t, lsn)),
+            synced
+                .zip(writer.timeline)
+                .map(|(lsn, t)| WalPosition::new(t, lsn)),
             Some(began.elapsed()),
         )
     } else {
@@ -356,10 +358,7 @@ where
     .await?;
     tracing::info!(
         "WAL session started; durable position {}",
-        durable.map_or_else(
-            || "none".to_owned(),
-            |(t, l)| format!("{l} on timeline {t}")
-        )
+        durable.map_or_else(|| "none".to_owned(), |p| p.to_string())
     );
     let mut session = Session {
         io,
@@ -394,7 +393,7 @@ struct Session<'a, T> {
     io: &'a mut T,
     telemetry: &'a ClusterTelemetry,
     /// The newest position acknowledged: acks are sent only when it moves.
-    last_ack: Option<(TimelineId, Lsn)>,
+    last_ack: Option<WalPosition>,
     /// The client finished the stream.
     finished: bool,
 }
@@ -477,8 +476,11 @@ impl<T: FrameIo> Session<'_, T> {
             .stored(batch.fsync, batch.bytes, batch.segments, batch.durable);
         let mut out = batch.replies;
         let ack = batch.durable.filter(|d| Some(*d) != self.last_ack);
-        if let Some((timeline, durable)) = ack {
-            out.push(Message::Ack { timeline, durable });
+        if let Some(WalPosition { timeline, lsn }) = ack {
+            out.push(Message::Ack {
+                timeline,
+                durable: lsn,
+            });
             self.last_ack = ack;
         }
         if !out.is_empty() {

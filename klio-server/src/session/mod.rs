@@ -23,6 +23,7 @@ mod restore;
 #[cfg(test)]
 mod tests;
 
+use klio_wal::ErrorChain;
 use std::sync::Arc;
 
 use klio_proto::klio::{ClusterName, ErrorCode, Message};
@@ -38,19 +39,6 @@ pub(crate) enum End {
     Closed(String),
     /// We refuse to go on: tell the client why.
     Refused(ErrorCode, String),
-}
-
-/// An error's message followed by its `source()` chain, joined with ": ": the text of a log
-/// line or of an error frame.
-fn render(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }
 
 /// Runs one stream to its end and logs how it ended.
@@ -139,6 +127,6 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 fn storage_task_failed(e: tokio::task::JoinError) -> End {
     End::Refused(
         ErrorCode::Internal,
-        format!("storage task failed: {}", render(&e)),
+        format!("storage task failed: {}", ErrorChain(&e)),
     )
 }

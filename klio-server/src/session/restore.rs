@@ -158,8 +158,8 @@ fn position_of(
             durable: archive.durable_on(t),
         },
         None => Message::Position {
-            timeline: archive.durable().map(|d| d.0),
-            durable: archive.durable().map(|d| d.1),
+            timeline: archive.durable().map(|d| d.timeline),
+            durable: archive.durable().map(|d| d.lsn),
         },
     })
 }

@@ -3,14 +3,14 @@
 //! The real archive behind it is exercised by the end-to-end tests.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use klio_proto::klio::{ClusterName, ErrorCode, Message};
 use klio_store::wal_archive::{BeginOutcome, WalArchiveError};
-use klio_wal::{Lsn, SegmentSize, TimelineId};
+use klio_wal::{FsAction, FsError, Lsn, SegmentSize, TimelineId, WalPosition};
 use proptest::prelude::*;
 use tokio::sync::{mpsc, watch};
 
@@ -122,8 +122,10 @@ impl IngestArchive for FakeArchive {
         SegmentSize::DEFAULT
     }
 
-    fn durable(&self) -> Option<(TimelineId, Lsn)> {
-        self.durable.last_key_value().map(|(t, l)| (*t, *l))
+    fn durable(&self) -> Option<WalPosition> {
+        self.durable
+            .last_key_value()
+            .map(|(t, l)| WalPosition::new(*t, *l))
     }
 
     fn durable_on(&self, timeline: TimelineId) -> Option<Lsn> {
@@ -171,11 +173,11 @@ impl IngestArchive for FakeArchive {
             let _ = hold.recv();
         }
         if self.fail_from_sync.is_some_and(|first| n >= first) {
-            return Err(WalArchiveError::Io {
-                action: "fsync",
-                path: PathBuf::from("000000010000000000000001.klio-journal"),
-                source: std::io::Error::other("no space left on device"),
-            });
+            return Err(WalArchiveError::Fs(FsError::new(
+                FsAction::Fdatasync,
+                Path::new("000000010000000000000001.klio-journal"),
+                std::io::Error::other("no space left on device"),
+            )));
         }
         let Some((timeline, next)) = self.stream else {
             return Ok(None);

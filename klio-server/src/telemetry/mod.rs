@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 use klio_metrics::{ClusterKindLabels, ClusterLabel, Health, Pages, ReasonLabel, gauge_value};
 use klio_proto::klio::{ClusterName, ErrorCode};
 use klio_store::wal_archive::{ArchiveSummary, WalArchive};
-use klio_wal::{ErrorChain, Lsn, TimelineId};
+use klio_wal::{ErrorChain, Lsn, TimelineId, WalPosition};
 
 use crate::status::{self, ClusterStatus, ServerStatus, StatusPoint, StreamingClient};
 use metrics::ServerMetrics;
@@ -56,9 +56,9 @@ struct Live {
     connections: u32,
     writer: Option<Writer>,
     writers_started: u64,
-    durable: Option<(TimelineId, Lsn)>,
+    durable: Option<WalPosition>,
     last_ack: Option<SystemTime>,
-    upstream: Option<(TimelineId, Lsn)>,
+    upstream: Option<WalPosition>,
     last_error: Option<status::LastError>,
 }
 
@@ -179,7 +179,7 @@ impl Telemetry {
                     .ok()
                     .and_then(|c| lock(&self.clusters).get(&c).cloned())
                     .and_then(|c| lock(&c.live).durable);
-                let to = live_to.map_or(to.lsn, |d| d.1.max(to.lsn));
+                let to = live_to.map_or(to.lsn, |d| d.lsn.max(to.lsn));
                 m.recoverable_to
                     .get_or_create(&label)
                     .set(gauge_value(to.0));
@@ -246,12 +246,13 @@ fn cluster_status(
     let durable = live
         .and_then(|l| l.durable)
         .into_iter()
-        .chain(
-            ok.and_then(|s| s.recoverable)
-                .map(|r| (r.1.timeline, r.1.lsn)),
-        )
-        .max_by_key(|d| (d.0, d.1));
-    if let Some((t, l)) = durable {
+        .chain(ok.and_then(|s| s.recoverable).map(|(_, to)| to))
+        .max();
+    if let Some(WalPosition {
+        timeline: t,
+        lsn: l,
+    }) = durable
+    {
         c.timeline = Some(t.get());
         c.durable_lsn = Some(l.to_string());
         c.recoverable_to = Some(status_point(t, l));
@@ -270,11 +271,11 @@ fn cluster_status(
     if let Some(l) = live {
         c.connections = l.connections;
         c.last_ack = l.last_ack.map(rfc3339);
-        c.upstream_lsn = l.upstream.map(|u| u.1.to_string());
+        c.upstream_lsn = l.upstream.map(|u| u.lsn.to_string());
         c.lag_bytes = l
             .upstream
             .zip(durable)
-            .map(|(u, d)| u.1.0.saturating_sub(d.1.0));
+            .map(|(u, d)| u.lsn.0.saturating_sub(d.lsn.0));
         c.streaming_client = l.writer.as_ref().map(|w| StreamingClient {
             address: w.remote.to_string(),
             since: rfc3339(w.since),
@@ -362,7 +363,7 @@ impl ClusterTelemetry {
     pub(crate) fn writer_started(
         &self,
         remote: SocketAddr,
-        durable: Option<(TimelineId, Lsn)>,
+        durable: Option<WalPosition>,
     ) -> WriterGuard {
         let mut live = lock(&self.state.live);
         live.writers_started += 1;
@@ -385,14 +386,14 @@ impl ClusterTelemetry {
         }
     }
 
-    fn set_durable(&self, (t, l): (TimelineId, Lsn)) {
+    fn set_durable(&self, durable: WalPosition) {
         let m = self.m();
         m.durable_lsn
             .get_or_create(self.label())
-            .set(gauge_value(l.0));
+            .set(gauge_value(durable.lsn.0));
         m.durable_timeline
             .get_or_create(self.label())
-            .set(i64::from(t.get()));
+            .set(i64::from(durable.timeline.get()));
     }
 
     /// WAL bytes arrived.
@@ -412,7 +413,7 @@ impl ClusterTelemetry {
         fsync: Option<Duration>,
         bytes: u64,
         segments: u64,
-        ack: Option<(TimelineId, Lsn)>,
+        ack: Option<WalPosition>,
     ) {
         let m = self.m();
         if let Some(d) = fsync {
@@ -456,22 +457,22 @@ impl ClusterTelemetry {
     pub(crate) fn upstream(&self, timeline: TimelineId, wal_end: Lsn) {
         let durable = {
             let mut live = lock(&self.state.live);
-            live.upstream = Some((timeline, wal_end));
+            live.upstream = Some(WalPosition::new(timeline, wal_end));
             live.durable
         };
         self.m()
             .upstream_lsn
             .get_or_create(self.label())
             .set(gauge_value(wal_end.0));
-        self.set_lag(Some((timeline, wal_end)), durable);
+        self.set_lag(Some(WalPosition::new(timeline, wal_end)), durable);
     }
 
-    fn set_lag(&self, upstream: Option<(TimelineId, Lsn)>, durable: Option<(TimelineId, Lsn)>) {
+    fn set_lag(&self, upstream: Option<WalPosition>, durable: Option<WalPosition>) {
         if let Some((u, d)) = upstream.zip(durable) {
             self.m()
                 .lag_bytes
                 .get_or_create(self.label())
-                .set(gauge_value(u.1.0.saturating_sub(d.1.0)));
+                .set(gauge_value(u.lsn.0.saturating_sub(d.lsn.0)));
         }
     }
 

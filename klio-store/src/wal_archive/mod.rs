@@ -62,7 +62,9 @@ use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
 use klio_crypto::{Keyring, SealOptions, SecureRandom, SystemRandom};
-use klio_wal::{FsAction, Lsn, SegmentNo, SegmentSize, TimelineId, WalFileName, durable};
+use klio_wal::{
+    FsAction, Lsn, SegmentNo, SegmentSize, TimelineId, WalFileName, WalPosition, durable,
+};
 
 pub use error::WalArchiveError;
 pub use identity::ClusterIdentity;
@@ -72,7 +74,7 @@ pub use read::{
 };
 pub use rotate::RewrapSummary;
 pub use summary::ArchiveSummary;
-pub use verify::{VerifyProblem, VerifyReport, WalPoint};
+pub use verify::{VerifyProblem, VerifyReport};
 
 use journal::JournalWriter;
 
@@ -291,8 +293,10 @@ impl WalArchive {
     /// The newest timeline that has WAL, and the exact durable end on it.
     ///
     /// For a read-only handle this is the state when it was opened.
-    pub fn durable(&self) -> Option<(TimelineId, Lsn)> {
-        self.durable.last_key_value().map(|(t, l)| (*t, *l))
+    pub fn durable(&self) -> Option<WalPosition> {
+        self.durable
+            .last_key_value()
+            .map(|(t, l)| WalPosition::new(*t, *l))
     }
 
     /// The durable end on `timeline`, if it has WAL.

@@ -2,10 +2,9 @@
 //! range judged by which files exist. [`WalArchive::verify`] is the thorough check (it reads
 //! and walks every record); this only lists the directory and scans the journal in progress.
 
-use klio_wal::{FsAction, Lsn, SegmentNo, TimelineId};
+use klio_wal::{FsAction, Lsn, SegmentNo, TimelineId, WalPosition};
 
 use super::recovery_plan::RecoveryPlan;
-use super::verify::WalPoint;
 use super::{ArchiveListing, WalArchive, WalArchiveError};
 
 /// What an archive holds (see the [module documentation](self)).
@@ -17,10 +16,10 @@ pub struct ArchiveSummary {
     /// Completed segments stored, on all timelines.
     pub segments: u64,
     /// The oldest WAL stored on the path of timelines to the newest WAL.
-    pub oldest: Option<WalPoint>,
+    pub oldest: Option<WalPosition>,
     /// What a recovery to the newest WAL can cover without a gap: from the first segment
     /// after the last missing one (else from `oldest`) to the newest durable byte.
-    pub recoverable: Option<(WalPoint, WalPoint)>,
+    pub recoverable: Option<(WalPosition, WalPosition)>,
     /// Runs of missing segments on that path; WAL before the last one cannot be replayed
     /// to the newest point.
     pub gaps: u64,
@@ -54,10 +53,10 @@ impl WalArchive {
             } else {
                 step.timeline
             };
-            WalPoint { timeline, lsn }
+            WalPosition { timeline, lsn }
         };
-        let mut run_start: Option<WalPoint> = None;
-        let mut first_present: Option<WalPoint> = None;
+        let mut run_start: Option<WalPosition> = None;
+        let mut first_present: Option<WalPosition> = None;
         let mut in_gap = false;
         for &(i, segno) in &plan.wanted {
             if stored(&listing, plan.path[i].timeline, segno) {
@@ -86,8 +85,8 @@ impl WalArchive {
     }
 }
 
-fn newest_point(plan: &RecoveryPlan) -> WalPoint {
-    WalPoint {
+fn newest_point(plan: &RecoveryPlan) -> WalPosition {
+    WalPosition {
         timeline: plan.path.last().map_or(TimelineId::FIRST, |s| s.timeline),
         lsn: plan.newest_end,
     }

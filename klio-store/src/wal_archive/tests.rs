@@ -292,7 +292,7 @@ fn round_trip_with_reopen_and_segment_completion(format: Format) {
         append_wal(&mut a, t, 0, 1000, 100);
         assert_eq!(a.durable(), None, "nothing is durable before sync");
         assert_eq!(a.sync().unwrap(), Some(Lsn(1000)));
-        assert_eq!(a.durable(), Some((t, Lsn(1000))));
+        assert_eq!(a.durable(), Some(WalPosition::new(t, Lsn(1000))));
         // Ten appends, one sync: one frame.
         let jp = journal_path(&dir, t, 0);
         let r = format.inspect(&jp);
@@ -307,7 +307,7 @@ fn round_trip_with_reopen_and_segment_completion(format: Format) {
         );
     }
     let mut a = format.open(&dir).unwrap();
-    assert_eq!(a.durable(), Some((t, Lsn(1000))));
+    assert_eq!(a.durable(), Some(WalPosition::new(t, Lsn(1000))));
     assert_eq!(a.begin(t, Lsn(1000)).unwrap(), BeginOutcome::Resumed);
     // Crosses into segment 1 within one append, then into segment 2 across appends.
     append_wal(&mut a, t, 1000, SEG as usize, 300_000);
@@ -336,7 +336,7 @@ fn round_trip_with_reopen_and_segment_completion(format: Format) {
     drop(a);
     let a = format.open_existing(&dir).unwrap();
     assert_eq!(a.identity(), ident());
-    assert_eq!(a.durable(), Some((t, Lsn(2 * SEG + 5))));
+    assert_eq!(a.durable(), Some(WalPosition::new(t, Lsn(2 * SEG + 5))));
     check_content(&a, t, 0, 2 * SEG + 5);
     let listing = a.list().unwrap();
     assert_eq!(
@@ -376,7 +376,10 @@ fn large_appends_are_written_out_and_survive_without_extra_syncs(format: Format)
     assert_eq!(a.sync().unwrap(), Some(Lsn(8 * SEG + SEG / 2)));
     drop(a);
     let a = format.open(d.path()).unwrap();
-    assert_eq!(a.durable(), Some((t, Lsn(8 * SEG + SEG / 2))));
+    assert_eq!(
+        a.durable(),
+        Some(WalPosition::new(t, Lsn(8 * SEG + SEG / 2)))
+    );
     check_content(&a, t, 3 * SEG, 8 * SEG + SEG / 2);
 }
 
@@ -420,7 +423,7 @@ fn timelines_switch_and_keep_their_own_durable_ends(format: Format) {
     assert_eq!(a.durable_on(t1), Some(Lsn(SEG + SEG / 2)));
     append_wal(&mut a, t2, SEG, 2000, 2000);
     assert_eq!(a.sync().unwrap(), Some(Lsn(SEG + 2000)));
-    assert_eq!(a.durable(), Some((t2, Lsn(SEG + 2000))));
+    assert_eq!(a.durable(), Some(WalPosition::new(t2, Lsn(SEG + 2000))));
     a.store_history(t2, b"1\t0/180000\tno recovery target specified\n")
         .unwrap();
     drop(a);
@@ -429,7 +432,7 @@ fn timelines_switch_and_keep_their_own_durable_ends(format: Format) {
     assert_eq!(a.durable_on(t1), Some(Lsn(SEG + SEG / 2)));
     assert_eq!(a.durable_on(t2), Some(Lsn(SEG + 2000)));
     assert_eq!(a.durable_on(tl(3)), None);
-    assert_eq!(a.durable(), Some((t2, Lsn(SEG + 2000))));
+    assert_eq!(a.durable(), Some(WalPosition::new(t2, Lsn(SEG + 2000))));
     check_content(&a, t1, 0, SEG + SEG / 2);
     check_content(&a, t2, SEG, SEG + 2000);
     // The old timeline can still be resumed.
@@ -638,7 +641,7 @@ fn crash_at_many_points_of_the_journal_tail(format: Format) {
         // The "crashed" copy reopens at a durable end between the two syncs, with the content
         // up to it, and streaming resumes from there.
         let mut a = format.open(work.path()).unwrap();
-        let (_, d) = a.durable().unwrap();
+        let d = a.durable().unwrap().lsn;
         assert!(
             d.0 >= synced && d.0 <= later,
             "cut at {p}: durable {d} not in {synced}..={later}"
@@ -652,7 +655,7 @@ fn crash_at_many_points_of_the_journal_tail(format: Format) {
         assert_eq!(a.sync().unwrap(), Some(Lsn(later + 3000)));
         drop(a);
         let a = format.open(work.path()).unwrap();
-        assert_eq!(a.durable(), Some((t, Lsn(later + 3000))));
+        assert_eq!(a.durable(), Some(WalPosition::new(t, Lsn(later + 3000))));
         check_content(&a, t, 0, later + 3000);
     }
 }
@@ -788,7 +791,7 @@ fn summary_follows_gaps_and_timelines(format: Format) {
     append_wal(&mut a, t1, SEG, (2 * SEG + 100) as usize, 65536);
     a.sync().unwrap();
     let s = a.summary().unwrap();
-    let p = |timeline, lsn| WalPoint {
+    let p = |timeline, lsn| WalPosition {
         timeline,
         lsn: Lsn(lsn),
     };
@@ -1002,7 +1005,7 @@ fn full_journal_without_final_file_is_finished_on_open() {
 
     // A read-only handle already serves it as complete, without changing anything.
     let ro = WalArchive::open_existing(d.path()).unwrap();
-    assert_eq!(ro.durable(), Some((t, Lsn(8 * SEG))));
+    assert_eq!(ro.durable(), Some(WalPosition::new(t, Lsn(8 * SEG))));
     let f = ro
         .read_file(&WalFileName::Segment {
             timeline: t,
@@ -1015,7 +1018,7 @@ fn full_journal_without_final_file_is_finished_on_open() {
     assert!(jp.exists());
 
     let a = WalArchive::open(d.path(), ident()).unwrap();
-    assert_eq!(a.durable(), Some((t, Lsn(8 * SEG))));
+    assert_eq!(a.durable(), Some(WalPosition::new(t, Lsn(8 * SEG))));
     assert!(!jp.exists());
     assert!(!d.path().join("000000030000000000000007.klio-tmp").exists());
     assert_eq!(std::fs::read(d.path().join(seg_name(t, 7))).unwrap(), data);
@@ -1041,7 +1044,7 @@ fn stale_and_empty_journals_are_removed_on_open() {
     let a = WalArchive::open(d.path(), ident()).unwrap();
     assert!(!stale.exists());
     assert!(!empty.exists());
-    assert_eq!(a.durable(), Some((t, Lsn(SEG + 10))));
+    assert_eq!(a.durable(), Some(WalPosition::new(t, Lsn(SEG + 10))));
     check_content(&a, t, 0, SEG + 10);
 }
 

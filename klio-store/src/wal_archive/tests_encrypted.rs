@@ -71,14 +71,14 @@ fn round_trip_lz4_and_zstd() {
             Err(WalArchiveError::Encrypted { .. })
         ));
         let mut a = WalArchive::open_with(d.path(), ident(), opts(ring(1), compression)).unwrap();
-        assert_eq!(a.durable(), Some((t, Lsn(end))));
+        assert_eq!(a.durable(), Some(WalPosition::new(t, Lsn(end))));
         check_content(&a, t, 0, end);
         assert_eq!(a.begin(t, Lsn(end)).unwrap(), BeginOutcome::Resumed);
         append_wal(&mut a, t, end, 5000, 999);
         assert_eq!(a.sync().unwrap(), Some(Lsn(end + 5000)));
         drop(a);
         let r = WalArchive::open_existing_with(d.path(), Some(ring(1))).unwrap();
-        assert_eq!(r.durable(), Some((t, Lsn(end + 5000))));
+        assert_eq!(r.durable(), Some(WalPosition::new(t, Lsn(end + 5000))));
         check_content(&r, t, 0, end + 5000);
     }
 }
@@ -156,7 +156,7 @@ fn a_journal_cut_short_while_being_created_is_removed() {
     bytes[100..].iter_mut().for_each(|b| *b = 0);
     std::fs::write(&jp, &bytes).unwrap();
     let a = open_enc(d.path(), 1).unwrap();
-    assert_eq!(a.durable(), Some((t, Lsn(SEG))));
+    assert_eq!(a.durable(), Some(WalPosition::new(t, Lsn(SEG))));
     assert!(!jp.exists());
 }
 
@@ -226,7 +226,7 @@ fn missing_or_unknown_keys_are_clear_errors() {
     }
     // The right key still opens it, untouched.
     let a = open_enc(d.path(), 1).unwrap();
-    assert_eq!(a.durable(), Some((t, Lsn(2 * SEG + 100))));
+    assert_eq!(a.durable(), Some(WalPosition::new(t, Lsn(2 * SEG + 100))));
 }
 
 #[test]

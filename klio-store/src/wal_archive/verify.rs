@@ -8,7 +8,7 @@
 //! precisely; the recoverable range ends before the first problem.
 
 use klio_wal::record_walk::{RecordWalker, SegmentSummary};
-use klio_wal::{ErrorChain, Lsn, PageHeader, SegmentNo, TimelineId, WalFileName};
+use klio_wal::{ErrorChain, Lsn, PageHeader, SegmentNo, TimelineId, WalFileName, WalPosition};
 
 use super::recovery_plan::{PathStep, RecoveryPlan};
 use super::{WalArchive, WalArchiveError};
@@ -66,22 +66,13 @@ impl std::fmt::Display for VerifyProblem {
     }
 }
 
-/// A point in the WAL stream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WalPoint {
-    /// The timeline.
-    pub timeline: TimelineId,
-    /// The LSN.
-    pub lsn: Lsn,
-}
-
 /// What [`WalArchive::verify`] found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct VerifyReport {
     /// The continuous, checked WAL from the start: a recovery from a backup whose start lies
     /// in it can reach any point up to its end. `None` if nothing could be checked.
-    pub recoverable: Option<(WalPoint, WalPoint)>,
+    pub recoverable: Option<(WalPosition, WalPosition)>,
     /// Timelines followed, oldest first.
     pub timelines: Vec<TimelineId>,
     /// Segments read and walked record by record.
@@ -123,8 +114,8 @@ impl WalArchive {
 
         // Walk them.
         let mut walker: Option<RecordWalker> = None;
-        let mut recoverable_end: Option<WalPoint> = None;
-        let mut recoverable_start: Option<WalPoint> = None;
+        let mut recoverable_end: Option<WalPosition> = None;
+        let mut recoverable_start: Option<WalPosition> = None;
         let mut clean = true;
         let mut gap: Option<(TimelineId, SegmentNo, SegmentNo)> = None;
         let mut walked = std::collections::BTreeSet::new();
@@ -215,7 +206,7 @@ impl WalArchive {
                     report.records_checked += summary.records;
                     if clean {
                         if recoverable_start.is_none() {
-                            recoverable_start = Some(WalPoint {
+                            recoverable_start = Some(WalPosition {
                                 timeline: t,
                                 lsn: first_point(&summary, seg_start, start),
                             });
@@ -227,7 +218,7 @@ impl WalArchive {
                                 .last_record_end
                                 .unwrap_or(Lsn(seg_start.0 + size.bytes_u64()))
                         };
-                        recoverable_end = Some(WalPoint {
+                        recoverable_end = Some(WalPosition {
                             timeline: t,
                             lsn: end,
                         });
@@ -236,7 +227,7 @@ impl WalArchive {
                 Err(e) => {
                     if clean {
                         // Every record before the damaged one checked out.
-                        recoverable_end = Some(WalPoint {
+                        recoverable_end = Some(WalPosition {
                             timeline: t,
                             lsn: e.lsn(),
                         });
