@@ -12,6 +12,8 @@
 //! - **API**: [`seal`]/[`open`] for whole objects, [`Sealer`]/[`Opener`] for streams, and
 //!   [`object_key_id`]/[`rewrap`] to rotate keys by rewriting only the key slot
 //!   ([`key_slot_range`]).
+//! - **Journal frames** ([`journal_frame`]): the AES-256-GCM sealing and opening of the frames of
+//!   an encrypted WAL journal under its own frame key (which is itself kept in a sealed object).
 //!
 //! Like `klio-proto`, this crate does no I/O and reads no clock: bytes in, bytes out. Randomness
 //! comes from the caller as a [`ring::rand::SecureRandom`] (normally
@@ -32,6 +34,7 @@
 
 mod error;
 pub mod format;
+pub mod journal_frame;
 pub mod keys;
 mod open;
 pub mod passphrase;

@@ -3,8 +3,11 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use klio_crypto::journal_frame::FrameAeadError;
 use klio_crypto::{CryptoError, KeyId};
 use klio_wal::{FsAction, FsError, Lsn, SegmentSize, TimelineId};
+
+use super::journal::JournalDamage;
 
 /// Why a WAL archive operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +77,7 @@ pub enum WalArchiveError {
     },
     /// A journal holds damaged data before its end: acknowledged WAL was lost or altered.
     #[error(
-        "WAL journal {path:?} is damaged at byte {offset}: {reason}; the WAL in it cannot be trusted, \
+        "WAL journal {path:?} is damaged at byte {offset}: {damage}; the WAL in it cannot be trusted, \
          fetch this segment from Tier 2 or from another copy and investigate the disk"
     )]
     DamagedJournal {
@@ -83,7 +86,7 @@ pub enum WalArchiveError {
         /// Byte offset of the damaged frame in the file.
         offset: u64,
         /// What is wrong.
-        reason: String,
+        damage: JournalDamage,
     },
     /// A completed segment file is damaged (for example, the wrong size).
     #[error(
@@ -131,6 +134,17 @@ pub enum WalArchiveError {
         /// Why.
         #[source]
         source: CryptoError,
+    },
+    /// Sealing a frame of an encrypted journal, or making its frame key, failed.
+    #[error("could not {action} {path:?}")]
+    JournalFrame {
+        /// What was being done.
+        action: &'static str,
+        /// The journal.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: FrameAeadError,
     },
     /// `begin` asked for a position before the durable end: that WAL is already archived.
     #[error(
@@ -227,6 +241,7 @@ impl WalArchiveError {
                 | WalArchiveError::DamagedSegment { .. }
                 | WalArchiveError::Inconsistent { .. }
                 | WalArchiveError::Crypto { .. }
+                | WalArchiveError::JournalFrame { .. }
                 | WalArchiveError::PositionOverflow
         )
     }

@@ -68,6 +68,7 @@ use klio_wal::{
 
 pub use error::WalArchiveError;
 pub use identity::ClusterIdentity;
+pub use journal::{FrameCheck, FrameDefect, JournalDamage, ScanStop};
 pub use read::{
     ArchiveListing, ArchivedFile, ExportSummary, JournalReport, PartialSegment, SegmentRange,
     TimelineListing, inspect_journal, inspect_journal_with,

@@ -9,7 +9,7 @@ use klio_crypto::Keyring;
 use klio_wal::durable::{self, TempFile};
 use klio_wal::{FsAction, Lsn, SegmentNo, SegmentSize, TimelineId, WalFileName};
 
-use super::journal::{self, FileSource, JournalScan, ScanError};
+use super::journal::{self, FileSource, JournalScan, ScanError, ScanStop};
 use super::recover::{self, Survey};
 use super::{
     ClusterIdentity, Ctx, WalArchive, WalArchiveError, optional_file, sealed, segment_of_name,
@@ -104,7 +104,7 @@ pub struct JournalReport {
     /// Byte offset where the valid frames end (a torn tail or zeros follow).
     pub valid_bytes: u64,
     /// Why the scan stopped before the end of the segment (`None` when complete).
-    pub stop_reason: Option<&'static str>,
+    pub stop_reason: Option<ScanStop>,
 }
 
 /// Checks the bytes of a plain journal file (for example, a copy for inspection) of segment

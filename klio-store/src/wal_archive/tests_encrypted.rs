@@ -322,10 +322,14 @@ fn damage_in_sealed_segments_and_journals_is_an_error_naming_the_file() {
     std::fs::rename(&jp, &moved).unwrap();
     let e = open_enc(d.path(), 1).unwrap_err();
     assert!(
-        matches!(&e, WalArchiveError::DamagedJournal { path, reason, .. }
-            if *path == moved && reason.contains("swapped")),
+        matches!(&e, WalArchiveError::DamagedJournal {
+            path,
+            damage: JournalDamage::OtherSegment { segno: 2, .. },
+            ..
+        } if *path == moved),
         "{e}"
     );
+    assert!(e.to_string().contains("swapped"), "{e}");
     std::fs::rename(&moved, &jp).unwrap();
     let a = open_enc(d.path(), 1).unwrap();
     check_content(&a, t, 0, 2 * SEG + 9824);
