@@ -39,7 +39,7 @@ struct Loopback {
 }
 
 impl Loopback {
-    fn start(encrypted: bool) -> Loopback {
+    fn start(encrypted: bool) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         let certs = CertsDir::new(dir.path().join("certs"));
         certs
@@ -124,7 +124,7 @@ impl Loopback {
             .expect("start");
             (conn, send, recv)
         });
-        Loopback {
+        Self {
             _dir: dir,
             stop: Some(stop),
             server: Some(server),

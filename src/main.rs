@@ -1,6 +1,5 @@
 //! `klio`: the command-line entry point. It parses arguments and calls the libraries; all
 //! logic lives in the `klio-*` crates.
-#![forbid(unsafe_code)]
 
 mod cli;
 

@@ -26,8 +26,8 @@ pub struct CompareOptions {
 
 impl CompareOptions {
     /// The full run (about 25 minutes on 2 cores).
-    pub fn full() -> CompareOptions {
-        CompareOptions {
+    pub fn full() -> Self {
+        Self {
             ingest: IngestOptions::default(),
             streaming: StreamingOptions::default(),
             sync_commit: SyncCommitOptions {
@@ -44,8 +44,8 @@ impl CompareOptions {
     }
 
     /// A short run that checks the harness works (a few minutes; numbers are noisy).
-    pub fn quick() -> CompareOptions {
-        CompareOptions {
+    pub fn quick() -> Self {
+        Self {
             ingest: IngestOptions {
                 rounds: 1,
                 files: 8,

@@ -31,7 +31,7 @@ pub struct IngestOptions {
 
 impl Default for IngestOptions {
     fn default() -> Self {
-        IngestOptions {
+        Self {
             rounds: 2,
             files: 64,
             jobs: vec![1, 2, 4],

@@ -10,7 +10,7 @@
 //! - [`compare`]: all of them, with [`machine`] figures, as markdown and JSON.
 //!
 //! The WAL Player itself is `klio wal-player` (library: `klio_client::wal_player`).
-#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod compare;
 pub mod ingest;

@@ -26,7 +26,7 @@ pub struct Machine {
 
 impl Machine {
     /// Describes this machine, measuring the disk under `scratch`.
-    pub fn describe(scratch: &Path) -> Machine {
+    pub fn describe(scratch: &Path) -> Self {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let cpu = cpuinfo
             .lines()
@@ -46,7 +46,7 @@ impl Machine {
         let data = vec![0x5au8; 16 << 20];
         // 1 GiB: enough to get past the write caches between us and the disk.
         let disk_fsync_write_mb_s = fsync_write_mb_s(scratch, &data, 64, 1);
-        Machine {
+        Self {
             cpu,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             memory_gib,

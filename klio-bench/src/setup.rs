@@ -42,7 +42,7 @@ pub(crate) struct BothReceivers {
 impl BothReceivers {
     /// Starts everything with the `klio` binary at `klio`; `encrypted`: the Klio server
     /// encrypts at rest.
-    pub(crate) fn start(klio: &Path, label: &str, encrypted: bool) -> BothReceivers {
+    pub(crate) fn start(klio: &Path, label: &str, encrypted: bool) -> Self {
         let pg = PgServer::start(PgOptions {
             conf: vec![
                 "max_wal_size = 4GB".to_owned(),
@@ -75,7 +75,7 @@ impl BothReceivers {
             "pgrw",
             &work.path().join("pgrw.log"),
         );
-        BothReceivers {
+        Self {
             klio,
             pg_receivewal,
             server,

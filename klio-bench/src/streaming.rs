@@ -30,7 +30,7 @@ pub struct StreamingOptions {
 
 impl Default for StreamingOptions {
     fn default() -> Self {
-        StreamingOptions {
+        Self {
             rounds: 3,
             seconds: 30,
             clients: 8,

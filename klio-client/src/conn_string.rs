@@ -18,8 +18,11 @@ pub enum ConnStringError {
     /// A value out of range.
     #[error("invalid value {value:?} for connection option {option}: {reason}")]
     InvalidValue {
+        /// The option's keyword.
         option: &'static str,
+        /// The value given.
         value: String,
+        /// What a valid value looks like.
         reason: &'static str,
     },
     /// A feature libpq has that Klio does not implement.
@@ -110,7 +113,7 @@ fn known_key(key: &str) -> Result<&'static str, ConnStringError> {
 
 impl ConnParams {
     /// Parses a connection string: `key=value ...` or a `postgresql://` / `postgres://` URI.
-    pub fn parse(s: &str) -> Result<ConnParams, ConnStringError> {
+    pub fn parse(s: &str) -> Result<Self, ConnStringError> {
         let t = s.trim_start();
         if t.starts_with("postgresql://") || t.starts_with("postgres://") {
             parse_uri(t)

@@ -120,7 +120,7 @@ impl ReplicationConnection {
                 }
             }
         };
-        let mut conn = ReplicationConnection {
+        let mut conn = Self {
             io,
             rbuf: BytesMut::with_capacity(256 * 1024),
             wbuf: BytesMut::new(),

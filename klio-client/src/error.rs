@@ -74,8 +74,8 @@ pub struct TlsFailure {
 
 impl ConnectionError {
     /// TLS failed at `what` (naming the file or host).
-    pub(crate) fn tls(what: impl Into<String>) -> ConnectionError {
-        ConnectionError::Tls(TlsFailure {
+    pub(crate) fn tls(what: impl Into<String>) -> Self {
+        Self::Tls(TlsFailure {
             what: what.into(),
             source: None,
         })
@@ -85,8 +85,8 @@ impl ConnectionError {
     pub(crate) fn tls_because(
         what: impl Into<String>,
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
-    ) -> ConnectionError {
-        ConnectionError::Tls(TlsFailure {
+    ) -> Self {
+        Self::Tls(TlsFailure {
             what: what.into(),
             source: Some(source.into()),
         })
@@ -95,7 +95,7 @@ impl ConnectionError {
     /// The server's own error, when the server reported one (SQLSTATE and message).
     pub fn server_error(&self) -> Option<&klio_proto::ServerError> {
         match self {
-            ConnectionError::Protocol(ProtocolError::Server(e)) => Some(e),
+            Self::Protocol(ProtocolError::Server(e)) => Some(e),
             _ => None,
         }
     }

@@ -43,9 +43,9 @@ pub enum TargetAction {
 impl TargetAction {
     fn as_str(self) -> &'static str {
         match self {
-            TargetAction::Pause => "pause",
-            TargetAction::Promote => "promote",
-            TargetAction::Shutdown => "shutdown",
+            Self::Pause => "pause",
+            Self::Promote => "promote",
+            Self::Shutdown => "shutdown",
         }
     }
 }

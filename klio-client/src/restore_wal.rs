@@ -37,7 +37,7 @@ impl RestoreWalError {
     /// Whether PostgreSQL should see "no such file" (exit 1) rather than a failure that must
     /// stop recovery: serving nothing for a file that exists could end recovery early.
     pub fn is_not_found(&self) -> bool {
-        matches!(self, RestoreWalError::NotFound(_))
+        matches!(self, Self::NotFound(_))
     }
 }
 

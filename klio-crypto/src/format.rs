@@ -135,17 +135,17 @@ pub enum CompressionKind {
 impl CompressionKind {
     pub(crate) fn code(self) -> u8 {
         match self {
-            CompressionKind::None => 0,
-            CompressionKind::Lz4 => 1,
-            CompressionKind::Zstd => 2,
+            Self::None => 0,
+            Self::Lz4 => 1,
+            Self::Zstd => 2,
         }
     }
 
     fn from_code(code: u8) -> Option<Self> {
         Some(match code {
-            0 => CompressionKind::None,
-            1 => CompressionKind::Lz4,
-            2 => CompressionKind::Zstd,
+            0 => Self::None,
+            1 => Self::Lz4,
+            2 => Self::Zstd,
             _ => return None,
         })
     }
@@ -206,7 +206,7 @@ impl ObjectHeader {
     /// Parses the header at the start of `prefix` (which may hold more of the object).
     ///
     /// This checks the format, not the key slot: that needs the key.
-    pub fn parse(prefix: &[u8]) -> Result<ObjectHeader, CryptoError> {
+    pub fn parse(prefix: &[u8]) -> Result<Self, CryptoError> {
         check_prefix(prefix)?;
         let Some(header) = prefix.get(..HEADER_LEN) else {
             return Err(CryptoError::Truncated {
@@ -241,7 +241,7 @@ impl ObjectHeader {
                 reason: "reserved bytes 32..48 are not zero".into(),
             });
         }
-        Ok(ObjectHeader {
+        Ok(Self {
             immutable,
             key_slot,
             compression,

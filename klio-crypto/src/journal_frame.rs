@@ -100,7 +100,7 @@ impl FrameKey {
     ) -> Result<Self, FrameAeadError> {
         let unbound =
             UnboundKey::new(&AES_256_GCM, key).map_err(|_| FrameAeadError::KeyRejected)?;
-        Ok(FrameKey {
+        Ok(Self {
             aead: LessSafeKey::new(unbound),
             journal_id,
         })

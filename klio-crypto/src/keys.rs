@@ -39,27 +39,27 @@ pub(crate) const NONCE_LEN: usize = 12;
 ///
 /// Displayed (and parsed) as 32 lowercase hex digits. Ids are not secret.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct KeyId([u8; KeyId::LEN]);
+pub struct KeyId([u8; Self::LEN]);
 
 impl KeyId {
     /// Bytes in a key id.
     pub const LEN: usize = 16;
 
     /// A key id from its bytes.
-    pub const fn from_bytes(bytes: [u8; KeyId::LEN]) -> Self {
-        KeyId(bytes)
+    pub const fn from_bytes(bytes: [u8; Self::LEN]) -> Self {
+        Self(bytes)
     }
 
     /// The id's bytes.
-    pub const fn as_bytes(&self) -> &[u8; KeyId::LEN] {
+    pub const fn as_bytes(&self) -> &[u8; Self::LEN] {
         &self.0
     }
 
     fn of_key(key: &[u8; KEY_LEN]) -> Self {
         let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), KEY_ID_LABEL);
-        let mut id = [0u8; KeyId::LEN];
-        id.copy_from_slice(&tag.as_ref()[..KeyId::LEN]);
-        KeyId(id)
+        let mut id = [0u8; Self::LEN];
+        id.copy_from_slice(&tag.as_ref()[..Self::LEN]);
+        Self(id)
     }
 }
 
@@ -82,11 +82,11 @@ impl FromStr for KeyId {
     type Err = CryptoError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut id = [0u8; KeyId::LEN];
+        let mut id = [0u8; Self::LEN];
         decode_hex(s.as_bytes(), &mut id).map_err(|_| CryptoError::InvalidKeyId {
             input: s.chars().take(80).collect(),
         })?;
-        Ok(KeyId(id))
+        Ok(Self(id))
     }
 }
 
@@ -107,7 +107,7 @@ pub struct KdfParams {
 impl KdfParams {
     /// RFC 9106's second recommended option: 64 MiB, 3 passes, 4 lanes (about a tenth of a
     /// second to a few tenths on current hardware).
-    pub const RECOMMENDED: KdfParams = KdfParams {
+    pub const RECOMMENDED: Self = Self {
         memory_kib: 64 * 1024,
         iterations: 3,
         parallelism: 4,
@@ -115,7 +115,7 @@ impl KdfParams {
 
     /// Cheap parameters for tests only: they give passphrase-derived keys no protection
     /// against guessing.
-    pub const INSECURE_FAST_FOR_TESTS: KdfParams = KdfParams {
+    pub const INSECURE_FAST_FOR_TESTS: Self = Self {
         memory_kib: 64,
         iterations: 1,
         parallelism: 1,
@@ -124,7 +124,7 @@ impl KdfParams {
 
 impl Default for KdfParams {
     fn default() -> Self {
-        KdfParams::RECOMMENDED
+        Self::RECOMMENDED
     }
 }
 
@@ -148,29 +148,28 @@ impl fmt::Debug for Kek {
 
 impl Kek {
     /// A KEK from exactly [`KEY_LEN`] bytes.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Kek, CryptoError> {
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, CryptoError> {
         let key: &[u8; KEY_LEN] = bytes
             .try_into()
             .map_err(|_| CryptoError::InvalidKeyLength { len: bytes.len() })?;
-        Ok(Kek::from_array(key))
+        Ok(Self::from_array(key))
     }
 
-    fn from_array(key: &[u8; KEY_LEN]) -> Kek {
-        let unbound = match UnboundKey::new(&AES_256_GCM, key) {
-            Ok(k) => k,
+    fn from_array(key: &[u8; KEY_LEN]) -> Self {
+        let Ok(unbound) = UnboundKey::new(&AES_256_GCM, key) else {
             // AES_256_GCM accepts every 32-byte key; ring only refuses a wrong length.
-            Err(_) => unreachable!("AES-256-GCM takes any 32-byte key"),
+            unreachable!("AES-256-GCM takes any 32-byte key");
         };
-        Kek {
+        Self {
             id: KeyId::of_key(key),
             key: LessSafeKey::new(unbound),
         }
     }
 
     /// A KEK from the contents of a key file (see the [module docs](self) for the formats).
-    pub fn from_key_file_contents(contents: &[u8]) -> Result<Kek, CryptoError> {
+    pub fn from_key_file_contents(contents: &[u8]) -> Result<Self, CryptoError> {
         if contents.len() == KEY_LEN {
-            return Kek::from_bytes(contents);
+            return Self::from_bytes(contents);
         }
         let text = contents
             .strip_suffix(b"\r\n")
@@ -193,7 +192,7 @@ impl Kek {
         decode_hex(text, &mut key).map_err(|pos| CryptoError::BadKeyFile {
             reason: format!("byte {pos} of 64 hex digits is not a hex digit"),
         })?;
-        Ok(Kek::from_array(&key))
+        Ok(Self::from_array(&key))
     }
 
     /// A KEK derived from a passphrase with Argon2id.
@@ -204,7 +203,7 @@ impl Kek {
         passphrase: &[u8],
         salt: &[u8; SALT_LEN],
         params: &KdfParams,
-    ) -> Result<Kek, CryptoError> {
+    ) -> Result<Self, CryptoError> {
         if passphrase.is_empty() {
             return Err(CryptoError::Kdf {
                 reason: "the passphrase is empty; choose a non-empty passphrase".into(),
@@ -232,12 +231,12 @@ impl Kek {
             .map_err(|e| CryptoError::Kdf {
                 reason: format!("Argon2id failed: {e}"),
             })?;
-        Ok(Kek::from_array(&key))
+        Ok(Self::from_array(&key))
     }
 
     /// A fresh random KEK and the contents of its key file in the canonical format (64 hex
     /// digits and a newline). Write the file with mode 0600.
-    pub fn generate(rng: &dyn SecureRandom) -> Result<(Kek, Vec<u8>), CryptoError> {
+    pub fn generate(rng: &dyn SecureRandom) -> Result<(Self, Vec<u8>), CryptoError> {
         let mut key = [0u8; KEY_LEN];
         rng.fill(&mut key).map_err(|_| CryptoError::Random)?;
         let mut file = Vec::with_capacity(2 * KEY_LEN + 1);
@@ -246,7 +245,7 @@ impl Kek {
             file.push(HEX[usize::from(b & 0x0f)]);
         }
         file.push(b'\n');
-        Ok((Kek::from_array(&key), file))
+        Ok((Self::from_array(&key), file))
     }
 
     /// This key's id.
@@ -358,8 +357,8 @@ impl fmt::Debug for Keyring {
 
 impl Keyring {
     /// A keyring holding `primary`, which seals new objects.
-    pub fn new(primary: Kek) -> Keyring {
-        Keyring {
+    pub fn new(primary: Kek) -> Self {
+        Self {
             primary: primary.id(),
             keys: vec![primary],
         }

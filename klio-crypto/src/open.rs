@@ -88,7 +88,7 @@ struct ChunkReader {
 }
 
 impl ChunkReader {
-    fn new(keyring: &Keyring, header: ObjectHeader) -> Result<ChunkReader, CryptoError> {
+    fn new(keyring: &Keyring, header: ObjectHeader) -> Result<Self, CryptoError> {
         let key_id = header.key_id();
         let kek = keyring
             .get(&key_id)
@@ -108,7 +108,7 @@ impl ChunkReader {
                 })?))
             }
         };
-        Ok(ChunkReader {
+        Ok(Self {
             chunk_size: header.chunk_size() as usize,
             header,
             key: LessSafeKey::new(key),
@@ -265,7 +265,7 @@ impl fmt::Debug for Opener<'_> {
 
 impl<'k> Opener<'k> {
     /// An opener for one object sealed with a key in `keyring`.
-    pub fn new(keyring: &'k Keyring) -> Opener<'k> {
+    pub fn new(keyring: &'k Keyring) -> Self {
         Opener {
             keyring,
             state: State::Header,

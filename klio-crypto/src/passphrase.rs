@@ -52,12 +52,12 @@ impl PassphraseKeyFile {
         params: KdfParams,
         passphrase_env: &str,
         rng: &dyn SecureRandom,
-    ) -> Result<(Kek, PassphraseKeyFile), CryptoError> {
+    ) -> Result<(Kek, Self), CryptoError> {
         check_env_name(passphrase_env)?;
         let mut salt = [0u8; SALT_LEN];
         rng.fill(&mut salt).map_err(|_| CryptoError::Random)?;
         let kek = Kek::from_passphrase(passphrase, &salt, &params)?;
-        let file = PassphraseKeyFile {
+        let file = Self {
             key_id: kek.id(),
             salt,
             params,
@@ -74,7 +74,7 @@ impl PassphraseKeyFile {
     }
 
     /// Parses a passphrase key file.
-    pub fn parse(contents: &[u8]) -> Result<PassphraseKeyFile, CryptoError> {
+    pub fn parse(contents: &[u8]) -> Result<Self, CryptoError> {
         let bad = |reason: String| CryptoError::BadPassphraseKeyFile { reason };
         let text = std::str::from_utf8(contents).map_err(|e| {
             bad(format!(
@@ -137,7 +137,7 @@ impl PassphraseKeyFile {
             }
         }
         let missing = |f: &str| bad(format!("the {f} line is missing"));
-        Ok(PassphraseKeyFile {
+        Ok(Self {
             key_id: key_id.ok_or_else(|| missing("key-id"))?,
             salt: salt.ok_or_else(|| missing("salt"))?,
             params: params.ok_or_else(|| missing("argon2id"))?,

@@ -41,7 +41,7 @@ pub struct SealOptions {
 impl Default for SealOptions {
     /// lz4, [`DEFAULT_CHUNK_SIZE`] (32 KiB) chunks.
     fn default() -> Self {
-        SealOptions {
+        Self {
             compression: Compression::Lz4,
             chunk_size: DEFAULT_CHUNK_SIZE,
         }
@@ -107,12 +107,12 @@ enum Compressor {
 impl Compressor {
     fn new(opts: &SealOptions) -> Result<Self, CryptoError> {
         Ok(match opts.compression {
-            Compression::None => Compressor::None,
-            Compression::Lz4 => Compressor::Lz4 {
+            Compression::None => Self::None,
+            Compression::Lz4 => Self::Lz4 {
                 table: lz4_flex::block::CompressTable::large(),
                 scratch: vec![0; lz4_flex::block::get_maximum_output_size(opts.chunk_size)],
             },
-            Compression::Zstd { level } => Compressor::Zstd {
+            Compression::Zstd { level } => Self::Zstd {
                 ctx: Box::new(zstd::bulk::Compressor::new(level).map_err(|e| {
                     CryptoError::Compression {
                         chunk: 0,
@@ -127,8 +127,8 @@ impl Compressor {
     /// The compressed form of `data`, if it is worth storing instead of `data`.
     fn compress(&mut self, data: &[u8], chunk: u64) -> Result<Option<&[u8]>, CryptoError> {
         let compressed: &[u8] = match self {
-            Compressor::None => return Ok(None),
-            Compressor::Lz4 { table, scratch } => {
+            Self::None => return Ok(None),
+            Self::Lz4 { table, scratch } => {
                 let n = lz4_flex::block::compress_into_with_table(data, scratch, table).map_err(
                     |e| CryptoError::Compression {
                         chunk,
@@ -137,7 +137,7 @@ impl Compressor {
                 )?;
                 &scratch[..n]
             }
-            Compressor::Zstd { ctx, scratch } => {
+            Self::Zstd { ctx, scratch } => {
                 ctx.compress_to_buffer(data, scratch)
                     .map_err(|e| CryptoError::Compression {
                         chunk,
@@ -184,7 +184,7 @@ impl Sealer {
         keyring: &Keyring,
         opts: &SealOptions,
         rng: &dyn SecureRandom,
-    ) -> Result<(Sealer, Vec<u8>), CryptoError> {
+    ) -> Result<(Self, Vec<u8>), CryptoError> {
         opts.validate()?;
         let (kind, level) = match opts.compression {
             Compression::None => (CompressionKind::None, 0),
@@ -204,7 +204,7 @@ impl Sealer {
         let mut header = Vec::with_capacity(HEADER_LEN);
         header.extend_from_slice(&immutable);
         header.extend_from_slice(&slot);
-        let sealer = Sealer::from_parts(immutable, &data_key, kek.id(), opts)?;
+        let sealer = Self::from_parts(immutable, &data_key, kek.id(), opts)?;
         Ok((sealer, header))
     }
 
@@ -214,11 +214,11 @@ impl Sealer {
         data_key: &[u8; KEY_LEN],
         key_id: KeyId,
         opts: &SealOptions,
-    ) -> Result<Sealer, CryptoError> {
+    ) -> Result<Self, CryptoError> {
         let key = UnboundKey::new(&AES_256_GCM, data_key).map_err(|_| CryptoError::Encryption {
             reason: "creating the data key",
         })?;
-        Ok(Sealer {
+        Ok(Self {
             immutable,
             key: LessSafeKey::new(key),
             key_id,

@@ -72,14 +72,14 @@ pub struct MetricsEndpoint {
 
 impl MetricsEndpoint {
     /// Binds `addr` (port 0 picks a free port). Must be called inside a Tokio runtime.
-    pub fn bind(addr: SocketAddr) -> Result<MetricsEndpoint, MetricsError> {
+    pub fn bind(addr: SocketAddr) -> Result<Self, MetricsError> {
         let bind = || -> std::io::Result<tokio::net::TcpListener> {
             let std_listener = std::net::TcpListener::bind(addr)?;
             std_listener.set_nonblocking(true)?;
             tokio::net::TcpListener::from_std(std_listener)
         };
         bind()
-            .map(|listener| MetricsEndpoint { listener })
+            .map(|listener| Self { listener })
             .map_err(|source| MetricsError::Bind { addr, source })
     }
 

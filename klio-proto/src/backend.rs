@@ -139,32 +139,32 @@ impl BackendMessage {
     /// The message's tag byte.
     pub fn tag(&self) -> u8 {
         match self {
-            BackendMessage::AuthenticationOk
-            | BackendMessage::AuthenticationKerberosV5
-            | BackendMessage::AuthenticationCleartextPassword
-            | BackendMessage::AuthenticationMd5Password { .. }
-            | BackendMessage::AuthenticationGss
-            | BackendMessage::AuthenticationGssContinue(_)
-            | BackendMessage::AuthenticationSspi
-            | BackendMessage::AuthenticationSasl { .. }
-            | BackendMessage::AuthenticationSaslContinue(_)
-            | BackendMessage::AuthenticationSaslFinal(_) => b'R',
-            BackendMessage::ParameterStatus { .. } => b'S',
-            BackendMessage::BackendKeyData { .. } => b'K',
-            BackendMessage::ReadyForQuery { .. } => b'Z',
-            BackendMessage::RowDescription(_) => b'T',
-            BackendMessage::DataRow(_) => b'D',
-            BackendMessage::CommandComplete { .. } => b'C',
-            BackendMessage::EmptyQueryResponse => b'I',
-            BackendMessage::ErrorResponse(_) => b'E',
-            BackendMessage::NoticeResponse(_) => b'N',
-            BackendMessage::CopyInResponse { .. } => b'G',
-            BackendMessage::CopyOutResponse { .. } => b'H',
-            BackendMessage::CopyBothResponse { .. } => b'W',
-            BackendMessage::CopyData(_) => b'd',
-            BackendMessage::CopyDone => b'c',
-            BackendMessage::NegotiateProtocolVersion { .. } => b'v',
-            BackendMessage::NotificationResponse { .. } => b'A',
+            Self::AuthenticationOk
+            | Self::AuthenticationKerberosV5
+            | Self::AuthenticationCleartextPassword
+            | Self::AuthenticationMd5Password { .. }
+            | Self::AuthenticationGss
+            | Self::AuthenticationGssContinue(_)
+            | Self::AuthenticationSspi
+            | Self::AuthenticationSasl { .. }
+            | Self::AuthenticationSaslContinue(_)
+            | Self::AuthenticationSaslFinal(_) => b'R',
+            Self::ParameterStatus { .. } => b'S',
+            Self::BackendKeyData { .. } => b'K',
+            Self::ReadyForQuery { .. } => b'Z',
+            Self::RowDescription(_) => b'T',
+            Self::DataRow(_) => b'D',
+            Self::CommandComplete { .. } => b'C',
+            Self::EmptyQueryResponse => b'I',
+            Self::ErrorResponse(_) => b'E',
+            Self::NoticeResponse(_) => b'N',
+            Self::CopyInResponse { .. } => b'G',
+            Self::CopyOutResponse { .. } => b'H',
+            Self::CopyBothResponse { .. } => b'W',
+            Self::CopyData(_) => b'd',
+            Self::CopyDone => b'c',
+            Self::NegotiateProtocolVersion { .. } => b'v',
+            Self::NotificationResponse { .. } => b'A',
         }
     }
 }

@@ -194,6 +194,6 @@ impl std::error::Error for ServerError {}
 
 impl From<ServerError> for ProtocolError {
     fn from(e: ServerError) -> Self {
-        ProtocolError::Server(Box::new(e))
+        Self::Server(Box::new(e))
     }
 }

@@ -62,13 +62,13 @@ enum State {
 impl State {
     fn name(&self) -> &'static str {
         match self {
-            State::Auth => "an authentication request",
-            State::PasswordSent => "AuthenticationOk after the password",
-            State::ScramContinue(_) => "AuthenticationSASLContinue",
-            State::ScramFinal(_) => "AuthenticationSASLFinal",
-            State::ScramVerified => "AuthenticationOk after SCRAM",
-            State::Authenticated => "ParameterStatus, BackendKeyData or ReadyForQuery",
-            State::Done => "nothing (startup is finished)",
+            Self::Auth => "an authentication request",
+            Self::PasswordSent => "AuthenticationOk after the password",
+            Self::ScramContinue(_) => "AuthenticationSASLContinue",
+            Self::ScramFinal(_) => "AuthenticationSASLFinal",
+            Self::ScramVerified => "AuthenticationOk after SCRAM",
+            Self::Authenticated => "ParameterStatus, BackendKeyData or ReadyForQuery",
+            Self::Done => "nothing (startup is finished)",
         }
     }
 }

@@ -101,8 +101,8 @@ pub struct CertsDir {
 
 impl CertsDir {
     /// A certificate directory (created on first write).
-    pub fn new(dir: impl Into<PathBuf>) -> CertsDir {
-        CertsDir { dir: dir.into() }
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
     }
 
     /// `ca.pem`.

@@ -164,12 +164,12 @@ pub enum ConfigError {
 
 impl ServerConfigFile {
     /// Reads and parses `path`.
-    pub fn read(path: &Path) -> Result<ServerConfigFile, ConfigError> {
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Ok(serde_yaml_ng::from_str::<Option<ServerConfigFile>>(&text)
+        Ok(serde_yaml_ng::from_str::<Option<Self>>(&text)
             .map_err(|source| ConfigError::Parse {
                 path: path.to_owned(),
                 source,
@@ -199,10 +199,7 @@ impl ServerConfigFile {
 
 impl ServerConfig {
     /// Reads `file` (if given) and applies `overrides` on top.
-    pub fn resolve(
-        file: Option<&Path>,
-        overrides: ServerOverrides,
-    ) -> Result<ServerConfig, ConfigError> {
+    pub fn resolve(file: Option<&Path>, overrides: ServerOverrides) -> Result<Self, ConfigError> {
         let parsed = match file {
             None => ServerConfigFile::default(),
             Some(path) => ServerConfigFile::read(path)?,
@@ -279,7 +276,7 @@ impl ServerConfig {
             .or(parsed.metrics.and_then(|m| m.listen))
             .unwrap_or_else(|| DEFAULT_METRICS_LISTEN.to_owned());
         let metrics_listen = parse_metrics_listen(&metrics_text)?;
-        Ok(ServerConfig {
+        Ok(Self {
             listen,
             data_dir,
             tls: TlsFiles { ca, cert, key },

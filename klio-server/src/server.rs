@@ -93,7 +93,7 @@ pub struct Server {
 impl Server {
     /// Checks the configuration, prepares the data directory and binds the sockets (QUIC, and
     /// the metrics listener if configured). Must be called inside a Tokio runtime.
-    pub fn bind(config: &ServerConfig) -> Result<Server, ServerError> {
+    pub fn bind(config: &ServerConfig) -> Result<Self, ServerError> {
         let quic = tls::quic_server_config(&config.tls)?;
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| FsError::new(FsAction::CreateDirectory, &config.data_dir, e))?;
@@ -129,7 +129,7 @@ impl Server {
             .map(klio_metrics::MetricsEndpoint::bind)
             .transpose()?;
         let telemetry = Arc::new(Telemetry::new(&config.data_dir, storage.keyring.clone()));
-        Ok(Server {
+        Ok(Self {
             endpoint,
             metrics,
             shared: Arc::new(Shared {

@@ -18,18 +18,13 @@ pub struct KeyFile {
 
 impl KeyFile {
     /// `klio keys generate -o path`: a random key.
-    pub fn generate(exe: &Path, path: &Path) -> KeyFile {
+    pub fn generate(exe: &Path, path: &Path) -> Self {
         let generated = run_ok(Command::new(exe).args(["keys", "generate", "-o"]).arg(path));
         Self::finish(exe, path, generated.stdout, None)
     }
 
     /// `klio keys generate --passphrase` into `path`, the passphrase read from variable `var`.
-    pub fn generate_with_passphrase(
-        exe: &Path,
-        path: &Path,
-        var: &str,
-        passphrase: &str,
-    ) -> KeyFile {
+    pub fn generate_with_passphrase(exe: &Path, path: &Path, var: &str, passphrase: &str) -> Self {
         let generated = run_ok(
             Command::new(exe)
                 .args(["keys", "generate", "--passphrase", "--passphrase-env", var])
@@ -45,7 +40,7 @@ impl KeyFile {
         path: &Path,
         generated: String,
         passphrase: Option<(&str, &str)>,
-    ) -> KeyFile {
+    ) -> Self {
         // The server runs as postgres and must read the file.
         run_ok(Command::new("chown").arg("postgres:postgres").arg(path));
         let mut id = Command::new(exe);
@@ -54,7 +49,7 @@ impl KeyFile {
         if let Some((var, value)) = passphrase {
             id.env(var, value);
         }
-        KeyFile {
+        Self {
             path: path.to_owned(),
             id: run_ok(&mut id).stdout.trim().to_owned(),
             generated,

@@ -19,7 +19,7 @@ pub struct TestCerts {
 
 impl TestCerts {
     /// `klio certs init` plus a client certificate for each of `clusters`.
-    pub fn create(exe: &Path, dir: &Path, clusters: &[&str]) -> TestCerts {
+    pub fn create(exe: &Path, dir: &Path, clusters: &[&str]) -> Self {
         run_ok(Command::new(exe).args(["certs", "init", "-D"]).arg(dir));
         for c in clusters {
             run_ok(
@@ -34,7 +34,7 @@ impl TestCerts {
                 .args(["-R", "postgres:postgres"])
                 .arg(dir),
         );
-        TestCerts {
+        Self {
             dir: dir.to_owned(),
         }
     }
@@ -77,7 +77,7 @@ pub fn free_tcp_port() -> u16 {
 
 impl KlioServer {
     /// Starts a server with data in `work/server-data`.
-    pub fn start(exe: &Path, work: &TestDir, certs: &TestCerts) -> KlioServer {
+    pub fn start(exe: &Path, work: &TestDir, certs: &TestCerts) -> Self {
         Self::start_with_args(exe, work, certs, &[])
     }
 
@@ -87,7 +87,7 @@ impl KlioServer {
         work: &TestDir,
         certs: &TestCerts,
         extra_args: &[&std::ffi::OsStr],
-    ) -> KlioServer {
+    ) -> Self {
         Self::start_with_env(exe, work, certs, extra_args, &[])
     }
 
@@ -99,8 +99,8 @@ impl KlioServer {
         certs: &TestCerts,
         extra_args: &[&std::ffi::OsStr],
         env: &[(&str, &str)],
-    ) -> KlioServer {
-        let mut s = KlioServer {
+    ) -> Self {
+        let mut s = Self {
             exe: exe.to_owned(),
             certs: certs.clone(),
             data_dir: work.subdir("server-data"),
@@ -205,7 +205,7 @@ impl KlioServer {
 
     /// The `klio server start` command [`KlioServer::restart`] runs, to run by hand (as the
     /// postgres user, without the environment set by [`KlioServer::set_env`]).
-    pub fn command(&self) -> std::process::Command {
+    pub fn command(&self) -> Command {
         let mut cmd = as_postgres(&self.exe);
         cmd.args(["server", "start", "--listen", &self.address(), "--data-dir"])
             .arg(&self.data_dir)

@@ -50,7 +50,7 @@ pub struct PgOptions {
 
 impl Default for PgOptions {
     fn default() -> Self {
-        PgOptions {
+        Self {
             wal_segsize_mb: 16,
             auth: Auth::Trust,
             conf: Vec::new(),
@@ -71,7 +71,7 @@ pub struct PgServer {
 
 impl PgServer {
     /// initdb and start a primary with `wal_level=replica`.
-    pub fn start(opts: PgOptions) -> PgServer {
+    pub fn start(opts: PgOptions) -> Self {
         let dir = TestDir::new("pg");
         let data = dir.path().join("data");
         let mut initdb = as_postgres(pg_bin("initdb"));
@@ -122,7 +122,7 @@ impl PgServer {
             let _ = writeln!(conf, "{line}");
         }
         append_conf(&data, &conf);
-        let mut s = PgServer {
+        let mut s = Self {
             dir,
             port: 0,
             stopped: true,
@@ -136,7 +136,7 @@ impl PgServer {
     }
 
     /// A streaming standby of `primary`, from `pg_basebackup -R`.
-    pub fn standby_of(primary: &PgServer) -> PgServer {
+    pub fn standby_of(primary: &Self) -> Self {
         let dir = TestDir::new("standby");
         let data = dir.path().join("data");
         run_ok(
@@ -147,7 +147,7 @@ impl PgServer {
                 .args(["-h", &primary.socket_dir(), "-p", &primary.port.to_string()])
                 .args(["-U", "postgres"]),
         );
-        let mut s = PgServer {
+        let mut s = Self {
             dir,
             port: 0,
             stopped: true,
@@ -158,8 +158,8 @@ impl PgServer {
 
     /// Starts a server on the data directory `data` that a test prepared (for example a
     /// restored base backup), owning `dir`.
-    pub fn start_in(dir: TestDir) -> PgServer {
-        let mut s = PgServer {
+    pub fn start_in(dir: TestDir) -> Self {
+        let mut s = Self {
             dir,
             port: 0,
             stopped: true,

@@ -17,7 +17,7 @@ pub struct BackgroundProcess {
 
 impl BackgroundProcess {
     /// Spawns `cmd` with stdout and stderr appended to `log`.
-    pub fn spawn(name: &str, cmd: &mut Command, log: &Path) -> BackgroundProcess {
+    pub fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Self {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -29,7 +29,7 @@ impl BackgroundProcess {
             .stderr(Stdio::from(err));
         let child = crate::command::retry_text_file_busy(|| cmd.spawn())
             .unwrap_or_else(|e| panic!("could not start {name} ({cmd:?}): {e}"));
-        BackgroundProcess {
+        Self {
             name: name.to_owned(),
             child: Some(child),
             log: log.to_owned(),

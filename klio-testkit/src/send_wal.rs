@@ -36,14 +36,14 @@ impl SendWal {
         cluster: &str,
         extra_args: &[OsString],
         log: &Path,
-    ) -> SendWal {
+    ) -> Self {
         let mut args: Vec<OsString> = ["send-wal", "-v", "-d"].map(OsString::from).to_vec();
         args.push(pg.tcp_connstr().into());
         args.extend(["-S", SEND_WAL_SLOT, "--cluster", cluster].map(OsString::from));
         args.extend(server.client_args(certs, cluster));
         args.extend(["--max-reconnect-delay", "1", "-s", "1"].map(OsString::from));
         args.extend(extra_args.iter().cloned());
-        SendWal {
+        Self {
             exe: exe.to_owned(),
             args,
             log: log.to_owned(),

@@ -13,14 +13,14 @@ pub struct TestDir {
 
 impl TestDir {
     /// Creates a directory; `label` shows up in its name.
-    pub fn new(label: &str) -> TestDir {
+    pub fn new(label: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix(&format!("klio-{label}-"))
             .tempdir_in(std::env::temp_dir())
             .expect("create temporary directory");
         let path = dir.path().to_owned();
         give_to_postgres(&path);
-        TestDir {
+        Self {
             dir: Some(dir),
             path,
         }

@@ -21,7 +21,7 @@ pub struct TickLoop {
 impl TickLoop {
     /// Creates the table and starts committing rows carrying `pad_bytes` of padding. Ids come
     /// from the loop, not a sequence: a crash legitimately moves a sequence ahead.
-    pub fn start(pg: &PgServer, work: &TestDir, pad_bytes: usize) -> TickLoop {
+    pub fn start(pg: &PgServer, work: &TestDir, pad_bytes: usize) -> Self {
         pg.psql(
             "CREATE TABLE ticks (id bigint PRIMARY KEY, \
              at timestamptz NOT NULL DEFAULT clock_timestamp(), pad text)",
@@ -43,7 +43,7 @@ impl TickLoop {
         cmd.args(["-c", &script]);
         let process =
             BackgroundProcess::spawn("tick loop", &mut cmd, &work.path().join("ticks.log"));
-        TickLoop { process, ids, stop }
+        Self { process, ids, stop }
     }
 
     /// How many commits have returned so far (the ids are 1..=n).

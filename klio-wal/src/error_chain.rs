@@ -65,7 +65,7 @@ mod tests {
     #[derive(Debug)]
     struct Layer {
         message: String,
-        cause: Option<Box<Layer>>,
+        cause: Option<Box<Self>>,
     }
 
     impl fmt::Display for Layer {

@@ -10,20 +10,30 @@ use crate::{SegmentNo, SegmentSize, TimelineId};
 pub enum WalFileName {
     /// A complete segment: `000000010000000000000003`.
     Segment {
+        /// The timeline in the name.
         timeline: TimelineId,
+        /// The segment number.
         segno: SegmentNo,
     },
     /// A segment still being written: `000000010000000000000003.partial`.
     Partial {
+        /// The timeline in the name.
         timeline: TimelineId,
+        /// The segment number.
         segno: SegmentNo,
     },
     /// A timeline history file: `00000002.history`.
-    History { timeline: TimelineId },
+    History {
+        /// The timeline whose history the file holds.
+        timeline: TimelineId,
+    },
     /// A backup label file: `000000010000000000000003.00000028.backup`.
     Backup {
+        /// The timeline in the name.
         timeline: TimelineId,
+        /// The segment the backup started in.
         segno: SegmentNo,
+        /// The backup's start offset in that segment.
         offset: u32,
     },
 }
@@ -42,7 +52,12 @@ pub enum ParseWalFileNameError {
     TimelineZero(String),
     /// The low segment part does not fit the segment size.
     #[error("{name:?} has a segment part too large for {size} segments")]
-    SegmentOutOfRange { name: String, size: SegmentSize },
+    SegmentOutOfRange {
+        /// The name.
+        name: String,
+        /// The segment size it was read with.
+        size: SegmentSize,
+    },
 }
 
 fn hex8(s: &str) -> Option<u32> {
@@ -59,7 +74,7 @@ fn hex8(s: &str) -> Option<u32> {
 
 impl WalFileName {
     /// Parses a file name; the segment size is needed to turn the name into a segment number.
-    pub fn parse(name: &str, size: SegmentSize) -> Result<WalFileName, ParseWalFileNameError> {
+    pub fn parse(name: &str, size: SegmentSize) -> Result<Self, ParseWalFileNameError> {
         let shape = || ParseWalFileNameError::Shape(name.to_owned());
         let tli = |v: u32| {
             TimelineId::new(v).map_err(|_| ParseWalFileNameError::TimelineZero(name.to_owned()))
@@ -82,43 +97,43 @@ impl WalFileName {
         };
         if let Some(base) = name.strip_suffix(".partial") {
             let (timeline, segno) = segment(base)?;
-            return Ok(WalFileName::Partial { timeline, segno });
+            return Ok(Self::Partial { timeline, segno });
         }
         if let Some(base) = name.strip_suffix(".history") {
             let t = hex8(base).ok_or_else(shape)?;
-            return Ok(WalFileName::History { timeline: tli(t)? });
+            return Ok(Self::History { timeline: tli(t)? });
         }
         if let Some(base) = name.strip_suffix(".backup") {
             let (seg, off) = base.split_once('.').ok_or_else(shape)?;
             let (timeline, segno) = segment(seg)?;
             let offset = hex8(off).ok_or_else(shape)?;
-            return Ok(WalFileName::Backup {
+            return Ok(Self::Backup {
                 timeline,
                 segno,
                 offset,
             });
         }
         let (timeline, segno) = segment(name)?;
-        Ok(WalFileName::Segment { timeline, segno })
+        Ok(Self::Segment { timeline, segno })
     }
 
     /// The timeline the file belongs to.
     pub fn timeline(&self) -> TimelineId {
         match *self {
-            WalFileName::Segment { timeline, .. }
-            | WalFileName::Partial { timeline, .. }
-            | WalFileName::History { timeline }
-            | WalFileName::Backup { timeline, .. } => timeline,
+            Self::Segment { timeline, .. }
+            | Self::Partial { timeline, .. }
+            | Self::History { timeline }
+            | Self::Backup { timeline, .. } => timeline,
         }
     }
 
     /// The segment number, for segment-like names.
     pub fn segno(&self) -> Option<SegmentNo> {
         match *self {
-            WalFileName::Segment { segno, .. }
-            | WalFileName::Partial { segno, .. }
-            | WalFileName::Backup { segno, .. } => Some(segno),
-            WalFileName::History { .. } => None,
+            Self::Segment { segno, .. }
+            | Self::Partial { segno, .. }
+            | Self::Backup { segno, .. } => Some(segno),
+            Self::History { .. } => None,
         }
     }
 

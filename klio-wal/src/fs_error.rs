@@ -55,22 +55,22 @@ impl FsAction {
     /// The verb phrase, as in "could not {phrase} {path}".
     pub fn as_str(self) -> &'static str {
         match self {
-            FsAction::Create => "create",
-            FsAction::CreateDirectory => "create directory",
-            FsAction::Open => "open",
-            FsAction::Read => "read",
-            FsAction::ReadDirectory => "read directory",
-            FsAction::Stat => "stat",
-            FsAction::Write => "write",
-            FsAction::WriteZeros => "write zeros into",
-            FsAction::Copy => "copy",
-            FsAction::Fsync => "fsync",
-            FsAction::Fdatasync => "fdatasync",
-            FsAction::FsyncDirectory => "fsync directory",
-            FsAction::Rename => "rename into place",
-            FsAction::Remove => "remove",
-            FsAction::Lock => "lock",
-            FsAction::ResolvePath => "resolve the absolute path of",
+            Self::Create => "create",
+            Self::CreateDirectory => "create directory",
+            Self::Open => "open",
+            Self::Read => "read",
+            Self::ReadDirectory => "read directory",
+            Self::Stat => "stat",
+            Self::Write => "write",
+            Self::WriteZeros => "write zeros into",
+            Self::Copy => "copy",
+            Self::Fsync => "fsync",
+            Self::Fdatasync => "fdatasync",
+            Self::FsyncDirectory => "fsync directory",
+            Self::Rename => "rename into place",
+            Self::Remove => "remove",
+            Self::Lock => "lock",
+            Self::ResolvePath => "resolve the absolute path of",
         }
     }
 }
@@ -97,8 +97,8 @@ pub struct FsError {
 
 impl FsError {
     /// `action` on `path` failed with `source`.
-    pub fn new(action: FsAction, path: &Path, source: io::Error) -> FsError {
-        FsError {
+    pub fn new(action: FsAction, path: &Path, source: io::Error) -> Self {
+        Self {
             action,
             path: path.to_owned(),
             source,

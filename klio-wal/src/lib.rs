@@ -4,7 +4,7 @@
 //! validation, a record walker that checks WAL byte for byte, a synthetic WAL generator, a
 //! segment directory writer that follows pg_receivewal's durability rules exactly, and the
 //! crash-safe file writes ([`durable`]) every Klio crate uses.
-#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod durable;
 mod error_chain;

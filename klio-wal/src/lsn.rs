@@ -11,7 +11,7 @@ pub struct Lsn(pub u64);
 
 impl Lsn {
     /// `InvalidXLogRecPtr`.
-    pub const INVALID: Lsn = Lsn(0);
+    pub const INVALID: Self = Self(0);
 
     /// The raw 64-bit value.
     pub const fn get(self) -> u64 {
@@ -24,17 +24,17 @@ impl Lsn {
     }
 
     /// `self + bytes`, or `None` on overflow.
-    pub fn checked_add(self, bytes: u64) -> Option<Lsn> {
+    pub fn checked_add(self, bytes: u64) -> Option<Self> {
         self.0.checked_add(bytes).map(Lsn)
     }
 
     /// `self - bytes`, or `None` on underflow.
-    pub fn checked_sub(self, bytes: u64) -> Option<Lsn> {
+    pub fn checked_sub(self, bytes: u64) -> Option<Self> {
         self.0.checked_sub(bytes).map(Lsn)
     }
 
     /// Bytes from `earlier` to `self`, or `None` if `earlier` is after `self`.
-    pub fn distance_from(self, earlier: Lsn) -> Option<u64> {
+    pub fn distance_from(self, earlier: Self) -> Option<u64> {
         self.0.checked_sub(earlier.0)
     }
 }
@@ -47,7 +47,7 @@ impl fmt::Display for Lsn {
 
 impl From<u64> for Lsn {
     fn from(v: u64) -> Self {
-        Lsn(v)
+        Self(v)
     }
 }
 
@@ -80,7 +80,7 @@ impl FromStr for Lsn {
             }
             u32::from_str_radix(p, 16).map_err(|_| err())
         };
-        Ok(Lsn((u64::from(part(hi)?) << 32) | u64::from(part(lo)?)))
+        Ok(Self((u64::from(part(hi)?) << 32) | u64::from(part(lo)?)))
     }
 }
 

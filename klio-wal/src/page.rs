@@ -45,14 +45,14 @@ pub enum WalMagic {
 
 impl WalMagic {
     /// Every version this crate knows, oldest first.
-    pub const ALL: [WalMagic; 3] = [WalMagic::Pg15, WalMagic::Pg16, WalMagic::Pg17];
+    pub const ALL: [Self; 3] = [Self::Pg15, Self::Pg16, Self::Pg17];
 
     /// The version whose `XLOG_PAGE_MAGIC` is `magic`, if known.
-    pub const fn from_u16(magic: u16) -> Option<WalMagic> {
+    pub const fn from_u16(magic: u16) -> Option<Self> {
         match magic {
-            0xD110 => Some(WalMagic::Pg15),
-            0xD113 => Some(WalMagic::Pg16),
-            0xD116 => Some(WalMagic::Pg17),
+            0xD110 => Some(Self::Pg15),
+            0xD113 => Some(Self::Pg16),
+            0xD116 => Some(Self::Pg17),
             _ => None,
         }
     }
@@ -60,18 +60,18 @@ impl WalMagic {
     /// The `xlp_magic` value.
     pub const fn to_u16(self) -> u16 {
         match self {
-            WalMagic::Pg15 => 0xD110,
-            WalMagic::Pg16 => 0xD113,
-            WalMagic::Pg17 => 0xD116,
+            Self::Pg15 => 0xD110,
+            Self::Pg16 => 0xD113,
+            Self::Pg17 => 0xD116,
         }
     }
 
     /// The PostgreSQL major version (15, 16, 17).
     pub const fn major_version(self) -> u32 {
         match self {
-            WalMagic::Pg15 => 15,
-            WalMagic::Pg16 => 16,
-            WalMagic::Pg17 => 17,
+            Self::Pg15 => 15,
+            Self::Pg16 => 16,
+            Self::Pg17 => 17,
         }
     }
 }
@@ -277,7 +277,7 @@ impl PageHeader {
     /// Only the layout is checked here — length, a known magic, a non-zero timeline; whether the
     /// header fits where it was found is [`PageHeader::validate`]'s job. WAL is little-endian on
     /// every platform Klio supports, so fields are read as such.
-    pub fn parse(bytes: &[u8]) -> Result<PageHeader, PageHeaderError> {
+    pub fn parse(bytes: &[u8]) -> Result<Self, PageHeaderError> {
         if bytes.len() < SHORT_HEADER_LEN {
             return Err(PageHeaderError::Truncated {
                 needed: SHORT_HEADER_LEN,
@@ -307,7 +307,7 @@ impl PageHeader {
         } else {
             None
         };
-        Ok(PageHeader {
+        Ok(Self {
             magic,
             info,
             timeline,

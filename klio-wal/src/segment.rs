@@ -19,7 +19,7 @@ pub struct SegmentNo(pub u64);
 
 impl SegmentSize {
     /// PostgreSQL's default, 16 MiB.
-    pub const DEFAULT: SegmentSize = SegmentSize(16 * 1024 * 1024);
+    pub const DEFAULT: Self = Self(16 * 1024 * 1024);
     /// The smallest size PostgreSQL accepts.
     pub const MIN_BYTES: u32 = 1024 * 1024;
     /// The largest size PostgreSQL accepts.
@@ -31,7 +31,7 @@ impl SegmentSize {
             && bytes >= u64::from(Self::MIN_BYTES)
             && bytes <= u64::from(Self::MAX_BYTES)
         {
-            Ok(SegmentSize(bytes as u32))
+            Ok(Self(bytes as u32))
         } else {
             Err(InvalidSegmentSize(bytes))
         }

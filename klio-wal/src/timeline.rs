@@ -13,14 +13,14 @@ pub struct InvalidTimeline;
 
 impl TimelineId {
     /// The first timeline of every cluster.
-    pub const FIRST: TimelineId = TimelineId(1);
+    pub const FIRST: Self = Self(1);
 
     /// A timeline id; zero is refused.
     pub const fn new(id: u32) -> Result<Self, InvalidTimeline> {
         if id == 0 {
             Err(InvalidTimeline)
         } else {
-            Ok(TimelineId(id))
+            Ok(Self(id))
         }
     }
 
@@ -30,7 +30,7 @@ impl TimelineId {
     }
 
     /// The timeline a promotion creates after this one, if it fits in 32 bits.
-    pub fn next(self) -> Option<TimelineId> {
+    pub fn next(self) -> Option<Self> {
         self.0.checked_add(1).map(TimelineId)
     }
 }
@@ -44,6 +44,6 @@ impl fmt::Display for TimelineId {
 impl TryFrom<u32> for TimelineId {
     type Error = InvalidTimeline;
     fn try_from(v: u32) -> Result<Self, Self::Error> {
-        TimelineId::new(v)
+        Self::new(v)
     }
 }

@@ -34,7 +34,7 @@ struct BitwiseCrc32c(u32);
 
 impl BitwiseCrc32c {
     fn new() -> Self {
-        BitwiseCrc32c(0xFFFF_FFFF)
+        Self(0xFFFF_FFFF)
     }
     fn update(&mut self, data: &[u8]) {
         for &b in data {

@@ -17,8 +17,8 @@ pub(crate) struct Progress {
 }
 
 impl Progress {
-    pub(crate) fn new(label: &'static str, total: u64, unit: &'static str) -> Progress {
-        Progress {
+    pub(crate) fn new(label: &'static str, total: u64, unit: &'static str) -> Self {
+        Self {
             label,
             unit,
             total,

@@ -57,21 +57,21 @@ pub struct WalEndpointSection {
 impl ClientConfigFile {
     /// Reads and parses `path`; unknown keys are refused, so that a misspelt key is not
     /// silently ignored.
-    pub fn load(path: &Path) -> Result<ClientConfigFile, ClientConfigError> {
+    pub fn load(path: &Path) -> Result<Self, ClientConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ClientConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        ClientConfigFile::parse(&text).map_err(|reason| ClientConfigError::Invalid {
+        Self::parse(&text).map_err(|reason| ClientConfigError::Invalid {
             path: path.to_owned(),
             reason,
         })
     }
 
     /// Parses YAML text.
-    pub fn parse(text: &str) -> Result<ClientConfigFile, String> {
+    pub fn parse(text: &str) -> Result<Self, String> {
         if text.trim().is_empty() {
-            return Ok(ClientConfigFile::default());
+            return Ok(Self::default());
         }
         serde_yaml_ng::from_str(text).map_err(|e| e.to_string())
     }

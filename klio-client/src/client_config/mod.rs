@@ -55,42 +55,42 @@ pub struct Setting {
 
 impl Setting {
     /// `host:port` of the Klio server.
-    pub const ADDRESS: Setting = Setting {
+    pub const ADDRESS: Self = Self {
         what: "the Klio server address",
         yaml: "client.wal.address",
         env: "KLIO_SERVER",
         flag: "--server",
     };
     /// The name to verify in the server's certificate.
-    pub const SERVER_NAME: Setting = Setting {
+    pub const SERVER_NAME: Self = Self {
         what: "the server name",
         yaml: "client.wal.server_name",
         env: "KLIO_SERVER_NAME",
         flag: "--server-name",
     };
     /// The CA certificate that signed the server's certificate.
-    pub const CA: Setting = Setting {
+    pub const CA: Self = Self {
         what: "the CA certificate",
         yaml: "client.wal.server_cert_path",
         env: "KLIO_TLS_CA",
         flag: "--tls-ca",
     };
     /// This cluster's client certificate.
-    pub const CERT: Setting = Setting {
+    pub const CERT: Self = Self {
         what: "the client certificate",
         yaml: "client.wal.client_cert_path",
         env: "KLIO_TLS_CERT",
         flag: "--tls-cert",
     };
     /// Its private key.
-    pub const KEY: Setting = Setting {
+    pub const KEY: Self = Self {
         what: "the client key",
         yaml: "client.wal.client_key_path",
         env: "KLIO_TLS_KEY",
         flag: "--tls-key",
     };
     /// The cluster this client is.
-    pub const CLUSTER: Setting = Setting {
+    pub const CLUSTER: Self = Self {
         what: "the cluster name",
         yaml: "client.cluster_name",
         env: "KLIO_CLUSTER",
@@ -146,7 +146,7 @@ pub enum ClientConfigError {
 
 impl From<IdentityError> for ClientConfigError {
     fn from(e: IdentityError) -> Self {
-        ClientConfigError::Identity(Box::new(e))
+        Self::Identity(Box::new(e))
     }
 }
 
@@ -169,9 +169,9 @@ pub struct ClientSettings {
 
 impl ClientSettings {
     /// The settings of a configuration file.
-    pub fn from_file(file: ClientConfigFile) -> ClientSettings {
+    pub fn from_file(file: ClientConfigFile) -> Self {
         let wal = file.client.wal;
-        ClientSettings {
+        Self {
             address: wal.address,
             server_name: wal.server_name,
             ca: wal.server_cert_path,
@@ -183,11 +183,11 @@ impl ClientSettings {
 
     /// The settings given by environment variables, read with `lookup` (`std::env::var_os`);
     /// empty variables count as unset.
-    pub fn from_env(lookup: impl Fn(&'static str) -> Option<OsString>) -> ClientSettings {
+    pub fn from_env(lookup: impl Fn(&'static str) -> Option<OsString>) -> Self {
         let var = |s: Setting| lookup(s.env).filter(|v| !v.is_empty());
         let text = |s: Setting| var(s).map(|v| v.to_string_lossy().into_owned());
         let path = |s: Setting| var(s).map(PathBuf::from);
-        ClientSettings {
+        Self {
             address: text(Setting::ADDRESS),
             server_name: text(Setting::SERVER_NAME),
             ca: path(Setting::CA),
@@ -198,8 +198,8 @@ impl ClientSettings {
     }
 
     /// Each setting from `self`, else from `lower`.
-    pub fn or(self, lower: ClientSettings) -> ClientSettings {
-        ClientSettings {
+    pub fn or(self, lower: Self) -> Self {
+        Self {
             address: self.address.or(lower.address),
             server_name: self.server_name.or(lower.server_name),
             ca: self.ca.or(lower.ca),
@@ -211,14 +211,10 @@ impl ClientSettings {
 
     /// `flags` over `env` over the configuration file `file` (if any), unchecked: for
     /// templates such as wal-player's `{job}` paths; [`ClientConfig::resolve`] checks.
-    pub fn merge(
-        file: Option<&Path>,
-        env: ClientSettings,
-        flags: ClientSettings,
-    ) -> Result<ClientSettings, ClientConfigError> {
+    pub fn merge(file: Option<&Path>, env: Self, flags: Self) -> Result<Self, ClientConfigError> {
         let from_file = match file {
-            Some(path) => ClientSettings::from_file(ClientConfigFile::load(path)?),
-            None => ClientSettings::default(),
+            Some(path) => Self::from_file(ClientConfigFile::load(path)?),
+            None => Self::default(),
         };
         Ok(flags.or(env).or(from_file))
     }
@@ -262,12 +258,12 @@ impl ClientConfig {
         file: Option<&Path>,
         env: ClientSettings,
         flags: ClientSettings,
-    ) -> Result<ClientConfig, ClientConfigError> {
-        ClientConfig::from_settings(&ClientSettings::merge(file, env, flags)?)
+    ) -> Result<Self, ClientConfigError> {
+        Self::from_settings(&ClientSettings::merge(file, env, flags)?)
     }
 
     /// Checks merged settings.
-    pub fn from_settings(settings: &ClientSettings) -> Result<ClientConfig, ClientConfigError> {
+    pub fn from_settings(settings: &ClientSettings) -> Result<Self, ClientConfigError> {
         let server = settings.endpoint()?;
         let cluster = settings
             .cluster
@@ -275,7 +271,7 @@ impl ClientConfig {
             .map(ClusterName::new)
             .transpose()?;
         check_endpoint(&server)?;
-        Ok(ClientConfig { server, cluster })
+        Ok(Self { server, cluster })
     }
 
     /// The cluster, for commands that must be told which one they are.

@@ -11,7 +11,7 @@ pub(crate) struct Pki {
 }
 
 impl Pki {
-    pub(crate) fn new(name: &str) -> Pki {
+    pub(crate) fn new(name: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -21,7 +21,7 @@ impl Pki {
             .push(rcgen::DnType::CommonName, format!("{name} CA"));
         let ca = params.self_signed(&ca_key).unwrap();
         std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-        Pki {
+        Self {
             dir,
             issuer: rcgen::Issuer::new(params, ca_key),
         }

@@ -115,7 +115,7 @@ async fn with_retry<T, Fut>(
     mut attempt: impl FnMut() -> Fut,
 ) -> Result<T, GetWalError>
 where
-    Fut: std::future::Future<Output = Result<T, ServerLinkError>>,
+    Fut: Future<Output = Result<T, ServerLinkError>>,
 {
     let start = Instant::now();
     let mut delay = Duration::from_millis(100);

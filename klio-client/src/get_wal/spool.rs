@@ -35,8 +35,8 @@ impl SpoolKey {
     }
 
     /// The `n`-th segment after this one on the same timeline.
-    pub(crate) fn after(&self, n: u64) -> Option<SpoolKey> {
-        Some(SpoolKey {
+    pub(crate) fn after(&self, n: u64) -> Option<Self> {
+        Some(Self {
             segno: SegmentNo(self.segno.0.checked_add(n)?),
             ..*self
         })
@@ -46,11 +46,11 @@ impl SpoolKey {
         format!("{} {}\n", self.name(), self.size.bytes_u64())
     }
 
-    fn decode(text: &str) -> Option<SpoolKey> {
+    fn decode(text: &str) -> Option<Self> {
         let (name, size) = text.trim().split_once(' ')?;
         let size = SegmentSize::new(size.parse().ok()?).ok()?;
         match WalFileName::parse(name, size).ok()? {
-            WalFileName::Segment { timeline, segno } => Some(SpoolKey {
+            WalFileName::Segment { timeline, segno } => Some(Self {
                 timeline,
                 segno,
                 size,
@@ -74,10 +74,10 @@ const LOCK: &str = "prefetch.lock";
 
 impl Spool {
     /// The spool at `dir`, created if missing.
-    pub(crate) fn open(dir: &Path) -> SpoolResult<Spool> {
+    pub(crate) fn open(dir: &Path) -> SpoolResult<Self> {
         std::fs::create_dir_all(dir)
             .map_err(|e| FsError::new(FsAction::CreateDirectory, dir, e))?;
-        Ok(Spool {
+        Ok(Self {
             dir: dir.to_owned(),
         })
     }

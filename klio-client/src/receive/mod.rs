@@ -95,11 +95,11 @@ impl ReceiveError {
     fn is_retryable(&self) -> bool {
         !matches!(
             self,
-            ReceiveError::Connection(ConnectionError::Settings(_))
-                | ReceiveError::Connection(ConnectionError::Tls(_))
-                | ReceiveError::Directory(SegmentDirError::NotADirectory(_))
-                | ReceiveError::ServerTooOld(_)
-                | ReceiveError::SlotNotPhysical { .. }
+            Self::Connection(ConnectionError::Settings(_))
+                | Self::Connection(ConnectionError::Tls(_))
+                | Self::Directory(SegmentDirError::NotADirectory(_))
+                | Self::ServerTooOld(_)
+                | Self::SlotNotPhysical { .. }
         )
     }
 }

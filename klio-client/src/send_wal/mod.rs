@@ -71,11 +71,9 @@ impl SendWalError {
     /// Whether reconnecting can help.
     fn is_retryable(&self) -> bool {
         match self {
-            SendWalError::Postgres(ConnectionError::Settings(_) | ConnectionError::Tls(_)) => false,
-            SendWalError::Server(e) => e.is_retryable(),
-            SendWalError::ServerTooOld(_)
-            | SendWalError::SlotNotPhysical(_)
-            | SendWalError::Metrics(_) => false,
+            Self::Postgres(ConnectionError::Settings(_) | ConnectionError::Tls(_)) => false,
+            Self::Server(e) => e.is_retryable(),
+            Self::ServerTooOld(_) | Self::SlotNotPhysical(_) | Self::Metrics(_) => false,
             _ => true,
         }
     }
@@ -83,8 +81,8 @@ impl SendWalError {
     /// The `kind` label of `klio_errors_total`.
     fn kind(&self) -> &'static str {
         match self {
-            SendWalError::Postgres(_) => "postgres",
-            SendWalError::Server(_) => "server",
+            Self::Postgres(_) => "postgres",
+            Self::Server(_) => "server",
             _ => "stream",
         }
     }

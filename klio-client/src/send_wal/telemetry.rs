@@ -54,10 +54,10 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 impl SendWalTelemetry {
-    pub(crate) fn new(cluster: &str) -> SendWalTelemetry {
+    pub(crate) fn new(cluster: &str) -> Self {
         let labels = [(Cow::Borrowed("cluster"), Cow::Owned(cluster.to_owned()))];
         let mut r = Registry::with_prefix_and_labels("klio", labels.into_iter());
-        let t = SendWalTelemetry {
+        let t = Self {
             registry: Registry::default(),
             received: Counter::default(),
             acknowledged: Counter::default(),
@@ -127,7 +127,7 @@ impl SendWalTelemetry {
             "Sessions ended by an error, by kind (postgres, server, stream)",
             t.errors.clone(),
         );
-        SendWalTelemetry { registry: r, ..t }
+        Self { registry: r, ..t }
     }
 
     /// The replication connection is up (or down).

@@ -15,7 +15,7 @@ pub struct FramedSend {
 
 impl FramedSend {
     pub(super) fn new(send: quinn::SendStream) -> Self {
-        FramedSend {
+        Self {
             send,
             buf: BytesMut::with_capacity(256 * 1024),
         }
@@ -65,7 +65,7 @@ pub struct FramedRecv {
 
 impl FramedRecv {
     pub(super) fn new(recv: quinn::RecvStream) -> Self {
-        FramedRecv {
+        Self {
             recv,
             buf: BytesMut::new(),
             decoder: FrameDecoder::new(),

@@ -32,8 +32,8 @@ impl TlsFile {
     /// What the file must hold.
     fn pem_item(self) -> &'static str {
         match self {
-            TlsFile::Ca | TlsFile::ClientCert => "certificate",
-            TlsFile::ClientKey => "private key",
+            Self::Ca | Self::ClientCert => "certificate",
+            Self::ClientKey => "private key",
         }
     }
 }
@@ -41,9 +41,9 @@ impl TlsFile {
 impl fmt::Display for TlsFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            TlsFile::Ca => "CA certificate",
-            TlsFile::ClientCert => "client certificate",
-            TlsFile::ClientKey => "client key",
+            Self::Ca => "CA certificate",
+            Self::ClientCert => "client certificate",
+            Self::ClientKey => "client key",
         })
     }
 }
@@ -169,7 +169,7 @@ pub struct ClientIdentity {
 impl ClientIdentity {
     /// Reads the CA, certificate and key files of `endpoint` and checks them (see the module
     /// documentation).
-    pub fn load(endpoint: &ServerEndpoint) -> Result<ClientIdentity, IdentityError> {
+    pub fn load(endpoint: &ServerEndpoint) -> Result<Self, IdentityError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let ca = read_certificates(TlsFile::Ca, &endpoint.ca)?;
         let mut roots = rustls::RootCertStore::empty();
@@ -225,7 +225,7 @@ impl ClientIdentity {
                     },
                 })?;
         }
-        Ok(ClientIdentity { roots, chain, key })
+        Ok(Self { roots, chain, key })
     }
 }
 

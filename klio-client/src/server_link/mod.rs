@@ -108,7 +108,7 @@ pub enum ServerLinkError {
 
 impl From<IdentityError> for ServerLinkError {
     fn from(e: IdentityError) -> Self {
-        ServerLinkError::Identity(Box::new(e))
+        Self::Identity(Box::new(e))
     }
 }
 
@@ -116,8 +116,8 @@ impl ServerLinkError {
     /// Whether trying again later can help.
     pub fn is_retryable(&self) -> bool {
         match self {
-            ServerLinkError::Tls { .. } | ServerLinkError::Identity(_) => false,
-            ServerLinkError::Refused { code, .. } => code.is_retryable(),
+            Self::Tls { .. } | Self::Identity(_) => false,
+            Self::Refused { code, .. } => code.is_retryable(),
             _ => true,
         }
     }
@@ -133,7 +133,7 @@ pub struct ServerConnection {
 
 impl ServerConnection {
     /// Connects and completes the TLS handshake.
-    pub async fn connect(cfg: &ServerEndpoint) -> Result<ServerConnection, ServerLinkError> {
+    pub async fn connect(cfg: &ServerEndpoint) -> Result<Self, ServerLinkError> {
         let client_config = tls::quic_client_config(cfg)?;
         let addr: SocketAddr = tokio::net::lookup_host(&cfg.address)
             .await
@@ -175,7 +175,7 @@ impl ServerConnection {
                     closed_err(e, &cfg.address)
                 }
             })?;
-        Ok(ServerConnection {
+        Ok(Self {
             endpoint,
             conn,
             address: cfg.address.clone(),

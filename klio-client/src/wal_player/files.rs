@@ -50,7 +50,7 @@ impl PlayList {
     /// same with `.gz`). The first file's page header gives the segment size and system
     /// identifier. The files must be of one timeline and consecutive, since each job streams its
     /// share as one continuous WAL stream.
-    pub fn scan(dir: &Path) -> Result<PlayList, WalPlayerError> {
+    pub fn scan(dir: &Path) -> Result<Self, WalPlayerError> {
         let dir =
             std::path::absolute(dir).map_err(|e| FsError::new(FsAction::ResolvePath, dir, e))?;
         let (mut named, ignored) =
@@ -105,7 +105,7 @@ impl PlayList {
             }
             files.push(WalInput { path, segno, gzip });
         }
-        Ok(PlayList {
+        Ok(Self {
             files,
             segment_size,
             system_id,

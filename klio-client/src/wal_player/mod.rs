@@ -152,12 +152,9 @@ impl JobTarget {
     /// The targets of jobs `1..=jobs` from merged client settings, checked as
     /// [`crate::client_config::ClientConfig::resolve`] checks, once per job after
     /// [`JobTarget::from_template`] has put the job's number in.
-    pub fn resolve(
-        settings: &ClientSettings,
-        jobs: usize,
-    ) -> Result<Vec<JobTarget>, WalPlayerError> {
+    pub fn resolve(settings: &ClientSettings, jobs: usize) -> Result<Vec<Self>, WalPlayerError> {
         let cluster = settings.cluster()?;
-        let targets = JobTarget::from_template(cluster, &settings.endpoint()?, jobs)?;
+        let targets = Self::from_template(cluster, &settings.endpoint()?, jobs)?;
         for target in &targets {
             check_endpoint(&target.server)?;
         }
@@ -171,7 +168,7 @@ impl JobTarget {
         cluster: &str,
         server: &ServerEndpoint,
         jobs: usize,
-    ) -> Result<Vec<JobTarget>, WalPlayerError> {
+    ) -> Result<Vec<Self>, WalPlayerError> {
         if jobs > 1 && !cluster.contains(JOB_PLACEHOLDER) {
             return Err(WalPlayerError::NeedsJobPlaceholder {
                 jobs,
@@ -190,7 +187,7 @@ impl JobTarget {
                         name: name.clone(),
                         source,
                     })?;
-                Ok(JobTarget {
+                Ok(Self {
                     cluster,
                     server: ServerEndpoint {
                         cert: subst_path(&server.cert, &n),
@@ -212,7 +209,7 @@ pub struct PlayOptions {
 
 impl Default for PlayOptions {
     fn default() -> Self {
-        PlayOptions {
+        Self {
             block_size: DEFAULT_BLOCK_SIZE,
         }
     }

@@ -75,7 +75,7 @@ pub struct PlaySummary {
 
 impl PlaySummary {
     /// Sums up `reports` of a run that took `wall` with `jobs` streams.
-    pub fn new(reports: &[FileReport], wall: Duration, jobs: usize) -> PlaySummary {
+    pub fn new(reports: &[FileReport], wall: Duration, jobs: usize) -> Self {
         let mut ok: Vec<Duration> = reports
             .iter()
             .filter(|r| r.error.is_none())
@@ -88,7 +88,7 @@ impl PlaySummary {
             .map(|r| r.bytes)
             .sum();
         let seconds = wall.as_secs_f64();
-        PlaySummary {
+        Self {
             files: reports.len(),
             errors: reports.len() - ok.len(),
             bytes,

@@ -51,7 +51,7 @@ fn gzip_files_are_read_decompressed() {
     let dir = tempfile::tempdir().unwrap();
     let paths = generate(dir.path(), mib(), 2, |_| {}).unwrap();
     let plain = std::fs::read(&paths[1]).unwrap();
-    let gz = std::path::PathBuf::from(format!("{}.gz", paths[1].display()));
+    let gz = PathBuf::from(format!("{}.gz", paths[1].display()));
     let mut enc = flate2::write::GzEncoder::new(
         std::fs::File::create(&gz).unwrap(),
         flate2::Compression::fast(),
@@ -101,11 +101,8 @@ fn job_numbers_fill_the_placeholders() {
     let t = JobTarget::from_template("walplayer-{job}", &endpoint(), 3).unwrap();
     assert_eq!(t.len(), 3);
     assert_eq!(t[2].cluster.as_str(), "walplayer-3");
-    assert_eq!(
-        t[2].server.cert,
-        std::path::Path::new("certs/client-walplayer-3.pem")
-    );
-    assert_eq!(t[0].server.ca, std::path::Path::new("ca.pem"));
+    assert_eq!(t[2].server.cert, Path::new("certs/client-walplayer-3.pem"));
+    assert_eq!(t[0].server.ca, Path::new("ca.pem"));
 }
 
 #[test]
@@ -121,7 +118,7 @@ fn each_job_is_checked_with_its_own_certificate_files() {
     let pki = crate::client_config::test_pki::Pki::new("main");
     pki.client("walplayer-1");
     pki.client("walplayer-2");
-    let settings = crate::client_config::ClientSettings {
+    let settings = ClientSettings {
         cluster: Some("walplayer-{job}".into()),
         cert: Some(pki.path("client-walplayer-{job}.pem")),
         key: Some(pki.path("client-walplayer-{job}.key")),
@@ -138,7 +135,7 @@ fn each_job_is_checked_with_its_own_certificate_files() {
 
 #[test]
 fn a_missing_setting_is_named_before_any_job_is_made() {
-    let settings = crate::client_config::ClientSettings {
+    let settings = ClientSettings {
         cluster: Some("one".into()),
         ..Default::default()
     };

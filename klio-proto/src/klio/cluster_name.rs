@@ -21,7 +21,7 @@ impl ClusterName {
     pub const CN_PREFIX: &'static str = "klio@";
 
     /// Validates a name.
-    pub fn new(name: &str) -> Result<ClusterName, InvalidClusterName> {
+    pub fn new(name: &str) -> Result<Self, InvalidClusterName> {
         let ok = !name.is_empty()
             && name.len() <= 63
             && !name.starts_with(['.', '-'])
@@ -29,17 +29,17 @@ impl ClusterName {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
         if ok {
-            Ok(ClusterName(name.to_owned()))
+            Ok(Self(name.to_owned()))
         } else {
             Err(InvalidClusterName(name.to_owned()))
         }
     }
 
     /// The cluster named by a certificate common name `klio@<name>`.
-    pub fn from_common_name(cn: &str) -> Result<ClusterName, InvalidClusterName> {
+    pub fn from_common_name(cn: &str) -> Result<Self, InvalidClusterName> {
         cn.strip_prefix(Self::CN_PREFIX)
             .ok_or_else(|| InvalidClusterName(cn.to_owned()))
-            .and_then(ClusterName::new)
+            .and_then(Self::new)
     }
 
     /// The common name a client certificate for this cluster carries.
@@ -62,7 +62,7 @@ impl fmt::Display for ClusterName {
 impl FromStr for ClusterName {
     type Err = InvalidClusterName;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        ClusterName::new(s)
+        Self::new(s)
     }
 }
 

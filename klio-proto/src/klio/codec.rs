@@ -47,7 +47,7 @@ pub struct FrameDecoder {
 
 impl Default for FrameDecoder {
     fn default() -> Self {
-        FrameDecoder {
+        Self {
             max_len: DEFAULT_MAX_FRAME_LEN,
         }
     }
@@ -61,7 +61,7 @@ impl FrameDecoder {
 
     /// A decoder that refuses frames with payloads above `max_len` bytes.
     pub fn with_max_frame_len(max_len: usize) -> Self {
-        FrameDecoder { max_len }
+        Self { max_len }
     }
 
     /// Takes one complete frame out of `buf`; `Ok(None)` means more bytes are needed.

@@ -42,62 +42,59 @@ pub enum ErrorCode {
 impl ErrorCode {
     fn to_u16(self) -> u16 {
         match self {
-            ErrorCode::Unauthorized => 1,
-            ErrorCode::SystemIdMismatch => 2,
-            ErrorCode::SegmentSizeMismatch => 3,
-            ErrorCode::BadRequest => 4,
-            ErrorCode::InvalidPosition => 5,
-            ErrorCode::Storage => 6,
-            ErrorCode::Preempted => 7,
-            ErrorCode::ReadOnly => 8,
-            ErrorCode::UnsupportedVersion => 9,
-            ErrorCode::Internal => 10,
-            ErrorCode::DamagedFile => 11,
-            ErrorCode::Unknown(c) => c,
+            Self::Unauthorized => 1,
+            Self::SystemIdMismatch => 2,
+            Self::SegmentSizeMismatch => 3,
+            Self::BadRequest => 4,
+            Self::InvalidPosition => 5,
+            Self::Storage => 6,
+            Self::Preempted => 7,
+            Self::ReadOnly => 8,
+            Self::UnsupportedVersion => 9,
+            Self::Internal => 10,
+            Self::DamagedFile => 11,
+            Self::Unknown(c) => c,
         }
     }
 
-    fn from_u16(c: u16) -> ErrorCode {
+    fn from_u16(c: u16) -> Self {
         match c {
-            1 => ErrorCode::Unauthorized,
-            2 => ErrorCode::SystemIdMismatch,
-            3 => ErrorCode::SegmentSizeMismatch,
-            4 => ErrorCode::BadRequest,
-            5 => ErrorCode::InvalidPosition,
-            6 => ErrorCode::Storage,
-            7 => ErrorCode::Preempted,
-            8 => ErrorCode::ReadOnly,
-            9 => ErrorCode::UnsupportedVersion,
-            10 => ErrorCode::Internal,
-            11 => ErrorCode::DamagedFile,
-            c => ErrorCode::Unknown(c),
+            1 => Self::Unauthorized,
+            2 => Self::SystemIdMismatch,
+            3 => Self::SegmentSizeMismatch,
+            4 => Self::BadRequest,
+            5 => Self::InvalidPosition,
+            6 => Self::Storage,
+            7 => Self::Preempted,
+            8 => Self::ReadOnly,
+            9 => Self::UnsupportedVersion,
+            10 => Self::Internal,
+            11 => Self::DamagedFile,
+            c => Self::Unknown(c),
         }
     }
 
     /// A stable snake_case name, for metric labels and status documents.
     pub fn name(self) -> &'static str {
         match self {
-            ErrorCode::Unauthorized => "unauthorized",
-            ErrorCode::SystemIdMismatch => "system_id_mismatch",
-            ErrorCode::SegmentSizeMismatch => "segment_size_mismatch",
-            ErrorCode::BadRequest => "bad_request",
-            ErrorCode::InvalidPosition => "invalid_position",
-            ErrorCode::Storage => "storage",
-            ErrorCode::Preempted => "preempted",
-            ErrorCode::ReadOnly => "read_only",
-            ErrorCode::UnsupportedVersion => "unsupported_version",
-            ErrorCode::Internal => "internal",
-            ErrorCode::DamagedFile => "damaged_file",
-            ErrorCode::Unknown(_) => "unknown",
+            Self::Unauthorized => "unauthorized",
+            Self::SystemIdMismatch => "system_id_mismatch",
+            Self::SegmentSizeMismatch => "segment_size_mismatch",
+            Self::BadRequest => "bad_request",
+            Self::InvalidPosition => "invalid_position",
+            Self::Storage => "storage",
+            Self::Preempted => "preempted",
+            Self::ReadOnly => "read_only",
+            Self::UnsupportedVersion => "unsupported_version",
+            Self::Internal => "internal",
+            Self::DamagedFile => "damaged_file",
+            Self::Unknown(_) => "unknown",
         }
     }
 
     /// Whether retrying the same request later can succeed.
     pub fn is_retryable(self) -> bool {
-        matches!(
-            self,
-            ErrorCode::Storage | ErrorCode::Preempted | ErrorCode::Internal
-        )
+        matches!(self, Self::Storage | Self::Preempted | Self::Internal)
     }
 }
 
@@ -238,20 +235,20 @@ impl Message {
     /// The frame tag of this message.
     pub fn tag(&self) -> u8 {
         match self {
-            Message::Hello { .. } => tag::HELLO,
-            Message::Welcome { .. } => tag::WELCOME,
-            Message::StartWal { .. } => tag::START_WAL,
-            Message::WalData { .. } => tag::WAL_DATA,
-            Message::History { .. } => tag::HISTORY,
-            Message::Ack { .. } => tag::ACK,
-            Message::GetPosition { .. } => tag::GET_POSITION,
-            Message::Position { .. } => tag::POSITION,
-            Message::Error { .. } => tag::ERROR,
-            Message::GetFile { .. } => tag::GET_FILE,
-            Message::FileData { .. } => tag::FILE_DATA,
-            Message::FileEnd { .. } => tag::FILE_END,
-            Message::NoSuchFile { .. } => tag::NO_SUCH_FILE,
-            Message::Upstream { .. } => tag::UPSTREAM,
+            Self::Hello { .. } => tag::HELLO,
+            Self::Welcome { .. } => tag::WELCOME,
+            Self::StartWal { .. } => tag::START_WAL,
+            Self::WalData { .. } => tag::WAL_DATA,
+            Self::History { .. } => tag::HISTORY,
+            Self::Ack { .. } => tag::ACK,
+            Self::GetPosition { .. } => tag::GET_POSITION,
+            Self::Position { .. } => tag::POSITION,
+            Self::Error { .. } => tag::ERROR,
+            Self::GetFile { .. } => tag::GET_FILE,
+            Self::FileData { .. } => tag::FILE_DATA,
+            Self::FileEnd { .. } => tag::FILE_END,
+            Self::NoSuchFile { .. } => tag::NO_SUCH_FILE,
+            Self::Upstream { .. } => tag::UPSTREAM,
         }
     }
 
@@ -261,7 +258,7 @@ impl Message {
         let len_at = out.len();
         out.put_u32(0);
         match self {
-            Message::Hello {
+            Self::Hello {
                 version,
                 cluster,
                 system_id,
@@ -272,47 +269,47 @@ impl Message {
                 out.put_u32(*segment_size);
                 put_str(out, cluster.as_str());
             }
-            Message::Welcome { version, durable } => {
+            Self::Welcome { version, durable } => {
                 out.put_u16(*version);
                 put_opt_tli(out, durable.map(|d| d.timeline));
                 out.put_u64(durable.map_or(0, |d| d.lsn.0));
             }
-            Message::StartWal { timeline, start } => {
+            Self::StartWal { timeline, start } => {
                 out.put_u32(timeline.get());
                 out.put_u64(start.0);
             }
-            Message::WalData { start, data } => {
+            Self::WalData { start, data } => {
                 out.put_u64(start.0);
                 out.put_slice(data);
             }
-            Message::History { timeline, content } => {
+            Self::History { timeline, content } => {
                 out.put_u32(timeline.get());
                 out.put_slice(content);
             }
-            Message::Ack {
+            Self::Ack {
                 timeline,
                 durable: lsn,
             }
-            | Message::Upstream {
+            | Self::Upstream {
                 timeline,
                 wal_end: lsn,
             } => {
                 out.put_u32(timeline.get());
                 out.put_u64(lsn.0);
             }
-            Message::GetPosition { timeline } => put_opt_tli(out, *timeline),
-            Message::Position { timeline, durable } => {
+            Self::GetPosition { timeline } => put_opt_tli(out, *timeline),
+            Self::Position { timeline, durable } => {
                 put_opt_tli(out, *timeline);
                 out.put_u8(u8::from(durable.is_some()));
                 out.put_u64(durable.map_or(0, |d| d.0));
             }
-            Message::Error { code, message } => {
+            Self::Error { code, message } => {
                 out.put_u16(code.to_u16());
                 put_str(out, message);
             }
-            Message::GetFile { name } | Message::NoSuchFile { name } => put_str(out, name),
-            Message::FileData { data } => out.put_slice(data),
-            Message::FileEnd {
+            Self::GetFile { name } | Self::NoSuchFile { name } => put_str(out, name),
+            Self::FileData { data } => out.put_slice(data),
+            Self::FileEnd {
                 size,
                 crc32c,
                 partial,

@@ -46,7 +46,7 @@ pub(super) struct Framed {
 
 impl Framed {
     pub(super) fn new(send: quinn::SendStream, recv: quinn::RecvStream) -> Self {
-        Framed {
+        Self {
             send,
             recv,
             rbuf: BytesMut::with_capacity(256 * 1024),

@@ -152,19 +152,19 @@ impl IngestArchive for WalArchive {
     }
 
     fn durable(&self) -> Option<WalPosition> {
-        WalArchive::durable(self)
+        Self::durable(self)
     }
 
     fn durable_on(&self, timeline: TimelineId) -> Option<Lsn> {
-        WalArchive::durable_on(self, timeline)
+        Self::durable_on(self, timeline)
     }
 
     fn begin(&mut self, timeline: TimelineId, start: Lsn) -> Result<BeginOutcome, WalArchiveError> {
-        WalArchive::begin(self, timeline, start)
+        Self::begin(self, timeline, start)
     }
 
     fn append(&mut self, start: Lsn, data: &[u8]) -> Result<(), WalArchiveError> {
-        WalArchive::append(self, start, data)
+        Self::append(self, start, data)
     }
 
     fn store_history(
@@ -172,11 +172,11 @@ impl IngestArchive for WalArchive {
         timeline: TimelineId,
         content: &[u8],
     ) -> Result<(), WalArchiveError> {
-        WalArchive::store_history(self, timeline, content)
+        Self::store_history(self, timeline, content)
     }
 
     fn sync(&mut self) -> Result<Option<Lsn>, WalArchiveError> {
-        WalArchive::sync(self)
+        Self::sync(self)
     }
 }
 
@@ -189,7 +189,7 @@ pub(super) trait Lease {
 
 impl Lease for WriterLease {
     async fn preempted(&mut self) {
-        WriterLease::preempted(self).await;
+        Self::preempted(self).await;
     }
 }
 

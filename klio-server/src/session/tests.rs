@@ -83,7 +83,7 @@ struct FakeArchive {
 
 impl FakeArchive {
     fn new(log: &Log) -> Self {
-        FakeArchive {
+        Self {
             log: log.clone(),
             durable: BTreeMap::new(),
             stream: None,
@@ -267,7 +267,7 @@ struct Harness {
 
 fn telemetry() -> ClusterTelemetry {
     let cluster = ClusterName::new("test").unwrap();
-    Arc::new(Telemetry::new(std::path::Path::new("/nonexistent"), None)).cluster(&cluster)
+    Arc::new(Telemetry::new(Path::new("/nonexistent"), None)).cluster(&cluster)
 }
 
 impl Harness {
@@ -290,7 +290,7 @@ impl Harness {
             let telemetry = telemetry();
             ingest(archive, lease, &mut io, &telemetry).await
         });
-        Harness {
+        Self {
             log,
             arrivals: Some(arrivals_tx),
             sent,

@@ -40,9 +40,9 @@ pub(crate) struct ServerMetrics {
 }
 
 impl ServerMetrics {
-    pub(crate) fn new() -> ServerMetrics {
+    pub(crate) fn new() -> Self {
         let histograms = || Histograms::new_with_constructor(klio_metrics::latency_histogram as _);
-        let m = ServerMetrics {
+        let m = Self {
             registry: Registry::with_prefix("klio"),
             wal_received: Family::default(),
             wal_acknowledged: Family::default(),
@@ -172,6 +172,6 @@ impl ServerMetrics {
             "Connections refused before they named a cluster, by reason",
             m.connections_refused.clone(),
         );
-        ServerMetrics { registry: r, ..m }
+        Self { registry: r, ..m }
     }
 }

@@ -86,7 +86,7 @@ fn unix_seconds(t: SystemTime) -> i64 {
 
 impl Telemetry {
     pub(crate) fn new(data_dir: &std::path::Path, keyring: Option<klio_crypto::Keyring>) -> Self {
-        Telemetry {
+        Self {
             metrics: ServerMetrics::new(),
             clusters: Mutex::default(),
             clusters_dir: data_dir.join("clusters"),
@@ -303,7 +303,7 @@ impl Pages for Telemetry {
     }
 
     fn status(&self) -> Option<String> {
-        serde_json::to_string(&Telemetry::status(self)).ok()
+        serde_json::to_string(&Self::status(self)).ok()
     }
 }
 

@@ -185,7 +185,7 @@ pub struct TempFile {
 
 impl TempFile {
     /// Creates (or truncates a leftover) temporary file for `dest`, mode 0600.
-    pub fn create(dest: &Path) -> Result<TempFile, FsError> {
+    pub fn create(dest: &Path) -> Result<Self, FsError> {
         let temp = temp_path(dest);
         let file = OpenOptions::new()
             .write(true)
@@ -194,7 +194,7 @@ impl TempFile {
             .mode(PRIVATE)
             .open(&temp)
             .map_err(|e| FsError::new(FsAction::Create, &temp, e))?;
-        Ok(TempFile {
+        Ok(Self {
             file,
             temp,
             dest: dest.to_owned(),

@@ -34,9 +34,9 @@ pub enum Padding {
 impl fmt::Display for Padding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Padding::PageHeader => f.write_str("the padding of a page header"),
-            Padding::RecordAlignment => f.write_str("the alignment padding after a record"),
-            Padding::AfterSwitch(lsn) => write!(
+            Self::PageHeader => f.write_str("the padding of a page header"),
+            Self::RecordAlignment => f.write_str("the alignment padding after a record"),
+            Self::AfterSwitch(lsn) => write!(
                 f,
                 "the unused rest of the segment after the XLOG_SWITCH record at {lsn}"
             ),
@@ -246,25 +246,24 @@ impl WalCorruption {
     /// the record's middle).
     pub fn lsn(&self) -> Lsn {
         match self {
-            WalCorruption::SegmentLength { start, .. }
-            | WalCorruption::EndOutsideSegment { start, .. } => *start,
-            WalCorruption::SegmentOutOfRange { .. } => Lsn::INVALID,
-            WalCorruption::PageHeader { page, .. }
-            | WalCorruption::PageTimeline { page, .. }
-            | WalCorruption::UnexpectedContrecord { page, .. }
-            | WalCorruption::UnexpectedOverwrite { page }
-            | WalCorruption::ContrecordAndOverwrite { page } => *page,
-            WalCorruption::MissingContrecord { page, record }
-            | WalCorruption::RemLenMismatch { page, record, .. } => record.0.unwrap_or(*page),
-            WalCorruption::NonZeroPadding { lsn, .. }
-            | WalCorruption::MissingRecord { lsn }
-            | WalCorruption::RecordLength { lsn, .. }
-            | WalCorruption::InvalidRmgr { lsn, .. }
-            | WalCorruption::PrevLink { lsn, .. }
-            | WalCorruption::PrevLinkNotBefore { lsn, .. }
-            | WalCorruption::Crc { lsn, .. }
-            | WalCorruption::RecordLayout { lsn, .. }
-            | WalCorruption::OverwriteRecord { lsn, .. } => *lsn,
+            Self::SegmentLength { start, .. } | Self::EndOutsideSegment { start, .. } => *start,
+            Self::SegmentOutOfRange { .. } => Lsn::INVALID,
+            Self::PageHeader { page, .. }
+            | Self::PageTimeline { page, .. }
+            | Self::UnexpectedContrecord { page, .. }
+            | Self::UnexpectedOverwrite { page }
+            | Self::ContrecordAndOverwrite { page } => *page,
+            Self::MissingContrecord { page, record }
+            | Self::RemLenMismatch { page, record, .. } => record.0.unwrap_or(*page),
+            Self::NonZeroPadding { lsn, .. }
+            | Self::MissingRecord { lsn }
+            | Self::RecordLength { lsn, .. }
+            | Self::InvalidRmgr { lsn, .. }
+            | Self::PrevLink { lsn, .. }
+            | Self::PrevLinkNotBefore { lsn, .. }
+            | Self::Crc { lsn, .. }
+            | Self::RecordLayout { lsn, .. }
+            | Self::OverwriteRecord { lsn, .. } => *lsn,
         }
     }
 }

@@ -165,7 +165,7 @@ impl RecordWalker {
         magic: WalMagic,
         system_id: u64,
     ) -> Self {
-        RecordWalker {
+        Self {
             config: Config {
                 segment_size,
                 magic,

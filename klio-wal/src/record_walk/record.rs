@@ -64,8 +64,8 @@ pub(crate) struct RecordHeader {
 }
 
 impl RecordHeader {
-    pub(crate) fn parse(bytes: &[u8]) -> RecordHeader {
-        RecordHeader {
+    pub(crate) fn parse(bytes: &[u8]) -> Self {
+        Self {
             prev: Lsn(le64(bytes, 8)),
             info: bytes[16],
             rmid: bytes[17],

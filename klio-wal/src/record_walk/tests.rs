@@ -319,7 +319,7 @@ struct Builder {
 
 impl Builder {
     fn new(segno: u64) -> Self {
-        Builder {
+        Self {
             size: one_mib(),
             start: segno * MIB,
             out: Vec::new(),

@@ -34,8 +34,11 @@ pub enum SegmentDirError {
     /// WAL arrived for another position than the next expected byte.
     #[error("got WAL data at {got} on timeline {timeline}, expected {expected}")]
     OutOfOrder {
+        /// The next byte the directory expects.
         expected: Lsn,
+        /// Where the data started.
         got: Lsn,
+        /// The timeline being written.
         timeline: TimelineId,
     },
     /// WAL arrived for the middle of a segment that is not open.
@@ -48,7 +51,7 @@ pub enum SegmentDirError {
 
 impl SegmentDirError {
     fn io(action: FsAction, path: &Path, source: io::Error) -> Self {
-        SegmentDirError::Fs(FsError::new(action, path, source))
+        Self::Fs(FsError::new(action, path, source))
     }
 }
 
@@ -83,7 +86,7 @@ impl SegmentDir {
         if !dir.is_dir() {
             return Err(SegmentDirError::NotADirectory(dir));
         }
-        Ok(SegmentDir {
+        Ok(Self {
             dir,
             size,
             open: None,

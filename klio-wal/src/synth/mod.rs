@@ -62,7 +62,7 @@ impl SynthConfig {
     /// A configuration for `segment_size` segments that starts at segment 1, where `initdb`
     /// starts, with small mixed records: 8–2048 bytes, 30% random.
     pub fn new(segment_size: SegmentSize) -> Self {
-        SynthConfig {
+        Self {
             system_id: 7_400_000_000_000_000_001,
             timeline: TimelineId::FIRST,
             segment_size,
@@ -78,7 +78,7 @@ impl SynthConfig {
 
 impl Default for SynthConfig {
     fn default() -> Self {
-        SynthConfig::new(SegmentSize::DEFAULT)
+        Self::new(SegmentSize::DEFAULT)
     }
 }
 
@@ -223,7 +223,7 @@ impl SyntheticWal {
     /// A generator for `config`, or why the configuration is unusable.
     pub fn new(config: SynthConfig) -> Result<Self, SynthConfigError> {
         config.validate()?;
-        Ok(SyntheticWal {
+        Ok(Self {
             rng: SplitMix64::new(config.seed),
             next_segno: config.segment_size.segment_of(config.start),
             record: Vec::new(),

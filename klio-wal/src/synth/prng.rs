@@ -6,7 +6,7 @@ pub(crate) struct SplitMix64(u64);
 
 impl SplitMix64 {
     pub(crate) fn new(seed: u64) -> Self {
-        SplitMix64(seed)
+        Self(seed)
     }
 
     pub(crate) fn next_u64(&mut self) -> u64 {

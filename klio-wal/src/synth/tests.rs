@@ -248,7 +248,7 @@ fn write_to_dir_writes_named_files() {
         paths[1].file_name().unwrap().to_str().unwrap(),
         "000000010000000000000002"
     );
-    assert_eq!(std::fs::metadata(&paths[0]).unwrap().len(), MIB);
+    assert_eq!(fs::metadata(&paths[0]).unwrap().len(), MIB);
     let err = SyntheticWal::new(one_mib(1))
         .unwrap()
         .write_to_dir(&dir.path().join("missing"))
