@@ -79,7 +79,7 @@ fn golden_recovery_through_get_wal_only() {
     let before = pg.dumpall();
     pg.kill9();
     client.stop();
-    let in_progress = klio_store::wal_archive::WalArchive::open_existing(&server.wal_dir("pg1"))
+    let in_progress = klio_store::wal_archive::WalArchiveReader::open(&server.wal_dir("pg1"))
         .and_then(|a| a.list())
         .expect("list the archive")
         .timelines

@@ -72,7 +72,7 @@ fn marker_is_nowhere_on_disk_but_comes_back_for_recovery() {
     );
 
     // Without the key the archive cannot be read at all.
-    let plain = klio_store::wal_archive::WalArchive::open_existing(&server.wal_dir("pg1"));
+    let plain = klio_store::wal_archive::WalArchiveReader::open(&server.wal_dir("pg1"));
     let err = plain.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(
         err.contains("encrypted"),

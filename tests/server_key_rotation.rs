@@ -92,7 +92,7 @@ fn rotate_during_streaming_then_retire_the_old_key() {
             "{tag} readable with k2 alone"
         );
     }
-    let old_only = klio_store::wal_archive::WalArchive::open_existing_with(
+    let old_only = klio_store::wal_archive::WalArchiveReader::open_with(
         &server.wal_dir("pg1"),
         Some(keyring(&[&k1])),
     );

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 
 use common::*;
-use klio_store::wal_archive::WalArchive;
+use klio_store::wal_archive::WalArchiveReader;
 use klio_testkit::{KlioServer, TestCerts, TestDir, run, run_ok};
 use klio_wal::{SegmentSize, WalFileName};
 
@@ -106,7 +106,7 @@ fn sixty_four_clients_play_into_one_server_completely() {
     sources.sort();
     for (j, run) in sources.chunks(FILES_PER_JOB).enumerate() {
         let cluster = &clusters[j];
-        let archive = WalArchive::open_existing(&server.wal_dir(cluster)).expect(cluster);
+        let archive = WalArchiveReader::open(&server.wal_dir(cluster)).expect(cluster);
         let report = archive.verify(None).expect("verify");
         assert!(
             report.problems.is_empty(),
@@ -140,7 +140,7 @@ fn sixty_four_clients_play_into_one_server_completely() {
 
     // Again: each cluster already holds this WAL. Every file fails with the reason, nothing
     // changes.
-    let before = WalArchive::open_existing(&server.wal_dir("player-1"))
+    let before = WalArchiveReader::open(&server.wal_dir("player-1"))
         .unwrap()
         .durable();
     let again = play();
@@ -151,7 +151,7 @@ fn sixty_four_clients_play_into_one_server_completely() {
         .filter(|l| l.contains("already holds WAL"))
         .count();
     assert_eq!(failed, files, "{}", again.stdout);
-    let after = WalArchive::open_existing(&server.wal_dir("player-1"))
+    let after = WalArchiveReader::open(&server.wal_dir("player-1"))
         .unwrap()
         .durable();
     assert_eq!(before, after);

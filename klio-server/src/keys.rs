@@ -189,7 +189,7 @@ pub fn keys_in_use(
             continue;
         }
         let archive =
-            klio_store::wal_archive::WalArchive::open_existing_with(&wal, Some(keyring.clone()))
+            klio_store::wal_archive::WalArchiveReader::open_with(&wal, Some(keyring.clone()))
                 .and_then(|a| a.key_ids_in_use())
                 .map_err(|source| KeysInUseError::Archive {
                     cluster: name.clone(),
@@ -219,7 +219,7 @@ pub fn rotate_offline(
             })
         };
         let identity =
-            klio_store::wal_archive::WalArchive::open_existing_with(&wal, Some(keyring.clone()))
+            klio_store::wal_archive::WalArchiveReader::open_with(&wal, Some(keyring.clone()))
                 .map_err(archive_err)?
                 .identity();
         let mut archive = klio_store::wal_archive::WalArchive::open_with(

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use klio_crypto::Keyring;
 use klio_proto::klio::ClusterName;
-use klio_store::wal_archive::{VerifyReport, WalArchive, WalArchiveError};
+use klio_store::wal_archive::{VerifyReport, WalArchiveError, WalArchiveReader};
 use klio_wal::Lsn;
 
 /// The archive could not be verified at all.
@@ -49,7 +49,7 @@ pub fn verify_cluster(
         cluster: cluster.to_string(),
         source,
     };
-    WalArchive::open_existing_with(&dir, keyring)
+    WalArchiveReader::open_with(&dir, keyring)
         .map_err(err)?
         .verify(from)
         .map_err(err)

@@ -31,7 +31,7 @@ pub fn export_archive_with(
 ) -> PathBuf {
     let dest = work.subdir(&format!("export-{cluster}"));
     let archive =
-        klio_store::wal_archive::WalArchive::open_existing_with(&server.wal_dir(cluster), keyring)
+        klio_store::wal_archive::WalArchiveReader::open_with(&server.wal_dir(cluster), keyring)
             .expect("open the server's archive");
     archive
         .export_to_directory(&dest)

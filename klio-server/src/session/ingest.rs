@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use klio_proto::klio::{ClusterName, ErrorCode, Message, PROTOCOL_VERSION};
 use klio_store::wal_archive::{
-    BeginOutcome, ClusterIdentity, StorageOptions, WalArchive, WalArchiveError,
+    BeginOutcome, ClusterIdentity, StorageOptions, WalArchive, WalArchiveError, WalArchiveReader,
 };
 use klio_wal::{ErrorChain, Lsn, SegmentSize, TimelineId, WalPosition};
 use tokio::task::JoinHandle;
@@ -152,11 +152,11 @@ impl IngestArchive for WalArchive {
     }
 
     fn durable(&self) -> Option<WalPosition> {
-        Self::durable(self)
+        WalArchiveReader::durable(self)
     }
 
     fn durable_on(&self, timeline: TimelineId) -> Option<Lsn> {
-        Self::durable_on(self, timeline)
+        WalArchiveReader::durable_on(self, timeline)
     }
 
     fn begin(&mut self, timeline: TimelineId, start: Lsn) -> Result<BeginOutcome, WalArchiveError> {

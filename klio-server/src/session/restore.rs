@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use klio_proto::klio::{ErrorCode, Message};
-use klio_store::wal_archive::{ArchivedFile, WalArchive};
+use klio_store::wal_archive::{ArchivedFile, WalArchiveReader};
 use klio_wal::{TimelineId, WalFileName};
 
 use super::error_code::{Request, refusal};
@@ -120,7 +120,7 @@ fn read_archived(
         return Ok(None);
     }
     let archive =
-        WalArchive::open_existing_with(dir, keyring).map_err(|e| refusal(&e, Request::File))?;
+        WalArchiveReader::open_with(dir, keyring).map_err(|e| refusal(&e, Request::File))?;
     let parsed = WalFileName::parse(name, archive.identity().segment_size)
         .ok()
         .filter(|n| matches!(n, WalFileName::Segment { .. } | WalFileName::History { .. }))
@@ -151,7 +151,7 @@ fn position_of(
         });
     }
     let archive =
-        WalArchive::open_existing_with(dir, keyring).map_err(|e| refusal(&e, Request::Position))?;
+        WalArchiveReader::open_with(dir, keyring).map_err(|e| refusal(&e, Request::Position))?;
     Ok(match timeline {
         Some(t) => Message::Position {
             timeline: Some(t),

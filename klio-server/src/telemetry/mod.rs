@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use klio_metrics::{ClusterKindLabels, ClusterLabel, Health, Pages, ReasonLabel, gauge_value};
 use klio_proto::klio::{ClusterName, ErrorCode};
-use klio_store::wal_archive::{ArchiveSummary, WalArchive};
+use klio_store::wal_archive::{ArchiveSummary, WalArchiveReader};
 use klio_wal::{ErrorChain, Lsn, TimelineId, WalPosition};
 
 use crate::status::{self, ClusterStatus, ServerStatus, StatusPoint, StreamingClient};
@@ -141,7 +141,7 @@ impl Telemetry {
                 if !wal.is_dir() {
                     continue;
                 }
-                let summary = WalArchive::open_existing_with(&wal, self.keyring.clone())
+                let summary = WalArchiveReader::open_with(&wal, self.keyring.clone())
                     .and_then(|a| a.summary())
                     .map_err(|e| ErrorChain(&e).to_string());
                 archives.insert(name, summary);

@@ -55,7 +55,7 @@ pub enum WalArchiveError {
         /// What is wrong with it.
         reason: String,
     },
-    /// `open_existing` found no archive.
+    /// [`WalArchiveReader::open`](super::WalArchiveReader::open) found no archive.
     #[error(
         "{dir:?} is not a Klio WAL archive (no identity file {file:?}): check the path, or let the \
          server create the archive when the cluster first sends WAL"
@@ -207,14 +207,6 @@ pub enum WalArchiveError {
         timeline: TimelineId,
         /// The stored history file.
         path: PathBuf,
-    },
-    /// A write was attempted on a handle opened with `open_existing`.
-    #[error(
-        "WAL archive {dir:?} was opened read-only (open_existing): use WalArchive::open to write"
-    )]
-    ReadOnly {
-        /// The archive directory.
-        dir: PathBuf,
     },
     /// An earlier write or fsync failed, so the handle no longer knows what is on disk.
     #[error(

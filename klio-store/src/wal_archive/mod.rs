@@ -12,13 +12,18 @@
 //! - `000000010000000000000004.klio-journal`: the segment in progress, as CRC-protected frames
 //!   in a zero-padded file (format in the `journal` module). After a crash, the end of its last
 //!   valid frame is the exact durable end. A journal whose final segment exists is stale and
-//!   removed on open; one holding the whole segment is finished on open.
+//!   removed when the writer opens the archive; one holding the whole segment is finished then
+//!   (a reader already serves it as complete, and leaves it as it is).
 //! - `00000002.history`: timeline history files, stored atomically and durably.
-//! - `*.klio-tmp`: files being written; removed on open.
+//! - `*.klio-tmp`: files being written; removed when the writer opens the archive.
+//!
+//! Only the writer ([`WalArchive`]) creates, finishes, repairs or removes any of these files;
+//! a reader ([`WalArchiveReader`]) only reads them.
 //!
 //! # Encryption at rest
 //!
-//! Opened with a keyring ([`WalArchive::open_with`], [`StorageOptions`]), the archive keeps no
+//! Written through a writer opened with a keyring ([`WalArchive::open_with`],
+//! [`StorageOptions`]), the archive keeps no
 //! WAL in plaintext: completed segments are stored sealed (compressed, then encrypted with
 //! klio-crypto, bound to their name) as `<segment>.klio` instead of `<segment>` (format in the
 //! `sealed` module), history files likewise as `<tli>.history.klio`, and new journals are
@@ -28,19 +33,36 @@
 //! decrypt and decompress transparently and return the original bytes or an error naming the
 //! file. Plain files written before a keyring was configured stay readable (and a plain journal
 //! is continued plain until its segment completes, which is then sealed). An archive holding
-//! encrypted files refuses to open without a keyring ([`WalArchiveError::Encrypted`]).
-//! [`WalArchive::rewrap_all`] and [`WalArchive::key_ids_in_use`] support key rotation.
+//! encrypted files refuses to open without a keyring ([`WalArchiveError::Encrypted`]), for a
+//! writer and for a reader ([`WalArchiveReader::open_with`] takes the keyring).
+//! [`WalArchive::rewrap_all`] and [`WalArchiveReader::key_ids_in_use`] support key rotation.
 //!
 //! # Durability
 //!
 //! [`WalArchive::append`] only buffers (and writes out, without fsync, frames of about 4 MiB
 //! to bound memory). [`WalArchive::sync`] writes the rest as one frame per segment touched and
 //! issues one fdatasync (more only when segments complete); the LSN it returns is the only one
-//! that may be acknowledged. An I/O error poisons the handle: the archive on disk stays
-//! consistent, and reopening it recovers the exact durable end.
+//! that may be acknowledged. An I/O error poisons the writer: the archive on disk stays
+//! consistent, every later write is refused ([`WalArchiveError::Poisoned`]), and reopening it
+//! recovers the exact durable end. A reader writes nothing, so it has nothing to make durable
+//! and nothing to poison.
 //!
-//! Only one writer ([`WalArchive::open`]) may use a directory at a time; read-only handles
-//! ([`WalArchive::open_existing`]) may run alongside it.
+//! # The writer and readers
+//!
+//! Only one writer ([`WalArchive::open`]) may use a directory at a time: it runs crash
+//! recovery when opened and holds the stream. Readers ([`WalArchiveReader::open`]) may run
+//! alongside it: a reader never repairs, truncates or removes anything (a journal the writer is
+//! appending to is rescanned once before a frame in it is reported damaged), and its durable
+//! positions are those found when it was opened.
+//!
+//! The split is in the types, not checked at run time: [`WalArchiveReader`] has no write
+//! methods, so a handle opened for reading cannot write (it does not compile; see the example
+//! on [`WalArchiveReader`]). The writer owns a reader and dereferences to it
+//! (`Deref<Target = WalArchiveReader>`), keeping that reader's durable ends current as it
+//! syncs. Deref rather than a private core behind two sets of delegating methods: every read
+//! method is written and documented once, on [`WalArchiveReader`], so the two types cannot
+//! drift apart, and a `&WalArchive` passes wherever a `&WalArchiveReader` is expected. The
+//! writer has no method named like one of the reader's, so nothing is shadowed.
 //!
 //! Every file is put on disk through [`klio_wal::durable`], whose module doc states the policy
 //! (when files and directories are fsynced, the one temporary suffix, what a crash leaves).
@@ -58,6 +80,7 @@ mod summary;
 mod verify;
 
 use std::collections::BTreeMap;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
@@ -166,24 +189,87 @@ struct Stream {
     journal: Option<JournalWriter>,
 }
 
-/// The WAL archive of one PostgreSQL cluster (see the [module documentation](self)).
+/// Read access to the WAL archive of one PostgreSQL cluster (see the
+/// [module documentation](self)): listings, reads for restores, history files, verification,
+/// summaries, exports and the keys in use.
+///
+/// Opened with [`WalArchiveReader::open`], it changes nothing on disk and may run alongside the
+/// writer. It has no write methods, so a handle opened for reading cannot write: none of these
+/// compiles.
+///
+/// ```compile_fail,E0599
+/// # fn write(reader: &mut klio_store::WalArchiveReader) {
+/// reader.begin(klio_wal::TimelineId::FIRST, klio_wal::Lsn(0));
+/// # }
+/// ```
+/// ```compile_fail,E0599
+/// # fn write(reader: &mut klio_store::WalArchiveReader) {
+/// reader.append(klio_wal::Lsn(0), b"WAL");
+/// # }
+/// ```
+/// ```compile_fail,E0599
+/// # fn write(reader: &mut klio_store::WalArchiveReader) {
+/// reader.sync();
+/// # }
+/// ```
+/// ```compile_fail,E0599
+/// # fn write(reader: &mut klio_store::WalArchiveReader) {
+/// reader.store_history(klio_wal::TimelineId::FIRST, b"");
+/// # }
+/// ```
+/// ```compile_fail,E0599
+/// # fn write(reader: &mut klio_store::WalArchiveReader, ring: &klio_crypto::Keyring) {
+/// reader.rewrap_all(ring, &ring.primary_id());
+/// # }
+/// ```
+///
+/// The same calls on the writer, [`WalArchive`], compile (which keeps the examples above from
+/// failing for another reason):
+///
+/// ```no_run
+/// # fn write(writer: &mut klio_store::WalArchive, ring: &klio_crypto::Keyring) {
+/// let _ = writer.begin(klio_wal::TimelineId::FIRST, klio_wal::Lsn(0));
+/// let _ = writer.append(klio_wal::Lsn(0), b"WAL");
+/// let _ = writer.sync();
+/// let _ = writer.store_history(klio_wal::TimelineId::FIRST, b"");
+/// let _ = writer.rewrap_all(ring, &ring.primary_id());
+/// # }
+/// ```
 #[derive(Debug)]
-pub struct WalArchive {
+pub struct WalArchiveReader {
     dir: PathBuf,
     identity: ClusterIdentity,
     keyring: Option<Keyring>,
-    seal: SealOptions,
-    writable: bool,
-    poisoned: bool,
+    /// The durable end of each timeline with WAL: as found when a reader was opened; kept
+    /// current by the writer that owns this reader.
     durable: BTreeMap<TimelineId, Lsn>,
+}
+
+/// The writer of the WAL archive of one PostgreSQL cluster (see the
+/// [module documentation](self)): it runs crash recovery on open, streams WAL in, stores
+/// history files and rotates keys. It offers every read of [`WalArchiveReader`] too, through
+/// `Deref`, with the durable ends kept current as it syncs.
+#[derive(Debug)]
+pub struct WalArchive {
+    reader: WalArchiveReader,
+    seal: SealOptions,
+    poisoned: bool,
     stream: Option<Stream>,
 }
 
+impl Deref for WalArchive {
+    type Target = WalArchiveReader;
+
+    fn deref(&self) -> &WalArchiveReader {
+        &self.reader
+    }
+}
+
 impl WalArchive {
-    /// Opens the archive in `dir` (created if missing), storing plain files. First use records
-    /// `identity` durably; later uses refuse a different system id or segment size with a clear
-    /// error. Runs crash recovery. An archive holding encrypted files is refused: use
-    /// [`WalArchive::open_with`].
+    /// Opens the archive in `dir` (created if missing) for writing, storing plain files. First
+    /// use records `identity` durably; later uses refuse a different system id or segment size
+    /// with a clear error. Runs crash recovery. An archive holding encrypted files is refused:
+    /// use [`WalArchive::open_with`].
     pub fn open(dir: &Path, identity: ClusterIdentity) -> Result<WalArchive, WalArchiveError> {
         WalArchive::open_with(dir, identity, StorageOptions::default())
     }
@@ -230,45 +316,44 @@ impl WalArchive {
         }
         let durable = recover::recover(dir, &ctx)?;
         Ok(WalArchive {
-            dir: dir.to_owned(),
-            identity,
-            keyring: options.keyring,
+            reader: WalArchiveReader {
+                dir: dir.to_owned(),
+                identity,
+                keyring: options.keyring,
+                durable,
+            },
             seal: options.seal,
-            writable: true,
             poisoned: false,
-            durable,
             stream: None,
         })
     }
+}
 
-    /// Opens an existing archive read-only, reading the identity from disk (for status, export
-    /// and restores). Changes nothing on disk, so it may run alongside the writer.
-    /// An archive holding encrypted files is refused: use [`WalArchive::open_existing_with`].
-    pub fn open_existing(dir: &Path) -> Result<WalArchive, WalArchiveError> {
-        WalArchive::open_existing_with(dir, None)
+impl WalArchiveReader {
+    /// Opens an existing archive for reading, taking the identity from disk (for status,
+    /// verification, exports and restores). Changes nothing on disk, so it may run alongside
+    /// the writer. An archive holding encrypted files is refused: use
+    /// [`WalArchiveReader::open_with`].
+    pub fn open(dir: &Path) -> Result<WalArchiveReader, WalArchiveError> {
+        WalArchiveReader::open_with(dir, None)
     }
 
-    /// Like [`WalArchive::open_existing`], opening encrypted files with `keyring`.
-    pub fn open_existing_with(
+    /// Like [`WalArchiveReader::open`], opening encrypted files with `keyring`.
+    pub fn open_with(
         dir: &Path,
         keyring: Option<Keyring>,
-    ) -> Result<WalArchive, WalArchiveError> {
+    ) -> Result<WalArchiveReader, WalArchiveError> {
         let identity = identity::read(dir)?.ok_or_else(|| WalArchiveError::NotAnArchive {
             dir: dir.to_owned(),
             file: identity::IDENTITY_FILE,
         })?;
-        let seal = SealOptions::default();
-        let ctx = make_ctx(&identity, keyring.as_ref(), seal);
+        let ctx = make_ctx(&identity, keyring.as_ref(), SealOptions::default());
         let durable = recover::survey(dir, &ctx)?.durable_ends(identity.segment_size);
-        Ok(WalArchive {
+        Ok(WalArchiveReader {
             dir: dir.to_owned(),
             identity,
             keyring,
-            seal,
-            writable: false,
-            poisoned: false,
             durable,
-            stream: None,
         })
     }
 
@@ -282,18 +367,23 @@ impl WalArchive {
         self.identity
     }
 
-    /// Whether this handle encrypts what it writes (it was opened with a keyring).
+    /// Whether this handle was opened with a keyring (a writer then encrypts what it writes).
     pub fn is_encrypted(&self) -> bool {
         self.keyring.is_some()
     }
 
+    /// What reading needs of the file formats (reads seal nothing: default seal options).
     fn ctx(&self) -> Ctx<'_> {
-        make_ctx(&self.identity, self.keyring.as_ref(), self.seal)
+        make_ctx(
+            &self.identity,
+            self.keyring.as_ref(),
+            SealOptions::default(),
+        )
     }
 
     /// The newest timeline that has WAL, and the exact durable end on it.
     ///
-    /// For a read-only handle this is the state when it was opened.
+    /// For a reader this is the state when it was opened; through the writer, the current one.
     pub fn durable(&self) -> Option<WalPosition> {
         self.durable
             .last_key_value()
@@ -303,6 +393,32 @@ impl WalArchive {
     /// The durable end on `timeline`, if it has WAL.
     pub fn durable_on(&self, timeline: TimelineId) -> Option<Lsn> {
         self.durable.get(&timeline).copied()
+    }
+
+    /// The stored history file of `timeline`, if any (opened when sealed).
+    pub fn history(&self, timeline: TimelineId) -> Result<Option<Vec<u8>>, WalArchiveError> {
+        let size = self.identity.segment_size;
+        let sealed_path = self.dir.join(sealed::sealed_history_name(timeline, size));
+        if let Some(content) = sealed::read_sealed_history(&sealed_path, timeline, &self.ctx())? {
+            return Ok(Some(content));
+        }
+        // Written before encryption was configured: plain.
+        optional_file::read_optional(
+            &self
+                .dir
+                .join(WalFileName::History { timeline }.to_string_with(size)),
+        )
+    }
+}
+
+impl WalArchive {
+    /// What writing needs of the file formats: the reader's, with this writer's seal options.
+    fn write_ctx(&self) -> Ctx<'_> {
+        make_ctx(
+            &self.reader.identity,
+            self.reader.keyring.as_ref(),
+            self.seal,
+        )
     }
 
     /// The client announces that WAL of `timeline` from `start` follows.
@@ -316,13 +432,13 @@ impl WalArchive {
         timeline: TimelineId,
         start: Lsn,
     ) -> Result<BeginOutcome, WalArchiveError> {
-        self.check_writable()?;
+        self.refuse_if_poisoned()?;
         if self.stream.is_some() {
             let r = self.sync();
             self.poison_on(r)?;
             self.stream = None;
         }
-        let size = self.identity.segment_size;
+        let size = self.reader.identity.segment_size;
         let aligned = size.offset_of(start) == 0;
         let durable = self.durable_on(timeline);
         let outcome = match durable {
@@ -364,7 +480,7 @@ impl WalArchive {
     /// Appends WAL bytes continuing the stream exactly (`start` is the end of what was appended
     /// before). Not durable until [`WalArchive::sync`].
     pub fn append(&mut self, start: Lsn, data: &[u8]) -> Result<(), WalArchiveError> {
-        self.check_writable()?;
+        self.refuse_if_poisoned()?;
         let stream = self.stream.as_mut().ok_or(WalArchiveError::NotStreaming)?;
         if start != stream.next {
             return Err(WalArchiveError::Discontinuity {
@@ -394,7 +510,7 @@ impl WalArchive {
     /// Makes everything appended so far durable, with one fdatasync unless segments completed,
     /// and returns the durable end on the current timeline. Only this value may be acknowledged.
     pub fn sync(&mut self) -> Result<Option<Lsn>, WalArchiveError> {
-        self.check_writable()?;
+        self.refuse_if_poisoned()?;
         let Some(stream) = self.stream.as_ref() else {
             return Ok(None);
         };
@@ -412,8 +528,8 @@ impl WalArchive {
         timeline: TimelineId,
         content: &[u8],
     ) -> Result<(), WalArchiveError> {
-        self.check_writable()?;
-        let size = self.identity.segment_size;
+        self.refuse_if_poisoned()?;
+        let size = self.reader.identity.segment_size;
         match self.history(timeline)? {
             Some(existing) if existing == content => Ok(()),
             Some(_) => Err(WalArchiveError::HistoryConflict {
@@ -422,11 +538,15 @@ impl WalArchive {
                     .dir
                     .join(WalFileName::History { timeline }.to_string_with(size)),
             }),
-            None if self.keyring.is_some() => {
+            None if self.reader.keyring.is_some() => {
                 let name = sealed::sealed_history_name(timeline, size);
-                let sealed =
-                    sealed::seal_history(&self.dir.join(&name), timeline, content, &self.ctx())?;
-                Ok(durable::replace(&self.dir.join(&name), &sealed)?)
+                let sealed = sealed::seal_history(
+                    &self.reader.dir.join(&name),
+                    timeline,
+                    content,
+                    &self.write_ctx(),
+                )?;
+                Ok(durable::replace(&self.reader.dir.join(&name), &sealed)?)
             }
             None => Ok(durable::replace(
                 &self
@@ -437,30 +557,12 @@ impl WalArchive {
         }
     }
 
-    /// The stored history file of `timeline`, if any (opened when sealed).
-    pub fn history(&self, timeline: TimelineId) -> Result<Option<Vec<u8>>, WalArchiveError> {
-        let size = self.identity.segment_size;
-        let sealed_path = self.dir.join(sealed::sealed_history_name(timeline, size));
-        if let Some(content) = sealed::read_sealed_history(&sealed_path, timeline, &self.ctx())? {
-            return Ok(Some(content));
-        }
-        // Written before encryption was configured: plain.
-        optional_file::read_optional(
-            &self
-                .dir
-                .join(WalFileName::History { timeline }.to_string_with(size)),
-        )
-    }
-
-    fn check_writable(&self) -> Result<(), WalArchiveError> {
-        if !self.writable {
-            return Err(WalArchiveError::ReadOnly {
-                dir: self.dir.clone(),
-            });
-        }
+    /// Refuses writes after a write-path error left the handle's view of the disk uncertain
+    /// (see `poison_on`); only reopening, which runs recovery, makes it certain.
+    fn refuse_if_poisoned(&self) -> Result<(), WalArchiveError> {
         if self.poisoned {
             return Err(WalArchiveError::Poisoned {
-                dir: self.dir.clone(),
+                dir: self.reader.dir.clone(),
             });
         }
         Ok(())
@@ -487,7 +589,7 @@ impl WalArchive {
             j.sync()?;
         }
         if stream.next > stream.origin {
-            self.durable.insert(stream.timeline, stream.next);
+            self.reader.durable.insert(stream.timeline, stream.next);
         }
         Ok(())
     }
@@ -498,10 +600,14 @@ impl WalArchive {
         timeline: TimelineId,
         at: Lsn,
     ) -> Result<JournalWriter, WalArchiveError> {
-        let size = self.identity.segment_size;
+        let size = self.reader.identity.segment_size;
         let segno = size.segment_of(at);
-        let path = self.dir.join(journal::journal_name(timeline, segno, size));
-        let (writer, scan) = JournalWriter::reopen(path.clone(), timeline, segno, &self.ctx())?;
+        let path = self
+            .reader
+            .dir
+            .join(journal::journal_name(timeline, segno, size));
+        let (writer, scan) =
+            JournalWriter::reopen(path.clone(), timeline, segno, &self.write_ctx())?;
         if scan.end != at {
             return Err(WalArchiveError::Inconsistent {
                 path,
@@ -518,8 +624,12 @@ impl WalArchive {
     /// segment is fdatasynced and the segment finished. `end_of_batch`: an fdatasync follows
     /// the last frame (otherwise frames are marked `CONTINUED`).
     fn write_out(&mut self, end_of_batch: bool) -> Result<(), WalArchiveError> {
-        let size = self.identity.segment_size;
-        let ctx = make_ctx(&self.identity, self.keyring.as_ref(), self.seal);
+        let size = self.reader.identity.segment_size;
+        let ctx = make_ctx(
+            &self.reader.identity,
+            self.reader.keyring.as_ref(),
+            self.seal,
+        );
         let Some(stream) = self.stream.as_mut() else {
             return Ok(());
         };
@@ -542,11 +652,11 @@ impl WalArchive {
                     });
                 }
                 None if piece.offset == 0 => {
-                    JournalWriter::create(&self.dir, stream.timeline, piece.segno, &ctx)?
+                    JournalWriter::create(&self.reader.dir, stream.timeline, piece.segno, &ctx)?
                 }
                 None => {
                     return Err(WalArchiveError::Inconsistent {
-                        path: self.dir.clone(),
+                        path: self.reader.dir.clone(),
                         reason: format!("no journal open for WAL at {start}"),
                     });
                 }
@@ -560,9 +670,9 @@ impl WalArchive {
                     .ok_or(WalArchiveError::PositionOverflow)?;
                 // The whole segment is durable in the journal: acknowledgeable even if
                 // publishing the final file fails below (recovery would finish it).
-                self.durable.insert(stream.timeline, end);
+                self.reader.durable.insert(stream.timeline, end);
                 if let Some(j) = stream.journal.take() {
-                    j.finish(&self.dir, &ctx)?;
+                    j.finish(&self.reader.dir, &ctx)?;
                 }
             }
         }

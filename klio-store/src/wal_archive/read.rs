@@ -12,7 +12,7 @@ use klio_wal::{FsAction, Lsn, SegmentNo, SegmentSize, TimelineId, WalFileName};
 use super::journal::{self, FileSource, JournalScan, ScanError, ScanStop};
 use super::recover::{self, Survey};
 use super::{
-    ClusterIdentity, Ctx, WalArchive, WalArchiveError, optional_file, sealed, segment_of_name,
+    ClusterIdentity, Ctx, WalArchiveError, WalArchiveReader, optional_file, sealed, segment_of_name,
 };
 
 /// One archived file, read for a restore.
@@ -79,7 +79,7 @@ pub struct ArchiveListing {
     pub histories: Vec<TimelineId>,
 }
 
-/// What [`WalArchive::export_to_directory`] wrote.
+/// What [`WalArchiveReader::export_to_directory`] wrote.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExportSummary {
     /// Complete segments written.
@@ -230,7 +230,7 @@ fn read_journal_segment(
     Ok(Some((bytes, scan.complete, valid)))
 }
 
-impl WalArchive {
+impl WalArchiveReader {
     /// Reads one archived file by PostgreSQL name for restores: a complete segment, a
     /// `.history` file, or, when the segment is still in progress, its bytes zero-padded to full
     /// size (flagged partial). A `.partial` name returns the in-progress segment only.

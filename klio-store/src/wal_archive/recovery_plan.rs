@@ -1,12 +1,12 @@
 //! The segments a recovery to the newest WAL reads, in order: the timeline path from the
 //! newest timeline's history, and the segment numbers along it. Shared by
-//! [`WalArchive::verify`] (which reads them) and [`WalArchive::summary`] (which only looks for
+//! [`WalArchiveReader::verify`] (which reads them) and [`WalArchiveReader::summary`] (which only looks for
 //! them).
 
 use klio_wal::{ErrorChain, Lsn, SegmentNo, TimelineId, WalFileName, parse_history};
 
 use super::verify::VerifyProblem;
-use super::{ArchiveListing, WalArchive};
+use super::{ArchiveListing, WalArchiveReader};
 
 /// One timeline of the path to the newest WAL: from `begin` (its first LSN) to `end` (where a
 /// newer timeline takes over; `None` for the newest).
@@ -30,7 +30,7 @@ pub(super) struct RecoveryPlan {
     pub(super) problems: Vec<VerifyProblem>,
 }
 
-impl WalArchive {
+impl WalArchiveReader {
     /// The plan from `from` (default: the oldest WAL stored on the path); `None` for an empty
     /// archive.
     pub(super) fn recovery_plan(

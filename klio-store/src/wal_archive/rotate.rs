@@ -10,7 +10,7 @@
 //! sector, and an overwrite of part of one sector (within an existing, allocated block, with no
 //! change of size) is written by the device as a whole sector, so after a crash the file holds
 //! either the old slot (still opened by the old key, which must stay in the keyring until
-//! [`WalArchive::key_ids_in_use`] no longer names it) or the new one. Even a device that tore
+//! [`WalArchiveReader::key_ids_in_use`] no longer names it) or the new one. Even a device that tore
 //! the sector could not make a reader accept wrong bytes: the slot is authenticated (AES-GCM
 //! with the immutable header as associated data), so a mixed slot fails as `WrongKey` and the
 //! file reports an error naming it; its copy in Tier 2 (sealed with the same data key) remains.
@@ -28,7 +28,7 @@ use klio_wal::{FsAction, WalFileName};
 
 use super::journal::JOURNAL_SUFFIX;
 use super::sealed::SEALED_SUFFIX;
-use super::{RNG, WalArchive, WalArchiveError};
+use super::{RNG, WalArchive, WalArchiveError, WalArchiveReader};
 
 /// What [`WalArchive::rewrap_all`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -43,7 +43,7 @@ pub struct RewrapSummary {
 }
 
 /// The encrypted files of the archive, and how many plain segments and journals it holds.
-fn encrypted_files(archive: &WalArchive) -> Result<(Vec<PathBuf>, usize), WalArchiveError> {
+fn encrypted_files(archive: &WalArchiveReader) -> Result<(Vec<PathBuf>, usize), WalArchiveError> {
     let dir = &archive.dir;
     let size = archive.identity.segment_size;
     let mut files = Vec::new();
@@ -118,7 +118,7 @@ fn crypto(action: &'static str, path: &Path) -> impl FnOnce(CryptoError) -> WalA
     }
 }
 
-impl WalArchive {
+impl WalArchiveReader {
     /// The ids of the keys that encrypted files of the archive (sealed segments, encrypted
     /// journals) are wrapped with. A key may be removed from the keyring once it is not listed
     /// here (and no other copy, such as Tier 2, still needs it).
@@ -138,7 +138,9 @@ impl WalArchive {
         }
         Ok(ids)
     }
+}
 
+impl WalArchive {
     /// Rotates keys: makes `new_primary` the key this handle seals with from now on (the handle
     /// keeps `keyring`, which must hold `new_primary` and every key files are wrapped with now),
     /// then re-wraps the data key of every sealed segment and encrypted journal under it,
@@ -146,18 +148,18 @@ impl WalArchive {
     /// safe: the 76-byte slot lies in the file's first sector, so a crash leaves the old slot
     /// (still opened by the old key) or the new one, and a torn slot could only fail
     /// authentication (an error naming the file), never yield wrong bytes. Idempotent: run it
-    /// again after an interruption. Keep the old key until [`WalArchive::key_ids_in_use`] no
+    /// again after an interruption. Keep the old key until [`WalArchiveReader::key_ids_in_use`] no
     /// longer lists it.
     pub fn rewrap_all(
         &mut self,
         keyring: &Keyring,
         new_primary: &KeyId,
     ) -> Result<RewrapSummary, WalArchiveError> {
-        self.check_writable()?;
+        self.refuse_if_poisoned()?;
         let mut ring = keyring.clone();
         ring.set_primary(new_primary)
-            .map_err(crypto("make the new key primary for", &self.dir))?;
-        self.keyring = Some(ring);
+            .map_err(crypto("make the new key primary for", &self.reader.dir))?;
+        self.reader.keyring = Some(ring);
         let r = self.rewrap_files(keyring, new_primary);
         self.poison_on(r)
     }

@@ -1,11 +1,11 @@
 //! A cheap overview of an archive for metrics and `klio status`: sizes and the recoverable
-//! range judged by which files exist. [`WalArchive::verify`] is the thorough check (it reads
+//! range judged by which files exist. [`WalArchiveReader::verify`] is the thorough check (it reads
 //! and walks every record); this only lists the directory and scans the journal in progress.
 
 use klio_wal::{FsAction, Lsn, SegmentNo, TimelineId, WalPosition};
 
 use super::recovery_plan::RecoveryPlan;
-use super::{ArchiveListing, WalArchive, WalArchiveError};
+use super::{ArchiveListing, WalArchiveError, WalArchiveReader};
 
 /// What an archive holds (see the [module documentation](self)).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -25,7 +25,7 @@ pub struct ArchiveSummary {
     pub gaps: u64,
 }
 
-impl WalArchive {
+impl WalArchiveReader {
     /// Summarizes the archive (see the [module documentation](self)). Read-only; safe while
     /// a writer streams.
     pub fn summary(&self) -> Result<ArchiveSummary, WalArchiveError> {

@@ -77,7 +77,7 @@ fn round_trip_lz4_and_zstd() {
         append_wal(&mut a, t, end, 5000, 999);
         assert_eq!(a.sync().unwrap(), Some(Lsn(end + 5000)));
         drop(a);
-        let r = WalArchive::open_existing_with(d.path(), Some(ring(1))).unwrap();
+        let r = WalArchiveReader::open_with(d.path(), Some(ring(1))).unwrap();
         assert_eq!(r.durable(), Some(WalPosition::new(t, Lsn(end + 5000))));
         check_content(&r, t, 0, end + 5000);
     }
@@ -183,9 +183,9 @@ fn missing_or_unknown_keys_are_clear_errors() {
         assert!(msg.contains(".klio"), "{msg}");
     };
     check_no_key(WalArchive::open(d.path(), ident()).unwrap_err());
-    check_no_key(WalArchive::open_existing(d.path()).unwrap_err());
+    check_no_key(WalArchiveReader::open(d.path()).unwrap_err());
     // Another key: the sealed segment names key 1.
-    let other = WalArchive::open_existing_with(d.path(), Some(ring(2))).unwrap();
+    let other = WalArchiveReader::open_with(d.path(), Some(ring(2))).unwrap();
     let e = other.read_file(&seg(t, 1)).unwrap_err();
     let msg = ErrorChain(&e).to_string();
     assert!(
@@ -215,10 +215,10 @@ fn missing_or_unknown_keys_are_clear_errors() {
     std::fs::remove_file(d.path().join(sealed_name(t, SegmentNo(0), size()))).unwrap();
     std::fs::remove_file(d.path().join(sealed_name(t, SegmentNo(1), size()))).unwrap();
     check_no_key(WalArchive::open(d.path(), ident()).unwrap_err());
-    check_no_key(WalArchive::open_existing(d.path()).unwrap_err());
+    check_no_key(WalArchiveReader::open(d.path()).unwrap_err());
     for e in [
         open_enc(d.path(), 2).unwrap_err(),
-        WalArchive::open_existing_with(d.path(), Some(ring(2))).unwrap_err(),
+        WalArchiveReader::open_with(d.path(), Some(ring(2))).unwrap_err(),
     ] {
         let msg = ErrorChain(&e).to_string();
         assert!(msg.contains(&id1.to_string()), "{msg}");
@@ -237,7 +237,7 @@ fn damage_in_sealed_segments_and_journals_is_an_error_naming_the_file() {
     let s0 = d.path().join(sealed_name(t, SegmentNo(0), size()));
     let s1 = d.path().join(sealed_name(t, SegmentNo(1), size()));
     let original = std::fs::read(&s1).unwrap();
-    let a = WalArchive::open_existing_with(d.path(), Some(ring(1))).unwrap();
+    let a = WalArchiveReader::open_with(d.path(), Some(ring(1))).unwrap();
     // Bit flips anywhere (header, key slot, chunk data, tag), and truncations.
     for at in [
         0usize,
@@ -288,7 +288,7 @@ fn damage_in_sealed_segments_and_journals_is_an_error_naming_the_file() {
     std::fs::write(&jp, &b).unwrap();
     for e in [
         open_enc(d.path(), 1).unwrap_err(),
-        WalArchive::open_existing_with(d.path(), Some(ring(1))).unwrap_err(),
+        WalArchiveReader::open_with(d.path(), Some(ring(1))).unwrap_err(),
     ] {
         assert!(
             matches!(&e, WalArchiveError::DamagedJournal { path, .. } if *path == jp),
@@ -380,7 +380,7 @@ fn frames_spliced_reordered_or_dropped_are_errors() {
             matches!(&e, WalArchiveError::DamagedJournal { path, .. } if *path == jp),
             "{what}: {e}"
         );
-        let e = WalArchive::open_existing_with(d.path(), Some(ring(1))).unwrap_err();
+        let e = WalArchiveReader::open_with(d.path(), Some(ring(1))).unwrap_err();
         assert!(
             matches!(e, WalArchiveError::DamagedJournal { .. }),
             "{what}: {e}"
@@ -508,7 +508,7 @@ fn sealed_history_files_are_bound_to_their_timeline_and_checked() {
     let p2 = d.path().join("00000002.history.klio");
     let p3 = d.path().join("00000003.history.klio");
     // Without the key: refused, naming the file.
-    let e = WalArchive::open_existing(d.path()).unwrap_err();
+    let e = WalArchiveReader::open(d.path()).unwrap_err();
     assert!(matches!(e, WalArchiveError::Encrypted { .. }), "{e}");
 
     // One history swapped for the other: refused, saying so.

@@ -11,9 +11,9 @@ use klio_wal::record_walk::{RecordWalker, SegmentSummary};
 use klio_wal::{ErrorChain, Lsn, PageHeader, SegmentNo, TimelineId, WalFileName, WalPosition};
 
 use super::recovery_plan::{PathStep, RecoveryPlan};
-use super::{WalArchive, WalArchiveError};
+use super::{WalArchiveError, WalArchiveReader};
 
-/// A problem found by [`WalArchive::verify`].
+/// A problem found by [`WalArchiveReader::verify`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum VerifyProblem {
@@ -66,7 +66,7 @@ impl std::fmt::Display for VerifyProblem {
     }
 }
 
-/// What [`WalArchive::verify`] found.
+/// What [`WalArchiveReader::verify`] found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct VerifyReport {
@@ -92,7 +92,7 @@ impl VerifyReport {
     }
 }
 
-impl WalArchive {
+impl WalArchiveReader {
     /// Checks the archive from `from` (default: the oldest WAL stored) to the newest WAL;
     /// see the [module documentation](self). Read-only; safe while a writer streams.
     pub fn verify(&self, from: Option<Lsn>) -> Result<VerifyReport, WalArchiveError> {
@@ -292,7 +292,7 @@ fn first_point(summary: &SegmentSummary, seg_start: Lsn, start: Lsn) -> Lsn {
 /// A walker starting at `segno`, whose first page header gives the WAL format version. A
 /// segment that holds a switch point starts on the older timeline and switches at once.
 fn new_walker(
-    archive: &WalArchive,
+    archive: &WalArchiveReader,
     path: &[PathStep],
     i: usize,
     segno: SegmentNo,
