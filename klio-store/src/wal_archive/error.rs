@@ -221,20 +221,20 @@ pub enum WalArchiveError {
 
 impl WalArchiveError {
     pub(super) fn io(action: FsAction, path: &Path, source: io::Error) -> Self {
-        WalArchiveError::Fs(FsError::new(action, path, source))
+        Self::Fs(FsError::new(action, path, source))
     }
 
     /// Whether this error means the handle's view of the disk may be wrong (write path failures).
     pub(super) fn poisons(&self) -> bool {
         matches!(
             self,
-            WalArchiveError::Fs(_)
-                | WalArchiveError::DamagedJournal { .. }
-                | WalArchiveError::DamagedSegment { .. }
-                | WalArchiveError::Inconsistent { .. }
-                | WalArchiveError::Crypto { .. }
-                | WalArchiveError::JournalFrame { .. }
-                | WalArchiveError::PositionOverflow
+            Self::Fs(_)
+                | Self::DamagedJournal { .. }
+                | Self::DamagedSegment { .. }
+                | Self::Inconsistent { .. }
+                | Self::Crypto { .. }
+                | Self::JournalFrame { .. }
+                | Self::PositionOverflow
         )
     }
 }

@@ -42,7 +42,7 @@ impl ClusterIdentity {
         format!("{body}crc32c {crc:08x}\n")
     }
 
-    fn decode(bytes: &[u8]) -> Result<ClusterIdentity, String> {
+    fn decode(bytes: &[u8]) -> Result<Self, String> {
         let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_owned())?;
         let crc_at = text
             .find("crc32c ")
@@ -73,7 +73,7 @@ impl ClusterIdentity {
         };
         let system_id = field("system_id")?;
         let segment_size = SegmentSize::new(field("segment_size")?).map_err(|e| e.to_string())?;
-        Ok(ClusterIdentity {
+        Ok(Self {
             system_id,
             segment_size,
         })

@@ -270,8 +270,8 @@ impl WalArchive {
     /// use records `identity` durably; later uses refuse a different system id or segment size
     /// with a clear error. Runs crash recovery. An archive holding encrypted files is refused:
     /// use [`WalArchive::open_with`].
-    pub fn open(dir: &Path, identity: ClusterIdentity) -> Result<WalArchive, WalArchiveError> {
-        WalArchive::open_with(dir, identity, StorageOptions::default())
+    pub fn open(dir: &Path, identity: ClusterIdentity) -> Result<Self, WalArchiveError> {
+        Self::open_with(dir, identity, StorageOptions::default())
     }
 
     /// Like [`WalArchive::open`], with `options`: with a keyring, everything written from now
@@ -281,7 +281,7 @@ impl WalArchive {
         dir: &Path,
         identity: ClusterIdentity,
         options: StorageOptions,
-    ) -> Result<WalArchive, WalArchiveError> {
+    ) -> Result<Self, WalArchiveError> {
         if options.keyring.is_some() {
             options
                 .seal
@@ -315,7 +315,7 @@ impl WalArchive {
             }
         }
         let durable = recover::recover(dir, &ctx)?;
-        Ok(WalArchive {
+        Ok(Self {
             reader: WalArchiveReader {
                 dir: dir.to_owned(),
                 identity,
@@ -334,22 +334,19 @@ impl WalArchiveReader {
     /// verification, exports and restores). Changes nothing on disk, so it may run alongside
     /// the writer. An archive holding encrypted files is refused: use
     /// [`WalArchiveReader::open_with`].
-    pub fn open(dir: &Path) -> Result<WalArchiveReader, WalArchiveError> {
-        WalArchiveReader::open_with(dir, None)
+    pub fn open(dir: &Path) -> Result<Self, WalArchiveError> {
+        Self::open_with(dir, None)
     }
 
     /// Like [`WalArchiveReader::open`], opening encrypted files with `keyring`.
-    pub fn open_with(
-        dir: &Path,
-        keyring: Option<Keyring>,
-    ) -> Result<WalArchiveReader, WalArchiveError> {
+    pub fn open_with(dir: &Path, keyring: Option<Keyring>) -> Result<Self, WalArchiveError> {
         let identity = identity::read(dir)?.ok_or_else(|| WalArchiveError::NotAnArchive {
             dir: dir.to_owned(),
             file: identity::IDENTITY_FILE,
         })?;
         let ctx = make_ctx(&identity, keyring.as_ref(), SealOptions::default());
         let durable = recover::survey(dir, &ctx)?.durable_ends(identity.segment_size);
-        Ok(WalArchiveReader {
+        Ok(Self {
             dir: dir.to_owned(),
             identity,
             keyring,

@@ -97,10 +97,10 @@ impl SegmentWriter {
         timeline: TimelineId,
         segno: SegmentNo,
         ctx: &Ctx<'_>,
-    ) -> Result<SegmentWriter, WalArchiveError> {
+    ) -> Result<Self, WalArchiveError> {
         let Some(keyring) = ctx.keyring else {
             let name = WalFileName::Segment { timeline, segno }.to_string_with(ctx.size);
-            return Ok(SegmentWriter {
+            return Ok(Self {
                 temp: TempFile::create(&dir.join(name))?,
                 at: 0,
                 sealer: None,
@@ -116,7 +116,7 @@ impl SegmentWriter {
         sealer
             .update_into(&binding(ctx, timeline, segno), &mut buf)
             .map_err(crypto)?;
-        let mut w = SegmentWriter {
+        let mut w = Self {
             temp,
             at: 0,
             sealer: None,

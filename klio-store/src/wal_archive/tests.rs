@@ -79,8 +79,8 @@ impl Format {
         identity: ClusterIdentity,
     ) -> Result<WalArchive, WalArchiveError> {
         match self {
-            Format::Plain => WalArchive::open(dir, identity),
-            Format::Encrypted => {
+            Self::Plain => WalArchive::open(dir, identity),
+            Self::Encrypted => {
                 WalArchive::open_with(dir, identity, opts(ring(1), Compression::Lz4))
             }
         }
@@ -89,8 +89,8 @@ impl Format {
     /// Opens an existing archive for reading (with the key, when encrypted).
     pub(super) fn open_reader(self, dir: &Path) -> Result<WalArchiveReader, WalArchiveError> {
         match self {
-            Format::Plain => WalArchiveReader::open(dir),
-            Format::Encrypted => WalArchiveReader::open_with(dir, Some(ring(1))),
+            Self::Plain => WalArchiveReader::open(dir),
+            Self::Encrypted => WalArchiveReader::open_with(dir, Some(ring(1))),
         }
     }
 
@@ -107,8 +107,8 @@ impl Format {
         let name = WalFileName::parse(&base, size()).unwrap();
         let bytes = std::fs::read(jp).unwrap();
         match self {
-            Format::Plain => inspect_journal(&bytes, &name, size(), jp),
-            Format::Encrypted => inspect_journal_with(&bytes, &name, ident(), Some(&ring(1)), jp),
+            Self::Plain => inspect_journal(&bytes, &name, size(), jp),
+            Self::Encrypted => inspect_journal_with(&bytes, &name, ident(), Some(&ring(1)), jp),
         }
         .unwrap()
     }
@@ -116,24 +116,24 @@ impl Format {
     /// Where a journal's first frame starts (after the key header, when encrypted).
     pub(super) fn frames_start(self) -> u64 {
         match self {
-            Format::Plain => 0,
-            Format::Encrypted => ENC_FRAMES_START,
+            Self::Plain => 0,
+            Self::Encrypted => ENC_FRAMES_START,
         }
     }
 
     /// The length of a frame's header.
     pub(super) fn frame_header_len(self) -> u64 {
         match self {
-            Format::Plain => HEADER_LEN,
-            Format::Encrypted => ENC_HEADER_LEN,
+            Self::Plain => HEADER_LEN,
+            Self::Encrypted => ENC_HEADER_LEN,
         }
     }
 
     /// The length of a frame's authentication tag (none in plain frames).
     pub(super) fn frame_tag_len(self) -> u64 {
         match self {
-            Format::Plain => 0,
-            Format::Encrypted => TAG_LEN,
+            Self::Plain => 0,
+            Self::Encrypted => TAG_LEN,
         }
     }
 
@@ -145,8 +145,8 @@ impl Format {
     /// The file name of a completed segment.
     pub(super) fn segment_file(self, t: TimelineId, segno: u64) -> String {
         match self {
-            Format::Plain => seg_name(t, segno),
-            Format::Encrypted => sealed_name(t, SegmentNo(segno), size()),
+            Self::Plain => seg_name(t, segno),
+            Self::Encrypted => sealed_name(t, SegmentNo(segno), size()),
         }
     }
 }

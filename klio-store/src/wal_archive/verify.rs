@@ -43,12 +43,12 @@ pub enum VerifyProblem {
 impl std::fmt::Display for VerifyProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            VerifyProblem::Gap {
+            Self::Gap {
                 timeline,
                 first,
                 last,
             } if first == last => write!(f, "missing segment {first} (timeline {timeline})"),
-            VerifyProblem::Gap {
+            Self::Gap {
                 timeline,
                 first,
                 last,
@@ -56,8 +56,8 @@ impl std::fmt::Display for VerifyProblem {
                 f,
                 "missing segments {first} to {last} (timeline {timeline})"
             ),
-            VerifyProblem::Damaged { file, reason } => write!(f, "{file} is damaged: {reason}"),
-            VerifyProblem::MissingHistory { timeline } => write!(
+            Self::Damaged { file, reason } => write!(f, "{file} is damaged: {reason}"),
+            Self::MissingHistory { timeline } => write!(
                 f,
                 "the history file of timeline {timeline} is missing: the timelines before it \
                  cannot be followed"

@@ -70,9 +70,7 @@ impl FrameDefect {
     pub fn is_out_of_place(&self) -> bool {
         matches!(
             self,
-            FrameDefect::OtherTimeline { .. }
-                | FrameDefect::Discontinuity { .. }
-                | FrameDefect::OutOfSequence { .. }
+            Self::OtherTimeline { .. } | Self::Discontinuity { .. } | Self::OutOfSequence { .. }
         )
     }
 }
@@ -80,33 +78,33 @@ impl FrameDefect {
 impl fmt::Display for FrameDefect {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            FrameDefect::TornHeader => f.write_str("end of file inside a frame header"),
-            FrameDefect::Zeros => f.write_str("zeros (no frame written here)"),
-            FrameDefect::BadMagic => f.write_str("bad frame magic"),
-            FrameDefect::UnknownVersion { version } => {
+            Self::TornHeader => f.write_str("end of file inside a frame header"),
+            Self::Zeros => f.write_str("zeros (no frame written here)"),
+            Self::BadMagic => f.write_str("bad frame magic"),
+            Self::UnknownVersion { version } => {
                 write!(f, "unknown frame format version {version}")
             }
-            FrameDefect::ReservedBits => f.write_str("unknown flags or non-zero reserved bytes"),
-            FrameDefect::OtherTimeline { expected, got } => {
+            Self::ReservedBits => f.write_str("unknown flags or non-zero reserved bytes"),
+            Self::OtherTimeline { expected, got } => {
                 write!(f, "frame of another timeline ({got}, expected {expected})")
             }
-            FrameDefect::Discontinuity { expected, got } => write!(
+            Self::Discontinuity { expected, got } => write!(
                 f,
                 "frame does not continue the previous one (it starts at {got}, expected \
                  {expected})"
             ),
-            FrameDefect::OutOfSequence { expected, got } => {
+            Self::OutOfSequence { expected, got } => {
                 write!(
                     f,
                     "frame out of sequence (number {got}, expected {expected})"
                 )
             }
-            FrameDefect::LengthOutOfRange { len } => {
+            Self::LengthOutOfRange { len } => {
                 write!(f, "frame length out of range ({len} bytes)")
             }
-            FrameDefect::TornData => f.write_str("end of file inside frame data"),
-            FrameDefect::BadCrc => f.write_str("CRC mismatch"),
-            FrameDefect::BadTag => f.write_str("authentication tag mismatch"),
+            Self::TornData => f.write_str("end of file inside frame data"),
+            Self::BadCrc => f.write_str("CRC mismatch"),
+            Self::BadTag => f.write_str("authentication tag mismatch"),
         }
     }
 }
@@ -125,10 +123,10 @@ pub enum ScanStop {
 impl fmt::Display for ScanStop {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ScanStop::IncompleteKeyHeader => {
+            Self::IncompleteKeyHeader => {
                 f.write_str("encrypted key header incomplete (the journal was being created)")
             }
-            ScanStop::Frame(defect) => defect.fmt(f),
+            Self::Frame(defect) => defect.fmt(f),
         }
     }
 }
@@ -147,8 +145,8 @@ impl FrameCheck {
     /// The defect of a well-formed frame that fails this check.
     pub fn failure(self) -> FrameDefect {
         match self {
-            FrameCheck::Crc => FrameDefect::BadCrc,
-            FrameCheck::Tag => FrameDefect::BadTag,
+            Self::Crc => FrameDefect::BadCrc,
+            Self::Tag => FrameDefect::BadTag,
         }
     }
 }
@@ -215,20 +213,18 @@ impl JournalDamage {
 impl fmt::Display for JournalDamage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            JournalDamage::SegmentOutOfRange => {
-                f.write_str("segment number past the end of the WAL space")
-            }
-            JournalDamage::KeyHeaderUnopenable(e) => {
+            Self::SegmentOutOfRange => f.write_str("segment number past the end of the WAL space"),
+            Self::KeyHeaderUnopenable(e) => {
                 write!(f, "its encrypted key header cannot be opened: {e}")
             }
-            JournalDamage::NotAKeyBlock => {
+            Self::NotAKeyBlock => {
                 Self::key_header_moved(f, format_args!("is not a journal key block"))
             }
-            JournalDamage::OtherCluster { system_id } => Self::key_header_moved(
+            Self::OtherCluster { system_id } => Self::key_header_moved(
                 f,
                 format_args!("belongs to the cluster with system id {system_id}"),
             ),
-            JournalDamage::OtherSegment {
+            Self::OtherSegment {
                 timeline,
                 segno,
                 segment_size,
@@ -238,17 +234,17 @@ impl fmt::Display for JournalDamage {
                     "belongs to timeline {timeline} segment {segno} (segment size {segment_size})"
                 ),
             ),
-            JournalDamage::KeyHeaderOverwritten => f.write_str(
+            Self::KeyHeaderOverwritten => f.write_str(
                 "encrypted frames follow, but the journal does not start with an encrypted key \
                  header: the header was overwritten",
             ),
-            JournalDamage::OutOfPlace(defect) => write!(
+            Self::OutOfPlace(defect) => write!(
                 f,
                 "a well-formed frame header is out of place ({defect}): frames were reordered, \
                  dropped or spliced in, which no crash does (the torn tail of a journal is \
                  cleared before new frames follow)"
             ),
-            JournalDamage::DamagedAfterSync { start, len, check } => write!(
+            Self::DamagedAfterSync { start, len, check } => write!(
                 f,
                 "the frame for {start}+{len} bytes fails its {}, but frames written after a \
                  later fdatasync follow it, so it was damaged after it was made durable",
@@ -257,13 +253,13 @@ impl fmt::Display for JournalDamage {
                     FrameCheck::Tag => "authentication",
                 }
             ),
-            JournalDamage::ChangedSinceScan {
+            Self::ChangedSinceScan {
                 check: FrameCheck::Crc,
             } => f.write_str("frame CRC no longer matches when read again"),
-            JournalDamage::ChangedSinceScan {
+            Self::ChangedSinceScan {
                 check: FrameCheck::Tag,
             } => f.write_str("frame no longer authenticates when read again"),
-            JournalDamage::OtherFormat => f.write_str("frame of the other journal format"),
+            Self::OtherFormat => f.write_str("frame of the other journal format"),
         }
     }
 }

@@ -54,16 +54,16 @@ impl FrameFormat {
     /// File offset of the first frame.
     pub(super) fn first_frame(&self) -> u64 {
         match self {
-            FrameFormat::Plain => 0,
-            FrameFormat::Encrypted(_) => ENC_FRAMES_START,
+            Self::Plain => 0,
+            Self::Encrypted(_) => ENC_FRAMES_START,
         }
     }
 
     /// What protects this format's frames.
     pub(super) fn check(&self) -> FrameCheck {
         match self {
-            FrameFormat::Plain => FrameCheck::Crc,
-            FrameFormat::Encrypted(_) => FrameCheck::Tag,
+            Self::Plain => FrameCheck::Crc,
+            Self::Encrypted(_) => FrameCheck::Tag,
         }
     }
 }

@@ -61,22 +61,22 @@ pub(crate) enum ScanError {
 impl ScanError {
     pub(crate) fn into_archive_error(self, path: &Path) -> WalArchiveError {
         match self {
-            ScanError::Io(e) => WalArchiveError::io(FsAction::Read, path, e),
-            ScanError::Damaged { offset, damage } => WalArchiveError::DamagedJournal {
+            Self::Io(e) => WalArchiveError::io(FsAction::Read, path, e),
+            Self::Damaged { offset, damage } => WalArchiveError::DamagedJournal {
                 path: path.to_owned(),
                 offset,
                 damage,
             },
-            ScanError::Encrypted { key_id } => WalArchiveError::Encrypted {
+            Self::Encrypted { key_id } => WalArchiveError::Encrypted {
                 path: path.to_owned(),
                 key_id,
             },
-            ScanError::Crypto(source) => WalArchiveError::Crypto {
+            Self::Crypto(source) => WalArchiveError::Crypto {
                 action: "open the key header of journal",
                 path: path.to_owned(),
                 source,
             },
-            ScanError::FrameKey(source) => WalArchiveError::JournalFrame {
+            Self::FrameKey(source) => WalArchiveError::JournalFrame {
                 action: "use the frame key of journal",
                 path: path.to_owned(),
                 source,
@@ -87,7 +87,7 @@ impl ScanError {
 
 impl From<io::Error> for ScanError {
     fn from(e: io::Error) -> Self {
-        ScanError::Io(e)
+        Self::Io(e)
     }
 }
 

@@ -103,7 +103,7 @@ impl JournalWriter {
         // The new directory entry must be durable too: a crash must not lose the file that is
         // about to hold acknowledged WAL. create_prepadded fsyncs both before it returns.
         let file = durable::create_prepadded(&path, &header, len)?;
-        Ok(JournalWriter {
+        Ok(Self {
             file,
             path,
             timeline,
@@ -136,7 +136,7 @@ impl JournalWriter {
             scan_with(&src, timeline, segno, ctx).map_err(|e| e.into_archive_error(&path))?;
         let file_len = src.len;
         let (_, grow_step) = padded_len(ctx.size);
-        let writer = JournalWriter {
+        let writer = Self {
             file,
             path,
             timeline,
