@@ -6,9 +6,11 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use klio_client::{ConnParams, ReplicationConnection};
-use klio_proto::base_backup::{BaseBackupOptions, CopyStreamEvent, TablespaceKind};
-use klio_testkit::{PgOptions, PgServer, TestDir, pg_bin, run, run_ok};
+use klio_client::{ConnParams, ConnectionError, ReplicationConnection};
+use klio_proto::base_backup::{
+    BaseBackupFailure, BaseBackupOptions, CopyStreamEvent, TablespaceKind,
+};
+use klio_testkit::{PgOptions, PgServer, TestDir, as_postgres, pg_bin, run, run_ok};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -30,12 +32,16 @@ struct Received {
     user_tablespaces: usize,
 }
 
-async fn receive(pg: &PgServer, out: &Path) -> Received {
+async fn connect(pg: &PgServer) -> ReplicationConnection {
     let cfg = ConnParams::parse(&pg.socket_connstr())
         .expect("connection string")
         .resolve(|_| None)
         .expect("settings");
-    let mut conn = ReplicationConnection::connect(&cfg).await.expect("connect");
+    ReplicationConnection::connect(&cfg).await.expect("connect")
+}
+
+async fn receive(pg: &PgServer, out: &Path) -> Received {
+    let mut conn = connect(pg).await;
     let options = BaseBackupOptions {
         label: "klio's test".to_owned(),
         ..BaseBackupOptions::default()
@@ -201,4 +207,60 @@ fn a_streamed_base_backup_passes_pg_verifybackup_until_a_relation_byte_changes()
         "pg_verifybackup accepted a changed relation file"
     );
     assert!(rejected.stderr.contains(&relation), "{rejected:?}");
+}
+
+#[test]
+fn a_page_checksum_failure_fails_the_backup_after_all_data_arrived() {
+    let mut pg = PgServer::start(PgOptions::default());
+    pg.psql("CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g");
+    pg.psql("CHECKPOINT");
+    let relation = pg
+        .data_dir()
+        .join(pg.psql("SELECT pg_relation_filepath('t')"));
+    pg.stop();
+    run_ok(
+        as_postgres(pg_bin("pg_checksums"))
+            .arg("--enable")
+            .arg("-D")
+            .arg(pg.data_dir()),
+    );
+    // One byte in the body of the second page: its checksum no longer matches, its LSN (which
+    // decides whether PostgreSQL checks it) is untouched.
+    let mut bytes = std::fs::read(&relation).expect("read relation file");
+    bytes[8192 + 4000] ^= 0xff;
+    std::fs::write(&relation, bytes).expect("write relation file");
+    pg.restart();
+
+    runtime().block_on(async {
+        let mut conn = connect(&pg).await;
+        let mut stream = conn
+            .base_backup(&BaseBackupOptions::default())
+            .await
+            .expect("BASE_BACKUP starts");
+        let mut manifest_seen = false;
+        while let Some(event) = stream.next_event().await.expect("stream event") {
+            manifest_seen |= event == CopyStreamEvent::ManifestStart;
+        }
+        assert!(
+            manifest_seen,
+            "the whole stream, manifest included, arrives first"
+        );
+        let error = stream.finish().await.expect_err("the backup must fail");
+        match &error {
+            ConnectionError::BaseBackup(BaseBackupFailure::ChecksumFailure(server)) => {
+                assert_eq!(server.code, "XX001");
+            }
+            other => panic!("expected a checksum failure, got {other:?}"),
+        }
+        let said = error
+            .server_error()
+            .map(|e| e.message.clone())
+            .unwrap_or_default();
+        assert!(said.contains("checksum"), "{said}");
+        // The error was read up to ReadyForQuery: the connection still runs commands.
+        conn.identify_system()
+            .await
+            .expect("IDENTIFY_SYSTEM after the failure");
+        conn.close().await;
+    });
 }
