@@ -345,3 +345,47 @@ fn other_sqlstates_are_plain_server_failures() {
     });
     assert!(matches!(failure, BaseBackupFailure::Server(_)));
 }
+
+fn payload() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+    use proptest::prelude::*;
+    prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..16),
+        (
+            prop::sample::select(vec![b'n', b'd', b'p', b'm']),
+            proptest::collection::vec(prop_oneof![Just(0u8), any::<u8>()], 0..12),
+        )
+            .prop_map(|(kind, mut body)| {
+                body.insert(0, kind);
+                body
+            }),
+    ]
+}
+
+proptest::proptest! {
+    /// Whatever the bytes, the decoder never panics, and what it accepts keeps the order rules.
+    #[test]
+    fn accepted_streams_keep_the_order_rules(payloads in proptest::collection::vec(payload(), 0..24)) {
+        let mut decoder = CopyStreamDecoder::new();
+        let (mut archive_seen, mut manifest_seen) = (false, false);
+        for p in payloads {
+            match decoder.decode(Bytes::from(p)) {
+                Ok(CopyStreamEvent::NewArchive { name, .. }) => {
+                    proptest::prop_assert!(!manifest_seen);
+                    proptest::prop_assert!(!name.is_empty() && !name.contains('/'));
+                    archive_seen = true;
+                }
+                Ok(CopyStreamEvent::ArchiveData(_)) => {
+                    proptest::prop_assert!(archive_seen && !manifest_seen);
+                }
+                Ok(CopyStreamEvent::ManifestStart) => {
+                    proptest::prop_assert!(archive_seen && !manifest_seen);
+                    manifest_seen = true;
+                }
+                Ok(CopyStreamEvent::ManifestData(_)) => proptest::prop_assert!(manifest_seen),
+                Ok(CopyStreamEvent::Progress(_)) => {}
+                Err(_) => break,
+            }
+        }
+        proptest::prop_assert_eq!(decoder.finish().is_ok(), archive_seen);
+    }
+}
