@@ -572,7 +572,9 @@ pub enum BaseBackupFailure {
     )]
     ChecksumFailure(#[source] Box<ServerError>),
     /// Any other error (a backup already running in this session, a bad option, a shutdown...).
-    #[error("PostgreSQL refused or aborted the base backup; the backup is unusable")]
+    #[error(
+        "PostgreSQL refused or aborted the base backup, which is unusable; fix what PostgreSQL reports and retry"
+    )]
     Server(#[source] Box<ServerError>),
 }
 
