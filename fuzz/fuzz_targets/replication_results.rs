@@ -3,6 +3,7 @@
 #![no_main]
 
 use bytes::BytesMut;
+use klio_proto::base_backup::{BackupPosition, Tablespace};
 use klio_proto::replication::{
     CreateSlotResult, EndOfTimeline, IdentifySystem, ReadReplicationSlot, TimelineHistory,
     parse_size_setting, show_value,
@@ -16,6 +17,8 @@ fn parse_all(set: &ResultSet) {
     let _ = TimelineHistory::from_result(set);
     let _ = CreateSlotResult::from_result(set);
     let _ = EndOfTimeline::from_result(set);
+    let _ = BackupPosition::from_result(set);
+    let _ = Tablespace::list_from_result(set);
     if let Ok(v) = show_value(set) {
         let _ = parse_size_setting(&v);
     }

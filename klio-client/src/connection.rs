@@ -20,6 +20,10 @@ use tokio::net::{TcpStream, UnixStream};
 use crate::conn_string::{ConnConfig, Host, SslMode};
 use crate::error::ConnectionError;
 
+mod base_backup;
+
+pub use base_backup::BaseBackupStream;
+
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 

@@ -48,6 +48,12 @@ pub enum ConnectionError {
     /// The server or the byte stream broke the protocol, or the server reported an error.
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
+    /// A `BASE_BACKUP` copystream broke its format or order.
+    #[error(transparent)]
+    BaseBackupStream(#[from] klio_proto::base_backup::CopyStreamError),
+    /// The server ended `BASE_BACKUP` with an error (a checksum failure among them).
+    #[error(transparent)]
+    BaseBackup(#[from] klio_proto::base_backup::BaseBackupFailure),
     /// The server's `wal_segment_size` is not a valid WAL segment size.
     #[error("unexpected result for SHOW wal_segment_size")]
     SegmentSize(#[source] klio_wal::InvalidSegmentSize),
@@ -96,6 +102,7 @@ impl ConnectionError {
     pub fn server_error(&self) -> Option<&klio_proto::ServerError> {
         match self {
             Self::Protocol(ProtocolError::Server(e)) => Some(e),
+            Self::BaseBackup(failure) => Some(failure.server_error()),
             _ => None,
         }
     }

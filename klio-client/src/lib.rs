@@ -33,6 +33,6 @@ mod tls;
 pub mod wal_player;
 
 pub use conn_string::{ConnConfig, ConnParams, ConnStringError, Host, SslMode};
-pub use connection::{CopyEvent, ReplicationConnection};
+pub use connection::{BaseBackupStream, CopyEvent, ReplicationConnection};
 pub use error::{ConnectionError, TlsFailure};
 pub use shutdown::{Shutdown, ShutdownTrigger, shutdown_channel};

@@ -8,10 +8,12 @@
 //! [`StartupStatus::Ready`] → commands with [`frontend::query`] collected by [`SimpleQuery`] and
 //! parsed with the [`replication`] types → `START_REPLICATION` and
 //! [`replication::ReplicationMessage`]s in `CopyData`, answered with
-//! [`replication::StandbyStatusUpdate`]s.
+//! [`replication::StandbyStatusUpdate`]s. A base backup is `BASE_BACKUP` from [`base_backup`]:
+//! result sets, then a COPY stream decoded by [`base_backup::CopyStreamDecoder`].
 #![warn(missing_docs)]
 
 mod backend;
+pub mod base_backup;
 mod error;
 pub mod frontend;
 pub mod klio;

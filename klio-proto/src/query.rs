@@ -81,7 +81,9 @@ impl QueryResult {
 /// in sync and can be reused. The collector resets itself after returning and can be reused.
 ///
 /// COPY responses (`START_REPLICATION`, `BASE_BACKUP`) are not handled here and are reported as
-/// [`ProtocolError::UnexpectedMessage`].
+/// [`ProtocolError::UnexpectedMessage`]. A command that sends result sets before its COPY
+/// (`BASE_BACKUP`) hands them over with [`take_completed_sets`](Self::take_completed_sets) when
+/// the COPY response arrives.
 #[derive(Debug, Default)]
 pub struct SimpleQuery {
     result: QueryResult,
@@ -93,6 +95,11 @@ impl SimpleQuery {
     /// A fresh collector.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The result sets completed so far, taken out of the collector (which keeps collecting).
+    pub fn take_completed_sets(&mut self) -> Vec<ResultSet> {
+        std::mem::take(&mut self.result.sets)
     }
 
     /// Handles one message; see the type documentation.

@@ -22,7 +22,7 @@ pub fn unix_micros(pg_micros: i64) -> i64 {
     pg_micros.saturating_add(PG_EPOCH_OFFSET_MICROS)
 }
 
-fn bad(command: &'static str, reason: impl Into<String>) -> ProtocolError {
+pub(crate) fn bad(command: &'static str, reason: impl Into<String>) -> ProtocolError {
     ProtocolError::BadResult {
         command,
         reason: reason.into(),
@@ -30,7 +30,10 @@ fn bad(command: &'static str, reason: impl Into<String>) -> ProtocolError {
 }
 
 /// Checks that `set` has exactly one row and returns a text accessor for it.
-fn one_row<'a>(set: &'a ResultSet, command: &'static str) -> Result<Row<'a>, ProtocolError> {
+pub(crate) fn one_row<'a>(
+    set: &'a ResultSet,
+    command: &'static str,
+) -> Result<Row<'a>, ProtocolError> {
     if set.rows.len() != 1 {
         return Err(bad(
             command,
@@ -40,14 +43,14 @@ fn one_row<'a>(set: &'a ResultSet, command: &'static str) -> Result<Row<'a>, Pro
     Ok(Row { set, command })
 }
 
-struct Row<'a> {
+pub(crate) struct Row<'a> {
     set: &'a ResultSet,
     command: &'static str,
 }
 
 impl Row<'_> {
     /// The text of column `name` (located by name), `None` when NULL.
-    fn opt(&self, name: &str) -> Result<Option<&str>, ProtocolError> {
+    pub(crate) fn opt(&self, name: &str) -> Result<Option<&str>, ProtocolError> {
         let idx = self
             .set
             .column_index(name)
@@ -57,12 +60,12 @@ impl Row<'_> {
             .map_err(|_| bad(self.command, format!("column {name:?} is not valid UTF-8")))
     }
 
-    fn req(&self, name: &str) -> Result<&str, ProtocolError> {
+    pub(crate) fn req(&self, name: &str) -> Result<&str, ProtocolError> {
         self.opt(name)?
             .ok_or_else(|| bad(self.command, format!("column {name:?} is NULL")))
     }
 
-    fn lsn(&self, name: &str, s: &str) -> Result<Lsn, ProtocolError> {
+    pub(crate) fn lsn(&self, name: &str, s: &str) -> Result<Lsn, ProtocolError> {
         s.parse().map_err(|source| ProtocolError::BadLsn {
             command: self.command,
             column: name.to_owned(),
@@ -70,7 +73,7 @@ impl Row<'_> {
         })
     }
 
-    fn timeline(&self, name: &str, s: &str) -> Result<TimelineId, ProtocolError> {
+    pub(crate) fn timeline(&self, name: &str, s: &str) -> Result<TimelineId, ProtocolError> {
         let n: u32 = s.parse().map_err(|_| {
             bad(
                 self.command,
