@@ -8,7 +8,8 @@
 //! [`StartupStatus::Ready`] → commands with [`frontend::query`] collected by [`SimpleQuery`] and
 //! parsed with the [`replication`] types → `START_REPLICATION` and
 //! [`replication::ReplicationMessage`]s in `CopyData`, answered with
-//! [`replication::StandbyStatusUpdate`]s.
+//! [`replication::StandbyStatusUpdate`]s. The [`tar`] module reads the archives of
+//! `BASE_BACKUP`.
 #![warn(missing_docs)]
 
 mod backend;
@@ -18,6 +19,7 @@ pub mod klio;
 mod query;
 pub mod replication;
 mod startup;
+pub mod tar;
 
 pub use backend::{
     BackendDecoder, BackendMessage, DEFAULT_MAX_MESSAGE_LEN, FieldDescription, SslResponse,
