@@ -16,8 +16,9 @@
 //!   (`x`, `g`) or GNU long-name (`L`, `K`) headers, so this reader refuses them. It reads the
 //!   prefix field anyway, as other ustar writers (GNU tar) use it for paths up to 255 bytes.
 //! - Three entry types: regular files (`0`), directories (`5`) and symbolic links (`2`),
-//!   the last only for tablespaces in `pg_tblspc` with an absolute target. Directory and
-//!   link names end with `/`; their size is 0. Other files are skipped by the server with a
+//!   the last only for tablespaces in `pg_tblspc` with an absolute target, and only when the
+//!   client did not ask for `TABLESPACE_MAP` (with it, the `tablespace_map` file replaces
+//!   them). Directory and link names end with `/`; their size is 0. Other files are skipped by the server with a
 //!   warning, so hard links, devices and FIFOs are refused here.
 //! - Numbers in octal, ended by a space; values too large for octal (files of 8 GiB and more)
 //!   in GNU base-256 (a 0x80 byte, then the value big-endian). Mode is `st_mode & 0o7777`.
