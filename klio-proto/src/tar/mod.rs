@@ -6,6 +6,30 @@
 //! [`TarEvent::End`] for the end-of-archive marker. It never holds a whole file: contents are
 //! split off the caller's buffer as they arrive.
 //!
+//! ```
+//! use bytes::BytesMut;
+//! use klio_proto::tar::{TarEvent, TarReader};
+//!
+//! // The smallest archive, its end marker, arriving in two pieces.
+//! let mut reader = TarReader::new();
+//! let mut buf = BytesMut::new();
+//! let mut ended = false;
+//! for piece in [&[0u8; 700][..], &[0u8; 324][..]] {
+//!     buf.extend_from_slice(piece);
+//!     while let Some(event) = reader.decode(&mut buf)? {
+//!         match event {
+//!             TarEvent::Entry(entry) => println!("{}", entry.path),
+//!             TarEvent::Data(contents) => drop(contents), // the next slice of the file
+//!             TarEvent::EntryEnd => {}
+//!             TarEvent::End => ended = true,
+//!         }
+//!     }
+//! }
+//! reader.finish()?; // the input ended: was the archive complete?
+//! assert!(ended);
+//! # Ok::<(), klio_proto::tar::TarError>(())
+//! ```
+//!
 //! # What PostgreSQL writes
 //!
 //! PostgreSQL 15's server builds every header with `tarCreateHeader` (`src/port/tar.c`), from

@@ -15,8 +15,9 @@ use super::error::PathProblem;
 pub struct EntryPath(Vec<u8>);
 
 impl EntryPath {
-    /// Normalizes `raw` (a ustar prefix and name already joined) or says why it is unsafe.
-    pub(crate) fn parse(raw: &[u8]) -> Result<Self, PathProblem> {
+    /// Normalizes `raw` (a ustar prefix and name already joined, or a path stored elsewhere)
+    /// or says why it is unsafe.
+    pub fn parse(raw: &[u8]) -> Result<Self, PathProblem> {
         if raw.first() == Some(&b'/') {
             return Err(PathProblem::Absolute);
         }
