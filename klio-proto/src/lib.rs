@@ -9,7 +9,8 @@
 //! parsed with the [`replication`] types → `START_REPLICATION` and
 //! [`replication::ReplicationMessage`]s in `CopyData`, answered with
 //! [`replication::StandbyStatusUpdate`]s. A base backup is `BASE_BACKUP` from [`base_backup`]:
-//! result sets, then a COPY stream decoded by [`base_backup::CopyStreamDecoder`].
+//! result sets, then a COPY stream decoded by [`base_backup::CopyStreamDecoder`], whose
+//! archives the [`tar`] module reads.
 #![warn(missing_docs)]
 
 mod backend;
@@ -20,6 +21,7 @@ pub mod klio;
 mod query;
 pub mod replication;
 mod startup;
+pub mod tar;
 
 pub use backend::{
     BackendDecoder, BackendMessage, DEFAULT_MAX_MESSAGE_LEN, FieldDescription, SslResponse,
