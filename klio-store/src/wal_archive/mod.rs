@@ -67,6 +67,7 @@
 //! Every file is put on disk through [`klio_wal::durable`], whose module doc states the policy
 //! (when files and directories are fsynced, the one temporary suffix, what a crash leaves).
 
+mod dir_listing;
 mod error;
 mod identity;
 mod journal;

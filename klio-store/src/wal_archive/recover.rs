@@ -9,7 +9,7 @@ use klio_wal::{FsAction, Lsn, SegmentNo, SegmentSize, TimelineId, WalFileName, d
 
 use super::journal::{self, FileSource, JOURNAL_SUFFIX, JournalScan, ScanError};
 use super::sealed::{self, SEALED_SUFFIX};
-use super::{Ctx, WalArchiveError, identity, optional_file};
+use super::{Ctx, WalArchiveError, dir_listing, identity, optional_file};
 
 /// A journal found by a survey (not stale: its final segment does not exist).
 #[derive(Debug)]
@@ -104,25 +104,19 @@ pub(super) fn survey(dir: &Path, ctx: &Ctx<'_>) -> Result<Survey, WalArchiveErro
     let size = ctx.size;
     let mut s = Survey::default();
     let mut journal_paths = Vec::new();
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| WalArchiveError::io(FsAction::ReadDirectory, dir, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| WalArchiveError::io(FsAction::ReadDirectory, dir, e))?;
-        let file_name = entry.file_name();
-        let Some(name) = file_name.to_str() else {
-            continue;
-        };
+    for (name, path) in dir_listing::named_entries(dir)? {
+        let name = name.as_str();
         if name == identity::IDENTITY_FILE {
             continue;
         }
         if name.ends_with(durable::TEMP_SUFFIX) {
-            s.temps.push(entry.path());
+            s.temps.push(path.clone());
             s.has_archive_files = true;
             continue;
         }
         if let Some(base) = name.strip_suffix(JOURNAL_SUFFIX) {
             if let Ok(WalFileName::Segment { timeline, segno }) = WalFileName::parse(base, size) {
-                journal_paths.push((timeline, segno, entry.path()));
+                journal_paths.push((timeline, segno, path.clone()));
                 s.has_archive_files = true;
             }
             continue;
@@ -134,7 +128,6 @@ pub(super) fn survey(dir: &Path, ctx: &Ctx<'_>) -> Result<Survey, WalArchiveErro
                 Ok(WalFileName::Segment { .. } | WalFileName::History { .. })
             ) && ctx.keyring.is_none()
             {
-                let path = entry.path();
                 return Err(WalArchiveError::Encrypted {
                     key_id: sealed::key_id_of(&path),
                     path,
@@ -154,9 +147,8 @@ pub(super) fn survey(dir: &Path, ctx: &Ctx<'_>) -> Result<Survey, WalArchiveErro
         }
         match WalFileName::parse(name, size) {
             Ok(WalFileName::Segment { timeline, segno }) => {
-                let path = entry.path();
-                let len = entry
-                    .metadata()
+                // Not following links, like the directory entry's own metadata.
+                let len = std::fs::symlink_metadata(&path)
                     .map_err(|e| WalArchiveError::io(FsAction::Stat, &path, e))?
                     .len();
                 if len != size.bytes_u64() {

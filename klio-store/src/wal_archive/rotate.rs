@@ -28,7 +28,7 @@ use klio_wal::{FsAction, WalFileName};
 
 use super::journal::JOURNAL_SUFFIX;
 use super::sealed::SEALED_SUFFIX;
-use super::{RNG, WalArchive, WalArchiveError, WalArchiveReader};
+use super::{RNG, WalArchive, WalArchiveError, WalArchiveReader, dir_listing};
 
 /// What [`WalArchive::rewrap_all`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -48,14 +48,8 @@ fn encrypted_files(archive: &WalArchiveReader) -> Result<(Vec<PathBuf>, usize), 
     let size = archive.identity.segment_size;
     let mut files = Vec::new();
     let mut plain = 0;
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| WalArchiveError::io(FsAction::ReadDirectory, dir, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| WalArchiveError::io(FsAction::ReadDirectory, dir, e))?;
-        let file_name = entry.file_name();
-        let Some(name) = file_name.to_str() else {
-            continue;
-        };
+    for (name, path) in dir_listing::named_entries(dir)? {
+        let name = name.as_str();
         let is_segment = |base: &str| {
             matches!(
                 WalFileName::parse(base, size),
@@ -67,12 +61,12 @@ fn encrypted_files(archive: &WalArchiveReader) -> Result<(Vec<PathBuf>, usize), 
                 WalFileName::parse(base, size),
                 Ok(WalFileName::Segment { .. } | WalFileName::History { .. })
             ) {
-                files.push(entry.path());
+                files.push(path);
             }
         } else if let Some(base) = name.strip_suffix(JOURNAL_SUFFIX) {
             if is_segment(base) {
-                match starts_with_magic(&entry.path())? {
-                    Some(true) => files.push(entry.path()),
+                match starts_with_magic(&path)? {
+                    Some(true) => files.push(path),
                     Some(false) => plain += 1,
                     None => {}
                 }
