@@ -12,6 +12,9 @@
 //! - **API**: [`seal`]/[`open`] for whole objects, [`Sealer`]/[`Opener`] for streams, and
 //!   [`object_key_id`]/[`rewrap`] to rotate keys by rewriting only the key slot
 //!   ([`key_slot_range`]).
+//! - **Block hashes** ([`block_hash`]): [`BlockHashKey`], the per-cluster key that names backup
+//!   blocks by HMAC-SHA-256, so that dedup stays within a cluster and the server's disk alone
+//!   confirms no guessed plaintext.
 //! - **Journal frames** ([`journal_frame`]): the AES-256-GCM sealing and opening of the frames of
 //!   an encrypted WAL journal under its own frame key (which is itself kept in a sealed object).
 //!
@@ -32,6 +35,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod block_hash;
 mod error;
 pub mod format;
 pub mod journal_frame;
@@ -43,6 +47,7 @@ mod seal;
 #[cfg(test)]
 mod tests;
 
+pub use block_hash::{BLOCK_HASH_KEY_LEN, BlockHashKey};
 pub use error::CryptoError;
 pub use format::{
     CompressionKind, DEFAULT_CHUNK_SIZE, FORMAT_VERSION, HEADER_LEN, IMMUTABLE_HEADER_LEN,

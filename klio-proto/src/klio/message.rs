@@ -4,6 +4,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use klio_wal::{Lsn, TimelineId, WalPosition};
 
 use super::ClusterName;
+use super::backup::{BackupFinish, Block, BlockHash, FileEntry, FileKind};
 
 /// The protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -35,6 +36,12 @@ pub enum ErrorCode {
     /// A stored file failed its integrity checks (damaged, truncated, swapped, or sealed with
     /// a key the server does not have); the server will not send wrong bytes.
     DamagedFile,
+    /// The catalog has no backup of that id for this cluster.
+    NoSuchBackup,
+    /// Another backup of the same cluster is running; one runs at a time.
+    BackupInProgress,
+    /// The WAL a backup needs did not reach the archive in time (is send-wal running?).
+    WalNotArchived,
     /// A code this version does not know.
     Unknown(u16),
 }
@@ -53,6 +60,9 @@ impl ErrorCode {
             Self::UnsupportedVersion => 9,
             Self::Internal => 10,
             Self::DamagedFile => 11,
+            Self::NoSuchBackup => 12,
+            Self::BackupInProgress => 13,
+            Self::WalNotArchived => 14,
             Self::Unknown(c) => c,
         }
     }
@@ -70,6 +80,9 @@ impl ErrorCode {
             9 => Self::UnsupportedVersion,
             10 => Self::Internal,
             11 => Self::DamagedFile,
+            12 => Self::NoSuchBackup,
+            13 => Self::BackupInProgress,
+            14 => Self::WalNotArchived,
             c => Self::Unknown(c),
         }
     }
@@ -88,13 +101,23 @@ impl ErrorCode {
             Self::UnsupportedVersion => "unsupported_version",
             Self::Internal => "internal",
             Self::DamagedFile => "damaged_file",
+            Self::NoSuchBackup => "no_such_backup",
+            Self::BackupInProgress => "backup_in_progress",
+            Self::WalNotArchived => "wal_not_archived",
             Self::Unknown(_) => "unknown",
         }
     }
 
     /// Whether retrying the same request later can succeed.
     pub fn is_retryable(self) -> bool {
-        matches!(self, Self::Storage | Self::Preempted | Self::Internal)
+        matches!(
+            self,
+            Self::Storage
+                | Self::Preempted
+                | Self::Internal
+                | Self::BackupInProgress
+                | Self::WalNotArchived
+        )
     }
 }
 
@@ -194,6 +217,110 @@ pub enum Message {
         /// The file's name.
         name: String,
     },
+    /// Client → server, first message of a backup: which cluster and PostgreSQL it backs up.
+    BackupHello {
+        /// Protocol version.
+        version: u16,
+        /// The cluster the client is configured for (must match its certificate).
+        cluster: ClusterName,
+        /// PostgreSQL's system identifier (IDENTIFY_SYSTEM).
+        system_id: u64,
+    },
+    /// Server → client, answer to `BackupHello`: the id the backup will have, followed by
+    /// [`Message::HashKey`].
+    BackupWelcome {
+        /// Protocol version.
+        version: u16,
+        /// The new backup's id.
+        backup_id: String,
+    },
+    /// Server → client: the cluster's block-hash key, to compute [`BlockHash`]es with.
+    HashKey {
+        /// The key.
+        key: [u8; 32],
+    },
+    /// Client → server: which of these blocks does the cluster hold?
+    HaveBlocks {
+        /// Block hashes (at most [`super::MAX_HASHES_PER_MESSAGE`]).
+        hashes: Vec<BlockHash>,
+    },
+    /// Server → client, answer to `HaveBlocks`: one flag per hash asked for, in order.
+    BlocksHeld {
+        /// `true` where the block is held (need not be sent).
+        held: Vec<bool>,
+    },
+    /// Client → server: a block the server does not hold yet.
+    PutBlock {
+        /// The block.
+        block: Block,
+    },
+    /// Client → server (during a backup) or server → client (in answer to `GetBackup`): one
+    /// file of the backup.
+    FileEntry {
+        /// The entry.
+        entry: FileEntry,
+    },
+    /// Either direction: more block hashes of the file of the last `FileEntry`.
+    FileBlocks {
+        /// The hashes, continuing the file's list.
+        blocks: Vec<BlockHash>,
+    },
+    /// Either direction: the next bytes of PostgreSQL's `backup_manifest`.
+    ManifestData {
+        /// The bytes.
+        data: Bytes,
+    },
+    /// Client → server: every file and the whole manifest are sent; make the backup complete
+    /// once its WAL is archived. Answered with `BackupEntry`.
+    FinishBackup {
+        /// What PostgreSQL reported.
+        finish: BackupFinish,
+    },
+    /// Server → client: a backup's catalog entry ([`super::BackupInfo`] as JSON).
+    BackupEntry {
+        /// The JSON document.
+        json: Bytes,
+    },
+    /// Client → server: send the catalog entry of every complete backup of the cluster.
+    ListBackups,
+    /// Client → server: send a backup's entry, `HashKey`, its files (`FileEntry`,
+    /// `FileBlocks`), its manifest (`ManifestData`), then `CatalogEnd`.
+    GetBackup {
+        /// The backup id.
+        id: String,
+    },
+    /// Client → server: send these blocks, as `BlockData`, in order.
+    GetBlocks {
+        /// Block hashes (at most [`super::MAX_HASHES_PER_MESSAGE`]).
+        hashes: Vec<BlockHash>,
+    },
+    /// Server → client: a block asked for with `GetBlocks`.
+    BlockData {
+        /// The block.
+        block: Block,
+    },
+    /// Client → server: remove a backup's catalog entry (its blocks stay until retention
+    /// reclaims them); answered with its `BackupEntry` then `CatalogEnd`.
+    DeleteBackup {
+        /// The backup id.
+        id: String,
+    },
+    /// Client → server: read every block of a backup through the store's checks and check that
+    /// its WAL range is archived; answered with `Progress` messages, then its `BackupEntry`
+    /// and `CatalogEnd`, or an `Error` naming the damaged file.
+    VerifyBackup {
+        /// The backup id.
+        id: String,
+    },
+    /// Server → client: how far a long request has come.
+    Progress {
+        /// Bytes done.
+        done: u64,
+        /// Bytes in all.
+        total: u64,
+    },
+    /// Server → client: the end of a listing or of a backup's contents.
+    CatalogEnd,
     /// Either direction: the session ends because of this error.
     Error {
         /// What kind of error.
@@ -218,6 +345,25 @@ pub(super) mod tag {
     pub(crate) const FILE_END: u8 = b'e';
     pub(crate) const NO_SUCH_FILE: u8 = b'n';
     pub(crate) const UPSTREAM: u8 = b'U';
+    pub(crate) const BACKUP_HELLO: u8 = b'B';
+    pub(crate) const BACKUP_WELCOME: u8 = b'b';
+    pub(crate) const HASH_KEY: u8 = b'y';
+    pub(crate) const HAVE_BLOCKS: u8 = b'Q';
+    pub(crate) const BLOCKS_HELD: u8 = b'q';
+    pub(crate) const PUT_BLOCK: u8 = b'K';
+    pub(crate) const FILE_ENTRY: u8 = b'f';
+    pub(crate) const FILE_BLOCKS: u8 = b'g';
+    pub(crate) const MANIFEST_DATA: u8 = b'M';
+    pub(crate) const FINISH_BACKUP: u8 = b'Z';
+    pub(crate) const BACKUP_ENTRY: u8 = b'z';
+    pub(crate) const LIST_BACKUPS: u8 = b'L';
+    pub(crate) const GET_BACKUP: u8 = b'G';
+    pub(crate) const GET_BLOCKS: u8 = b'R';
+    pub(crate) const BLOCK_DATA: u8 = b'k';
+    pub(crate) const DELETE_BACKUP: u8 = b'D';
+    pub(crate) const VERIFY_BACKUP: u8 = b'V';
+    pub(crate) const PROGRESS: u8 = b'r';
+    pub(crate) const CATALOG_END: u8 = b'x';
 }
 
 fn put_str(out: &mut BytesMut, s: &str) {
@@ -225,6 +371,13 @@ fn put_str(out: &mut BytesMut, s: &str) {
     let len = b.len().min(u16::MAX as usize);
     out.put_u16(len as u16);
     out.put_slice(&b[..len]);
+}
+
+fn put_hashes(out: &mut BytesMut, hashes: &[BlockHash]) {
+    out.put_u32(hashes.len() as u32);
+    for h in hashes {
+        out.put_slice(&h.0);
+    }
 }
 
 fn put_opt_tli(out: &mut BytesMut, t: Option<TimelineId>) {
@@ -249,6 +402,25 @@ impl Message {
             Self::FileEnd { .. } => tag::FILE_END,
             Self::NoSuchFile { .. } => tag::NO_SUCH_FILE,
             Self::Upstream { .. } => tag::UPSTREAM,
+            Self::BackupHello { .. } => tag::BACKUP_HELLO,
+            Self::BackupWelcome { .. } => tag::BACKUP_WELCOME,
+            Self::HashKey { .. } => tag::HASH_KEY,
+            Self::HaveBlocks { .. } => tag::HAVE_BLOCKS,
+            Self::BlocksHeld { .. } => tag::BLOCKS_HELD,
+            Self::PutBlock { .. } => tag::PUT_BLOCK,
+            Self::FileEntry { .. } => tag::FILE_ENTRY,
+            Self::FileBlocks { .. } => tag::FILE_BLOCKS,
+            Self::ManifestData { .. } => tag::MANIFEST_DATA,
+            Self::FinishBackup { .. } => tag::FINISH_BACKUP,
+            Self::BackupEntry { .. } => tag::BACKUP_ENTRY,
+            Self::ListBackups => tag::LIST_BACKUPS,
+            Self::GetBackup { .. } => tag::GET_BACKUP,
+            Self::GetBlocks { .. } => tag::GET_BLOCKS,
+            Self::BlockData { .. } => tag::BLOCK_DATA,
+            Self::DeleteBackup { .. } => tag::DELETE_BACKUP,
+            Self::VerifyBackup { .. } => tag::VERIFY_BACKUP,
+            Self::Progress { .. } => tag::PROGRESS,
+            Self::CatalogEnd => tag::CATALOG_END,
         }
     }
 
@@ -318,6 +490,81 @@ impl Message {
                 out.put_u32(*crc32c);
                 out.put_u8(u8::from(*partial));
             }
+            Self::BackupHello {
+                version,
+                cluster,
+                system_id,
+            } => {
+                out.put_u16(*version);
+                out.put_u64(*system_id);
+                put_str(out, cluster.as_str());
+            }
+            Self::BackupWelcome { version, backup_id } => {
+                out.put_u16(*version);
+                put_str(out, backup_id);
+            }
+            Self::HashKey { key } => out.put_slice(key),
+            Self::HaveBlocks { hashes }
+            | Self::GetBlocks { hashes }
+            | Self::FileBlocks { blocks: hashes } => put_hashes(out, hashes),
+            Self::BlocksHeld { held } => {
+                out.put_u32(held.len() as u32);
+                for chunk in held.chunks(8) {
+                    let mut byte = 0u8;
+                    for (i, h) in chunk.iter().enumerate() {
+                        byte |= u8::from(*h) << i;
+                    }
+                    out.put_u8(byte);
+                }
+            }
+            Self::PutBlock { block } | Self::BlockData { block } => {
+                out.put_slice(&block.hash.0);
+                out.put_u32(block.plain_len);
+                out.put_u8(block.compression.to_u8());
+                out.put_slice(&block.data);
+            }
+            Self::FileEntry { entry } => {
+                put_str(out, &entry.path);
+                match &entry.kind {
+                    FileKind::File => out.put_u8(0),
+                    FileKind::Directory => out.put_u8(1),
+                    FileKind::Symlink { target } => {
+                        out.put_u8(2);
+                        put_str(out, target);
+                    }
+                }
+                out.put_u32(entry.mode);
+                out.put_u64(entry.size);
+                out.put_i64(entry.mtime);
+                put_hashes(out, &entry.blocks);
+            }
+            Self::ManifestData { data } => out.put_slice(data),
+            Self::FinishBackup { finish } => {
+                put_str(out, &finish.label);
+                out.put_u32(finish.start.timeline.get());
+                out.put_u64(finish.start.lsn.0);
+                out.put_u32(finish.end.timeline.get());
+                out.put_u64(finish.end.lsn.0);
+                out.put_i64(finish.started_at_ms);
+                out.put_i64(finish.ended_at_ms);
+                out.put_u32(finish.pg_version);
+                out.put_u32(finish.block_size);
+                out.put_u32(finish.wal_timeout_s);
+                out.put_u32(finish.tablespaces.len() as u32);
+                for t in &finish.tablespaces {
+                    out.put_u32(t.oid);
+                    put_str(out, &t.location);
+                }
+            }
+            Self::BackupEntry { json } => out.put_slice(json),
+            Self::ListBackups | Self::CatalogEnd => {}
+            Self::GetBackup { id } | Self::DeleteBackup { id } | Self::VerifyBackup { id } => {
+                put_str(out, id);
+            }
+            Self::Progress { done, total } => {
+                out.put_u64(*done);
+                out.put_u64(*total);
+            }
         }
         let len = (out.len() - len_at - 4) as u32;
         out[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
@@ -331,6 +578,10 @@ mod decode {
     use klio_wal::{Lsn, TimelineId, WalPosition};
 
     use super::{ErrorCode, Message, tag};
+    use crate::klio::backup::{
+        BLOCK_HASH_LEN, BackupFinish, Block, BlockCompression, BlockHash, FileEntry, FileKind,
+        MAX_HASHES_PER_MESSAGE, TablespaceInfo,
+    };
     use crate::klio::{ClusterName, KlioProtocolError};
 
     struct Reader {
@@ -368,6 +619,10 @@ mod decode {
             self.need(8)?;
             Ok(self.buf.get_u64())
         }
+        fn i64(&mut self) -> Result<i64, KlioProtocolError> {
+            self.need(8)?;
+            Ok(self.buf.get_i64())
+        }
         fn string(&mut self) -> Result<String, KlioProtocolError> {
             let len = usize::from(self.u16()?);
             self.need(len)?;
@@ -386,6 +641,46 @@ mod decode {
         }
         fn opt_timeline(&mut self) -> Result<Option<TimelineId>, KlioProtocolError> {
             Ok(TimelineId::new(self.u32()?).ok())
+        }
+        fn malformed(&self, reason: impl Into<String>) -> KlioProtocolError {
+            KlioProtocolError::Malformed {
+                tag: self.tag,
+                reason: reason.into(),
+            }
+        }
+        fn array<const N: usize>(&mut self) -> Result<[u8; N], KlioProtocolError> {
+            self.need(N)?;
+            let mut out = [0u8; N];
+            self.buf.copy_to_slice(&mut out);
+            Ok(out)
+        }
+        fn hashes(&mut self) -> Result<Vec<BlockHash>, KlioProtocolError> {
+            let n = self.u32()? as usize;
+            if n > MAX_HASHES_PER_MESSAGE {
+                return Err(self.malformed(format!(
+                    "{n} block hashes, more than the limit of {MAX_HASHES_PER_MESSAGE}"
+                )));
+            }
+            self.need(n * BLOCK_HASH_LEN)?;
+            (0..n).map(|_| self.array().map(BlockHash)).collect()
+        }
+        fn block(&mut self) -> Result<Block, KlioProtocolError> {
+            let hash = BlockHash(self.array()?);
+            let plain_len = self.u32()?;
+            let compression = self.u8()?;
+            let compression = BlockCompression::from_u8(compression).ok_or_else(|| {
+                self.malformed(format!("unknown block compression {compression}"))
+            })?;
+            Ok(Block {
+                hash,
+                plain_len,
+                compression,
+                data: self.rest(),
+            })
+        }
+        fn position(&mut self) -> Result<WalPosition, KlioProtocolError> {
+            let timeline = self.timeline()?;
+            Ok(WalPosition::new(timeline, Lsn(self.u64()?)))
         }
         fn rest(&mut self) -> Bytes {
             self.buf.split_off(0)
@@ -499,6 +794,116 @@ mod decode {
                     partial,
                 }
             }
+            tag::BACKUP_HELLO => {
+                let version = r.u16()?;
+                let system_id = r.u64()?;
+                let name = r.string()?;
+                let cluster = ClusterName::new(&name).map_err(|e| r.malformed(e.to_string()))?;
+                Message::BackupHello {
+                    version,
+                    cluster,
+                    system_id,
+                }
+            }
+            tag::BACKUP_WELCOME => Message::BackupWelcome {
+                version: r.u16()?,
+                backup_id: r.string()?,
+            },
+            tag::HASH_KEY => Message::HashKey { key: r.array()? },
+            tag::HAVE_BLOCKS => Message::HaveBlocks {
+                hashes: r.hashes()?,
+            },
+            tag::GET_BLOCKS => Message::GetBlocks {
+                hashes: r.hashes()?,
+            },
+            tag::FILE_BLOCKS => Message::FileBlocks {
+                blocks: r.hashes()?,
+            },
+            tag::BLOCKS_HELD => {
+                let n = r.u32()? as usize;
+                if n > MAX_HASHES_PER_MESSAGE {
+                    return Err(r.malformed(format!(
+                        "{n} flags, more than the limit of {MAX_HASHES_PER_MESSAGE}"
+                    )));
+                }
+                let bytes = n.div_ceil(8);
+                r.need(bytes)?;
+                let bits = r.buf.split_to(bytes);
+                let held = (0..n).map(|i| bits[i / 8] & (1 << (i % 8)) != 0).collect();
+                Message::BlocksHeld { held }
+            }
+            tag::PUT_BLOCK => Message::PutBlock { block: r.block()? },
+            tag::BLOCK_DATA => Message::BlockData { block: r.block()? },
+            tag::FILE_ENTRY => {
+                let path = r.string()?;
+                let kind = match r.u8()? {
+                    0 => FileKind::File,
+                    1 => FileKind::Directory,
+                    2 => FileKind::Symlink {
+                        target: r.string()?,
+                    },
+                    k => return Err(r.malformed(format!("unknown file kind {k}"))),
+                };
+                let mode = r.u32()?;
+                let size = r.u64()?;
+                let mtime = r.i64()?;
+                let blocks = r.hashes()?;
+                Message::FileEntry {
+                    entry: FileEntry {
+                        path,
+                        kind,
+                        mode,
+                        size,
+                        mtime,
+                        blocks,
+                    },
+                }
+            }
+            tag::MANIFEST_DATA => Message::ManifestData { data: r.rest() },
+            tag::FINISH_BACKUP => {
+                let label = r.string()?;
+                let start = r.position()?;
+                let end = r.position()?;
+                let started_at_ms = r.i64()?;
+                let ended_at_ms = r.i64()?;
+                let pg_version = r.u32()?;
+                let block_size = r.u32()?;
+                let wal_timeout_s = r.u32()?;
+                let n = r.u32()?;
+                // Each tablespace takes at least 6 bytes: a count beyond the payload is a lie.
+                r.need(n as usize * 6)?;
+                let tablespaces = (0..n)
+                    .map(|_| {
+                        Ok(TablespaceInfo {
+                            oid: r.u32()?,
+                            location: r.string()?,
+                        })
+                    })
+                    .collect::<Result<_, KlioProtocolError>>()?;
+                Message::FinishBackup {
+                    finish: BackupFinish {
+                        label,
+                        start,
+                        end,
+                        started_at_ms,
+                        ended_at_ms,
+                        pg_version,
+                        tablespaces,
+                        block_size,
+                        wal_timeout_s,
+                    },
+                }
+            }
+            tag::BACKUP_ENTRY => Message::BackupEntry { json: r.rest() },
+            tag::LIST_BACKUPS => Message::ListBackups,
+            tag::CATALOG_END => Message::CatalogEnd,
+            tag::GET_BACKUP => Message::GetBackup { id: r.string()? },
+            tag::DELETE_BACKUP => Message::DeleteBackup { id: r.string()? },
+            tag::VERIFY_BACKUP => Message::VerifyBackup { id: r.string()? },
+            tag::PROGRESS => Message::Progress {
+                done: r.u64()?,
+                total: r.u64()?,
+            },
             other => return Err(KlioProtocolError::UnknownTag(other)),
         };
         r.end()?;

@@ -6,10 +6,19 @@
 //! client gets a clear error. The server acknowledges WAL with [`Message::Ack`] only once the
 //! bytes are on stable storage.
 
+mod backup;
+mod catalog;
 mod cluster_name;
 mod codec;
 mod message;
 
+pub use backup::{
+    BLOCK_HASH_LEN, BackupFinish, Block, BlockCompression, BlockHash, FileEntry, FileKind,
+    MAX_HASHES_PER_MESSAGE, TablespaceInfo,
+};
+pub use catalog::{
+    BackupInfo, BackupStatus, CATALOG_SCHEMA, CatalogEntryError, CatalogPosition, CatalogTablespace,
+};
 pub use cluster_name::{ClusterName, InvalidClusterName};
 pub use codec::{DEFAULT_MAX_FRAME_LEN, FrameDecoder, KlioProtocolError};
 pub use message::{ErrorCode, Message, PROTOCOL_VERSION};

@@ -87,7 +87,194 @@ fn samples() -> Vec<Message> {
         Message::NoSuchFile {
             name: "00000002.history".to_owned(),
         },
+        Message::BackupHello {
+            version: PROTOCOL_VERSION,
+            cluster: ClusterName::new("pg-main").unwrap(),
+            system_id: 7,
+        },
+        Message::BackupWelcome {
+            version: PROTOCOL_VERSION,
+            backup_id: "20261201T120000Z-3f9a".to_owned(),
+        },
+        Message::HashKey { key: [9; 32] },
+        Message::HaveBlocks {
+            hashes: vec![BlockHash([1; 32]), BlockHash([2; 32])],
+        },
+        Message::HaveBlocks { hashes: vec![] },
+        Message::BlocksHeld {
+            held: vec![true, false, false, true, true, false, true, false, true],
+        },
+        Message::BlocksHeld { held: vec![] },
+        Message::PutBlock {
+            block: Block {
+                hash: BlockHash([3; 32]),
+                plain_len: 65536,
+                compression: BlockCompression::Lz4,
+                data: Bytes::from_static(b"compressed"),
+            },
+        },
+        Message::BlockData {
+            block: Block {
+                hash: BlockHash([4; 32]),
+                plain_len: 3,
+                compression: BlockCompression::None,
+                data: Bytes::from_static(b"abc"),
+            },
+        },
+        Message::FileEntry {
+            entry: FileEntry {
+                path: "base/5/16384".to_owned(),
+                kind: FileKind::File,
+                mode: 0o600,
+                size: 131072,
+                mtime: 1_764_590_400,
+                blocks: vec![BlockHash([5; 32]), BlockHash([6; 32])],
+            },
+        },
+        Message::FileEntry {
+            entry: FileEntry {
+                path: "pg_tblspc/16385".to_owned(),
+                kind: FileKind::Symlink {
+                    target: "/srv/ts1".to_owned(),
+                },
+                mode: 0o777,
+                size: 0,
+                mtime: -1,
+                blocks: vec![],
+            },
+        },
+        Message::FileEntry {
+            entry: FileEntry {
+                path: "pg_wal".to_owned(),
+                kind: FileKind::Directory,
+                mode: 0o700,
+                size: 0,
+                mtime: 0,
+                blocks: vec![],
+            },
+        },
+        Message::FileBlocks {
+            blocks: vec![BlockHash([7; 32])],
+        },
+        Message::ManifestData {
+            data: Bytes::from_static(b"{\"PostgreSQL-Backup-Manifest-Version\": 1"),
+        },
+        Message::FinishBackup {
+            finish: BackupFinish {
+                label: "nightly".to_owned(),
+                start: klio_wal::WalPosition::new(tli(1), Lsn(0x200_0028)),
+                end: klio_wal::WalPosition::new(tli(2), Lsn(0x300_0138)),
+                started_at_ms: 1_764_590_400_000,
+                ended_at_ms: 1_764_590_405_000,
+                pg_version: 150_010,
+                tablespaces: vec![TablespaceInfo {
+                    oid: 16385,
+                    location: "/srv/ts1".to_owned(),
+                }],
+                block_size: 65536,
+                wal_timeout_s: 60,
+            },
+        },
+        Message::BackupEntry {
+            json: Bytes::from_static(b"{}"),
+        },
+        Message::ListBackups,
+        Message::GetBackup {
+            id: "20261201T120000Z-3f9a".to_owned(),
+        },
+        Message::GetBlocks {
+            hashes: vec![BlockHash([8; 32])],
+        },
+        Message::DeleteBackup { id: "x".to_owned() },
+        Message::VerifyBackup { id: "y".to_owned() },
+        Message::Progress { done: 5, total: 10 },
+        Message::CatalogEnd,
+        Message::Error {
+            code: ErrorCode::WalNotArchived,
+            message: "no WAL".to_owned(),
+        },
     ]
+}
+
+#[test]
+fn every_error_code_round_trips_through_its_number() {
+    for code in [
+        ErrorCode::NoSuchBackup,
+        ErrorCode::BackupInProgress,
+        ErrorCode::WalNotArchived,
+        ErrorCode::DamagedFile,
+    ] {
+        let mut buf = BytesMut::new();
+        Message::Error {
+            code,
+            message: String::new(),
+        }
+        .encode(&mut buf);
+        let Some(Message::Error { code: back, .. }) = FrameDecoder::new().decode(&mut buf).unwrap()
+        else {
+            panic!("not an error");
+        };
+        assert_eq!(back, code);
+    }
+}
+
+#[test]
+fn a_hash_count_beyond_the_payload_or_the_limit_is_malformed() {
+    let mut lying = BytesMut::new();
+    lying.extend_from_slice(&[b'Q', 0, 0, 0, 4, 0, 0, 0, 2]);
+    assert!(matches!(
+        FrameDecoder::new().decode(&mut lying),
+        Err(KlioProtocolError::Malformed { .. })
+    ));
+    let mut too_many = BytesMut::new();
+    too_many.extend_from_slice(&[b'R', 0, 0, 0, 4]);
+    too_many.extend_from_slice(&(MAX_HASHES_PER_MESSAGE as u32 + 1).to_be_bytes());
+    assert!(matches!(
+        FrameDecoder::new().decode(&mut too_many),
+        Err(KlioProtocolError::Malformed { .. })
+    ));
+    let mut bad_compression = BytesMut::new();
+    bad_compression.extend_from_slice(&[b'K', 0, 0, 0, 37]);
+    bad_compression.extend_from_slice(&[0; 36]);
+    bad_compression.extend_from_slice(&[9]);
+    assert!(matches!(
+        FrameDecoder::new().decode(&mut bad_compression),
+        Err(KlioProtocolError::Malformed { .. })
+    ));
+}
+
+#[test]
+fn a_catalog_entry_round_trips_through_json_with_text_lsns() {
+    let info = BackupInfo {
+        schema: CATALOG_SCHEMA,
+        id: "20261201T120000Z-3f9a".to_owned(),
+        cluster: "pg-main".to_owned(),
+        label: "nightly".to_owned(),
+        status: BackupStatus::Complete,
+        start: klio_wal::WalPosition::new(tli(1), Lsn(0x200_0028)).into(),
+        end: klio_wal::WalPosition::new(tli(1), Lsn(0x1_0000_0138)).into(),
+        started_at: "2026-12-01T12:00:00Z".to_owned(),
+        ended_at: "2026-12-01T12:00:05Z".to_owned(),
+        completed_at: "2026-12-01T12:00:06Z".to_owned(),
+        postgres_version: 150_010,
+        system_identifier: "7312345678901234567".to_owned(),
+        block_size: 65536,
+        tablespaces: vec![CatalogTablespace {
+            oid: 16385,
+            location: "/srv/ts1".to_owned(),
+        }],
+        files: 3,
+        blocks: 2,
+        logical_bytes: 131_072,
+        referenced_stored_bytes: 1000,
+        new_stored_bytes: 10,
+    };
+    let json = info.to_json();
+    let text = String::from_utf8(json.clone()).unwrap();
+    assert!(text.contains(r#""lsn": "1/138""#), "{text}");
+    assert!(text.contains(r#""status": "complete""#), "{text}");
+    assert_eq!(BackupInfo::from_json(&json).unwrap(), info);
+    assert!(BackupInfo::from_json(b"{\"schema\": 1}").is_err());
 }
 
 #[test]
@@ -117,10 +304,10 @@ fn hostile_frames_are_errors() {
         dec.decode(&mut huge),
         Err(KlioProtocolError::FrameTooLarge { .. })
     ));
-    let mut unknown = BytesMut::from(&[b'Z', 0, 0, 0, 0][..]);
+    let mut unknown = BytesMut::from(&[b'~', 0, 0, 0, 0][..]);
     assert_eq!(
         dec.decode(&mut unknown),
-        Err(KlioProtocolError::UnknownTag(b'Z'))
+        Err(KlioProtocolError::UnknownTag(b'~'))
     );
     let mut short = BytesMut::from(&[b'a', 0, 0, 0, 3, 0, 0, 1][..]);
     assert!(matches!(
@@ -171,6 +358,14 @@ proptest! {
         let mut dec = FrameDecoder::with_max_frame_len(256);
         let mut buf = BytesMut::from(&bytes[..]);
         while let Ok(Some(_)) = dec.decode(&mut buf) {}
+    }
+
+    #[test]
+    fn block_flags_round_trip(held in proptest::collection::vec(any::<bool>(), 0..300)) {
+        let m = Message::BlocksHeld { held };
+        let mut buf = BytesMut::new();
+        m.encode(&mut buf);
+        prop_assert_eq!(FrameDecoder::new().decode(&mut buf).unwrap(), Some(m));
     }
 
     #[test]
