@@ -7,11 +7,14 @@
 //! - [`sync_commit`]: pgbench TPS with Klio as synchronous standby against
 //!   `pg_receivewal --synchronous`.
 //! - [`recovery`]: PostgreSQL recovering the same WAL through `klio get-wal` and through `cp`.
+//! - [`backup`]: `klio backup run` and `klio restore` against `pg_basebackup`, `tar -x` and
+//!   pgBackRest (full, block incremental, restore).
 //! - [`compare`]: all of them, with [`machine`] figures, as markdown and JSON.
 //!
 //! The WAL Player itself is `klio wal-player` (library: `klio_client::wal_player`).
 #![warn(missing_docs)]
 
+pub mod backup;
 pub mod compare;
 pub mod ingest;
 pub mod machine;

@@ -74,6 +74,19 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         scale: u32,
     },
+    /// Base backups: klio backup run against pg_basebackup and pgBackRest (full, incremental
+    /// after pgbench -N), and klio restore against tar -x and pgbackrest restore.
+    Backup {
+        /// Rounds of full backups and of restores.
+        #[arg(long, default_value_t = 2)]
+        rounds: u32,
+        /// pgbench scale of the database (100 is about 1.5 GiB).
+        #[arg(long, default_value_t = 100)]
+        scale: u32,
+        /// Seconds of pgbench -N between the full and the incremental backup.
+        #[arg(long, default_value_t = 60)]
+        change_seconds: u32,
+    },
     /// Recovery time through get-wal against cp.
     Recovery {
         /// Rounds.
@@ -147,6 +160,18 @@ fn main() {
                 scale,
             };
             println!("{}", klio_bench::sync_commit::run(&klio, &opts).markdown());
+        }
+        Command::Backup {
+            rounds,
+            scale,
+            change_seconds,
+        } => {
+            let opts = klio_bench::backup::BackupOptions {
+                rounds,
+                scale,
+                change_seconds,
+            };
+            println!("{}", klio_bench::backup::run(&klio, &opts).markdown());
         }
         Command::Recovery { rounds, wal_mib } => {
             let opts = klio_bench::recovery::RecoveryOptions { rounds, wal_mib };

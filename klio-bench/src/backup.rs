@@ -1,0 +1,369 @@
+//! Base backups side by side on one pgbench database: `klio backup run` (lz4 blocks,
+//! AES-256-GCM at rest) against `pg_basebackup -Ft -X none` to local disk and pgBackRest
+//! (`--type=full`, process-max 2, lz4, block incremental with bundling); after
+//! `pgbench -N`, the bytes the second backup stores against pgBackRest's `--type=incr`; and
+//! restore time of `klio restore` against extracting the pg_basebackup tar and
+//! `pgbackrest restore`.
+//!
+//! Every Klio full backup starts from an empty block store (the server is stopped and the
+//! cluster's `backups/` directory removed between rounds), so rounds measure a real full
+//! backup, not a deduplicated one.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use klio_testkit::{
+    KlioServer, PgOptions, PgServer, SendWal, TestCerts, TestDir, as_postgres, pg_bin, run_ok,
+};
+
+use crate::setup::start_encrypted_server;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct BackupOptions {
+    /// Rounds of full backups and of restores (each contender once per round).
+    pub rounds: u32,
+    /// pgbench scale of the database (100 ≈ 1.5 GiB).
+    pub scale: u32,
+    /// Seconds of `pgbench -N` between the full and the incremental backups.
+    pub change_seconds: u32,
+}
+
+/// One timed run.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BackupSample {
+    /// What ran.
+    pub contender: &'static str,
+    /// `full`, `restore`.
+    pub kind: &'static str,
+    /// Round number.
+    pub round: u32,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+    /// Bytes the run left on disk (backup size; 0 for restores).
+    pub stored_bytes: u64,
+}
+
+/// Every run, and the incremental figures.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BackupReport {
+    /// Size of the database directory, bytes.
+    pub database_bytes: u64,
+    /// Every timed run.
+    pub samples: Vec<BackupSample>,
+    /// Bytes the second Klio backup stored (new blocks, compressed).
+    pub klio_incremental_stored: u64,
+    /// Logical size of the second Klio backup (the sum of its file sizes).
+    pub klio_incremental_logical: u64,
+    /// Bytes pgBackRest's `--type=incr` added to its repository.
+    pub pgbackrest_incremental_stored: u64,
+}
+
+/// `klio backup run`.
+pub const KLIO: &str = "klio backup run";
+/// `pg_basebackup -Ft -X none`.
+pub const PG_BASEBACKUP: &str = "pg_basebackup -Ft -X none";
+/// `pgbackrest backup`.
+pub const PGBACKREST: &str = "pgbackrest";
+/// `klio restore`.
+pub const KLIO_RESTORE: &str = "klio restore";
+/// `tar -x` of the pg_basebackup output.
+pub const TAR_EXTRACT: &str = "tar -x";
+/// `pgbackrest restore`.
+pub const PGBACKREST_RESTORE: &str = "pgbackrest restore";
+
+impl BackupReport {
+    /// Mean seconds of `contender` in runs of `kind`.
+    pub fn mean(&self, contender: &str, kind: &str) -> f64 {
+        let v: Vec<f64> = self
+            .samples
+            .iter()
+            .filter(|s| s.contender == contender && s.kind == kind)
+            .map(|s| s.seconds)
+            .collect();
+        v.iter().sum::<f64>() / v.len().max(1) as f64
+    }
+
+    /// A markdown table with the ratios.
+    pub fn markdown(&self) -> String {
+        let mib = |b: u64| b as f64 / 1048576.0;
+        let mut s = format!(
+            "Database: {:.0} MiB\n\n| round | kind | contender | seconds | stored MiB |\n|---|---|---|---|---|\n",
+            mib(self.database_bytes)
+        );
+        for x in &self.samples {
+            s += &format!(
+                "| {} | {} | {} | {:.2} | {:.1} |\n",
+                x.round,
+                x.kind,
+                x.contender,
+                x.seconds,
+                mib(x.stored_bytes)
+            );
+        }
+        let full = self.mean(KLIO, "full");
+        let restore = self.mean(KLIO_RESTORE, "restore");
+        s += &format!(
+            "\nfull backup: klio {full:.2} s, pg_basebackup {:.2} s, pgbackrest {:.2} s; \
+             klio/pg_basebackup = {:.3}, klio/pgbackrest = {:.3}\n",
+            self.mean(PG_BASEBACKUP, "full"),
+            self.mean(PGBACKREST, "full"),
+            full / self.mean(PG_BASEBACKUP, "full"),
+            full / self.mean(PGBACKREST, "full"),
+        );
+        s += &format!(
+            "incremental after pgbench -N: klio stored {:.1} MiB, pgbackrest incr {:.1} MiB; \
+             klio/pgbackrest = {:.3}\n",
+            mib(self.klio_incremental_stored),
+            mib(self.pgbackrest_incremental_stored),
+            self.klio_incremental_stored as f64 / self.pgbackrest_incremental_stored.max(1) as f64
+        );
+        s += &format!(
+            "restore: klio {restore:.2} s, tar -x {:.2} s, pgbackrest {:.2} s; \
+             klio/tar = {:.3}, klio/pgbackrest = {:.3}\n",
+            self.mean(TAR_EXTRACT, "restore"),
+            self.mean(PGBACKREST_RESTORE, "restore"),
+            restore / self.mean(TAR_EXTRACT, "restore"),
+            restore / self.mean(PGBACKREST_RESTORE, "restore"),
+        );
+        s
+    }
+}
+
+/// Bytes of the files under `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    let out = run_ok(Command::new("du").args(["-sb"]).arg(dir));
+    out.stdout
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+fn chown_postgres(path: &Path) {
+    run_ok(
+        Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(path),
+    );
+}
+
+/// A fresh empty directory owned by postgres.
+fn fresh_dir(work: &TestDir, name: &str) -> PathBuf {
+    let dir = work.path().join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create a scratch directory");
+    chown_postgres(&dir);
+    dir
+}
+
+/// The pgBackRest configuration of the run.
+struct PgBackRest {
+    conf: PathBuf,
+    repo: PathBuf,
+}
+
+impl PgBackRest {
+    fn create(work: &TestDir, pg: &PgServer) -> Self {
+        let base = fresh_dir(work, "pgbackrest");
+        let repo = base.join("repo");
+        let conf = base.join("pgbackrest.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "[global]\nrepo1-path={repo}\nlock-path={b}/lock\nlog-path={b}/log\n\
+                 log-level-console=warn\nlog-level-file=off\nprocess-max=2\ncompress-type=lz4\n\
+                 start-fast=y\narchive-check=n\nrepo1-bundle=y\nrepo1-block=y\n\
+                 repo1-retention-full=100\n\n[bench]\npg1-path={pg}\npg1-socket-path={sock}\n\
+                 pg1-port={port}\n",
+                b = base.display(),
+                repo = repo.display(),
+                pg = pg.data_dir().display(),
+                sock = pg.socket_dir(),
+                port = pg.port()
+            ),
+        )
+        .expect("write pgbackrest.conf");
+        chown_postgres(&base);
+        let me = Self { conf, repo };
+        run_ok(&mut me.command(&["stanza-create"]));
+        me
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = as_postgres("pgbackrest");
+        c.arg(format!("--config={}", self.conf.display()))
+            .arg("--stanza=bench")
+            .args(args);
+        c
+    }
+}
+
+/// Runs the comparison with the `klio` binary at `klio`. Needs `pgbackrest` on the PATH.
+pub fn run(klio: &Path, opts: &BackupOptions) -> BackupReport {
+    let pg = PgServer::start(PgOptions {
+        conf: vec![
+            "max_wal_size = 8GB".to_owned(),
+            "shared_buffers = 256MB".to_owned(),
+            "checkpoint_timeout = 1h".to_owned(),
+        ],
+        ..PgOptions::default()
+    });
+    let work = TestDir::new("bench-backup");
+    let exe = work.install_exe(klio);
+    let certs = TestCerts::create(&exe, &work.subdir("certs"), &["bench"]);
+    let mut server: KlioServer = start_encrypted_server(&exe, &work, &certs);
+    let mut client = SendWal::new(
+        &exe,
+        &pg,
+        &server,
+        &certs,
+        "bench",
+        &[],
+        &work.path().join("send-wal.log"),
+    );
+    client.start();
+    eprintln!("pgbench -i -s {}", opts.scale);
+    pg.pgbench(&["-i", "-q", "-s", &opts.scale.to_string()]);
+    pg.psql("CHECKPOINT");
+    let database_bytes = dir_bytes(&pg.data_dir());
+    let client_args = server.client_args(&certs, "bench");
+    let klio_backup = |label: &str| -> (f64, klio_proto::klio::BackupInfo) {
+        let t = Instant::now();
+        let out = run_ok(
+            as_postgres(&exe)
+                .args(["backup", "run", "--output", "json", "--label", label, "-d"])
+                .arg(pg.socket_connstr())
+                .args(&client_args),
+        );
+        let seconds = t.elapsed().as_secs_f64();
+        let info = klio_proto::klio::BackupInfo::from_json(out.stdout.as_bytes())
+            .expect("klio backup run prints its catalog entry");
+        (seconds, info)
+    };
+    let backups_dir = server
+        .data_dir()
+        .join("clusters")
+        .join("bench")
+        .join("backups");
+    let tar_dir = work.path().join("basebackup-tar");
+    let pgbackrest = PgBackRest::create(&work, &pg);
+
+    let mut samples = Vec::new();
+    for round in 0..opts.rounds {
+        let mut order = [KLIO, PG_BASEBACKUP, PGBACKREST];
+        order.rotate_left(round as usize % 3);
+        for contender in order {
+            let (seconds, stored_bytes) = match contender {
+                KLIO => {
+                    // An empty block store: a real full backup.
+                    server.stop();
+                    let _ = std::fs::remove_dir_all(&backups_dir);
+                    server.restart();
+                    let (seconds, info) = klio_backup(&format!("full-{round}"));
+                    (seconds, info.new_stored_bytes)
+                }
+                PG_BASEBACKUP => {
+                    let _ = std::fs::remove_dir_all(&tar_dir);
+                    let t = Instant::now();
+                    run_ok(
+                        as_postgres(pg_bin("pg_basebackup"))
+                            .arg("-D")
+                            .arg(&tar_dir)
+                            .args(["-Ft", "-X", "none", "-c", "fast"])
+                            .args(["-h", &pg.socket_dir(), "-p", &pg.port().to_string()])
+                            .args(["-U", "postgres"]),
+                    );
+                    (t.elapsed().as_secs_f64(), dir_bytes(&tar_dir))
+                }
+                _ => {
+                    let before = dir_bytes(&pgbackrest.repo);
+                    let t = Instant::now();
+                    run_ok(&mut pgbackrest.command(&["--type=full", "backup"]));
+                    (
+                        t.elapsed().as_secs_f64(),
+                        dir_bytes(&pgbackrest.repo) - before,
+                    )
+                }
+            };
+            eprintln!("round {round}: full {contender} {seconds:.2} s, {stored_bytes} bytes");
+            samples.push(BackupSample {
+                contender,
+                kind: "full",
+                round,
+                seconds,
+                stored_bytes,
+            });
+        }
+    }
+
+    // The incremental: the same change seen by both, after each one's last full backup.
+    eprintln!("pgbench -N -T {}", opts.change_seconds);
+    pg.pgbench(&[
+        "-N",
+        "-c",
+        "4",
+        "-j",
+        "2",
+        "-T",
+        &opts.change_seconds.to_string(),
+    ]);
+    let (_, incremental) = klio_backup("incremental");
+    let before = dir_bytes(&pgbackrest.repo);
+    run_ok(&mut pgbackrest.command(&["--type=incr", "backup"]));
+    let pgbackrest_incremental_stored = dir_bytes(&pgbackrest.repo) - before;
+
+    // Restores, each into an empty directory.
+    client.stop();
+    for round in 0..opts.rounds {
+        let mut order = [KLIO_RESTORE, TAR_EXTRACT, PGBACKREST_RESTORE];
+        order.rotate_left(round as usize % 3);
+        for contender in order {
+            let target = fresh_dir(&work, "restored");
+            let t = Instant::now();
+            match contender {
+                KLIO_RESTORE => {
+                    run_ok(
+                        as_postgres(&exe)
+                            .args(["restore", "--backup", "latest", "-D"])
+                            .arg(&target)
+                            .args(&client_args),
+                    );
+                }
+                TAR_EXTRACT => {
+                    run_ok(
+                        as_postgres("tar")
+                            .arg("-xf")
+                            .arg(tar_dir.join("base.tar"))
+                            .arg("-C")
+                            .arg(&target),
+                    );
+                }
+                _ => {
+                    run_ok(
+                        &mut pgbackrest
+                            .command(&["restore", &format!("--pg1-path={}", target.display())]),
+                    );
+                }
+            }
+            let seconds = t.elapsed().as_secs_f64();
+            eprintln!("round {round}: restore {contender} {seconds:.2} s");
+            samples.push(BackupSample {
+                contender,
+                kind: "restore",
+                round,
+                seconds,
+                stored_bytes: 0,
+            });
+        }
+    }
+    let _ = std::fs::remove_dir_all(work.path().join("restored"));
+    BackupReport {
+        database_bytes,
+        samples,
+        klio_incremental_stored: incremental.new_stored_bytes,
+        klio_incremental_logical: incremental.logical_bytes,
+        pgbackrest_incremental_stored,
+    }
+}
