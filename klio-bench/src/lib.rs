@@ -9,12 +9,15 @@
 //! - [`recovery`]: PostgreSQL recovering the same WAL through `klio get-wal` and through `cp`.
 //! - [`backup`]: `klio backup run` and `klio restore` against `pg_basebackup`, `tar -x` and
 //!   pgBackRest (full, block incremental, restore).
+//! - [`block_size`]: the study behind the backup block size (stored bytes, reference overhead
+//!   and round trips per block size, on two pgbench backups).
 //! - [`compare`]: all of them, with [`machine`] figures, as markdown and JSON.
 //!
 //! The WAL Player itself is `klio wal-player` (library: `klio_client::wal_player`).
 #![warn(missing_docs)]
 
 pub mod backup;
+pub mod block_size;
 pub mod compare;
 pub mod ingest;
 pub mod machine;

@@ -87,6 +87,19 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         change_seconds: u32,
     },
+    /// The block size study: stored bytes, reference overhead and round trips per block size
+    /// on two pg_basebackup archives before and after pgbench -N (no klio binary needed).
+    BlockSize {
+        /// pgbench scale of the database.
+        #[arg(long, default_value_t = 100)]
+        scale: u32,
+        /// Seconds of pgbench -N between the two backups.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+        /// Block sizes to try, KiB.
+        #[arg(long, value_delimiter = ',', default_value = "8,16,32,64,128,256")]
+        sizes_kib: Vec<usize>,
+    },
     /// Recovery time through get-wal against cp.
     Recovery {
         /// Rounds.
@@ -172,6 +185,18 @@ fn main() {
                 change_seconds,
             };
             println!("{}", klio_bench::backup::run(&klio, &opts).markdown());
+        }
+        Command::BlockSize {
+            scale,
+            seconds,
+            sizes_kib,
+        } => {
+            let opts = klio_bench::block_size::BlockSizeOptions {
+                scale,
+                seconds,
+                sizes: sizes_kib.iter().map(|k| k * 1024).collect(),
+            };
+            println!("{}", klio_bench::block_size::run(&opts).markdown());
         }
         Command::Recovery { rounds, wal_mib } => {
             let opts = klio_bench::recovery::RecoveryOptions { rounds, wal_mib };
