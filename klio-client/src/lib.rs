@@ -18,6 +18,7 @@
 //! Later: backup and restore.
 #![warn(missing_docs)]
 
+pub mod backup;
 pub mod client_config;
 pub mod conn_string;
 pub mod connection;
