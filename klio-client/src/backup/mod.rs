@@ -37,9 +37,14 @@
 //! largest file PostgreSQL writes by default), and the connection buffers. About 40 MiB in
 //! all, with 100 files or 100,000.
 //!
+//! # Catalog ([`catalog`])
+//!
+//! List, show, verify and delete backups: small requests on their own streams, which the
+//! restore reuses to find the backup it rebuilds.
 
 mod batch;
 mod capture;
+pub mod catalog;
 mod cutter;
 mod progress;
 
@@ -50,8 +55,9 @@ use std::time::Duration;
 
 pub use batch::HeldCountMismatch;
 pub use capture::{BackupError, BackupOptions, BackupOutcome, CaptureStats, run};
+pub use catalog::{BackupRef, CatalogClient, CatalogError};
 pub use cutter::CaptureFault;
-pub use progress::CaptureProgress;
+pub use progress::{CaptureProgress, VerifyProgress};
 
 /// The size files are cut at: 64 KiB, eight PostgreSQL pages. A changed page costs one block
 /// (64 KiB before compression); a backup's list of references takes 32 bytes per block, 0.05%

@@ -1,4 +1,4 @@
-//! How far a capture has come, for a progress display. The library only
+//! How far a capture or a verification has come, for a progress display. The library only
 //! reports; drawing (or not) is the caller's.
 
 use std::time::Duration;
@@ -40,4 +40,13 @@ impl CaptureProgress {
             (self.total - self.done) as f64 / rate,
         ))
     }
+}
+
+/// A verification's progress, as the server reports it (about once a second).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VerifyProgress {
+    /// Bytes checked.
+    pub done: u64,
+    /// Bytes to check.
+    pub total: u64,
 }
