@@ -3,7 +3,6 @@
 
 use std::time::{Duration, SystemTime};
 
-use bytes::BytesMut;
 use klio_crypto::BlockHashKey;
 use klio_proto::base_backup::{
     BackupPosition, BaseBackupFailure, BaseBackupOptions, Checkpoint, CopyStreamEvent,
@@ -13,12 +12,13 @@ use klio_proto::klio::{
     BackupFinish, BackupInfo, CatalogEntryError, ErrorCode, FileEntry, MAX_HASHES_PER_MESSAGE,
     Message, PROTOCOL_VERSION, TablespaceInfo,
 };
-use klio_proto::tar::{TarError, TarReader};
+use klio_proto::tar::TarError;
 use klio_wal::{ErrorChain, WalPosition};
 use tokio::time::Instant;
 
+use super::archives::ArchiveStream;
 use super::batch::{Batch, BatchLimits, HeldCountMismatch};
-use super::cutter::{ArchiveRoot, CaptureFault, Cutter};
+use super::cutter::CaptureFault;
 use super::progress::CaptureProgress;
 use super::{BLOCK_SIZE, DEFAULT_WAL_TIMEOUT};
 use crate::client_config::{ClientConfig, ClientConfigError};
@@ -284,33 +284,6 @@ struct Session<'s> {
     stats: CaptureStats,
 }
 
-/// The archive being read: its name, placement and tar reader with the unread bytes.
-struct OpenArchive {
-    name: String,
-    reader: TarReader,
-    buf: BytesMut,
-}
-
-impl OpenArchive {
-    /// Checks that the archive ended with its end marker.
-    fn finish(self) -> Result<(), BackupError> {
-        self.reader.finish().map_err(|source| BackupError::Archive {
-            archive: self.name,
-            source,
-        })
-    }
-}
-
-fn archive_root(name: &str, tablespace: Option<&str>) -> Result<ArchiveRoot, BackupError> {
-    if tablespace.is_none() {
-        return Ok(ArchiveRoot::DataDirectory);
-    }
-    name.strip_suffix(".tar")
-        .and_then(|oid| oid.parse().ok())
-        .map(|oid| ArchiveRoot::Tablespace { oid })
-        .ok_or_else(|| BackupError::ArchiveName(name.to_owned()))
-}
-
 fn epoch_ms(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -382,46 +355,19 @@ impl Session<'_> {
         };
         progress(&report);
 
-        let mut cutter = Cutter::new(key, BatchLimits::default());
-        let mut archive: Option<OpenArchive> = None;
+        let mut archives = ArchiveStream::new(key, BatchLimits::default());
         let mut manifest_started = false;
         while let Some(event) = stream.next_event().await? {
             match event {
                 CopyStreamEvent::NewArchive { name, tablespace } => {
-                    if let Some(previous) = archive.take() {
-                        previous.finish()?;
-                    }
-                    cutter.start_archive(archive_root(&name, tablespace.as_deref())?)?;
-                    archive = Some(OpenArchive {
-                        name,
-                        reader: TarReader::new(),
-                        buf: BytesMut::new(),
-                    });
+                    archives.new_archive(name, tablespace.as_deref())?;
                 }
                 CopyStreamEvent::ArchiveData(data) => {
-                    // The stream decoder allows data only inside an archive.
-                    let Some(open) = archive.as_mut() else {
-                        continue;
-                    };
-                    open.buf.extend_from_slice(&data);
-                    loop {
-                        let event = match open.reader.decode(&mut open.buf) {
-                            Ok(Some(event)) => event,
-                            Ok(None) => break,
-                            Err(source) => {
-                                return Err(BackupError::Archive {
-                                    archive: open.name.clone(),
-                                    source,
-                                });
-                            }
-                        };
-                        cutter.push(event)?;
-                        if cutter.batch_is_full() {
-                            self.exchange(cutter.take_batch()).await?;
-                            report.sent = self.stats.bytes_sent;
-                            report.elapsed = clock.elapsed();
-                            progress(&report);
-                        }
+                    for batch in archives.data(&data)? {
+                        self.exchange(batch).await?;
+                        report.sent = self.stats.bytes_sent;
+                        report.elapsed = clock.elapsed();
+                        progress(&report);
                     }
                 }
                 CopyStreamEvent::Progress(done) => {
@@ -430,10 +376,7 @@ impl Session<'_> {
                     progress(&report);
                 }
                 CopyStreamEvent::ManifestStart => {
-                    if let Some(previous) = archive.take() {
-                        previous.finish()?;
-                    }
-                    self.exchange(cutter.finish()?).await?;
+                    self.exchange(archives.finish()?).await?;
                     manifest_started = true;
                 }
                 CopyStreamEvent::ManifestData(data) => {
@@ -456,7 +399,7 @@ impl Session<'_> {
             Err(e) => return Err(e.into()),
         };
         let ended_at = SystemTime::now();
-        let totals = cutter.totals();
+        let totals = archives.totals();
         self.stats.files = totals.files;
         self.stats.logical_bytes = totals.logical_bytes;
         self.stats.blocks_total = totals.blocks;

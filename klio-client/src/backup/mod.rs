@@ -42,6 +42,7 @@
 //! List, show, verify and delete backups: small requests on their own streams, which the
 //! restore reuses to find the backup it rebuilds.
 
+mod archives;
 mod batch;
 mod capture;
 pub mod catalog;
