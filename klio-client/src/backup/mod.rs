@@ -50,6 +50,8 @@ mod cutter;
 mod progress;
 
 #[cfg(test)]
+mod postgres_tests;
+#[cfg(test)]
 mod tests;
 
 use std::time::Duration;
