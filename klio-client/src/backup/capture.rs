@@ -30,6 +30,9 @@ use crate::server_link::{FramedRecv, FramedSend, ServerConnection, ServerLinkErr
 /// The oldest `server_version_num` whose `BASE_BACKUP` takes `TARGET 'client'`.
 const MIN_SERVER_VERSION_NUM: u32 = 150_000;
 
+/// How long an abandoned backup waits for its `Error` message to reach the server.
+const ABANDON_DELIVERY: Duration = Duration::from_secs(5);
+
 /// Bytes queued on the server stream before they are written out.
 const SEND_CHUNK: usize = 1 << 20;
 
@@ -245,7 +248,8 @@ pub async fn run(
             match captured {
                 Ok(outcome) => Ok(outcome),
                 Err(e) => {
-                    // Tells the server to abandon the backup; if the stream is gone, so is the
+                    // Tells the server to abandon the backup, and waits for the message to
+                    // arrive before the connection closes; if the stream is gone, so is the
                     // backup anyway.
                     let _ = send
                         .send(&Message::Error {
@@ -253,7 +257,7 @@ pub async fn run(
                             message: ErrorChain(&e).to_string(),
                         })
                         .await;
-                    send.finish();
+                    send.finish_delivered(ABANDON_DELIVERY).await;
                     Err(e)
                 }
             }
