@@ -52,6 +52,8 @@ mod progress;
 #[cfg(test)]
 mod postgres_tests;
 #[cfg(test)]
+mod session_tests;
+#[cfg(test)]
 mod tests;
 
 use std::time::Duration;
