@@ -34,8 +34,10 @@
 //! Bounded whatever the number or size of files: the pending batch (at most about 16 MiB of
 //! block data plus 4096 hashes and 4096 waiting entries with their hash lists), the hash list
 //! of the one file being cut (32 bytes per 64 KiB: 512 KiB for a 1 GiB relation segment, the
-//! largest file PostgreSQL writes by default), and the connection buffers. About 40 MiB in
-//! all, with 100 files or 100,000.
+//! largest file PostgreSQL writes by default), the compressed copies of a batch's new blocks
+//! while they are sent (at most as much again), and the connection buffers. That adds up to
+//! about 40 MiB with 100 files or 100,000 (an estimate from these bounds; the RSS of a large
+//! backup is still to be measured).
 //!
 //! # Catalog ([`catalog`])
 //!
