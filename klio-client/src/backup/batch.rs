@@ -62,8 +62,9 @@ pub struct HeldCountMismatch {
 /// A batch once the server said what it holds: the blocks to send, then the files to announce.
 #[derive(Debug, Default)]
 pub(crate) struct ResolvedBatch {
-    /// The blocks the server does not hold, compressed, in the order they were cut.
-    pub(crate) new_blocks: Vec<Block>,
+    /// The blocks the server does not hold, in the order they were cut; [`compress`] each as
+    /// it is sent, so that only one compressed copy exists at a time.
+    pub(crate) new_blocks: Vec<PendingBlock>,
     /// Plaintext bytes of `new_blocks`.
     pub(crate) new_plain_bytes: u64,
     /// The files whose blocks are now all held or in `new_blocks`, in archive order.
@@ -117,7 +118,7 @@ impl Batch {
     }
 
     /// Applies the server's answer (one flag per [`Batch::hashes`], in order): the blocks not
-    /// held are compressed for sending, and every file of the batch may then be announced.
+    /// held are to be sent, and every file of the batch may then be announced.
     pub(crate) fn resolve(self, held: &[bool]) -> Result<ResolvedBatch, HeldCountMismatch> {
         if held.len() != self.blocks.len() {
             return Err(HeldCountMismatch {
@@ -133,7 +134,7 @@ impl Batch {
             .filter(|(_, held)| !**held)
             .map(|(block, _)| {
                 new_plain_bytes += block.plain.len() as u64;
-                compress(block)
+                block
             })
             .collect();
         Ok(ResolvedBatch {

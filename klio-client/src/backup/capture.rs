@@ -17,7 +17,7 @@ use klio_wal::{ErrorChain, WalPosition};
 use tokio::time::Instant;
 
 use super::archives::ArchiveStream;
-use super::batch::{Batch, BatchLimits, HeldCountMismatch};
+use super::batch::{Batch, BatchLimits, HeldCountMismatch, compress};
 use super::cutter::CaptureFault;
 use super::progress::CaptureProgress;
 use super::{BLOCK_SIZE, DEFAULT_WAL_TIMEOUT};
@@ -458,6 +458,7 @@ impl Session<'_> {
         self.stats.blocks_new += resolved.new_blocks.len() as u64;
         self.stats.new_bytes += resolved.new_plain_bytes;
         for block in resolved.new_blocks {
+            let block = compress(block);
             self.stats.bytes_sent += block.data.len() as u64;
             self.send.push(&Message::PutBlock { block });
             if self.send.queued() >= SEND_CHUNK {

@@ -65,8 +65,13 @@ pub enum CaptureFault {
 enum OpenEntry {
     /// Nothing: between entries.
     None,
-    /// A regular file: its entry with the hashes cut so far, and the bytes of its next block.
-    File { entry: FileEntry, partial: BytesMut },
+    /// A regular file: its entry with the hashes cut so far, the bytes of its next block, and
+    /// how many of its bytes have not arrived yet.
+    File {
+        entry: FileEntry,
+        partial: BytesMut,
+        unread: u64,
+    },
     /// A directory or symbolic link, complete at its `EntryEnd`.
     Other(FileEntry),
     /// An entry not recorded (the data directory's own root).
@@ -126,7 +131,12 @@ impl Cutter {
         match event {
             TarEvent::Entry(entry) => self.entry(entry),
             TarEvent::Data(data) => {
-                let OpenEntry::File { entry, partial } = &mut self.open else {
+                let OpenEntry::File {
+                    entry,
+                    partial,
+                    unread,
+                } = &mut self.open
+                else {
                     return Err(CaptureFault::OutOfOrder {
                         event: "file data",
                         context: "outside a regular file",
@@ -134,8 +144,14 @@ impl Cutter {
                 };
                 let mut data = &data[..];
                 while !data.is_empty() {
+                    if partial.is_empty() {
+                        // Exactly the block's length: a block holds no more memory than its
+                        // bytes, however small the file (batches count bytes, not blocks).
+                        partial.reserve(block_len(*unread));
+                    }
                     let take = (BLOCK_SIZE - partial.len()).min(data.len());
                     partial.extend_from_slice(&data[..take]);
+                    *unread = unread.saturating_sub(take as u64);
                     data = &data[take..];
                     if partial.len() == BLOCK_SIZE {
                         cut_block(&self.key, &mut self.batch, &mut entry.blocks, partial);
@@ -154,6 +170,7 @@ impl Cutter {
                     OpenEntry::File {
                         mut entry,
                         mut partial,
+                        ..
                     } => {
                         if !partial.is_empty() {
                             cut_block(&self.key, &mut self.batch, &mut entry.blocks, &mut partial);
@@ -217,7 +234,8 @@ impl Cutter {
         self.open = if is_file {
             OpenEntry::File {
                 entry: file,
-                partial: BytesMut::with_capacity(BLOCK_SIZE),
+                partial: BytesMut::new(),
+                unread: size,
             }
         } else {
             OpenEntry::Other(file)
@@ -267,6 +285,11 @@ impl Cutter {
     }
 }
 
+/// The length of the next block of a file with `unread` bytes still to come.
+fn block_len(unread: u64) -> usize {
+    usize::try_from(unread).map_or(BLOCK_SIZE, |n| n.min(BLOCK_SIZE))
+}
+
 /// Hashes the block in `partial` (leaving it empty), records the hash in the file's list and
 /// offers the block to the batch.
 fn cut_block(
@@ -275,9 +298,9 @@ fn cut_block(
     hashes: &mut Vec<BlockHash>,
     partial: &mut BytesMut,
 ) {
+    // The next block gets its own allocation (reserved when its first bytes arrive): the
+    // batch holds this one.
     let plain = partial.split().freeze();
-    // The next block gets its own allocation: the batch holds this one.
-    partial.reserve(BLOCK_SIZE);
     let hash = BlockHash(key.hash(&plain));
     hashes.push(hash);
     batch.add_block(hash, plain);
