@@ -32,12 +32,13 @@
 //! # Memory
 //!
 //! Bounded whatever the number or size of files: the pending batch (at most about 16 MiB of
-//! block data plus 4096 hashes and 4096 waiting entries with their hash lists), the hash list
-//! of the one file being cut (32 bytes per 64 KiB: 512 KiB for a 1 GiB relation segment, the
-//! largest file PostgreSQL writes by default), the compressed copies of a batch's new blocks
-//! while they are sent (at most as much again), and the connection buffers. That adds up to
-//! about 40 MiB with 100 files or 100,000 (an estimate from these bounds; the RSS of a large
-//! backup is still to be measured).
+//! block data, each block allocated at exactly its length, plus 4096 hashes and 4096 waiting
+//! entries with their hash lists), the hash list of the one file being cut (32 bytes per
+//! 64 KiB: 512 KiB for a 1 GiB relation segment, the largest file PostgreSQL writes by
+//! default), one compressed block at a time, and the connection buffers. Measured over real
+//! PostgreSQL with an in-memory stand-in server in the same process (peak RSS of both): 41 MB
+//! for 100 MB and for 650 MB of pgbench data, 34 MB with 1,003 files and 57 MB with 81,003
+//! (the stand-in's own index of blocks grows with them).
 //!
 //! # Catalog ([`catalog`])
 //!
