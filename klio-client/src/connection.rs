@@ -22,7 +22,7 @@ use crate::error::ConnectionError;
 
 mod base_backup;
 
-pub use base_backup::BaseBackupStream;
+pub use base_backup::{BaseBackupStream, MAX_KEPT_WARNINGS};
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}

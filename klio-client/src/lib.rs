@@ -15,9 +15,13 @@
 //!   prefetching spool; [`recovery_config`]: a data directory prepared for recovery to a
 //!   target.
 //!
-//! Later: backup and restore.
+//! - [`backup`]: `klio backup run`, base backups deduplicated by block against the server's
+//!   store, and the catalog client (`list`, `show`, `verify`, `delete`).
+//!
+//! Later: restore.
 #![warn(missing_docs)]
 
+pub mod backup;
 pub mod client_config;
 pub mod conn_string;
 pub mod connection;

@@ -1,5 +1,6 @@
 //! Argument definitions and dispatch to the library functions.
 
+mod backup;
 mod certs;
 mod client_args;
 mod get_wal;
@@ -56,6 +57,7 @@ enum Command {
     GetWal(get_wal::Args),
     PrepareRecovery(prepare_recovery::Args),
     Server(server::Args),
+    Backup(backup::Args),
     Certs(certs::Args),
     Keys(keys::Args),
     Status(status::Args),
@@ -71,6 +73,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::GetWal(a) => get_wal::run(a),
         Command::PrepareRecovery(a) => prepare_recovery::run(a),
         Command::Server(a) => server::run(a),
+        Command::Backup(a) => backup::run(a),
         Command::Certs(a) => certs::run(a),
         Command::Keys(a) => keys::run(a),
         Command::Status(a) => status::run(a),

@@ -48,6 +48,16 @@ impl Pki {
         .unwrap();
     }
 
+    /// A server certificate for `localhost`, as DER (certificate, PKCS#8 key), for a test
+    /// server the client verifies against this CA.
+    pub(crate) fn localhost_server(&self) -> (Vec<u8>, Vec<u8>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.der().to_vec(), key.serialize_der())
+    }
+
     /// Flags for `cluster`'s certificate and this CA.
     pub(crate) fn flags(&self, cluster: &str) -> ClientSettings {
         ClientSettings {

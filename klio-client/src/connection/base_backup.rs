@@ -5,18 +5,24 @@
 //! start position and the tablespaces; [`BaseBackupStream::next_event`] then yields the
 //! archives, progress and manifest until `CopyDone`; [`BaseBackupStream::finish`] reads the end
 //! position and the command's outcome. Only `finish` returning `Ok` means the backup is good:
-//! PostgreSQL reports page checksum failures after everything was sent.
+//! PostgreSQL reports page checksum failures after everything was sent. The warnings it sends
+//! along the way (one per damaged block, naming the file) are kept, up to
+//! [`MAX_KEPT_WARNINGS`], so that a failed backup can say which files were damaged.
 
 use klio_proto::base_backup::{
     BackupPosition, BaseBackupFailure, BaseBackupOptions, CopyStreamDecoder, CopyStreamEvent,
     Tablespace,
 };
-use klio_proto::{BackendMessage, ProtocolError, SimpleQuery};
+use klio_proto::{BackendMessage, ProtocolError, ServerError, SimpleQuery};
 
 use super::ReplicationConnection;
 use crate::error::ConnectionError;
 
 const COMMAND: &str = "BASE_BACKUP";
+
+/// The most `WARNING` notices a [`BaseBackupStream`] keeps: enough to name the damaged files
+/// of a failed backup, bounded whatever the number of damaged blocks.
+pub const MAX_KEPT_WARNINGS: usize = 100;
 
 /// A running `BASE_BACKUP`: holds the connection until [`finish`](Self::finish).
 #[derive(Debug)]
@@ -26,6 +32,7 @@ pub struct BaseBackupStream<'c> {
     tablespaces: Vec<Tablespace>,
     decoder: CopyStreamDecoder,
     copy_done: bool,
+    warnings: Vec<ServerError>,
 }
 
 /// A server error turned into a base backup failure; other protocol errors stay as they are.
@@ -84,6 +91,7 @@ impl ReplicationConnection {
             tablespaces,
             decoder: CopyStreamDecoder::new(),
             copy_done: false,
+            warnings: Vec::new(),
         })
     }
 }
@@ -97,6 +105,12 @@ impl BaseBackupStream<'_> {
     /// The tablespaces, the main data directory last.
     pub fn tablespaces(&self) -> &[Tablespace] {
         &self.tablespaces
+    }
+
+    /// The `WARNING` notices PostgreSQL sent during the stream so far (the first
+    /// [`MAX_KEPT_WARNINGS`]), such as "checksum verification failed in file ...".
+    pub fn warnings(&self) -> &[ServerError] {
+        &self.warnings
     }
 
     /// The next copystream event, `None` after `CopyDone`. An error the server raises during
@@ -117,7 +131,14 @@ impl BaseBackupStream<'_> {
                     return Ok(None);
                 }
                 BackendMessage::NoticeResponse(n) => {
-                    tracing::info!(server = %self.conn.target, "{n}");
+                    if n.severity == "WARNING" {
+                        tracing::warn!(server = %self.conn.target, "{n}");
+                        if self.warnings.len() < MAX_KEPT_WARNINGS {
+                            self.warnings.push(n);
+                        }
+                    } else {
+                        tracing::info!(server = %self.conn.target, "{n}");
+                    }
                 }
                 BackendMessage::ErrorResponse(e) => {
                     // Read up to ReadyForQuery so that the connection can run another command.

@@ -53,6 +53,17 @@ impl FramedSend {
     pub fn finish(&mut self) {
         let _ = self.send.finish();
     }
+
+    /// Ends the stream and waits, at most `within`, until the server has received everything
+    /// sent: closing the connection at once would discard what is still in flight (such as a
+    /// last `Error` message). Returns whether the server got it all.
+    pub async fn finish_delivered(&mut self, within: std::time::Duration) -> bool {
+        let _ = self.send.finish();
+        matches!(
+            tokio::time::timeout(within, self.send.stopped()).await,
+            Ok(Ok(None))
+        )
+    }
 }
 
 /// The receiving half: decodes frames with a bounded buffer.

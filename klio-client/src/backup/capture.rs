@@ -1,0 +1,479 @@
+//! One capture: PostgreSQL's `BASE_BACKUP` on one side, a backup session with the Klio server
+//! on the other (see the module documentation of [`super`] for the flow).
+
+use std::time::{Duration, SystemTime};
+
+use klio_crypto::BlockHashKey;
+use klio_proto::base_backup::{
+    BackupPosition, BaseBackupFailure, BaseBackupOptions, Checkpoint, CopyStreamEvent,
+    TablespaceKind,
+};
+use klio_proto::klio::{
+    BackupFinish, BackupInfo, CatalogEntryError, ErrorCode, FileEntry, MAX_HASHES_PER_MESSAGE,
+    Message, PROTOCOL_VERSION, TablespaceInfo,
+};
+use klio_proto::tar::TarError;
+use klio_wal::{ErrorChain, WalPosition};
+use tokio::time::Instant;
+
+use super::archives::ArchiveStream;
+use super::batch::{Batch, BatchLimits, HeldCountMismatch, compress};
+use super::cutter::CaptureFault;
+use super::progress::CaptureProgress;
+use super::{BLOCK_SIZE, DEFAULT_WAL_TIMEOUT};
+use crate::client_config::{ClientConfig, ClientConfigError};
+use crate::conn_string::ConnConfig;
+use crate::connection::ReplicationConnection;
+use crate::error::ConnectionError;
+use crate::server_link::{FramedRecv, FramedSend, ServerConnection, ServerLinkError};
+
+/// The oldest `server_version_num` whose `BASE_BACKUP` takes `TARGET 'client'`.
+const MIN_SERVER_VERSION_NUM: u32 = 150_000;
+
+/// How long an abandoned backup waits for its `Error` message to reach the server.
+const ABANDON_DELIVERY: Duration = Duration::from_secs(5);
+
+/// Bytes queued on the server stream before they are written out.
+const SEND_CHUNK: usize = 1 << 20;
+
+/// What a capture needs.
+#[derive(Clone, Debug)]
+pub struct BackupOptions {
+    /// The PostgreSQL connection (a replication connection is made from it).
+    pub pg: ConnConfig,
+    /// The Klio server, this cluster's certificates and its name.
+    pub client: ClientConfig,
+    /// The backup's label; `None` for `klio <UTC time>`.
+    pub label: Option<String>,
+    /// How PostgreSQL does the start checkpoint.
+    pub checkpoint: Checkpoint,
+    /// How long the server may wait for send-wal to deliver the backup's WAL.
+    pub wal_timeout: Duration,
+}
+
+impl BackupOptions {
+    /// Options with a fast checkpoint, the default label and [`DEFAULT_WAL_TIMEOUT`].
+    pub fn new(pg: ConnConfig, client: ClientConfig) -> Self {
+        Self {
+            pg,
+            client,
+            label: None,
+            checkpoint: Checkpoint::Fast,
+            wal_timeout: DEFAULT_WAL_TIMEOUT,
+        }
+    }
+}
+
+/// What a capture moved.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CaptureStats {
+    /// File entries (files, directories, symbolic links).
+    pub files: u64,
+    /// Sum of the files' sizes.
+    pub logical_bytes: u64,
+    /// Block references of all files.
+    pub blocks_total: u64,
+    /// Blocks the server did not hold, which were sent.
+    pub blocks_new: u64,
+    /// Plaintext bytes of those blocks.
+    pub new_bytes: u64,
+    /// Bytes of those blocks as sent (compressed).
+    pub bytes_sent: u64,
+}
+
+/// A complete backup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackupOutcome {
+    /// Its catalog entry, as the server recorded it.
+    pub info: BackupInfo,
+    /// What this run moved.
+    pub stats: CaptureStats,
+}
+
+/// Why a backup failed. Whatever the reason, it is not in the catalog.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackupError {
+    /// The client settings are incomplete (no cluster name).
+    #[error(transparent)]
+    Config(#[from] ClientConfigError),
+    /// PostgreSQL could not be reached, or the connection failed during the backup.
+    #[error(
+        "the PostgreSQL side of the backup failed, so it was not cataloged; fix the cause and rerun `klio backup run` (blocks already stored are reused)"
+    )]
+    Postgres(#[source] ConnectionError),
+    /// PostgreSQL is older than 15.
+    #[error(
+        "PostgreSQL {version} cannot be backed up by Klio, which needs PostgreSQL 15 or newer (BASE_BACKUP with TARGET 'client')"
+    )]
+    PostgresTooOld {
+        /// `server_version_num`.
+        version: u32,
+    },
+    /// `server_version_num` is not a number.
+    #[error("PostgreSQL reported server_version_num {0:?}, which is not a version number")]
+    BadServerVersion(String),
+    /// PostgreSQL found pages whose checksums do not verify.
+    #[error(
+        "the backup was not cataloged because PostgreSQL found damaged data pages{}",
+        damaged_files_text(.warnings)
+    )]
+    DamagedPages {
+        /// PostgreSQL's warnings during the backup, which name the files and blocks.
+        warnings: Vec<String>,
+        /// PostgreSQL's final error.
+        #[source]
+        source: ConnectionError,
+    },
+    /// An archive of the stream is not a valid tar archive.
+    #[error(
+        "PostgreSQL's archive {archive} is not a valid tar archive, so the backup was not cataloged; rerun it, and report a bug if it fails again"
+    )]
+    Archive {
+        /// The archive's name (`base.tar`, `<oid>.tar`).
+        archive: String,
+        /// What was wrong.
+        #[source]
+        source: TarError,
+    },
+    /// An archive's contents cannot be recorded.
+    #[error(transparent)]
+    Fault(#[from] CaptureFault),
+    /// An archive of the stream is named neither `base.tar` nor `<oid>.tar`.
+    #[error(
+        "PostgreSQL sent a tablespace archive named {0:?}, not <oid>.tar; Klio cannot place its files"
+    )]
+    ArchiveName(String),
+    /// The stream had no `backup_manifest`.
+    #[error(
+        "PostgreSQL sent no backup_manifest (MANIFEST 'yes' was asked for), so the backup was not cataloged"
+    )]
+    NoManifest,
+    /// The Klio server could not be reached, refused, or failed during the backup.
+    #[error(
+        "the Klio server side of the backup failed, so it was not cataloged; fix the cause and rerun `klio backup run` (blocks already stored are reused)"
+    )]
+    Server(#[source] ServerLinkError),
+    /// The server answered with a message that does not belong there.
+    #[error(
+        "the Klio server answered message {got:#04x} where {expected} was due; check that client and server run the same Klio version"
+    )]
+    Unexpected {
+        /// What was due.
+        expected: &'static str,
+        /// The tag of what came.
+        got: u8,
+    },
+    /// The server answered a dedup question with the wrong number of flags.
+    #[error(transparent)]
+    HeldCount(#[from] HeldCountMismatch),
+    /// The server's catalog entry cannot be read.
+    #[error("the Klio server completed the backup but its catalog entry cannot be read")]
+    Entry(#[source] CatalogEntryError),
+}
+
+fn damaged_files_text(warnings: &[String]) -> String {
+    if warnings.is_empty() {
+        return " (see the PostgreSQL server log for the files)".to_owned();
+    }
+    format!(": {}", warnings.join("; "))
+}
+
+impl From<ConnectionError> for BackupError {
+    fn from(e: ConnectionError) -> Self {
+        Self::Postgres(e)
+    }
+}
+
+impl From<ServerLinkError> for BackupError {
+    fn from(e: ServerLinkError) -> Self {
+        Self::Server(e)
+    }
+}
+
+impl BackupError {
+    /// The code of the `Error` message that tells the server the backup is abandoned.
+    fn code(&self) -> ErrorCode {
+        match self {
+            Self::DamagedPages { .. } => ErrorCode::DamagedFile,
+            Self::Unexpected { .. } | Self::HeldCount(_) => ErrorCode::BadRequest,
+            _ => ErrorCode::Internal,
+        }
+    }
+}
+
+/// Takes a base backup of the PostgreSQL at `opts.pg` into the Klio server's catalog, calling
+/// `progress` as it goes. Returns only once the backup is complete on the server.
+pub async fn run(
+    opts: &BackupOptions,
+    progress: &mut dyn FnMut(&CaptureProgress),
+) -> Result<BackupOutcome, BackupError> {
+    let cluster = opts.client.cluster()?.clone();
+    let mut pg = ReplicationConnection::connect(&opts.pg).await?;
+    let result = async {
+        let version = pg.show("server_version_num").await?;
+        let version: u32 = version
+            .trim()
+            .parse()
+            .map_err(|_| BackupError::BadServerVersion(version.clone()))?;
+        if version < MIN_SERVER_VERSION_NUM {
+            return Err(BackupError::PostgresTooOld { version });
+        }
+        let system = pg.identify_system().await?;
+
+        let server = ServerConnection::connect(&opts.client.server).await?;
+        let result = async {
+            let (mut send, mut recv) = server.open_stream().await?;
+            send.send(&Message::BackupHello {
+                version: PROTOCOL_VERSION,
+                cluster: cluster.clone(),
+                system_id: system.system_id,
+            })
+            .await?;
+            let backup_id = match recv.recv().await? {
+                Some(Message::BackupWelcome { backup_id, .. }) => backup_id,
+                other => return Err(unexpected("BackupWelcome", other)),
+            };
+            let key = match recv.recv().await? {
+                Some(Message::HashKey { key }) => BlockHashKey::from_bytes(key),
+                other => return Err(unexpected("HashKey", other)),
+            };
+            tracing::info!(cluster = %cluster, backup = %backup_id, "backup started");
+            let mut session = Session {
+                send: &mut send,
+                recv: &mut recv,
+                stats: CaptureStats::default(),
+            };
+            let captured = session.capture(&mut pg, opts, key, version, progress).await;
+            match captured {
+                Ok(outcome) => Ok(outcome),
+                Err(e) => {
+                    // Tells the server to abandon the backup, and waits for the message to
+                    // arrive before the connection closes; if the stream is gone, so is the
+                    // backup anyway.
+                    let _ = send
+                        .send(&Message::Error {
+                            code: e.code(),
+                            message: ErrorChain(&e).to_string(),
+                        })
+                        .await;
+                    send.finish_delivered(ABANDON_DELIVERY).await;
+                    Err(e)
+                }
+            }
+        }
+        .await;
+        server.close().await;
+        result
+    }
+    .await;
+    pg.close().await;
+    result
+}
+
+fn unexpected(expected: &'static str, got: Option<Message>) -> BackupError {
+    match got {
+        Some(m) => BackupError::Unexpected {
+            expected,
+            got: m.tag(),
+        },
+        None => BackupError::Server(ServerLinkError::Closed),
+    }
+}
+
+/// The server side of one capture and what it moved.
+struct Session<'s> {
+    send: &'s mut FramedSend,
+    recv: &'s mut FramedRecv,
+    stats: CaptureStats,
+}
+
+fn epoch_ms(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn wal_position(p: BackupPosition) -> WalPosition {
+    WalPosition::new(p.timeline, p.lsn)
+}
+
+/// The messages announcing `entry`: its `FileEntry` with the first hashes, then `FileBlocks`
+/// continuations, each with at most [`MAX_HASHES_PER_MESSAGE`] hashes.
+pub(super) fn file_messages(mut entry: FileEntry) -> Vec<Message> {
+    if entry.blocks.len() <= MAX_HASHES_PER_MESSAGE {
+        return vec![Message::FileEntry { entry }];
+    }
+    let rest = entry.blocks.split_off(MAX_HASHES_PER_MESSAGE);
+    let mut messages = vec![Message::FileEntry { entry }];
+    messages.extend(
+        rest.chunks(MAX_HASHES_PER_MESSAGE)
+            .map(|c| Message::FileBlocks { blocks: c.to_vec() }),
+    );
+    messages
+}
+
+impl Session<'_> {
+    async fn capture(
+        &mut self,
+        pg: &mut ReplicationConnection,
+        opts: &BackupOptions,
+        key: BlockHashKey,
+        pg_version: u32,
+        progress: &mut dyn FnMut(&CaptureProgress),
+    ) -> Result<BackupOutcome, BackupError> {
+        let started_at = SystemTime::now();
+        let label = opts
+            .label
+            .clone()
+            .unwrap_or_else(|| format!("klio {}", humantime::format_rfc3339_seconds(started_at)));
+        let options = BaseBackupOptions {
+            label: label.clone(),
+            checkpoint: opts.checkpoint,
+            ..BaseBackupOptions::default()
+        };
+        let clock = Instant::now();
+        let mut stream = pg.base_backup(&options).await?;
+        let start = stream.start();
+        let tablespaces: Vec<TablespaceInfo> = stream
+            .tablespaces()
+            .iter()
+            .filter_map(|t| match &t.kind {
+                TablespaceKind::User { oid, location } => Some(TablespaceInfo {
+                    oid: *oid,
+                    location: location.clone(),
+                }),
+                TablespaceKind::MainDataDirectory => None,
+            })
+            .collect();
+        let total = stream
+            .tablespaces()
+            .iter()
+            .filter_map(|t| t.size_kb)
+            .sum::<u64>()
+            .saturating_mul(1024);
+        let mut report = CaptureProgress {
+            done: 0,
+            total,
+            sent: 0,
+            elapsed: Duration::ZERO,
+        };
+        progress(&report);
+
+        let mut archives = ArchiveStream::new(key, BatchLimits::default());
+        let mut manifest_started = false;
+        while let Some(event) = stream.next_event().await? {
+            match event {
+                CopyStreamEvent::NewArchive { name, tablespace } => {
+                    archives.new_archive(name, tablespace.as_deref())?;
+                }
+                CopyStreamEvent::ArchiveData(data) => {
+                    for batch in archives.data(&data)? {
+                        self.exchange(batch).await?;
+                        report.sent = self.stats.bytes_sent;
+                        report.elapsed = clock.elapsed();
+                        progress(&report);
+                    }
+                }
+                CopyStreamEvent::Progress(done) => {
+                    report.done = done;
+                    report.elapsed = clock.elapsed();
+                    progress(&report);
+                }
+                CopyStreamEvent::ManifestStart => {
+                    self.exchange(archives.finish()?).await?;
+                    manifest_started = true;
+                }
+                CopyStreamEvent::ManifestData(data) => {
+                    self.send.push(&Message::ManifestData { data });
+                    if self.send.queued() >= SEND_CHUNK {
+                        self.send.flush().await?;
+                    }
+                }
+            }
+        }
+        if !manifest_started {
+            return Err(BackupError::NoManifest);
+        }
+        let warnings: Vec<String> = stream.warnings().iter().map(|w| w.to_string()).collect();
+        let end = match stream.finish().await {
+            Ok(end) => end,
+            Err(source @ ConnectionError::BaseBackup(BaseBackupFailure::ChecksumFailure(_))) => {
+                return Err(BackupError::DamagedPages { warnings, source });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let ended_at = SystemTime::now();
+        let totals = archives.totals();
+        self.stats.files = totals.files;
+        self.stats.logical_bytes = totals.logical_bytes;
+        self.stats.blocks_total = totals.blocks;
+        report.elapsed = clock.elapsed();
+        progress(&report);
+
+        self.send
+            .send(&Message::FinishBackup {
+                finish: BackupFinish {
+                    label,
+                    start: wal_position(start),
+                    end: wal_position(end),
+                    started_at_ms: epoch_ms(started_at),
+                    ended_at_ms: epoch_ms(ended_at),
+                    pg_version,
+                    tablespaces,
+                    block_size: BLOCK_SIZE as u32,
+                    // parse_wal_timeout keeps it within u32 seconds; saturate otherwise.
+                    wal_timeout_s: u32::try_from(opts.wal_timeout.as_secs()).unwrap_or(u32::MAX),
+                },
+            })
+            .await?;
+        let info = match self.recv.recv().await? {
+            Some(Message::BackupEntry { json }) => {
+                BackupInfo::from_json(&json).map_err(BackupError::Entry)?
+            }
+            other => return Err(unexpected("BackupEntry", other)),
+        };
+        self.send.finish();
+        Ok(BackupOutcome {
+            info,
+            stats: self.stats,
+        })
+    }
+
+    /// One dedup round: which blocks does the server hold; send the others, then the files.
+    async fn exchange(&mut self, batch: Batch) -> Result<(), BackupError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let hashes = batch.hashes();
+        let held = if hashes.is_empty() {
+            Vec::new()
+        } else {
+            self.send.send(&Message::HaveBlocks { hashes }).await?;
+            match self.recv.recv().await? {
+                Some(Message::BlocksHeld { held }) => held,
+                other => return Err(unexpected("BlocksHeld", other)),
+            }
+        };
+        let resolved = batch.resolve(&held)?;
+        self.stats.blocks_new += resolved.new_blocks.len() as u64;
+        self.stats.new_bytes += resolved.new_plain_bytes;
+        for block in resolved.new_blocks {
+            let block = compress(block);
+            self.stats.bytes_sent += block.data.len() as u64;
+            self.send.push(&Message::PutBlock { block });
+            if self.send.queued() >= SEND_CHUNK {
+                self.send.flush().await?;
+            }
+        }
+        for entry in resolved.files {
+            for message in file_messages(entry) {
+                self.send.push(&message);
+            }
+            if self.send.queued() >= SEND_CHUNK {
+                self.send.flush().await?;
+            }
+        }
+        self.send.flush().await?;
+        Ok(())
+    }
+}

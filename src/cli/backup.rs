@@ -1,0 +1,503 @@
+//! `klio backup run|list|show|verify|delete`.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use klio_client::backup::{
+    BackupOptions, BackupOutcome, BackupRef, CaptureProgress, VerifyProgress, catalog,
+    parse_wal_timeout,
+};
+use klio_proto::base_backup::Checkpoint;
+use klio_proto::klio::BackupInfo;
+
+/// Base backups of this cluster, deduplicated by block, and their catalog on the Klio server.
+///
+/// `klio backup run` takes a backup with BASE_BACKUP over a replication connection (from the
+/// PostgreSQL host or anywhere that reaches it); only blocks the server does not hold yet
+/// cross the network, compressed. A backup is listed only once its blocks, manifest and the
+/// WAL from its start to its end are durable on the server, so `klio send-wal` must be
+/// running for the cluster. Every backup is complete on its own: any one can be deleted.
+///
+/// Examples:
+///   klio backup run -h /var/run/postgresql -U postgres --label nightly
+///   klio backup list
+///   klio backup show latest --output json
+///   klio backup verify latest
+///   klio backup delete 20261201T120000Z-3f9a
+///
+/// The Klio server settings (--server, --tls-ca, --tls-cert, --tls-key, --cluster) come from
+/// flags, else KLIO_* environment variables, else --config, as for send-wal.
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub(crate) struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    Run(RunArgs),
+    List(ListArgs),
+    Show(ShowArgs),
+    Verify(VerifyArgs),
+    Delete(DeleteArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    /// For a person.
+    Text,
+    /// The catalog entry (schema 1), for scripts.
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum CheckpointArg {
+    /// Checkpoint at once (the backup starts sooner, with an I/O burst).
+    Fast,
+    /// Spread the checkpoint as checkpoint_completion_target says.
+    Spread,
+}
+
+/// Take a base backup of PostgreSQL into the Klio server's catalog.
+///
+/// Connects to PostgreSQL as a replication client (PostgreSQL 15 or newer), runs BASE_BACKUP
+/// (TARGET 'client', MANIFEST 'yes', TABLESPACE_MAP, WAIT false: the WAL comes from Klio's
+/// archive), cuts every file into 64 KiB blocks and sends only the blocks the server does not
+/// hold. The server then waits up to --wal-timeout for send-wal to deliver the WAL up to the
+/// backup's end before it lists the backup as complete. Exits with 0 only when the backup is
+/// complete; a failed or interrupted backup is not listed, and a rerun reuses the blocks
+/// already stored.
+///
+/// On a terminal, standard error shows progress (bytes read of PostgreSQL's estimate, new
+/// bytes sent, rate, time left); at the end standard output gets a summary line, or the
+/// catalog entry with --output json.
+///
+/// Examples:
+///   klio backup run -h /var/run/postgresql -U postgres --server klio.example:7470 \
+///       --tls-ca ca.pem --tls-cert client-pg-main.pem --tls-key client-pg-main.key
+///   klio backup run -d 'host=db1 user=replicator' --label nightly --checkpoint spread \
+///       --wal-timeout 5m --output json
+#[derive(Debug, clap::Args)]
+#[command(disable_help_flag = true, verbatim_doc_comment)]
+struct RunArgs {
+    /// Print help (-h is --host, as in pg_basebackup).
+    #[arg(short = '?', long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
+    #[command(flatten)]
+    pg: super::pg_args::PgArgs,
+    /// The backup's label (in backup_label and the catalog) [default: klio <UTC time>].
+    #[arg(short = 'l', long, value_name = "LABEL")]
+    label: Option<String>,
+    /// How PostgreSQL does the checkpoint the backup starts from.
+    #[arg(short = 'c', long, value_enum, value_name = "fast|spread", default_value_t = CheckpointArg::Fast)]
+    checkpoint: CheckpointArg,
+    /// How long the server waits for send-wal to deliver the backup's WAL (e.g. 60s, 5m).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_wal_timeout)]
+    wal_timeout: Duration,
+    /// text: a summary line; json: the catalog entry.
+    #[arg(short, long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    /// No progress display, even on a terminal.
+    #[arg(long)]
+    no_progress: bool,
+    #[command(flatten)]
+    client: super::client_args::ClientArgs,
+}
+
+/// List the complete backups of this cluster, oldest first (by end position, then time).
+///
+/// Text: a table of id, end LSN, timeline, completion time, logical size, bytes the backup
+/// added to the store, and label. JSON: an array of catalog entries (schema 1).
+///
+/// Example:
+///   klio backup list --output json | jq -r '.[-1].id'
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+struct ListArgs {
+    /// text for a terminal, json for scripts.
+    #[arg(short, long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    #[command(flatten)]
+    client: super::client_args::ClientArgs,
+}
+
+/// Show one backup's catalog entry.
+///
+/// Examples:
+///   klio backup show latest
+///   klio backup show 20261201T120000Z-3f9a --output json
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+struct ShowArgs {
+    /// The backup id, or latest (the one ending last).
+    #[arg(value_name = "ID|latest")]
+    backup: BackupRef,
+    /// text for a terminal, json for scripts.
+    #[arg(short, long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    #[command(flatten)]
+    client: super::client_args::ClientArgs,
+}
+
+/// Check that a backup can be restored: the server reads every block through its integrity
+/// checks and checks that the backup's WAL range is in the archive.
+///
+/// Exits with 1 and names the damaged file if a block cannot be read, or the missing WAL.
+///
+/// Example:
+///   klio backup verify latest
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+struct VerifyArgs {
+    /// The backup id, or latest (the one ending last).
+    #[arg(value_name = "ID|latest")]
+    backup: BackupRef,
+    /// text for a terminal, json for scripts (the catalog entry once verified).
+    #[arg(short, long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    #[command(flatten)]
+    client: super::client_args::ClientArgs,
+}
+
+/// Remove a backup from the catalog.
+///
+/// Only the catalog entry goes; blocks no other backup needs are reclaimed by retention. The
+/// backup must be named by its id (latest is not accepted here).
+///
+/// Example:
+///   klio backup delete 20261201T120000Z-3f9a
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+struct DeleteArgs {
+    /// The backup id (see `klio backup list`).
+    #[arg(value_name = "ID")]
+    id: String,
+    /// text for a terminal, json for scripts (the entry removed).
+    #[arg(short, long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    #[command(flatten)]
+    client: super::client_args::ClientArgs,
+}
+
+pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
+    match a.command {
+        Command::Run(a) => run_backup(a),
+        Command::List(a) => list(a),
+        Command::Show(a) => show(a),
+        Command::Verify(a) => verify(a),
+        Command::Delete(a) => delete(a),
+    }
+}
+
+fn run_backup(a: RunArgs) -> anyhow::Result<ExitCode> {
+    // Before PostgreSQL is reached: wrong paths or certificates fail at once.
+    let client = a.client.resolve()?;
+    client.cluster()?;
+    let pg = a.pg.resolve()?;
+    let opts = BackupOptions {
+        label: a.label,
+        checkpoint: match a.checkpoint {
+            CheckpointArg::Fast => Checkpoint::Fast,
+            CheckpointArg::Spread => Checkpoint::Spread,
+        },
+        wal_timeout: a.wal_timeout,
+        ..BackupOptions::new(pg, client)
+    };
+    let mut line = ProgressLine::new(!a.no_progress);
+    let outcome = super::pg_args::runtime()?.block_on(klio_client::backup::run(
+        &opts,
+        &mut |p: &CaptureProgress| line.capture(p),
+    ));
+    line.finish();
+    let BackupOutcome { info, stats } = outcome?;
+    match a.output {
+        Output::Text => println!(
+            "backup {} complete: {} in {} files, {} new (sent {}), WAL {}..{} on timeline {}",
+            info.id,
+            bytes(info.logical_bytes),
+            info.files,
+            bytes(stats.new_bytes),
+            bytes(stats.bytes_sent),
+            info.start.lsn,
+            info.end.lsn,
+            info.end.timeline,
+        ),
+        Output::Json => print_entry(&info),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
+    let client = a.client.resolve()?;
+    let backups = super::pg_args::runtime()?.block_on(catalog::list(&client))?;
+    match a.output {
+        Output::Text => print!("{}", table(&backups)),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&backups)?),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show(a: ShowArgs) -> anyhow::Result<ExitCode> {
+    let client = a.client.resolve()?;
+    let info = super::pg_args::runtime()?.block_on(catalog::get_entry(&client, &a.backup))?;
+    match a.output {
+        Output::Text => print!("{}", details(&info)),
+        Output::Json => print_entry(&info),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let client = a.client.resolve()?;
+    let mut line = ProgressLine::new(true);
+    let verified = super::pg_args::runtime()?.block_on(catalog::verify(
+        &client,
+        &a.backup,
+        &mut |p: VerifyProgress| line.verify(p),
+    ));
+    line.finish();
+    let info = verified?;
+    match a.output {
+        Output::Text => println!(
+            "backup {} verified: {} in {} files readable, WAL {}..{} on timeline {} archived",
+            info.id,
+            bytes(info.logical_bytes),
+            info.files,
+            info.start.lsn,
+            info.end.lsn,
+            info.end.timeline,
+        ),
+        Output::Json => print_entry(&info),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn delete(a: DeleteArgs) -> anyhow::Result<ExitCode> {
+    if a.id == "latest" {
+        anyhow::bail!(
+            "`klio backup delete` needs the backup's id, not latest: find it with `klio backup list`"
+        );
+    }
+    let client = a.client.resolve()?;
+    let info = super::pg_args::runtime()?.block_on(catalog::delete(&client, &a.id))?;
+    match a.output {
+        Output::Text => println!(
+            "backup {} deleted from the catalog (its blocks stay until retention reclaims them)",
+            info.id
+        ),
+        Output::Json => print_entry(&info),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_entry(info: &BackupInfo) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(&info.to_json());
+    let _ = writeln!(out);
+}
+
+/// `n` bytes for a person: 1023 B, 1.5 KiB, 23.0 MiB, 1.5 GiB.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// The `list` table, one backup per line, with a header.
+fn table(backups: &[BackupInfo]) -> String {
+    let header = [
+        "ID",
+        "END LSN",
+        "TIMELINE",
+        "COMPLETED AT",
+        "SIZE",
+        "NEW STORED",
+        "LABEL",
+    ];
+    let rows: Vec<[String; 7]> = backups
+        .iter()
+        .map(|b| {
+            [
+                b.id.clone(),
+                b.end.lsn.to_string(),
+                b.end.timeline.to_string(),
+                b.completed_at.clone(),
+                bytes(b.logical_bytes),
+                bytes(b.new_stored_bytes),
+                b.label.clone(),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[&str]| {
+        let mut text = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                text.push_str(cell);
+            } else {
+                text.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(&header);
+    for row in &rows {
+        line(&row.each_ref().map(String::as_str));
+    }
+    out
+}
+
+/// The `show` text: one field per line.
+fn details(b: &BackupInfo) -> String {
+    let tablespaces = if b.tablespaces.is_empty() {
+        "none".to_owned()
+    } else {
+        b.tablespaces
+            .iter()
+            .map(|t| format!("{} at {}", t.oid, t.location))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let fields = [
+        ("id", b.id.clone()),
+        ("cluster", b.cluster.clone()),
+        ("label", b.label.clone()),
+        ("status", "complete".to_owned()),
+        (
+            "start",
+            format!("{} on timeline {}", b.start.lsn, b.start.timeline),
+        ),
+        (
+            "end",
+            format!("{} on timeline {}", b.end.lsn, b.end.timeline),
+        ),
+        ("started at", b.started_at.clone()),
+        ("ended at", b.ended_at.clone()),
+        ("completed at", b.completed_at.clone()),
+        ("PostgreSQL", b.postgres_version.to_string()),
+        ("system identifier", b.system_identifier.clone()),
+        ("files", b.files.to_string()),
+        (
+            "blocks",
+            format!("{} of {}", b.blocks, bytes(b.block_size.into())),
+        ),
+        ("size", bytes(b.logical_bytes)),
+        ("stored (referenced)", bytes(b.referenced_stored_bytes)),
+        ("stored (new)", bytes(b.new_stored_bytes)),
+        ("tablespaces", tablespaces),
+    ];
+    let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    fields
+        .iter()
+        .map(|(k, v)| format!("{:<width$}  {v}\n", format!("{k}:")))
+        .collect()
+}
+
+/// A one-line progress display on standard error, drawn only when it is a terminal (and not
+/// turned off), at most ten times a second.
+struct ProgressLine {
+    enabled: bool,
+    drawn: Option<Instant>,
+    text: String,
+}
+
+impl ProgressLine {
+    fn new(wanted: bool) -> Self {
+        Self {
+            enabled: wanted && std::io::stderr().is_terminal(),
+            drawn: None,
+            text: String::new(),
+        }
+    }
+
+    fn capture(&mut self, p: &CaptureProgress) {
+        if !self.due() {
+            return;
+        }
+        let pct = if p.total == 0 {
+            100.0
+        } else {
+            (p.done as f64 * 100.0 / p.total as f64).min(100.0)
+        };
+        let eta = p
+            .eta()
+            .map_or_else(String::new, |t| format!(", {} s left", t.as_secs()));
+        self.text = format!(
+            "backup: {} of {} ({pct:.0}%), {} new sent, {}/s{eta}",
+            bytes(p.done),
+            bytes(p.total),
+            bytes(p.sent),
+            bytes(p.rate() as u64),
+        );
+        self.draw();
+    }
+
+    fn verify(&mut self, p: VerifyProgress) {
+        if !self.due() {
+            return;
+        }
+        let pct = if p.total == 0 {
+            100.0
+        } else {
+            p.done as f64 * 100.0 / p.total as f64
+        };
+        self.text = format!(
+            "verify: {} of {} ({pct:.0}%)",
+            bytes(p.done),
+            bytes(p.total)
+        );
+        self.draw();
+    }
+
+    fn due(&self) -> bool {
+        self.enabled
+            && self
+                .drawn
+                .is_none_or(|t| t.elapsed() >= Duration::from_millis(100))
+    }
+
+    fn draw(&mut self) {
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "\r{}\x1b[K", self.text);
+        let _ = err.flush();
+        self.drawn = Some(Instant::now());
+    }
+
+    /// Ends the line, if anything was drawn.
+    fn finish(&mut self) {
+        if self.enabled && self.drawn.is_some() {
+            eprintln!();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_shown_in_binary_units() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(23 << 20), "23.0 MiB");
+        assert_eq!(bytes(3 << 29), "1.5 GiB");
+    }
+}
