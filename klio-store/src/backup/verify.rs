@@ -1,0 +1,72 @@
+//! Verifying a backup: every block it refers to read through the store's checks, decompressed
+//! and checked against its keyed hash, its file list streamed.
+
+use klio_proto::klio::{BackupInfo, BlockHash};
+
+use super::error::{BackupStoreError, BlockDamage};
+use super::file_list::FileListItem;
+use super::id::BackupId;
+use super::index::BlockIndex;
+use super::{BackupStore, check_block};
+
+/// How far a verification has come, in plaintext bytes of blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VerifyProgress {
+    /// Bytes verified.
+    pub done: u64,
+    /// Bytes in all (the backup's logical size).
+    pub total: u64,
+}
+
+impl BackupStore {
+    /// Reads every block of backup `id` through the checks; `progress` hears after each block.
+    /// A failure names the backup, the file and (in its source) the block and the pack.
+    pub fn verify(
+        &self,
+        index: &BlockIndex,
+        id: &BackupId,
+        progress: &mut dyn FnMut(VerifyProgress),
+    ) -> Result<BackupInfo, BackupStoreError> {
+        let info = self.entry(id)?;
+        let key = self
+            .read_hash_key()?
+            .ok_or_else(|| BackupStoreError::MissingHashKey {
+                path: self.hash_key_path(),
+            })?;
+        let mut files = self.file_list(id)?;
+        let mut blocks = self.block_reader();
+        let mut done = 0u64;
+        let total = info.logical_bytes;
+        let mut path = String::new();
+        let mut check = |path: &str, hashes: &[BlockHash], done: &mut u64| {
+            for hash in hashes {
+                let failed = |source| BackupStoreError::DamagedBackupFile {
+                    backup: id.to_string(),
+                    path: path.to_owned(),
+                    source: Box::new(source),
+                };
+                let block = blocks.read(index, hash).map_err(failed)?;
+                check_block(&key, &block).map_err(|problem| {
+                    failed(BackupStoreError::DamagedBlock {
+                        pack: blocks.pack_path(index, hash),
+                        hash: *hash,
+                        reason: BlockDamage::Content(problem),
+                    })
+                })?;
+                *done += u64::from(block.plain_len);
+                progress(VerifyProgress { done: *done, total });
+            }
+            Ok::<(), BackupStoreError>(())
+        };
+        while let Some(item) = files.next_item()? {
+            match item {
+                FileListItem::Entry(entry) => {
+                    path = entry.path;
+                    check(&path, &entry.blocks, &mut done)?;
+                }
+                FileListItem::Blocks(hashes) => check(&path, &hashes, &mut done)?,
+            }
+        }
+        Ok(info)
+    }
+}
