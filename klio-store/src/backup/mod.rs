@@ -165,6 +165,14 @@ impl BackupStore {
         hash_key::read(&self.hash_key_path(), self.keyring.as_ref())
     }
 
+    /// The cluster's block-hash key, for reading its backups: an error if it has none.
+    pub fn hash_key(&self) -> Result<BlockHashKey, BackupStoreError> {
+        self.read_hash_key()?
+            .ok_or_else(|| BackupStoreError::MissingHashKey {
+                path: self.hash_key_path(),
+            })
+    }
+
     /// The index of every durable block (read-only).
     pub fn load_index(&self) -> Result<BlockIndex, BackupStoreError> {
         BlockIndex::load(&self.packs_dir())

@@ -540,6 +540,7 @@ fn verify_reads_every_block_and_names_the_backup_file_and_block_it_fails_on() {
             ],
         );
         let id = BackupId::parse("b1").unwrap();
+        let index = std::sync::RwLock::new(index);
         let mut seen = Vec::new();
         store
             .verify(&index, &id, &mut |p| seen.push((p.done, p.total)))
@@ -547,7 +548,7 @@ fn verify_reads_every_block_and_names_the_backup_file_and_block_it_fails_on() {
         assert_eq!(seen.len(), 4);
         assert_eq!(seen.last(), Some(&(4 * 65536, 4 * 65536)));
 
-        let location = index.get(&blocks[2].hash).unwrap();
+        let location = index.read().unwrap().get(&blocks[2].hash).unwrap();
         let f = std::fs::OpenOptions::new()
             .write(true)
             .open(only_pack(&store))

@@ -1,6 +1,8 @@
 //! Verifying a backup: every block it refers to read through the store's checks, decompressed
 //! and checked against its keyed hash, its file list streamed.
 
+use std::sync::RwLock;
+
 use klio_proto::klio::{BackupInfo, BlockHash};
 
 use super::error::{BackupStoreError, BlockDamage};
@@ -21,18 +23,17 @@ pub struct VerifyProgress {
 impl BackupStore {
     /// Reads every block of backup `id` through the checks; `progress` hears after each block.
     /// A failure names the backup, the file and (in its source) the block and the pack.
+    ///
+    /// `index` is locked for reading one block at a time, so that a backup session can add
+    /// packs to it while a long verification runs.
     pub fn verify(
         &self,
-        index: &BlockIndex,
+        index: &RwLock<BlockIndex>,
         id: &BackupId,
         progress: &mut dyn FnMut(VerifyProgress),
     ) -> Result<BackupInfo, BackupStoreError> {
         let info = self.entry(id)?;
-        let key = self
-            .read_hash_key()?
-            .ok_or_else(|| BackupStoreError::MissingHashKey {
-                path: self.hash_key_path(),
-            })?;
+        let key = self.hash_key()?;
         let mut files = self.file_list(id)?;
         let mut blocks = self.block_reader();
         let mut done = 0u64;
@@ -45,10 +46,11 @@ impl BackupStore {
                     path: path.to_owned(),
                     source: Box::new(source),
                 };
-                let block = blocks.read(index, hash).map_err(failed)?;
+                let idx = index.read().unwrap_or_else(|p| p.into_inner());
+                let block = blocks.read(&idx, hash).map_err(failed)?;
                 check_block(&key, &block).map_err(|problem| {
                     failed(BackupStoreError::DamagedBlock {
-                        pack: blocks.pack_path(index, hash),
+                        pack: blocks.pack_path(&idx, hash),
                         hash: *hash,
                         reason: BlockDamage::Content(problem),
                     })
