@@ -70,8 +70,8 @@ pub(super) async fn run<T: FrameIo>(
             ),
         ));
     }
-    // Held until this function returns, however it returns.
-    let _lease = env.backups.try_lease(cluster).ok_or_else(|| {
+    // Held until the backup is published or abandoned, however the session ends.
+    let lease = env.backups.try_lease(cluster).ok_or_else(|| {
         End::Refused(
             ErrorCode::BackupInProgress,
             format!(
@@ -151,13 +151,23 @@ pub(super) async fn run<T: FrameIo>(
         }
     };
     let info = complete(env, writing, finish, &mut inbox, hello.system_id).await?;
+    drop(lease);
     inbox
         .send(&[Message::BackupEntry {
             json: info.to_json().into(),
         }])
         .await?;
+    // The client normally finishes its side now; give it a moment, so that the answer is not
+    // cut short by closing the stream under it. Whatever it sends now changes nothing.
+    let _ = tokio::time::timeout(FINISH_LINGER, async {
+        while let Ok(Some(_)) = inbox.next().await {}
+    })
+    .await;
     Ok(info)
 }
+
+/// How long a completed session waits for the client to finish its side of the stream.
+const FINISH_LINGER: Duration = Duration::from_secs(2);
 
 /// Makes the backup durable, waits for its WAL and publishes it.
 async fn complete<T: FrameIo>(
