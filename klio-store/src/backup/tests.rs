@@ -641,3 +641,36 @@ fn the_wal_range_check_follows_the_archive() {
         WalCoverage::ShortOfEnd { .. }
     ));
 }
+
+#[test]
+fn a_full_pack_is_closed_and_the_next_blocks_go_into_a_new_one() {
+    let d = tempfile::tempdir().unwrap();
+    let store = BackupStore::new(d.path(), None);
+    let key = store.prepare_for_backup().unwrap().0;
+    let n = (PACK_TARGET_BYTES / 65536) as u32 + 8;
+    let index = store.load_index().unwrap();
+    let mut writer = store.block_writer(key.clone());
+    let mut closed = Vec::new();
+    let mut hashes = Vec::new();
+    for i in 0..n {
+        let b = block(&key, &plain(i, false));
+        hashes.push(b.hash);
+        if let Put::StoredAndClosed(p) = writer.put(&index, &b).unwrap() {
+            closed.push(p);
+        }
+    }
+    assert_eq!(
+        closed.len(),
+        1,
+        "one pack per ~32 MiB, not a file per block"
+    );
+    closed.extend(writer.close().unwrap());
+    let packs = std::fs::read_dir(store.packs_dir()).unwrap().count();
+    assert_eq!(packs, 4, "two packs and their indexes");
+    let index = store.load_index().unwrap();
+    assert_eq!(index.len(), n as usize);
+    let mut reader = store.block_reader();
+    for h in [hashes[0], hashes[n as usize - 1]] {
+        reader.read(&index, &h).unwrap();
+    }
+}
