@@ -156,6 +156,7 @@ impl BackupStore {
         ensure_dir(&deleted)?;
         let to = deleted.join(id.as_str());
         remove_tree(&to)?;
+        // Out of the catalog in one atomic step: listed whole, or not at all.
         match std::fs::rename(&from, &to) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -307,6 +308,7 @@ impl SealedBackup {
         // The names of its files must be durable before the backup can appear complete.
         durable::sync_dir(&dir.path)?;
         let to = catalog.join(id.as_str());
+        // The one step that makes the backup appear: a whole directory at once, atomically.
         std::fs::rename(&dir.path, &to)
             .map_err(|e| BackupStoreError::io(FsAction::Rename, &to, e))?;
         dir.armed = false;

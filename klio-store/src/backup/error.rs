@@ -299,6 +299,13 @@ pub enum FileListProblem {
         /// The path.
         path: String,
     },
+    /// The mode has bits beyond permissions, setuid, setgid and sticky.
+    BadMode {
+        /// The entry's path.
+        path: String,
+        /// The mode.
+        mode: u32,
+    },
     /// Block hashes came without a regular file before them.
     BlocksWithoutFile,
     /// A directory or symlink entry carries blocks.
@@ -315,6 +322,12 @@ impl fmt::Display for FileListProblem {
                 f,
                 "{path:?} is not a relative '/'-separated path inside the data directory"
             ),
+            Self::BadMode { path, mode } => {
+                write!(
+                    f,
+                    "{path:?} has mode {mode:#o}, more than permission bits (0o7777)"
+                )
+            }
             Self::BlocksWithoutFile => {
                 f.write_str("block hashes were sent before any regular file entry")
             }

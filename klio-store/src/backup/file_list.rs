@@ -112,6 +112,12 @@ impl FileListWriter {
             FileKind::Directory => (1, ""),
             FileKind::Symlink { target } => (2, target.as_str()),
         };
+        if entry.mode > 0o7777 {
+            return Err(self.refuse(FileListProblem::BadMode {
+                path: entry.path.clone(),
+                mode: entry.mode,
+            }));
+        }
         if kind != 0 && !entry.blocks.is_empty() {
             return Err(self.refuse(FileListProblem::BlocksOfNonFile {
                 path: entry.path.clone(),

@@ -226,16 +226,17 @@ impl BlockWriter {
         index.contains(hash) || self.pack.as_ref().is_some_and(|p| p.contains(hash))
     }
 
-    /// Checks `block` against its hash and stores it unless held; refuses a block whose bytes
-    /// are not what its hash names ([`BackupStoreError::RefusedBlock`]).
+    /// Stores `block` unless held, after checking it against its hash: a block whose bytes are
+    /// not what its hash names is refused ([`BackupStoreError::RefusedBlock`]). A held block is
+    /// ignored unchecked: nothing of it is stored.
     pub fn put(&mut self, index: &BlockIndex, block: &Block) -> Result<Put, BackupStoreError> {
+        if self.holds(index, &block.hash) {
+            return Ok(Put::Held);
+        }
         check_block(&self.key, block).map_err(|problem| BackupStoreError::RefusedBlock {
             hash: block.hash,
             problem,
         })?;
-        if self.holds(index, &block.hash) {
-            return Ok(Put::Held);
-        }
         let pack = match &mut self.pack {
             Some(p) => p,
             None => self.pack.insert(PackWriter::create(
@@ -311,9 +312,7 @@ impl BlockReader<'_> {
             }
         };
         let (_, reader) = &self.open[position];
-        let block = reader.read(location.offset, location.stored_len, hash)?;
-        debug_assert_eq!(reader.path(), id.pack_path(&self.store.packs_dir()));
-        Ok(block)
+        reader.read(location.offset, location.stored_len, hash)
     }
 }
 

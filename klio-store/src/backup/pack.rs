@@ -450,11 +450,6 @@ impl PackReader {
         })
     }
 
-    /// The pack file's path.
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Reads and checks the record at `offset`, which the index says is `hash` with
     /// `stored_len` bytes.
     pub(crate) fn read(
