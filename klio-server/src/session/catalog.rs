@@ -7,10 +7,13 @@
 //! blocks read a few at a time, so a request's memory stays bounded whatever the backup's
 //! size.
 
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use klio_proto::klio::{BackupInfo, Block, BlockHash, ErrorCode, MAX_HASHES_PER_MESSAGE, Message};
-use klio_store::backup::{BackupId, BackupStoreError, FileListItem, VerifyProgress, WalCoverage};
+use klio_store::backup::{
+    BackupId, BackupStoreError, FileListItem, VerifyOutcome, VerifyProgress, WalCoverage,
+};
 use tokio::sync::mpsc;
 
 use super::backup_env::{BackupEnv, coverage_text, wal_range_text};
@@ -213,11 +216,16 @@ async fn verify<T: FrameIo>(
     let task = tokio::task::spawn_blocking(move || {
         let mut last = Instant::now();
         store.verify(&index, &checked, &mut |p| {
+            if tx.is_closed() {
+                // The stream ended: nobody waits for the answer.
+                return ControlFlow::Break(());
+            }
             if last.elapsed() >= PROGRESS_EVERY {
                 last = Instant::now();
                 // A full channel skips a report: the next one is a second away.
                 let _ = tx.try_send(p);
             }
+            ControlFlow::Continue(())
         })
     });
     while let Some(p) = rx.recv().await {
@@ -228,10 +236,15 @@ async fn verify<T: FrameIo>(
             }])
             .await?;
     }
-    let info = task
+    let outcome = task
         .await
         .map_err(storage_task_failed)?
         .map_err(|e| backup_refusal(&e))?;
+    let VerifyOutcome::Verified(info) = outcome else {
+        return Err(End::Closed(format!(
+            "the verification of backup {id} stopped: the client went away"
+        )));
+    };
     let (start, end) = (info.start.position(), info.end.position());
     let coverage = env.wal_coverage(start, end).await?;
     if coverage != Some(WalCoverage::Archived) {

@@ -71,7 +71,7 @@ pub use file_list::{FileListItem, FileListReader, FileListTotals, is_safe_path};
 pub use id::{BackupId, MAX_BACKUP_ID_LEN};
 pub use index::{BlockIndex, BlockLocation};
 pub use pack::{ClosedPack, PACK_TARGET_BYTES, PackId};
-pub use verify::VerifyProgress;
+pub use verify::{VerifyOutcome, VerifyProgress};
 pub use wal_range::{WalCoverage, wal_coverage};
 
 use pack::{PackReader, PackWriter, Recovered};

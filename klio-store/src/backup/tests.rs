@@ -1,5 +1,6 @@
 //! The backup store on real files in temporary directories, plain and encrypted.
 
+use std::ops::ControlFlow;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -542,10 +543,18 @@ fn verify_reads_every_block_and_names_the_backup_file_and_block_it_fails_on() {
         let id = BackupId::parse("b1").unwrap();
         let index = std::sync::RwLock::new(index);
         let mut seen = Vec::new();
-        store
-            .verify(&index, &id, &mut |p| seen.push((p.done, p.total)))
+        let outcome = store
+            .verify(&index, &id, &mut |p| {
+                seen.push((p.done, p.total));
+                ControlFlow::Continue(())
+            })
             .unwrap();
+        assert!(matches!(outcome, VerifyOutcome::Verified(i) if i.id == "b1"));
         assert_eq!(seen.len(), 4);
+        let stopped = store
+            .verify(&index, &id, &mut |_| ControlFlow::Break(()))
+            .unwrap();
+        assert_eq!(stopped, VerifyOutcome::Stopped);
         assert_eq!(seen.last(), Some(&(4 * 65536, 4 * 65536)));
 
         let location = index.read().unwrap().get(&blocks[2].hash).unwrap();
@@ -554,7 +563,9 @@ fn verify_reads_every_block_and_names_the_backup_file_and_block_it_fails_on() {
             .open(only_pack(&store))
             .unwrap();
         f.write_all_at(&[0xff; 8], location.offset + 100).unwrap();
-        let err = store.verify(&index, &id, &mut |_| {}).unwrap_err();
+        let err = store
+            .verify(&index, &id, &mut |_| ControlFlow::Continue(()))
+            .unwrap_err();
         let chain = klio_wal::ErrorChain(&err).to_string();
         assert!(chain.contains("b1"), "{chain}");
         assert!(chain.contains("base/5/2619"), "{chain}");

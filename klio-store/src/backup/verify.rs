@@ -1,6 +1,7 @@
 //! Verifying a backup: every block it refers to read through the store's checks, decompressed
 //! and checked against its keyed hash, its file list streamed.
 
+use std::ops::ControlFlow;
 use std::sync::RwLock;
 
 use klio_proto::klio::{BackupInfo, BlockHash};
@@ -10,6 +11,15 @@ use super::file_list::FileListItem;
 use super::id::BackupId;
 use super::index::BlockIndex;
 use super::{BackupStore, check_block};
+
+/// How a verification ended, when no damage was found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VerifyOutcome {
+    /// Every block was read and checked.
+    Verified(Box<BackupInfo>),
+    /// The progress callback asked to stop (nobody waits for the answer any more).
+    Stopped,
+}
 
 /// How far a verification has come, in plaintext bytes of blocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,8 +31,9 @@ pub struct VerifyProgress {
 }
 
 impl BackupStore {
-    /// Reads every block of backup `id` through the checks; `progress` hears after each block.
-    /// A failure names the backup, the file and (in its source) the block and the pack.
+    /// Reads every block of backup `id` through the checks; `progress` hears after each block
+    /// and may stop the verification. A failure names the backup, the file and (in its source)
+    /// the block and the pack.
     ///
     /// `index` is locked for reading one block at a time, so that a backup session can add
     /// packs to it while a long verification runs.
@@ -30,8 +41,8 @@ impl BackupStore {
         &self,
         index: &RwLock<BlockIndex>,
         id: &BackupId,
-        progress: &mut dyn FnMut(VerifyProgress),
-    ) -> Result<BackupInfo, BackupStoreError> {
+        progress: &mut dyn FnMut(VerifyProgress) -> ControlFlow<()>,
+    ) -> Result<VerifyOutcome, BackupStoreError> {
         let info = self.entry(id)?;
         let key = self.hash_key()?;
         let mut files = self.file_list(id)?;
@@ -56,19 +67,24 @@ impl BackupStore {
                     })
                 })?;
                 *done += u64::from(block.plain_len);
-                progress(VerifyProgress { done: *done, total });
+                if progress(VerifyProgress { done: *done, total }).is_break() {
+                    return Ok(ControlFlow::Break(()));
+                }
             }
-            Ok::<(), BackupStoreError>(())
+            Ok::<_, BackupStoreError>(ControlFlow::Continue(()))
         };
         while let Some(item) = files.next_item()? {
-            match item {
+            let flow = match item {
                 FileListItem::Entry(entry) => {
                     path = entry.path;
-                    check(&path, &entry.blocks, &mut done)?;
+                    check(&path, &entry.blocks, &mut done)?
                 }
                 FileListItem::Blocks(hashes) => check(&path, &hashes, &mut done)?,
+            };
+            if flow.is_break() {
+                return Ok(VerifyOutcome::Stopped);
             }
         }
-        Ok(info)
+        Ok(VerifyOutcome::Verified(Box::new(info)))
     }
 }
