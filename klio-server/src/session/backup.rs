@@ -366,11 +366,6 @@ impl Writing {
         })
     }
 
-    fn holds(&self, hash: &BlockHash) -> bool {
-        let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
-        self.writer.holds(&idx, hash)
-    }
-
     /// Refuses blocks the cluster does not hold.
     fn check_held(&self, path: &str, blocks: &[BlockHash]) -> Result<(), End> {
         let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
@@ -406,7 +401,9 @@ impl Writing {
             match msg {
                 Message::HaveBlocks { hashes } => {
                     check_count(hashes.len())?;
-                    let held = hashes.iter().map(|h| self.holds(h)).collect();
+                    let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
+                    let held = hashes.iter().map(|h| self.writer.holds(&idx, h)).collect();
+                    drop(idx);
                     applied.replies.push(Message::BlocksHeld { held });
                 }
                 Message::PutBlock { block } => {
