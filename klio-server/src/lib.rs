@@ -10,10 +10,15 @@
 //!   (`telemetry`, served by `klio_metrics`); [`status`]: the status document and
 //!   `klio status`.
 //!
-//! Later: backup catalog, restore serving, Tier 2 relay, retention. The binary only parses
+//! - Base backups: a backup session per cluster at a time stores deduplicated blocks and a
+//!   file list into the cluster's `klio_store::backup::BackupStore`; catalog sessions list,
+//!   read, verify and delete its backups.
+//!
+//! Later: Tier 2 relay, retention. The binary only parses
 //! flags and calls in here.
 #![warn(missing_docs)]
 
+mod backup_registry;
 pub mod certs;
 pub mod config;
 mod data_dir_lock;

@@ -9,6 +9,7 @@ use klio_proto::klio::ClusterName;
 use klio_wal::{ErrorChain, FsAction, FsError};
 use tracing::Instrument;
 
+use crate::backup_registry::BackupRegistry;
 use crate::config::ServerConfig;
 use crate::registry::Registry;
 use crate::session;
@@ -58,6 +59,8 @@ pub enum ServerError {
 pub(crate) struct Shared {
     pub(crate) data_dir: PathBuf,
     pub(crate) registry: Registry,
+    /// Per cluster: the backup lease and the cached block index.
+    pub(crate) backups: Arc<BackupRegistry>,
     /// How archives store WAL (encrypted with these keys, or plain).
     pub(crate) storage: klio_store::wal_archive::StorageOptions,
     /// Files being read for restores at once (each is held whole in memory while sent).
@@ -77,6 +80,16 @@ impl Shared {
             .join("clusters")
             .join(cluster.as_str())
             .join("wal")
+    }
+
+    /// The backup store of a cluster (blocks and catalog), sealing with the server's keyring.
+    pub(crate) fn backup_store(&self, cluster: &ClusterName) -> klio_store::backup::BackupStore {
+        let dir = self
+            .data_dir
+            .join("clusters")
+            .join(cluster.as_str())
+            .join("backups");
+        klio_store::backup::BackupStore::new(&dir, self.storage.keyring.clone())
     }
 }
 
@@ -135,6 +148,7 @@ impl Server {
             shared: Arc::new(Shared {
                 data_dir: config.data_dir.clone(),
                 registry: Registry::default(),
+                backups: Arc::new(BackupRegistry::default()),
                 storage,
                 file_reads: tokio::sync::Semaphore::new(CONCURRENT_FILE_READS),
                 telemetry,

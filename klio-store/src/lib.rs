@@ -5,12 +5,15 @@
 //! journal whose last valid frame is the exact durable end after a crash, timeline history files,
 //! reads for restores, listings and pg_receivewal-style exports. One writer
 //! ([`WalArchive`]) streams into an archive; any number of readers ([`WalArchiveReader`]),
-//! which have no write methods at all, may read it meanwhile. It will also own Tier 2
-//! (S3-compatible object storage) behind one trait with Tier 1, the base-backup catalog and chunk
-//! store, the relay queue, retention and verification, and read-only mode. The segment-level
+//! which have no write methods at all, may read it meanwhile. It also holds a cluster's base
+//! backups ([`backup`]): the block store (deduplicated blocks in pack files with indexes), the
+//! catalog of complete backups, their verification and the check that their WAL is archived.
+//! It will also own Tier 2 (S3-compatible object storage) behind one trait with Tier 1, the
+//! relay queue, retention, and read-only mode. The segment-level
 //! conventions it follows are those of [`klio_wal::segment_dir`].
 #![warn(missing_docs)]
 
+pub mod backup;
 pub mod wal_archive;
 
 pub use klio_wal::SegmentSize;

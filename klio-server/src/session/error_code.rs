@@ -1,7 +1,8 @@
-//! The one mapping from archive errors to the protocol's error codes: what a client is told
-//! when the cluster's archive fails.
+//! The one mapping from storage errors to the protocol's error codes: what a client is told
+//! when the cluster's archive or backup store fails.
 
 use klio_proto::klio::ErrorCode;
+use klio_store::backup::BackupStoreError;
 use klio_store::wal_archive::WalArchiveError;
 use klio_wal::ErrorChain;
 
@@ -48,6 +49,27 @@ pub(super) fn refusal(e: &WalArchiveError, request: Request) -> End {
     End::Refused(error_code(e, request), ErrorChain(e).to_string())
 }
 
+/// The protocol error code for a backup store error: a bad request, an unknown backup,
+/// damage found in stored data (not worth retrying), or a storage failure.
+pub(super) fn backup_error_code(e: &BackupStoreError) -> ErrorCode {
+    use BackupStoreError as E;
+    match e {
+        E::RefusedBlock { .. } | E::InvalidFileList { .. } | E::InvalidBackupId { .. } => {
+            ErrorCode::BadRequest
+        }
+        E::NoSuchBackup { .. } => ErrorCode::NoSuchBackup,
+        E::BackupExists { .. } => ErrorCode::Internal,
+        _ if e.is_damage() => ErrorCode::DamagedFile,
+        _ => ErrorCode::Storage,
+    }
+}
+
+/// Ends the session over a backup store error, telling the client its code and the whole
+/// error.
+pub(super) fn backup_refusal(e: &BackupStoreError) -> End {
+    End::Refused(backup_error_code(e), ErrorChain(e).to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::{Path, PathBuf};
@@ -84,6 +106,37 @@ mod tests {
                 ErrorCode::InvalidPosition
             );
         }
+    }
+
+    #[test]
+    fn backup_store_errors_map_to_what_the_client_can_do_about_them() {
+        use klio_proto::klio::BlockHash;
+        use klio_store::backup::{BlockDamage, BlockProblem};
+        let hash = BlockHash([7; 32]);
+        let refused = BackupStoreError::RefusedBlock {
+            hash,
+            problem: BlockProblem::HashMismatch,
+        };
+        assert_eq!(backup_error_code(&refused), ErrorCode::BadRequest);
+        let unknown = BackupStoreError::NoSuchBackup { id: "x".to_owned() };
+        assert_eq!(backup_error_code(&unknown), ErrorCode::NoSuchBackup);
+        let damaged = BackupStoreError::DamagedBlock {
+            pack: PathBuf::from("packs/00.pack"),
+            hash,
+            reason: BlockDamage::CrcMismatch,
+        };
+        assert_eq!(backup_error_code(&damaged), ErrorCode::DamagedFile);
+        let missing = BackupStoreError::MissingBlock {
+            packs: PathBuf::from("packs"),
+            hash,
+        };
+        assert_eq!(backup_error_code(&missing), ErrorCode::DamagedFile);
+        let full = BackupStoreError::Fs(FsError::new(
+            FsAction::Write,
+            Path::new("packs/00.pack"),
+            std::io::Error::other("no space left on device"),
+        ));
+        assert_eq!(backup_error_code(&full), ErrorCode::Storage);
     }
 
     #[test]

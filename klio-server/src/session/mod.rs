@@ -1,11 +1,14 @@
-//! One client stream: a WAL ingest session (after `Hello`) or restore requests (position
-//! queries and file reads).
+//! One client stream: a WAL ingest session (after `Hello`), restore requests (position
+//! queries and file reads), a backup session (after `BackupHello`) or catalog requests.
 //!
 //! - [`framing`]: frames over the QUIC stream, and the small interface ingest needs of it.
 //! - [`ingest`]: the WAL session, an explicit state machine (idle with the archive, or storing
 //!   a batch that holds it).
 //! - [`restore`]: `GetPosition` and `GetFile`, served from a read-only handle.
-//! - [`error_code`]: the one mapping from archive errors to protocol error codes.
+//! - [`backup`]: a base backup, its blocks, files and manifest, published once its WAL is
+//!   archived; [`catalog`]: listing, reading, verifying and deleting backups; both on the
+//!   cluster's [`backup_env::BackupEnv`], reading messages through [`inbox::Inbox`].
+//! - [`error_code`]: the one mapping from storage errors to protocol error codes.
 //!
 //! # Durability
 //!
@@ -16,8 +19,14 @@
 //! for any reason waits for its batch before it releases the cluster's writer lease, so the
 //! next writer never opens an archive still being written.
 
+mod backup;
+mod backup_env;
+#[cfg(test)]
+mod backup_tests;
+mod catalog;
 mod error_code;
 mod framing;
+mod inbox;
 mod ingest;
 mod restore;
 #[cfg(test)]
@@ -75,7 +84,8 @@ struct Client<'a> {
     remote: std::net::SocketAddr,
 }
 
-/// Dispatches on the first message: `Hello` starts ingest, a read request starts restore.
+/// Dispatches on the first message: `Hello` starts ingest, a read request starts restore,
+/// `BackupHello` a backup, a catalog request the catalog session.
 async fn serve(shared: &Arc<Shared>, client: Client<'_>, io: &mut Framed) -> Result<(), End> {
     match io.next().await? {
         None => Ok(()),
@@ -96,10 +106,34 @@ async fn serve(shared: &Arc<Shared>, client: Client<'_>, io: &mut Framed) -> Res
         Some(first @ (Message::GetPosition { .. } | Message::GetFile { .. })) => {
             restore::serve(shared, client, io, first).await
         }
+        Some(Message::BackupHello {
+            version,
+            cluster: claimed,
+            system_id,
+        }) => {
+            let env = backup_env::BackupEnv::of(shared, client.cluster);
+            let hello = backup::BackupHello {
+                version,
+                claimed,
+                system_id,
+            };
+            backup::run(&env, io, hello).await.map(|_| ())
+        }
+        Some(
+            first @ (Message::ListBackups
+            | Message::GetBackup { .. }
+            | Message::GetBlocks { .. }
+            | Message::DeleteBackup { .. }
+            | Message::VerifyBackup { .. }),
+        ) => {
+            let env = backup_env::BackupEnv::of(shared, client.cluster);
+            catalog::run(&env, io, first).await
+        }
         Some(other) => Err(End::Refused(
             ErrorCode::BadRequest,
             format!(
-                "the first message must be Hello, GetPosition or GetFile, not {:#04x}",
+                "the first message must be Hello, GetPosition, GetFile, BackupHello or a catalog \
+                 request, not {:#04x}",
                 other.tag()
             ),
         )),

@@ -1,0 +1,516 @@
+//! A backup session (after `BackupHello`): the client offers block hashes, puts the blocks the
+//! cluster does not hold, sends the file entries and PostgreSQL's manifest, then
+//! `FinishBackup`; the server makes it all durable, waits for the backup's WAL to be archived
+//! and only then makes the backup appear in the catalog.
+//!
+//! One backup per cluster runs at a time (the backup lease); a second is refused with
+//! `BackupInProgress`. Every block is checked against its hash before it is stored, and every
+//! file entry may only name blocks the cluster holds.
+//!
+//! # Durability
+//!
+//! - Blocks go into the session's open pack; "held" covers the blocks of that pack too. When
+//!   the session finishes, the pack is closed (fsync, then its index) before the file list and
+//!   manifest are fsynced, and those before the WAL wait; the catalog entry is written and
+//!   the backup renamed into the catalog last (see `klio_store::backup`).
+//! - However the session ends before that (a client `Error`, a dropped stream, a refused
+//!   message, the WAL timeout), nothing appears in the catalog: the staging directory is
+//!   removed, and the open pack is closed so that a rerun reuses the blocks already sent.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use klio_crypto::{SecureRandom, SystemRandom};
+use klio_proto::klio::{
+    BackupFinish, BackupInfo, BackupStatus, BlockHash, CATALOG_SCHEMA, CatalogTablespace,
+    ClusterName, ErrorCode, MAX_HASHES_PER_MESSAGE, Message, PROTOCOL_VERSION,
+};
+use klio_store::backup::{
+    BackupId, BackupStoreError, BlockWriter, MAX_BLOCK_LEN, Put, SealedBackup, StagedBackup,
+    WalCoverage,
+};
+use klio_wal::ErrorChain;
+
+use super::backup_env::{BackupEnv, coverage_text, wal_range_text};
+use super::error_code::backup_refusal;
+use super::framing::FrameIo;
+use super::inbox::Inbox;
+use super::{End, blocking};
+use crate::backup_registry::SharedIndex;
+
+/// What the client's `BackupHello` said.
+pub(super) struct BackupHello {
+    pub(super) version: u16,
+    /// The cluster the client is configured for.
+    pub(super) claimed: ClusterName,
+    pub(super) system_id: u64,
+}
+
+/// Runs a backup session to its end; the backup's catalog entry once it is complete.
+pub(super) async fn run<T: FrameIo>(
+    env: &BackupEnv,
+    io: &mut T,
+    hello: BackupHello,
+) -> Result<BackupInfo, End> {
+    let cluster = &env.cluster;
+    let claimed = &hello.claimed;
+    if claimed != cluster {
+        return Err(End::Refused(
+            ErrorCode::Unauthorized,
+            format!(
+                "this certificate is for cluster {cluster}, not {claimed}: use the client certificate of {claimed}"
+            ),
+        ));
+    }
+    if hello.version != PROTOCOL_VERSION {
+        return Err(End::Refused(
+            ErrorCode::UnsupportedVersion,
+            format!(
+                "protocol version {} is not supported (server speaks {PROTOCOL_VERSION})",
+                hello.version
+            ),
+        ));
+    }
+    // Held until the backup is published or abandoned, however the session ends.
+    let lease = env.backups.try_lease(cluster).ok_or_else(|| {
+        End::Refused(
+            ErrorCode::BackupInProgress,
+            format!(
+                "another backup of cluster {cluster} is running (one runs at a time): wait for \
+                 it to finish, then run this one again"
+            ),
+        )
+    })?;
+    if let Some(recorded) = env.archived_system_id().await?
+        && recorded != hello.system_id
+    {
+        return Err(End::Refused(
+            ErrorCode::SystemIdMismatch,
+            format!(
+                "cluster {cluster}'s WAL archive belongs to the PostgreSQL system {recorded}, but \
+                 this is system {}: a backup of another PostgreSQL cluster needs its own Klio \
+                 cluster name and certificate",
+                hello.system_id
+            ),
+        ));
+    }
+    let index = env.index().await?;
+    let mut writing = {
+        let (store, index) = (env.store.clone(), index.clone());
+        blocking(move || Writing::start(store, index)).await??
+    };
+    let id = writing.staged.id().clone();
+    tracing::info!("backup {id} started");
+    let mut inbox = Inbox::new(io);
+    let welcome = [
+        Message::BackupWelcome {
+            version: PROTOCOL_VERSION,
+            backup_id: id.to_string(),
+        },
+        Message::HashKey {
+            key: writing.key_bytes,
+        },
+    ];
+    if let Err(end) = inbox.send(&welcome).await {
+        return Err(abandon(writing, end).await);
+    }
+    let finish = loop {
+        let batch = match inbox.next().await {
+            Ok(Some(first)) => {
+                let mut batch = vec![first];
+                match inbox.take_buffered() {
+                    Ok(more) => batch.extend(more),
+                    Err(end) => return Err(abandon(writing, end).await),
+                }
+                batch
+            }
+            Ok(None) => {
+                let end = End::Closed(format!(
+                    "the client finished the stream before FinishBackup: backup {id} abandoned"
+                ));
+                return Err(abandon(writing, end).await);
+            }
+            Err(end) => return Err(abandon(writing, end).await),
+        };
+        let (back, applied) = blocking(move || {
+            let applied = writing.apply(batch);
+            (writing, applied)
+        })
+        .await?;
+        writing = back;
+        let applied = match applied {
+            Ok(a) => a,
+            Err(end) => return Err(abandon(writing, end).await),
+        };
+        if !applied.replies.is_empty()
+            && let Err(end) = inbox.send(&applied.replies).await
+        {
+            return Err(abandon(writing, end).await);
+        }
+        if let Some(finish) = applied.finish {
+            break finish;
+        }
+    };
+    let info = complete(env, writing, finish, &mut inbox, hello.system_id).await?;
+    drop(lease);
+    inbox
+        .send(&[Message::BackupEntry {
+            json: info.to_json().into(),
+        }])
+        .await?;
+    // The client normally finishes its side now; give it a moment, so that the answer is not
+    // cut short by closing the stream under it. Whatever it sends now changes nothing.
+    let _ = tokio::time::timeout(FINISH_LINGER, async {
+        while let Ok(Some(_)) = inbox.next().await {}
+    })
+    .await;
+    Ok(info)
+}
+
+/// How long a completed session waits for the client to finish its side of the stream.
+const FINISH_LINGER: Duration = Duration::from_secs(2);
+
+/// Makes the backup durable, waits for its WAL and publishes it.
+async fn complete<T: FrameIo>(
+    env: &BackupEnv,
+    writing: Writing,
+    finish: BackupFinish,
+    inbox: &mut Inbox<'_, T>,
+    system_id: u64,
+) -> Result<BackupInfo, End> {
+    if let Err(end) = check_finish(&finish) {
+        return Err(abandon(writing, end).await);
+    }
+    let id = writing.staged.id().clone();
+    let (sealed, referenced, new_stored) = blocking(move || writing.seal()).await??;
+    let (start, end) = (finish.start, finish.end);
+    if let Err(end) = wait_for_wal(env, &id, &finish, inbox).await {
+        let _ = blocking(move || sealed.abandon()).await;
+        tracing::info!("backup {id} abandoned");
+        return Err(end);
+    }
+    let totals = sealed.totals();
+    let info = BackupInfo {
+        schema: CATALOG_SCHEMA,
+        id: id.to_string(),
+        cluster: env.cluster.to_string(),
+        label: finish.label,
+        status: BackupStatus::Complete,
+        start: start.into(),
+        end: end.into(),
+        started_at: rfc3339_of_ms(finish.started_at_ms),
+        ended_at: rfc3339_of_ms(finish.ended_at_ms),
+        completed_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        postgres_version: finish.pg_version,
+        system_identifier: system_id.to_string(),
+        block_size: finish.block_size,
+        tablespaces: finish
+            .tablespaces
+            .into_iter()
+            .map(|t| CatalogTablespace {
+                oid: t.oid,
+                location: t.location,
+            })
+            .collect(),
+        files: totals.files,
+        blocks: totals.blocks,
+        logical_bytes: totals.logical_bytes,
+        referenced_stored_bytes: referenced,
+        new_stored_bytes: new_stored,
+    };
+    let entry = info.clone();
+    blocking(move || sealed.publish(&entry))
+        .await?
+        .map_err(|e| backup_refusal(&e))?;
+    tracing::info!(
+        "backup {id} complete: {} files, {} bytes, {} new bytes stored",
+        info.files,
+        info.logical_bytes,
+        info.new_stored_bytes
+    );
+    Ok(info)
+}
+
+/// Waits until the archive holds the backup's WAL range, polling it, up to the client's
+/// timeout; a client `Error` or a dropped stream meanwhile ends the wait.
+async fn wait_for_wal<T: FrameIo>(
+    env: &BackupEnv,
+    id: &BackupId,
+    finish: &BackupFinish,
+    inbox: &mut Inbox<'_, T>,
+) -> Result<(), End> {
+    let (start, end) = (finish.start, finish.end);
+    let deadline = Instant::now() + Duration::from_secs(u64::from(finish.wal_timeout_s));
+    let mut client_finished = false;
+    loop {
+        let coverage = env.wal_coverage(start, end).await?;
+        if coverage == Some(WalCoverage::Archived) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(End::Refused(
+                ErrorCode::WalNotArchived,
+                format!(
+                    "{} did not reach the archive within {} s ({}): is `klio send-wal` running \
+                     for cluster {}? Backup {id} is abandoned; its blocks stay for the next run",
+                    wal_range_text(start, end),
+                    finish.wal_timeout_s,
+                    coverage_text(coverage.as_ref()),
+                    env.cluster
+                ),
+            ));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(env.wal_poll) => {}
+            next = inbox.next(), if !client_finished => match next? {
+                // The client may finish its side of the stream while it waits for the answer.
+                None => client_finished = true,
+                Some(Message::Error { message, .. }) => {
+                    return Err(End::Closed(format!(
+                        "the client gave up on backup {id} while its WAL was awaited: {message}"
+                    )));
+                }
+                Some(other) => {
+                    return Err(End::Refused(
+                        ErrorCode::BadRequest,
+                        format!(
+                            "nothing but Error may follow FinishBackup, not {:#04x}",
+                            other.tag()
+                        ),
+                    ));
+                }
+            },
+        }
+    }
+}
+
+/// Refuses a `FinishBackup` whose facts cannot describe a backup.
+fn check_finish(finish: &BackupFinish) -> Result<(), End> {
+    let bad = |why: String| Err(End::Refused(ErrorCode::BadRequest, why));
+    if finish.block_size == 0 || finish.block_size > MAX_BLOCK_LEN {
+        return bad(format!(
+            "a block size of {} bytes is not one a client cuts files with",
+            finish.block_size
+        ));
+    }
+    if finish.end.lsn < finish.start.lsn || finish.end.timeline < finish.start.timeline {
+        return bad(format!(
+            "the backup cannot end ({}) before it starts ({})",
+            finish.end, finish.start
+        ));
+    }
+    Ok(())
+}
+
+/// Milliseconds since the epoch as RFC 3339 UTC, to the second (before 1970 becomes 1970).
+fn rfc3339_of_ms(ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Ends the backup without a catalog entry and returns `end`: closes the open pack (so a rerun
+/// reuses its blocks) and removes the staging directory.
+async fn abandon(writing: Writing, end: End) -> End {
+    let id = writing.staged.id().clone();
+    match blocking(move || writing.abandon()).await {
+        Ok(Ok(())) => tracing::info!("backup {id} abandoned"),
+        Ok(Err(e)) => tracing::warn!("backup {id} abandoned, but: {}", ErrorChain(&e)),
+        Err(_) => tracing::warn!("backup {id} abandoned, but its cleanup did not run"),
+    }
+    end
+}
+
+/// A backup being written: its blocks, its file list and manifest.
+struct Writing {
+    staged: StagedBackup,
+    writer: BlockWriter,
+    index: SharedIndex,
+    key_bytes: [u8; 32],
+    /// The path of the last file entry (for errors about its blocks).
+    current_path: Option<String>,
+}
+
+/// What a batch of messages produced.
+struct Applied {
+    replies: Vec<Message>,
+    finish: Option<BackupFinish>,
+}
+
+impl Writing {
+    /// Prepares the store (leftovers, crashed packs, the block-hash key) and stages a new
+    /// backup.
+    fn start(store: klio_store::backup::BackupStore, index: SharedIndex) -> Result<Self, End> {
+        let refuse = |e: BackupStoreError| backup_refusal(&e);
+        let (key, recovered) = store.prepare_for_backup().map_err(refuse)?;
+        {
+            let mut idx = index.write().unwrap_or_else(|p| p.into_inner());
+            for pack in recovered {
+                idx.insert(pack);
+            }
+        }
+        let mut attempt = 0;
+        let staged = loop {
+            let id = new_backup_id()?;
+            match store.stage(&id) {
+                Ok(s) => break s,
+                // Two backups in the same second drew the same suffix: draw again.
+                Err(BackupStoreError::BackupExists { .. }) if attempt < 3 => attempt += 1,
+                Err(e) => return Err(refuse(e)),
+            }
+        };
+        Ok(Self {
+            staged,
+            key_bytes: key.to_bytes(),
+            writer: store.block_writer(key),
+            index,
+            current_path: None,
+        })
+    }
+
+    /// Refuses blocks the cluster does not hold.
+    fn check_held(&self, path: &str, blocks: &[BlockHash]) -> Result<(), End> {
+        let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
+        match blocks.iter().find(|h| !self.writer.holds(&idx, h)) {
+            None => Ok(()),
+            Some(h) => Err(End::Refused(
+                ErrorCode::BadRequest,
+                format!(
+                    "file {path:?} refers to block {h}, which the server does not hold: send a \
+                     file's blocks with PutBlock before its entry"
+                ),
+            )),
+        }
+    }
+
+    /// Applies a batch of messages, in order.
+    fn apply(&mut self, batch: Vec<Message>) -> Result<Applied, End> {
+        let refuse = |e: BackupStoreError| backup_refusal(&e);
+        let mut applied = Applied {
+            replies: Vec::new(),
+            finish: None,
+        };
+        for msg in batch {
+            if applied.finish.is_some() {
+                return Err(End::Refused(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "nothing but Error may follow FinishBackup, not {:#04x}",
+                        msg.tag()
+                    ),
+                ));
+            }
+            match msg {
+                Message::HaveBlocks { hashes } => {
+                    check_count(hashes.len())?;
+                    let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
+                    let held = hashes.iter().map(|h| self.writer.holds(&idx, h)).collect();
+                    drop(idx);
+                    applied.replies.push(Message::BlocksHeld { held });
+                }
+                Message::PutBlock { block } => {
+                    let put = {
+                        let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
+                        self.writer.put(&idx, &block).map_err(refuse)?
+                    };
+                    if let Put::StoredAndClosed(pack) = put {
+                        self.index
+                            .write()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(pack);
+                    }
+                }
+                Message::FileEntry { entry } => {
+                    check_count(entry.blocks.len())?;
+                    self.check_held(&entry.path, &entry.blocks)?;
+                    self.staged.add_entry(&entry).map_err(refuse)?;
+                    self.current_path = Some(entry.path);
+                }
+                Message::FileBlocks { blocks } => {
+                    check_count(blocks.len())?;
+                    let path = self.current_path.as_deref().unwrap_or("(no file yet)");
+                    self.check_held(path, &blocks)?;
+                    self.staged.add_blocks(&blocks).map_err(refuse)?;
+                }
+                Message::ManifestData { data } => {
+                    self.staged.add_manifest(&data).map_err(refuse)?;
+                }
+                Message::FinishBackup { finish } => applied.finish = Some(finish),
+                Message::Error { message, .. } => {
+                    return Err(End::Closed(format!(
+                        "the client gave up on backup {}: {message}",
+                        self.staged.id()
+                    )));
+                }
+                other => {
+                    return Err(End::Refused(
+                        ErrorCode::BadRequest,
+                        format!(
+                            "unexpected message {:#04x} in a backup session",
+                            other.tag()
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Makes the blocks, the file list and the manifest durable; the sealed backup, its
+    /// referenced stored bytes and the bytes this session stored.
+    fn seal(mut self) -> Result<(SealedBackup, u64, u64), End> {
+        let refuse = |e: BackupStoreError| backup_refusal(&e);
+        // The blocks first: the file list refers to them.
+        if let Some(pack) = self.writer.close().map_err(refuse)? {
+            self.index
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(pack);
+        }
+        let sealed = self.staged.seal().map_err(refuse)?;
+        let referenced = {
+            let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
+            sealed.referenced_stored_bytes(&idx).map_err(refuse)?
+        };
+        Ok((sealed, referenced, self.writer.new_stored_bytes()))
+    }
+
+    /// Closes the open pack (its blocks stay, for a rerun) and removes the staging directory.
+    fn abandon(mut self) -> Result<(), BackupStoreError> {
+        let closed = self.writer.close();
+        let removed = self.staged.abandon();
+        if let Some(pack) = closed? {
+            self.index
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(pack);
+        }
+        removed
+    }
+}
+
+fn check_count(n: usize) -> Result<(), End> {
+    if n > MAX_HASHES_PER_MESSAGE {
+        return Err(End::Refused(
+            ErrorCode::BadRequest,
+            format!("{n} block hashes in one message, more than {MAX_HASHES_PER_MESSAGE}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A new backup id: the server's UTC time and 4 random hex digits.
+fn new_backup_id() -> Result<BackupId, End> {
+    let stamp: String = humantime::format_rfc3339_seconds(SystemTime::now())
+        .to_string()
+        .chars()
+        .filter(|c| *c != '-' && *c != ':')
+        .collect();
+    let mut suffix = [0u8; 2];
+    SystemRandom::new().fill(&mut suffix).map_err(|_| {
+        End::Refused(
+            ErrorCode::Internal,
+            "the system's random number generator failed while picking a backup id".to_owned(),
+        )
+    })?;
+    BackupId::parse(&format!("{stamp}-{:02x}{:02x}", suffix[0], suffix[1]))
+        .map_err(|e| End::Refused(ErrorCode::Internal, ErrorChain(&e).to_string()))
+}

@@ -1,0 +1,109 @@
+//! What the backup and catalog sessions of one cluster work on: its backup store, its WAL
+//! archive (for the WAL range), the backup lease and the cached block index.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use klio_crypto::Keyring;
+use klio_proto::klio::ClusterName;
+use klio_store::backup::{BackupStore, WalCoverage, wal_coverage};
+use klio_store::wal_archive::{WalArchiveError, WalArchiveReader};
+use klio_wal::WalPosition;
+
+use super::error_code::{Request, backup_refusal, refusal};
+use super::{End, blocking};
+use crate::backup_registry::{BackupRegistry, SharedIndex};
+use crate::server::Shared;
+
+/// How often a finishing backup looks for its WAL in the archive.
+const WAL_POLL: Duration = Duration::from_millis(200);
+
+/// One cluster's backup state, as the sessions need it.
+#[derive(Clone, Debug)]
+pub(super) struct BackupEnv {
+    pub(super) cluster: ClusterName,
+    pub(super) backups: Arc<BackupRegistry>,
+    pub(super) store: BackupStore,
+    pub(super) wal_dir: PathBuf,
+    pub(super) keyring: Option<Keyring>,
+    /// How often a finishing backup looks for its WAL.
+    pub(super) wal_poll: Duration,
+}
+
+impl BackupEnv {
+    pub(super) fn of(shared: &Shared, cluster: &ClusterName) -> Self {
+        Self {
+            cluster: cluster.clone(),
+            backups: shared.backups.clone(),
+            store: shared.backup_store(cluster),
+            wal_dir: shared.wal_dir(cluster),
+            keyring: shared.storage.keyring.clone(),
+            wal_poll: WAL_POLL,
+        }
+    }
+
+    /// The cluster's block index (read from disk on first use).
+    pub(super) async fn index(&self) -> Result<SharedIndex, End> {
+        let (backups, cluster, store) = (
+            self.backups.clone(),
+            self.cluster.clone(),
+            self.store.clone(),
+        );
+        blocking(move || backups.index(&cluster, &store))
+            .await?
+            .map_err(|e| backup_refusal(&e))
+    }
+
+    /// Whether the WAL archive holds all WAL from `start` to `end`; `None` when the cluster has
+    /// no archive yet.
+    pub(super) async fn wal_coverage(
+        &self,
+        start: WalPosition,
+        end: WalPosition,
+    ) -> Result<Option<WalCoverage>, End> {
+        let (dir, keyring) = (self.wal_dir.clone(), self.keyring.clone());
+        blocking(move || {
+            let archive = match WalArchiveReader::open_with(&dir, keyring) {
+                Ok(a) => a,
+                Err(WalArchiveError::NotAnArchive { .. }) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            wal_coverage(&archive, start, end).map(Some)
+        })
+        .await?
+        .map_err(|e| refusal(&e, Request::Position))
+    }
+
+    /// The system id the cluster's WAL archive records, if it has an archive.
+    pub(super) async fn archived_system_id(&self) -> Result<Option<u64>, End> {
+        let (dir, keyring) = (self.wal_dir.clone(), self.keyring.clone());
+        blocking(move || match WalArchiveReader::open_with(&dir, keyring) {
+            Ok(a) => Ok(Some(a.identity().system_id)),
+            Err(WalArchiveError::NotAnArchive { .. }) => Ok(None),
+            Err(e) => Err(e),
+        })
+        .await?
+        .map_err(|e| refusal(&e, Request::Position))
+    }
+}
+
+/// "the WAL from 0/2000028 to 0/2000138 on timeline 1", for messages.
+pub(super) fn wal_range_text(start: WalPosition, end: WalPosition) -> String {
+    if start.timeline == end.timeline {
+        format!(
+            "the WAL from {} to {} on timeline {}",
+            start.lsn, end.lsn, end.timeline
+        )
+    } else {
+        format!("the WAL from {start} to {end}")
+    }
+}
+
+/// Why the WAL is not archived, for messages.
+pub(super) fn coverage_text(coverage: Option<&WalCoverage>) -> String {
+    match coverage {
+        Some(c) => c.to_string(),
+        None => "the cluster has no WAL archive yet".to_owned(),
+    }
+}

@@ -1,0 +1,272 @@
+//! Catalog requests, in order, until the client finishes the stream: `ListBackups`,
+//! `GetBackup` (entry, hash key, files, manifest), `GetBlocks`, `DeleteBackup` and
+//! `VerifyBackup`. Everything read goes through the store's checks; a damaged block or file is
+//! a `DamagedFile` error naming it, never wrong bytes.
+//!
+//! File lists and manifests are streamed from a blocking thread through a small channel, and
+//! blocks read a few at a time, so a request's memory stays bounded whatever the backup's
+//! size.
+
+use std::ops::ControlFlow;
+use std::time::{Duration, Instant};
+
+use klio_proto::klio::{BackupInfo, Block, BlockHash, ErrorCode, MAX_HASHES_PER_MESSAGE, Message};
+use klio_store::backup::{
+    BackupId, BackupStoreError, FileListItem, VerifyOutcome, VerifyProgress, WalCoverage,
+};
+use tokio::sync::mpsc;
+
+use super::backup_env::{BackupEnv, coverage_text, wal_range_text};
+use super::error_code::backup_refusal;
+use super::framing::FrameIo;
+use super::inbox::Inbox;
+use super::{End, blocking, storage_task_failed};
+
+/// Manifest bytes per `ManifestData` frame.
+const MANIFEST_CHUNK: usize = 1 << 20;
+/// Blocks read per blocking call of a `GetBlocks` (4 MiB of 64 KiB blocks).
+const BLOCKS_PER_READ: usize = 64;
+/// Messages buffered between the thread reading a backup and the stream.
+const STREAM_DEPTH: usize = 32;
+/// How often a verification reports progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// Answers catalog requests, in order, until the client finishes the stream.
+pub(super) async fn run<T: FrameIo>(
+    env: &BackupEnv,
+    io: &mut T,
+    first: Message,
+) -> Result<(), End> {
+    let mut inbox = Inbox::new(io);
+    let mut next = Some(first);
+    while let Some(msg) = next {
+        match msg {
+            Message::ListBackups => list(env, &mut inbox).await?,
+            Message::GetBackup { id } => get_backup(env, &mut inbox, &id).await?,
+            Message::GetBlocks { hashes } => get_blocks(env, &mut inbox, hashes).await?,
+            Message::DeleteBackup { id } => delete(env, &mut inbox, &id).await?,
+            Message::VerifyBackup { id } => verify(env, &mut inbox, &id).await?,
+            other => {
+                return Err(End::Refused(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "only catalog requests may follow a catalog request, not {:#04x}",
+                        other.tag()
+                    ),
+                ));
+            }
+        }
+        next = inbox.next().await?;
+    }
+    Ok(())
+}
+
+fn parse_id(id: &str) -> Result<BackupId, End> {
+    BackupId::parse(id).map_err(|e| backup_refusal(&e))
+}
+
+fn entry_message(info: &BackupInfo) -> Message {
+    Message::BackupEntry {
+        json: info.to_json().into(),
+    }
+}
+
+async fn list<T: FrameIo>(env: &BackupEnv, inbox: &mut Inbox<'_, T>) -> Result<(), End> {
+    let store = env.store.clone();
+    let entries = blocking(move || store.list())
+        .await?
+        .map_err(|e| backup_refusal(&e))?;
+    let mut out: Vec<Message> = entries.iter().map(entry_message).collect();
+    out.push(Message::CatalogEnd);
+    inbox.send(&out).await
+}
+
+async fn get_backup<T: FrameIo>(
+    env: &BackupEnv,
+    inbox: &mut Inbox<'_, T>,
+    id: &str,
+) -> Result<(), End> {
+    let id = parse_id(id)?;
+    let store = env.store.clone();
+    let wanted = id.clone();
+    let (info, key) =
+        blocking(move || Ok::<_, BackupStoreError>((store.entry(&wanted)?, store.hash_key()?)))
+            .await?
+            .map_err(|e| backup_refusal(&e))?;
+    inbox
+        .send(&[
+            entry_message(&info),
+            Message::HashKey {
+                key: key.to_bytes(),
+            },
+        ])
+        .await?;
+    let (tx, rx) = mpsc::channel(STREAM_DEPTH);
+    let store = env.store.clone();
+    let producer = tokio::task::spawn_blocking(move || -> Result<(), BackupStoreError> {
+        let mut files = store.file_list(&id)?;
+        while let Some(item) = files.next_item()? {
+            let msg = match item {
+                FileListItem::Entry(entry) => Message::FileEntry { entry },
+                FileListItem::Blocks(blocks) => Message::FileBlocks { blocks },
+            };
+            if tx.blocking_send(msg).is_err() {
+                // The stream ended: nobody to send the rest to.
+                return Ok(());
+            }
+        }
+        let mut manifest = store.manifest(&id)?;
+        while let Some(chunk) = manifest.next_chunk(MANIFEST_CHUNK)? {
+            if tx
+                .blocking_send(Message::ManifestData { data: chunk.into() })
+                .is_err()
+            {
+                return Ok(());
+            }
+        }
+        Ok(())
+    });
+    forward(inbox, rx).await?;
+    producer
+        .await
+        .map_err(storage_task_failed)?
+        .map_err(|e| backup_refusal(&e))?;
+    inbox.send(&[Message::CatalogEnd]).await
+}
+
+/// Sends what the channel delivers until it closes, a few messages per write.
+async fn forward<T: FrameIo>(
+    inbox: &mut Inbox<'_, T>,
+    mut rx: mpsc::Receiver<Message>,
+) -> Result<(), End> {
+    let mut out = Vec::new();
+    while let Some(first) = rx.recv().await {
+        out.clear();
+        out.push(first);
+        while out.len() < STREAM_DEPTH {
+            match rx.try_recv() {
+                Ok(m) => out.push(m),
+                Err(_) => break,
+            }
+        }
+        inbox.send(&out).await?;
+    }
+    Ok(())
+}
+
+async fn get_blocks<T: FrameIo>(
+    env: &BackupEnv,
+    inbox: &mut Inbox<'_, T>,
+    hashes: Vec<BlockHash>,
+) -> Result<(), End> {
+    if hashes.len() > MAX_HASHES_PER_MESSAGE {
+        return Err(End::Refused(
+            ErrorCode::BadRequest,
+            format!(
+                "{} block hashes in one GetBlocks, more than {MAX_HASHES_PER_MESSAGE}",
+                hashes.len()
+            ),
+        ));
+    }
+    let index = env.index().await?;
+    for group in hashes.chunks(BLOCKS_PER_READ) {
+        let (store, index, group) = (env.store.clone(), index.clone(), group.to_vec());
+        let blocks = blocking(move || -> Result<Vec<Block>, BackupStoreError> {
+            let idx = index.read().unwrap_or_else(|p| p.into_inner());
+            let mut reader = store.block_reader();
+            group.iter().map(|h| reader.read(&idx, h)).collect()
+        })
+        .await?
+        .map_err(|e| backup_refusal(&e))?;
+        let out: Vec<Message> = blocks
+            .into_iter()
+            .map(|block| Message::BlockData { block })
+            .collect();
+        inbox.send(&out).await?;
+    }
+    Ok(())
+}
+
+async fn delete<T: FrameIo>(
+    env: &BackupEnv,
+    inbox: &mut Inbox<'_, T>,
+    id: &str,
+) -> Result<(), End> {
+    let id = parse_id(id)?;
+    let store = env.store.clone();
+    let info = blocking(move || store.delete(&id))
+        .await?
+        .map_err(|e| backup_refusal(&e))?;
+    tracing::info!("backup {} deleted from the catalog", info.id);
+    inbox
+        .send(&[entry_message(&info), Message::CatalogEnd])
+        .await
+}
+
+async fn verify<T: FrameIo>(
+    env: &BackupEnv,
+    inbox: &mut Inbox<'_, T>,
+    id: &str,
+) -> Result<(), End> {
+    let id = parse_id(id)?;
+    let index = env.index().await?;
+    let (tx, mut rx) = mpsc::channel::<VerifyProgress>(4);
+    let store = env.store.clone();
+    let checked = id.clone();
+    let task = tokio::task::spawn_blocking(move || {
+        let mut last = Instant::now();
+        store.verify(&index, &checked, &mut |p| {
+            if tx.is_closed() {
+                // The stream ended: nobody waits for the answer.
+                return ControlFlow::Break(());
+            }
+            if last.elapsed() >= PROGRESS_EVERY {
+                last = Instant::now();
+                // A full channel skips a report: the next one is a second away.
+                let _ = tx.try_send(p);
+            }
+            ControlFlow::Continue(())
+        })
+    });
+    while let Some(p) = rx.recv().await {
+        inbox
+            .send(&[Message::Progress {
+                done: p.done,
+                total: p.total,
+            }])
+            .await?;
+    }
+    let outcome = task
+        .await
+        .map_err(storage_task_failed)?
+        .map_err(|e| backup_refusal(&e))?;
+    let VerifyOutcome::Verified(info) = outcome else {
+        return Err(End::Closed(format!(
+            "the verification of backup {id} stopped: the client went away"
+        )));
+    };
+    let (start, end) = (info.start.position(), info.end.position());
+    let coverage = env.wal_coverage(start, end).await?;
+    if coverage != Some(WalCoverage::Archived) {
+        return Err(End::Refused(
+            ErrorCode::WalNotArchived,
+            format!(
+                "the blocks of backup {id} are intact, but {} is not in the archive ({}): the \
+                 backup cannot be restored to a consistent state without it",
+                wal_range_text(start, end),
+                coverage_text(coverage.as_ref())
+            ),
+        ));
+    }
+    tracing::info!("backup {id} verified");
+    inbox
+        .send(&[
+            Message::Progress {
+                done: info.logical_bytes,
+                total: info.logical_bytes,
+            },
+            entry_message(&info),
+            Message::CatalogEnd,
+        ])
+        .await
+}
