@@ -8,7 +8,7 @@ use klio_client::backup::{
     BackupOptions, BackupOutcome, BackupRef, CaptureProgress, VerifyProgress, catalog,
     parse_wal_timeout,
 };
-use klio_proto::base_backup::Checkpoint;
+use klio_proto::base_backup::{Checkpoint, MaxRate};
 use klio_proto::klio::BackupInfo;
 
 /// Base backups of this cluster, deduplicated by block, and their catalog on the Klio server.
@@ -96,6 +96,10 @@ struct RunArgs {
     /// How long the server waits for send-wal to deliver the backup's WAL (e.g. 60s, 5m).
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_wal_timeout)]
     wal_timeout: Duration,
+    /// Limit how fast PostgreSQL reads the data directory, in kB/s, or with a suffix k or M
+    /// (32k to 1024M), as pg_basebackup's --max-rate; spares a busy primary's disks.
+    #[arg(short = 'r', long, value_name = "RATE", value_parser = parse_max_rate)]
+    max_rate: Option<MaxRate>,
     /// text: a summary line; json: the catalog entry.
     #[arg(short, long, value_enum, default_value_t = Output::Text)]
     output: Output,
@@ -203,6 +207,7 @@ fn run_backup(a: RunArgs) -> anyhow::Result<ExitCode> {
             CheckpointArg::Spread => Checkpoint::Spread,
         },
         wal_timeout: a.wal_timeout,
+        max_rate: a.max_rate,
         ..BackupOptions::new(pg, client)
     };
     let mut line = ProgressLine::new(!a.no_progress);
@@ -488,6 +493,18 @@ impl ProgressLine {
     }
 }
 
+/// A rate in kB/s: digits, optionally followed by k (kB/s) or M (MB/s).
+fn parse_max_rate(text: &str) -> Result<MaxRate, String> {
+    let (digits, factor) = match text.strip_suffix(['M', 'm']) {
+        Some(d) => (d, 1024),
+        None => (text.strip_suffix(['k', 'K']).unwrap_or(text), 1),
+    };
+    let value: u32 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a rate like 20M or 512k"))?;
+    MaxRate::kb_per_second(value.saturating_mul(factor)).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -499,5 +516,15 @@ mod tests {
         assert_eq!(bytes(1536), "1.5 KiB");
         assert_eq!(bytes(23 << 20), "23.0 MiB");
         assert_eq!(bytes(3 << 29), "1.5 GiB");
+    }
+
+    #[test]
+    fn max_rate_takes_kilobytes_or_megabytes_within_postgresqls_range() {
+        assert_eq!(parse_max_rate("512").unwrap().get(), 512);
+        assert_eq!(parse_max_rate("512k").unwrap().get(), 512);
+        assert_eq!(parse_max_rate("16M").unwrap().get(), 16 * 1024);
+        assert!(parse_max_rate("8").is_err());
+        assert!(parse_max_rate("2000M").is_err());
+        assert!(parse_max_rate("fast").is_err());
     }
 }

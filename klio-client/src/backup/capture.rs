@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use klio_crypto::BlockHashKey;
 use klio_proto::base_backup::{
-    BackupPosition, BaseBackupFailure, BaseBackupOptions, Checkpoint, CopyStreamEvent,
+    BackupPosition, BaseBackupFailure, BaseBackupOptions, Checkpoint, CopyStreamEvent, MaxRate,
     TablespaceKind,
 };
 use klio_proto::klio::{
@@ -49,6 +49,9 @@ pub struct BackupOptions {
     pub checkpoint: Checkpoint,
     /// How long the server may wait for send-wal to deliver the backup's WAL.
     pub wal_timeout: Duration,
+    /// PostgreSQL's `MAX_RATE`: how fast the server reads the data directory (`None`: as fast
+    /// as it can), to spare a busy primary's disks.
+    pub max_rate: Option<MaxRate>,
 }
 
 impl BackupOptions {
@@ -60,6 +63,7 @@ impl BackupOptions {
             label: None,
             checkpoint: Checkpoint::Fast,
             wal_timeout: DEFAULT_WAL_TIMEOUT,
+            max_rate: None,
         }
     }
 }
@@ -329,6 +333,7 @@ impl Session<'_> {
         let options = BaseBackupOptions {
             label: label.clone(),
             checkpoint: opts.checkpoint,
+            max_rate: opts.max_rate,
             ..BaseBackupOptions::default()
         };
         let clock = Instant::now();
