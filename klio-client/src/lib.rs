@@ -15,7 +15,9 @@
 //!   prefetching spool; [`recovery_config`]: a data directory prepared for recovery to a
 //!   target.
 //!
-//! Later: backup and restore.
+//! - [`restore`]: `klio restore`, a base backup from the Klio server rebuilt into an empty
+//!   data directory (blocks fetched in parallel and checked), prepared to recover through
+//!   `klio get-wal`.
 #![warn(missing_docs)]
 
 pub mod client_config;
@@ -25,6 +27,7 @@ mod error;
 pub mod get_wal;
 pub mod receive;
 pub mod recovery_config;
+pub mod restore;
 pub mod restore_wal;
 pub mod send_wal;
 pub mod server_link;
