@@ -9,6 +9,7 @@ mod pg_args;
 mod prepare_recovery;
 mod progress;
 mod receive_wal;
+mod recovery_args;
 mod restore_wal;
 mod send_wal;
 mod server;
