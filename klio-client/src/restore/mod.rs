@@ -770,3 +770,6 @@ async fn fetch_small(
         content,
     })
 }
+
+#[cfg(test)]
+mod tests;
