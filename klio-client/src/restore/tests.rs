@@ -477,3 +477,170 @@ async fn an_unknown_backup_is_refused_before_anything_is_written() {
     assert!(matches!(err, RestoreError::NoSuchBackup { .. }), "{err:?}");
     assert!(!pgdata.exists());
 }
+
+/// A backup of a real PostgreSQL 15 taken with `BASE_BACKUP`, cut into blocks as the capture
+/// does (tablespace archives under `pg_tblspc/<oid>/`).
+async fn capture(pg: &klio_testkit::PgServer) -> FakeBackup {
+    use klio_proto::base_backup::{BaseBackupOptions, CopyStreamEvent, TablespaceKind};
+    use klio_proto::tar::{EntryKind, TarEvent, TarReader};
+
+    let params = crate::ConnParams::parse(&pg.socket_connstr())
+        .unwrap()
+        .resolve(|_| None)
+        .unwrap();
+    let mut conn = crate::ReplicationConnection::connect(&params)
+        .await
+        .unwrap();
+    let mut stream = conn
+        .base_backup(&BaseBackupOptions::default())
+        .await
+        .unwrap();
+    let mut backup = FakeBackup::new("/unused");
+    backup.entries.clear();
+    backup.contents.clear();
+    backup.manifest.clear();
+    backup.info.logical_bytes = 0;
+    backup.info.tablespaces = stream
+        .tablespaces()
+        .iter()
+        .filter_map(|t| match &t.kind {
+            TablespaceKind::User { oid, location } => Some(CatalogTablespace {
+                oid: *oid,
+                location: location.clone(),
+            }),
+            TablespaceKind::MainDataDirectory => None,
+        })
+        .collect();
+    let mut prefix = String::new();
+    let mut tar = TarReader::new();
+    let mut buf = BytesMut::new();
+    let mut current: Option<(String, EntryKind, u32, i64)> = None;
+    let mut data = Vec::new();
+    while let Some(event) = stream.next_event().await.unwrap() {
+        match event {
+            CopyStreamEvent::NewArchive { name, tablespace } => {
+                prefix = match tablespace {
+                    Some(_) => format!("pg_tblspc/{}/", name.trim_end_matches(".tar")),
+                    None => String::new(),
+                };
+                tar = TarReader::new();
+            }
+            CopyStreamEvent::ArchiveData(bytes) => {
+                buf.extend_from_slice(&bytes);
+                while let Some(ev) = tar.decode(&mut buf).unwrap() {
+                    match ev {
+                        TarEvent::Entry(e) => {
+                            let path = e.path.to_str().unwrap().trim_end_matches('/').to_owned();
+                            current = (!e.path.is_root()).then(|| {
+                                (format!("{prefix}{path}"), e.kind, e.mode, e.mtime as i64)
+                            });
+                            data.clear();
+                        }
+                        TarEvent::Data(d) => data.extend_from_slice(&d),
+                        TarEvent::EntryEnd => match current.take() {
+                            Some((path, EntryKind::File { .. }, mode, mtime)) => {
+                                backup.file(&path, &data);
+                                let last = backup.entries.last_mut().unwrap();
+                                (last.mode, last.mtime) = (mode, mtime);
+                            }
+                            Some((path, EntryKind::Directory, mode, mtime)) => {
+                                backup.dir(&path);
+                                let last = backup.entries.last_mut().unwrap();
+                                (last.mode, last.mtime) = (mode, mtime);
+                            }
+                            Some((path, EntryKind::Symlink { target }, mode, mtime)) => {
+                                backup.entries.push(FileEntry {
+                                    path,
+                                    kind: FileKind::Symlink {
+                                        target: String::from_utf8(target).unwrap(),
+                                    },
+                                    mode,
+                                    size: 0,
+                                    mtime,
+                                    blocks: Vec::new(),
+                                });
+                            }
+                            _ => {}
+                        },
+                        TarEvent::End => {}
+                    }
+                }
+            }
+            CopyStreamEvent::ManifestData(bytes) => backup.manifest.push(bytes),
+            CopyStreamEvent::ManifestStart | CopyStreamEvent::Progress(_) => {}
+        }
+    }
+    let end = stream.finish().await.unwrap();
+    backup.info.end = CatalogPosition::from(klio_wal::WalPosition::new(end.timeline, end.lsn));
+    conn.close().await;
+    backup
+}
+
+/// `chown -R postgres` of `path`, for PostgreSQL to run on what the test (root) restored.
+fn give_tree_to_postgres(path: &Path) {
+    klio_testkit::run_ok(
+        std::process::Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(path),
+    );
+}
+
+#[test]
+fn a_restored_postgresql_backup_passes_pg_verifybackup_and_starts() {
+    use klio_testkit::{PgOptions, PgServer, TestDir, pg_bin, run};
+
+    let pg = PgServer::start(PgOptions::default());
+    let work = TestDir::new("restore");
+    let ts_dir = work.subdir("tablespace");
+    pg.psql(&format!(
+        "CREATE TABLESPACE ts LOCATION '{}'",
+        ts_dir.display()
+    ));
+    pg.psql("CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 50000) g");
+    pg.psql("CREATE TABLE in_ts TABLESPACE ts AS SELECT g FROM generate_series(1, 1000) g");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let backup = Arc::new(rt.block_on(capture(&pg)));
+    assert_eq!(backup.info.tablespaces.len(), 1);
+
+    let restored = TestDir::new("restored");
+    let pgdata = restored.path().join("data");
+    let new_ts = restored.path().join("ts");
+    let pki = Pki::new("restore");
+    let report = rt.block_on(async {
+        let (client, server) = start_server(&pki, Arc::clone(&backup), Faults::default());
+        let mut s = settings(
+            client,
+            &pgdata,
+            vec![TablespaceMapping {
+                old: ts_dir.clone(),
+                new: new_ts.clone(),
+            }],
+        );
+        // WAL from the running primary's pg_wal: only the restore is under test here.
+        s.recovery.restore_command = format!("cp {}/pg_wal/%f %p", pg.data_dir().display());
+        s.recovery.target = RecoveryTarget::Immediate;
+        s.recovery.action = TargetAction::Promote;
+        let report = restore(&s, no_progress()).await.unwrap();
+        server.abort();
+        report
+    });
+    assert_eq!(report.bytes, backup.info.logical_bytes);
+
+    // The rewritten tablespace_map differs from the manifest's by design.
+    let verify = run(std::process::Command::new(pg_bin("pg_verifybackup"))
+        .args(["--no-parse-wal", "-i", "tablespace_map"])
+        .arg(&pgdata));
+    assert!(verify.success(), "pg_verifybackup: {verify:?}");
+
+    give_tree_to_postgres(restored.path());
+    let copy = PgServer::start_in(restored);
+    assert_eq!(copy.psql("SELECT count(*) FROM t"), "50000");
+    assert_eq!(copy.psql("SELECT count(*) FROM in_ts"), "1000");
+    assert_eq!(
+        copy.psql("SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'ts'"),
+        new_ts.display().to_string()
+    );
+}
