@@ -147,30 +147,42 @@ impl BlockStream {
 
     /// The blocks of `hashes` (at most [`MAX_HASHES_PER_REQUEST`]), as the server sent them,
     /// in order; unchecked (see [`checked_plaintext`]).
-    pub(super) async fn fetch(
-        &mut self,
-        hashes: &[BlockHash],
-    ) -> Result<Vec<Block>, ServerLinkError> {
+    pub(super) async fn fetch(&mut self, hashes: &[BlockHash]) -> Result<Vec<Block>, FetchFailure> {
+        let failed = |received: usize, source| FetchFailure { received, source };
         self.send
             .send(&Message::GetBlocks {
                 hashes: hashes.to_vec(),
             })
-            .await?;
+            .await
+            .map_err(|e| failed(0, e))?;
         let mut blocks = Vec::with_capacity(hashes.len());
         while blocks.len() < hashes.len() {
-            match self.recv.recv().await? {
-                Some(Message::BlockData { block }) => blocks.push(block),
-                Some(other) => {
-                    return Err(ServerLinkError::Unexpected(format!(
-                        "in answer to GetBlocks: message {:#04x}",
-                        other.tag()
-                    )));
+            match self.recv.recv().await {
+                Ok(Some(Message::BlockData { block })) => blocks.push(block),
+                Ok(Some(other)) => {
+                    return Err(failed(
+                        blocks.len(),
+                        ServerLinkError::Unexpected(format!(
+                            "in answer to GetBlocks: message {:#04x}",
+                            other.tag()
+                        )),
+                    ));
                 }
-                None => return Err(ServerLinkError::Closed),
+                Ok(None) => return Err(failed(blocks.len(), ServerLinkError::Closed)),
+                Err(e) => return Err(failed(blocks.len(), e)),
             }
         }
         Ok(blocks)
     }
+}
+
+/// A `GetBlocks` request failed after `received` of its blocks arrived.
+#[derive(Debug)]
+pub(super) struct FetchFailure {
+    /// Blocks received before the failure: the next one is where it failed.
+    pub(super) received: usize,
+    /// Why.
+    pub(super) source: ServerLinkError,
 }
 
 #[cfg(test)]

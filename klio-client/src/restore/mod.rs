@@ -9,9 +9,10 @@
 //! 3. The marker `klio-restore-in-progress` is written into the data directory.
 //! 4. `GetBackup` streams the file list on one stream: directories and `pg_tblspc/<oid>` links
 //!    are made as they come; regular files go through a bounded channel to `jobs` workers,
-//!    each on its own stream, which fetch their blocks with `GetBlocks`, check each one
-//!    ([`blocks`]) and write it at its offset, then set the file's mode and mtime and fsync
-//!    it. `backup_manifest` is written as its chunks arrive.
+//!    each on its own stream, which fetch their blocks with `GetBlocks` (small files
+//!    together, up to one request's worth of blocks), check each one ([`blocks`]) and write
+//!    it at its offset, then set each file's mode and mtime and fsync it. `backup_manifest`
+//!    is written as its chunks arrive.
 //! 5. The final steps ([`files::finish`]): `backup_manifest`, `tablespace_map` (rewritten for
 //!    mapped tablespaces), the recovery settings of `klio prepare-recovery`
 //!    ([`RecoveryConfig::apply`]), then `global/pg_control` and `backup_label`, then the
@@ -29,8 +30,8 @@
 //! # Memory
 //!
 //! Bounded whatever the size of the backup: the file list is read as it streams (at most
-//! `4 × jobs` files queued), each worker holds at most 16 MiB of blocks, and only the
-//! list of directories (for their modes, set at the end) is kept whole.
+//! `4 × jobs` files queued), each worker holds at most 16 MiB of blocks and 64 open files,
+//! and only the list of directories (for their modes, set at the end) is kept whole.
 
 mod blocks;
 mod catalog;
@@ -46,7 +47,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use klio_crypto::BlockHashKey;
-use klio_proto::klio::{BackupInfo, CatalogEntryError, ErrorCode, FileEntry, FileKind};
+use klio_proto::klio::{BackupInfo, BlockHash, CatalogEntryError, ErrorCode, FileEntry, FileKind};
 use klio_wal::{FsError, Lsn, durable};
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinSet;
@@ -657,59 +658,102 @@ fn check_blocks(entry: &FileEntry, info: &BackupInfo) -> Result<(), RestoreError
     })
 }
 
+/// The most files restored together (their blocks fetched in shared requests): bounds the
+/// files a worker holds open.
+const MAX_FILES_PER_GROUP: usize = 64;
+
 /// Restores the files of the queue until it closes; returns its stream for the final steps.
+///
+/// Small files are taken from the queue together, up to one request's worth of blocks, so
+/// that a data directory of many small files costs one round trip per group, not per file.
 async fn worker(
     mut stream: BlockStream,
     queue: Arc<Mutex<mpsc::Receiver<FileJob>>>,
     shared: Arc<Shared>,
 ) -> Result<BlockStream, RestoreError> {
+    let per_request = hashes_per_request(shared.block_size);
     loop {
-        let job = queue.lock().await.recv().await;
-        let Some(job) = job else {
-            return Ok(stream);
+        let group = {
+            let mut queue = queue.lock().await;
+            let Some(first) = queue.recv().await else {
+                return Ok(stream);
+            };
+            let mut blocks = first.entry.blocks.len();
+            let mut group = vec![first];
+            while blocks < per_request && group.len() < MAX_FILES_PER_GROUP {
+                let Ok(next) = queue.try_recv() else {
+                    break;
+                };
+                blocks += next.entry.blocks.len();
+                group.push(next);
+            }
+            group
         };
-        restore_file(&mut stream, job, &shared).await?;
+        restore_files(&mut stream, group, &shared).await?;
     }
 }
 
-/// Fetches, checks and writes one file's blocks, batch by batch, then sets its mode and
-/// mtime and fsyncs it. File work runs on the blocking pool: checks and writes of one batch
-/// overlap with the other workers' network waits.
-async fn restore_file(
+/// One block of a group of files: which file, which of its blocks.
+#[derive(Clone, Copy)]
+struct BlockRef {
+    file: usize,
+    index: usize,
+}
+
+/// Fetches, checks and writes the blocks of `jobs`' files in requests of at most
+/// [`hashes_per_request`] blocks, then sets each file's mode and mtime and fsyncs it. File
+/// work runs on the blocking pool: the checks and writes of one request overlap with the
+/// other workers' network waits.
+async fn restore_files(
     stream: &mut BlockStream,
-    job: FileJob,
+    jobs: Vec<FileJob>,
     shared: &Arc<Shared>,
 ) -> Result<(), RestoreError> {
-    let FileJob { path, entry } = job;
-    let path = Arc::new(path);
-    let file = {
-        let path = Arc::clone(&path);
-        Arc::new(blocking(move || Ok(files::create_file(&path)?)).await?)
+    let jobs = Arc::new(jobs);
+    let opened = {
+        let jobs = Arc::clone(&jobs);
+        Arc::new(
+            blocking(move || {
+                jobs.iter()
+                    .map(|job| Ok(files::create_file(&job.path)?))
+                    .collect::<Result<Vec<_>, RestoreError>>()
+            })
+            .await?,
+        )
     };
-    let per_request = hashes_per_request(shared.block_size);
-    for (batch, hashes) in entry.blocks.chunks(per_request).enumerate() {
-        let blocks = stream
-            .fetch(hashes)
-            .await
-            .map_err(|e| shared.fetch_failed(&entry.path, e))?;
-        let first = batch * per_request;
-        let asked = hashes.to_vec();
-        let (file, path, shared_c, name) = (
-            Arc::clone(&file),
-            Arc::clone(&path),
+    let refs: Vec<BlockRef> = jobs
+        .iter()
+        .enumerate()
+        .flat_map(|(file, job)| {
+            (0..job.entry.blocks.len()).map(move |index| BlockRef { file, index })
+        })
+        .collect();
+    for chunk in refs.chunks(hashes_per_request(shared.block_size)) {
+        let hashes: Vec<BlockHash> = chunk
+            .iter()
+            .map(|r| jobs[r.file].entry.blocks[r.index])
+            .collect();
+        let blocks = stream.fetch(&hashes).await.map_err(|failure| {
+            // The block it failed at names the file.
+            let at = chunk[failure.received.min(chunk.len() - 1)];
+            shared.fetch_failed(&jobs[at.file].entry.path, failure.source)
+        })?;
+        let (jobs, opened, shared_c, chunk) = (
+            Arc::clone(&jobs),
+            Arc::clone(&opened),
             Arc::clone(shared),
-            entry.path.clone(),
+            chunk.to_vec(),
         );
-        let size = entry.size;
         let written = blocking(move || {
             let block_size = shared_c.block_size;
             let mut written = 0;
-            for (i, (block, asked)) in blocks.iter().zip(&asked).enumerate() {
-                let index = first + i;
-                let len = block_len(index, size, block_size);
+            for ((r, block), asked) in chunk.iter().zip(&blocks).zip(&hashes) {
+                let job = &jobs[r.file];
+                let len = block_len(r.index, job.entry.size, block_size);
                 let plain = checked_plaintext(&shared_c.key, asked, len, block)
-                    .map_err(|fault| shared_c.bad_block(&name, fault))?;
-                files::write_at(&file, &path, &plain, index as u64 * u64::from(block_size))?;
+                    .map_err(|fault| shared_c.bad_block(&job.entry.path, fault))?;
+                let offset = r.index as u64 * u64::from(block_size);
+                files::write_at(&opened[r.file], &job.path, &plain, offset)?;
                 written += len;
             }
             Ok(written)
@@ -717,8 +761,13 @@ async fn restore_file(
         .await?;
         shared.wrote(written);
     }
-    let (mode, mtime) = (entry.mode, entry.mtime);
-    blocking(move || Ok(files::finish_file(&file, &path, mode, mtime)?)).await
+    blocking(move || {
+        for (job, file) in jobs.iter().zip(opened.iter()) {
+            files::finish_file(file, &job.path, job.entry.mode, job.entry.mtime)?;
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// Runs file work on the blocking pool.
@@ -753,7 +802,7 @@ async fn fetch_small(
         let blocks = stream
             .fetch(hashes)
             .await
-            .map_err(|e| shared.fetch_failed(&entry.path, e))?;
+            .map_err(|failure| shared.fetch_failed(&entry.path, failure.source))?;
         for (block, asked) in blocks.iter().zip(hashes) {
             let index = content.len() / shared.block_size as usize;
             let len = block_len(index, entry.size, shared.block_size);

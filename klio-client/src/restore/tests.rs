@@ -20,6 +20,8 @@ use crate::recovery_config::{RecoveryTarget, TargetAction};
 
 const BLOCK_SIZE: u32 = 65_536;
 const BACKUP_ID: &str = "20261201T120000Z-3f9a";
+/// A relation file of the backup's tablespace.
+const TS_FILE: &str = "pg_tblspc/16385/PG_15_202209061/5/16390";
 
 /// A backup held in memory, as the server would serve it.
 struct FakeBackup {
@@ -130,7 +132,7 @@ impl FakeBackup {
         });
         b.dir("pg_tblspc/16385/PG_15_202209061");
         b.dir("pg_tblspc/16385/PG_15_202209061/5");
-        b.file("pg_tblspc/16385/PG_15_202209061/5/16390", &[42; 20_000]);
+        b.file(TS_FILE, &[42; 20_000]);
         b
     }
 
@@ -423,6 +425,11 @@ async fn a_damaged_or_altered_block_fails_naming_the_backup_and_the_file() {
             flipped: BTreeSet::from([entry("PG_VERSION").blocks[0]]),
             ..Faults::default()
         },
+        // A small file fetched in one request with others is still the one named.
+        Faults {
+            damaged: BTreeSet::from([entry(TS_FILE).blocks[0]]),
+            ..Faults::default()
+        },
     ];
     for (i, faults) in cases.into_iter().enumerate() {
         let (client, server) = start_server(&pki, Arc::clone(&backup), faults);
@@ -445,6 +452,7 @@ async fn a_damaged_or_altered_block_fails_naming_the_backup_and_the_file() {
                     "{fault:?}"
                 );
             }
+            (2, RestoreError::DamagedBlock { path, .. }) => assert_eq!(path, TS_FILE),
             _ => panic!("case {i}: {err:?}"),
         }
         assert!(pgdata.join(RESTORE_MARKER).exists());
