@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use klio_client::recovery_config::RecoveryTarget;
 use klio_client::restore::{
-    BackupSelector, DEFAULT_JOBS, RestoreProgress, RestoreSettings, TablespaceMapping, restore,
+    BackupSelector, DEFAULT_JOBS, MAX_JOBS, RestoreProgress, RestoreSettings, TablespaceMapping,
+    restore,
 };
 
 use super::progress::Progress;
@@ -49,9 +50,10 @@ pub(crate) struct Args {
     /// Restore the tablespace that was at OLD into NEW (absolute paths; repeatable).
     #[arg(long = "tablespace-mapping", value_name = "OLD=NEW")]
     tablespace_mappings: Vec<TablespaceMapping>,
-    /// Blocks are fetched on this many parallel streams.
+    /// Blocks are fetched on this many parallel streams (1 to 12).
     #[arg(short, long, value_name = "N", default_value_t = DEFAULT_JOBS,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new()
+              .range(1..=MAX_JOBS as u64))]
     jobs: usize,
     /// Delete everything in a non-empty PGDATA or tablespace location before restoring (an
     /// unfinished earlier restore included).

@@ -69,6 +69,10 @@ use target_dir::TargetKind;
 /// The default number of parallel block streams.
 pub const DEFAULT_JOBS: usize = 4;
 
+/// The most parallel block streams: with the catalog streams they stay within the 16
+/// concurrent streams a Klio server allows a connection (more would wait for ever).
+pub const MAX_JOBS: usize = 12;
+
 /// What to restore, where, and how to recover afterwards.
 #[derive(Clone, Debug)]
 pub struct RestoreSettings {
@@ -80,7 +84,7 @@ pub struct RestoreSettings {
     pub pgdata: PathBuf,
     /// Where to restore tablespaces that were elsewhere on the backed-up host.
     pub tablespace_mappings: Vec<TablespaceMapping>,
-    /// Parallel block streams ([`DEFAULT_JOBS`]).
+    /// Parallel block streams ([`DEFAULT_JOBS`], at most [`MAX_JOBS`]).
     pub jobs: usize,
     /// Remove the contents of a non-empty data directory or tablespace location first.
     pub force: bool,
@@ -468,11 +472,10 @@ async fn restore_over(
     for ts in layout.tablespaces() {
         target_dir::prepare(&ts.location, TargetKind::Tablespace, settings.force)?;
     }
-    // Before any restored file: whatever happens next, the directory says it is incomplete.
-    target_dir::write_marker(&settings.pgdata, &chosen.id)?;
-
     let (info, key, mut contents) = BackupContents::open(conn, &chosen.id).await?;
-    let jobs = settings.jobs.max(1);
+    // Before any restored file: whatever happens next, the directory says it is incomplete.
+    target_dir::write_marker(&settings.pgdata, &info.id)?;
+    let jobs = settings.jobs.clamp(1, MAX_JOBS);
     let shared = Arc::new(Shared {
         backup: info.id.clone(),
         key,
