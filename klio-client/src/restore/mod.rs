@@ -432,11 +432,17 @@ impl Directories {
         let Some(parent) = path.parent() else {
             return Ok(());
         };
-        if self.last_parent.as_deref() != Some(parent) {
-            files::create_directory(parent)?;
-            self.touched.insert(parent.to_owned());
-            self.last_parent = Some(parent.to_owned());
+        if self.last_parent.as_deref() == Some(parent) {
+            return Ok(());
         }
+        if !parent.is_dir() {
+            // A directory the file list did not name first: made like one, so that its own
+            // entry is fsynced in its parent too.
+            self.parent_of(parent)?;
+            files::create_directory(parent)?;
+        }
+        self.touched.insert(parent.to_owned());
+        self.last_parent = Some(parent.to_owned());
         Ok(())
     }
 

@@ -117,6 +117,8 @@ impl FakeBackup {
         big.truncate(big.len() - 1000);
         b.file("base/1/1259", &big);
         b.file("base/1/empty", b"");
+        // Its directories are not listed: they are made all the same.
+        b.file("pg_logical/snapshots/unlisted", b"x");
         b.dir("pg_wal");
         b.dir("pg_wal/archive_status");
         b.dir("pg_tblspc");
