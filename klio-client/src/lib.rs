@@ -18,7 +18,9 @@
 //! - [`backup`]: `klio backup run`, base backups deduplicated by block against the server's
 //!   store, and the catalog client (`list`, `show`, `verify`, `delete`).
 //!
-//! Later: restore.
+//! - [`restore`]: `klio restore`, a base backup from the Klio server rebuilt into an empty
+//!   data directory (blocks fetched in parallel and checked), prepared to recover through
+//!   `klio get-wal`.
 #![warn(missing_docs)]
 
 pub mod backup;
@@ -29,6 +31,7 @@ mod error;
 pub mod get_wal;
 pub mod receive;
 pub mod recovery_config;
+pub mod restore;
 pub mod restore_wal;
 pub mod send_wal;
 pub mod server_link;

@@ -49,6 +49,12 @@ pub enum FsAction {
     Lock,
     /// Making a relative path absolute (reading the current directory).
     ResolvePath,
+    /// Setting a file's permission bits.
+    SetPermissions,
+    /// Setting a file's modification time.
+    SetModified,
+    /// Creating a symbolic link (the path is the link).
+    CreateSymlink,
 }
 
 impl FsAction {
@@ -71,6 +77,9 @@ impl FsAction {
             Self::Remove => "remove",
             Self::Lock => "lock",
             Self::ResolvePath => "resolve the absolute path of",
+            Self::SetPermissions => "set the permissions of",
+            Self::SetModified => "set the modification time of",
+            Self::CreateSymlink => "create the symbolic link",
         }
     }
 }

@@ -10,6 +10,8 @@ mod pg_args;
 mod prepare_recovery;
 mod progress;
 mod receive_wal;
+mod recovery_args;
+mod restore;
 mod restore_wal;
 mod send_wal;
 mod server;
@@ -56,6 +58,7 @@ enum Command {
     SendWal(send_wal::Args),
     GetWal(get_wal::Args),
     PrepareRecovery(prepare_recovery::Args),
+    Restore(restore::Args),
     Server(server::Args),
     Backup(backup::Args),
     Certs(certs::Args),
@@ -72,6 +75,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::SendWal(a) => send_wal::run(a),
         Command::GetWal(a) => get_wal::run(a),
         Command::PrepareRecovery(a) => prepare_recovery::run(a),
+        Command::Restore(a) => restore::run(a),
         Command::Server(a) => server::run(a),
         Command::Backup(a) => backup::run(a),
         Command::Certs(a) => certs::run(a),

@@ -58,6 +58,23 @@ impl Pki {
         (cert.der().to_vec(), key.serialize_der())
     }
 
+    /// Writes `server.pem` and `server.key`, a server certificate for `localhost`; returns
+    /// them as DER for a test server.
+    pub(crate) fn server(
+        &self,
+    ) -> (
+        rustls::pki_types::CertificateDer<'static>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    ) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        std::fs::write(self.path("server.pem"), cert.pem()).unwrap();
+        std::fs::write(self.path("server.key"), key.serialize_pem()).unwrap();
+        let der = rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der());
+        (cert.der().clone(), der.into())
+    }
+
     /// Flags for `cluster`'s certificate and this CA.
     pub(crate) fn flags(&self, cluster: &str) -> ClientSettings {
         ClientSettings {

@@ -1,0 +1,258 @@
+//! Fetching a file's blocks with `GetBlocks` and checking each one before its bytes are used.
+//!
+//! A block is used only when it is the block asked for (same hash, in order), it decompresses
+//! to exactly the length its place in the file needs, and its plaintext has its keyed hash
+//! ([`BlockHashKey::matches`]): a bug or a damaged store can then never put wrong bytes in a
+//! restored file unnoticed.
+
+use std::fmt;
+
+use klio_crypto::BlockHashKey;
+use klio_proto::klio::{Block, BlockCompression, BlockHash, Message};
+
+use crate::server_link::{FramedRecv, FramedSend, ServerLinkError};
+
+/// The most hashes in one `GetBlocks` request.
+const MAX_HASHES_PER_REQUEST: usize = 4096;
+
+/// The most block bytes one stream asks for at a time: what a worker holds in memory.
+const MAX_BYTES_IN_FLIGHT: u64 = 16 << 20;
+
+/// Hashes per request for blocks of `block_size` bytes: at most
+/// [`MAX_HASHES_PER_REQUEST`], and at most [`MAX_BYTES_IN_FLIGHT`] of blocks.
+pub(super) fn hashes_per_request(block_size: u32) -> usize {
+    let by_bytes = MAX_BYTES_IN_FLIGHT / u64::from(block_size.max(1));
+    (by_bytes as usize).clamp(1, MAX_HASHES_PER_REQUEST)
+}
+
+/// What is wrong with a block the server sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BlockFault {
+    /// The server sent another block than the one asked for.
+    NotAskedFor {
+        /// The hash asked for.
+        asked: BlockHash,
+        /// The hash sent.
+        sent: BlockHash,
+    },
+    /// The block does not decompress to its stated length.
+    Undecodable {
+        /// Its hash.
+        hash: BlockHash,
+    },
+    /// Its length is not the one its place in the file needs.
+    WrongLength {
+        /// Its hash.
+        hash: BlockHash,
+        /// The length needed.
+        expected: u64,
+        /// Its length.
+        actual: u64,
+    },
+    /// Its plaintext does not have its hash.
+    HashMismatch {
+        /// The hash.
+        hash: BlockHash,
+    },
+}
+
+impl fmt::Display for BlockFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotAskedFor { asked, sent } => {
+                write!(f, "the server sent block {sent} when asked for {asked}")
+            }
+            Self::Undecodable { hash } => write!(f, "block {hash} does not decompress"),
+            Self::WrongLength {
+                hash,
+                expected,
+                actual,
+            } => write!(
+                f,
+                "block {hash} has {actual} bytes where the file needs {expected}"
+            ),
+            Self::HashMismatch { hash } => {
+                write!(
+                    f,
+                    "block {hash} does not match its hash (wrong key or damaged data)"
+                )
+            }
+        }
+    }
+}
+
+/// The plaintext of `block`, checked to have `expected_len` bytes and the hash `asked`.
+pub(super) fn checked_plaintext(
+    key: &BlockHashKey,
+    asked: &BlockHash,
+    expected_len: u64,
+    block: &Block,
+) -> Result<Vec<u8>, BlockFault> {
+    if block.hash != *asked {
+        return Err(BlockFault::NotAskedFor {
+            asked: *asked,
+            sent: block.hash,
+        });
+    }
+    let hash = block.hash;
+    if u64::from(block.plain_len) != expected_len {
+        return Err(BlockFault::WrongLength {
+            hash,
+            expected: expected_len,
+            actual: u64::from(block.plain_len),
+        });
+    }
+    let plain = match block.compression {
+        BlockCompression::Lz4 => {
+            let mut out = vec![0u8; block.plain_len as usize];
+            match lz4_flex::block::decompress_into(&block.data, &mut out) {
+                Ok(n) if n == out.len() => out,
+                _ => return Err(BlockFault::Undecodable { hash }),
+            }
+        }
+        BlockCompression::None => block.data.to_vec(),
+        _ => return Err(BlockFault::Undecodable { hash }),
+    };
+    if plain.len() as u64 != expected_len {
+        return Err(BlockFault::WrongLength {
+            hash,
+            expected: expected_len,
+            actual: plain.len() as u64,
+        });
+    }
+    if !key.matches(&plain, &hash.0) {
+        return Err(BlockFault::HashMismatch { hash });
+    }
+    Ok(plain)
+}
+
+/// The length of block `index` of a file of `size` bytes cut every `block_size` bytes.
+pub(super) fn block_len(index: usize, size: u64, block_size: u32) -> u64 {
+    let start = index as u64 * u64::from(block_size);
+    size.saturating_sub(start).min(u64::from(block_size))
+}
+
+/// One catalog stream asking for blocks.
+#[derive(Debug)]
+pub(super) struct BlockStream {
+    send: FramedSend,
+    recv: FramedRecv,
+}
+
+impl BlockStream {
+    pub(super) fn new(send: FramedSend, recv: FramedRecv) -> Self {
+        Self { send, recv }
+    }
+
+    /// The blocks of `hashes` (at most [`MAX_HASHES_PER_REQUEST`]), as the server sent them,
+    /// in order; unchecked (see [`checked_plaintext`]).
+    pub(super) async fn fetch(&mut self, hashes: &[BlockHash]) -> Result<Vec<Block>, FetchFailure> {
+        let failed = |received: usize, source| FetchFailure { received, source };
+        self.send
+            .send(&Message::GetBlocks {
+                hashes: hashes.to_vec(),
+            })
+            .await
+            .map_err(|e| failed(0, e))?;
+        let mut blocks = Vec::with_capacity(hashes.len());
+        while blocks.len() < hashes.len() {
+            match self.recv.recv().await {
+                Ok(Some(Message::BlockData { block })) => blocks.push(block),
+                Ok(Some(other)) => {
+                    return Err(failed(
+                        blocks.len(),
+                        ServerLinkError::Unexpected(format!(
+                            "in answer to GetBlocks: message {:#04x}",
+                            other.tag()
+                        )),
+                    ));
+                }
+                Ok(None) => return Err(failed(blocks.len(), ServerLinkError::Closed)),
+                Err(e) => return Err(failed(blocks.len(), e)),
+            }
+        }
+        Ok(blocks)
+    }
+}
+
+/// A `GetBlocks` request failed after `received` of its blocks arrived.
+#[derive(Debug)]
+pub(super) struct FetchFailure {
+    /// Blocks received before the failure: the next one is where it failed.
+    pub(super) received: usize,
+    /// Why.
+    pub(super) source: ServerLinkError,
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn block(key: &BlockHashKey, plain: &[u8], compress: bool) -> Block {
+        let (compression, data) = if compress {
+            (
+                BlockCompression::Lz4,
+                Bytes::from(lz4_flex::block::compress(plain)),
+            )
+        } else {
+            (BlockCompression::None, Bytes::copy_from_slice(plain))
+        };
+        Block {
+            hash: BlockHash(key.hash(plain)),
+            plain_len: plain.len() as u32,
+            compression,
+            data,
+        }
+    }
+
+    #[test]
+    fn a_block_is_used_only_with_its_length_and_keyed_hash() {
+        let key = BlockHashKey::from_bytes([5; 32]);
+        let plain = vec![7u8; 8192];
+        for compress in [true, false] {
+            let b = block(&key, &plain, compress);
+            assert_eq!(checked_plaintext(&key, &b.hash, 8192, &b).unwrap(), plain);
+            assert!(matches!(
+                checked_plaintext(&key, &b.hash, 4096, &b),
+                Err(BlockFault::WrongLength { .. })
+            ));
+            let other_key = BlockHashKey::from_bytes([6; 32]);
+            assert!(matches!(
+                checked_plaintext(&other_key, &b.hash, 8192, &b),
+                Err(BlockFault::HashMismatch { .. })
+            ));
+        }
+        let mut flipped = block(&key, &plain, false);
+        let mut data = flipped.data.to_vec();
+        data[100] ^= 1;
+        flipped.data = Bytes::from(data);
+        assert!(matches!(
+            checked_plaintext(&key, &flipped.hash, 8192, &flipped),
+            Err(BlockFault::HashMismatch { .. })
+        ));
+        let mut garbled = block(&key, &plain, true);
+        garbled.data = Bytes::from_static(b"\xff\xff\xff");
+        assert!(matches!(
+            checked_plaintext(&key, &garbled.hash, 8192, &garbled),
+            Err(BlockFault::Undecodable { .. })
+        ));
+        let other = block(&key, b"another block", false);
+        assert!(matches!(
+            checked_plaintext(&key, &other.hash, 8192, &block(&key, &plain, false)),
+            Err(BlockFault::NotAskedFor { .. })
+        ));
+    }
+
+    #[test]
+    fn blocks_are_cut_at_fixed_offsets_and_requests_bound_the_bytes_in_flight() {
+        assert_eq!(block_len(0, 100, 64), 64);
+        assert_eq!(block_len(1, 100, 64), 36);
+        assert_eq!(block_len(2, 100, 64), 0);
+        assert_eq!(hashes_per_request(65_536), 256);
+        assert_eq!(hashes_per_request(1024), 4096);
+        assert_eq!(hashes_per_request(1 << 30), 1);
+    }
+}

@@ -1,0 +1,145 @@
+//! Reading the backup catalog over a catalog session: `ListBackups`, and `GetBackup` as a
+//! stream of files and manifest chunks, so a backup's file list is never held whole.
+
+use bytes::Bytes;
+use klio_crypto::BlockHashKey;
+use klio_proto::klio::{BackupInfo, ErrorCode, FileEntry, Message};
+
+use crate::server_link::{FramedRecv, FramedSend, ServerConnection, ServerLinkError};
+
+use super::RestoreError;
+
+/// The catalog entry in a `BackupEntry` message.
+fn entry_of(json: &[u8]) -> Result<BackupInfo, RestoreError> {
+    BackupInfo::from_json(json).map_err(RestoreError::CatalogEntry)
+}
+
+fn unexpected(during: &str, msg: &Message) -> RestoreError {
+    RestoreError::Catalog(ServerLinkError::Unexpected(format!(
+        "during {during}: message {:#04x}",
+        msg.tag()
+    )))
+}
+
+/// Every complete backup of the certificate's cluster.
+pub(super) async fn list_backups(conn: &ServerConnection) -> Result<Vec<BackupInfo>, RestoreError> {
+    let (mut send, mut recv) = conn.open_stream().await.map_err(RestoreError::Catalog)?;
+    send.send(&Message::ListBackups)
+        .await
+        .map_err(RestoreError::Catalog)?;
+    send.finish();
+    let mut backups = Vec::new();
+    loop {
+        match recv.recv().await.map_err(RestoreError::Catalog)? {
+            Some(Message::BackupEntry { json }) => backups.push(entry_of(&json)?),
+            Some(Message::CatalogEnd) => return Ok(backups),
+            Some(other) => return Err(unexpected("ListBackups", &other)),
+            None => return Err(RestoreError::Catalog(ServerLinkError::Closed)),
+        }
+    }
+}
+
+/// One item of a backup's contents, in the server's order.
+#[derive(Debug)]
+pub(super) enum ContentItem {
+    /// A file, directory or symlink, with all its block hashes.
+    File(FileEntry),
+    /// The next bytes of `backup_manifest`.
+    Manifest(Bytes),
+}
+
+/// The contents of one backup, read as they arrive.
+#[derive(Debug)]
+pub(super) struct BackupContents {
+    recv: FramedRecv,
+    // Kept open until the end: finishing it early is fine, but dropping it resets the stream.
+    _send: FramedSend,
+    /// A file whose `FileBlocks` continuations may still follow.
+    pending: Option<FileEntry>,
+    /// The message read after `pending`, to hand out next.
+    lookahead: Option<Message>,
+    ended: bool,
+}
+
+impl BackupContents {
+    /// Asks for backup `id`; returns its entry, the cluster's block-hash key and its contents.
+    pub(super) async fn open(
+        conn: &ServerConnection,
+        id: &str,
+    ) -> Result<(BackupInfo, BlockHashKey, Self), RestoreError> {
+        let (mut send, mut recv) = conn.open_stream().await.map_err(RestoreError::Catalog)?;
+        send.send(&Message::GetBackup { id: id.to_owned() })
+            .await
+            .map_err(RestoreError::Catalog)?;
+        send.finish();
+        let read = |r: Result<Option<Message>, ServerLinkError>| match r {
+            Err(ServerLinkError::Refused {
+                code: ErrorCode::NoSuchBackup,
+                ..
+            }) => Err(RestoreError::NoSuchBackup { id: id.to_owned() }),
+            Err(e) => Err(RestoreError::Catalog(e)),
+            Ok(None) => Err(RestoreError::Catalog(ServerLinkError::Closed)),
+            Ok(Some(m)) => Ok(m),
+        };
+        let info = match read(recv.recv().await)? {
+            Message::BackupEntry { json } => entry_of(&json)?,
+            other => return Err(unexpected("GetBackup", &other)),
+        };
+        if info.id != id {
+            return Err(RestoreError::Catalog(ServerLinkError::Unexpected(format!(
+                "the server sent backup {} for GetBackup {id}",
+                info.id
+            ))));
+        }
+        let key = match read(recv.recv().await)? {
+            Message::HashKey { key } => BlockHashKey::from_bytes(key),
+            other => return Err(unexpected("GetBackup", &other)),
+        };
+        Ok((
+            info,
+            key,
+            Self {
+                recv,
+                _send: send,
+                pending: None,
+                lookahead: None,
+                ended: false,
+            },
+        ))
+    }
+
+    /// The next item; `None` after `CatalogEnd`.
+    pub(super) async fn next(&mut self) -> Result<Option<ContentItem>, RestoreError> {
+        loop {
+            if self.ended {
+                return Ok(self.pending.take().map(ContentItem::File));
+            }
+            let msg = match self.lookahead.take() {
+                Some(m) => m,
+                None => match self.recv.recv().await.map_err(RestoreError::Catalog)? {
+                    Some(m) => m,
+                    None => return Err(RestoreError::Catalog(ServerLinkError::Closed)),
+                },
+            };
+            match msg {
+                Message::FileBlocks { blocks } => match &mut self.pending {
+                    Some(entry) => entry.blocks.extend(blocks),
+                    None => {
+                        return Err(unexpected(
+                            "GetBackup (FileBlocks without a file)",
+                            &Message::FileBlocks { blocks },
+                        ));
+                    }
+                },
+                other if self.pending.is_some() => {
+                    self.lookahead = Some(other);
+                    return Ok(self.pending.take().map(ContentItem::File));
+                }
+                Message::FileEntry { entry } => self.pending = Some(entry),
+                Message::ManifestData { data } => return Ok(Some(ContentItem::Manifest(data))),
+                Message::CatalogEnd => self.ended = true,
+                other => return Err(unexpected("GetBackup", &other)),
+            }
+        }
+    }
+}
