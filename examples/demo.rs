@@ -1,8 +1,9 @@
 //! A guided demo on local defaults: a throw-away PostgreSQL 15 streams its WAL with
 //! `klio send-wal` to a `klio server` (QUIC, mutual TLS, certificates from `klio certs`) as its
-//! synchronous standby, crashes, has its archive checked with `klio verify`, and is recovered
-//! from a base backup plus `klio get-wal` alone (set up by `klio prepare-recovery`), down to
-//! the last committed row.
+//! synchronous standby, is backed up with `klio backup run` (deduplicated blocks, the catalog)
+//! while pgbench writes, crashes, loses its data directory, has its archive checked with
+//! `klio verify`, and is rebuilt by `klio restore` and recovered through `klio get-wal` alone,
+//! down to the last committed row. No pg_basebackup anywhere.
 //!
 //! Run it with `scripts/demo` (which builds `klio` first), or
 //! `cargo run --example demo -- target/debug/klio`.
@@ -57,15 +58,37 @@ fn main() {
     sender.start();
     pg.wait_for_sync_standby(SEND_WAL_SLOT);
 
-    step("Taking a base backup (pg_basebackup --wal-method=none: WAL comes from Klio)");
-    let backup = work.path().join("base-backup");
-    pg.base_backup_without_wal(&backup);
-
-    step(
-        "Running pgbench for 5 seconds; every commit waits until the Klio server has fsynced its WAL",
-    );
     pg.pgbench(&["-i", "-s", "2", "-q"]);
-    pg.pgbench(&["-T", "5", "-c", "2"]);
+    step(
+        "Taking a base backup with `klio backup run` while pgbench writes; every commit waits until the Klio server has fsynced its WAL",
+    );
+    let mut bench = klio_testkit::pgbench_in_background(
+        pg,
+        &["-T", "5", "-c", "2"],
+        &work.path().join("pgbench.log"),
+    );
+    let mut client_args = server.client_args(certs, "demo");
+    client_args.extend(["--cluster".into(), "demo".into()]);
+    let backup = klio_testkit::run_ok(
+        klio_testkit::as_postgres(&*exe)
+            .args(["backup", "run", "--label", "demo", "-d"])
+            .arg(pg.socket_connstr())
+            .args(&client_args),
+    );
+    println!("    {}", backup.stdout.trim_end());
+    assert_eq!(
+        bench.wait(std::time::Duration::from_secs(120)),
+        Some(0),
+        "pgbench"
+    );
+    let listing = klio_testkit::run_ok(
+        std::process::Command::new(&*exe)
+            .args(["backup", "list"])
+            .args(&client_args),
+    );
+    step("The backup catalog: klio backup list");
+    print!("    {}", listing.stdout.trim_end().replace('\n', "\n    "));
+    println!();
     pg.psql("CREATE TABLE demo_marker (note text, at timestamptz DEFAULT now())");
     pg.psql("INSERT INTO demo_marker (note) VALUES ('the last committed row')");
     println!(
@@ -99,16 +122,24 @@ fn main() {
     assert!(verify.success(), "klio verify: {}", verify.stderr);
 
     step(
-        "Replacing its data directory with the base backup; klio prepare-recovery sets restore_command = 'klio get-wal %f %p ...'",
+        "Deleting its data directory; klio restore --backup latest rebuilds it and sets restore_command = 'klio get-wal %f %p ...'",
     );
-    pg.replace_data_with_backup(&backup);
-    klio_testkit::run_ok(
+    let pgdata = pg.data_dir();
+    std::fs::remove_dir_all(&pgdata).expect("delete PGDATA");
+    let restored = klio_testkit::run_ok(
         klio_testkit::as_postgres(&*exe)
-            .arg("prepare-recovery")
-            .arg("-D")
-            .arg(pg.data_dir())
-            .args(server.client_args(certs, "demo")),
+            .args(["restore", "--backup", "latest", "-D"])
+            .arg(&pgdata)
+            .args(&client_args),
     );
+    print!("    {}", restored.stdout.trim_end().replace('\n', "\n    "));
+    println!();
+    // Nothing would acknowledge commits after recovery: no synchronous standby.
+    let mut auto_conf = std::fs::read_to_string(pgdata.join("postgresql.auto.conf"))
+        .expect("read postgresql.auto.conf");
+    auto_conf.push_str("synchronous_standby_names = ''\n");
+    std::fs::write(pgdata.join("postgresql.auto.conf"), auto_conf)
+        .expect("write postgresql.auto.conf");
     pg.start_and_finish_recovery();
 
     step("Checking the recovered cluster");

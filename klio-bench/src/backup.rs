@@ -228,7 +228,8 @@ pub fn run(klio: &Path, opts: &BackupOptions) -> BackupReport {
     pg.pgbench(&["-i", "-q", "-s", &opts.scale.to_string()]);
     pg.psql("CHECKPOINT");
     let database_bytes = dir_bytes(&pg.data_dir());
-    let client_args = server.client_args(&certs, "bench");
+    let mut client_args = server.client_args(&certs, "bench");
+    client_args.extend(["--cluster".into(), "bench".into()]);
     let klio_backup = |label: &str| -> (f64, klio_proto::klio::BackupInfo) {
         let t = Instant::now();
         let out = run_ok(

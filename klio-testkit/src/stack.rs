@@ -108,9 +108,11 @@ impl Stack {
         }
     }
 
-    /// `--server` and the `--tls-*` options of a client of the stack's cluster.
+    /// `--server`, the `--tls-*` options and `--cluster` of a client of the stack's cluster.
     pub fn client_args(&self) -> Vec<OsString> {
-        self.server.client_args(&self.certs, &self.cluster)
+        let mut args = self.server.client_args(&self.certs, &self.cluster);
+        args.extend(["--cluster".into(), self.cluster.clone().into()]);
+        args
     }
 }
 

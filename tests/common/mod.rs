@@ -50,3 +50,4 @@ pub fn keyring(files: &[&Path]) -> klio_crypto::Keyring {
     let rest: Vec<PathBuf> = rest.iter().map(|p| p.to_path_buf()).collect();
     klio_server::keys::load_keyring(first, &rest).expect("load key files")
 }
+pub mod backups;

@@ -9,8 +9,8 @@ use klio_proto::base_backup::{
     TablespaceKind,
 };
 use klio_proto::klio::{
-    BackupFinish, BackupInfo, CatalogEntryError, ErrorCode, FileEntry, MAX_HASHES_PER_MESSAGE,
-    Message, PROTOCOL_VERSION, TablespaceInfo,
+    BackupFinish, BackupInfo, CatalogEntryError, ClusterName, ErrorCode, FileEntry,
+    MAX_HASHES_PER_MESSAGE, Message, PROTOCOL_VERSION, TablespaceInfo,
 };
 use klio_proto::tar::TarError;
 use klio_wal::{ErrorChain, WalPosition};
@@ -227,21 +227,8 @@ pub async fn run(
 
         let server = ServerConnection::connect(&opts.client.server).await?;
         let result = async {
-            let (mut send, mut recv) = server.open_stream().await?;
-            send.send(&Message::BackupHello {
-                version: PROTOCOL_VERSION,
-                cluster: cluster.clone(),
-                system_id: system.system_id,
-            })
-            .await?;
-            let backup_id = match recv.recv().await? {
-                Some(Message::BackupWelcome { backup_id, .. }) => backup_id,
-                other => return Err(unexpected("BackupWelcome", other)),
-            };
-            let key = match recv.recv().await? {
-                Some(Message::HashKey { key }) => BlockHashKey::from_bytes(key),
-                other => return Err(unexpected("HashKey", other)),
-            };
+            let (mut send, mut recv, backup_id, key) =
+                start_session(&server, &cluster, system.system_id).await?;
             tracing::info!(cluster = %cluster, backup = %backup_id, "backup started");
             let mut session = Session {
                 send: &mut send,
@@ -273,6 +260,54 @@ pub async fn run(
     .await;
     pg.close().await;
     result
+}
+
+/// How long a backup waits for the cluster's backup lease. A backup whose client vanished
+/// (kill -9, lost network) holds it until the server notices, within its 15 s idle timeout; a
+/// rerun right after such a crash waits that out instead of failing.
+const LEASE_WAIT: Duration = Duration::from_secs(30);
+
+/// Opens the backup's stream: `BackupHello`, then the backup id and the block-hash key. While
+/// another backup of the cluster holds the server, retries for up to [`LEASE_WAIT`].
+async fn start_session(
+    server: &ServerConnection,
+    cluster: &ClusterName,
+    system_id: u64,
+) -> Result<(FramedSend, FramedRecv, String, BlockHashKey), BackupError> {
+    let waiting_since = Instant::now();
+    loop {
+        let (mut send, mut recv) = server.open_stream().await?;
+        send.send(&Message::BackupHello {
+            version: PROTOCOL_VERSION,
+            cluster: cluster.clone(),
+            system_id,
+        })
+        .await?;
+        let backup_id = match recv.recv().await {
+            Ok(Some(Message::BackupWelcome { backup_id, .. })) => backup_id,
+            Err(ServerLinkError::Refused {
+                code: ErrorCode::BackupInProgress,
+                ..
+            }) if waiting_since.elapsed() < LEASE_WAIT => {
+                if waiting_since.elapsed() < Duration::from_secs(1) {
+                    tracing::info!(
+                        "another backup of cluster {cluster} holds the server; waiting up to {} s \
+                         in case its client vanished (the server notices that within 15 s)",
+                        LEASE_WAIT.as_secs()
+                    );
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Ok(other) => return Err(unexpected("BackupWelcome", other)),
+            Err(e) => return Err(e.into()),
+        };
+        let key = match recv.recv().await? {
+            Some(Message::HashKey { key }) => BlockHashKey::from_bytes(key),
+            other => return Err(unexpected("HashKey", other)),
+        };
+        return Ok((send, recv, backup_id, key));
+    }
 }
 
 fn unexpected(expected: &'static str, got: Option<Message>) -> BackupError {
