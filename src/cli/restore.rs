@@ -7,8 +7,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use klio_client::recovery_config::RecoveryTarget;
 use klio_client::restore::{
-    BackupSelector, DEFAULT_JOBS, MAX_JOBS, RestoreProgress, RestoreSettings, TablespaceMapping,
-    restore,
+    BackupRef, DEFAULT_JOBS, MAX_JOBS, RestoreProgress, RestoreSettings, TablespaceMapping, restore,
 };
 
 use super::progress::Progress;
@@ -43,7 +42,7 @@ use super::recovery_args::{RecoveryTargetArgs, get_wal_restore_command};
 pub(crate) struct Args {
     /// The backup to restore: its id (klio backup list shows them), or latest.
     #[arg(long, value_name = "ID|latest")]
-    backup: BackupSelector,
+    backup: BackupRef,
     /// The data directory to restore into (missing or empty, unless --force).
     #[arg(short = 'D', long, value_name = "DIR", env = "PGDATA")]
     pgdata: PathBuf,

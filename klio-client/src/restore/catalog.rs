@@ -1,5 +1,6 @@
-//! Reading the backup catalog over a catalog session: `ListBackups`, and `GetBackup` as a
-//! stream of files and manifest chunks, so a backup's file list is never held whole.
+//! Reading a backup's contents over a catalog session: `GetBackup` as a stream of files and
+//! manifest chunks, so a backup's file list is never held whole. (Listing is
+//! [`crate::backup::catalog::CatalogClient::list`].)
 
 use bytes::Bytes;
 use klio_crypto::BlockHashKey;
@@ -19,24 +20,6 @@ fn unexpected(during: &str, msg: &Message) -> RestoreError {
         "during {during}: message {:#04x}",
         msg.tag()
     )))
-}
-
-/// Every complete backup of the certificate's cluster.
-pub(super) async fn list_backups(conn: &ServerConnection) -> Result<Vec<BackupInfo>, RestoreError> {
-    let (mut send, mut recv) = conn.open_stream().await.map_err(RestoreError::Catalog)?;
-    send.send(&Message::ListBackups)
-        .await
-        .map_err(RestoreError::Catalog)?;
-    send.finish();
-    let mut backups = Vec::new();
-    loop {
-        match recv.recv().await.map_err(RestoreError::Catalog)? {
-            Some(Message::BackupEntry { json }) => backups.push(entry_of(&json)?),
-            Some(Message::CatalogEnd) => return Ok(backups),
-            Some(other) => return Err(unexpected("ListBackups", &other)),
-            None => return Err(RestoreError::Catalog(ServerLinkError::Closed)),
-        }
-    }
 }
 
 /// One item of a backup's contents, in the server's order.

@@ -2,7 +2,7 @@
 //!
 //! Recovery from a backup can stop only after the backup's end (its consistency point), so:
 //!
-//! - `latest` is the greatest [`BackupInfo::order_key`]; with a target LSN or time, it is the
+//! - `latest` ([`BackupRef::Latest`]) is the greatest [`BackupInfo::order_key`]; with a target LSN or time, it is the
 //!   newest backup that ends before the target;
 //! - an explicit backup that ends after a target LSN or time is refused, naming the newest
 //!   backup that can reach the target (or saying that none can);
@@ -16,31 +16,10 @@ use std::time::{Duration, SystemTime};
 
 use klio_proto::klio::BackupInfo;
 
+pub use crate::backup::catalog::BackupRef;
 use crate::recovery_config::RecoveryTarget;
 
 use super::RestoreError;
-
-/// Which backup to restore.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum BackupSelector {
-    /// The backup of this id.
-    Id(String),
-    /// The newest backup that can reach the recovery target.
-    Latest,
-}
-
-impl std::str::FromStr for BackupSelector {
-    type Err = std::convert::Infallible;
-
-    /// `latest`, or a backup id.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(if s == "latest" {
-            Self::Latest
-        } else {
-            Self::Id(s.to_owned())
-        })
-    }
-}
 
 /// A recovery target as a point backups can be compared with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,7 +56,7 @@ impl TargetPoint {
 /// Picks the backup to restore from the catalog's `backups` (any order).
 pub fn choose_backup<'a>(
     backups: &'a [BackupInfo],
-    selector: &BackupSelector,
+    selector: &BackupRef,
     target: &RecoveryTarget,
 ) -> Result<&'a BackupInfo, RestoreError> {
     let point = TargetPoint::of(target)?;
@@ -87,7 +66,7 @@ pub fn choose_backup<'a>(
         .filter(reachable)
         .max_by(|a, b| a.order_key().cmp(&b.order_key()));
     match selector {
-        BackupSelector::Latest => newest_reachable.ok_or_else(|| {
+        BackupRef::Latest => newest_reachable.ok_or_else(|| {
             if backups.is_empty() {
                 RestoreError::NoBackups
             } else {
@@ -96,7 +75,7 @@ pub fn choose_backup<'a>(
                 }
             }
         }),
-        BackupSelector::Id(id) => {
+        BackupRef::Id(id) => {
             let backup = backups
                 .iter()
                 .find(|b| &b.id == id)
@@ -214,7 +193,7 @@ mod tests {
     #[test]
     fn latest_is_the_backup_that_ends_last_not_the_greatest_id() {
         let backups = catalog();
-        let chosen = choose_backup(&backups, &BackupSelector::Latest, &RecoveryTarget::Latest);
+        let chosen = choose_backup(&backups, &BackupRef::Latest, &RecoveryTarget::Latest);
         assert_eq!(chosen.unwrap().id, "a-third");
     }
 
@@ -222,13 +201,13 @@ mod tests {
     fn latest_with_a_target_is_the_newest_backup_ending_before_it() {
         let backups = catalog();
         let by_lsn = RecoveryTarget::Lsn(Lsn(0x600_0000));
-        let chosen = choose_backup(&backups, &BackupSelector::Latest, &by_lsn).unwrap();
+        let chosen = choose_backup(&backups, &BackupRef::Latest, &by_lsn).unwrap();
         assert_eq!(chosen.id, "b-second");
         let by_time = RecoveryTarget::Time("2026-12-01 12:30:00+01".to_owned());
-        let chosen = choose_backup(&backups, &BackupSelector::Latest, &by_time).unwrap();
+        let chosen = choose_backup(&backups, &BackupRef::Latest, &by_time).unwrap();
         assert_eq!(chosen.id, "b-second");
         let at_end = RecoveryTarget::Lsn(Lsn(0x500_0000));
-        let chosen = choose_backup(&backups, &BackupSelector::Latest, &at_end).unwrap();
+        let chosen = choose_backup(&backups, &BackupRef::Latest, &at_end).unwrap();
         assert_eq!(chosen.id, "b-second");
     }
 
@@ -236,8 +215,7 @@ mod tests {
     fn an_explicit_backup_ending_after_the_target_is_refused_naming_the_one_to_use() {
         let backups = catalog();
         let target = RecoveryTarget::Lsn(Lsn(0x600_0000));
-        let err =
-            choose_backup(&backups, &BackupSelector::Id("a-third".into()), &target).unwrap_err();
+        let err = choose_backup(&backups, &BackupRef::Id("a-third".into()), &target).unwrap_err();
         match &err {
             RestoreError::BackupEndsAfterTarget {
                 backup, instead, ..
@@ -254,8 +232,7 @@ mod tests {
     fn a_target_before_every_backup_is_refused_saying_none_can_reach_it() {
         let backups = catalog();
         let target = RecoveryTarget::Time("2026-12-01 09:00:00Z".to_owned());
-        let err =
-            choose_backup(&backups, &BackupSelector::Id("c-first".into()), &target).unwrap_err();
+        let err = choose_backup(&backups, &BackupRef::Id("c-first".into()), &target).unwrap_err();
         assert!(
             matches!(
                 &err,
@@ -264,7 +241,7 @@ mod tests {
             "{err:?}"
         );
         assert!(err.to_string().contains("no backup"), "{err}");
-        let err = choose_backup(&backups, &BackupSelector::Latest, &target).unwrap_err();
+        let err = choose_backup(&backups, &BackupRef::Latest, &target).unwrap_err();
         assert!(
             matches!(err, RestoreError::NoBackupReachesTarget { .. }),
             "{err:?}"
@@ -279,10 +256,10 @@ mod tests {
             RecoveryTarget::Name("before upgrade".into()),
             RecoveryTarget::Immediate,
         ] {
-            let chosen = choose_backup(&backups, &BackupSelector::Latest, &target).unwrap();
+            let chosen = choose_backup(&backups, &BackupRef::Latest, &target).unwrap();
             assert_eq!(chosen.id, "a-third");
             let chosen =
-                choose_backup(&backups, &BackupSelector::Id("c-first".into()), &target).unwrap();
+                choose_backup(&backups, &BackupRef::Id("c-first".into()), &target).unwrap();
             assert_eq!(chosen.id, "c-first");
         }
     }
@@ -292,12 +269,12 @@ mod tests {
         let backups = catalog();
         let err = choose_backup(
             &backups,
-            &BackupSelector::Id("nope".into()),
+            &BackupRef::Id("nope".into()),
             &RecoveryTarget::Latest,
         )
         .unwrap_err();
         assert!(matches!(err, RestoreError::NoSuchBackup { .. }), "{err:?}");
-        let err = choose_backup(&[], &BackupSelector::Latest, &RecoveryTarget::Latest).unwrap_err();
+        let err = choose_backup(&[], &BackupRef::Latest, &RecoveryTarget::Latest).unwrap_err();
         assert!(matches!(err, RestoreError::NoBackups), "{err:?}");
     }
 
@@ -305,7 +282,7 @@ mod tests {
     fn a_target_time_without_an_offset_is_refused_rather_than_guessed() {
         let backups = catalog();
         let target = RecoveryTarget::Time("2026-12-01 12:30:00".to_owned());
-        let err = choose_backup(&backups, &BackupSelector::Latest, &target).unwrap_err();
+        let err = choose_backup(&backups, &BackupRef::Latest, &target).unwrap_err();
         assert!(
             matches!(err, RestoreError::UnreadableTargetTime(_)),
             "{err:?}"

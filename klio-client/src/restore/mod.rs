@@ -57,7 +57,7 @@ use crate::recovery_config::{RecoveryConfig, RecoveryConfigError};
 use crate::server_link::{ServerConnection, ServerLinkError};
 
 pub use blocks::BlockFault;
-pub use choose::{BackupSelector, choose_backup};
+pub use choose::{BackupRef, choose_backup};
 pub use layout::{Layout, Placement, RestoredTablespace, TablespaceMapping, UnsafePathReason};
 pub use target_dir::RESTORE_MARKER;
 
@@ -79,7 +79,7 @@ pub struct RestoreSettings {
     /// The Klio server and this cluster's certificates.
     pub client: ClientConfig,
     /// Which backup.
-    pub backup: BackupSelector,
+    pub backup: BackupRef,
     /// The data directory to restore into (missing or empty, unless `force`).
     pub pgdata: PathBuf,
     /// Where to restore tablespaces that were elsewhere on the backed-up host.
@@ -128,7 +128,10 @@ pub enum RestoreError {
     /// The server could not be reached.
     #[error("cannot connect to the Klio server to restore")]
     Connect(#[source] ServerLinkError),
-    /// The catalog could not be read.
+    /// The catalog could not be listed.
+    #[error("listing the backups on the Klio server failed")]
+    Listing(#[source] crate::backup::catalog::CatalogError),
+    /// A backup's contents could not be read from the catalog.
     #[error("reading the backup catalog from the Klio server failed")]
     Catalog(#[source] ServerLinkError),
     /// The server sent a catalog entry this version cannot read.
@@ -465,7 +468,10 @@ async fn restore_over(
     settings: &RestoreSettings,
     on_progress: ProgressCallback,
 ) -> Result<RestoreReport, RestoreError> {
-    let backups = catalog::list_backups(conn).await?;
+    let backups = crate::backup::catalog::CatalogClient::new(conn)
+        .list()
+        .await
+        .map_err(RestoreError::Listing)?;
     let chosen = choose_backup(&backups, &settings.backup, &settings.recovery.target)?;
     let layout = Layout::new(&settings.pgdata, chosen, &settings.tablespace_mappings)?;
     if chosen.block_size == 0 {

@@ -316,7 +316,7 @@ fn settings(
 ) -> RestoreSettings {
     RestoreSettings {
         client,
-        backup: BackupSelector::Latest,
+        backup: BackupRef::Latest,
         pgdata: pgdata.to_owned(),
         tablespace_mappings: mappings,
         jobs: 3,
@@ -481,7 +481,7 @@ async fn an_unknown_backup_is_refused_before_anything_is_written() {
     let (client, server) = start_server(&pki, backup, Faults::default());
     let pgdata = d.path().join("pg");
     let mut s = settings(client, &pgdata, Vec::new());
-    s.backup = BackupSelector::Id("20261201T000000Z-0000".to_owned());
+    s.backup = BackupRef::Id("20261201T000000Z-0000".to_owned());
     let err = restore(&s, no_progress()).await.unwrap_err();
     server.abort();
     assert!(matches!(err, RestoreError::NoSuchBackup { .. }), "{err:?}");
