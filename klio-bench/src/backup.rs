@@ -48,7 +48,7 @@ pub struct BackupSample {
 /// Every run, and the incremental figures.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct BackupReport {
-    /// Size of the database directory, bytes.
+    /// Size of the database: the pg_basebackup tar of the first round, bytes.
     pub database_bytes: u64,
     /// Every timed run.
     pub samples: Vec<BackupSample>,
@@ -113,9 +113,14 @@ impl BackupReport {
             full / self.mean(PGBACKREST, "full"),
         );
         s += &format!(
-            "incremental after pgbench -N: klio stored {:.1} MiB, pgbackrest incr {:.1} MiB; \
+            "incremental after pgbench -N: klio stored {:.1} MiB, pgbackrest incr ({}) {:.1} MiB; \
              klio/pgbackrest = {:.3}\n",
             mib(self.klio_incremental_stored),
+            if has_block_incremental() {
+                "block incremental"
+            } else {
+                "whole changed files: this pgBackRest predates repo-block"
+            },
             mib(self.pgbackrest_incremental_stored),
             self.klio_incremental_stored as f64 / self.pgbackrest_incremental_stored.max(1) as f64
         );
@@ -158,6 +163,21 @@ fn fresh_dir(work: &TestDir, name: &str) -> PathBuf {
     dir
 }
 
+/// Whether the installed pgBackRest has block incremental backups (`repo-block`, 2.46 and
+/// later); older ones back up changed files whole.
+pub fn has_block_incremental() -> bool {
+    pgbackrest_version().is_some_and(|(major, minor)| (major, minor) >= (2, 46))
+}
+
+/// `pgbackrest version`, as (major, minor).
+fn pgbackrest_version() -> Option<(u32, u32)> {
+    let out = Command::new("pgbackrest").arg("version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let number = text.split_whitespace().nth(1)?;
+    let mut parts = number.split('.');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
 /// The pgBackRest configuration of the run.
 struct PgBackRest {
     conf: PathBuf,
@@ -174,9 +194,14 @@ impl PgBackRest {
             format!(
                 "[global]\nrepo1-path={repo}\nlock-path={b}/lock\nlog-path={b}/log\n\
                  log-level-console=warn\nlog-level-file=off\nprocess-max=2\ncompress-type=lz4\n\
-                 start-fast=y\narchive-check=n\nrepo1-bundle=y\nrepo1-block=y\n\
+                 start-fast=y\narchive-check=n\nrepo1-bundle=y\n{block}\
                  repo1-retention-full=100\n\n[bench]\npg1-path={pg}\npg1-socket-path={sock}\n\
                  pg1-port={port}\n",
+                block = if has_block_incremental() {
+                    "repo1-block=y\n"
+                } else {
+                    ""
+                },
                 b = base.display(),
                 repo = repo.display(),
                 pg = pg.data_dir().display(),
@@ -227,7 +252,6 @@ pub fn run(klio: &Path, opts: &BackupOptions) -> BackupReport {
     eprintln!("pgbench -i -s {}", opts.scale);
     pg.pgbench(&["-i", "-q", "-s", &opts.scale.to_string()]);
     pg.psql("CHECKPOINT");
-    let database_bytes = dir_bytes(&pg.data_dir());
     let mut client_args = server.client_args(&certs, "bench");
     client_args.extend(["--cluster".into(), "bench".into()]);
     let klio_backup = |label: &str| -> (f64, klio_proto::klio::BackupInfo) {
@@ -361,7 +385,10 @@ pub fn run(klio: &Path, opts: &BackupOptions) -> BackupReport {
     }
     let _ = std::fs::remove_dir_all(work.path().join("restored"));
     BackupReport {
-        database_bytes,
+        database_bytes: samples
+            .iter()
+            .find(|s| s.contender == PG_BASEBACKUP)
+            .map_or(0, |s| s.stored_bytes),
         samples,
         klio_incremental_stored: incremental.new_stored_bytes,
         klio_incremental_logical: incremental.logical_bytes,

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use bytes::Bytes;
-use klio_proto::klio::{Block, BlockCompression, BlockHash, FileEntry};
+use klio_proto::klio::{Block, BlockHash, FileEntry};
 
 /// When a batch is full and must be exchanged before more blocks are cut. Whichever limit is
 /// reached first ends the batch, so a batch holds at most about `max_bytes` of block data,
@@ -145,24 +145,7 @@ impl Batch {
     }
 }
 
-/// The block as sent: an LZ4 block when that is smaller, else the plaintext as is.
+/// The block as sent: compressed (zstd) when that is smaller, else the plaintext as is.
 pub(crate) fn compress(block: PendingBlock) -> Block {
-    // Block lengths are at most BLOCK_SIZE (64 KiB): they fit a u32.
-    let plain_len = block.plain.len() as u32;
-    let packed = lz4_flex::block::compress(&block.plain);
-    if packed.len() < block.plain.len() {
-        Block {
-            hash: block.hash,
-            plain_len,
-            compression: BlockCompression::Lz4,
-            data: Bytes::from(packed),
-        }
-    } else {
-        Block {
-            hash: block.hash,
-            plain_len,
-            compression: BlockCompression::None,
-            data: block.plain,
-        }
-    }
+    Block::compress(block.hash, block.plain)
 }

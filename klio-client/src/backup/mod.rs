@@ -17,7 +17,7 @@
 //!    `BlockHashKey::hash(plaintext)`. Blocks are batched across files (up to 4096 distinct
 //!    hashes, 16 MiB of block data or 4096 waiting entries, whichever comes first; equal
 //!    hashes inside a batch are asked for once). Per batch: `HaveBlocks` → `BlocksHeld`, a
-//!    `PutBlock` (LZ4, or as is when that is not smaller) for each block not held, then the
+//!    `PutBlock` (zstd level 1, or as is when that is not smaller) for each block not held, then the
 //!    `FileEntry` (+ `FileBlocks` continuations) of every file that ended in the batch: a file
 //!    is announced only once all of its blocks are held or sent.
 //! 5. The manifest as `ManifestData`, then the end of `BASE_BACKUP`: only if PostgreSQL ends

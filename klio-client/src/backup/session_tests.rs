@@ -9,8 +9,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use klio_crypto::BlockHashKey;
 use klio_proto::klio::{
-    ALPN, BackupFinish, BackupInfo, BackupStatus, BlockCompression, BlockHash, CATALOG_SCHEMA,
-    CatalogTablespace, ErrorCode, FileEntry, FrameDecoder, Message, PROTOCOL_VERSION,
+    ALPN, BackupFinish, BackupInfo, BackupStatus, BlockHash, CATALOG_SCHEMA, CatalogTablespace,
+    ErrorCode, FileEntry, FrameDecoder, Message, PROTOCOL_VERSION,
 };
 use klio_testkit::{PgOptions, PgServer, TestDir, as_postgres, pg_bin, run_ok};
 
@@ -224,13 +224,7 @@ fn answer(
             vec![Message::BlocksHeld { held }]
         }
         Message::PutBlock { block } => {
-            let plain = match block.compression {
-                BlockCompression::Lz4 => {
-                    lz4_flex::block::decompress(&block.data, block.plain_len as usize)
-                        .unwrap_or_default()
-                }
-                _ => block.data.to_vec(),
-            };
+            let plain = block.decompress().unwrap_or_default();
             if plain.len() != block.plain_len as usize || !key.matches(&plain, &block.hash.0) {
                 log.violations
                     .push(format!("block {} does not match", block.hash));

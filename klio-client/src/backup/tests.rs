@@ -304,12 +304,9 @@ fn only_blocks_not_held_are_sent_compressed_when_that_is_smaller() {
     let sent: Vec<Block> = resolved.new_blocks.into_iter().map(compress).collect();
     let zeros = &sent[0];
     assert_eq!(zeros.hash, hash(&compressible));
-    assert_eq!(zeros.compression, BlockCompression::Lz4);
+    assert_eq!(zeros.compression, BlockCompression::Zstd);
     assert!(zeros.data.len() < BLOCK_SIZE / 10);
-    assert_eq!(
-        lz4_flex::block::decompress(&zeros.data, zeros.plain_len as usize).expect("lz4"),
-        compressible
-    );
+    assert_eq!(zeros.decompress().expect("zstd"), compressible);
     let plain = &sent[1];
     assert_eq!(plain.compression, BlockCompression::None);
     assert_eq!(&plain.data[..], &random[..]);

@@ -8,7 +8,7 @@
 use std::fmt;
 
 use klio_crypto::BlockHashKey;
-use klio_proto::klio::{Block, BlockCompression, BlockHash, Message};
+use klio_proto::klio::{Block, BlockHash, Message};
 
 use crate::server_link::{FramedRecv, FramedSend, ServerLinkError};
 
@@ -103,17 +103,9 @@ pub(super) fn checked_plaintext(
             actual: u64::from(block.plain_len),
         });
     }
-    let plain = match block.compression {
-        BlockCompression::Lz4 => {
-            let mut out = vec![0u8; block.plain_len as usize];
-            match lz4_flex::block::decompress_into(&block.data, &mut out) {
-                Ok(n) if n == out.len() => out,
-                _ => return Err(BlockFault::Undecodable { hash }),
-            }
-        }
-        BlockCompression::None => block.data.to_vec(),
-        _ => return Err(BlockFault::Undecodable { hash }),
-    };
+    let plain = block
+        .decompress()
+        .map_err(|_| BlockFault::Undecodable { hash })?;
     if plain.len() as u64 != expected_len {
         return Err(BlockFault::WrongLength {
             hash,
@@ -194,11 +186,14 @@ mod tests {
     fn block(key: &BlockHashKey, plain: &[u8], compress: bool) -> Block {
         let (compression, data) = if compress {
             (
-                BlockCompression::Lz4,
+                klio_proto::klio::BlockCompression::Lz4,
                 Bytes::from(lz4_flex::block::compress(plain)),
             )
         } else {
-            (BlockCompression::None, Bytes::copy_from_slice(plain))
+            (
+                klio_proto::klio::BlockCompression::None,
+                Bytes::copy_from_slice(plain),
+            )
         };
         Block {
             hash: BlockHash(key.hash(plain)),

@@ -43,6 +43,9 @@ pub enum BlockCompression {
     /// An LZ4 block (`lz4_flex::block`), without a size prefix: the plaintext length is
     /// [`Block::plain_len`].
     Lz4,
+    /// One zstd frame. What [`Block::compress`] writes (level 1): on PostgreSQL pages it
+    /// stores about half of what LZ4 does, at well over 1 GB/s per core.
+    Zstd,
 }
 
 impl BlockCompression {
@@ -50,6 +53,7 @@ impl BlockCompression {
         match self {
             Self::None => 0,
             Self::Lz4 => 1,
+            Self::Zstd => 2,
         }
     }
 
@@ -57,6 +61,7 @@ impl BlockCompression {
         match b {
             0 => Some(Self::None),
             1 => Some(Self::Lz4),
+            2 => Some(Self::Zstd),
             _ => None,
         }
     }
@@ -73,6 +78,109 @@ pub struct Block {
     pub compression: BlockCompression,
     /// The (compressed) bytes.
     pub data: Bytes,
+}
+
+/// The zstd level of [`Block::compress`]: level 1 keeps compression faster than
+/// `BASE_BACKUP` delivers pages; higher levels gain a few percent for several times the CPU.
+pub const BLOCK_ZSTD_LEVEL: i32 = 1;
+
+/// The largest plaintext a block may have: blocks are cut at 64 KiB; anything larger is
+/// refused before it is decompressed.
+pub const MAX_BLOCK_LEN: u32 = 1 << 20;
+
+/// A block's bytes do not decompress to its plaintext length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BlockDecodeError {
+    /// The declared plaintext is larger than any block.
+    #[error("the block declares {plain_len} bytes, more than the {MAX_BLOCK_LEN} a block may have")]
+    TooLarge {
+        /// The declared length.
+        plain_len: u32,
+    },
+    /// The compressed bytes are damaged or not of the declared compression.
+    #[error("the block's compressed bytes do not decompress")]
+    Undecompressible,
+    /// The bytes decompress to another length than declared.
+    #[error("the block decompresses to {actual} bytes, not the {expected} it declares")]
+    WrongLength {
+        /// The declared length.
+        expected: u32,
+        /// What came out.
+        actual: usize,
+    },
+}
+
+thread_local! {
+    // One context per thread for each direction: creating one per block costs more than
+    // compressing a page.
+    static ZSTD_COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+    static ZSTD_DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+impl Block {
+    /// The block of `plain` named `hash`, as sent and stored: a zstd frame when that is
+    /// smaller, else the plaintext as is. `plain` must be at most [`MAX_BLOCK_LEN`] bytes.
+    pub fn compress(hash: BlockHash, plain: Bytes) -> Self {
+        // Blocks are cut at 64 KiB: their length fits a u32.
+        let plain_len = plain.len() as u32;
+        let packed = ZSTD_COMPRESSOR.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.is_none() {
+                *slot = zstd::bulk::Compressor::new(BLOCK_ZSTD_LEVEL).ok();
+            }
+            slot.as_mut().and_then(|c| c.compress(&plain).ok())
+        });
+        match packed {
+            Some(packed) if packed.len() < plain.len() => Self {
+                hash,
+                plain_len,
+                compression: BlockCompression::Zstd,
+                data: Bytes::from(packed),
+            },
+            _ => Self {
+                hash,
+                plain_len,
+                compression: BlockCompression::None,
+                data: plain,
+            },
+        }
+    }
+
+    /// The block's plaintext, of exactly [`Block::plain_len`] bytes. Its hash is not checked
+    /// here (that needs the cluster's key).
+    pub fn decompress(&self) -> Result<Vec<u8>, BlockDecodeError> {
+        if self.plain_len > MAX_BLOCK_LEN {
+            return Err(BlockDecodeError::TooLarge {
+                plain_len: self.plain_len,
+            });
+        }
+        let len = self.plain_len as usize;
+        let plain = match self.compression {
+            BlockCompression::None => self.data.to_vec(),
+            BlockCompression::Lz4 => lz4_flex::block::decompress(&self.data, len)
+                .map_err(|_| BlockDecodeError::Undecompressible)?,
+            BlockCompression::Zstd => ZSTD_DECOMPRESSOR.with(|cell| {
+                let mut slot = cell.borrow_mut();
+                if slot.is_none() {
+                    *slot = zstd::bulk::Decompressor::new().ok();
+                }
+                slot.as_mut()
+                    .ok_or(BlockDecodeError::Undecompressible)?
+                    .decompress(&self.data, len)
+                    .map_err(|_| BlockDecodeError::Undecompressible)
+            })?,
+        };
+        if plain.len() != len {
+            return Err(BlockDecodeError::WrongLength {
+                expected: self.plain_len,
+                actual: plain.len(),
+            });
+        }
+        Ok(plain)
+    }
 }
 
 /// What a file entry is.

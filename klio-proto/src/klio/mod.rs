@@ -13,8 +13,8 @@ mod codec;
 mod message;
 
 pub use backup::{
-    BLOCK_HASH_LEN, BackupFinish, Block, BlockCompression, BlockHash, FileEntry, FileKind,
-    MAX_HASHES_PER_MESSAGE, TablespaceInfo,
+    BLOCK_HASH_LEN, BLOCK_ZSTD_LEVEL, BackupFinish, Block, BlockCompression, BlockDecodeError,
+    BlockHash, FileEntry, FileKind, MAX_BLOCK_LEN, MAX_HASHES_PER_MESSAGE, TablespaceInfo,
 };
 pub use catalog::{
     BackupInfo, BackupStatus, CATALOG_SCHEMA, CatalogEntryError, CatalogPosition, CatalogTablespace,

@@ -227,7 +227,7 @@ pub enum BlockProblem {
         /// The claimed plaintext length.
         plain_len: u32,
     },
-    /// The LZ4 data does not decompress.
+    /// The compressed data does not decompress.
     Undecompressible,
     /// It decompresses (or is stored) to another length than its `plain_len`.
     WrongLength {
@@ -247,7 +247,7 @@ impl fmt::Display for BlockProblem {
                 f,
                 "it claims {plain_len} bytes of plaintext, more than any block holds"
             ),
-            Self::Undecompressible => f.write_str("its LZ4 data does not decompress"),
+            Self::Undecompressible => f.write_str("its compressed data does not decompress"),
             Self::WrongLength { expected, actual } => write!(
                 f,
                 "it holds {actual} bytes of plaintext, not the {expected} it claims"

@@ -10,7 +10,7 @@
 //!   never regenerated (a new key would orphan every block). Sealed with the keyring on an
 //!   encrypted server, else a magic/version header and CRC-32C chunks (the `object` module's
 //!   format). An existing key that cannot be read is an error, never replaced.
-//! - `packs/<pack-id>.pack`: blocks, as the client compressed them (LZ4 or stored), appended as
+//! - `packs/<pack-id>.pack`: blocks, as the client compressed them (zstd, LZ4 or stored), appended as
 //!   self-describing records, each CRC-32C-protected (plain server) or AES-256-GCM-sealed under
 //!   the pack's frame key, itself sealed at the pack's start (encrypted server). A pack is
 //!   closed at about [`PACK_TARGET_BYTES`] or when its session ends (format in the `pack`

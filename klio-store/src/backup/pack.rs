@@ -22,7 +22,7 @@
 //! | offset | bytes | field |
 //! |---|---|---|
 //! | 0 | 4 | magic `KLBR` |
-//! | 4 | 1 | compression: 0 none, 1 LZ4 (as the client sent it) |
+//! | 4 | 1 | compression: 0 none, 1 LZ4, 2 zstd (as the client sent it) |
 //! | 5 | 3 | zero |
 //! | 8 | 4 | plaintext length, u32 LE |
 //! | 12 | 4 | stored length `n` (the compressed bytes), u32 LE |
@@ -62,7 +62,7 @@ const RECORD_HEADER_LEN: usize = 60;
 const KEY_BLOCK_MAGIC: [u8; 8] = *b"KLBPKEY1";
 const KEY_BLOCK_LEN: usize = 8 + 16 + journal_frame::KEY_LEN;
 /// The largest stored length a record may claim (a block is at most 1 MiB of plaintext, and
-/// LZ4 never grows it by more than a little).
+/// compression never grows it by more than a little).
 const MAX_STORED_LEN: u32 = 2 << 20;
 
 /// A pack's id: 16 random bytes, its file name in hex.
@@ -126,6 +126,7 @@ impl Protection {
 fn compression_code(c: BlockCompression) -> u8 {
     match c {
         BlockCompression::Lz4 => 1,
+        BlockCompression::Zstd => 2,
         _ => 0,
     }
 }
@@ -134,6 +135,7 @@ fn compression_of(code: u8) -> Option<BlockCompression> {
     match code {
         0 => Some(BlockCompression::None),
         1 => Some(BlockCompression::Lz4),
+        2 => Some(BlockCompression::Zstd),
         _ => None,
     }
 }
