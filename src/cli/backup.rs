@@ -11,6 +11,8 @@ use klio_client::backup::{
 use klio_proto::base_backup::{Checkpoint, MaxRate};
 use klio_proto::klio::BackupInfo;
 
+use super::progress::bytes;
+
 /// Base backups of this cluster, deduplicated by block, and their catalog on the Klio server.
 ///
 /// `klio backup run` takes a backup with BASE_BACKUP over a replication connection (from the
@@ -219,7 +221,8 @@ fn run_backup(a: RunArgs) -> anyhow::Result<ExitCode> {
     let BackupOutcome { info, stats } = outcome?;
     match a.output {
         Output::Text => println!(
-            "backup {} complete: {} in {} files, {} new (sent {}), WAL {}..{} on timeline {}",
+            "backup {} complete: {} in {} files; {} of it new to the server, sent compressed as \
+             {}; WAL {}..{} on timeline {}",
             info.id,
             bytes(info.logical_bytes),
             info.files,
@@ -301,21 +304,6 @@ fn print_entry(info: &BackupInfo) {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(&info.to_json());
     let _ = writeln!(out);
-}
-
-/// `n` bytes for a person: 1023 B, 1.5 KiB, 23.0 MiB, 1.5 GiB.
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut value = n as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
 }
 
 /// The `list` table, one backup per line, with a header.

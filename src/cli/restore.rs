@@ -106,15 +106,14 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
     let report = result?;
     let b = &report.backup;
     println!(
-        "restored backup {} (ends at {} on timeline {}, {}) into {}: {} files, {} bytes in \
-         {:.1} s",
+        "restored backup {} (ends at {} on timeline {}, {}) into {}: {} files, {} in {:.1} s",
         b.id,
         b.end.lsn,
         b.end.timeline,
         b.ended_at,
         report.pgdata.display(),
         report.files,
-        report.bytes,
+        super::progress::bytes(report.bytes),
         report.elapsed.as_secs_f64()
     );
     for ts in &report.tablespaces {
