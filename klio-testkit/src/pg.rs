@@ -376,6 +376,20 @@ impl PgServer {
         );
     }
 
+    /// Waits until this server (a standby) has replayed WAL up to `target`.
+    pub fn wait_for_replay(&self, target: &str) {
+        wait_until(
+            &format!("replay up to {target}"),
+            Duration::from_secs(180),
+            || {
+                let ok = self.psql(&format!(
+                    "SELECT coalesce(pg_last_wal_replay_lsn() >= '{target}'::pg_lsn, false)"
+                ));
+                (ok == "t").then_some(())
+            },
+        );
+    }
+
     /// Waits until the client with `application_name` is this server's synchronous standby.
     pub fn wait_for_sync_standby(&self, application_name: &str) {
         wait_until(

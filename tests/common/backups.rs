@@ -5,21 +5,32 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use klio_proto::klio::BackupInfo;
-use klio_testkit::{Output, Stack, as_postgres, pg_bin, run, run_ok};
+use klio_testkit::{Output, PgServer, Stack, as_postgres, pg_bin, run, run_ok};
 
 /// `klio backup run` of the stack's primary, as the postgres user, with `--output json`.
 pub fn backup_command(stack: &Stack, extra: &[&str]) -> Command {
+    backup_command_of(stack, &stack.pg, extra)
+}
+
+/// `klio backup run` of `pg` (the stack's primary or its standby), as the postgres user, with
+/// `--output json`.
+pub fn backup_command_of(stack: &Stack, pg: &PgServer, extra: &[&str]) -> Command {
     let mut cmd = as_postgres(&stack.exe);
     cmd.args(["backup", "run", "--output", "json", "-d"])
-        .arg(stack.pg.socket_connstr())
+        .arg(pg.socket_connstr())
         .args(stack.client_args())
         .args(extra);
     cmd
 }
 
-/// A backup that must succeed: its catalog entry.
+/// A backup of the stack's primary that must succeed: its catalog entry.
 pub fn backup(stack: &Stack, extra: &[&str]) -> BackupInfo {
-    let out = run(&mut backup_command(stack, extra));
+    backup_of(stack, &stack.pg, extra)
+}
+
+/// A backup of `pg` (the stack's primary or its standby) that must succeed: its catalog entry.
+pub fn backup_of(stack: &Stack, pg: &PgServer, extra: &[&str]) -> BackupInfo {
+    let out = run(&mut backup_command_of(stack, pg, extra));
     assert!(out.success(), "klio backup run failed:\n{}", out.stderr);
     BackupInfo::from_json(out.stdout.as_bytes())
         .unwrap_or_else(|e| panic!("backup run printed no catalog entry ({e}):\n{}", out.stdout))
