@@ -130,6 +130,15 @@ impl FileListWriter {
                 path: entry.path.clone(),
             }));
         }
+        let logical_bytes = match kind {
+            0 => self.totals.logical_bytes.checked_add(entry.size),
+            _ => Some(self.totals.logical_bytes),
+        }
+        .ok_or_else(|| {
+            self.refuse(FileListProblem::SizesOverflow {
+                path: entry.path.clone(),
+            })
+        })?;
         self.buf.clear();
         self.buf.push(TAG_ENTRY);
         self.buf.push(kind);
@@ -148,9 +157,7 @@ impl FileListWriter {
         written?;
         self.totals.files += 1;
         self.in_file = kind == 0;
-        if kind == 0 {
-            self.totals.logical_bytes += entry.size;
-        }
+        self.totals.logical_bytes = logical_bytes;
         self.add_blocks(&entry.blocks)
     }
 
@@ -324,7 +331,12 @@ impl<'k, R: Read> FileListReader<'k, R> {
                 };
                 self.counted.files += 1;
                 if kind == FileKind::File {
-                    self.counted.logical_bytes += size;
+                    // The writer refuses sizes that overflow: such a list was not written here.
+                    self.counted.logical_bytes = self
+                        .counted
+                        .logical_bytes
+                        .checked_add(size)
+                        .ok_or_else(|| self.malformed("file sizes that add up past 2^64"))?;
                 }
                 let mut entry = FileEntry {
                     path,

@@ -559,7 +559,11 @@ impl<S: PackBytes> PackReader<S> {
         expected_len: Option<u32>,
     ) -> Result<Result<Record, BlockDamage>, BackupStoreError> {
         let io = |e| BackupStoreError::io(FsAction::Read, &self.path, e);
-        if offset + RECORD_HEADER_LEN as u64 > self.len {
+        // An offset from a damaged index may be anywhere up to u64::MAX.
+        if offset
+            .checked_add(RECORD_HEADER_LEN as u64)
+            .is_none_or(|header_end| header_end > self.len)
+        {
             return Ok(Err(BlockDamage::Truncated));
         }
         let mut header = [0u8; RECORD_HEADER_LEN];
