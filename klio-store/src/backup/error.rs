@@ -313,6 +313,11 @@ pub enum FileListProblem {
         /// The entry's path.
         path: String,
     },
+    /// The files' sizes add up to more than a u64 counts: no real data directory.
+    SizesOverflow {
+        /// The entry whose size overflowed the total.
+        path: String,
+    },
 }
 
 impl fmt::Display for FileListProblem {
@@ -334,6 +339,11 @@ impl fmt::Display for FileListProblem {
             Self::BlocksOfNonFile { path } => {
                 write!(f, "{path:?} is not a regular file but has blocks")
             }
+            Self::SizesOverflow { path } => write!(
+                f,
+                "the file sizes up to {path:?} add up to more than 2^64 bytes: \
+                 send each file's real size"
+            ),
         }
     }
 }

@@ -31,6 +31,8 @@
 //! End (tag 3), exactly once, last: entries (u64 LE), block references (u64 LE), logical
 //! bytes (u64 LE), which the reader checks against what it read.
 
+use std::fs::File;
+use std::io::Read;
 use std::path::Path;
 
 use klio_crypto::{Keyring, SecureRandom};
@@ -128,6 +130,15 @@ impl FileListWriter {
                 path: entry.path.clone(),
             }));
         }
+        let logical_bytes = match kind {
+            0 => self.totals.logical_bytes.checked_add(entry.size),
+            _ => Some(self.totals.logical_bytes),
+        }
+        .ok_or_else(|| {
+            self.refuse(FileListProblem::SizesOverflow {
+                path: entry.path.clone(),
+            })
+        })?;
         self.buf.clear();
         self.buf.push(TAG_ENTRY);
         self.buf.push(kind);
@@ -146,9 +157,7 @@ impl FileListWriter {
         written?;
         self.totals.files += 1;
         self.in_file = kind == 0;
-        if kind == 0 {
-            self.totals.logical_bytes += entry.size;
-        }
+        self.totals.logical_bytes = logical_bytes;
         self.add_blocks(&entry.blocks)
     }
 
@@ -199,10 +208,11 @@ pub enum FileListItem {
     Blocks(Vec<BlockHash>),
 }
 
-/// Reads a file list, streamed and checked.
+/// Reads a file list, streamed and checked: from its file in the store, or (for the fuzz
+/// targets) from bytes in memory with [`FileListReader::from_bytes`].
 #[derive(Debug)]
-pub struct FileListReader<'k> {
-    object: ObjectReader<'k>,
+pub struct FileListReader<'k, R = File> {
+    object: ObjectReader<'k, R>,
     /// The tag of the next record, read ahead while looking for an entry's first blocks.
     peeked_tag: Option<u8>,
     counted: FileListTotals,
@@ -218,12 +228,32 @@ impl<'k> FileListReader<'k> {
     ) -> Result<Self, BackupStoreError> {
         let object = ObjectReader::open(path, keyring, ObjectKind::FileList, backup)?
             .ok_or_else(|| damaged(path, ObjectDamage::Truncated))?;
-        Ok(Self {
+        Ok(Self::of_object(object))
+    }
+}
+
+impl<'k, 'b> FileListReader<'k, &'b [u8]> {
+    /// Reads the file list object `bytes` of backup `backup` (named `path` in errors).
+    #[doc(hidden)]
+    pub fn from_bytes(
+        bytes: &'b [u8],
+        path: &Path,
+        keyring: Option<&'k Keyring>,
+        backup: &str,
+    ) -> Result<Self, BackupStoreError> {
+        let object = ObjectReader::from_reader(bytes, path, keyring, ObjectKind::FileList, backup)?;
+        Ok(Self::of_object(object))
+    }
+}
+
+impl<'k, R: Read> FileListReader<'k, R> {
+    fn of_object(object: ObjectReader<'k, R>) -> Self {
+        Self {
             object,
             peeked_tag: None,
             counted: FileListTotals::default(),
             done: false,
-        })
+        }
     }
 
     fn bytes(&mut self, n: usize) -> Result<Vec<u8>, BackupStoreError> {
@@ -301,7 +331,12 @@ impl<'k> FileListReader<'k> {
                 };
                 self.counted.files += 1;
                 if kind == FileKind::File {
-                    self.counted.logical_bytes += size;
+                    // The writer refuses sizes that overflow: such a list was not written here.
+                    self.counted.logical_bytes = self
+                        .counted
+                        .logical_bytes
+                        .checked_add(size)
+                        .ok_or_else(|| self.malformed("file sizes that add up past 2^64"))?;
                 }
                 let mut entry = FileEntry {
                     path,

@@ -13,6 +13,9 @@
 //! It holds keyed hashes and offsets only, nothing of the blocks' contents. It is written
 //! (atomically, durably) only after its pack is fsynced, so an index never points at blocks
 //! that a crash could lose.
+//!
+//! [`encode_idx`] and [`parse_idx`] are the byte-level halves of writing and reading one, which
+//! the fuzz targets drive.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -28,11 +31,15 @@ const MAGIC: [u8; 8] = *b"KLBIDX01";
 const ENTRY_LEN: usize = 44;
 
 /// One block of a pack, as its index lists it.
+#[doc(hidden)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct IndexEntry {
-    pub(crate) hash: BlockHash,
-    pub(crate) offset: u64,
-    pub(crate) stored_len: u32,
+pub struct IndexEntry {
+    /// The block's hash.
+    pub hash: BlockHash,
+    /// Its record's offset in the pack.
+    pub offset: u64,
+    /// Its stored (compressed) length.
+    pub stored_len: u32,
 }
 
 /// Writes the index of pack `id` at `path`, atomically and durably.
@@ -41,6 +48,16 @@ pub(crate) fn write_idx(
     id: PackId,
     entries: &[IndexEntry],
 ) -> Result<(), BackupStoreError> {
+    let out = encode_idx(id, entries);
+    // Atomic: a reader sees no index or the whole one; durable before the blocks are reported
+    // held.
+    durable::replace(path, &out)?;
+    Ok(())
+}
+
+/// The bytes of the index of pack `id` listing `entries`.
+#[doc(hidden)]
+pub fn encode_idx(id: PackId, entries: &[IndexEntry]) -> Vec<u8> {
     let mut out = Vec::with_capacity(36 + ENTRY_LEN * entries.len());
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&id.0);
@@ -52,15 +69,22 @@ pub(crate) fn write_idx(
     }
     let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_le_bytes());
-    // Atomic: a reader sees no index or the whole one; durable before the blocks are reported
-    // held.
-    durable::replace(path, &out)?;
-    Ok(())
+    out
 }
 
 /// Reads the index at `path` of pack `id`.
 pub(crate) fn read_idx(path: &Path, id: PackId) -> Result<Vec<IndexEntry>, BackupStoreError> {
     let bytes = std::fs::read(path).map_err(|e| BackupStoreError::io(FsAction::Read, path, e))?;
+    parse_idx(&bytes, id, path)
+}
+
+/// The entries of the index `bytes` of pack `id` (`path` names it in errors).
+#[doc(hidden)]
+pub fn parse_idx(
+    bytes: &[u8],
+    id: PackId,
+    path: &Path,
+) -> Result<Vec<IndexEntry>, BackupStoreError> {
     if bytes.len() < 36 || bytes[..8] != MAGIC {
         return Err(damaged(path, ObjectDamage::BadMagic));
     }

@@ -68,9 +68,17 @@ pub use block_check::{MAX_BLOCK_LEN, check_block};
 pub use catalog::{ManifestReader, SealedBackup, StagedBackup};
 pub use error::{BackupStoreError, BlockDamage, BlockProblem, FileListProblem, ObjectDamage};
 pub use file_list::{FileListItem, FileListReader, FileListTotals, is_safe_path};
+#[doc(hidden)]
+pub use hash_key::parse_hash_key;
 pub use id::{BackupId, MAX_BACKUP_ID_LEN};
 pub use index::{BlockIndex, BlockLocation};
+#[doc(hidden)]
+pub use index::{IndexEntry, encode_idx, parse_idx};
+#[doc(hidden)]
+pub use object::{ObjectKind, encode as encode_object, read_object};
 pub use pack::{ClosedPack, PACK_TARGET_BYTES, PackId};
+#[doc(hidden)]
+pub use pack::{PackScan, read_pack_block, scan_pack};
 pub use verify::{VerifyOutcome, VerifyProgress};
 pub use wal_range::{WalCoverage, wal_coverage};
 

@@ -18,6 +18,9 @@
 //! | n | data |
 //!
 //! Nothing may follow the final chunk.
+//!
+//! [`ObjectReader`] reads from any [`Read`]: an object's file in the store, or bytes in memory
+//! for [`read_object`], the byte-level entry point that the fuzz targets drive.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -35,11 +38,16 @@ const CHUNK: usize = 1 << 20;
 const CHUNK_HEADER: usize = 9;
 
 /// What an object is: part of its binding.
+#[doc(hidden)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum ObjectKind {
+pub enum ObjectKind {
+    /// The cluster's block-hash key.
     HashKey = 1,
+    /// A backup's catalog entry.
     Entry = 2,
+    /// A backup's file list.
     FileList = 3,
+    /// A backup's `backup_manifest`.
     Manifest = 4,
 }
 
@@ -151,8 +159,9 @@ fn plain_chunk(out: &mut Vec<u8>, data: &[u8], last: bool) {
     out.extend_from_slice(data);
 }
 
-/// The whole encoded object of `data`.
-pub(crate) fn encode(
+/// The whole encoded object of `data` (`path` names it in errors).
+#[doc(hidden)]
+pub fn encode(
     keyring: Option<&Keyring>,
     kind: ObjectKind,
     id: &str,
@@ -229,8 +238,8 @@ enum Decoder<'k> {
 }
 
 /// Reads an object back, streamed, through its checks.
-pub(crate) struct ObjectReader<'k> {
-    file: File,
+pub(crate) struct ObjectReader<'k, R = File> {
+    file: R,
     path: PathBuf,
     decoder: Decoder<'k>,
     /// Plaintext decoded and not yet taken.
@@ -240,7 +249,7 @@ pub(crate) struct ObjectReader<'k> {
     ended: bool,
 }
 
-impl std::fmt::Debug for ObjectReader<'_> {
+impl<R> std::fmt::Debug for ObjectReader<'_, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ObjectReader")
             .field("path", &self.path)
@@ -257,11 +266,25 @@ impl<'k> ObjectReader<'k> {
         kind: ObjectKind,
         id: &str,
     ) -> Result<Option<Self>, BackupStoreError> {
-        let mut file = match File::open(path) {
+        let file = match File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(BackupStoreError::io(FsAction::Open, path, e)),
         };
+        ObjectReader::from_reader(file, path, keyring, kind, id).map(Some)
+    }
+}
+
+impl<'k, R: Read> ObjectReader<'k, R> {
+    /// Starts reading the object in `file` (named `path` in errors), checking that it is
+    /// `kind` of backup `id`.
+    pub(crate) fn from_reader(
+        mut file: R,
+        path: &Path,
+        keyring: Option<&'k Keyring>,
+        kind: ObjectKind,
+        id: &str,
+    ) -> Result<Self, BackupStoreError> {
         let mut magic = [0u8; 8];
         let n = read_full(&mut file, &mut magic, path)?;
         let decoder = if n == 8 && magic == klio_crypto::MAGIC {
@@ -302,7 +325,7 @@ impl<'k> ObjectReader<'k> {
         if got.as_deref() != Some(&want[..]) {
             return Err(damaged(path, ObjectDamage::OtherObject));
         }
-        Ok(Some(reader))
+        Ok(reader)
     }
 
     /// The path of the object's file.
@@ -447,7 +470,7 @@ impl<'k> ObjectReader<'k> {
     }
 }
 
-fn read_full(file: &mut File, buf: &mut [u8], path: &Path) -> Result<usize, BackupStoreError> {
+fn read_full(file: &mut impl Read, buf: &mut [u8], path: &Path) -> Result<usize, BackupStoreError> {
     let mut n = 0;
     while n < buf.len() {
         match file.read(&mut buf[n..]) {
@@ -465,6 +488,19 @@ pub(crate) fn damaged(path: &Path, reason: ObjectDamage) -> BackupStoreError {
         path: path.to_owned(),
         reason,
     }
+}
+
+/// The plaintext of the object `bytes` (named `path` in errors), checked whole as `kind` of
+/// backup `id`: [`ObjectReader`] on bytes in memory.
+#[doc(hidden)]
+pub fn read_object(
+    bytes: &[u8],
+    path: &Path,
+    keyring: Option<&Keyring>,
+    kind: ObjectKind,
+    id: &str,
+) -> Result<Vec<u8>, BackupStoreError> {
+    ObjectReader::from_reader(bytes, path, keyring, kind, id)?.read_to_end()
 }
 
 fn crypto_error(path: &Path, source: klio_crypto::CryptoError) -> BackupStoreError {

@@ -34,6 +34,12 @@
 //! The GCM additional data is the pack id followed by the 60-byte record header
 //! (`klio_crypto::journal_frame::FrameKey` with the pack id as its id), so a record cannot be
 //! moved to another pack or have its header changed undetected.
+//!
+//! # Reading
+//!
+//! [`PackReader`] reads a pack from any [`PackBytes`]: its file in the store, or bytes in
+//! memory for [`scan_pack`] and [`read_pack_block`], the byte-level entry points that the fuzz
+//! targets drive (the same header, record and scan code the store runs on its files).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -333,9 +339,32 @@ impl PackWriter {
     }
 }
 
+/// Where a pack's bytes are read from: its file, or bytes in memory.
+pub(crate) trait PackBytes {
+    /// Fills `buf` from `offset`; an error if the bytes end before.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
+}
+
+impl PackBytes for File {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        FileExt::read_exact_at(self, buf, offset)
+    }
+}
+
+impl PackBytes for &[u8] {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let piece = usize::try_from(offset)
+            .ok()
+            .and_then(|start| self.get(start..start.checked_add(buf.len())?))
+            .ok_or(std::io::ErrorKind::UnexpectedEof)?;
+        buf.copy_from_slice(piece);
+        Ok(())
+    }
+}
+
 /// A pack open for reading blocks.
-pub(crate) struct PackReader {
-    file: File,
+pub(crate) struct PackReader<S = File> {
+    file: S,
     path: PathBuf,
     protection: Protection,
     /// Offset of the first record.
@@ -343,7 +372,7 @@ pub(crate) struct PackReader {
     len: u64,
 }
 
-impl fmt::Debug for PackReader {
+impl<S> fmt::Debug for PackReader<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PackReader")
             .field("path", &self.path)
@@ -358,17 +387,26 @@ enum HeaderError {
     Failed(BackupStoreError),
 }
 
+/// An opened pack, or the error of opening it: an unfinished header is damage to a reader
+/// (only recovery removes such a pack).
+fn opened<S>(
+    result: Result<PackReader<S>, HeaderError>,
+    path: &Path,
+) -> Result<PackReader<S>, BackupStoreError> {
+    match result {
+        Ok(r) => Ok(r),
+        Err(HeaderError::Failed(e)) => Err(e),
+        Err(HeaderError::Unfinished) => Err(BackupStoreError::DamagedPack {
+            path: path.to_owned(),
+            reason: ObjectDamage::Truncated,
+        }),
+    }
+}
+
 impl PackReader {
     /// Opens the pack at `path` (its header and frame key).
     pub(crate) fn open(path: &Path, keyring: Option<&Keyring>) -> Result<Self, BackupStoreError> {
-        match Self::open_inner(path, keyring) {
-            Ok(r) => Ok(r),
-            Err(HeaderError::Failed(e)) => Err(e),
-            Err(HeaderError::Unfinished) => Err(BackupStoreError::DamagedPack {
-                path: path.to_owned(),
-                reason: ObjectDamage::Truncated,
-            }),
-        }
+        opened(Self::open_inner(path, keyring), path)
     }
 
     fn open_inner(path: &Path, keyring: Option<&Keyring>) -> Result<Self, HeaderError> {
@@ -379,6 +417,20 @@ impl PackReader {
             .metadata()
             .map_err(|e| fail(BackupStoreError::io(FsAction::Stat, path, e)))?
             .len();
+        Self::from_bytes(file, len, path, keyring)
+    }
+}
+
+impl<S: PackBytes> PackReader<S> {
+    /// Reads the header and frame key of the pack of `len` bytes in `file`, named `path` in
+    /// errors.
+    fn from_bytes(
+        file: S,
+        len: u64,
+        path: &Path,
+        keyring: Option<&Keyring>,
+    ) -> Result<Self, HeaderError> {
+        let fail = |e| HeaderError::Failed(e);
         let damaged = |reason| {
             HeaderError::Failed(BackupStoreError::DamagedPack {
                 path: path.to_owned(),
@@ -475,6 +527,30 @@ impl PackReader {
         }
     }
 
+    /// The valid records from the first one on, each block once (its first record), and the
+    /// offset where they end: the pack's length, or where a torn or damaged record starts.
+    fn scan(&self) -> Result<(Vec<IndexEntry>, u64), BackupStoreError> {
+        let mut entries = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut offset = self.records_start;
+        while offset < self.len {
+            match self.read_record(offset, None)? {
+                Ok(record) => {
+                    if seen.insert(record.block.hash) {
+                        entries.push(IndexEntry {
+                            hash: record.block.hash,
+                            offset,
+                            stored_len: record.block.data.len() as u32,
+                        });
+                    }
+                    offset = record.end;
+                }
+                Err(_) => break,
+            }
+        }
+        Ok((entries, offset))
+    }
+
     /// The record at `offset`: `Err(damage)` when it is not a valid record (with
     /// `expected_len`, the length the index gave).
     fn read_record(
@@ -483,7 +559,11 @@ impl PackReader {
         expected_len: Option<u32>,
     ) -> Result<Result<Record, BlockDamage>, BackupStoreError> {
         let io = |e| BackupStoreError::io(FsAction::Read, &self.path, e);
-        if offset + RECORD_HEADER_LEN as u64 > self.len {
+        // An offset from a damaged index may be anywhere up to u64::MAX.
+        if offset
+            .checked_add(RECORD_HEADER_LEN as u64)
+            .is_none_or(|header_end| header_end > self.len)
+        {
             return Ok(Err(BlockDamage::Truncated));
         }
         let mut header = [0u8; RECORD_HEADER_LEN];
@@ -581,24 +661,7 @@ pub(crate) fn recover(
         }
         Err(HeaderError::Failed(e)) => return Err(e),
     };
-    let mut entries = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    let mut offset = reader.records_start;
-    while offset < reader.len {
-        match reader.read_record(offset, None)? {
-            Ok(record) => {
-                if seen.insert(record.block.hash) {
-                    entries.push(IndexEntry {
-                        hash: record.block.hash,
-                        offset,
-                        stored_len: record.block.data.len() as u32,
-                    });
-                }
-                offset = record.end;
-            }
-            Err(_) => break,
-        }
-    }
+    let (entries, offset) = reader.scan()?;
     let file = OpenOptions::new()
         .write(true)
         .open(&path)
@@ -612,4 +675,46 @@ pub(crate) fn recover(
         .map_err(|e| BackupStoreError::io(FsAction::Fsync, &path, e))?;
     super::index::write_idx(&id.idx_path(dir), id, &entries)?;
     Ok(Recovered::Indexed(ClosedPack { id, entries }))
+}
+
+/// What [`scan_pack`] found in a pack's bytes.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct PackScan {
+    /// The valid records, each block once, as recovery would index them.
+    pub entries: Vec<IndexEntry>,
+    /// Where the valid records end: recovery truncates the pack to this length.
+    pub valid_len: u64,
+}
+
+/// Scans the pack `bytes` as crash recovery scans a pack without index (`path` names it in
+/// errors). For the fuzz targets: this is [`PackReader`]'s own header and record code.
+#[doc(hidden)]
+pub fn scan_pack(
+    bytes: &[u8],
+    path: &Path,
+    keyring: Option<&Keyring>,
+) -> Result<PackScan, BackupStoreError> {
+    let reader = opened(
+        PackReader::from_bytes(bytes, bytes.len() as u64, path, keyring),
+        path,
+    )?;
+    let (entries, valid_len) = reader.scan()?;
+    Ok(PackScan { entries, valid_len })
+}
+
+/// Reads the block that `entry` of an index places in the pack `bytes`, with every check a
+/// read from the store makes.
+#[doc(hidden)]
+pub fn read_pack_block(
+    bytes: &[u8],
+    path: &Path,
+    keyring: Option<&Keyring>,
+    entry: &IndexEntry,
+) -> Result<Block, BackupStoreError> {
+    let reader = opened(
+        PackReader::from_bytes(bytes, bytes.len() as u64, path, keyring),
+        path,
+    )?;
+    reader.read(entry.offset, entry.stored_len, &entry.hash)
 }

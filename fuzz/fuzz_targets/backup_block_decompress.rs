@@ -1,0 +1,53 @@
+#![no_main]
+//! Blocks arrive from clients (`PutBlock`) and from pack files (`GetBlocks`, restore): their
+//! compressed bytes are hostile. Decompressing must give exactly `plain_len` bytes or a clear
+//! error, never a panic, for every compression. What `Block::compress` makes decompresses back
+//! to the plaintext, and so does an LZ4 block of it.
+
+use bytes::Bytes;
+use klio_proto::klio::{Block, BlockCompression, BlockHash, MAX_BLOCK_LEN};
+use libfuzzer_sys::fuzz_target;
+
+const COMPRESSIONS: [BlockCompression; 3] = [
+    BlockCompression::None,
+    BlockCompression::Lz4,
+    BlockCompression::Zstd,
+];
+
+fuzz_target!(|data: &[u8]| {
+    if data.len() < 4 {
+        return;
+    }
+    let (head, body) = data.split_at(4);
+    let compression = COMPRESSIONS[usize::from(head[0]) % COMPRESSIONS.len()];
+    // A declared length from anywhere in 0..2^24, so both lengths that fit and lengths that
+    // are too large (above MAX_BLOCK_LEN) are tried.
+    let plain_len = u32::from_le_bytes([head[1], head[2], head[3], 0]);
+    let block = Block {
+        hash: BlockHash([0; 32]),
+        plain_len,
+        compression,
+        data: Bytes::copy_from_slice(body),
+    };
+    if let Ok(plain) = block.decompress() {
+        assert_eq!(plain.len(), plain_len as usize);
+        assert!(plain_len <= MAX_BLOCK_LEN);
+    }
+
+    if body.len() <= MAX_BLOCK_LEN as usize {
+        let packed = Block::compress(BlockHash([0; 32]), Bytes::copy_from_slice(body));
+        assert_eq!(
+            packed
+                .decompress()
+                .expect("a compressed block decompresses"),
+            body
+        );
+        let lz4 = Block {
+            hash: BlockHash([0; 32]),
+            plain_len: body.len() as u32,
+            compression: BlockCompression::Lz4,
+            data: Bytes::from(lz4_flex::block::compress(body)),
+        };
+        assert_eq!(lz4.decompress().expect("an LZ4 block decompresses"), body);
+    }
+});
