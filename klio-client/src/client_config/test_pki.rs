@@ -49,13 +49,10 @@ impl Pki {
     }
 
     /// A server certificate for `localhost`, as DER (certificate, PKCS#8 key), for a test
-    /// server the client verifies against this CA.
+    /// server the client verifies against this CA (also written as `server.pem`/`.key`).
     pub(crate) fn localhost_server(&self) -> (Vec<u8>, Vec<u8>) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.der().to_vec(), key.serialize_der())
+        let (cert, key) = self.server();
+        (cert.to_vec(), key.secret_der().to_vec())
     }
 
     /// Writes `server.pem` and `server.key`, a server certificate for `localhost`; returns
@@ -67,7 +64,8 @@ impl Pki {
         rustls::pki_types::PrivateKeyDer<'static>,
     ) {
         let key = rcgen::KeyPair::generate().unwrap();
-        let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         std::fs::write(self.path("server.pem"), cert.pem()).unwrap();
         std::fs::write(self.path("server.key"), key.serialize_pem()).unwrap();
