@@ -25,7 +25,8 @@ use super::recovery_args::{RecoveryTargetArgs, get_wal_restore_command};
 /// Klio server.
 ///
 /// PGDATA and every tablespace location must be missing or empty; --force deletes everything
-/// in them first. Tablespaces are restored where they were, unless --tablespace-mapping moves
+/// in them first (never while a PostgreSQL runs on PGDATA: a live postmaster.pid refuses it,
+/// one left by a crash does not). Tablespaces are restored where they were, unless --tablespace-mapping moves
 /// them. Until the restore finishes, PGDATA holds klio-restore-in-progress and no
 /// backup_label or global/pg_control, so an interrupted restore never looks complete (and
 /// PostgreSQL will not start on it): restore again with --force.

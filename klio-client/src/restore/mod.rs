@@ -215,6 +215,17 @@ pub enum RestoreError {
          remove its contents first"
     )]
     NotEmpty(PathBuf),
+    /// `--force` was given for a data directory a live PostgreSQL runs on.
+    #[error(
+        "PostgreSQL (pid {pid}, from {dir:?}/postmaster.pid) is running on {dir:?}: stop it \
+         before restoring over its data directory"
+    )]
+    PostgresRunning {
+        /// The directory.
+        dir: PathBuf,
+        /// The postmaster's process id.
+        pid: u32,
+    },
     /// A target directory holds an unfinished restore.
     #[error(
         "{dir:?} holds an unfinished restore of backup {backup} ({RESTORE_MARKER} is there): it \

@@ -93,12 +93,31 @@ pub(super) fn prepare(dir: &Path, kind: TargetKind, force: bool) -> Result<(), R
             });
         }
         Contents::Files if !force => return Err(RestoreError::NotEmpty(dir.to_owned())),
-        Contents::Interrupted { .. } | Contents::Files => clear(dir)?,
+        Contents::Interrupted { .. } | Contents::Files => {
+            if let Some(pid) = live_postmaster(dir) {
+                return Err(RestoreError::PostgresRunning {
+                    dir: dir.to_owned(),
+                    pid,
+                });
+            }
+            clear(dir)?;
+        }
     }
     if kind == TargetKind::DataDirectory {
         set_mode(dir, PGDATA_MODE)?;
     }
     Ok(())
+}
+
+/// The pid of a PostgreSQL that runs on `dir`: its `postmaster.pid` names a process that is
+/// alive. A pid file left by a crash (kill -9, power loss) names none, and does not count.
+fn live_postmaster(dir: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(dir.join("postmaster.pid")).ok()?;
+    let pid: u32 = text.lines().next()?.trim().parse().ok()?;
+    Path::new("/proc")
+        .join(pid.to_string())
+        .exists()
+        .then_some(pid)
 }
 
 fn set_mode(dir: &Path, mode: u32) -> Result<(), FsError> {
@@ -151,6 +170,30 @@ pub(super) fn remove_marker(pgdata: &Path) -> Result<(), FsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn force_never_clears_the_directory_of_a_running_postgresql_but_a_stale_pid_file_is_fine() {
+        let d = tempfile::tempdir().unwrap();
+        let pg = d.path().join("pg");
+        std::fs::create_dir(&pg).unwrap();
+        // This test process stands for a live postmaster.
+        let me = std::process::id();
+        std::fs::write(
+            pg.join("postmaster.pid"),
+            format!("{me}\n{}\n", pg.display()),
+        )
+        .unwrap();
+        let err = prepare(&pg, TargetKind::DataDirectory, true).unwrap_err();
+        assert!(
+            matches!(&err, RestoreError::PostgresRunning { pid, .. } if *pid == me),
+            "{err:?}"
+        );
+        assert!(pg.join("postmaster.pid").exists(), "nothing removed");
+        // Left by a crash: its process is gone (pid_max is at most 2^22 on Linux).
+        std::fs::write(pg.join("postmaster.pid"), "4194305\n").unwrap();
+        prepare(&pg, TargetKind::DataDirectory, true).unwrap();
+        assert_eq!(std::fs::read_dir(&pg).unwrap().count(), 0);
+    }
 
     #[test]
     fn a_non_empty_directory_is_refused_without_force_and_emptied_with_it() {
