@@ -13,11 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use klio_testkit::{
-    KlioServer, PgOptions, PgServer, SendWal, TestCerts, TestDir, as_postgres, pg_bin, run_ok,
-};
+use klio_testkit::{PgServer, TestDir, as_postgres, pg_bin, run_ok};
 
-use crate::setup::start_encrypted_server;
+use crate::setup::KlioStreaming;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -227,28 +225,25 @@ impl PgBackRest {
 
 /// Runs the comparison with the `klio` binary at `klio`. Needs `pgbackrest` on the PATH.
 pub fn run(klio: &Path, opts: &BackupOptions) -> BackupReport {
-    let pg = PgServer::start(PgOptions {
-        conf: vec![
-            "max_wal_size = 8GB".to_owned(),
-            "shared_buffers = 256MB".to_owned(),
-            "checkpoint_timeout = 1h".to_owned(),
+    // Declared in this order so that they drop as a deployment stops: send-wal, the
+    // server, then the files, then PostgreSQL.
+    let KlioStreaming {
+        pg,
+        work,
+        exe,
+        certs,
+        mut server,
+        mut client,
+    } = KlioStreaming::start(
+        klio,
+        "bench-backup",
+        &[
+            "max_wal_size = 8GB",
+            "shared_buffers = 256MB",
+            "checkpoint_timeout = 1h",
         ],
-        ..PgOptions::default()
-    });
-    let work = TestDir::new("bench-backup");
-    let exe = work.install_exe(klio);
-    let certs = TestCerts::create(&exe, &work.subdir("certs"), &["bench"]);
-    let mut server: KlioServer = start_encrypted_server(&exe, &work, &certs);
-    let mut client = SendWal::new(
-        &exe,
-        &pg,
-        &server,
-        &certs,
-        "bench",
-        &[],
-        &work.path().join("send-wal.log"),
+        true,
     );
-    client.start();
     eprintln!("pgbench -i -s {}", opts.scale);
     pg.pgbench(&["-i", "-q", "-s", &opts.scale.to_string()]);
     pg.psql("CHECKPOINT");

@@ -5,9 +5,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use klio_testkit::{
-    KlioServer, PgOptions, PgServer, SendWal, TestCerts, TestDir, as_postgres, run_ok,
-};
+use crate::setup::KlioStreaming;
+use klio_testkit::{as_postgres, run_ok};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -87,28 +86,25 @@ pub const CP: &str = "cp";
 
 /// Runs the comparison with the `klio` binary at `klio`.
 pub fn run(klio: &Path, opts: &RecoveryOptions) -> RecoveryReport {
-    let mut pg = PgServer::start(PgOptions {
-        conf: vec![
-            "max_wal_size = 8GB".to_owned(),
-            "checkpoint_timeout = 1h".to_owned(),
-            "shared_buffers = 256MB".to_owned(),
+    // Declared in this order so that they drop as a deployment stops: send-wal, the
+    // server, then the files, then PostgreSQL.
+    let KlioStreaming {
+        mut pg,
+        work,
+        exe,
+        certs,
+        server,
+        mut client,
+    } = KlioStreaming::start(
+        klio,
+        "bench-recovery",
+        &[
+            "max_wal_size = 8GB",
+            "checkpoint_timeout = 1h",
+            "shared_buffers = 256MB",
         ],
-        ..PgOptions::default()
-    });
-    let work = TestDir::new("bench-recovery");
-    let exe = work.install_exe(klio);
-    let certs = TestCerts::create(&exe, &work.subdir("certs"), &["bench"]);
-    let server = KlioServer::start(&exe, &work, &certs);
-    let mut client = SendWal::new(
-        &exe,
-        &pg,
-        &server,
-        &certs,
-        "bench",
-        &[],
-        &work.path().join("send-wal.log"),
+        false,
     );
-    client.start();
     pg.wait_for_flush("klio", &pg.current_lsn());
     let backup = work.path().join("backup");
     pg.base_backup_without_wal(&backup);

@@ -23,6 +23,59 @@ pub(crate) fn start_encrypted_server(exe: &Path, work: &TestDir, certs: &TestCer
     )
 }
 
+/// A PostgreSQL (with `conf` lines) streaming with `klio send-wal` (cluster `bench`) to a
+/// Klio server, encrypted at rest when `encrypted`, all in one [`TestDir`] labelled `label`.
+pub(crate) struct KlioStreaming {
+    /// `klio send-wal`, started.
+    pub(crate) client: SendWal,
+    /// The Klio server.
+    pub(crate) server: KlioServer,
+    /// The certificates (client certificate of `bench`).
+    pub(crate) certs: TestCerts,
+    /// The klio executable, where the postgres user can run it.
+    pub(crate) exe: std::path::PathBuf,
+    /// PostgreSQL.
+    pub(crate) pg: PgServer,
+    /// Everything else.
+    pub(crate) work: TestDir,
+}
+
+impl KlioStreaming {
+    /// Starts PostgreSQL, the server and send-wal with the `klio` binary at `klio`.
+    pub(crate) fn start(klio: &Path, label: &str, conf: &[&str], encrypted: bool) -> Self {
+        let pg = PgServer::start(PgOptions {
+            conf: conf.iter().map(|c| (*c).to_owned()).collect(),
+            ..PgOptions::default()
+        });
+        let work = TestDir::new(label);
+        let exe = work.install_exe(klio);
+        let certs = TestCerts::create(&exe, &work.subdir("certs"), &["bench"]);
+        let server = if encrypted {
+            start_encrypted_server(&exe, &work, &certs)
+        } else {
+            KlioServer::start(&exe, &work, &certs)
+        };
+        let mut client = SendWal::new(
+            &exe,
+            &pg,
+            &server,
+            &certs,
+            "bench",
+            &[],
+            &work.path().join("send-wal.log"),
+        );
+        client.start();
+        Self {
+            client,
+            server,
+            certs,
+            exe,
+            pg,
+            work,
+        }
+    }
+}
+
 /// One PostgreSQL streaming to both receivers at once: `klio send-wal` (application name
 /// `klio`, slot `klio`) into a Klio server, and `pg_receivewal --synchronous` (application
 /// name `pg_receivewal`, slot `pgrw`) into a directory.

@@ -41,10 +41,11 @@ impl Received {
     }
 }
 
-#[test]
-fn every_file_of_a_real_base_backup_is_rebuilt_from_its_blocks_as_the_manifest_says() {
+/// A PostgreSQL with a 50,000-row table `t` and a table `in_ts` in tablespace `ts`, whose
+/// directory lives in the returned [`TestDir`].
+pub(super) fn primary_with_tablespace(label: &str) -> (PgServer, TestDir) {
     let pg = PgServer::start(PgOptions::default());
-    let work = TestDir::new("backup-blocks");
+    let work = TestDir::new(label);
     let tablespace_dir = work.subdir("tablespace");
     pg.psql(&format!(
         "CREATE TABLESPACE ts LOCATION '{}'",
@@ -52,6 +53,12 @@ fn every_file_of_a_real_base_backup_is_rebuilt_from_its_blocks_as_the_manifest_s
     ));
     pg.psql("CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 50000) g");
     pg.psql("CREATE TABLE in_ts TABLESPACE ts AS SELECT g FROM generate_series(1, 1000) g");
+    (pg, work)
+}
+
+#[test]
+fn every_file_of_a_real_base_backup_is_rebuilt_from_its_blocks_as_the_manifest_says() {
+    let (pg, _work) = primary_with_tablespace("backup-blocks");
     let relation = pg.psql("SELECT pg_relation_filepath('t')");
     let ts_oid = pg.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts'");
 

@@ -12,7 +12,7 @@ use klio_proto::klio::{
     ALPN, BackupFinish, BackupInfo, BackupStatus, BlockHash, CATALOG_SCHEMA, CatalogTablespace,
     ErrorCode, FileEntry, FrameDecoder, Message, PROTOCOL_VERSION,
 };
-use klio_testkit::{PgOptions, PgServer, TestDir, as_postgres, pg_bin, run_ok};
+use klio_testkit::{PgOptions, PgServer, as_postgres, pg_bin, run_ok};
 
 use super::{BackupError, BackupOptions, BackupRef, CatalogError, catalog};
 use crate::ConnParams;
@@ -310,15 +310,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 #[test]
 fn a_second_backup_sends_only_changed_blocks_and_the_catalog_lists_both() {
-    let pg = PgServer::start(PgOptions::default());
-    let work = TestDir::new("backup-session");
-    let tablespace_dir = work.subdir("tablespace");
-    pg.psql(&format!(
-        "CREATE TABLESPACE ts LOCATION '{}'",
-        tablespace_dir.display()
-    ));
-    pg.psql("CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 50000) g");
-    pg.psql("CREATE TABLE in_ts TABLESPACE ts AS SELECT g FROM generate_series(1, 1000) g");
+    let (pg, _work) = super::postgres_tests::primary_with_tablespace("backup-session");
     // Hint bits and the visibility map are set now, not by the change between the backups.
     pg.psql("VACUUM FREEZE");
     pg.psql("CHECKPOINT");
