@@ -312,6 +312,26 @@ pub enum Message {
         /// The backup id.
         id: String,
     },
+    /// Client → server: pin (`pinned: true`) or unpin a backup; a pinned backup is never
+    /// removed by a retention policy. Answered with its `BackupEntry` then `CatalogEnd`.
+    PinBackup {
+        /// The backup id.
+        id: String,
+        /// Pin or unpin.
+        pinned: bool,
+    },
+    /// Client → server: enforce the cluster's retention policy now (`dry_run`: only report
+    /// what would go). Answered with `RetentionReport` then `CatalogEnd`.
+    RunRetention {
+        /// Report only; remove nothing.
+        dry_run: bool,
+    },
+    /// Server → client: what a retention run removed or would remove (the JSON of
+    /// [`super::RetentionReport`]).
+    RetentionReport {
+        /// The JSON document.
+        json: Bytes,
+    },
     /// Server → client: how far a long request has come.
     Progress {
         /// Bytes done.
@@ -364,6 +384,9 @@ pub(super) mod tag {
     pub(crate) const VERIFY_BACKUP: u8 = b'V';
     pub(crate) const PROGRESS: u8 = b'r';
     pub(crate) const CATALOG_END: u8 = b'x';
+    pub(crate) const PIN_BACKUP: u8 = b'I';
+    pub(crate) const RUN_RETENTION: u8 = b'O';
+    pub(crate) const RETENTION_REPORT: u8 = b'o';
 }
 
 fn put_str(out: &mut BytesMut, s: &str) {
@@ -421,6 +444,9 @@ impl Message {
             Self::VerifyBackup { .. } => tag::VERIFY_BACKUP,
             Self::Progress { .. } => tag::PROGRESS,
             Self::CatalogEnd => tag::CATALOG_END,
+            Self::PinBackup { .. } => tag::PIN_BACKUP,
+            Self::RunRetention { .. } => tag::RUN_RETENTION,
+            Self::RetentionReport { .. } => tag::RETENTION_REPORT,
         }
     }
 
@@ -556,7 +582,12 @@ impl Message {
                     put_str(out, &t.location);
                 }
             }
-            Self::BackupEntry { json } => out.put_slice(json),
+            Self::BackupEntry { json } | Self::RetentionReport { json } => out.put_slice(json),
+            Self::PinBackup { id, pinned } => {
+                put_str(out, id);
+                out.put_u8(u8::from(*pinned));
+            }
+            Self::RunRetention { dry_run } => out.put_u8(u8::from(*dry_run)),
             Self::ListBackups | Self::CatalogEnd => {}
             Self::GetBackup { id } | Self::DeleteBackup { id } | Self::VerifyBackup { id } => {
                 put_str(out, id);
@@ -606,6 +637,13 @@ mod decode {
         fn u8(&mut self) -> Result<u8, KlioProtocolError> {
             self.need(1)?;
             Ok(self.buf.get_u8())
+        }
+        fn flag(&mut self) -> Result<bool, KlioProtocolError> {
+            match self.u8()? {
+                0 => Ok(false),
+                1 => Ok(true),
+                other => Err(self.malformed(format!("flag {other}, expected 0 or 1"))),
+            }
         }
         fn u16(&mut self) -> Result<u16, KlioProtocolError> {
             self.need(2)?;
@@ -900,6 +938,12 @@ mod decode {
             tag::GET_BACKUP => Message::GetBackup { id: r.string()? },
             tag::DELETE_BACKUP => Message::DeleteBackup { id: r.string()? },
             tag::VERIFY_BACKUP => Message::VerifyBackup { id: r.string()? },
+            tag::PIN_BACKUP => Message::PinBackup {
+                id: r.string()?,
+                pinned: r.flag()?,
+            },
+            tag::RUN_RETENTION => Message::RunRetention { dry_run: r.flag()? },
+            tag::RETENTION_REPORT => Message::RetentionReport { json: r.rest() },
             tag::PROGRESS => Message::Progress {
                 done: r.u64()?,
                 total: r.u64()?,

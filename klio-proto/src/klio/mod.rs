@@ -11,6 +11,7 @@ mod catalog;
 mod cluster_name;
 mod codec;
 mod message;
+mod retention;
 
 pub use backup::{
     BLOCK_HASH_LEN, BLOCK_ZSTD_LEVEL, BackupFinish, Block, BlockCompression, BlockDecodeError,
@@ -22,6 +23,11 @@ pub use catalog::{
 pub use cluster_name::{ClusterName, InvalidClusterName};
 pub use codec::{DEFAULT_MAX_FRAME_LEN, FrameDecoder, KlioProtocolError};
 pub use message::{ErrorCode, Message, PROTOCOL_VERSION};
+pub use retention::{
+    BackupVerdict, BlockReport, DiskReport, RETENTION_REPORT_SCHEMA, RecoverablePoint,
+    ReportPolicy, RetainedBecause, RetentionReport, RetentionReportError, WalKeptBecause,
+    WalTimelineReport,
+};
 
 /// The ALPN protocol id Klio speaks over QUIC.
 pub const ALPN: &[u8] = b"klio/1";

@@ -187,6 +187,18 @@ fn samples() -> Vec<Message> {
         },
         Message::DeleteBackup { id: "x".to_owned() },
         Message::VerifyBackup { id: "y".to_owned() },
+        Message::PinBackup {
+            id: "z".to_owned(),
+            pinned: true,
+        },
+        Message::PinBackup {
+            id: "z".to_owned(),
+            pinned: false,
+        },
+        Message::RunRetention { dry_run: true },
+        Message::RetentionReport {
+            json: Bytes::from_static(b"{\"cluster\":\"a\"}"),
+        },
         Message::Progress { done: 5, total: 10 },
         Message::CatalogEnd,
         Message::Error {
@@ -431,4 +443,76 @@ fn a_block_that_lies_about_its_length_or_compression_does_not_decompress() {
     // A flipped byte either fails to decompress or changes the plaintext; the keyed hash
     // check that follows catches the second case.
     assert!(damaged.decompress().map_or(true, |p| p != vec![7u8; 65536]));
+}
+
+#[test]
+fn a_flag_other_than_zero_or_one_is_malformed() {
+    let mut buf = BytesMut::new();
+    Message::RunRetention { dry_run: true }.encode(&mut buf);
+    let last = buf.len() - 1;
+    buf[last] = 2;
+    let e = FrameDecoder::new().decode(&mut buf).unwrap_err();
+    assert!(
+        matches!(&e, KlioProtocolError::Malformed { reason, .. } if reason.contains("flag 2")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn a_retention_report_round_trips_and_names_its_reasons() {
+    let report = RetentionReport {
+        schema: RETENTION_REPORT_SCHEMA,
+        cluster: "pg-main".to_owned(),
+        dry_run: true,
+        ran_at: "2026-12-01T12:00:00Z".to_owned(),
+        policy: Some(ReportPolicy {
+            keep_backups: Some(2),
+            recovery_window: Some("7days".to_owned()),
+            min_backups: 1,
+        }),
+        backups: vec![BackupVerdict {
+            id: "20261201T120000Z-1b2c".to_owned(),
+            ended_at: "2026-12-01T12:00:05Z".to_owned(),
+            end: CatalogPosition {
+                timeline: 2,
+                lsn: Lsn(0x5000100),
+            },
+            removed: false,
+            kept_because: vec![
+                RetainedBecause::Newest { rank: 1, keep: 2 },
+                RetainedBecause::Pinned,
+            ],
+        }],
+        wal: vec![WalTimelineReport {
+            timeline: 1,
+            segments_removed: 3,
+            bytes_removed: 3 << 24,
+            first_removed: Some("000000010000000000000001".to_owned()),
+            last_removed: Some("000000010000000000000003".to_owned()),
+            kept_from: Some("000000010000000000000004".to_owned()),
+            kept_because: vec![WalKeptBecause::Backup {
+                id: "20261201T120000Z-1b2c".to_owned(),
+            }],
+            history_removed: false,
+        }],
+        blocks: BlockReport {
+            blocks: 120,
+            bytes: 7 << 20,
+            packs_removed: 1,
+            packs_rewritten: 0,
+        },
+        oldest_recoverable: None,
+        disk: Some(DiskReport {
+            free_bytes: 1,
+            total_bytes: 2,
+            nearly_full: true,
+        }),
+        notes: vec![],
+    };
+    let json = report.to_json();
+    let text = String::from_utf8(json.clone()).unwrap();
+    assert!(text.contains(r#""reason": "newest""#), "{text}");
+    assert!(text.contains(r#""lsn": "0/5000100""#), "{text}");
+    assert_eq!(RetentionReport::from_json(&json).unwrap(), report);
+    assert!(RetentionReport::from_json(b"{}").is_err());
 }
