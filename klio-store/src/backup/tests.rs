@@ -96,6 +96,7 @@ fn info(id: &str, end: u64, completed_at: &str) -> BackupInfo {
         logical_bytes: 0,
         referenced_stored_bytes: 0,
         new_stored_bytes: 0,
+        pinned: false,
     }
 }
 
