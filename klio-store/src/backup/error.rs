@@ -131,6 +131,15 @@ pub enum BackupStoreError {
         /// What was given.
         id: String,
     },
+    /// The backup is pinned: it is never deleted, by retention or by hand, while it is.
+    #[error(
+        "backup {id} is pinned and is not deleted: run `klio backup unpin {id}` first if it \
+         really is no longer needed"
+    )]
+    Pinned {
+        /// The backup.
+        id: String,
+    },
     /// A backup of that id is already staged or in the catalog.
     #[error("backup {id} already exists: every backup session gets a new id")]
     BackupExists {
