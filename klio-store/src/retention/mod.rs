@@ -14,8 +14,12 @@
 //! pinned one); reclaiming their blocks is the block store's mark and sweep.
 
 mod policy;
+mod wal_plan;
 
 #[cfg(test)]
 mod tests_policy;
+#[cfg(test)]
+mod tests_wal_plan;
 
 pub use policy::{KeepReason, RetentionPolicy, Verdict, decide};
+pub use wal_plan::{TimelinePlan, WalKeepReason, WalPlan, plan_wal};
