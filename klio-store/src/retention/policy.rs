@@ -98,7 +98,7 @@ impl Verdict {
 /// One decision per backup, in the order of `backups` (which the caller gives in
 /// [`BackupInfo::order_key`] order, oldest first: by end position, never by id or name).
 /// "Newest" means last in that order. Time is [`BackupInfo::ended_at`] (RFC 3339) against
-/// `now`. See the [module documentation](self) for the rules.
+/// `now`. The rules are in the `policy` module's documentation.
 pub fn decide(backups: &[BackupInfo], policy: &RetentionPolicy, now: SystemTime) -> Vec<Verdict> {
     let mut reasons: Vec<Vec<KeepReason>> = backups
         .iter()

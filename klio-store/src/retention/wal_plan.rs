@@ -121,7 +121,7 @@ impl Ancestry {
 
 /// The plan for the archive's listing, given the retained backups (id, start position). No
 /// retained backup (or no policy; the caller passes `None`): nothing is removed. See the
-/// [module documentation](self) for the rules.
+/// `wal_plan` module's documentation for the rules.
 pub fn plan_wal(
     archive: &WalArchiveReader,
     retained: Option<&[(String, WalPosition)]>,
