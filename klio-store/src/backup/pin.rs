@@ -7,8 +7,9 @@
 //! into another backup's directory is refused) holding the RFC 3339 UTC time it was pinned.
 //! The backup's `entry.json` never changes: [`BackupStore::entry`] and [`BackupStore::list`]
 //! fill [`BackupInfo::pinned`] from the marker. A marker that fails its checks is an error
-//! naming it, never read as "unpinned": a backup someone pinned must not become removable
-//! because a file was damaged.
+//! ([`BackupStoreError::DamagedPin`], its cause naming the file), never read as "unpinned": a
+//! backup someone pinned must not become removable because a file was damaged. Pinning again
+//! writes a new marker over it; unpinning removes it.
 //!
 //! # Durability
 //!
@@ -41,10 +42,9 @@ impl BackupStore {
         if pinned {
             let already = match self.pinned_at(id) {
                 Ok(at) => at.is_some(),
-                Err(e @ BackupStoreError::Fs(_)) => return Err(e),
-                // A marker that fails its checks (damaged, or sealed under a key no longer
-                // held): pinning again is how an operator repairs it.
-                Err(_) => false,
+                // Pinning again is how an operator repairs a marker that fails its checks.
+                Err(BackupStoreError::DamagedPin { .. }) => false,
+                Err(e) => return Err(e),
             };
             if !already {
                 let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
@@ -56,6 +56,8 @@ impl BackupStore {
                     &*RNG,
                     &path,
                 )?;
+                // Atomic and durable: a crash leaves the backup pinned or not, never a torn
+                // marker, and the pin holds once this returns.
                 durable::replace(&path, &bytes)?;
             }
         } else {
@@ -71,17 +73,28 @@ impl BackupStore {
         self.entry(id)
     }
 
-    /// When backup `id` was pinned (RFC 3339), `None` if it is not pinned; a damaged marker
-    /// is an error naming it.
+    /// When backup `id` was pinned (RFC 3339), `None` if it is not pinned. A marker that fails
+    /// its checks is [`BackupStoreError::DamagedPin`], its cause naming the file.
     pub(crate) fn pinned_at(&self, id: &BackupId) -> Result<Option<String>, BackupStoreError> {
         let path = self.pin_path(id);
-        let Some(mut reader) =
-            ObjectReader::open(&path, self.keyring(), ObjectKind::Pin, id.as_str())?
-        else {
-            return Ok(None);
+        let read = || -> Result<Option<String>, BackupStoreError> {
+            let Some(mut reader) =
+                ObjectReader::open(&path, self.keyring(), ObjectKind::Pin, id.as_str())?
+            else {
+                return Ok(None);
+            };
+            let bytes = reader.read_to_end()?;
+            parse_pin_time(&bytes, &path).map(Some)
         };
-        let bytes = reader.read_to_end()?;
-        parse_pin_time(&bytes, &path).map(Some)
+        read().map_err(|e| match e {
+            BackupStoreError::DamagedFile { .. } | BackupStoreError::Crypto { .. } => {
+                BackupStoreError::DamagedPin {
+                    id: id.to_string(),
+                    source: Box::new(e),
+                }
+            }
+            other => other,
+        })
     }
 
     fn pin_path(&self, id: &BackupId) -> PathBuf {

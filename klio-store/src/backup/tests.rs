@@ -849,13 +849,23 @@ fn a_damaged_pin_marker_is_an_error_naming_it_never_unpinned() {
             store.delete(&id).unwrap_err(),
         ] {
             assert!(
-                err.to_string().contains("catalog/b1/pinned"),
-                "the error names the marker: {err}"
+                matches!(&err, BackupStoreError::DamagedPin { id, .. } if id == "b1"),
+                "{err}"
+            );
+            assert!(err.to_string().contains("klio backup pin b1"), "{err}");
+            let chain = klio_wal::ErrorChain(&err).to_string();
+            assert!(
+                chain.contains("catalog/b1/pinned"),
+                "the error names the marker: {chain}"
             );
         }
         assert!(d.path().join("catalog/b1/entry.json").exists());
         // Pinning again repairs it.
         assert!(store.set_pinned(&id, true).unwrap().pinned);
+        assert!(store.entry(&id).unwrap().pinned);
+        // So does unpinning, which removes it.
+        std::fs::write(&marker, b"garbage").unwrap();
+        assert!(!store.set_pinned(&id, false).unwrap().pinned);
     }
 }
 
@@ -872,15 +882,19 @@ fn a_pin_marker_copied_to_another_backup_is_refused() {
     let catalog = d.path().join("catalog");
     std::fs::copy(catalog.join("b1/pinned"), catalog.join("b2/pinned")).unwrap();
     let err = store.entry(&BackupId::parse("b2").unwrap()).unwrap_err();
+    let BackupStoreError::DamagedPin { id, source } = &err else {
+        panic!("{err}");
+    };
+    assert_eq!(id, "b2");
     assert!(
         matches!(
-            err,
+            **source,
             BackupStoreError::DamagedFile {
                 reason: ObjectDamage::OtherObject,
                 ..
             }
         ),
-        "{err}"
+        "{source}"
     );
 }
 
@@ -924,5 +938,8 @@ fn an_encrypted_store_keeps_the_pin_marker_sealed() {
     ));
     // With another keyring neither.
     let other = BackupStore::new(d.path(), Some(ring(2)));
-    assert!(other.pinned_at(&id).is_err());
+    assert!(matches!(
+        other.pinned_at(&id),
+        Err(BackupStoreError::DamagedPin { .. })
+    ));
 }
