@@ -56,8 +56,7 @@ pub struct PrunedTimeline {
     pub last: Option<WalFileName>,
     /// Segments removed.
     pub segments: u64,
-    /// Bytes of the files removed, as stored (sealed files compressed): segments and the
-    /// history file.
+    /// Stored bytes of the segments removed (sealed files: compressed, as on disk).
     pub bytes: u64,
     /// Whether the timeline's history file was removed.
     pub history_removed: bool,
@@ -69,7 +68,7 @@ impl PrunedWal {
         self.timelines.iter().map(|t| t.segments).sum()
     }
 
-    /// Bytes removed on all timelines.
+    /// Stored bytes of the segments removed on all timelines.
     pub fn bytes(&self) -> u64 {
         self.timelines.iter().map(|t| t.bytes).sum()
     }
@@ -169,7 +168,6 @@ impl WalPruner {
                         remove_file(&f.path)?;
                         removed_any = true;
                     }
-                    pruned.bytes += f.bytes;
                 }
                 pruned.history_removed = !files.is_empty();
             }

@@ -177,9 +177,19 @@ fn history_files_go_with_the_last_wal_of_their_timeline() {
         .unwrap();
         let plan = plan_for(&a, at(3, 7 * SEG + 0x28));
         let pruner = WalPruner::open(d.path()).unwrap();
+        let t2_bytes: u64 = (3..=5)
+            .map(|s| {
+                pruner
+                    .segment_bytes(tl(2), SegmentNo(s), size())
+                    .unwrap()
+                    .unwrap()
+            })
+            .sum();
         let measured = pruner.measure(&plan, size()).unwrap();
         let pruned = pruner.apply(&plan, size()).unwrap();
         assert_eq!(pruned, measured);
+        // The bytes are the segments' as stored; the history file is not counted.
+        assert_eq!(pruned.timelines[1].bytes, t2_bytes);
         let by_timeline: Vec<(TimelineId, u64, bool)> = pruned
             .timelines
             .iter()
