@@ -259,3 +259,20 @@ fn timelines_are_ordered_by_number_not_by_file_name() {
     assert_eq!(t9.remove, [run(1, 3)]);
     assert!(t9.remove_history);
 }
+
+#[test]
+fn a_history_file_that_cannot_be_read_is_never_removed() {
+    // Timeline 2 has a damaged history and no WAL left to keep; timeline 3 is newest.
+    let d = tempfile::tempdir().unwrap();
+    let mut a = WalArchive::open(d.path(), ident()).unwrap();
+    stream(&mut a, 1, SEG, 3 * SEG);
+    stream(&mut a, 3, 3 * SEG, 5 * SEG + 10);
+    a.store_history(tl(2), b"garbage\n").unwrap();
+    a.store_history(tl(3), &history(&[(1, 3 * SEG)])).unwrap();
+    let retained = [("b".to_owned(), at(3, 4 * SEG + 0x28))];
+    let plan = plan_wal(&a, Some(&retained)).unwrap();
+    let t2 = plan_of(&plan, 2);
+    assert_eq!(t2.kept_because, []);
+    assert!(!t2.remove_history, "{t2:?}");
+    assert_eq!(plan_of(&plan, 1).remove, [run(1, 2)]);
+}

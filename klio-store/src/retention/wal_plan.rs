@@ -25,7 +25,8 @@
 //! segment up, what is kept on a timeline is everything from [`TimelinePlan::keep_from`] up.
 //!
 //! `T`'s history file is removed only when no retained backup reaches `T`, `T` is not the
-//! newest timeline, and no segment or partial of `T` remains after the plan.
+//! newest timeline, no segment or partial of `T` remains after the plan, and the file can be
+//! read (a damaged one is left for the operator to look at).
 
 use std::collections::BTreeSet;
 
@@ -197,7 +198,9 @@ pub fn plan_wal(
             remove,
             keep_from: kept.first().map(|r| r.first),
             kept_because,
+            // A history file that cannot be read is left for the operator to look at.
             remove_history: listing.histories.contains(&timeline)
+                && !matches!(ancestry, Ancestry::Unknown)
                 && !reached
                 && !is_newest
                 && kept.is_empty()
