@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod backup;
+pub mod retention;
 pub mod wal_archive;
 
 pub use klio_wal::SegmentSize;

@@ -277,6 +277,7 @@ fn answer(
                 logical_bytes: files.iter().map(|f| f.size).sum(),
                 referenced_stored_bytes: 0,
                 new_stored_bytes: log.put_bytes,
+                pinned: false,
             };
             log.finish = Some(finish);
             store.catalog.push(info.clone());

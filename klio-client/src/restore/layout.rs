@@ -329,6 +329,7 @@ mod tests {
             logical_bytes: 0,
             referenced_stored_bytes: 0,
             new_stored_bytes: 0,
+            pinned: false,
         }
     }
 

@@ -76,6 +76,7 @@ impl FakeBackup {
                 logical_bytes: 0,
                 referenced_stored_bytes: 0,
                 new_stored_bytes: 0,
+                pinned: false,
             },
             key,
             entries: Vec::new(),

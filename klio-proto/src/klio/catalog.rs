@@ -23,7 +23,8 @@
 //!   "blocks": 23456,
 //!   "logical_bytes": 1610612736,
 //!   "referenced_stored_bytes": 180000000,
-//!   "new_stored_bytes": 2000000
+//!   "new_stored_bytes": 2000000,
+//!   "pinned": false
 //! }
 //! ```
 //!
@@ -34,6 +35,10 @@
 //! - `logical_bytes` is the sum of file sizes; `referenced_stored_bytes` what its blocks take on
 //!   the server (compressed, before encryption overhead); `new_stored_bytes` what this backup
 //!   added (blocks no earlier backup had).
+//! - `pinned`: the backup is pinned (`klio backup pin ID`) and never removed by a retention
+//!   policy. Added after version 1 was first written: a document without it reads as `false`.
+//!   The server keeps the pin beside the entry, not in it, and fills this field when it lists
+//!   or shows a backup.
 //! - New fields may be added; existing ones keep their meaning. `schema` changes only when a
 //!   field changes meaning.
 
@@ -85,6 +90,9 @@ pub struct BackupInfo {
     pub referenced_stored_bytes: u64,
     /// Stored bytes of the blocks this backup added.
     pub new_stored_bytes: u64,
+    /// Pinned: never removed by a retention policy (absent in older documents: `false`).
+    #[serde(default)]
+    pub pinned: bool,
 }
 
 impl BackupInfo {

@@ -280,6 +280,7 @@ fn a_catalog_entry_round_trips_through_json_with_text_lsns() {
         logical_bytes: 131_072,
         referenced_stored_bytes: 1000,
         new_stored_bytes: 10,
+        pinned: false,
     };
     let json = info.to_json();
     let text = String::from_utf8(json.clone()).unwrap();
@@ -287,6 +288,13 @@ fn a_catalog_entry_round_trips_through_json_with_text_lsns() {
     assert!(text.contains(r#""status": "complete""#), "{text}");
     assert_eq!(BackupInfo::from_json(&json).unwrap(), info);
     assert!(BackupInfo::from_json(b"{\"schema\": 1}").is_err());
+
+    // Entries written before `pinned` existed read as unpinned.
+    let mut older: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    older.as_object_mut().unwrap().remove("pinned");
+    let older = serde_json::to_vec(&older).unwrap();
+    assert!(!String::from_utf8_lossy(&older).contains("pinned"));
+    assert_eq!(BackupInfo::from_json(&older).unwrap(), info);
 }
 
 #[test]

@@ -216,6 +216,7 @@ async fn complete<T: FrameIo>(
         logical_bytes: totals.logical_bytes,
         referenced_stored_bytes: referenced,
         new_stored_bytes: new_stored,
+        pinned: false,
     };
     let entry = info.clone();
     blocking(move || sealed.publish(&entry))

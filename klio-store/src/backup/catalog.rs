@@ -1,5 +1,5 @@
 //! The catalog: backups being written (`staging/`), complete ones (`catalog/`), listing,
-//! reading and deleting them.
+//! reading and deleting them. Pins are in the `pin` module.
 
 use std::path::{Path, PathBuf};
 
@@ -106,9 +106,22 @@ impl BackupStore {
         Ok(out)
     }
 
-    /// The entry of backup `id`.
+    /// The entry of backup `id`, with [`BackupInfo::pinned`] from its pin marker (the `pin`
+    /// module).
     pub fn entry(&self, id: &BackupId) -> Result<BackupInfo, BackupStoreError> {
-        let path = self.catalog_dir().join(id.as_str()).join(ENTRY);
+        let mut info = self.stored_entry(id)?;
+        info.pinned = self.pinned_at(id)?.is_some();
+        Ok(info)
+    }
+
+    /// The directory of backup `id` in the catalog.
+    pub(crate) fn backup_dir(&self, id: &BackupId) -> PathBuf {
+        self.catalog_dir().join(id.as_str())
+    }
+
+    /// The entry of backup `id` as stored in `entry.json` (its `pinned` is not the pin).
+    pub(crate) fn stored_entry(&self, id: &BackupId) -> Result<BackupInfo, BackupStoreError> {
+        let path = self.backup_dir(id).join(ENTRY);
         let Some(mut reader) =
             ObjectReader::open(&path, self.keyring.as_ref(), ObjectKind::Entry, id.as_str())?
         else {
@@ -148,9 +161,13 @@ impl BackupStore {
     }
 
     /// Removes backup `id` from the catalog (its blocks stay, for retention); returns its
-    /// entry.
+    /// entry. A pinned backup is refused ([`BackupStoreError::Pinned`]), and so is one whose
+    /// pin marker is damaged.
     pub fn delete(&self, id: &BackupId) -> Result<BackupInfo, BackupStoreError> {
         let info = self.entry(id)?;
+        if info.pinned {
+            return Err(BackupStoreError::Pinned { id: id.to_string() });
+        }
         let from = self.catalog_dir().join(id.as_str());
         let deleted = self.deleted_dir();
         ensure_dir(&deleted)?;

@@ -131,6 +131,28 @@ pub enum BackupStoreError {
         /// What was given.
         id: String,
     },
+    /// The backup is pinned: it is never deleted, by retention or by hand, while it is.
+    #[error(
+        "backup {id} is pinned and is not deleted: run `klio backup unpin {id}` first if it \
+         really is no longer needed"
+    )]
+    Pinned {
+        /// The backup.
+        id: String,
+    },
+    /// A backup's pin marker fails its checks: whether it is pinned is unknown, so it is
+    /// treated as neither (not listed, not deleted).
+    #[error(
+        "the pin marker of backup {id} cannot be read: run `klio backup pin {id}` to write it \
+         again, or `klio backup unpin {id}` to remove it"
+    )]
+    DamagedPin {
+        /// The backup.
+        id: String,
+        /// What is wrong with the marker (names the file).
+        #[source]
+        source: Box<Self>,
+    },
     /// A backup of that id is already staged or in the catalog.
     #[error("backup {id} already exists: every backup session gets a new id")]
     BackupExists {

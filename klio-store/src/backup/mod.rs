@@ -51,6 +51,7 @@ mod id;
 mod index;
 mod object;
 mod pack;
+mod pin;
 mod verify;
 mod wal_range;
 

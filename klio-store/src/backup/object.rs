@@ -1,6 +1,6 @@
-//! The protected objects of the backup store (catalog files and the block-hash key): sealed
-//! with the keyring on an encrypted server, CRC-32C chunks on a plain one, and bound to what
-//! they are, so a file moved to another backup's directory (or renamed) is refused.
+//! The protected objects of the backup store (catalog files, pin markers and the block-hash
+//! key): sealed with the keyring on an encrypted server, CRC-32C chunks on a plain one, and
+//! bound to what they are, so a file moved to another backup's directory (or renamed) is refused.
 //!
 //! # Format
 //!
@@ -49,6 +49,8 @@ pub enum ObjectKind {
     FileList = 3,
     /// A backup's `backup_manifest`.
     Manifest = 4,
+    /// A backup's pin marker (`pinned`): the time it was pinned.
+    Pin = 5,
 }
 
 fn binding(kind: ObjectKind, id: &str) -> Vec<u8> {

@@ -96,6 +96,7 @@ fn info(id: &str, end: u64, completed_at: &str) -> BackupInfo {
         logical_bytes: 0,
         referenced_stored_bytes: 0,
         new_stored_bytes: 0,
+        pinned: false,
     }
 }
 
@@ -779,4 +780,166 @@ fn a_file_list_whose_sizes_add_up_past_u64_is_damage_not_a_panic() {
         ),
         "{err:?}"
     );
+}
+
+#[test]
+fn a_pin_survives_a_reopen_and_unpinning_removes_it() {
+    for keyring in formats() {
+        let d = tempfile::tempdir().unwrap();
+        let store = BackupStore::new(d.path(), keyring.clone());
+        store.prepare_for_backup().unwrap();
+        backup(&store, "b1", 0x3000000, &[]);
+        backup(&store, "b2", 0x4000000, &[]);
+        let id = BackupId::parse("b1").unwrap();
+        assert!(!store.entry(&id).unwrap().pinned);
+        assert!(store.set_pinned(&id, true).unwrap().pinned);
+        // Pinning twice keeps the first marker.
+        let marker = d.path().join("catalog/b1/pinned");
+        let first = std::fs::read(&marker).unwrap();
+        assert!(store.set_pinned(&id, true).unwrap().pinned);
+        assert_eq!(std::fs::read(&marker).unwrap(), first);
+
+        let reopened = BackupStore::new(d.path(), keyring);
+        let pins: Vec<(String, bool)> = reopened
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|i| (i.id, i.pinned))
+            .collect();
+        assert_eq!(pins, [("b1".to_owned(), true), ("b2".to_owned(), false)]);
+
+        assert!(!reopened.set_pinned(&id, false).unwrap().pinned);
+        assert!(!marker.exists());
+        assert!(!reopened.entry(&id).unwrap().pinned);
+        // Unpinning an unpinned backup changes nothing.
+        assert!(!reopened.set_pinned(&id, false).unwrap().pinned);
+    }
+}
+
+#[test]
+fn pinning_a_backup_that_is_not_in_the_catalog_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let store = BackupStore::new(d.path(), None);
+    store.prepare_for_backup().unwrap();
+    let id = BackupId::parse("nope").unwrap();
+    assert!(matches!(
+        store.set_pinned(&id, true),
+        Err(BackupStoreError::NoSuchBackup { .. })
+    ));
+    assert!(!d.path().join("catalog/nope").exists());
+}
+
+#[test]
+fn a_damaged_pin_marker_is_an_error_naming_it_never_unpinned() {
+    for keyring in formats() {
+        let d = tempfile::tempdir().unwrap();
+        let store = BackupStore::new(d.path(), keyring);
+        store.prepare_for_backup().unwrap();
+        backup(&store, "b1", 0x3000000, &[]);
+        let id = BackupId::parse("b1").unwrap();
+        store.set_pinned(&id, true).unwrap();
+        let marker = d.path().join("catalog/b1/pinned");
+        let mut bytes = std::fs::read(&marker).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        std::fs::write(&marker, &bytes).unwrap();
+        for err in [
+            store.entry(&id).unwrap_err(),
+            store.list().unwrap_err(),
+            store.delete(&id).unwrap_err(),
+        ] {
+            assert!(
+                matches!(&err, BackupStoreError::DamagedPin { id, .. } if id == "b1"),
+                "{err}"
+            );
+            assert!(err.to_string().contains("klio backup pin b1"), "{err}");
+            let chain = klio_wal::ErrorChain(&err).to_string();
+            assert!(
+                chain.contains("catalog/b1/pinned"),
+                "the error names the marker: {chain}"
+            );
+        }
+        assert!(d.path().join("catalog/b1/entry.json").exists());
+        // Pinning again repairs it.
+        assert!(store.set_pinned(&id, true).unwrap().pinned);
+        assert!(store.entry(&id).unwrap().pinned);
+        // So does unpinning, which removes it.
+        std::fs::write(&marker, b"garbage").unwrap();
+        assert!(!store.set_pinned(&id, false).unwrap().pinned);
+    }
+}
+
+#[test]
+fn a_pin_marker_copied_to_another_backup_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let store = BackupStore::new(d.path(), None);
+    store.prepare_for_backup().unwrap();
+    backup(&store, "b1", 0x3000000, &[]);
+    backup(&store, "b2", 0x4000000, &[]);
+    store
+        .set_pinned(&BackupId::parse("b1").unwrap(), true)
+        .unwrap();
+    let catalog = d.path().join("catalog");
+    std::fs::copy(catalog.join("b1/pinned"), catalog.join("b2/pinned")).unwrap();
+    let err = store.entry(&BackupId::parse("b2").unwrap()).unwrap_err();
+    let BackupStoreError::DamagedPin { id, source } = &err else {
+        panic!("{err}");
+    };
+    assert_eq!(id, "b2");
+    assert!(
+        matches!(
+            **source,
+            BackupStoreError::DamagedFile {
+                reason: ObjectDamage::OtherObject,
+                ..
+            }
+        ),
+        "{source}"
+    );
+}
+
+#[test]
+fn delete_of_a_pinned_backup_is_refused_until_it_is_unpinned() {
+    let d = tempfile::tempdir().unwrap();
+    let store = BackupStore::new(d.path(), None);
+    store.prepare_for_backup().unwrap();
+    backup(&store, "b1", 0x3000000, &[]);
+    let id = BackupId::parse("b1").unwrap();
+    store.set_pinned(&id, true).unwrap();
+    let err = store.delete(&id).unwrap_err();
+    assert!(
+        matches!(&err, BackupStoreError::Pinned { id } if id == "b1"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("klio backup unpin b1"), "{err}");
+    assert!(store.entry(&id).unwrap().pinned);
+    store.set_pinned(&id, false).unwrap();
+    assert_eq!(store.delete(&id).unwrap().id, "b1");
+    assert!(store.list().unwrap().is_empty());
+}
+
+#[test]
+fn an_encrypted_store_keeps_the_pin_marker_sealed() {
+    let d = tempfile::tempdir().unwrap();
+    let store = BackupStore::new(d.path(), Some(ring(1)));
+    store.prepare_for_backup().unwrap();
+    backup(&store, "b1", 0x3000000, &[]);
+    let id = BackupId::parse("b1").unwrap();
+    store.set_pinned(&id, true).unwrap();
+    let bytes = std::fs::read(d.path().join("catalog/b1/pinned")).unwrap();
+    assert!(bytes.starts_with(&klio_crypto::MAGIC), "sealed");
+    // Its plaintext (a year of this millennium) appears nowhere in the file.
+    assert!(!bytes.windows(2).any(|w| w == b"20"), "no plaintext time");
+    // Without the keyring it cannot be read, and is not taken as unpinned.
+    let without = BackupStore::new(d.path(), None);
+    assert!(matches!(
+        without.pinned_at(&id),
+        Err(BackupStoreError::Encrypted { .. })
+    ));
+    // With another keyring neither.
+    let other = BackupStore::new(d.path(), Some(ring(2)));
+    assert!(matches!(
+        other.pinned_at(&id),
+        Err(BackupStoreError::DamagedPin { .. })
+    ));
 }

@@ -17,8 +17,11 @@
 //! - `00000002.history`: timeline history files, stored atomically and durably.
 //! - `*.klio-tmp`: files being written; removed when the writer opens the archive.
 //!
-//! Only the writer ([`WalArchive`]) creates, finishes, repairs or removes any of these files;
-//! a reader ([`WalArchiveReader`]) only reads them.
+//! Only the writer ([`WalArchive`]) creates, finishes or repairs any of these files, and only
+//! it removes journals and temporary files; the pruner ([`WalPruner`]) removes completed
+//! segments and history files that retention no longer needs (never a journal, a partial
+//! segment or the identity); a reader ([`WalArchiveReader`]) only reads them. A reader or
+//! [`WalArchiveReader::verify`] after a prune starts at the oldest segment still stored.
 //!
 //! # Encryption at rest
 //!
@@ -53,7 +56,9 @@
 //! recovery when opened and holds the stream. Readers ([`WalArchiveReader::open`]) may run
 //! alongside it: a reader never repairs, truncates or removes anything (a journal the writer is
 //! appending to is rescanned once before a frame in it is reported damaged), and its durable
-//! positions are those found when it was opened.
+//! positions are those found when it was opened. A pruner ([`WalPruner::open`]) may run
+//! alongside both, one at a time per archive (the server serializes them): the writer never
+//! reopens a completed segment or rewrites a history file, which are all a pruner removes.
 //!
 //! The split is in the types, not checked at run time: [`WalArchiveReader`] has no write
 //! methods, so a handle opened for reading cannot write (it does not compile; see the example
@@ -72,6 +77,7 @@ mod error;
 mod identity;
 mod journal;
 mod optional_file;
+mod prune;
 mod read;
 mod recover;
 mod recovery_plan;
@@ -93,6 +99,7 @@ use klio_wal::{
 pub use error::WalArchiveError;
 pub use identity::ClusterIdentity;
 pub use journal::{FrameCheck, FrameDefect, JournalDamage, ScanStop};
+pub use prune::{PrunedTimeline, PrunedWal, WalPruner};
 pub use read::{
     ArchiveListing, ArchivedFile, ExportSummary, JournalReport, PartialSegment, SegmentRange,
     TimelineListing, inspect_journal, inspect_journal_with,
@@ -696,3 +703,5 @@ fn segment_of_name(name: &WalFileName) -> Option<(TimelineId, SegmentNo)> {
 mod tests;
 #[cfg(test)]
 mod tests_encrypted;
+#[cfg(test)]
+mod tests_prune;
