@@ -51,6 +51,7 @@ mod id;
 mod index;
 mod object;
 mod pack;
+mod slot_set;
 mod verify;
 mod wal_range;
 
@@ -77,6 +78,7 @@ pub use index::{IndexEntry, encode_idx, parse_idx};
 #[doc(hidden)]
 pub use object::{ObjectKind, encode as encode_object, read_object};
 pub use pack::{ClosedPack, PACK_TARGET_BYTES, PackId};
+pub use slot_set::SlotSet;
 #[doc(hidden)]
 pub use pack::{PackScan, read_pack_block, scan_pack};
 pub use verify::{VerifyOutcome, VerifyProgress};
