@@ -56,7 +56,7 @@ impl BackupRegistry {
         if let Some(index) = &*cached {
             return Ok(index.clone());
         }
-        let index = Arc::new(RwLock::new(store.load_index()?));
+        let index = Arc::new(RwLock::new(store.open_index()?));
         *cached = Some(index.clone());
         Ok(index)
     }

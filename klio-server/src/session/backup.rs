@@ -337,17 +337,10 @@ struct Applied {
 }
 
 impl Writing {
-    /// Prepares the store (leftovers, crashed packs, the block-hash key) and stages a new
-    /// backup.
+    /// Prepares the store (leftovers, the block-hash key) and stages a new backup.
     fn start(store: klio_store::backup::BackupStore, index: SharedIndex) -> Result<Self, End> {
         let refuse = |e: BackupStoreError| backup_refusal(&e);
-        let (key, recovered) = store.prepare_for_backup().map_err(refuse)?;
-        {
-            let mut idx = index.write().unwrap_or_else(|p| p.into_inner());
-            for pack in recovered {
-                idx.insert(pack);
-            }
-        }
+        let key = store.prepare_for_backup().map_err(refuse)?;
         let mut attempt = 0;
         let staged = loop {
             let id = new_backup_id()?;

@@ -198,7 +198,7 @@ impl BackupStore {
         index: &BlockIndex,
     ) -> Result<u64, BackupStoreError> {
         // One bit per block of the index, not a set of hashes: 2 MiB for 16 million blocks.
-        let mut seen = vec![0u64; index.len().div_ceil(64)];
+        let mut seen = vec![0u64; (index.slot_count() as usize).div_ceil(64)];
         let mut total = 0;
         let mut count = |hashes: &[BlockHash]| {
             for h in hashes {

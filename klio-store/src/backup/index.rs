@@ -18,6 +18,7 @@
 //! the fuzz targets drive.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::path::Path;
 
 use klio_proto::klio::BlockHash;
@@ -70,6 +71,16 @@ pub fn encode_idx(id: PackId, entries: &[IndexEntry]) -> Vec<u8> {
     let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
+}
+
+/// The length of an index of `entries` entries.
+pub(crate) fn idx_len(entries: u64) -> u64 {
+    36 + ENTRY_LEN as u64 * entries
+}
+
+/// The entries of an index of `len` bytes.
+pub(crate) fn idx_entries(len: u64) -> u64 {
+    len.saturating_sub(36) / ENTRY_LEN as u64
 }
 
 /// Reads the index at `path` of pack `id`.
@@ -132,20 +143,28 @@ pub struct BlockLocation {
 }
 
 /// Every durable block of a cluster: hash → pack, offset, length. Built from all `.idx`
-/// files once and kept current by the backup session (one per cluster) as it closes packs.
+/// files once and kept current by the backup session (one per cluster) as it closes packs, and
+/// by reclaim as it forgets dead blocks and relocates live ones.
 ///
-/// Memory: about 60 bytes per block (a 36-byte hash map slot and its control byte at a load
-/// of 7/8, plus a 16-byte location), so about 1 MB per 1 GiB of distinct 64 KiB blocks.
+/// Each block has a **slot**, a number that stays the block's for the life of the index: the
+/// server's claims and reclaim's marks are sets of slots ([`super::SlotSet`]). Forgetting a
+/// block leaves a tombstone in its slot (never reused); a pack rewrite moves a slot's location
+/// to the new pack in place.
+///
+/// Memory: about 66 bytes per slot (a 36-byte hash map slot and its control byte at a load
+/// of 7/8, plus a 24-byte optional location), so about 1.1 MB per 1 GiB of distinct 64 KiB
+/// blocks; a tombstone keeps its 24 bytes until the index is loaded again.
 #[derive(Debug, Default)]
 pub struct BlockIndex {
     packs: Vec<PackId>,
-    locations: Vec<BlockLocation>,
+    /// By slot: where the block is, or `None` once forgotten (a tombstone).
+    locations: Vec<Option<BlockLocation>>,
     by_hash: HashMap<BlockHash, u32>,
 }
 
 impl BlockIndex {
     /// The index of the packs in `dir` (empty if there is no such directory). Packs without an
-    /// index (a crash) are left out: the next backup session recovers them.
+    /// index (a crash) are left out: [`super::BackupStore::open_index`] recovers them.
     pub fn load(dir: &Path) -> Result<Self, BackupStoreError> {
         let mut index = Self::default();
         let read = |e| BackupStoreError::io(FsAction::ReadDirectory, dir, e);
@@ -173,10 +192,12 @@ impl BlockIndex {
         Ok(index)
     }
 
-    /// Adds a closed (durable, indexed) pack.
-    pub fn insert(&mut self, pack: ClosedPack) {
+    /// Adds a closed (durable, indexed) pack; the slots it added (its blocks not held before),
+    /// contiguous. A pack already in the index adds nothing.
+    pub fn insert(&mut self, pack: ClosedPack) -> Range<u32> {
+        let first = self.slot_count();
         if self.packs.contains(&pack.id) {
-            return;
+            return first..first;
         }
         let number = self.packs.len() as u32;
         self.packs.push(pack.id);
@@ -184,13 +205,14 @@ impl BlockIndex {
             if self.by_hash.contains_key(&e.hash) {
                 continue;
             }
-            self.by_hash.insert(e.hash, self.locations.len() as u32);
-            self.locations.push(BlockLocation {
+            self.by_hash.insert(e.hash, self.slot_count());
+            self.locations.push(Some(BlockLocation {
                 pack: number,
                 offset: e.offset,
                 stored_len: e.stored_len,
-            });
+            }));
         }
+        first..self.slot_count()
     }
 
     /// Whether the index holds `hash`.
@@ -203,10 +225,15 @@ impl BlockIndex {
         self.slot(hash).map(|(_, l)| l)
     }
 
-    /// The block's dense number (0..len) and location.
+    /// The slot of `hash` (stable for this index's life), if held.
+    pub fn slot_of(&self, hash: &BlockHash) -> Option<u32> {
+        self.by_hash.get(hash).copied()
+    }
+
+    /// The block's slot and location.
     pub(crate) fn slot(&self, hash: &BlockHash) -> Option<(usize, BlockLocation)> {
         let n = *self.by_hash.get(hash)? as usize;
-        self.locations.get(n).map(|l| (n, *l))
+        self.locations.get(n).copied().flatten().map(|l| (n, l))
     }
 
     /// The pack of a location.
@@ -214,13 +241,81 @@ impl BlockIndex {
         self.packs.get(location.pack as usize).copied()
     }
 
-    /// Blocks in the index.
+    /// Packs in the index, by number (a removed pack keeps its number, without blocks).
+    pub(crate) fn packs(&self) -> &[PackId] {
+        &self.packs
+    }
+
+    /// Every slot's location, by slot (`None`: forgotten).
+    pub(crate) fn locations(&self) -> &[Option<BlockLocation>] {
+        &self.locations
+    }
+
+    /// Forgets every block for which `dead(slot, location)` says so: its slot becomes a
+    /// tombstone and the index no longer holds its hash. `kept(hash, slot, location)` hears of
+    /// every block that stays.
+    pub(crate) fn forget(
+        &mut self,
+        dead: &mut dyn FnMut(u32, &BlockLocation) -> bool,
+        kept: &mut dyn FnMut(&BlockHash, u32, &BlockLocation),
+    ) {
+        let locations = &mut self.locations;
+        self.by_hash.retain(|hash, slot| {
+            let Some(location) = locations.get(*slot as usize).copied().flatten() else {
+                return false;
+            };
+            if dead(*slot, &location) {
+                locations[*slot as usize] = None;
+                false
+            } else {
+                kept(hash, *slot, &location);
+                true
+            }
+        });
+    }
+
+    /// Moves the blocks `moved` (hash, slot) into the rewritten pack `pack`, each keeping its
+    /// slot. A pair whose slot no longer holds that hash, or whose hash `pack` lacks, is left
+    /// as it is.
+    pub fn relocate(&mut self, pack: ClosedPack, moved: &[(BlockHash, u32)]) {
+        let number = match self.packs.iter().position(|id| *id == pack.id) {
+            Some(n) => n as u32,
+            None => {
+                self.packs.push(pack.id);
+                (self.packs.len() - 1) as u32
+            }
+        };
+        let entries: HashMap<BlockHash, &IndexEntry> =
+            pack.entries.iter().map(|e| (e.hash, e)).collect();
+        for (hash, slot) in moved {
+            if self.by_hash.get(hash) != Some(slot) {
+                continue;
+            }
+            let (Some(entry), Some(location)) =
+                (entries.get(hash), self.locations.get_mut(*slot as usize))
+            else {
+                continue;
+            };
+            *location = Some(BlockLocation {
+                pack: number,
+                offset: entry.offset,
+                stored_len: entry.stored_len,
+            });
+        }
+    }
+
+    /// Blocks the index holds (tombstones left out).
     pub fn len(&self) -> usize {
-        self.locations.len()
+        self.by_hash.len()
     }
 
     /// Whether the index holds no block.
     pub fn is_empty(&self) -> bool {
-        self.locations.is_empty()
+        self.by_hash.is_empty()
+    }
+
+    /// Slots handed out so far, tombstones included: every slot is below it.
+    pub fn slot_count(&self) -> u32 {
+        self.locations.len() as u32
     }
 }

@@ -16,14 +16,21 @@
 //!   closed at about [`PACK_TARGET_BYTES`] or when its session ends (format in the `pack`
 //!   module).
 //! - `packs/<pack-id>.idx`: the pack's index (hash → offset, length), written when the pack is
-//!   closed (format in the `index` module). A pack without one was cut short by a crash: the
-//!   next backup session scans its valid records, truncates a torn tail and writes the index.
+//!   closed (format in the `index` module). A pack without one was cut short by a crash (of a
+//!   backup session or of a rewrite): [`BackupStore::open_index`] scans its valid records,
+//!   truncates a torn tail and writes the index.
+//! - `packs/<pack-id>.dead`: the index of a pack being removed by reclaim, renamed so that no
+//!   index loaded afterwards holds its blocks; the pack and the `.dead` are removed next, and
+//!   [`BackupStore::open_index`] (or the next sweep) finishes a removal a crash interrupted.
+//!   A pack with a `.dead` is never recovered.
 //! - `catalog/<backup-id>/`: one complete backup: `entry.json` (its
 //!   [`klio_proto::klio::BackupInfo`] JSON), `files` (its file list, streamed; format in the
 //!   `file_list` module) and `backup_manifest` (PostgreSQL's bytes). Each is a protected
 //!   object (sealed with the keyring on an encrypted server, so that nothing of a backup is
 //!   plaintext on its disk; CRC-32C-checked chunks on a plain one), bound to its kind and
-//!   backup id.
+//!   backup id. `pinned`, present while the backup is pinned: a protected object holding the
+//!   time it was pinned (format in the `pin` module); no retention policy removes a pinned
+//!   backup and `delete` refuses it.
 //! - `staging/<backup-id>/`: a backup being written; `deleted/<backup-id>/`: one being deleted.
 //!   Leftovers of both (a crash) are removed by the next backup session of the cluster.
 //!
@@ -39,6 +46,14 @@
 //!   fsynced: a backup appears complete atomically, or not at all.
 //! - Deleting renames the directory into `deleted/` (both directories fsynced: the backup is
 //!   gone from the catalog for good), then removes it. Blocks stay (retention reclaims them).
+//! - Reclaim (the `reclaim` module) forgets a block only if no retained backup refers to it,
+//!   no running session claims it and its pack's index is older than the grace period (a pack
+//!   a session just closed is never a candidate). Removing a pack renames its index to `.dead`
+//!   and fsyncs `packs/` before the pack file is removed: its blocks leave every future index
+//!   first. A rewrite's new pack is made durable and indexed like any pack before the index
+//!   resolves the live blocks to it, and the old pack is removed only after that: at every
+//!   crash point each live block is held by at least one indexed pack (twice at worst,
+//!   which the next run reclaims).
 //! - Every file is put on disk through [`klio_wal::durable`] or fsynced here, each fsync with
 //!   the reason it is needed.
 
@@ -52,11 +67,15 @@ mod index;
 mod object;
 mod pack;
 mod pin;
+mod reclaim;
+mod slot_set;
 mod verify;
 mod wal_range;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_reclaim;
 
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
@@ -80,10 +99,12 @@ pub use object::{ObjectKind, encode as encode_object, read_object};
 pub use pack::{ClosedPack, PACK_TARGET_BYTES, PackId};
 #[doc(hidden)]
 pub use pack::{PackScan, read_pack_block, scan_pack};
+pub use reclaim::{Condemned, MovedBlock, ReclaimSummary, SweepStep, condemn, measure, sweep};
+pub use slot_set::SlotSet;
 pub use verify::{VerifyOutcome, VerifyProgress};
 pub use wal_range::{WalCoverage, wal_coverage};
 
-use pack::{PackReader, PackWriter, Recovered};
+use pack::{PackReader, PackWriter};
 
 static RNG: LazyLock<SystemRandom> = LazyLock::new(SystemRandom::new);
 
@@ -136,9 +157,12 @@ impl BackupStore {
 
     /// Gets the store ready for a backup session (the one writer of the cluster's store, under
     /// the server's backup lease): creates its directories, removes leftover staging and
-    /// deleted directories, recovers packs a crash left without index, and reads (or creates)
-    /// the block-hash key. Returns the key and the recovered packs, for the block index.
-    pub fn prepare_for_backup(&self) -> Result<(BlockHashKey, Vec<ClosedPack>), BackupStoreError> {
+    /// deleted directories, and reads (or creates) the block-hash key, which it returns.
+    ///
+    /// It does not touch `packs/`: packs a crash left without index are recovered by
+    /// [`BackupStore::open_index`] when the index is loaded, never while a sweep may be
+    /// writing a rewritten pack that has no index yet.
+    pub fn prepare_for_backup(&self) -> Result<BlockHashKey, BackupStoreError> {
         ensure_dir(&self.dir)?;
         for dir in [
             self.packs_dir(),
@@ -151,22 +175,7 @@ impl BackupStore {
         for dir in [self.staging_dir(), self.deleted_dir()] {
             clear_dir(&dir)?;
         }
-        let packs = self.packs_dir();
-        let mut recovered = Vec::new();
-        for (name, _) in named_entries(&packs)? {
-            let Some(id) = name.strip_suffix(".pack").and_then(PackId::parse) else {
-                continue;
-            };
-            if id.idx_path(&packs).exists() {
-                continue;
-            }
-            match pack::recover(&packs, id, self.keyring.as_ref())? {
-                Recovered::Indexed(closed) => recovered.push(closed),
-                Recovered::Removed => {}
-            }
-        }
-        let key = hash_key::read_or_create(&self.hash_key_path(), self.keyring.as_ref(), &*RNG)?;
-        Ok((key, recovered))
+        hash_key::read_or_create(&self.hash_key_path(), self.keyring.as_ref(), &*RNG)
     }
 
     /// The cluster's block-hash key, if it has one (read-only).

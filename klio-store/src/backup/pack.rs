@@ -112,6 +112,12 @@ impl PackId {
     pub fn idx_path(&self, dir: &Path) -> PathBuf {
         dir.join(format!("{self}.idx"))
     }
+
+    /// `<id>.dead` in `dir`: the index of a pack being removed, renamed so that no index
+    /// loaded later holds its blocks.
+    pub fn dead_path(&self, dir: &Path) -> PathBuf {
+        dir.join(format!("{self}.dead"))
+    }
 }
 
 /// How a pack's records are protected.
@@ -314,6 +320,17 @@ impl PackWriter {
         Ok(())
     }
 
+    /// Removes the pack unfinished (nothing refers to its blocks: it has no index).
+    pub(crate) fn abandon(self) -> Result<(), BackupStoreError> {
+        drop(self.file);
+        std::fs::remove_file(&self.path)
+            .map_err(|e| BackupStoreError::io(FsAction::Remove, &self.path, e))?;
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        // The removal must be durable, or a crash brings the pack back for recovery to index.
+        durable::sync_dir(dir)?;
+        Ok(())
+    }
+
     /// Makes the pack durable and writes its index.
     pub(crate) fn close(self) -> Result<ClosedPack, BackupStoreError> {
         // The blocks must be on disk before the index can point at them.
@@ -336,6 +353,51 @@ impl PackWriter {
             id: self.id,
             entries,
         })
+    }
+}
+
+/// How much room a pack's header and records take: what reclaim needs to foresee the size of
+/// a rewritten pack without opening its frame key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PackLayout {
+    /// Bytes before the first record (the header and the sealed frame key).
+    pub(crate) records_start: u64,
+    /// Bytes after a record's data (its CRC-32C or GCM tag).
+    trailer_len: u64,
+}
+
+impl PackLayout {
+    /// Reads the layout from the header of the pack at `path` (its magic and CRC checked).
+    pub(crate) fn read(path: &Path) -> Result<Self, BackupStoreError> {
+        let file = File::open(path).map_err(|e| BackupStoreError::io(FsAction::Open, path, e))?;
+        let mut h = [0u8; HEADER_LEN as usize];
+        FileExt::read_exact_at(&file, &mut h, 0)
+            .map_err(|e| BackupStoreError::io(FsAction::Read, path, e))?;
+        let damaged = |reason| BackupStoreError::DamagedPack {
+            path: path.to_owned(),
+            reason,
+        };
+        if h[0..4] != MAGIC || h[4] != VERSION {
+            return Err(damaged(ObjectDamage::BadMagic));
+        }
+        if crc32c::crc32c(&h[..28]) != u32::from_le_bytes([h[28], h[29], h[30], h[31]]) {
+            return Err(damaged(ObjectDamage::CrcMismatch));
+        }
+        let trailer_len = match h[5] {
+            0 => 4,
+            1 => journal_frame::TAG_LEN as u64,
+            _ => return Err(damaged(ObjectDamage::Malformed("unknown protection code"))),
+        };
+        let key_len = u64::from(u32::from_le_bytes([h[24], h[25], h[26], h[27]]));
+        Ok(Self {
+            records_start: HEADER_LEN + key_len,
+            trailer_len,
+        })
+    }
+
+    /// The bytes of a record of `stored_len` data bytes.
+    pub(crate) fn record_len(&self, stored_len: u32) -> u64 {
+        RECORD_HEADER_LEN as u64 + u64::from(stored_len) + self.trailer_len
     }
 }
 
@@ -631,22 +693,14 @@ struct Record {
     end: u64,
 }
 
-/// What recovering a pack without index did.
-#[derive(Debug)]
-pub(crate) enum Recovered {
-    /// Its valid records, indexed (a torn tail truncated).
-    Indexed(ClosedPack),
-    /// It was never finished being created: removed.
-    Removed,
-}
-
 /// Recovers a pack left without index by a crash: scans its valid records, truncates a torn
-/// tail, makes it durable and writes its index.
+/// tail, makes it durable and writes its index. A pack whose creation never finished (no
+/// block can be in it) is removed instead.
 pub(crate) fn recover(
     dir: &Path,
     id: PackId,
     keyring: Option<&Keyring>,
-) -> Result<Recovered, BackupStoreError> {
+) -> Result<(), BackupStoreError> {
     let path = id.pack_path(dir);
     let reader = match PackReader::open_inner(&path, keyring) {
         Ok(r) => r,
@@ -657,7 +711,7 @@ pub(crate) fn recover(
                 .map_err(|e| BackupStoreError::io(FsAction::Remove, &path, e))?;
             // The removal must be durable before anything relies on the pack being gone.
             durable::sync_dir(dir)?;
-            return Ok(Recovered::Removed);
+            return Ok(());
         }
         Err(HeaderError::Failed(e)) => return Err(e),
     };
@@ -673,8 +727,7 @@ pub(crate) fn recover(
     // The truncated pack must be on disk before its index points into it.
     file.sync_all()
         .map_err(|e| BackupStoreError::io(FsAction::Fsync, &path, e))?;
-    super::index::write_idx(&id.idx_path(dir), id, &entries)?;
-    Ok(Recovered::Indexed(ClosedPack { id, entries }))
+    super::index::write_idx(&id.idx_path(dir), id, &entries)
 }
 
 /// What [`scan_pack`] found in a pack's bytes.

@@ -15,16 +15,16 @@ use klio_wal::{Lsn, SegmentSize, TimelineId, WalPosition};
 use super::*;
 use crate::wal_archive::{ClusterIdentity, WalArchive, WalArchiveReader};
 
-fn ring(seed: u8) -> Keyring {
+pub(super) fn ring(seed: u8) -> Keyring {
     Keyring::new(Kek::from_bytes(&[seed; 32]).unwrap())
 }
 
 /// Both ways a server stores backups.
-fn formats() -> [Option<Keyring>; 2] {
+pub(super) fn formats() -> [Option<Keyring>; 2] {
     [None, Some(ring(1))]
 }
 
-fn block(key: &BlockHashKey, plain: &[u8]) -> Block {
+pub(super) fn block(key: &BlockHashKey, plain: &[u8]) -> Block {
     let compressed = lz4_flex::block::compress(plain);
     let (compression, data) = if compressed.len() < plain.len() {
         (BlockCompression::Lz4, compressed)
@@ -40,7 +40,7 @@ fn block(key: &BlockHashKey, plain: &[u8]) -> Block {
 }
 
 /// A 64 KiB block that compresses (repeated text with a seed) or not (pseudo-random).
-fn plain(seed: u32, compressible: bool) -> Vec<u8> {
+pub(super) fn plain(seed: u32, compressible: bool) -> Vec<u8> {
     if compressible {
         format!("page {seed} ").repeat(20000).into_bytes()[..65536].to_vec()
     } else {
@@ -56,13 +56,11 @@ fn plain(seed: u32, compressible: bool) -> Vec<u8> {
     }
 }
 
-/// Stores `blocks` in a session and closes its pack; returns the index.
-fn store_blocks(store: &BackupStore, blocks: &[Block]) -> BlockIndex {
-    let (key, recovered) = store.prepare_for_backup().unwrap();
-    let mut index = store.load_index().unwrap();
-    for r in recovered {
-        index.insert(r);
-    }
+/// Stores `blocks` in a session and closes its pack; returns the index (opened as the server
+/// opens it, recovering packs without index).
+pub(super) fn store_blocks(store: &BackupStore, blocks: &[Block]) -> BlockIndex {
+    let key = store.prepare_for_backup().unwrap();
+    let mut index = store.open_index().unwrap();
     let mut writer = store.block_writer(key);
     for b in blocks {
         if let Put::StoredAndClosed(p) = writer.put(&index, b).unwrap() {
@@ -75,7 +73,7 @@ fn store_blocks(store: &BackupStore, blocks: &[Block]) -> BlockIndex {
     index
 }
 
-fn info(id: &str, end: u64, completed_at: &str) -> BackupInfo {
+pub(super) fn info(id: &str, end: u64, completed_at: &str) -> BackupInfo {
     BackupInfo {
         schema: CATALOG_SCHEMA,
         id: id.to_owned(),
@@ -100,7 +98,7 @@ fn info(id: &str, end: u64, completed_at: &str) -> BackupInfo {
     }
 }
 
-fn file(path: &str, blocks: &[&Block]) -> FileEntry {
+pub(super) fn file(path: &str, blocks: &[&Block]) -> FileEntry {
     FileEntry {
         path: path.to_owned(),
         kind: FileKind::File,
@@ -112,7 +110,7 @@ fn file(path: &str, blocks: &[&Block]) -> FileEntry {
 }
 
 /// Writes and publishes a backup of `entries` with the given end LSN.
-fn backup(store: &BackupStore, id: &str, end: u64, entries: &[FileEntry]) {
+pub(super) fn backup(store: &BackupStore, id: &str, end: u64, entries: &[FileEntry]) {
     let id = BackupId::parse(id).unwrap();
     let mut staged = store.stage(&id).unwrap();
     for e in entries {
@@ -143,7 +141,7 @@ fn blocks_round_trip_plain_and_encrypted() {
     for keyring in formats() {
         let d = tempfile::tempdir().unwrap();
         let store = BackupStore::new(d.path(), keyring.clone());
-        let key = store.prepare_for_backup().unwrap().0;
+        let key = store.prepare_for_backup().unwrap();
         let blocks: Vec<Block> = (0..10)
             .map(|i| block(&key, &plain(i, i % 2 == 0)))
             .collect();
@@ -180,7 +178,7 @@ fn blocks_round_trip_plain_and_encrypted() {
 fn a_block_that_does_not_match_its_hash_is_refused_and_not_stored() {
     let d = tempfile::tempdir().unwrap();
     let store = BackupStore::new(d.path(), None);
-    let key = store.prepare_for_backup().unwrap().0;
+    let key = store.prepare_for_backup().unwrap();
     let index = store.load_index().unwrap();
     let mut writer = store.block_writer(key.clone());
     let mut bad = block(&key, &plain(1, true));
@@ -214,7 +212,7 @@ fn a_flipped_byte_in_a_pack_is_an_error_naming_the_pack_and_the_block() {
     for keyring in formats() {
         let d = tempfile::tempdir().unwrap();
         let store = BackupStore::new(d.path(), keyring);
-        let key = store.prepare_for_backup().unwrap().0;
+        let key = store.prepare_for_backup().unwrap();
         let blocks: Vec<Block> = (0..3).map(|i| block(&key, &plain(i, false))).collect();
         let index = store_blocks(&store, &blocks);
         let pack = only_pack(&store);
@@ -256,7 +254,7 @@ fn a_torn_pack_is_recovered_to_its_valid_records_and_the_rest_is_put_again() {
     for keyring in formats() {
         let d = tempfile::tempdir().unwrap();
         let store = BackupStore::new(d.path(), keyring);
-        let key = store.prepare_for_backup().unwrap().0;
+        let key = store.prepare_for_backup().unwrap();
         let blocks: Vec<Block> = (0..4).map(|i| block(&key, &plain(i, false))).collect();
         // A session that dies (kill -9) with its pack open: no close, no index.
         let index = store.load_index().unwrap();
@@ -275,7 +273,8 @@ fn a_torn_pack_is_recovered_to_its_valid_records_and_the_rest_is_put_again() {
             .unwrap()
             .set_len(len - 3000)
             .unwrap();
-        // The next session recovers the three whole blocks and stores the fourth again.
+        // Opening the index recovers the three whole blocks; the next session stores the fourth
+        // again.
         let index = store_blocks(&store, &blocks);
         assert!(pack.with_extension("idx").exists());
         assert_eq!(index.len(), 4);
@@ -294,9 +293,9 @@ fn the_block_hash_key_survives_reopen_and_is_never_regenerated() {
     for keyring in formats() {
         let d = tempfile::tempdir().unwrap();
         let store = BackupStore::new(d.path(), keyring.clone());
-        let key = store.prepare_for_backup().unwrap().0;
+        let key = store.prepare_for_backup().unwrap();
         let again = BackupStore::new(d.path(), keyring.clone());
-        assert_eq!(again.prepare_for_backup().unwrap().0, key);
+        assert_eq!(again.prepare_for_backup().unwrap(), key);
         assert_eq!(again.read_hash_key().unwrap(), Some(key));
         // A damaged key is an error, and stays as it is.
         let path = d.path().join("block-hash-key");
@@ -314,7 +313,7 @@ fn the_block_hash_key_survives_reopen_and_is_never_regenerated() {
 fn a_wrong_keyring_fails_clearly() {
     let d = tempfile::tempdir().unwrap();
     let store = BackupStore::new(d.path(), Some(ring(1)));
-    let key = store.prepare_for_backup().unwrap().0;
+    let key = store.prepare_for_backup().unwrap();
     let b = block(&key, &plain(1, true));
     let index = store_blocks(&store, std::slice::from_ref(&b));
     backup(&store, "b1", 0x3000000, &[file("base/1/1259", &[&b])]);
@@ -347,7 +346,7 @@ fn a_backup_appears_in_the_catalog_atomically_and_staging_leftovers_are_cleaned(
     for keyring in formats() {
         let d = tempfile::tempdir().unwrap();
         let store = BackupStore::new(d.path(), keyring);
-        let key = store.prepare_for_backup().unwrap().0;
+        let key = store.prepare_for_backup().unwrap();
         let b = block(&key, &plain(7, true));
         store_blocks(&store, std::slice::from_ref(&b));
         // Staged and sealed, but the session dies before publishing.
@@ -383,7 +382,7 @@ fn the_file_list_and_manifest_read_back_in_order() {
     for keyring in formats() {
         let d = tempfile::tempdir().unwrap();
         let store = BackupStore::new(d.path(), keyring);
-        let key = store.prepare_for_backup().unwrap().0;
+        let key = store.prepare_for_backup().unwrap();
         let blocks: Vec<Block> = (0..3).map(|i| block(&key, &plain(i, true))).collect();
         let index = store_blocks(&store, &blocks);
         let id = BackupId::parse("b1").unwrap();
@@ -501,7 +500,7 @@ fn the_list_is_ordered_by_end_position_then_completion_not_by_id() {
 fn delete_removes_the_entry_only() {
     let d = tempfile::tempdir().unwrap();
     let store = BackupStore::new(d.path(), Some(ring(1)));
-    let key = store.prepare_for_backup().unwrap().0;
+    let key = store.prepare_for_backup().unwrap();
     let b = block(&key, &plain(3, true));
     let index = store_blocks(&store, std::slice::from_ref(&b));
     backup(&store, "b1", 0x3000000, &[file("PG_VERSION", &[&b])]);
@@ -529,7 +528,7 @@ fn verify_reads_every_block_and_names_the_backup_file_and_block_it_fails_on() {
     for keyring in formats() {
         let d = tempfile::tempdir().unwrap();
         let store = BackupStore::new(d.path(), keyring);
-        let key = store.prepare_for_backup().unwrap().0;
+        let key = store.prepare_for_backup().unwrap();
         let blocks: Vec<Block> = (0..4).map(|i| block(&key, &plain(i, false))).collect();
         let index = store_blocks(&store, &blocks);
         backup(
@@ -658,7 +657,7 @@ fn the_wal_range_check_follows_the_archive() {
 fn a_full_pack_is_closed_and_the_next_blocks_go_into_a_new_one() {
     let d = tempfile::tempdir().unwrap();
     let store = BackupStore::new(d.path(), None);
-    let key = store.prepare_for_backup().unwrap().0;
+    let key = store.prepare_for_backup().unwrap();
     let n = (PACK_TARGET_BYTES / 65536) as u32 + 8;
     let index = store.load_index().unwrap();
     let mut writer = store.block_writer(key.clone());
@@ -692,7 +691,7 @@ fn an_index_offset_near_the_end_of_u64_is_a_damaged_block_not_a_panic() {
     // Found by the `backup_pack_index` fuzz target: `offset + 60` overflowed.
     let d = tempfile::tempdir().unwrap();
     let store = BackupStore::new(d.path(), None);
-    let key = store.prepare_for_backup().unwrap().0;
+    let key = store.prepare_for_backup().unwrap();
     let b = block(&key, &plain(1, true));
     store_blocks(&store, std::slice::from_ref(&b));
     let path = only_pack(&store);
