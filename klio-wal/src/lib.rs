@@ -6,6 +6,7 @@
 //! crash-safe file writes ([`durable`]) every Klio crate uses.
 #![warn(missing_docs)]
 
+mod byte_size;
 pub mod durable;
 mod error_chain;
 mod file_name;
@@ -20,6 +21,7 @@ pub mod synth;
 mod timeline;
 pub mod timeline_history;
 
+pub use byte_size::ByteSize;
 pub use error_chain::ErrorChain;
 pub use file_name::{ParseWalFileNameError, WalFileName, WalFileNameDisplay};
 pub use fs_error::{FsAction, FsError};

@@ -73,15 +73,5 @@ impl Progress {
 
 /// `n` bytes for a person: 1023 B, 1.5 KiB, 23.0 MiB, 1.5 GiB.
 pub(crate) fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut value = n as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
+    klio_wal::ByteSize(n).to_string()
 }
