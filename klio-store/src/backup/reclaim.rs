@@ -578,7 +578,8 @@ impl BackupStore {
     /// Mark: the slots the file lists of `keep` refer to. `index` is locked for reading one
     /// batch of lookups at a time, so that a running backup is never stalled for the whole
     /// mark. A hash the index does not hold marks nothing (verification reports such a
-    /// backup); a file list that cannot be read is an error, and nothing may be reclaimed.
+    /// backup); a backup deleted meanwhile marks nothing; a file list that cannot be read is
+    /// an error, and nothing may be reclaimed.
     pub fn mark(
         &self,
         keep: &[BackupId],
@@ -589,7 +590,12 @@ impl BackupStore {
         };
         let mut live = SlotSet::with_capacity(read().slot_count());
         for id in keep {
-            let mut files = self.file_list(id)?;
+            let mut files = match self.file_list(id) {
+                Ok(f) => f,
+                // Deleted since the caller listed it: nothing of it needs to stay.
+                Err(BackupStoreError::NoSuchBackup { .. }) => continue,
+                Err(e) => return Err(e),
+            };
             while let Some(item) = files.next_item()? {
                 let hashes = match item {
                     FileListItem::Entry(entry) => entry.blocks,
