@@ -42,6 +42,8 @@ pub enum ErrorCode {
     BackupInProgress,
     /// The WAL a backup needs did not reach the archive in time (is send-wal running?).
     WalNotArchived,
+    /// The backup is pinned: unpin it (`klio backup unpin`) before deleting it.
+    BackupPinned,
     /// A code this version does not know.
     Unknown(u16),
 }
@@ -63,6 +65,7 @@ impl ErrorCode {
             Self::NoSuchBackup => 12,
             Self::BackupInProgress => 13,
             Self::WalNotArchived => 14,
+            Self::BackupPinned => 15,
             Self::Unknown(c) => c,
         }
     }
@@ -83,6 +86,7 @@ impl ErrorCode {
             12 => Self::NoSuchBackup,
             13 => Self::BackupInProgress,
             14 => Self::WalNotArchived,
+            15 => Self::BackupPinned,
             c => Self::Unknown(c),
         }
     }
@@ -104,6 +108,7 @@ impl ErrorCode {
             Self::NoSuchBackup => "no_such_backup",
             Self::BackupInProgress => "backup_in_progress",
             Self::WalNotArchived => "wal_not_archived",
+            Self::BackupPinned => "backup_pinned",
             Self::Unknown(_) => "unknown",
         }
     }

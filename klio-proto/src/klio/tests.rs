@@ -214,6 +214,7 @@ fn every_error_code_round_trips_through_its_number() {
         ErrorCode::NoSuchBackup,
         ErrorCode::BackupInProgress,
         ErrorCode::WalNotArchived,
+        ErrorCode::BackupPinned,
         ErrorCode::DamagedFile,
     ] {
         let mut buf = BytesMut::new();
