@@ -66,6 +66,7 @@ impl Loopback {
             },
             encryption,
             metrics_listen: None,
+            retention: Default::default(),
         };
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -47,6 +47,7 @@ fn setup(rt: &tokio::runtime::Runtime) -> Setup {
         },
         encryption: None,
         metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        retention: Default::default(),
     };
     let server = rt.block_on(async { Server::bind(&config) }).unwrap();
     let address = server.local_addr().unwrap().to_string();

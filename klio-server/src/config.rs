@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::retention::config::{RetentionConfig, RetentionSection};
 use crate::tls::TlsFiles;
 
 /// The default QUIC port.
@@ -27,6 +28,8 @@ pub struct ServerConfig {
     /// TCP address of the HTTP listener for `/metrics`, `/healthz` and `/status`; `None`
     /// disables it.
     pub metrics_listen: Option<SocketAddr>,
+    /// Retention policies and when retention runs.
+    pub retention: RetentionConfig,
 }
 
 /// Encryption at rest.
@@ -54,6 +57,8 @@ pub struct ServerConfigFile {
     pub encryption: Option<EncryptionSection>,
     /// `metrics: {listen: 127.0.0.1:7471}`
     pub metrics: Option<MetricsSection>,
+    /// `retention: {keep_backups: 7, recovery_window: 14d, clusters: {...}}`
+    pub retention: Option<RetentionSection>,
 }
 
 /// The `metrics` section.
@@ -276,12 +281,14 @@ impl ServerConfig {
             .or(parsed.metrics.and_then(|m| m.listen))
             .unwrap_or_else(|| DEFAULT_METRICS_LISTEN.to_owned());
         let metrics_listen = parse_metrics_listen(&metrics_text)?;
+        let retention = RetentionConfig::resolve(parsed.retention)?;
         Ok(Self {
             listen,
             data_dir,
             tls: TlsFiles { ca, cert, key },
             encryption,
             metrics_listen,
+            retention,
         })
     }
 }

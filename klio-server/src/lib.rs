@@ -14,8 +14,10 @@
 //!   file list into the cluster's `klio_store::backup::BackupStore`; catalog sessions list,
 //!   read, verify and delete its backups.
 //!
-//! Later: Tier 2 relay, retention. The binary only parses
-//! flags and calls in here.
+//! - [`retention`]: each cluster's policy enforced on its backups, WAL and blocks, on a
+//!   schedule, after backups and on request, safe against running backups.
+//!
+//! Later: Tier 2 relay. The binary only parses flags and calls in here.
 #![warn(missing_docs)]
 
 mod backup_registry;
@@ -25,6 +27,7 @@ mod data_dir_lock;
 mod endpoint_keys;
 pub mod keys;
 mod registry;
+pub mod retention;
 pub mod server;
 mod session;
 pub mod status;

@@ -12,6 +12,7 @@ use tracing::Instrument;
 use crate::backup_registry::BackupRegistry;
 use crate::config::ServerConfig;
 use crate::registry::Registry;
+use crate::retention::Retention;
 use crate::session;
 use crate::telemetry::Telemetry;
 use crate::tls::{self, TlsSetupError};
@@ -67,6 +68,8 @@ pub(crate) struct Shared {
     pub(crate) file_reads: tokio::sync::Semaphore,
     /// Metrics, health and status.
     pub(crate) telemetry: Arc<Telemetry>,
+    /// Retention settings and the runs asked for after backups.
+    pub(crate) retention: Arc<Retention>,
 }
 
 /// Files read for restores at the same time, across all clients: bounds the server's memory
@@ -141,7 +144,11 @@ impl Server {
             .metrics_listen
             .map(klio_metrics::MetricsEndpoint::bind)
             .transpose()?;
-        let telemetry = Arc::new(Telemetry::new(&config.data_dir, storage.keyring.clone()));
+        let telemetry = Arc::new(Telemetry::new(
+            &config.data_dir,
+            storage.keyring.clone(),
+            config.retention.disk_warning_percent,
+        ));
         Ok(Self {
             endpoint,
             metrics,
@@ -152,6 +159,7 @@ impl Server {
                 storage,
                 file_reads: tokio::sync::Semaphore::new(CONCURRENT_FILE_READS),
                 telemetry,
+                retention: Arc::new(Retention::new(config.retention.clone(), &config.data_dir)),
             }),
             _lock: lock,
         })
@@ -170,6 +178,7 @@ impl Server {
     /// Serves connections until `shutdown` resolves.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         let (stop_metrics, metrics_stopped) = tokio::sync::watch::channel(false);
+        let metrics_stopped_for_retention = metrics_stopped.clone();
         if let Some(m) = self.metrics.take() {
             if let Ok(addr) = m.local_addr() {
                 tracing::info!("metrics on http://{addr}/metrics (also /healthz and /status)");
@@ -190,6 +199,10 @@ impl Server {
                 None => "WAL not encrypted".to_owned(),
             }
         );
+        tokio::spawn(crate::retention::work(
+            self.shared.clone(),
+            metrics_stopped_for_retention,
+        ));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {

@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// The whole answer of `/status`.
+/// The whole answer of `/status`. Fields added later default when absent, so a newer
+/// `klio status` reads an older server.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ServerStatus {
     /// The server's version.
     pub version: String,
@@ -14,10 +16,29 @@ pub struct ServerStatus {
     pub started: String,
     /// Every cluster with an archive or a connection, by name.
     pub clusters: Vec<ClusterStatus>,
+    /// Space on the data directory's file system.
+    pub disk: Option<DiskStatus>,
+}
+
+/// Space on the data directory's file system.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskStatus {
+    /// Bytes available.
+    pub free_bytes: u64,
+    /// The file system's size.
+    pub total_bytes: u64,
+    /// Percent used.
+    pub used_percent: u8,
+    /// `retention.disk_warning`.
+    pub warning_percent: u8,
+    /// `used_percent >= warning_percent`: retention still removes only what the policies
+    /// allow; add space or tighten them.
+    pub nearly_full: bool,
 }
 
 /// One cluster.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ClusterStatus {
     /// The cluster's name.
     pub cluster: String,
@@ -49,6 +70,36 @@ pub struct ClusterStatus {
     pub streaming_client: Option<StreamingClient>,
     /// The last session that ended with an error.
     pub last_error: Option<LastError>,
+    /// Complete backups in the catalog (what retention keeps).
+    pub backups: Option<u64>,
+    /// Why the catalog could not be read, if it could not.
+    pub backups_error: Option<String>,
+    /// The oldest point a restore can reach: the end of the oldest backup.
+    pub oldest_recoverable: Option<OldestRecoverable>,
+    /// The last retention run since the server started.
+    pub last_retention: Option<RetentionRun>,
+}
+
+/// The oldest point a restore can reach.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OldestRecoverable {
+    /// The backup a restore to it starts from.
+    pub backup: String,
+    /// When that backup ended (RFC 3339).
+    pub time: String,
+    /// Where it ends.
+    pub point: StatusPoint,
+}
+
+/// A retention run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionRun {
+    /// When it ended (RFC 3339).
+    pub at: String,
+    /// Whether it did all it had to.
+    pub ok: bool,
+    /// What it did, or why it failed.
+    pub message: String,
 }
 
 /// A point in a cluster's WAL.
@@ -137,18 +188,7 @@ pub async fn fetch(addr: &str, timeout: Duration) -> Result<ServerStatus, Status
 }
 
 fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
+    klio_wal::ByteSize(n).to_string()
 }
 
 fn point(p: &StatusPoint) -> String {
@@ -215,6 +255,47 @@ pub fn render_text(s: &ServerStatus) -> String {
             None => "none".to_owned(),
         };
         let _ = writeln!(out, "  last error   {error}");
+        let backups = match (&c.backups_error, c.backups) {
+            (Some(e), _) => format!("catalog cannot be read: {e}"),
+            (None, Some(n)) => format!("{n} complete"),
+            (None, None) => "none".to_owned(),
+        };
+        let _ = writeln!(out, "  backups      {backups}");
+        let oldest = match &c.oldest_recoverable {
+            Some(o) => format!(
+                "{} (end of backup {}, {})",
+                o.time,
+                o.backup,
+                point(&o.point)
+            ),
+            None => "none (no backup; take one with `klio backup run`)".to_owned(),
+        };
+        let _ = writeln!(out, "  oldest restore point  {oldest}");
+        let retention = match &c.last_retention {
+            Some(r) if r.ok => format!("{}: {}", r.at, r.message),
+            Some(r) => format!("{}: FAILED: {}", r.at, r.message),
+            None => "not run since the server started".to_owned(),
+        };
+        let _ = writeln!(out, "  retention    {retention}");
+    }
+    if let Some(d) = &s.disk {
+        let _ = writeln!(
+            out,
+            "
+disk: {} free of {} ({}% used){}",
+            bytes(d.free_bytes),
+            bytes(d.total_bytes),
+            d.used_percent,
+            if d.nearly_full {
+                format!(
+                    "; NEARLY FULL (warning at {}%): retention removes only what the policies \
+                     allow, so add space or shorten retention.keep_backups / recovery_window",
+                    d.warning_percent
+                )
+            } else {
+                String::new()
+            }
+        );
     }
     out
 }
@@ -250,8 +331,29 @@ mod tests {
                     kind: "storage".into(),
                     message: "disk full".into(),
                 }),
+                backups: Some(2),
+                oldest_recoverable: Some(OldestRecoverable {
+                    backup: "20261121T090000Z-0a0b".into(),
+                    time: "2026-11-21T09:00:05Z".into(),
+                    point: StatusPoint {
+                        timeline: 1,
+                        lsn: "0/1000100".into(),
+                    },
+                }),
+                last_retention: Some(RetentionRun {
+                    at: "2026-11-21T10:02:00Z".into(),
+                    ok: true,
+                    message: "1 backup removed".into(),
+                }),
                 ..Default::default()
             }],
+            disk: Some(DiskStatus {
+                free_bytes: 5 << 30,
+                total_bytes: 100 << 30,
+                used_percent: 95,
+                warning_percent: 90,
+                nearly_full: true,
+            }),
         };
         let t = render_text(&s);
         for want in [
@@ -262,10 +364,27 @@ mod tests {
             "3 segments, 3.0 MiB, 1 gap(s)",
             "none connected",
             "storage at 2026-11-21T10:01:00Z: disk full",
+            "backups      2 complete",
+            "oldest restore point  2026-11-21T09:00:05Z (end of backup 20261121T090000Z-0a0b, 0/1000100 (timeline 1))",
+            "retention    2026-11-21T10:02:00Z: 1 backup removed",
+            "5.0 GiB free of 100.0 GiB (95% used); NEARLY FULL (warning at 90%)",
         ] {
             assert!(t.contains(want), "{want:?} missing in:\n{t}");
         }
         let back: ServerStatus = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
         assert_eq!(back, s);
+    }
+}
+
+#[cfg(test)]
+mod compatibility {
+    use super::*;
+
+    #[test]
+    fn a_document_without_the_newer_fields_still_reads() {
+        let old = r#"{"version":"0.1.0","started":"2026-11-21T10:00:00Z","clusters":[{"cluster":"a","connections":0}]}"#;
+        let s: ServerStatus = serde_json::from_str(old).unwrap();
+        assert_eq!(s.clusters[0].backups, None);
+        assert_eq!(s.disk, None);
     }
 }

@@ -35,7 +35,7 @@ use super::error_code::backup_refusal;
 use super::framing::FrameIo;
 use super::inbox::Inbox;
 use super::{End, blocking};
-use crate::backup_registry::SharedIndex;
+use crate::backup_registry::{Claims, SharedIndex};
 
 /// What the client's `BackupHello` said.
 pub(super) struct BackupHello {
@@ -96,7 +96,13 @@ pub(super) async fn run<T: FrameIo>(
     let index = env.index().await?;
     let mut writing = {
         let (store, index) = (env.store.clone(), index.clone());
-        blocking(move || Writing::start(store, index)).await??
+        let (backups, cluster) = (env.backups.clone(), cluster.clone());
+        let telemetry = env.telemetry.clone();
+        blocking(move || {
+            let claims = backups.claims(&cluster);
+            backups.with_catalog_lock(&cluster, || Writing::start(store, index, claims, telemetry))
+        })
+        .await??
     };
     let id = writing.staged.id().clone();
     tracing::info!("backup {id} started");
@@ -152,6 +158,7 @@ pub(super) async fn run<T: FrameIo>(
     };
     let info = complete(env, writing, finish, &mut inbox, hello.system_id).await?;
     drop(lease);
+    env.retention.after_backup(cluster);
     inbox
         .send(&[Message::BackupEntry {
             json: info.to_json().into(),
@@ -181,7 +188,9 @@ async fn complete<T: FrameIo>(
         return Err(abandon(writing, end).await);
     }
     let id = writing.staged.id().clone();
-    let (sealed, referenced, new_stored) = blocking(move || writing.seal()).await??;
+    // The claims stay until the backup is published (or given up): until then no catalog
+    // entry refers to its blocks.
+    let (sealed, referenced, new_stored, claims) = blocking(move || writing.seal()).await??;
     let (start, end) = (finish.start, finish.end);
     if let Err(end) = wait_for_wal(env, &id, &finish, inbox).await {
         let _ = blocking(move || sealed.abandon()).await;
@@ -222,6 +231,7 @@ async fn complete<T: FrameIo>(
     blocking(move || sealed.publish(&entry))
         .await?
         .map_err(|e| backup_refusal(&e))?;
+    drop(claims);
     tracing::info!(
         "backup {id} complete: {} files, {} bytes, {} new bytes stored",
         info.files,
@@ -325,6 +335,9 @@ struct Writing {
     staged: StagedBackup,
     writer: BlockWriter,
     index: SharedIndex,
+    /// The blocks this backup was told are held, stored, or named: retention keeps them.
+    claims: Claims,
+    telemetry: crate::telemetry::ClusterTelemetry,
     key_bytes: [u8; 32],
     /// The path of the last file entry (for errors about its blocks).
     current_path: Option<String>,
@@ -338,7 +351,12 @@ struct Applied {
 
 impl Writing {
     /// Prepares the store (leftovers, the block-hash key) and stages a new backup.
-    fn start(store: klio_store::backup::BackupStore, index: SharedIndex) -> Result<Self, End> {
+    fn start(
+        store: klio_store::backup::BackupStore,
+        index: SharedIndex,
+        claims: Claims,
+        telemetry: crate::telemetry::ClusterTelemetry,
+    ) -> Result<Self, End> {
         let refuse = |e: BackupStoreError| backup_refusal(&e);
         let key = store.prepare_for_backup().map_err(refuse)?;
         let mut attempt = 0;
@@ -356,15 +374,21 @@ impl Writing {
             key_bytes: key.to_bytes(),
             writer: store.block_writer(key),
             index,
+            claims,
+            telemetry,
             current_path: None,
         })
     }
 
-    /// Refuses blocks the cluster does not hold.
+    /// Refuses blocks the cluster does not hold; claims those it does.
     fn check_held(&self, path: &str, blocks: &[BlockHash]) -> Result<(), End> {
         let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
         match blocks.iter().find(|h| !self.writer.holds(&idx, h)) {
-            None => Ok(()),
+            None => {
+                self.claims
+                    .claim(blocks.iter().filter_map(|h| idx.slot_of(h)));
+                Ok(())
+            }
             Some(h) => Err(End::Refused(
                 ErrorCode::BadRequest,
                 format!(
@@ -396,8 +420,14 @@ impl Writing {
                 Message::HaveBlocks { hashes } => {
                     check_count(hashes.len())?;
                     let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
-                    let held = hashes.iter().map(|h| self.writer.holds(&idx, h)).collect();
+                    let held: Vec<bool> =
+                        hashes.iter().map(|h| self.writer.holds(&idx, h)).collect();
+                    // Under the same read lock: no sweep can forget them in between.
+                    self.claims
+                        .claim(hashes.iter().filter_map(|h| idx.slot_of(h)));
                     drop(idx);
+                    let n_held = held.iter().filter(|h| **h).count() as u64;
+                    self.telemetry.blocks_offered(hashes.len() as u64, n_held);
                     applied.replies.push(Message::BlocksHeld { held });
                 }
                 Message::PutBlock { block } => {
@@ -406,10 +436,7 @@ impl Writing {
                         self.writer.put(&idx, &block).map_err(refuse)?
                     };
                     if let Put::StoredAndClosed(pack) = put {
-                        self.index
-                            .write()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(pack);
+                        self.add_pack(pack);
                     }
                 }
                 Message::FileEntry { entry } => {
@@ -448,35 +475,46 @@ impl Writing {
         Ok(applied)
     }
 
+    /// Adds a pack this session closed to the index, claiming its blocks.
+    fn add_pack(&self, pack: klio_store::backup::ClosedPack) {
+        let mut idx = self.index.write().unwrap_or_else(|p| p.into_inner());
+        let added = idx.insert(pack);
+        self.claims.claim(added);
+    }
+
     /// Makes the blocks, the file list and the manifest durable; the sealed backup, its
-    /// referenced stored bytes and the bytes this session stored.
-    fn seal(mut self) -> Result<(SealedBackup, u64, u64), End> {
+    /// referenced stored bytes, the bytes this session stored, and its claims.
+    fn seal(mut self) -> Result<(SealedBackup, u64, u64, Claims), End> {
         let refuse = |e: BackupStoreError| backup_refusal(&e);
         // The blocks first: the file list refers to them.
         if let Some(pack) = self.writer.close().map_err(refuse)? {
-            self.index
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(pack);
+            self.add_pack(pack);
         }
         let sealed = self.staged.seal().map_err(refuse)?;
         let referenced = {
             let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
             sealed.referenced_stored_bytes(&idx).map_err(refuse)?
         };
-        Ok((sealed, referenced, self.writer.new_stored_bytes()))
+        Ok((
+            sealed,
+            referenced,
+            self.writer.new_stored_bytes(),
+            self.claims,
+        ))
     }
 
     /// Closes the open pack (its blocks stay, for a rerun) and removes the staging directory.
     fn abandon(mut self) -> Result<(), BackupStoreError> {
-        let closed = self.writer.close();
+        let closed = match self.writer.close() {
+            Ok(Some(pack)) => {
+                self.add_pack(pack);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
         let removed = self.staged.abandon();
-        if let Some(pack) = closed? {
-            self.index
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(pack);
-        }
+        closed?;
         removed
     }
 }

@@ -14,25 +14,31 @@ use klio_wal::WalPosition;
 use super::error_code::{Request, backup_refusal, refusal};
 use super::{End, blocking};
 use crate::backup_registry::{BackupRegistry, SharedIndex};
+use crate::retention::Retention;
 use crate::server::Shared;
+use crate::telemetry::ClusterTelemetry;
 
 /// How often a finishing backup looks for its WAL in the archive.
 const WAL_POLL: Duration = Duration::from_millis(200);
 
 /// One cluster's backup state, as the sessions need it.
 #[derive(Clone, Debug)]
-pub(super) struct BackupEnv {
-    pub(super) cluster: ClusterName,
-    pub(super) backups: Arc<BackupRegistry>,
-    pub(super) store: BackupStore,
-    pub(super) wal_dir: PathBuf,
-    pub(super) keyring: Option<Keyring>,
+pub(crate) struct BackupEnv {
+    pub(crate) cluster: ClusterName,
+    pub(crate) backups: Arc<BackupRegistry>,
+    pub(crate) store: BackupStore,
+    pub(crate) wal_dir: PathBuf,
+    pub(crate) keyring: Option<Keyring>,
     /// How often a finishing backup looks for its WAL.
-    pub(super) wal_poll: Duration,
+    pub(crate) wal_poll: Duration,
+    /// Retention settings, and where to ask for a run after a backup.
+    pub(crate) retention: Arc<Retention>,
+    /// Where retention outcomes are reported.
+    pub(crate) telemetry: ClusterTelemetry,
 }
 
 impl BackupEnv {
-    pub(super) fn of(shared: &Shared, cluster: &ClusterName) -> Self {
+    pub(crate) fn of(shared: &Shared, cluster: &ClusterName) -> Self {
         Self {
             cluster: cluster.clone(),
             backups: shared.backups.clone(),
@@ -40,6 +46,8 @@ impl BackupEnv {
             wal_dir: shared.wal_dir(cluster),
             keyring: shared.storage.keyring.clone(),
             wal_poll: WAL_POLL,
+            retention: shared.retention.clone(),
+            telemetry: shared.telemetry.cluster(cluster),
         }
     }
 

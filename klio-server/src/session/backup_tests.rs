@@ -22,6 +22,8 @@ use super::backup_env::BackupEnv;
 use super::catalog::run as run_catalog;
 use super::framing::{FrameIo, Received};
 use crate::backup_registry::BackupRegistry;
+use crate::retention::{Retention, RetentionConfig};
+use crate::telemetry::Telemetry;
 
 const SYSTEM_ID: u64 = 7_400_000_000_000_000_001;
 const SEG: u64 = 1 << 20;
@@ -124,6 +126,8 @@ fn env(dir: &Path, keyring: Option<Keyring>) -> BackupEnv {
         wal_dir: dir.join("wal"),
         keyring,
         wal_poll: Duration::from_millis(20),
+        retention: Arc::new(Retention::new(RetentionConfig::default(), dir)),
+        telemetry: Arc::new(Telemetry::new(dir, None, 90)).cluster(&cluster_name()),
     }
 }
 
@@ -610,4 +614,108 @@ async fn catalog_requests_check_ids_and_name_damaged_blocks() {
     };
     assert_eq!(*code, ErrorCode::DamagedFile);
     assert!(message.contains(&missing.to_string()), "{message}");
+}
+
+/// A backup environment whose retention reclaims blocks at once and runs only when asked.
+fn env_reclaiming_at_once(dir: &Path, keyring: Option<Keyring>) -> BackupEnv {
+    let mut env = env(dir, keyring);
+    let config = RetentionConfig {
+        interval: None,
+        after_backup: false,
+        block_grace: Duration::ZERO,
+        ..RetentionConfig::default()
+    };
+    env.retention = Arc::new(Retention::new(config, dir));
+    env
+}
+
+/// Runs retention as the server does, on a thread of its own.
+async fn run_retention(env: &BackupEnv) -> klio_proto::klio::RetentionReport {
+    let (run_env, settings) = (env.clone(), env.retention.config().clone());
+    tokio::task::spawn_blocking(move || crate::retention::run(&run_env, &settings, false))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_block_a_running_backup_was_told_is_held_survives_retention_and_restores() {
+    for keyring in [None, Some(Keyring::new(Kek::from_bytes(&[5; 32]).unwrap()))] {
+        let d = tempfile::tempdir().unwrap();
+        let env = env_reclaiming_at_once(d.path(), keyring);
+        archive_wal(&env, SEG, 3 * SEG);
+
+        // The first backup: one block the second will share, five only it has.
+        let mut first = start_backup(&env);
+        let (first_id, key) = welcome(&mut first).await;
+        let shared = block(&key, &page(1));
+        let own: Vec<Block> = (10..15).map(|i| block(&key, &page(i))).collect();
+        let all: Vec<&Block> = std::iter::once(&shared).chain(&own).collect();
+        send_backup(&mut first, &all, vec![file("base/1/1", &all)], finish(30)).await;
+        assert!(matches!(first.recv().await, Message::BackupEntry { .. }));
+        first.finish();
+        first.end().await.unwrap();
+
+        // The second backup is told the shared block is held...
+        let mut second = start_backup(&env);
+        welcome(&mut second).await;
+        second.send(vec![Message::HaveBlocks {
+            hashes: vec![shared.hash],
+        }]);
+        assert!(matches!(second.recv().await, Message::BlocksHeld { held } if held == [true]));
+
+        // ... then the first backup goes and retention runs before the second one ends: the
+        // first backup's pack dies but for the claimed block, so it is rewritten around it.
+        let deleted = catalog(&env, Message::DeleteBackup { id: first_id }).await;
+        assert!(
+            matches!(&deleted[0], Message::BackupEntry { .. }),
+            "{deleted:?}"
+        );
+        let report = run_retention(&env).await;
+        assert_eq!(report.blocks.blocks, 5, "{report:?}");
+        assert_eq!(report.blocks.packs_rewritten, 1, "{report:?}");
+
+        // The second backup names the block and completes; it reads back whole.
+        second.send(vec![
+            Message::FileEntry {
+                entry: file("base/1/1", &[&shared]),
+            },
+            Message::ManifestData {
+                data: Bytes::from_static(b"{}"),
+            },
+            Message::FinishBackup { finish: finish(30) },
+        ]);
+        let Message::BackupEntry { json } = second.recv().await else {
+            panic!("the second backup completes");
+        };
+        let info = BackupInfo::from_json(&json).unwrap();
+        second.finish();
+        second.end().await.unwrap();
+        let verified = catalog(
+            &env,
+            Message::VerifyBackup {
+                id: info.id.clone(),
+            },
+        )
+        .await;
+        assert!(
+            verified
+                .iter()
+                .any(|m| matches!(m, Message::BackupEntry { .. })),
+            "{verified:?}"
+        );
+        let got = catalog(
+            &env,
+            Message::GetBlocks {
+                hashes: vec![shared.hash],
+            },
+        )
+        .await;
+        assert!(
+            matches!(&got[..], [Message::BlockData { block }] if block.hash == shared.hash),
+            "{got:?}"
+        );
+        // Nothing is left to reclaim: the shared block is referenced now.
+        assert_eq!(run_retention(&env).await.blocks.blocks, 0);
+    }
 }

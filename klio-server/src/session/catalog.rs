@@ -1,6 +1,7 @@
 //! Catalog requests, in order, until the client finishes the stream: `ListBackups`,
-//! `GetBackup` (entry, hash key, files, manifest), `GetBlocks`, `DeleteBackup` and
-//! `VerifyBackup`. Everything read goes through the store's checks; a damaged block or file is
+//! `GetBackup` (entry, hash key, files, manifest), `GetBlocks`, `DeleteBackup`,
+//! `VerifyBackup`, `PinBackup` and `RunRetention` (the report of a retention run, which runs
+//! on a thread of its own). Everything read goes through the store's checks; a damaged block or file is
 //! a `DamagedFile` error naming it, never wrong bytes.
 //!
 //! File lists and manifests are streamed from a blocking thread through a small channel, and
@@ -14,6 +15,7 @@ use klio_proto::klio::{BackupInfo, Block, BlockHash, ErrorCode, MAX_HASHES_PER_M
 use klio_store::backup::{
     BackupId, BackupStoreError, FileListItem, VerifyOutcome, VerifyProgress, WalCoverage,
 };
+use klio_wal::ErrorChain;
 use tokio::sync::mpsc;
 
 use super::backup_env::{BackupEnv, coverage_text, wal_range_text};
@@ -46,6 +48,8 @@ pub(super) async fn run<T: FrameIo>(
             Message::GetBlocks { hashes } => get_blocks(env, &mut inbox, hashes).await?,
             Message::DeleteBackup { id } => delete(env, &mut inbox, &id).await?,
             Message::VerifyBackup { id } => verify(env, &mut inbox, &id).await?,
+            Message::PinBackup { id, pinned } => pin(env, &mut inbox, &id, pinned).await?,
+            Message::RunRetention { dry_run } => retention(env, &mut inbox, dry_run).await?,
             other => {
                 return Err(End::Refused(
                     ErrorCode::BadRequest,
@@ -193,13 +197,71 @@ async fn delete<T: FrameIo>(
     id: &str,
 ) -> Result<(), End> {
     let id = parse_id(id)?;
-    let store = env.store.clone();
-    let info = blocking(move || store.delete(&id))
+    let (store, backups, cluster) = (env.store.clone(), env.backups.clone(), env.cluster.clone());
+    let info = blocking(move || backups.with_catalog_lock(&cluster, || store.delete(&id)))
         .await?
         .map_err(|e| backup_refusal(&e))?;
     tracing::info!("backup {} deleted from the catalog", info.id);
     inbox
         .send(&[entry_message(&info), Message::CatalogEnd])
+        .await
+}
+
+async fn pin<T: FrameIo>(
+    env: &BackupEnv,
+    inbox: &mut Inbox<'_, T>,
+    id: &str,
+    pinned: bool,
+) -> Result<(), End> {
+    let id = parse_id(id)?;
+    let (store, backups, cluster) = (env.store.clone(), env.backups.clone(), env.cluster.clone());
+    let info =
+        blocking(move || backups.with_catalog_lock(&cluster, || store.set_pinned(&id, pinned)))
+            .await?
+            .map_err(|e| backup_refusal(&e))?;
+    tracing::info!(
+        "backup {} {}",
+        info.id,
+        if pinned { "pinned" } else { "unpinned" }
+    );
+    inbox
+        .send(&[entry_message(&info), Message::CatalogEnd])
+        .await
+}
+
+/// Runs retention on a thread of its own (it may read every file list and rewrite packs);
+/// the session waits for its report.
+async fn retention<T: FrameIo>(
+    env: &BackupEnv,
+    inbox: &mut Inbox<'_, T>,
+    dry_run: bool,
+) -> Result<(), End> {
+    let run_env = env.clone();
+    let settings = env.retention.config().clone();
+    let outcome =
+        tokio::task::spawn_blocking(move || crate::retention::run(&run_env, &settings, dry_run))
+            .await
+            .map_err(storage_task_failed)?;
+    let report = match outcome {
+        Ok(r) => r,
+        Err(e) => {
+            env.telemetry.retention_failed(&ErrorChain(&e).to_string());
+            let code = e
+                .backup_store_error()
+                .map_or(ErrorCode::Storage, super::error_code::backup_error_code);
+            return Err(End::Refused(code, ErrorChain(&e).to_string()));
+        }
+    };
+    if !dry_run {
+        env.telemetry.retention_ran(&report);
+    }
+    inbox
+        .send(&[
+            Message::RetentionReport {
+                json: report.to_json().into(),
+            },
+            Message::CatalogEnd,
+        ])
         .await
 }
 

@@ -58,6 +58,7 @@ pub(super) fn backup_error_code(e: &BackupStoreError) -> ErrorCode {
             ErrorCode::BadRequest
         }
         E::NoSuchBackup { .. } => ErrorCode::NoSuchBackup,
+        E::Pinned { .. } => ErrorCode::BackupPinned,
         E::BackupExists { .. } => ErrorCode::Internal,
         _ if e.is_damage() => ErrorCode::DamagedFile,
         _ => ErrorCode::Storage,

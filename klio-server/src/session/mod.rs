@@ -21,6 +21,7 @@
 
 mod backup;
 mod backup_env;
+pub(crate) use backup_env::BackupEnv;
 #[cfg(test)]
 mod backup_tests;
 mod catalog;
@@ -111,7 +112,7 @@ async fn serve(shared: &Arc<Shared>, client: Client<'_>, io: &mut Framed) -> Res
             cluster: claimed,
             system_id,
         }) => {
-            let env = backup_env::BackupEnv::of(shared, client.cluster);
+            let env = BackupEnv::of(shared, client.cluster);
             let hello = backup::BackupHello {
                 version,
                 claimed,
@@ -124,9 +125,11 @@ async fn serve(shared: &Arc<Shared>, client: Client<'_>, io: &mut Framed) -> Res
             | Message::GetBackup { .. }
             | Message::GetBlocks { .. }
             | Message::DeleteBackup { .. }
-            | Message::VerifyBackup { .. }),
+            | Message::VerifyBackup { .. }
+            | Message::PinBackup { .. }
+            | Message::RunRetention { .. }),
         ) => {
-            let env = backup_env::BackupEnv::of(shared, client.cluster);
+            let env = BackupEnv::of(shared, client.cluster);
             catalog::run(&env, io, first).await
         }
         Some(other) => Err(End::Refused(

@@ -267,7 +267,7 @@ struct Harness {
 
 fn telemetry() -> ClusterTelemetry {
     let cluster = ClusterName::new("test").unwrap();
-    Arc::new(Telemetry::new(Path::new("/nonexistent"), None)).cluster(&cluster)
+    Arc::new(Telemetry::new(Path::new("/nonexistent"), None, 90)).cluster(&cluster)
 }
 
 impl Harness {

@@ -37,6 +37,17 @@ pub(crate) struct ServerMetrics {
     pub(crate) restore_bytes: PerCluster<Counter>,
     pub(crate) restores_missing: PerCluster<Counter>,
     pub(crate) connections_refused: Family<ReasonLabel, Counter>,
+    pub(crate) backups: PerCluster<Gauge>,
+    pub(crate) blocks_offered: PerCluster<Counter>,
+    pub(crate) blocks_held: PerCluster<Counter>,
+    pub(crate) oldest_recoverable: PerCluster<Gauge>,
+    pub(crate) retention_reclaimed: Family<ClusterKindLabels, Counter>,
+    pub(crate) retention_backups_removed: PerCluster<Counter>,
+    pub(crate) retention_last_run: PerCluster<Gauge>,
+    pub(crate) retention_last_success: PerCluster<Gauge>,
+    pub(crate) disk_free: Gauge,
+    pub(crate) disk_size: Gauge,
+    pub(crate) disk_nearly_full: Gauge,
 }
 
 impl ServerMetrics {
@@ -65,6 +76,17 @@ impl ServerMetrics {
             restore_bytes: Family::default(),
             restores_missing: Family::default(),
             connections_refused: Family::default(),
+            backups: Family::default(),
+            blocks_offered: Family::default(),
+            blocks_held: Family::default(),
+            oldest_recoverable: Family::default(),
+            retention_reclaimed: Family::default(),
+            retention_backups_removed: Family::default(),
+            retention_last_run: Family::default(),
+            retention_last_success: Family::default(),
+            disk_free: Gauge::default(),
+            disk_size: Gauge::default(),
+            disk_nearly_full: Gauge::default(),
         };
         let mut r = m.registry;
         r.register(
@@ -171,6 +193,61 @@ impl ServerMetrics {
             "connections_refused",
             "Connections refused before they named a cluster, by reason",
             m.connections_refused.clone(),
+        );
+        r.register(
+            "backups",
+            "Complete backups in the cluster's catalog (what retention keeps)",
+            m.backups.clone(),
+        );
+        r.register(
+            "backup_blocks_offered",
+            "Block hashes running backups offered the server",
+            m.blocks_offered.clone(),
+        );
+        r.register(
+            "backup_blocks_held",
+            "Offered block hashes the server already held (deduplicated, not sent)",
+            m.blocks_held.clone(),
+        );
+        r.register(
+            "oldest_recoverable_timestamp_seconds",
+            "Unix time of the oldest point a restore can reach (the end of the oldest backup)",
+            m.oldest_recoverable.clone(),
+        );
+        r.register(
+            "retention_reclaimed_bytes",
+            "Bytes retention removed, by kind (wal, blocks)",
+            m.retention_reclaimed.clone(),
+        );
+        r.register(
+            "retention_backups_removed",
+            "Backups retention removed by policy",
+            m.retention_backups_removed.clone(),
+        );
+        r.register(
+            "retention_last_run_timestamp_seconds",
+            "Unix time the last retention run ended",
+            m.retention_last_run.clone(),
+        );
+        r.register(
+            "retention_last_run_success",
+            "1 if the last retention run did all it had to, 0 if it failed",
+            m.retention_last_success.clone(),
+        );
+        r.register(
+            "data_dir_free_bytes",
+            "Bytes available on the data directory's file system",
+            m.disk_free.clone(),
+        );
+        r.register(
+            "data_dir_size_bytes",
+            "Size of the data directory's file system",
+            m.disk_size.clone(),
+        );
+        r.register(
+            "data_dir_nearly_full",
+            "1 when the data directory's file system is used beyond retention.disk_warning",
+            m.disk_nearly_full.clone(),
         );
         Self { registry: r, ..m }
     }

@@ -6,6 +6,7 @@
 //! recoverable range) is surveyed when a page is asked for, at most every
 //! [`SURVEY_INTERVAL`].
 
+mod backups;
 mod metrics;
 
 use std::collections::BTreeMap;
@@ -32,8 +33,10 @@ const SURVEY_INTERVAL: Duration = Duration::from_secs(5);
 pub(crate) struct Telemetry {
     metrics: ServerMetrics,
     clusters: Mutex<BTreeMap<ClusterName, Arc<ClusterState>>>,
+    data_dir: PathBuf,
     clusters_dir: PathBuf,
     keyring: Option<klio_crypto::Keyring>,
+    disk_warning_percent: u8,
     started: SystemTime,
     survey: Mutex<Option<Survey>>,
 }
@@ -41,7 +44,15 @@ pub(crate) struct Telemetry {
 #[derive(Debug)]
 struct Survey {
     at: Instant,
+    found: Surveyed,
+}
+
+/// What a survey found on disk.
+#[derive(Clone, Debug)]
+struct Surveyed {
     archives: BTreeMap<String, Result<ArchiveSummary, String>>,
+    backups: BTreeMap<String, Result<backups::BackupSurvey, String>>,
+    disk: Option<crate::retention::DiskSpace>,
 }
 
 #[derive(Debug)]
@@ -60,6 +71,7 @@ struct Live {
     last_ack: Option<SystemTime>,
     upstream: Option<WalPosition>,
     last_error: Option<status::LastError>,
+    retention: Option<status::RetentionRun>,
 }
 
 #[derive(Debug)]
@@ -85,12 +97,18 @@ fn unix_seconds(t: SystemTime) -> i64 {
 }
 
 impl Telemetry {
-    pub(crate) fn new(data_dir: &std::path::Path, keyring: Option<klio_crypto::Keyring>) -> Self {
+    pub(crate) fn new(
+        data_dir: &std::path::Path,
+        keyring: Option<klio_crypto::Keyring>,
+        disk_warning_percent: u8,
+    ) -> Self {
         Self {
             metrics: ServerMetrics::new(),
             clusters: Mutex::default(),
+            data_dir: data_dir.to_owned(),
             clusters_dir: data_dir.join("clusters"),
             keyring,
+            disk_warning_percent,
             started: SystemTime::now(),
             survey: Mutex::default(),
         }
@@ -125,11 +143,12 @@ impl Telemetry {
             .inc();
     }
 
-    /// Summaries of every archive on disk, surveyed again when older than [`SURVEY_INTERVAL`].
-    fn archives(&self) -> BTreeMap<String, Result<ArchiveSummary, String>> {
+    /// Summaries of every archive and catalog on disk, and the disk's space, surveyed again
+    /// when older than [`SURVEY_INTERVAL`].
+    fn survey(&self) -> Surveyed {
         let mut survey = lock(&self.survey);
         if let Some(s) = survey.as_ref().filter(|s| s.at.elapsed() < SURVEY_INTERVAL) {
-            return s.archives.clone();
+            return s.found.clone();
         }
         let mut archives = BTreeMap::new();
         if let Ok(entries) = std::fs::read_dir(&self.clusters_dir) {
@@ -147,11 +166,16 @@ impl Telemetry {
                 archives.insert(name, summary);
             }
         }
+        let found = Surveyed {
+            archives,
+            backups: backups::survey_backups(&self.clusters_dir, self.keyring.as_ref()),
+            disk: crate::retention::DiskSpace::of(&self.data_dir),
+        };
         *survey = Some(Survey {
             at: Instant::now(),
-            archives: archives.clone(),
+            found: found.clone(),
         });
-        archives
+        found
     }
 
     /// Sets the archive gauges from a fresh survey.
@@ -199,12 +223,20 @@ impl Telemetry {
 
     /// The `/status` document.
     pub(crate) fn status(&self) -> ServerStatus {
-        let archives = self.archives();
+        let Surveyed {
+            archives,
+            backups,
+            disk,
+        } = self.survey();
         let live: BTreeMap<String, Arc<ClusterState>> = lock(&self.clusters)
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect();
-        let mut names: Vec<&String> = archives.keys().chain(live.keys()).collect();
+        let mut names: Vec<&String> = archives
+            .keys()
+            .chain(backups.keys())
+            .chain(live.keys())
+            .collect();
         names.sort();
         names.dedup();
         let clusters = names
@@ -212,13 +244,16 @@ impl Telemetry {
             .map(|name| {
                 let summary = archives.get(name);
                 let state = live.get(name).map(|s| lock(&s.live));
-                cluster_status(name, summary, state.as_deref())
+                let mut c = cluster_status(name, summary, state.as_deref());
+                backups::fill_backup_status(&mut c, backups.get(name));
+                c
             })
             .collect();
         ServerStatus {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             started: rfc3339(self.started),
             clusters,
+            disk: self.disk_status(disk),
         }
     }
 }
@@ -281,14 +316,16 @@ fn cluster_status(
             since: rfc3339(w.since),
         });
         c.last_error = l.last_error.clone();
+        c.last_retention = l.retention.clone();
     }
     c
 }
 
 impl Pages for Telemetry {
     fn metrics(&self) -> String {
-        let archives = self.archives();
-        self.refresh_archive_gauges(&archives);
+        let found = self.survey();
+        self.refresh_archive_gauges(&found.archives);
+        self.refresh_backup_gauges(&found.backups, found.disk);
         klio_metrics::encode(&self.metrics.registry)
     }
 

@@ -1,0 +1,87 @@
+//! Retention: each cluster's policy (`config`) enforced on its backups, its WAL archive and
+//! its blocks, through the server so that it never races the WAL writer or a running backup.
+//!
+//! A run (`run`), one per cluster at a time:
+//!
+//! 1. decides which complete backups the policy keeps (`klio_store::retention::decide`: by
+//!    end position and end time, never by id; pinned backups and the `min_backups` floor
+//!    always stay) and deletes the others;
+//! 2. removes the WAL no retained backup's recovery path needs, judged by LSN and timeline
+//!    through the history files (`klio_store::retention::plan_wal`, then a `WalPruner`: only
+//!    completed segments and history files, never the segment in progress);
+//! 3. reclaims blocks by mark and sweep: it begins marking (so that claims of backup sessions
+//!    that end meanwhile are kept, `backup_registry`), lists the catalog, marks every block
+//!    the listed backups refer to, then under the index's write lock forgets the blocks
+//!    nobody marked or claimed whose pack is older than `block_grace`, and finally removes or
+//!    rewrites the packs they leave dead (crash-safe, `klio_store::backup` documents how).
+//!
+//! A dry run does 1-3 without removing anything and reports the same numbers. Runs happen
+//! on the schedule (`retention.interval`), after each completed backup, and on request
+//! (`klio retention run`). A nearly full disk is reported (logs, metrics, `klio status`, the
+//! report's notes), never a reason to remove more than the policy allows.
+
+pub mod config;
+mod disk;
+mod pause;
+mod run;
+mod schedule;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use klio_proto::klio::ClusterName;
+use tokio::sync::mpsc;
+
+pub(crate) use config::RetentionConfig;
+pub(crate) use disk::DiskSpace;
+pub(crate) use run::run;
+pub(crate) use schedule::work;
+
+/// The server's retention settings and the queue of runs asked for after backups.
+#[derive(Debug)]
+pub(crate) struct Retention {
+    config: RetentionConfig,
+    data_dir: PathBuf,
+    trigger: mpsc::UnboundedSender<ClusterName>,
+    triggered: Mutex<Option<mpsc::UnboundedReceiver<ClusterName>>>,
+}
+
+impl Retention {
+    /// Retention with these settings, for the server whose data directory is `data_dir`.
+    pub(crate) fn new(config: RetentionConfig, data_dir: &Path) -> Self {
+        let (trigger, triggered) = mpsc::unbounded_channel();
+        Self {
+            config,
+            data_dir: data_dir.to_owned(),
+            trigger,
+            triggered: Mutex::new(Some(triggered)),
+        }
+    }
+
+    /// The settings.
+    pub(crate) fn config(&self) -> &RetentionConfig {
+        &self.config
+    }
+
+    /// The server's data directory (for its free space).
+    pub(crate) fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Asks the worker for a run of `cluster`, as a backup of it completed (unless
+    /// `retention.after_backup` is off); never waits.
+    pub(crate) fn after_backup(&self, cluster: &ClusterName) {
+        if self.config.after_backup {
+            // No worker (tests of sessions alone, or a server shutting down): nothing to ask.
+            let _ = self.trigger.send(cluster.clone());
+        }
+    }
+
+    /// The queue of runs asked for, for the one worker.
+    fn take_triggers(&self) -> Option<mpsc::UnboundedReceiver<ClusterName>> {
+        self.triggered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+}
