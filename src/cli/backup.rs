@@ -1,4 +1,4 @@
-//! `klio backup run|list|show|verify|delete`.
+//! `klio backup run|list|show|verify|delete|pin|unpin`.
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -27,6 +27,7 @@ use super::progress::bytes;
 ///   klio backup show latest --output json
 ///   klio backup verify latest
 ///   klio backup delete 20261201T120000Z-3f9a
+///   klio backup pin 20261201T120000Z-3f9a      # never removed by retention
 ///
 /// The Klio server settings (--server, --tls-ca, --tls-cert, --tls-key, --cluster) come from
 /// flags, else KLIO_* environment variables, else --config, as for send-wal.
@@ -44,6 +45,8 @@ enum Command {
     Show(ShowArgs),
     Verify(VerifyArgs),
     Delete(DeleteArgs),
+    Pin(PinArgs),
+    Unpin(UnpinArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -108,6 +111,10 @@ struct RunArgs {
     /// No progress display, even on a terminal.
     #[arg(long)]
     no_progress: bool,
+    /// Pin the backup once it is complete: no retention policy removes it until `klio backup
+    /// unpin`.
+    #[arg(long)]
+    pin: bool,
     #[command(flatten)]
     client: super::client_args::ClientArgs,
 }
@@ -187,6 +194,41 @@ struct DeleteArgs {
     client: super::client_args::ClientArgs,
 }
 
+/// Pin a backup: no retention policy removes it (and `klio backup delete` refuses it) until it
+/// is unpinned.
+///
+/// Example:
+///   klio backup pin 20261201T120000Z-3f9a
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+struct PinArgs {
+    /// The backup id, or latest (the one ending last).
+    #[arg(value_name = "ID|latest")]
+    backup: BackupRef,
+    /// text for a terminal, json for scripts (the entry afterwards).
+    #[arg(short, long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    #[command(flatten)]
+    client: super::client_args::ClientArgs,
+}
+
+/// Unpin a backup: retention policies apply to it again.
+///
+/// Example:
+///   klio backup unpin 20261201T120000Z-3f9a
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+struct UnpinArgs {
+    /// The backup id, or latest (the one ending last).
+    #[arg(value_name = "ID|latest")]
+    backup: BackupRef,
+    /// text for a terminal, json for scripts (the entry afterwards).
+    #[arg(short, long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    #[command(flatten)]
+    client: super::client_args::ClientArgs,
+}
+
 pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
     match a.command {
         Command::Run(a) => run_backup(a),
@@ -194,6 +236,8 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
         Command::Show(a) => show(a),
         Command::Verify(a) => verify(a),
         Command::Delete(a) => delete(a),
+        Command::Pin(a) => set_pinned(a.backup, true, a.output, a.client),
+        Command::Unpin(a) => set_pinned(a.backup, false, a.output, a.client),
     }
 }
 
@@ -218,7 +262,18 @@ fn run_backup(a: RunArgs) -> anyhow::Result<ExitCode> {
         &mut |p: &CaptureProgress| line.capture(p),
     ));
     line.finish();
-    let BackupOutcome { info, stats } = outcome?;
+    let BackupOutcome { mut info, stats } = outcome?;
+    if a.pin {
+        info = super::pg_args::runtime()?
+            .block_on(catalog::set_pinned(&opts.client, &info.id, true))
+            .map_err(|e| {
+                anyhow::Error::new(e).context(format!(
+                    "backup {} is complete but could not be pinned: pin it with `klio backup \
+                     pin {}`",
+                    info.id, info.id
+                ))
+            })?;
+    }
     match a.output {
         Output::Text => println!(
             "backup {} complete: {} in {} files; {} of it new to the server, sent compressed as \
@@ -293,6 +348,34 @@ fn delete(a: DeleteArgs) -> anyhow::Result<ExitCode> {
     match a.output {
         Output::Text => println!(
             "backup {} deleted from the catalog (its blocks stay until retention reclaims them)",
+            info.id
+        ),
+        Output::Json => print_entry(&info),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn set_pinned(
+    backup: BackupRef,
+    pinned: bool,
+    output: Output,
+    client: super::client_args::ClientArgs,
+) -> anyhow::Result<ExitCode> {
+    let client = client.resolve()?;
+    let info = super::pg_args::runtime()?.block_on(async {
+        let id = match &backup {
+            BackupRef::Id(id) => id.clone(),
+            BackupRef::Latest => catalog::get_entry(&client, &backup).await?.id,
+        };
+        catalog::set_pinned(&client, &id, pinned).await
+    })?;
+    match output {
+        Output::Text if pinned => println!(
+            "backup {} pinned: no retention policy removes it until `klio backup unpin {}`",
+            info.id, info.id
+        ),
+        Output::Text => println!(
+            "backup {} unpinned: retention policies apply to it again",
             info.id
         ),
         Output::Json => print_entry(&info),

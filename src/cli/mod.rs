@@ -13,6 +13,7 @@ mod receive_wal;
 mod recovery_args;
 mod restore;
 mod restore_wal;
+mod retention;
 mod send_wal;
 mod server;
 mod signals;
@@ -61,6 +62,7 @@ enum Command {
     Restore(restore::Args),
     Server(server::Args),
     Backup(backup::Args),
+    Retention(retention::Args),
     Certs(certs::Args),
     Keys(keys::Args),
     Status(status::Args),
@@ -78,6 +80,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Restore(a) => restore::run(a),
         Command::Server(a) => server::run(a),
         Command::Backup(a) => backup::run(a),
+        Command::Retention(a) => retention::run(a),
         Command::Certs(a) => certs::run(a),
         Command::Keys(a) => keys::run(a),
         Command::Status(a) => status::run(a),

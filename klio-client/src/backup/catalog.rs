@@ -1,8 +1,9 @@
-//! The backup catalog on the Klio server: list, show, verify and delete backups.
+//! The backup catalog on the Klio server: list, show, verify, delete and pin backups, and run
+//! retention.
 //!
 //! Each request runs on a stream of its own ([`CatalogClient`] on an open connection, or the
-//! functions [`list`], [`get_entry`], [`verify`] and [`delete`], which connect for one
-//! request). The server answers only for the cluster of the client's certificate.
+//! functions [`list`], [`get_entry`], [`verify`], [`delete`], [`set_pinned`] and
+//! [`run_retention`], which connect for one request). The server answers only for the cluster of the client's certificate.
 //!
 //! `latest` ([`BackupRef::Latest`]) is the backup with the greatest
 //! [`BackupInfo::order_key`] (end position, then completion time), never the greatest id.
@@ -10,7 +11,9 @@
 use std::fmt;
 use std::str::FromStr;
 
-use klio_proto::klio::{BackupInfo, CatalogEntryError, ErrorCode, Message};
+use klio_proto::klio::{
+    BackupInfo, CatalogEntryError, ErrorCode, Message, RetentionReport, RetentionReportError,
+};
 
 use super::progress::VerifyProgress;
 use crate::client_config::ClientConfig;
@@ -86,6 +89,15 @@ pub enum CatalogError {
     /// A catalog entry cannot be read.
     #[error("the Klio server sent a backup catalog entry that cannot be read")]
     Entry(#[source] CatalogEntryError),
+    /// The backup is pinned, so it cannot be deleted.
+    #[error("backup {id} is pinned: unpin it with `klio backup unpin {id}` first, then delete it")]
+    Pinned {
+        /// The backup.
+        id: String,
+    },
+    /// A retention report cannot be read.
+    #[error("the Klio server sent a retention report that cannot be read")]
+    Report(#[source] RetentionReportError),
 }
 
 impl From<ServerLinkError> for CatalogError {
@@ -114,6 +126,10 @@ impl CatalogError {
                 code: ErrorCode::NoSuchBackup,
                 ..
             }) => Self::NoSuchBackup { id: id.to_owned() },
+            Self::Server(ServerLinkError::Refused {
+                code: ErrorCode::BackupPinned,
+                ..
+            }) => Self::Pinned { id: id.to_owned() },
             Self::Server(
                 source @ ServerLinkError::Refused {
                     code: ErrorCode::DamagedFile | ErrorCode::WalNotArchived,
@@ -260,6 +276,41 @@ impl<'c> CatalogClient<'c> {
         .await
         .map_err(|e: CatalogError| e.about_backup(id, false))
     }
+
+    /// Pins (`pinned`) or unpins the backup: a pinned backup is never removed by a retention
+    /// policy. Returns its entry afterwards.
+    pub async fn set_pinned(&self, id: &str, pinned: bool) -> Result<BackupInfo, CatalogError> {
+        async {
+            let (mut send, mut recv) = self.conn.open_stream().await?;
+            send.send(&Message::PinBackup {
+                id: id.to_owned(),
+                pinned,
+            })
+            .await?;
+            send.finish();
+            let info = entry(&mut recv).await?;
+            catalog_end(&mut recv).await?;
+            Ok(info)
+        }
+        .await
+        .map_err(|e: CatalogError| e.about_backup(id, false))
+    }
+
+    /// Has the server enforce the cluster's retention policy now (`dry_run`: only report what
+    /// would go); its report.
+    pub async fn run_retention(&self, dry_run: bool) -> Result<RetentionReport, CatalogError> {
+        let (mut send, mut recv) = self.conn.open_stream().await?;
+        send.send(&Message::RunRetention { dry_run }).await?;
+        send.finish();
+        let report = match recv.recv().await? {
+            Some(Message::RetentionReport { json }) => {
+                RetentionReport::from_json(&json).map_err(CatalogError::Report)?
+            }
+            other => return Err(unexpected("RetentionReport", other)),
+        };
+        catalog_end(&mut recv).await?;
+        Ok(report)
+    }
 }
 
 /// Runs `request` on a fresh connection to the server of `config`, closing it afterwards.
@@ -298,4 +349,21 @@ pub async fn verify(
 /// Removes the catalog entry of backup `id` (see [`CatalogClient::delete`]).
 pub async fn delete(config: &ClientConfig, id: &str) -> Result<BackupInfo, CatalogError> {
     with_connection(config, async |c| c.delete(id).await).await
+}
+
+/// Pins or unpins backup `id` (see [`CatalogClient::set_pinned`]).
+pub async fn set_pinned(
+    config: &ClientConfig,
+    id: &str,
+    pinned: bool,
+) -> Result<BackupInfo, CatalogError> {
+    with_connection(config, async |c| c.set_pinned(id, pinned).await).await
+}
+
+/// Runs retention on the server (see [`CatalogClient::run_retention`]).
+pub async fn run_retention(
+    config: &ClientConfig,
+    dry_run: bool,
+) -> Result<RetentionReport, CatalogError> {
+    with_connection(config, async |c| c.run_retention(dry_run).await).await
 }

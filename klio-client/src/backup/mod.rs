@@ -51,6 +51,7 @@ mod capture;
 pub mod catalog;
 mod cutter;
 mod progress;
+mod retention;
 
 #[cfg(test)]
 mod postgres_tests;
@@ -66,6 +67,7 @@ pub use capture::{BackupError, BackupOptions, BackupOutcome, CaptureStats, run};
 pub use catalog::{BackupRef, CatalogClient, CatalogError};
 pub use cutter::CaptureFault;
 pub use progress::{CaptureProgress, VerifyProgress};
+pub use retention::render_report;
 
 /// The size files are cut at: 64 KiB, eight PostgreSQL pages. A changed page costs one block
 /// (64 KiB before compression); a backup's list of references takes 32 bytes per block, 0.05%
