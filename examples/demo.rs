@@ -1,7 +1,8 @@
 //! A guided demo on local defaults: a throw-away PostgreSQL 15 streams its WAL with
 //! `klio send-wal` to a `klio server` (QUIC, mutual TLS, certificates from `klio certs`) as its
 //! synchronous standby, is backed up with `klio backup run` (deduplicated blocks, the catalog)
-//! while pgbench writes, crashes, loses its data directory, has its archive checked with
+//! while pgbench writes, shows what its retention policy would remove (`klio retention run
+//! --dry-run`), crashes, loses its data directory, has its archive checked with
 //! `klio verify`, and is rebuilt by `klio restore` and recovered through `klio get-wal` alone,
 //! down to the last committed row. No pg_basebackup anywhere.
 //!
@@ -34,6 +35,7 @@ fn main() {
         .cluster("demo")
         .sync_standby()
         .without_send_wal()
+        .server_config("retention:\n  keep_backups: 2\n  recovery_window: 7d\n")
         .start();
     let Stack {
         pg,
@@ -88,6 +90,19 @@ fn main() {
     );
     step("The backup catalog: klio backup list");
     print!("    {}", listing.stdout.trim_end().replace('\n', "\n    "));
+    println!();
+    step(
+        "What retention (keep_backups: 2, recovery_window: 7d in the server's config) would remove: klio retention run --dry-run",
+    );
+    let retention = klio_testkit::run_ok(
+        std::process::Command::new(&*exe)
+            .args(["retention", "run", "--dry-run"])
+            .args(&client_args),
+    );
+    print!(
+        "    {}",
+        retention.stdout.trim_end().replace('\n', "\n    ")
+    );
     println!();
     pg.psql("CREATE TABLE demo_marker (note text, at timestamptz DEFAULT now())");
     pg.psql("INSERT INTO demo_marker (note) VALUES ('the last committed row')");

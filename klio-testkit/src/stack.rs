@@ -62,6 +62,7 @@ pub struct StackBuilder {
     encryption: Encryption,
     synchronous: bool,
     server_args: Vec<OsString>,
+    server_config: Option<String>,
     send_wal: SendWalAtStart,
     send_wal_args: Vec<OsString>,
 }
@@ -103,9 +104,16 @@ impl Stack {
             encryption: Encryption::Off,
             synchronous: false,
             server_args: Vec::new(),
+            server_config: None,
             send_wal: SendWalAtStart::Started,
             send_wal_args: Vec::new(),
         }
+    }
+
+    /// Where [`StackBuilder::server_config`] writes the server's YAML file (rewrite it and
+    /// restart the server to change its settings).
+    pub fn server_config_path(work: &TestDir) -> PathBuf {
+        work.path().join("server.yaml")
     }
 
     /// `--server`, the `--tls-*` options and `--cluster` of a client of the stack's cluster.
@@ -117,6 +125,13 @@ impl Stack {
 }
 
 impl StackBuilder {
+    /// Starts the server with this YAML as its `--config` file (the flags the stack sets
+    /// still win over it), for settings that have no flag, like `retention`.
+    pub fn server_config(mut self, yaml: &str) -> Self {
+        self.server_config = Some(yaml.to_owned());
+        self
+    }
+
     /// WAL segments of `mb` MiB (`initdb --wal-segsize`).
     pub fn segment_size_mb(mut self, mb: u32) -> Self {
         self.pg.wal_segsize_mb = mb;
@@ -192,6 +207,11 @@ impl StackBuilder {
         let exe = work.install_exe(&self.klio);
         let certs = TestCerts::create(&exe, &work.subdir("certs"), &[&self.cluster]);
         let mut server_args = self.server_args;
+        if let Some(yaml) = &self.server_config {
+            let path = Stack::server_config_path(&work);
+            std::fs::write(&path, yaml).expect("write the server's config file");
+            server_args.extend(["--config".into(), path.into()]);
+        }
         let mut server_env: Vec<(String, String)> = Vec::new();
         let key = match self.encryption {
             Encryption::Off => None,

@@ -51,3 +51,4 @@ pub fn keyring(files: &[&Path]) -> klio_crypto::Keyring {
     klio_server::keys::load_keyring(first, &rest).expect("load key files")
 }
 pub mod backups;
+pub mod retention;
