@@ -122,7 +122,7 @@ struct RunArgs {
 /// List the complete backups of this cluster, oldest first (by end position, then time).
 ///
 /// Text: a table of id, end LSN, timeline, completion time, logical size, bytes the backup
-/// added to the store, and label. JSON: an array of catalog entries (schema 1).
+/// added to the store, whether it is pinned, and label. JSON: an array of catalog entries (schema 1).
 ///
 /// Example:
 ///   klio backup list --output json | jq -r '.[-1].id'
@@ -398,9 +398,10 @@ fn table(backups: &[BackupInfo]) -> String {
         "COMPLETED AT",
         "SIZE",
         "NEW STORED",
+        "PINNED",
         "LABEL",
     ];
-    let rows: Vec<[String; 7]> = backups
+    let rows: Vec<[String; 8]> = backups
         .iter()
         .map(|b| {
             [
@@ -410,6 +411,7 @@ fn table(backups: &[BackupInfo]) -> String {
                 b.completed_at.clone(),
                 bytes(b.logical_bytes),
                 bytes(b.new_stored_bytes),
+                if b.pinned { "yes" } else { "" }.to_owned(),
                 b.label.clone(),
             ]
         })
@@ -456,6 +458,15 @@ fn details(b: &BackupInfo) -> String {
         ("cluster", b.cluster.clone()),
         ("label", b.label.clone()),
         ("status", "complete".to_owned()),
+        (
+            "pinned",
+            if b.pinned {
+                "yes (no retention policy removes it)"
+            } else {
+                "no"
+            }
+            .to_owned(),
+        ),
         (
             "start",
             format!("{} on timeline {}", b.start.lsn, b.start.timeline),

@@ -28,6 +28,15 @@ enum Command {
     ///     compression: lz4           # lz4 (default), zstd (zstd_level: 1-22) or none
     ///   metrics:
     ///     listen: 127.0.0.1:7471     # /metrics, /healthz, /status (`klio status`); or off
+    ///   retention:                   # optional: without a policy nothing is removed
+    ///     keep_backups: 7            # the newest 7 complete backups
+    ///     recovery_window: 14d       # and every backup a recovery within 14 days needs
+    ///     min_backups: 1             # a floor (pinned backups always stay)
+    ///     interval: 1h               # how often it runs (or off); also after each backup
+    ///     block_grace: 1h            # blocks go only from packs older than this
+    ///     disk_warning: 90%          # warn (logs, metrics, status) above this much used
+    ///     clusters:                  # per-cluster policies, over the ones above
+    ///       pg-main: {keep_backups: 2}
     #[command(verbatim_doc_comment)]
     Start(StartArgs),
 }
