@@ -119,7 +119,8 @@ pub enum RetainedBecause {
     /// The newest backup that ended before the window starts: recovery to the window's oldest
     /// points starts from it.
     WindowBase,
-    /// The `min_backups` floor.
+    /// The `min_backups` floor (at least one backup stays under any policy, even with
+    /// `min_backups: 0`).
     Floor {
         /// `min_backups`.
         min_backups: u32,

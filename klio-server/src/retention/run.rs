@@ -5,10 +5,10 @@ use std::time::SystemTime;
 
 use klio_proto::klio::{
     BackupInfo, BackupVerdict, BlockReport, DiskReport, RETENTION_REPORT_SCHEMA, RecoverablePoint,
-    ReportPolicy, RetainedBecause, RetentionReport, WalKeptBecause, WalTimelineReport,
+    ReportPolicy, RetainedBecause, RetentionReport, WalTimelineReport,
 };
 use klio_store::backup::{self, BackupId, BackupStoreError, ReclaimSummary, SweepStep};
-use klio_store::retention::{self, KeepReason, RetentionPolicy, Verdict, WalKeepReason};
+use klio_store::retention::{self, RetentionPolicy, Verdict};
 use klio_store::wal_archive::{WalArchiveError, WalArchiveReader, WalPruner};
 use klio_wal::{ByteSize, WalFileName};
 
@@ -101,7 +101,7 @@ impl Run<'_> {
         let verdicts = if policy.is_set() {
             retention::decide(&backups, &policy, now)
         } else {
-            vec![Verdict::Keep(vec![KeepReason::NoPolicy]); backups.len()]
+            vec![Verdict::Keep(vec![RetainedBecause::NoPolicy]); backups.len()]
         };
         let mut removed = Vec::new();
         let mut kept: Vec<&BackupInfo> = Vec::new();
@@ -114,7 +114,7 @@ impl Run<'_> {
                 }
                 Verdict::Keep(reasons) => {
                     kept.push(info);
-                    reasons.iter().map(retained_because).collect()
+                    reasons.clone()
                 }
             };
             report_backups.push(BackupVerdict {
@@ -242,7 +242,7 @@ impl Run<'_> {
                 first_removed: done.and_then(|d| d.first.map(|n| n.to_string_with(size))),
                 last_removed: done.and_then(|d| d.last.map(|n| n.to_string_with(size))),
                 kept_from: t.keep_from.map(name),
-                kept_because: t.kept_because.iter().map(wal_kept_because).collect(),
+                kept_because: t.kept_because.clone(),
                 history_removed: done.is_some_and(|d| d.history_removed),
             };
             if !self.dry_run && report.segments_removed > 0 {
@@ -340,31 +340,6 @@ fn block_report(s: ReclaimSummary) -> BlockReport {
         bytes: s.bytes,
         packs_removed: s.packs_removed,
         packs_rewritten: s.packs_rewritten,
-    }
-}
-
-fn retained_because(r: &KeepReason) -> RetainedBecause {
-    match r {
-        KeepReason::Pinned => RetainedBecause::Pinned,
-        KeepReason::Newest { rank, keep } => RetainedBecause::Newest {
-            rank: *rank,
-            keep: *keep,
-        },
-        KeepReason::InWindow => RetainedBecause::InWindow,
-        KeepReason::WindowBase => RetainedBecause::WindowBase,
-        KeepReason::Floor { min_backups } => RetainedBecause::Floor {
-            min_backups: *min_backups,
-        },
-        KeepReason::NoPolicy => RetainedBecause::NoPolicy,
-        KeepReason::UnknownEndTime => RetainedBecause::UnknownEndTime,
-    }
-}
-
-fn wal_kept_because(r: &WalKeepReason) -> WalKeptBecause {
-    match r {
-        WalKeepReason::Backup { id } => WalKeptBecause::Backup { id: id.clone() },
-        WalKeepReason::NewestTimeline => WalKeptBecause::NewestTimeline,
-        WalKeepReason::UnknownHistory => WalKeptBecause::UnknownHistory,
     }
 }
 

@@ -4,7 +4,7 @@
 //!
 //! - [`decide`] (the `policy` module): one [`Verdict`] per backup under a [`RetentionPolicy`]
 //!   (`keep_backups`, `recovery_window`, the `min_backups` floor and pins), each kept backup
-//!   with every [`KeepReason`] that keeps it.
+//!   with every [`RetainedBecause`] that keeps it.
 //! - [`plan_wal`] (the `wal_plan` module): given the backups retained, which completed WAL
 //!   segments and history files of the archive no retained backup can need, per timeline
 //!   ([`WalPlan`]), judged by LSN and timeline through the timeline histories, never by file
@@ -21,5 +21,5 @@ mod tests_policy;
 #[cfg(test)]
 mod tests_wal_plan;
 
-pub use policy::{KeepReason, RetentionPolicy, Verdict, decide};
-pub use wal_plan::{TimelinePlan, WalKeepReason, WalPlan, plan_wal};
+pub use policy::{RetentionPolicy, Verdict, decide};
+pub use wal_plan::{TimelinePlan, WalPlan, plan_wal};

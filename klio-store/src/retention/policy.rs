@@ -4,18 +4,18 @@
 //!
 //! A backup is kept when any of these keeps it, and every reason that keeps it is reported:
 //!
-//! - **Pinned** ([`KeepReason::Pinned`]): always, whatever the policy.
-//! - **No policy** ([`KeepReason::NoPolicy`]): neither `keep_backups` nor `recovery_window`
+//! - **Pinned** ([`RetainedBecause::Pinned`]): always, whatever the policy.
+//! - **No policy** ([`RetainedBecause::NoPolicy`]): neither `keep_backups` nor `recovery_window`
 //!   set: nothing is removed.
-//! - **`keep_backups: n`** ([`KeepReason::Newest`]): the newest `n` backups that are not
+//! - **`keep_backups: n`** ([`RetainedBecause::Newest`]): the newest `n` backups that are not
 //!   pinned. Pins do not use up the count: pinning an old backup (a legal hold, a release)
 //!   never shortens the rolling retention of the others.
-//! - **`recovery_window: w`** ([`KeepReason::InWindow`], [`KeepReason::WindowBase`]): every
+//! - **`recovery_window: w`** ([`RetainedBecause::InWindow`], [`RetainedBecause::WindowBase`]): every
 //!   backup that ended at or after `now - w`, and the newest one that ended before it (recovery
 //!   to the window's oldest points starts from that one). A backup whose end time cannot be
-//!   read is kept ([`KeepReason::UnknownEndTime`]): a time rule never removes what it cannot
+//!   read is kept ([`RetainedBecause::UnknownEndTime`]): a time rule never removes what it cannot
 //!   judge.
-//! - **The floor** ([`KeepReason::Floor`]): the newest `max(min_backups, 1)` backups, pinned
+//! - **The floor** ([`RetainedBecause::Floor`]): the newest `max(min_backups, 1)` backups, pinned
 //!   or not, are never removed. Reported only for a backup that nothing else keeps, since that
 //!   is where the floor is what keeps it.
 //!
@@ -28,7 +28,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use klio_proto::klio::BackupInfo;
+use klio_proto::klio::{BackupInfo, RetainedBecause};
 
 /// A cluster's retention policy. `keep_backups` and `recovery_window` combine as a union: a
 /// backup is kept when either keeps it. Neither set: no policy, nothing is removed.
@@ -51,39 +51,12 @@ impl RetentionPolicy {
     }
 }
 
-/// Why a backup is kept (several may apply; all are reported).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum KeepReason {
-    /// Pinned (`klio backup pin`): never removed by a policy.
-    Pinned,
-    /// Among the newest `keep` complete backups that are not pinned (rank 1 = newest).
-    Newest {
-        /// Its rank among them, 1 for the newest.
-        rank: u32,
-        /// The policy's `keep_backups`.
-        keep: u32,
-    },
-    /// Ended inside the recovery window.
-    InWindow,
-    /// The newest backup that ended before the window starts: recovery to the window's
-    /// oldest points starts from it.
-    WindowBase,
-    /// Kept by the `min_backups` floor.
-    Floor {
-        /// The policy's `min_backups` (a floor of at least 1 applies even when this is 0).
-        min_backups: u32,
-    },
-    /// No policy is configured for the cluster.
-    NoPolicy,
-    /// Its end time cannot be read: never removed by a time rule.
-    UnknownEndTime,
-}
-
 /// What retention does with one backup.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// Kept, for these reasons (never empty).
-    Keep(Vec<KeepReason>),
+    /// Kept, for these reasons (never empty; the report's type, so what is decided is what
+    /// is reported).
+    Keep(Vec<RetainedBecause>),
     /// Removed: no rule keeps it.
     Remove,
 }
@@ -100,11 +73,11 @@ impl Verdict {
 /// "Newest" means last in that order. Time is [`BackupInfo::ended_at`] (RFC 3339) against
 /// `now`. The rules are in the `policy` module's documentation.
 pub fn decide(backups: &[BackupInfo], policy: &RetentionPolicy, now: SystemTime) -> Vec<Verdict> {
-    let mut reasons: Vec<Vec<KeepReason>> = backups
+    let mut reasons: Vec<Vec<RetainedBecause>> = backups
         .iter()
         .map(|b| {
             if b.pinned {
-                vec![KeepReason::Pinned]
+                vec![RetainedBecause::Pinned]
             } else {
                 Vec::new()
             }
@@ -112,7 +85,7 @@ pub fn decide(backups: &[BackupInfo], policy: &RetentionPolicy, now: SystemTime)
         .collect();
     if !policy.is_set() {
         for r in &mut reasons {
-            r.push(KeepReason::NoPolicy);
+            r.push(RetainedBecause::NoPolicy);
         }
         return into_verdicts(reasons);
     }
@@ -125,7 +98,7 @@ pub fn decide(backups: &[BackupInfo], policy: &RetentionPolicy, now: SystemTime)
             .filter(|(_, b)| !b.pinned)
             .take(keep as usize);
         for (rank, (i, _)) in (1u32..).zip(newest_unpinned) {
-            reasons[i].push(KeepReason::Newest { rank, keep });
+            reasons[i].push(RetainedBecause::Newest { rank, keep });
         }
     }
 
@@ -135,23 +108,23 @@ pub fn decide(backups: &[BackupInfo], policy: &RetentionPolicy, now: SystemTime)
         let mut base: Option<usize> = None;
         for (i, b) in backups.iter().enumerate() {
             match ended_at(b) {
-                None => reasons[i].push(KeepReason::UnknownEndTime),
+                None => reasons[i].push(RetainedBecause::UnknownEndTime),
                 Some(end) if window_start.is_none_or(|start| end >= start) => {
-                    reasons[i].push(KeepReason::InWindow);
+                    reasons[i].push(RetainedBecause::InWindow);
                 }
                 // Later in the order is newer: the last one seen before the window is its base.
                 Some(_) => base = Some(i),
             }
         }
         if let Some(i) = base {
-            reasons[i].push(KeepReason::WindowBase);
+            reasons[i].push(RetainedBecause::WindowBase);
         }
     }
 
     let floor = policy.min_backups.max(1) as usize;
     for r in reasons.iter_mut().rev().take(floor) {
         if r.is_empty() {
-            r.push(KeepReason::Floor {
+            r.push(RetainedBecause::Floor {
                 min_backups: policy.min_backups,
             });
         }
@@ -164,7 +137,7 @@ fn ended_at(b: &BackupInfo) -> Option<SystemTime> {
     humantime::parse_rfc3339_weak(&b.ended_at).ok()
 }
 
-fn into_verdicts(reasons: Vec<Vec<KeepReason>>) -> Vec<Verdict> {
+fn into_verdicts(reasons: Vec<Vec<RetainedBecause>>) -> Vec<Verdict> {
     reasons
         .into_iter()
         .map(|r| {

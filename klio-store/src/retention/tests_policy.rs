@@ -6,7 +6,9 @@ use klio_proto::klio::{BackupInfo, BackupStatus, CATALOG_SCHEMA};
 use klio_wal::{Lsn, TimelineId, WalPosition};
 use proptest::prelude::*;
 
-use super::policy::{KeepReason, RetentionPolicy, Verdict, decide};
+use klio_proto::klio::RetainedBecause;
+
+use super::policy::{RetentionPolicy, Verdict, decide};
 
 const DAY: u64 = 86_400;
 
@@ -62,7 +64,7 @@ fn kept(verdicts: &[Verdict]) -> Vec<usize> {
         .collect()
 }
 
-fn reasons(v: &Verdict) -> &[KeepReason] {
+fn reasons(v: &Verdict) -> &[RetainedBecause] {
     match v {
         Verdict::Keep(r) => r,
         Verdict::Remove => &[],
@@ -94,7 +96,7 @@ fn without_a_policy_nothing_is_removed() {
     };
     assert!(!policy.is_set());
     let v = decide(&backups, &policy, now());
-    assert_eq!(v, vec![Verdict::Keep(vec![KeepReason::NoPolicy]); 4]);
+    assert_eq!(v, vec![Verdict::Keep(vec![RetainedBecause::NoPolicy]); 4]);
 }
 
 #[test]
@@ -110,8 +112,8 @@ fn keep_backups_keeps_the_newest_by_position_not_by_id() {
         [
             Verdict::Remove,
             Verdict::Remove,
-            Verdict::Keep(vec![KeepReason::Newest { rank: 2, keep: 2 }]),
-            Verdict::Keep(vec![KeepReason::Newest { rank: 1, keep: 2 }]),
+            Verdict::Keep(vec![RetainedBecause::Newest { rank: 2, keep: 2 }]),
+            Verdict::Keep(vec![RetainedBecause::Newest { rank: 1, keep: 2 }]),
         ]
     );
 }
@@ -123,12 +125,18 @@ fn pinned_backups_are_kept_and_do_not_use_up_keep_backups() {
     backups[4].pinned = true;
     let v = decide(&backups, &keep(2), now());
     assert_eq!(kept(&v), [0, 2, 3, 4]);
-    assert_eq!(reasons(&v[0]), [KeepReason::Pinned]);
-    assert_eq!(reasons(&v[4]), [KeepReason::Pinned]);
-    assert_eq!(reasons(&v[3]), [KeepReason::Newest { rank: 1, keep: 2 }]);
+    assert_eq!(reasons(&v[0]), [RetainedBecause::Pinned]);
+    assert_eq!(reasons(&v[4]), [RetainedBecause::Pinned]);
+    assert_eq!(
+        reasons(&v[3]),
+        [RetainedBecause::Newest { rank: 1, keep: 2 }]
+    );
     // Listed with its other reasons: a pinned backup among the kept ones says both.
     let v = decide(&backups, &window(30), now());
-    assert_eq!(reasons(&v[4]), [KeepReason::Pinned, KeepReason::InWindow]);
+    assert_eq!(
+        reasons(&v[4]),
+        [RetainedBecause::Pinned, RetainedBecause::InWindow]
+    );
 }
 
 #[test]
@@ -141,9 +149,9 @@ fn the_window_keeps_what_ended_inside_it_and_the_newest_before_it() {
         [
             Verdict::Remove,
             Verdict::Remove,
-            Verdict::Keep(vec![KeepReason::WindowBase]),
-            Verdict::Keep(vec![KeepReason::InWindow]),
-            Verdict::Keep(vec![KeepReason::InWindow]),
+            Verdict::Keep(vec![RetainedBecause::WindowBase]),
+            Verdict::Keep(vec![RetainedBecause::InWindow]),
+            Verdict::Keep(vec![RetainedBecause::InWindow]),
         ]
     );
 }
@@ -161,8 +169,8 @@ fn keep_backups_and_the_window_combine_as_a_union() {
     assert_eq!(
         reasons(&v[4]),
         [
-            KeepReason::Newest { rank: 2, keep: 4 },
-            KeepReason::WindowBase
+            RetainedBecause::Newest { rank: 2, keep: 4 },
+            RetainedBecause::WindowBase
         ]
     );
     let policy = RetentionPolicy {
@@ -193,9 +201,9 @@ fn min_backups_holds_when_every_backup_is_older_than_the_window() {
         v,
         [
             Verdict::Remove,
-            Verdict::Keep(vec![KeepReason::Floor { min_backups: 3 }]),
-            Verdict::Keep(vec![KeepReason::Floor { min_backups: 3 }]),
-            Verdict::Keep(vec![KeepReason::WindowBase]),
+            Verdict::Keep(vec![RetainedBecause::Floor { min_backups: 3 }]),
+            Verdict::Keep(vec![RetainedBecause::Floor { min_backups: 3 }]),
+            Verdict::Keep(vec![RetainedBecause::WindowBase]),
         ]
     );
     // A floor of 0 still keeps the newest backup.
@@ -212,7 +220,7 @@ fn an_unreadable_end_time_is_never_removed_by_the_window() {
     let mut backups = daily(4);
     backups[0].ended_at = "yesterday-ish".to_owned();
     let v = decide(&backups, &window(1), now());
-    assert_eq!(reasons(&v[0]), [KeepReason::UnknownEndTime]);
+    assert_eq!(reasons(&v[0]), [RetainedBecause::UnknownEndTime]);
     assert_eq!(kept(&v), [0, 2, 3]);
     // keep_backups does not look at times.
     assert_eq!(kept(&decide(&backups, &keep(1), now())), [3]);
@@ -222,7 +230,7 @@ fn an_unreadable_end_time_is_never_removed_by_the_window() {
 fn a_window_reaching_before_the_epoch_keeps_everything() {
     let backups = daily(3);
     let v = decide(&backups, &window(u64::MAX / DAY), now());
-    assert!(v.iter().all(|v| reasons(v) == [KeepReason::InWindow]));
+    assert!(v.iter().all(|v| reasons(v) == [RetainedBecause::InWindow]));
 }
 
 #[test]
@@ -284,7 +292,7 @@ proptest! {
         prop_assert_eq!(v.len(), backups.len());
         for (b, v) in backups.iter().zip(&v) {
             if b.pinned {
-                prop_assert!(reasons(v).contains(&KeepReason::Pinned));
+                prop_assert!(reasons(v).contains(&RetainedBecause::Pinned));
             }
         }
     }

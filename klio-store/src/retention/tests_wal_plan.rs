@@ -4,7 +4,9 @@ use std::path::Path;
 
 use klio_wal::{Lsn, SegmentNo, SegmentSize, TimelineId, WalPosition};
 
-use super::wal_plan::{TimelinePlan, WalKeepReason, WalPlan, plan_wal};
+use klio_proto::klio::WalKeptBecause;
+
+use super::wal_plan::{TimelinePlan, WalPlan, plan_wal};
 use crate::wal_archive::{ClusterIdentity, SegmentRange, WalArchive};
 
 const SEG: u64 = 1 << 20;
@@ -70,8 +72,8 @@ fn plan_of(plan: &WalPlan, timeline: u32) -> &TimelinePlan {
         .unwrap_or_else(|| panic!("no plan for timeline {timeline}: {plan:?}"))
 }
 
-fn backup(id: &str) -> WalKeepReason {
-    WalKeepReason::Backup { id: id.to_owned() }
+fn backup(id: &str) -> WalKeptBecause {
+    WalKeptBecause::Backup { id: id.to_owned() }
 }
 
 #[test]
@@ -98,7 +100,11 @@ fn a_backup_before_the_fork_keeps_its_timeline_from_its_start_and_the_new_one_wh
                     timeline: tl(2),
                     remove: vec![],
                     keep_from: Some(SegmentNo(5)),
-                    kept_because: vec![backup("old"), backup("new"), WalKeepReason::NewestTimeline],
+                    kept_because: vec![
+                        backup("old"),
+                        backup("new"),
+                        WalKeptBecause::NewestTimeline
+                    ],
                     remove_history: false,
                 },
             ]
@@ -120,7 +126,7 @@ fn with_only_a_backup_after_the_fork_the_old_timeline_goes_and_the_new_history_s
     assert_eq!(t2.keep_from, Some(SegmentNo(6)));
     assert_eq!(
         t2.kept_because,
-        [backup("new"), WalKeepReason::NewestTimeline]
+        [backup("new"), WalKeptBecause::NewestTimeline]
     );
     assert!(!t2.remove_history, "the newest timeline's history stays");
 }
@@ -186,7 +192,7 @@ fn a_fork_before_the_backup_start_is_not_on_its_path_but_the_newest_timeline_sta
     let t2 = plan_of(&plan, 2);
     assert_eq!(t2.remove, [run(3, 4)]);
     assert_eq!(t2.keep_from, Some(SegmentNo(5)));
-    assert_eq!(t2.kept_because, [WalKeepReason::NewestTimeline]);
+    assert_eq!(t2.kept_because, [WalKeptBecause::NewestTimeline]);
 }
 
 #[test]
@@ -205,7 +211,7 @@ fn a_timeline_without_a_history_file_keeps_everything() {
         let p = plan_of(&plan, t);
         assert!(p.remove.is_empty(), "timeline {t}: {p:?}");
         assert!(
-            p.kept_because.contains(&WalKeepReason::UnknownHistory),
+            p.kept_because.contains(&WalKeptBecause::UnknownHistory),
             "{p:?}"
         );
         assert!(!p.remove_history);
@@ -252,7 +258,7 @@ fn timelines_are_ordered_by_number_not_by_file_name() {
     let t10 = plan_of(&plan, 10);
     assert_eq!(
         t10.kept_because,
-        [backup("b"), WalKeepReason::NewestTimeline]
+        [backup("b"), WalKeptBecause::NewestTimeline]
     );
     assert_eq!(t10.remove, [run(4, 4)]);
     let t9 = plan_of(&plan, 9);

@@ -8,17 +8,17 @@
 //! removed. Otherwise segment `S` of timeline `T` is kept when:
 //!
 //! - some retained backup `b`, starting at `(Tb, Lb)`, **reaches** `T` and
-//!   `S >= segment_of(max(Lb, begin(T)))` ([`WalKeepReason::Backup`]). `b` reaches `T` when
+//!   `S >= segment_of(max(Lb, begin(T)))` ([`WalKeptBecause::Backup`]). `b` reaches `T` when
 //!   `T == Tb`, or when `T`'s history has an entry with parent `Tb` and a switch point at or
 //!   after `Lb`: `T` descends from `Tb` through a fork at or after the backup's start, so a
 //!   recovery from `b` may follow it. `begin(T)` is the switch point of the last entry of `T`'s
 //!   history (0 for timeline 1). A timeline's history lists its whole ancestry, so this also
 //!   covers forks of forks.
 //! - `T` is the newest timeline (the highest with WAL, or the highest with a history file) and
-//!   `S >= segment_of(min Lb)` over the retained backups ([`WalKeepReason::NewestTimeline`]):
+//!   `S >= segment_of(min Lb)` over the retained backups ([`WalKeptBecause::NewestTimeline`]):
 //!   the live timeline is never cut above the oldest retained start, whatever the histories
 //!   say.
-//! - `T > 1` has no readable history file ([`WalKeepReason::UnknownHistory`]): its ancestry is
+//! - `T > 1` has no readable history file ([`WalKeptBecause::UnknownHistory`]): its ancestry is
 //!   unknown, so nothing of it is removed.
 //!
 //! Every other completed segment is removed. Since each rule keeps everything from some
@@ -30,6 +30,7 @@
 
 use std::collections::BTreeSet;
 
+use klio_proto::klio::WalKeptBecause;
 use klio_wal::{Lsn, SegmentNo, TimelineId, WalPosition, parse_history};
 
 use crate::wal_archive::{ArchiveListing, SegmentRange, WalArchiveError, WalArchiveReader};
@@ -52,23 +53,9 @@ pub struct TimelinePlan {
     pub keep_from: Option<SegmentNo>,
     /// Why the kept part is kept: the rules that keep at least one of its completed segments
     /// (empty when none is kept, and when no backup is retained, so that nothing is removed).
-    pub kept_because: Vec<WalKeepReason>,
+    pub kept_because: Vec<WalKeptBecause>,
     /// Whether its history file is removed.
     pub remove_history: bool,
-}
-
-/// Why WAL of a timeline is kept.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum WalKeepReason {
-    /// A retained backup's recovery path runs over this timeline from here.
-    Backup {
-        /// The backup.
-        id: String,
-    },
-    /// The newest timeline keeps everything from the oldest retained backup's start LSN on.
-    NewestTimeline,
-    /// Timeline > 1 without a history file: its ancestry is unknown, so nothing is removed.
-    UnknownHistory,
 }
 
 /// What is known of a timeline's ancestry.
@@ -163,21 +150,24 @@ pub fn plan_wal(
     for &timeline in &timelines {
         let ancestry = Ancestry::of(archive, timeline);
         // Each rule that applies, with the first segment it keeps.
-        let mut rules: Vec<(WalKeepReason, SegmentNo)> = Vec::new();
+        let mut rules: Vec<(WalKeptBecause, SegmentNo)> = Vec::new();
         let mut reached = false;
         for (id, start) in retained {
             if ancestry.reached_from(timeline, *start) {
                 reached = true;
                 let from = size.segment_of(start.lsn.max(ancestry.begin()));
-                rules.push((WalKeepReason::Backup { id: id.clone() }, from));
+                rules.push((WalKeptBecause::Backup { id: id.clone() }, from));
             }
         }
         let is_newest = newest.contains(&timeline);
         if is_newest {
-            rules.push((WalKeepReason::NewestTimeline, size.segment_of(oldest_start)));
+            rules.push((
+                WalKeptBecause::NewestTimeline,
+                size.segment_of(oldest_start),
+            ));
         }
         if matches!(ancestry, Ancestry::Unknown) {
-            rules.push((WalKeepReason::UnknownHistory, SegmentNo(0)));
+            rules.push((WalKeptBecause::UnknownHistory, SegmentNo(0)));
         }
 
         let segments = completed(&listing, timeline);
