@@ -45,8 +45,19 @@ enum Command {
     Show(ShowArgs),
     Verify(VerifyArgs),
     Delete(DeleteArgs),
+    /// Pin a backup: no retention policy removes it (and `klio backup delete` refuses it) until
+    /// it is unpinned.
+    ///
+    /// Example:
+    ///   klio backup pin 20261201T120000Z-3f9a
+    #[command(verbatim_doc_comment)]
     Pin(PinArgs),
-    Unpin(UnpinArgs),
+    /// Unpin a backup: retention policies apply to it again.
+    ///
+    /// Example:
+    ///   klio backup unpin 20261201T120000Z-3f9a
+    #[command(verbatim_doc_comment)]
+    Unpin(PinArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -194,31 +205,10 @@ struct DeleteArgs {
     client: super::client_args::ClientArgs,
 }
 
-/// Pin a backup: no retention policy removes it (and `klio backup delete` refuses it) until it
-/// is unpinned.
-///
-/// Example:
-///   klio backup pin 20261201T120000Z-3f9a
+/// The backup `pin` and `unpin` name.
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 struct PinArgs {
-    /// The backup id, or latest (the one ending last).
-    #[arg(value_name = "ID|latest")]
-    backup: BackupRef,
-    /// text for a terminal, json for scripts (the entry afterwards).
-    #[arg(short, long, value_enum, default_value_t = Output::Text)]
-    output: Output,
-    #[command(flatten)]
-    client: super::client_args::ClientArgs,
-}
-
-/// Unpin a backup: retention policies apply to it again.
-///
-/// Example:
-///   klio backup unpin 20261201T120000Z-3f9a
-#[derive(Debug, clap::Args)]
-#[command(verbatim_doc_comment)]
-struct UnpinArgs {
     /// The backup id, or latest (the one ending last).
     #[arg(value_name = "ID|latest")]
     backup: BackupRef,
