@@ -284,17 +284,20 @@ impl Run<'_> {
         let grace = self.settings.block_grace;
         let now = SystemTime::now();
         let packs = store.packs_dir();
+        // The pack files are examined before the write lock: under it, only memory is touched,
+        // so a backup session waiting for the index waits for no disk.
+        let survey = backup::survey_packs(&index, grace, now, &packs);
         if self.dry_run {
             let idx = index.read().unwrap_or_else(|p| p.into_inner());
             let claimed = marking.claimed();
             return Ok(block_report(backup::measure(
-                &idx, &live, &claimed, grace, now, &packs,
+                &idx, &live, &claimed, &survey,
             )));
         }
         let condemned = {
             let mut idx = index.write().unwrap_or_else(|p| p.into_inner());
             let claimed = marking.claimed();
-            backup::condemn(&mut idx, &live, &claimed, grace, now, &packs)
+            backup::condemn(&mut idx, &live, &claimed, &survey)
         };
         // From here on no session can be told a condemned block is held.
         drop(marking);

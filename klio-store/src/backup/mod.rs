@@ -99,7 +99,10 @@ pub use object::{ObjectKind, encode as encode_object, read_object};
 pub use pack::{ClosedPack, PACK_TARGET_BYTES, PackId};
 #[doc(hidden)]
 pub use pack::{PackScan, read_pack_block, scan_pack};
-pub use reclaim::{Condemned, MovedBlock, ReclaimSummary, SweepStep, condemn, measure, sweep};
+pub use reclaim::{
+    Condemned, MovedBlock, PackSurvey, ReclaimSummary, SweepStep, condemn, measure, survey_packs,
+    sweep,
+};
 pub use slot_set::SlotSet;
 pub use verify::{VerifyOutcome, VerifyProgress};
 pub use wal_range::{WalCoverage, wal_coverage};

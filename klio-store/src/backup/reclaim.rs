@@ -3,20 +3,22 @@
 //! # Contract
 //!
 //! The server keeps one [`BlockIndex`] per cluster (from [`BackupStore::open_index`]) behind a
-//! `RwLock` for the life of the process; slot numbers are stable for that life. A run is four
+//! `RwLock` for the life of the process; slot numbers are stable for that life. A run is five
 //! phases, each a function so that the server runs it under the lock it needs:
 //!
 //! 1. [`BackupStore::mark`] (read lock, a batch at a time): the slots the file lists of the
 //!    retained backups refer to.
-//! 2. [`condemn`] (write lock, in memory plus one `stat` per pack): every slot that is not
-//!    marked, not claimed by a running session and whose pack's index is older than the grace
-//!    period is forgotten, so no session is told it is held any more. What is left of each
-//!    pack decides its fate: a pack with no live block is removed; one whose dead records are
-//!    at least half its record bytes is rewritten; any other keeps its dead records on disk.
-//! 3. [`sweep`] (no lock, except the write lock [`BlockIndex::relocate`] takes for a
+//! 2. [`survey_packs`] (no lock but to copy the pack ids): each pack's sizes and layout, and
+//!    whether its index is older than the grace period (one `stat` and header read per pack).
+//! 3. [`condemn`] (write lock, in memory only): every slot that is not marked, not claimed by
+//!    a running session and whose pack the survey found old enough is forgotten, so no
+//!    session is told it is held any more. What is left of each pack decides its fate: a
+//!    pack with no live block is removed; one whose dead records are at least half its record
+//!    bytes is rewritten; any other keeps its dead records on disk.
+//! 4. [`sweep`] (no lock, except the write lock [`BlockIndex::relocate`] takes for a
 //!    rewrite): the physical work, crash-safe at every step; removals first, as they free
 //!    the space rewrites need.
-//! 4. [`measure`] instead of 2 and 3 for a dry run: the same numbers, nothing forgotten.
+//! 5. [`measure`] instead of 3 and 4 for a dry run: the same numbers, nothing forgotten.
 //!
 //! A slot is reclaimed only if it is dead at the time of `condemn`: marked by no retained
 //! backup (a backup completing after `mark` claims its slots through the server) and claimed
@@ -172,21 +174,20 @@ struct LiveBlock {
 }
 
 /// The dead blocks chosen under the index's write lock: every slot not in `live`, not in
-/// `claimed`, whose pack's index file is older than `grace` (by mtime) is forgotten
-/// (tombstoned: no longer `contains`, so no session is told it is held again). Returns per
-/// pack what died.
+/// `claimed`, whose pack `survey` found older than the grace period (by its index's mtime) is
+/// forgotten (tombstoned: no longer `contains`, so no session is told it is held again).
+/// Returns per pack what died.
 ///
-/// A pack whose files cannot be examined (its index missing, as after a removal, or a `stat`
-/// failing) is left alone: reclaim never removes what it cannot account for.
+/// A pack the survey could not examine (its index missing, as after a removal, or a `stat`
+/// failing) or did not see (added since) is left alone: reclaim never removes what it cannot
+/// account for.
 pub fn condemn(
     index: &mut BlockIndex,
     live: &SlotSet,
     claimed: &SlotSet,
-    grace: Duration,
-    now: SystemTime,
-    packs_dir: &Path,
+    survey: &PackSurvey,
 ) -> Condemned {
-    let plans = plan(index, live, claimed, grace, now, packs_dir);
+    let plans = plan(index, live, claimed, survey);
     let mut planned = ReclaimSummary::default();
     let mut rewrites: HashMap<u32, Vec<LiveBlock>> = HashMap::new();
     for (number, p) in plans.iter().enumerate() {
@@ -253,12 +254,10 @@ pub fn measure(
     index: &BlockIndex,
     live: &SlotSet,
     claimed: &SlotSet,
-    grace: Duration,
-    now: SystemTime,
-    packs_dir: &Path,
+    survey: &PackSurvey,
 ) -> ReclaimSummary {
     let mut total = ReclaimSummary::default();
-    for p in plan(index, live, claimed, grace, now, packs_dir) {
+    for p in plan(index, live, claimed, survey) {
         match p {
             PackPlan::Remove { reclaims, .. } | PackPlan::Rewrite { reclaims, .. } => {
                 total += reclaims;
@@ -295,21 +294,45 @@ struct LiveTotals {
     stored: u64,
 }
 
+/// The packs of an index as reclaim sees their files (sizes, layout, age), by pack number:
+/// examined before [`condemn`] takes the index's write lock, so that the lock is held for
+/// in-memory work only. A pack's files do not change once it is indexed (only a sweep of the
+/// same run removes or rewrites one), and packs added after the survey are left alone.
+#[derive(Debug, Default)]
+pub struct PackSurvey {
+    files: Vec<Option<PackFiles>>,
+}
+
+/// Examines the files of every pack `index` holds (the read lock is held only to copy their
+/// ids): which are older than `grace` at `now`, and their sizes.
+pub fn survey_packs(
+    index: &RwLock<BlockIndex>,
+    grace: Duration,
+    now: SystemTime,
+    packs_dir: &Path,
+) -> PackSurvey {
+    let ids: Vec<PackId> = index
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .packs()
+        .to_vec();
+    PackSurvey {
+        files: ids
+            .into_iter()
+            .map(|id| PackFiles::examine(id, packs_dir, grace, now))
+            .collect(),
+    }
+}
+
 /// The plan of every pack, by pack number.
 fn plan(
     index: &BlockIndex,
     live: &SlotSet,
     claimed: &SlotSet,
-    grace: Duration,
-    now: SystemTime,
-    packs_dir: &Path,
+    survey: &PackSurvey,
 ) -> Vec<PackPlan> {
-    let files: Vec<Option<PackFiles>> = index
-        .packs()
-        .iter()
-        .map(|id| PackFiles::examine(*id, packs_dir, grace, now))
-        .collect();
-    let mut totals = vec![LiveTotals::default(); files.len()];
+    let packs = index.packs().len();
+    let mut totals = vec![LiveTotals::default(); packs];
     for (slot, location) in index.locations().iter().enumerate() {
         let Some(location) = location else { continue };
         let slot = slot as u32;
@@ -320,17 +343,19 @@ fn plan(
             t.stored += u64::from(location.stored_len);
         }
     }
-    files
+    totals
         .into_iter()
-        .zip(totals)
-        .map(|(files, live)| match files {
-            Some(files) => files.plan(live),
-            None => PackPlan::LeftAlone,
+        .enumerate()
+        .map(|(n, live)| match survey.files.get(n) {
+            Some(Some(files)) => files.plan(live),
+            // Not older than the grace period, unreadable, or added since the survey.
+            _ => PackPlan::LeftAlone,
         })
         .collect()
 }
 
 /// A pack's files, as reclaim sees them.
+#[derive(Debug)]
 struct PackFiles {
     id: PackId,
     pack_len: u64,

@@ -116,14 +116,8 @@ fn reclaim(
     step: &mut dyn FnMut(SweepStep) -> ControlFlow<()>,
 ) -> (ReclaimSummary, ReclaimSummary) {
     let live = store.mark(&keep(), index).unwrap();
-    let condemned = condemn(
-        &mut index.write().unwrap(),
-        &live,
-        claimed,
-        grace,
-        now,
-        &store.packs_dir(),
-    );
+    let survey = survey_packs(index, grace, now, &store.packs_dir());
+    let condemned = condemn(&mut index.write().unwrap(), &live, claimed, &survey);
     let planned = condemned.planned();
     let done = sweep(
         store,
@@ -153,14 +147,13 @@ fn reclaim_all(
 fn measure_now(store: &BackupStore) -> ReclaimSummary {
     let index = RwLock::new(store.open_index().unwrap());
     let live = store.mark(&keep(), &index).unwrap();
-    measure(
-        &index.read().unwrap(),
-        &live,
-        &SlotSet::default(),
+    let survey = survey_packs(
+        &index,
         Duration::ZERO,
         SystemTime::now(),
         &store.packs_dir(),
-    )
+    );
+    measure(&index.read().unwrap(), &live, &SlotSet::default(), &survey)
 }
 
 fn assert_kept_backup_verifies(store: &BackupStore, index: &RwLock<BlockIndex>) {
@@ -220,14 +213,13 @@ fn a_dry_run_measures_exactly_what_reclaim_then_frees_and_forgets_nothing() {
         let f = Fixture::new(keyring);
         let index = f.index();
         let live = f.store.mark(&keep(), &index).unwrap();
-        let dry = measure(
-            &index.read().unwrap(),
-            &live,
-            &SlotSet::default(),
+        let survey = survey_packs(
+            &index,
             Duration::ZERO,
             SystemTime::now(),
             &f.store.packs_dir(),
         );
+        let dry = measure(&index.read().unwrap(), &live, &SlotSet::default(), &survey);
         assert_eq!(index.read().unwrap().len(), 12, "a dry run forgets nothing");
         assert_eq!(files_ending(&f.store, "pack").len(), 3);
         let (_, done) = reclaim_all(&f.store, &index);
@@ -501,30 +493,24 @@ fn mark_and_condemn_over_a_million_slots_take() {
     let mark = t.elapsed();
     assert_eq!(live.len(), u64::from(PACKS * PER_PACK / 2));
     let t = Instant::now();
-    let dry = measure(
-        &index.read().unwrap(),
-        &live,
-        &SlotSet::default(),
-        Duration::ZERO,
-        SystemTime::now(),
-        &packs,
-    );
+    let survey = survey_packs(&index, Duration::ZERO, SystemTime::now(), &packs);
+    let surveyed = t.elapsed();
+    let t = Instant::now();
+    let dry = measure(&index.read().unwrap(), &live, &SlotSet::default(), &survey);
     let measured = t.elapsed();
     let t = Instant::now();
     let condemned = condemn(
         &mut index.write().unwrap(),
         &live,
         &SlotSet::default(),
-        Duration::ZERO,
-        SystemTime::now(),
-        &packs,
+        &survey,
     );
     let condemn_time = t.elapsed();
     assert_eq!(condemned.forgotten(), u64::from(PACKS * PER_PACK / 2));
     assert_eq!(condemned.planned(), dry);
     eprintln!(
-        "{} slots in {PACKS} packs: mark {mark:?}, measure {measured:?}, condemn {condemn_time:?} \
-         (plan: {dry:?})",
+        "{} slots in {PACKS} packs: mark {mark:?}, survey {surveyed:?}, measure {measured:?}, \
+         condemn (under the write lock) {condemn_time:?} (plan: {dry:?})",
         PACKS * PER_PACK
     );
 }
