@@ -27,8 +27,6 @@ pub enum Padding {
     PageHeader,
     /// The gap that MAXALIGNs the start of the next record.
     RecordAlignment,
-    /// The rest of a segment after the `XLOG_SWITCH` record at this LSN.
-    AfterSwitch(Lsn),
 }
 
 impl fmt::Display for Padding {
@@ -36,10 +34,6 @@ impl fmt::Display for Padding {
         match self {
             Self::PageHeader => f.write_str("the padding of a page header"),
             Self::RecordAlignment => f.write_str("the alignment padding after a record"),
-            Self::AfterSwitch(lsn) => write!(
-                f,
-                "the unused rest of the segment after the XLOG_SWITCH record at {lsn}"
-            ),
         }
     }
 }

@@ -560,22 +560,15 @@ fn xlog_switch_ends_the_segment_early() {
     assert_eq!(sums[0].records, 31);
     assert_eq!(sums[1].switch_record, None);
 
-    // A stray byte in the unused rest is damage too.
+    // The rest after the switch is not WAL (PostgreSQL never reads it; a standby's walsender
+    // sends whatever its recycled file held there): other bytes there are not damage.
     let after = (switch.0 - MIB) as usize + 24;
     let next_page = after.next_multiple_of(BLOCK);
     for offset in [after, next_page, next_page + 2, MIB as usize - 1] {
-        let mut bad = segs[0].clone();
-        bad[offset] = 0x10;
-        let err = b.walker().feed_segment(&bad).unwrap_err();
-        assert_eq!(
-            err,
-            WalCorruption::NonZeroPadding {
-                lsn: Lsn(MIB + offset as u64),
-                value: 0x10,
-                area: Padding::AfterSwitch(switch)
-            }
-        );
-        assert!(err.to_string().contains(&format!("{switch}")), "{err}");
+        let mut old = segs[0].clone();
+        old[offset] = 0x10;
+        let sum = b.walker().feed_segment(&old).unwrap();
+        assert_eq!(sum.switch_record, Some(switch));
     }
 }
 
