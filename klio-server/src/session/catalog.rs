@@ -245,7 +245,9 @@ async fn retention<T: FrameIo>(
     let report = match outcome {
         Ok(r) => r,
         Err(e) => {
-            env.telemetry.retention_failed(&ErrorChain(&e).to_string());
+            if !dry_run {
+                env.telemetry.retention_failed(&ErrorChain(&e).to_string());
+            }
             let code = e
                 .backup_store_error()
                 .map_or(ErrorCode::Storage, super::error_code::backup_error_code);

@@ -5,12 +5,12 @@ use std::collections::HashSet;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::RwLock;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use klio_crypto::Keyring;
-use klio_proto::klio::{Block, FileEntry, FileKind};
+use klio_proto::klio::{Block, FileEntry};
 
-use super::tests::{backup, block, file, formats, info, plain, store_blocks};
+use super::tests::{backup, block, file, formats, plain, store_blocks};
 use super::*;
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -420,97 +420,4 @@ fn slots_stay_stable_across_forgetting_and_relocation() {
     let added = index.write().unwrap().insert(pack);
     assert_eq!(added, 12..13);
     assert_eq!(index.read().unwrap().slot_of(&fresh.hash), Some(12));
-}
-
-/// Not asserted: how long mark and condemn take over 2,000 packs' worth of index entries
-/// (about a million blocks, half of them retained). Run with `--ignored --nocapture`.
-#[test]
-#[ignore]
-fn mark_and_condemn_over_a_million_slots_take() {
-    const PACKS: u32 = 2000;
-    const PER_PACK: u32 = 512;
-    let d = tempfile::tempdir().unwrap();
-    let store = BackupStore::new(d.path(), None);
-    store.prepare_for_backup().unwrap();
-    let packs = store.packs_dir();
-    let mut index = BlockIndex::default();
-    let mut retained = Vec::new();
-    let setup = Instant::now();
-    for p in 0..PACKS {
-        let mut id = [0u8; 16];
-        id[..4].copy_from_slice(&p.to_le_bytes());
-        let id = PackId(id);
-        let entries: Vec<IndexEntry> = (0..PER_PACK)
-            .map(|i| {
-                let mut hash = [0u8; 32];
-                hash[..4].copy_from_slice(&p.to_le_bytes());
-                hash[4..8].copy_from_slice(&i.to_le_bytes());
-                IndexEntry {
-                    hash: BlockHash(hash),
-                    offset: 32 + u64::from(i) * 65600,
-                    stored_len: 65536,
-                }
-            })
-            .collect();
-        retained.extend(entries.iter().step_by(2).map(|e| e.hash));
-        std::fs::write(id.idx_path(&packs), encode_idx(id, &entries)).unwrap();
-        // A header only: reclaim reads a pack's layout from it.
-        let mut header = vec![0u8; 32];
-        header[..4].copy_from_slice(b"KLBP");
-        header[4] = 1;
-        header[8..24].copy_from_slice(&id.0);
-        let crc = crc32c::crc32c(&header[..28]);
-        header[28..].copy_from_slice(&crc.to_le_bytes());
-        let pack = std::fs::File::create(id.pack_path(&packs)).unwrap();
-        // Sparse: the records' room, never written.
-        pack.set_len(32 + u64::from(PER_PACK) * 65600).unwrap();
-        std::os::unix::fs::FileExt::write_all_at(&pack, &header, 0).unwrap();
-        let _ = index.insert(ClosedPack { id, entries });
-    }
-    let id = BackupId::parse("big").unwrap();
-    let mut staged = store.stage(&id).unwrap();
-    for (n, hashes) in retained.chunks(1024).enumerate() {
-        staged
-            .add_entry(&FileEntry {
-                path: format!("base/5/{n}"),
-                kind: FileKind::File,
-                mode: 0o600,
-                size: hashes.len() as u64 * 65536,
-                mtime: 0,
-                blocks: hashes.to_vec(),
-            })
-            .unwrap();
-    }
-    staged.add_manifest(b"{}").unwrap();
-    let sealed = staged.seal().unwrap();
-    sealed
-        .publish(&info("big", 0x3000000, "2026-12-01T12:00:06Z"))
-        .unwrap();
-    eprintln!("setup: {:?}", setup.elapsed());
-    let index = RwLock::new(index);
-    let t = Instant::now();
-    let live = store.mark(&[id], &index).unwrap();
-    let mark = t.elapsed();
-    assert_eq!(live.len(), u64::from(PACKS * PER_PACK / 2));
-    let t = Instant::now();
-    let survey = survey_packs(&index, Duration::ZERO, SystemTime::now(), &packs);
-    let surveyed = t.elapsed();
-    let t = Instant::now();
-    let dry = measure(&index.read().unwrap(), &live, &SlotSet::default(), &survey);
-    let measured = t.elapsed();
-    let t = Instant::now();
-    let condemned = condemn(
-        &mut index.write().unwrap(),
-        &live,
-        &SlotSet::default(),
-        &survey,
-    );
-    let condemn_time = t.elapsed();
-    assert_eq!(condemned.forgotten(), u64::from(PACKS * PER_PACK / 2));
-    assert_eq!(condemned.planned(), dry);
-    eprintln!(
-        "{} slots in {PACKS} packs: mark {mark:?}, survey {surveyed:?}, measure {measured:?}, \
-         condemn (under the write lock) {condemn_time:?} (plan: {dry:?})",
-        PACKS * PER_PACK
-    );
 }
