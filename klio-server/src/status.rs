@@ -263,10 +263,8 @@ pub fn render_text(s: &ServerStatus) -> String {
         let _ = writeln!(out, "  backups      {backups}");
         let oldest = match &c.oldest_recoverable {
             Some(o) => format!(
-                "{} (end of backup {}, {})",
-                o.time,
-                o.backup,
-                point(&o.point)
+                "{} (end of backup {}, {} on timeline {})",
+                o.time, o.backup, o.point.lsn, o.point.timeline
             ),
             None => "none (no backup; take one with `klio backup run`)".to_owned(),
         };
@@ -365,7 +363,7 @@ mod tests {
             "none connected",
             "storage at 2026-11-21T10:01:00Z: disk full",
             "backups      2 complete",
-            "oldest restore point  2026-11-21T09:00:05Z (end of backup 20261121T090000Z-0a0b, 0/1000100 (timeline 1))",
+            "oldest restore point  2026-11-21T09:00:05Z (end of backup 20261121T090000Z-0a0b, 0/1000100 on timeline 1)",
             "retention    2026-11-21T10:02:00Z: 1 backup removed",
             "5.0 GiB free of 100.0 GiB (95% used); NEARLY FULL (warning at 90%)",
         ] {
