@@ -103,31 +103,26 @@ impl Run<'_> {
         } else {
             vec![Verdict::Keep(vec![RetainedBecause::NoPolicy]); backups.len()]
         };
-        let mut removed = Vec::new();
-        let mut kept: Vec<&BackupInfo> = Vec::new();
-        let mut report_backups = Vec::new();
-        for (info, verdict) in backups.iter().zip(&verdicts) {
-            let kept_because = match verdict {
-                Verdict::Remove => {
-                    removed.push(info);
-                    Vec::new()
-                }
-                Verdict::Keep(reasons) => {
-                    kept.push(info);
-                    reasons.clone()
-                }
-            };
-            report_backups.push(BackupVerdict {
+        let mut report_backups: Vec<BackupVerdict> = backups
+            .iter()
+            .zip(&verdicts)
+            .map(|(info, verdict)| BackupVerdict {
                 id: info.id.clone(),
                 ended_at: info.ended_at.clone(),
                 end: info.end,
                 removed: matches!(verdict, Verdict::Remove),
-                kept_because,
-            });
-        }
+                kept_because: match verdict {
+                    Verdict::Remove => Vec::new(),
+                    Verdict::Keep(reasons) => reasons.clone(),
+                },
+            })
+            .collect();
         let mut removed_ids = Vec::new();
-        for info in &removed {
-            let Ok(id) = BackupId::parse(&info.id) else {
+        for fate in &mut report_backups {
+            if !fate.removed {
+                continue;
+            }
+            let Ok(id) = BackupId::parse(&fate.id) else {
                 continue;
             };
             if !self.dry_run {
@@ -139,11 +134,24 @@ impl Run<'_> {
                     Ok(_) => tracing::info!("retention: backup {id} removed"),
                     // Deleted by hand meanwhile: gone either way.
                     Err(BackupStoreError::NoSuchBackup { .. }) => {}
+                    // Pinned since the catalog was listed: it stays, and so does its WAL.
+                    Err(BackupStoreError::Pinned { .. }) => {
+                        fate.removed = false;
+                        fate.kept_because = vec![RetainedBecause::Pinned];
+                        continue;
+                    }
                     Err(e) => return Err(self.backups_err()(e)),
                 }
             }
             removed_ids.push(id);
         }
+        // In catalog order, oldest first.
+        let kept: Vec<&BackupInfo> = backups
+            .iter()
+            .zip(&report_backups)
+            .filter(|(_, v)| !v.removed)
+            .map(|(b, _)| b)
+            .collect();
 
         // 2. WAL.
         let wal = self.prune_wal(policy.is_set(), &kept)?;
