@@ -239,6 +239,20 @@ pub enum Tier2Error {
         #[source]
         source: BoxError,
     },
+    /// A success answer without a field S3 always sends.
+    #[error(
+        "the S3 server's answer to {operation} on s3://{bucket}/{key} has no {missing}: the server does not implement S3 fully; read its log"
+    )]
+    IncompleteAnswer {
+        /// The request.
+        operation: Operation,
+        /// The bucket.
+        bucket: String,
+        /// The full key, prefix included.
+        key: String,
+        /// The missing field, as S3 names it.
+        missing: &'static str,
+    },
     /// A fetched object failed its CRC32C check; its bytes are not returned.
     #[error(
         "object s3://{bucket}/{key} is damaged: {failure}; restore it from another copy or write it again"

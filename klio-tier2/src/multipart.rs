@@ -12,6 +12,9 @@ use crate::checksum;
 use crate::error::{Operation, Tier2Error};
 use crate::object_store::{ObjectStore, Put, PutOptions, created_or};
 
+/// S3's largest number of parts in one upload.
+const MAX_PARTS: usize = 10_000;
+
 /// Uploads `bytes` under `full_key` in parts.
 pub(crate) async fn upload(
     store: &ObjectStore,
@@ -38,13 +41,11 @@ pub(crate) async fn upload(
             .classify(error)
     })?;
     let Some(upload_id) = created.upload_id() else {
-        return Err(Tier2Error::Rejected {
+        return Err(Tier2Error::IncompleteAnswer {
             operation: Operation::CreateMultipartUpload,
             bucket: store.bucket().to_owned(),
             key: full_key.to_owned(),
-            status: 200,
-            code: "no upload id".to_owned(),
-            source: "the CreateMultipartUpload answer has no UploadId".into(),
+            missing: "UploadId",
         });
     };
 
@@ -65,13 +66,13 @@ async fn send_parts(
     bytes: Bytes,
     options: PutOptions,
 ) -> Result<Put, Tier2Error> {
-    let part_size = store.part_size();
+    let part_size = part_size_for(store.part_size(), bytes.len());
     let mut completed = Vec::with_capacity(bytes.len().div_ceil(part_size));
-    for (index, start) in (0..bytes.len()).step_by(part_size).enumerate() {
+    // S3 numbers parts from 1.
+    let mut part_number: i32 = 0;
+    for start in (0..bytes.len()).step_by(part_size) {
+        part_number += 1;
         let part = bytes.slice(start..bytes.len().min(start + part_size));
-        // S3 numbers parts from 1, at most 10 000: the configured sizes keep objects below
-        // 10 000 parts for every size Klio writes (16 MiB parts: 156 GiB).
-        let part_number = i32::try_from(index + 1).unwrap_or(i32::MAX);
         let crc = checksum::crc32c_base64(&part);
         let answer = store
             .client()
@@ -139,5 +140,32 @@ async fn abort(store: &ObjectStore, full_key: &str, upload_id: &str) {
             error = %aws_sdk_s3::error::DisplayErrorContext(&error),
             "could not abort a failed multipart upload; its parts stay until the bucket's lifecycle rule removes them"
         );
+    }
+}
+
+/// The configured part size, or larger for an object that would need more than S3's
+/// 10 000 parts of it (above 156 GiB at 16 MiB).
+fn part_size_for(configured: usize, object_len: usize) -> usize {
+    configured.max(object_len.div_ceil(MAX_PARTS))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: usize = 1024 * 1024;
+
+    #[test]
+    fn parts_keep_the_configured_size_up_to_ten_thousand_parts() {
+        assert_eq!(part_size_for(16 * MIB, 100 * MIB), 16 * MIB);
+        assert_eq!(part_size_for(16 * MIB, MAX_PARTS * 16 * MIB), 16 * MIB);
+    }
+
+    #[test]
+    fn a_larger_object_gets_larger_parts_and_at_most_ten_thousand_of_them() {
+        let len = MAX_PARTS * 16 * MIB + 1;
+        let part_size = part_size_for(16 * MIB, len);
+        assert!(part_size > 16 * MIB);
+        assert!(len.div_ceil(part_size) <= MAX_PARTS);
     }
 }
