@@ -1,17 +1,21 @@
 //! [`S3Server`]: a real S3-compatible server on 127.0.0.1 for Tier 2's tests, no mocks.
 //!
 //! It is s3s-fs (objects as plain files under a root directory) behind s3s's SigV4 checks,
-//! served over plain HTTP by hyper on its own tokio runtime, so it works under any test
-//! runtime or none. The bucket [`S3Server::BUCKET`] exists from the start; objects live at
-//! `<root>/<bucket>/<key>`, where a test can damage them.
+//! served by hyper on its own tokio runtime, so it works under any test runtime or none: over
+//! plain HTTP ([`S3Server::start`]) or over TLS with a certificate from a fresh test CA
+//! ([`S3Server::start_tls`], rustls on ring). The bucket [`S3Server::BUCKET`] exists from the
+//! start; objects live at `<root>/<bucket>/<key>`, where a test can damage them.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnectionBuilder;
 use s3s::auth::SimpleAuth;
-use s3s::service::S3ServiceBuilder;
+use s3s::service::{S3Service, S3ServiceBuilder};
 use s3s_fs::FileSystem;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::TlsAcceptor;
 
 use crate::TestDir;
 
@@ -21,6 +25,8 @@ use crate::TestDir;
 pub struct S3Server {
     endpoint: String,
     root: PathBuf,
+    /// The PEM file of the CA that signed the TLS server's certificate.
+    ca_file: Option<PathBuf>,
     /// Serves the connections; shut down on drop.
     runtime: Option<tokio::runtime::Runtime>,
     _dir: TestDir,
@@ -36,8 +42,18 @@ impl S3Server {
     /// The region to sign for (s3s accepts any).
     pub const REGION: &'static str = "us-east-1";
 
-    /// Starts a server with a fresh root directory and the bucket [`Self::BUCKET`].
+    /// Starts a plain-HTTP server with a fresh root directory and the bucket [`Self::BUCKET`].
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Starts a server like [`Self::start`], but over TLS: its certificate names `127.0.0.1`
+    /// and `localhost` and is signed by a fresh CA, written to [`Self::ca_file`].
+    pub fn start_tls() -> Self {
+        Self::start_with(Some(TestCa::new()))
+    }
+
+    fn start_with(tls: Option<TestCa>) -> Self {
         let dir = TestDir::new("s3");
         let root = dir.subdir("root");
         std::fs::create_dir_all(root.join(Self::BUCKET))
@@ -63,37 +79,57 @@ impl S3Server {
             .set_nonblocking(true)
             .expect("make the S3 server's socket non-blocking");
         let address = listener.local_addr().expect("read the S3 server's address");
+        let (scheme, acceptor, ca_file) = match tls {
+            Some(ca) => {
+                let ca_file = dir.path().join("s3-ca.pem");
+                std::fs::write(&ca_file, &ca.ca_pem).expect("write the S3 server's CA file");
+                ("https", Some(ca.acceptor), Some(ca_file))
+            }
+            None => ("http", None, None),
+        };
         runtime.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(listener)
                 .expect("register the S3 server's socket");
-            let connections = ConnectionBuilder::new(TokioExecutor::new());
             loop {
                 let Ok((socket, _)) = listener.accept().await else {
                     // Out of file descriptors, say: wait rather than spin.
                     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                     continue;
                 };
-                let connection = connections
-                    .serve_connection(TokioIo::new(socket), service.clone())
-                    .into_owned();
+                let service = service.clone();
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    // A client that hangs up mid-request ends only its own connection.
-                    let _ = connection.await;
+                    // A client that fails its handshake or hangs up mid-request ends only its
+                    // own connection.
+                    match acceptor {
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(socket).await {
+                                serve(stream, service).await;
+                            }
+                        }
+                        None => serve(socket, service).await,
+                    }
                 });
             }
         });
 
         Self {
-            endpoint: format!("http://{address}"),
+            endpoint: format!("{scheme}://{address}"),
             root,
+            ca_file,
             runtime: Some(runtime),
             _dir: dir,
         }
     }
 
-    /// The endpoint URL, `http://127.0.0.1:<port>`.
+    /// The endpoint URL, `http://127.0.0.1:<port>` (`https://` for [`Self::start_tls`]).
     pub fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    /// The PEM file of the CA that a TLS server's certificate chains to; `None` for plain HTTP.
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.ca_file.as_deref()
     }
 
     /// The directory s3s-fs keeps its buckets in.
@@ -112,6 +148,58 @@ impl Drop for S3Server {
         // Without waiting for connections in flight, and allowed inside a test's own runtime.
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
+        }
+    }
+}
+
+/// Serves S3 requests on one connection until the client closes it.
+async fn serve<Io>(io: Io, service: S3Service)
+where
+    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let _ = ConnectionBuilder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(io), service)
+        .await;
+}
+
+/// A fresh CA and a server certificate it signed for `127.0.0.1` and `localhost`.
+struct TestCa {
+    ca_pem: String,
+    acceptor: TlsAcceptor,
+}
+
+impl TestCa {
+    fn new() -> Self {
+        let ca_key = rcgen::KeyPair::generate().expect("generate the test CA's key");
+        let mut ca_params =
+            rcgen::CertificateParams::new(Vec::<String>::new()).expect("test CA parameters");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Klio test S3 CA");
+        let ca = ca_params.self_signed(&ca_key).expect("sign the test CA");
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+
+        let key = rcgen::KeyPair::generate().expect("generate the S3 server's key");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+                .expect("S3 server certificate parameters");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let certificate = params
+            .signed_by(&key, &issuer)
+            .expect("sign the S3 server's certificate");
+        let key = rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der());
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("rustls's default protocol versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![certificate.der().clone()], key.into())
+            .expect("the S3 server's certificate and key");
+        Self {
+            ca_pem: ca.pem(),
+            acceptor: TlsAcceptor::from(Arc::new(config)),
         }
     }
 }

@@ -265,3 +265,31 @@ async fn a_server_that_is_not_running_is_a_transport_error_within_bounded_time()
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn an_https_endpoint_is_trusted_through_the_configured_ca_file() {
+    let server = S3Server::start_tls();
+    let mut config = config_for(&server);
+    config.ca_file = server.ca_file().map(ToOwned::to_owned);
+    let store = ObjectStore::connect(&config).await.unwrap();
+    let bytes = pattern(10_000);
+
+    let put = store
+        .put("wal/seg", bytes.clone(), PutOptions::default())
+        .await
+        .unwrap();
+
+    assert_eq!(put, Put::Stored);
+    assert_eq!(store.get("wal/seg").await.unwrap(), Some(bytes));
+}
+
+#[tokio::test]
+async fn an_https_endpoint_whose_ca_is_not_trusted_is_a_transport_error() {
+    let server = S3Server::start_tls();
+    // The system's roots, which do not hold the test CA.
+    let store = store_for(&server).await;
+
+    let error = store.get("wal/seg").await.unwrap_err();
+
+    assert!(matches!(error, Tier2Error::Transport { .. }), "{error:?}");
+}
