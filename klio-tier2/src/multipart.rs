@@ -137,7 +137,7 @@ async fn abort(store: &ObjectStore, full_key: &str, upload_id: &str) {
             bucket = store.bucket(),
             key = full_key,
             upload_id,
-            error = %aws_sdk_s3::error::DisplayErrorContext(&error),
+            error = %klio_wal::ErrorChain(&error),
             "could not abort a failed multipart upload; its parts stay until the bucket's lifecycle rule removes them"
         );
     }
