@@ -5,7 +5,8 @@
 //! server and removes its files on drop, even on panic. [`TestDir`] makes directories the
 //! `postgres` user can use, and [`run`] runs reference tools with their output attached to
 //! failures. [`Stack`] puts together what an end-to-end test of Klio runs: PostgreSQL,
-//! certificates, a `klio server` and a `klio send-wal` streaming to it.
+//! certificates, a `klio server` and a `klio send-wal` streaming to it. [`S3Server`] is an
+//! S3-compatible server (s3s-fs) on 127.0.0.1 for Tier 2's tests.
 #![warn(missing_docs)]
 
 mod command;
@@ -15,6 +16,7 @@ mod klio_server;
 mod pg;
 mod process;
 mod receivers;
+mod s3_server;
 mod send_wal;
 mod stack;
 mod test_dir;
@@ -27,6 +29,7 @@ pub use klio_server::{KlioServer, TestCerts, free_tcp_port};
 pub use pg::{Auth, PASSWORD, PgOptions, PgServer, pg_bin};
 pub use process::BackgroundProcess;
 pub use receivers::{start_klio_receive_wal, start_pg_receivewal};
+pub use s3_server::S3Server;
 pub use send_wal::{SEND_WAL_SLOT, SendWal};
 pub use stack::{Stack, StackBuilder};
 pub use test_dir::TestDir;
