@@ -49,6 +49,24 @@ impl fmt::Display for Operation {
     }
 }
 
+/// The request an error is about: its operation and object, shown as
+/// `PutObject on s3://bucket/key`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// The operation.
+    pub operation: Operation,
+    /// The bucket.
+    pub bucket: String,
+    /// The full key, prefix included.
+    pub key: String,
+}
+
+impl fmt::Display for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} on s3://{}/{}", self.operation, self.bucket, self.key)
+    }
+}
+
 /// Why a fetched object failed its check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IntegrityFailure {
@@ -146,45 +164,31 @@ pub enum Tier2Error {
     /// A conditional request's condition did not hold (HTTP 412) where the caller did not ask
     /// for create-only semantics.
     #[error(
-        "the S3 server refused {operation} on s3://{bucket}/{key}: a precondition failed; read the object again before writing"
+        "the S3 server refused {request}: a precondition failed; read the object again before writing"
     )]
     PreconditionFailed {
         /// The request.
-        operation: Operation,
-        /// The bucket.
-        bucket: String,
-        /// The full key, prefix included.
-        key: String,
+        request: Request,
         /// The SDK's error.
         #[source]
         source: BoxError,
     },
     /// The server is shedding load (`SlowDown`, HTTP 503 or 429) and the SDK's retries ran out.
-    #[error(
-        "the S3 server is throttling {operation} on s3://{bucket}/{key}: retry later, or lower the request rate"
-    )]
+    #[error("the S3 server is throttling {request}: retry later, or lower the request rate")]
     Throttled {
         /// The request.
-        operation: Operation,
-        /// The bucket.
-        bucket: String,
-        /// The full key, prefix included.
-        key: String,
+        request: Request,
         /// The SDK's error.
         #[source]
         source: BoxError,
     },
     /// The server rejected the credentials or their permissions.
     #[error(
-        "the S3 server denied {operation} on s3://{bucket}/{key}: check Tier 2's access key and secret (or the AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY variables and AWS_PROFILE) and the bucket's policy"
+        "the S3 server denied {request}: check Tier 2's access key and secret (or the AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY variables and AWS_PROFILE) and the bucket's policy"
     )]
     AccessDenied {
         /// The request.
-        operation: Operation,
-        /// The bucket.
-        bucket: String,
-        /// The full key, prefix included.
-        key: String,
+        request: Request,
         /// The SDK's error.
         #[source]
         source: BoxError,
@@ -192,45 +196,33 @@ pub enum Tier2Error {
     /// The request could not be signed or sent for a reason other than the network, most often
     /// because no credentials were found.
     #[error(
-        "could not send {operation} for s3://{bucket}/{key}: check that Tier 2 has credentials (an access key and secret, the AWS_* variables or a profile)"
+        "could not send {request}: check that Tier 2 has credentials (an access key and secret, the AWS_* variables or a profile)"
     )]
     NotSent {
         /// The request.
-        operation: Operation,
-        /// The bucket.
-        bucket: String,
-        /// The full key, prefix included.
-        key: String,
+        request: Request,
         /// The SDK's error.
         #[source]
         source: BoxError,
     },
     /// The connection failed, was reset or timed out, after the SDK's retries.
     #[error(
-        "could not reach the S3 server for {operation} on s3://{bucket}/{key}: check that it is running and that the endpoint, network and TLS trust are right"
+        "could not reach the S3 server for {request}: check that it is running and that the endpoint, network and TLS trust are right"
     )]
     Transport {
         /// The request.
-        operation: Operation,
-        /// The bucket.
-        bucket: String,
-        /// The full key, prefix included.
-        key: String,
+        request: Request,
         /// The SDK's error.
         #[source]
         source: BoxError,
     },
     /// Another error answer from the server (a missing bucket, an internal error).
     #[error(
-        "the S3 server rejected {operation} on s3://{bucket}/{key} with HTTP {status} ({code}): check that the bucket exists and read the server's log"
+        "the S3 server rejected {request} with HTTP {status} ({code}): check that the bucket exists and read the server's log"
     )]
     Rejected {
         /// The request.
-        operation: Operation,
-        /// The bucket.
-        bucket: String,
-        /// The full key, prefix included.
-        key: String,
+        request: Request,
         /// The HTTP status.
         status: u16,
         /// S3's error code, or `no code` when the answer had none.
@@ -241,15 +233,11 @@ pub enum Tier2Error {
     },
     /// A success answer without a field S3 always sends.
     #[error(
-        "the S3 server's answer to {operation} on s3://{bucket}/{key} has no {missing}: the server does not implement S3 fully; read its log"
+        "the S3 server's answer to {request} has no {missing}: the server does not implement S3 fully; read its log"
     )]
     IncompleteAnswer {
         /// The request.
-        operation: Operation,
-        /// The bucket.
-        bucket: String,
-        /// The full key, prefix included.
-        key: String,
+        request: Request,
         /// The missing field, as S3 names it.
         missing: &'static str,
     },
@@ -298,18 +286,18 @@ const THROTTLING_CODES: &[&str] = &[
 ];
 
 impl Target<'_> {
-    /// Builds an error of the kind picked by `make` for this target.
-    fn error(
-        self,
-        make: fn(Operation, String, String, BoxError) -> Tier2Error,
-        source: BoxError,
-    ) -> Tier2Error {
-        make(
-            self.operation,
-            self.bucket.to_owned(),
-            self.key.to_owned(),
-            source,
-        )
+    /// The request, owned, for an error.
+    pub(crate) fn request(self) -> Request {
+        Request {
+            operation: self.operation,
+            bucket: self.bucket.to_owned(),
+            key: self.key.to_owned(),
+        }
+    }
+
+    /// An error of the kind `make` picks (a variant's constructor) for this target.
+    fn error(self, make: fn(Request, BoxError) -> Tier2Error, source: BoxError) -> Tier2Error {
+        make(self.request(), source)
     }
 
     /// Types an SDK error by what the caller should do about it.
@@ -361,9 +349,7 @@ impl Target<'_> {
         }
         match status {
             Some(status) => Tier2Error::Rejected {
-                operation: self.operation,
-                bucket: self.bucket.to_owned(),
-                key: self.key.to_owned(),
+                request: self.request(),
                 status,
                 code: code.unwrap_or_else(|| "no code".to_owned()),
                 source,
@@ -374,59 +360,24 @@ impl Target<'_> {
     }
 }
 
-fn transport(operation: Operation, bucket: String, key: String, source: BoxError) -> Tier2Error {
-    Tier2Error::Transport {
-        operation,
-        bucket,
-        key,
-        source,
-    }
+fn transport(request: Request, source: BoxError) -> Tier2Error {
+    Tier2Error::Transport { request, source }
 }
 
-fn not_sent(operation: Operation, bucket: String, key: String, source: BoxError) -> Tier2Error {
-    Tier2Error::NotSent {
-        operation,
-        bucket,
-        key,
-        source,
-    }
+fn not_sent(request: Request, source: BoxError) -> Tier2Error {
+    Tier2Error::NotSent { request, source }
 }
 
-fn access_denied(
-    operation: Operation,
-    bucket: String,
-    key: String,
-    source: BoxError,
-) -> Tier2Error {
-    Tier2Error::AccessDenied {
-        operation,
-        bucket,
-        key,
-        source,
-    }
+fn access_denied(request: Request, source: BoxError) -> Tier2Error {
+    Tier2Error::AccessDenied { request, source }
 }
 
-fn throttled(operation: Operation, bucket: String, key: String, source: BoxError) -> Tier2Error {
-    Tier2Error::Throttled {
-        operation,
-        bucket,
-        key,
-        source,
-    }
+fn throttled(request: Request, source: BoxError) -> Tier2Error {
+    Tier2Error::Throttled { request, source }
 }
 
-fn precondition_failed(
-    operation: Operation,
-    bucket: String,
-    key: String,
-    source: BoxError,
-) -> Tier2Error {
-    Tier2Error::PreconditionFailed {
-        operation,
-        bucket,
-        key,
-        source,
-    }
+fn precondition_failed(request: Request, source: BoxError) -> Tier2Error {
+    Tier2Error::PreconditionFailed { request, source }
 }
 
 #[cfg(test)]
@@ -496,5 +447,11 @@ mod tests {
             "{error}"
         );
         assert!(error.source().is_some());
+        assert!(
+            error
+                .to_string()
+                .contains("PutObject on s3://wal/c/000000010000000000000001"),
+            "{error}"
+        );
     }
 }

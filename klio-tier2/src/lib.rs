@@ -41,5 +41,5 @@ mod multipart;
 mod object_store;
 
 pub use config::{Credentials, MIN_PART_SIZE, MultipartConfig, Tier2Config};
-pub use error::{BoxError, ConfigurationError, IntegrityFailure, Operation, Tier2Error};
+pub use error::{BoxError, ConfigurationError, IntegrityFailure, Operation, Request, Tier2Error};
 pub use object_store::{ObjectInfo, ObjectLock, ObjectLockMode, ObjectStore, Put, PutOptions};

@@ -42,9 +42,9 @@ pub(crate) async fn upload(
     })?;
     let Some(upload_id) = created.upload_id() else {
         return Err(Tier2Error::IncompleteAnswer {
-            operation: Operation::CreateMultipartUpload,
-            bucket: store.bucket().to_owned(),
-            key: full_key.to_owned(),
+            request: store
+                .target(Operation::CreateMultipartUpload, full_key)
+                .request(),
             missing: "UploadId",
         });
     };

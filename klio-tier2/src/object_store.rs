@@ -238,9 +238,7 @@ impl ObjectStore {
             .collect()
             .await
             .map_err(|error| Tier2Error::Transport {
-                operation: Operation::Get,
-                bucket: self.bucket.clone(),
-                key: full_key.clone(),
+                request: target.request(),
                 source: Box::new(error),
             })?
             .into_bytes();
