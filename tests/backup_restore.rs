@@ -55,10 +55,7 @@ fn golden_backup_then_crash_then_restore_latest_recovers_every_commit() {
         .psql("CREATE TABLE last_words AS SELECT 'committed last' AS note");
     let before = stack.pg.dumpall();
 
-    stack.pg.kill9();
-    stack.client.stop();
-    let pgdata = stack.pg.data_dir();
-    std::fs::remove_dir_all(&pgdata).expect("delete PGDATA");
+    let pgdata = lose_primary(&mut stack);
     empty_dir(&ts);
 
     let listed = list_backups(&stack);
@@ -265,10 +262,7 @@ fn restore_to_a_time_between_two_backups_stops_exactly_there() {
         .psql("INSERT INTO events VALUES (2, 'after the target')");
     let second = backup(&stack, &["--label", "after"]);
     let mut stack = stack;
-    stack.pg.kill9();
-    stack.client.stop();
-    let pgdata = stack.pg.data_dir();
-    std::fs::remove_dir_all(&pgdata).expect("delete PGDATA");
+    let pgdata = lose_primary(&mut stack);
 
     // A backup that ends after the target cannot reach it: refused, naming the one to use.
     let refused = run(&mut restore_command(

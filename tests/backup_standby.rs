@@ -55,11 +55,8 @@ fn a_backup_taken_from_a_standby_restores_and_recovers_every_commit() {
     let last = stack.pg.current_lsn();
     standby.wait_for_flush(SEND_WAL_SLOT, &last);
 
-    stack.pg.kill9();
     standby.kill9();
-    stack.client.stop();
-    let pgdata = stack.pg.data_dir();
-    std::fs::remove_dir_all(&pgdata).expect("delete PGDATA");
+    let pgdata = lose_primary(&mut stack);
 
     assert_eq!(list_backups(&stack).len(), 1);
     restore(&stack, &pgdata, &["--backup", "latest"]);

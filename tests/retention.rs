@@ -212,11 +212,8 @@ fn keep_two_of_four_backups_across_a_promotion_keeps_exactly_what_they_need() {
 
     // A restore from the oldest retained backup to a point after the promotion crosses the
     // timeline switch.
-    stack.pg.kill9();
     standby.kill9();
-    stack.client.stop();
-    let pgdata = stack.pg.data_dir();
-    std::fs::remove_dir_all(&pgdata).expect("delete PGDATA");
+    let pgdata = lose_primary(&mut stack);
     restore(
         &stack,
         &pgdata,
@@ -333,10 +330,7 @@ fn a_point_inside_the_recovery_window_stays_recoverable_and_one_outside_does_not
         "{metrics}"
     );
 
-    stack.pg.kill9();
-    stack.client.stop();
-    let pgdata = stack.pg.data_dir();
-    std::fs::remove_dir_all(&pgdata).expect("delete PGDATA");
+    let pgdata = lose_primary(&mut stack);
     // Outside the window: no backup ends before it any more.
     let refused = run(&mut restore_command(
         &stack,
@@ -485,10 +479,7 @@ fn a_backup_running_while_retention_reclaims_blocks_restores_whole() {
     let before = stack
         .pg
         .psql("SELECT count(*), sum(abalance) FROM pgbench_accounts");
-    stack.pg.kill9();
-    stack.client.stop();
-    let pgdata = stack.pg.data_dir();
-    std::fs::remove_dir_all(&pgdata).expect("delete PGDATA");
+    let pgdata = lose_primary(&mut stack);
     restore(&stack, &pgdata, &["--backup", "latest"]);
     stack.pg.start_and_finish_recovery();
     assert_eq!(
@@ -591,10 +582,7 @@ fn kill_9_in_the_middle_of_a_pack_rewrite_and_of_a_sweep_loses_no_retained_block
     verify_every_backup(&stack);
 
     let before = stack.pg.psql("SELECT count(*), sum(id) FROM kept");
-    stack.pg.kill9();
-    stack.client.stop();
-    let pgdata = stack.pg.data_dir();
-    std::fs::remove_dir_all(&pgdata).expect("delete PGDATA");
+    let pgdata = lose_primary(&mut stack);
     restore(&stack, &pgdata, &["--backup", "latest"]);
     stack.pg.start_and_finish_recovery();
     assert_eq!(stack.pg.psql("SELECT count(*), sum(id) FROM kept"), before);

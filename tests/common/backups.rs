@@ -153,6 +153,16 @@ pub fn empty_dir(dir: &Path) {
     }
 }
 
+/// Loses the primary as a disaster would: kill -9 of PostgreSQL, send-wal stopped, its data
+/// directory deleted. Returns that directory's path, to restore into.
+pub fn lose_primary(stack: &mut Stack) -> PathBuf {
+    stack.pg.kill9();
+    stack.client.stop();
+    let pgdata = stack.pg.data_dir();
+    std::fs::remove_dir_all(&pgdata).expect("delete PGDATA");
+    pgdata
+}
+
 /// The golden check: one more commit, kill -9 of PostgreSQL, PGDATA deleted, `klio restore
 /// --backup latest`, recovery through get-wal; the dump equals the one taken before the
 /// crash and the last commit is there. The stack must be synchronous (every commit on the
@@ -162,10 +172,7 @@ pub fn crash_then_restore_latest_recovers_everything(stack: &mut Stack) {
         .pg
         .psql("CREATE TABLE last_words AS SELECT 'committed last' AS note");
     let before = stack.pg.dumpall();
-    stack.pg.kill9();
-    stack.client.stop();
-    let pgdata = stack.pg.data_dir();
-    std::fs::remove_dir_all(&pgdata).expect("delete PGDATA");
+    let pgdata = lose_primary(stack);
     restore(stack, &pgdata, &["--backup", "latest"]);
     append_auto_conf(&pgdata, "synchronous_standby_names = ''");
     stack.pg.start_and_finish_recovery();
