@@ -67,6 +67,8 @@ impl Loopback {
             encryption,
             metrics_listen: None,
             retention: Default::default(),
+            mode: Default::default(),
+            tier2: None,
         };
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -76,7 +78,7 @@ impl Loopback {
                 .build()
                 .expect("server runtime");
             rt.block_on(async move {
-                let server = Server::bind(&config).expect("bind");
+                let server = Server::bind(&config).await.expect("bind");
                 addr_tx
                     .send(server.local_addr().expect("address"))
                     .expect("send address");

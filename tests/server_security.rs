@@ -48,8 +48,10 @@ fn setup(rt: &tokio::runtime::Runtime) -> Setup {
         encryption: None,
         metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
         retention: Default::default(),
+        mode: Default::default(),
+        tier2: None,
     };
-    let server = rt.block_on(async { Server::bind(&config) }).unwrap();
+    let server = rt.block_on(Server::bind(&config)).unwrap();
     let address = server.local_addr().unwrap().to_string();
     let metrics = server.metrics_addr().unwrap().to_string();
     rt.spawn(server.run(std::future::pending()));

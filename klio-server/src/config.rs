@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::retention::config::{RetentionConfig, RetentionSection};
+use crate::tier2::config::{ServerMode, Tier2Section, Tier2Settings};
 use crate::tls::TlsFiles;
 
 /// The default QUIC port.
@@ -30,6 +31,10 @@ pub struct ServerConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Retention policies and when retention runs.
     pub retention: RetentionConfig,
+    /// Read-write (Tier 1 on `data_dir`) or read-only (Tier 2 alone, `data_dir` a cache).
+    pub mode: ServerMode,
+    /// Object storage the server relays to and reads from; `None`: Tier 1 only.
+    pub tier2: Option<Tier2Settings>,
 }
 
 /// Encryption at rest.
@@ -59,6 +64,10 @@ pub struct ServerConfigFile {
     pub metrics: Option<MetricsSection>,
     /// `retention: {keep_backups: 7, recovery_window: 14d, clusters: {...}}`
     pub retention: Option<RetentionSection>,
+    /// `mode: read-write` (default) or `read-only`.
+    pub mode: Option<String>,
+    /// `tier2: {endpoint: ..., bucket: ..., ...}`
+    pub tier2: Option<Tier2Section>,
 }
 
 /// The `metrics` section.
@@ -282,6 +291,21 @@ impl ServerConfig {
             .unwrap_or_else(|| DEFAULT_METRICS_LISTEN.to_owned());
         let metrics_listen = parse_metrics_listen(&metrics_text)?;
         let retention = RetentionConfig::resolve(parsed.retention)?;
+        let mode = parsed
+            .mode
+            .as_deref()
+            .map(ServerMode::parse)
+            .transpose()?
+            .unwrap_or_default();
+        let tier2 = Tier2Settings::resolve(parsed.tier2)?;
+        if mode == ServerMode::ReadOnly && tier2.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "mode",
+                value: "read-only".to_owned(),
+                reason: "a read-only server serves restores from Tier 2: add a tier2 section \
+                         naming the bucket (data_dir then holds only a cache)",
+            });
+        }
         Ok(Self {
             listen,
             data_dir,
@@ -289,6 +313,8 @@ impl ServerConfig {
             encryption,
             metrics_listen,
             retention,
+            mode,
+            tier2,
         })
     }
 }

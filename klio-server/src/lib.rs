@@ -17,7 +17,10 @@
 //! - [`retention`]: each cluster's policy enforced on its backups, WAL and blocks, on a
 //!   schedule, after backups and on request, safe against running backups.
 //!
-//! Later: Tier 2 relay. The binary only parses flags and calls in here.
+//! - [`tier2`]: the relay to S3-compatible object storage, fallback reads from it, and the
+//!   read-only mode that serves restores from it alone.
+//!
+//! The binary only parses flags and calls in here.
 #![warn(missing_docs)]
 
 mod backup_registry;
@@ -32,6 +35,7 @@ pub mod server;
 mod session;
 pub mod status;
 mod telemetry;
+pub mod tier2;
 pub mod tls;
 pub mod verify;
 

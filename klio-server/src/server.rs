@@ -44,6 +44,9 @@ pub enum ServerError {
     /// The metrics listener could not be bound.
     #[error(transparent)]
     Metrics(#[from] klio_metrics::MetricsError),
+    /// The `tier2` section cannot be used.
+    #[error("cannot set up Tier 2")]
+    Tier2(#[source] klio_tier2::Tier2Error),
     /// The UDP socket could not be bound.
     #[error("cannot listen on {addr}")]
     Bind {
@@ -70,6 +73,10 @@ pub(crate) struct Shared {
     pub(crate) telemetry: Arc<Telemetry>,
     /// Retention settings and the runs asked for after backups.
     pub(crate) retention: Arc<Retention>,
+    /// Read-write, or read-only from Tier 2.
+    pub(crate) mode: crate::tier2::ServerMode,
+    /// The object storage relayed to and read from, if configured.
+    pub(crate) tier2: Option<Arc<crate::tier2::Tier2>>,
 }
 
 /// Files read for restores at the same time, across all clients: bounds the server's memory
@@ -108,8 +115,9 @@ pub struct Server {
 
 impl Server {
     /// Checks the configuration, prepares the data directory and binds the sockets (QUIC, and
-    /// the metrics listener if configured). Must be called inside a Tokio runtime.
-    pub fn bind(config: &ServerConfig) -> Result<Self, ServerError> {
+    /// the metrics listener if configured), and builds the Tier 2 client. Must be called
+    /// inside a Tokio runtime.
+    pub async fn bind(config: &ServerConfig) -> Result<Self, ServerError> {
         let quic = tls::quic_server_config(&config.tls)?;
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| FsError::new(FsAction::CreateDirectory, &config.data_dir, e))?;
@@ -140,6 +148,14 @@ impl Server {
             Arc::new(quinn::TokioRuntime),
         )
         .map_err(bind_err)?;
+        let tier2 = match &config.tier2 {
+            None => None,
+            Some(settings) => Some(Arc::new(
+                crate::tier2::Tier2::connect(settings.clone())
+                    .await
+                    .map_err(ServerError::Tier2)?,
+            )),
+        };
         let metrics = config
             .metrics_listen
             .map(klio_metrics::MetricsEndpoint::bind)
@@ -160,6 +176,8 @@ impl Server {
                 file_reads: tokio::sync::Semaphore::new(CONCURRENT_FILE_READS),
                 telemetry,
                 retention: Arc::new(Retention::new(config.retention.clone(), &config.data_dir)),
+                mode: config.mode,
+                tier2,
             }),
             _lock: lock,
         })

@@ -67,6 +67,9 @@ pub enum Credentials {
     /// The SDK's standard chain: the `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` variables, the
     /// shared profile (`AWS_PROFILE`), web identity, then the instance metadata service.
     StandardChain,
+    /// The standard chain with this named profile of the shared config and credentials files
+    /// (`~/.aws/config`, `~/.aws/credentials`) instead of `AWS_PROFILE`.
+    Profile(String),
 }
 
 impl fmt::Debug for Credentials {
@@ -78,6 +81,7 @@ impl fmt::Debug for Credentials {
                 .field("secret_access_key", &"<redacted>")
                 .finish(),
             Self::StandardChain => f.write_str("StandardChain"),
+            Self::Profile(name) => f.debug_tuple("Profile").field(name).finish(),
         }
     }
 }

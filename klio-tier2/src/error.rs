@@ -33,6 +33,8 @@ pub enum Operation {
     UploadPart,
     /// `CompleteMultipartUpload`.
     CompleteMultipartUpload,
+    /// `ListObjectsV2`, one page of it.
+    List,
 }
 
 impl fmt::Display for Operation {
@@ -45,6 +47,7 @@ impl fmt::Display for Operation {
             Self::CreateMultipartUpload => "CreateMultipartUpload",
             Self::UploadPart => "UploadPart",
             Self::CompleteMultipartUpload => "CompleteMultipartUpload",
+            Self::List => "ListObjectsV2",
         })
     }
 }

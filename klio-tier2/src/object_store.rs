@@ -123,18 +123,21 @@ impl ObjectStore {
                     .read_timeout(READ_TIMEOUT)
                     .build(),
             );
-        if let Credentials::Static {
-            access_key_id,
-            secret_access_key,
-        } = &config.credentials
-        {
-            loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
+        match &config.credentials {
+            Credentials::Static {
                 access_key_id,
                 secret_access_key,
-                None,
-                None,
-                "klio-tier2-config",
-            ));
+            } => {
+                loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
+                    access_key_id,
+                    secret_access_key,
+                    None,
+                    None,
+                    "klio-tier2-config",
+                ));
+            }
+            Credentials::Profile(name) => loader = loader.profile_name(name),
+            Credentials::StandardChain => {}
         }
         if let Some(endpoint) = &config.endpoint {
             loader = loader.endpoint_url(endpoint);
@@ -300,6 +303,45 @@ impl ObjectStore {
             .await
             .map_err(|error| target.classify(error))?;
         Ok(())
+    }
+
+    /// The keys under `prefix` (relative to the store's prefix, as [`put`](Self::put) takes
+    /// them), sorted, with their sizes. One `ListObjectsV2` request per 1,000 keys: for
+    /// catalog listings and retention, never for serving a single file.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>, Tier2Error> {
+        let full_prefix = self.full_key(prefix);
+        let target = self.target(Operation::List, &full_prefix);
+        let mut keys = Vec::new();
+        let mut continuation: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&full_prefix)
+                .set_continuation_token(continuation.take())
+                .send()
+                .await
+                .map_err(|error| target.classify(error))?;
+            for object in page.contents() {
+                let Some(key) = object.key().and_then(|k| k.strip_prefix(&self.prefix)) else {
+                    continue;
+                };
+                let size = object
+                    .size()
+                    .and_then(|s| u64::try_from(s).ok())
+                    .unwrap_or(0);
+                keys.push((key.to_owned(), size));
+            }
+            match page.next_continuation_token() {
+                Some(token) if page.is_truncated() == Some(true) => {
+                    continuation = Some(token.to_owned());
+                }
+                _ => break,
+            }
+        }
+        keys.sort();
+        Ok(keys)
     }
 
     pub(crate) fn client(&self) -> &Client {

@@ -91,7 +91,7 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
         },
     )?;
     super::pg_args::runtime()?.block_on(async move {
-        let server = Server::bind(&config)?;
+        let server = Server::bind(&config).await?;
         server.run(super::signals::wait_for_stop_signal()).await;
         Ok(ExitCode::SUCCESS)
     })

@@ -169,7 +169,7 @@ impl RetentionConfig {
 }
 
 /// `section` over `base`.
-fn policy(
+pub(crate) fn policy(
     key: &'static str,
     section: &PolicySection,
     base: &ClusterPolicy,
@@ -201,7 +201,7 @@ fn policy(
     })
 }
 
-fn duration(key: &'static str, text: &str) -> Result<Duration, ConfigError> {
+pub(crate) fn duration(key: &'static str, text: &str) -> Result<Duration, ConfigError> {
     humantime::parse_duration(text.trim()).map_err(|_| ConfigError::Invalid {
         key,
         value: text.to_owned(),

@@ -1,0 +1,48 @@
+//! Tier 2: the relay of every cluster's sealed files to S3-compatible object storage, the
+//! fallback reads from it, and the read-only mode that serves restores from it alone.
+//!
+//! # Object layout
+//!
+//! Objects mirror Tier 1 (the [`layout`] module): `clusters/<cluster>/wal/...` and
+//! `clusters/<cluster>/backups/...` hold the bytes of the Tier 1 files of the same relative
+//! paths, exactly as sealed on Tier 1 (S3 sees no plaintext and no key on an encrypted
+//! server). The segment in progress is its journal, `wal/<segment>.klio-journal`, cut after
+//! its last valid frame: a journal is authenticated frames (AES-256-GCM on an encrypted
+//! server), so the prefix is a valid journal that the Tier 1 reader serves zero-padded.
+//!
+//! # Reads
+//!
+//! A file Tier 1 lacks is fetched into a cache directory laid out like a data directory and
+//! read there by the Tier 1 readers, with the same checks: the object's CRC32C on the way
+//! down, then the file's own format (AEAD tags, CRC-32C frames, name bindings).
+//!
+//! The relay, its frontier and the reads are described in their modules.
+
+// The relay and the reads that use these land next.
+#![allow(dead_code)]
+
+pub mod config;
+pub(crate) mod layout;
+
+use klio_tier2::{ObjectStore, Tier2Error};
+
+pub use config::{ServerMode, Tier2Settings};
+
+/// A server's Tier 2: the bucket and its settings.
+#[derive(Debug)]
+pub(crate) struct Tier2 {
+    /// The bucket (or prefix of one) the objects live in.
+    pub(crate) store: ObjectStore,
+    /// The `tier2` section.
+    pub(crate) settings: Tier2Settings,
+}
+
+impl Tier2 {
+    /// Builds the client; nothing is sent until the first request.
+    pub(crate) async fn connect(settings: Tier2Settings) -> Result<Self, Tier2Error> {
+        Ok(Self {
+            store: ObjectStore::connect(&settings.s3).await?,
+            settings,
+        })
+    }
+}
