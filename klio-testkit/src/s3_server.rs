@@ -5,9 +5,20 @@
 //! plain HTTP ([`S3Server::start`]) or over TLS with a certificate from a fresh test CA
 //! ([`S3Server::start_tls`], rustls on ring). The bucket [`S3Server::BUCKET`] exists from the
 //! start; objects live at `<root>/<bucket>/<key>`, where a test can damage them.
+//!
+//! Faults are injected in the server itself ([`S3Server::faults`]): `503 SlowDown` answers,
+//! connections dropped in the middle of a request's body (a reset mid-upload), and a stall that
+//! holds every request until lifted. It also counts the requests it served, by kind, so a test
+//! can check what a client asked (no `ListObjectsV2` on a hot path, say).
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnectionBuilder;
@@ -27,6 +38,8 @@ pub struct S3Server {
     root: PathBuf,
     /// The PEM file of the CA that signed the TLS server's certificate.
     ca_file: Option<PathBuf>,
+    /// What the server is told to do wrong, and what it served.
+    faults: Arc<S3Faults>,
     /// Serves the connections; shut down on drop.
     runtime: Option<tokio::runtime::Runtime>,
     _dir: TestDir,
@@ -65,7 +78,11 @@ impl S3Server {
             Self::ACCESS_KEY_ID,
             Self::SECRET_ACCESS_KEY,
         ));
-        let service = builder.build();
+        let faults = Arc::new(S3Faults::new());
+        let service = FaultyService {
+            inner: builder.build(),
+            faults: faults.clone(),
+        };
 
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -117,6 +134,7 @@ impl S3Server {
             endpoint: format!("{scheme}://{address}"),
             root,
             ca_file,
+            faults,
             runtime: Some(runtime),
             _dir: dir,
         }
@@ -130,6 +148,11 @@ impl S3Server {
     /// The PEM file of the CA that a TLS server's certificate chains to; `None` for plain HTTP.
     pub fn ca_file(&self) -> Option<&Path> {
         self.ca_file.as_deref()
+    }
+
+    /// The server's fault switches and request counters.
+    pub fn faults(&self) -> &S3Faults {
+        &self.faults
     }
 
     /// The directory s3s-fs keeps its buckets in.
@@ -152,8 +175,129 @@ impl Drop for S3Server {
     }
 }
 
+/// Faults to inject and counts of what was served, shared with the server's connections.
+#[derive(Debug)]
+pub struct S3Faults {
+    /// The next this many requests are answered `503 SlowDown`.
+    slow_down: AtomicU32,
+    /// The next this many requests have their connection dropped after the first frame of
+    /// their body (or at once when they have none).
+    resets: AtomicU32,
+    /// While true, requests wait before they are served.
+    stalled: tokio::sync::watch::Sender<bool>,
+    requests: AtomicU64,
+    lists: AtomicU64,
+    injected: AtomicU64,
+}
+
+impl S3Faults {
+    fn new() -> Self {
+        Self {
+            slow_down: AtomicU32::new(0),
+            resets: AtomicU32::new(0),
+            stalled: tokio::sync::watch::channel(false).0,
+            requests: AtomicU64::new(0),
+            lists: AtomicU64::new(0),
+            injected: AtomicU64::new(0),
+        }
+    }
+
+    /// Answers the next `n` requests with `503 SlowDown`, as S3 does when throttling.
+    pub fn slow_down_next(&self, n: u32) {
+        self.slow_down.store(n, Ordering::SeqCst);
+    }
+
+    /// Drops the connection of each of the next `n` requests after the first frame of its body:
+    /// the client sees a reset in the middle of its upload.
+    pub fn reset_next(&self, n: u32) {
+        self.resets.store(n, Ordering::SeqCst);
+    }
+
+    /// Holds every request (new and waiting) until [`Self::resume`]: a server that stalls.
+    pub fn stall(&self) {
+        self.stalled.send_replace(true);
+    }
+
+    /// Lets held and new requests through.
+    pub fn resume(&self) {
+        self.stalled.send_replace(false);
+    }
+
+    /// Requests received so far, faulted ones included.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    /// `ListObjects`/`ListObjectsV2` requests received so far.
+    pub fn list_requests(&self) -> u64 {
+        self.lists.load(Ordering::SeqCst)
+    }
+
+    /// Requests that were answered with a fault instead of being served.
+    pub fn injected(&self) -> u64 {
+        self.injected.load(Ordering::SeqCst)
+    }
+
+    /// Takes one from `counter` if it is above zero.
+    fn take(counter: &AtomicU32) -> bool {
+        counter
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+}
+
+/// s3s-fs's service behind the fault switches.
+#[derive(Clone)]
+struct FaultyService {
+    inner: S3Service,
+    faults: Arc<S3Faults>,
+}
+
+type ServiceFuture =
+    Pin<Box<dyn Future<Output = Result<s3s::HttpResponse, s3s::HttpError>> + Send>>;
+
+impl hyper::service::Service<hyper::Request<Incoming>> for FaultyService {
+    type Response = s3s::HttpResponse;
+    type Error = s3s::HttpError;
+    type Future = ServiceFuture;
+
+    fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let faults = &this.faults;
+            faults.requests.fetch_add(1, Ordering::SeqCst);
+            let is_list = request.method() == hyper::Method::GET
+                && request.uri().path().trim_matches('/').split('/').count() == 1
+                && !request.uri().path().trim_matches('/').is_empty();
+            if is_list {
+                faults.lists.fetch_add(1, Ordering::SeqCst);
+            }
+            let mut stalled = faults.stalled.subscribe();
+            // The sender lives as long as the faults, so waiting cannot fail.
+            let _ = stalled.wait_for(|stalled| !stalled).await;
+            if S3Faults::take(&faults.slow_down) {
+                faults.injected.fetch_add(1, Ordering::SeqCst);
+                let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code>\
+                            <Message>Please reduce your request rate.</Message></Error>";
+                let mut response = hyper::Response::new(s3s::Body::from(body.to_owned()));
+                *response.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+                return Ok(response);
+            }
+            if S3Faults::take(&faults.resets) {
+                faults.injected.fetch_add(1, Ordering::SeqCst);
+                let mut body = request.into_body();
+                let _ = body.frame().await;
+                return Err(s3s::HttpError::new(
+                    "injected fault: connection reset mid-request".into(),
+                ));
+            }
+            hyper::service::Service::call(&this.inner, request).await
+        })
+    }
+}
+
 /// Serves S3 requests on one connection until the client closes it.
-async fn serve<Io>(io: Io, service: S3Service)
+async fn serve<Io>(io: Io, service: FaultyService)
 where
     Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

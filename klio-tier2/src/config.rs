@@ -96,11 +96,12 @@ pub struct MultipartConfig {
 }
 
 impl Default for MultipartConfig {
-    /// 64 MiB objects and above in 16 MiB parts: a WAL segment (16 MiB plus encryption
-    /// overhead) is always a single `PutObject`, base-backup packs go up in parts.
+    /// Objects above 24 MiB in 16 MiB parts: a WAL segment (16 MiB plus encryption overhead) is
+    /// always a single `PutObject`; a base-backup pack (closed at 32 MiB) goes up in parts, so a
+    /// failure costs one part's retry, not the whole pack's.
     fn default() -> Self {
         Self {
-            threshold: 64 * 1024 * 1024,
+            threshold: 24 * 1024 * 1024,
             part_size: 16 * 1024 * 1024,
         }
     }

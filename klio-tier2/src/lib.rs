@@ -14,7 +14,7 @@
 //! - as the user metadata `x-amz-meta-klio-crc32c` (the same text), so [`ObjectStore::get`]
 //!   verifies the bytes it read, whatever the server checks or keeps.
 //!
-//! Objects above [`MultipartConfig::threshold`] (64 MiB by default) go up as a multipart
+//! Objects above [`MultipartConfig::threshold`] (24 MiB by default) go up as a multipart
 //! upload of [`MultipartConfig::part_size`] parts (16 MiB), each part with its own CRC32C
 //! header, the whole object's CRC32C in the metadata; a failed upload is aborted.
 //!

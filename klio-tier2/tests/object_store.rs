@@ -293,3 +293,126 @@ async fn an_https_endpoint_whose_ca_is_not_trusted_is_a_transport_error() {
 
     assert!(matches!(error, Tier2Error::Transport { .. }), "{error:?}");
 }
+
+#[tokio::test]
+async fn a_listing_names_every_key_under_a_prefix_relative_to_the_stores_prefix() {
+    let server = S3Server::start();
+    let store = store_for(&server).await;
+    for key in ["wal/a", "wal/b", "backups/c"] {
+        let _ = store
+            .put(key, Bytes::from_static(b"x"), PutOptions::default())
+            .await
+            .unwrap();
+    }
+    let listed = store.list("wal/").await.unwrap();
+    assert_eq!(listed, [("wal/a".to_owned(), 1), ("wal/b".to_owned(), 1)]);
+    assert!(store.list("nothing/").await.unwrap().is_empty());
+    assert_eq!(server.faults().list_requests(), 2);
+}
+
+#[tokio::test]
+async fn a_burst_of_slow_down_answers_is_retried_until_the_object_is_stored() {
+    let server = S3Server::start();
+    let store = store_for(&server).await;
+    server.faults().slow_down_next(3);
+
+    let put = store
+        .put("wal/throttled", pattern(10_000), PutOptions::default())
+        .await
+        .unwrap();
+
+    assert_eq!(put, Put::Stored);
+    assert_eq!(server.faults().injected(), 3);
+    assert_eq!(
+        store.get("wal/throttled").await.unwrap(),
+        Some(pattern(10_000))
+    );
+}
+
+#[tokio::test]
+async fn more_slow_down_answers_than_attempts_is_a_throttled_error_naming_the_key() {
+    let server = S3Server::start();
+    let store = store_for(&server).await;
+    server.faults().slow_down_next(1_000);
+
+    let error = store
+        .put("wal/refused", pattern(10), PutOptions::default())
+        .await
+        .unwrap_err();
+
+    assert!(matches!(error, Tier2Error::Throttled { .. }), "{error:?}");
+    assert!(error.to_string().contains("wal/refused"), "{error}");
+    server.faults().slow_down_next(0);
+    assert_eq!(store.get("wal/refused").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_connection_reset_mid_upload_is_retried_and_the_object_is_whole() {
+    let server = S3Server::start();
+    let store = store_for(&server).await;
+    server.faults().reset_next(2);
+
+    let bytes = pattern(3 << 20);
+    let put = store
+        .put("wal/reset", bytes.clone(), PutOptions::default())
+        .await
+        .unwrap();
+
+    assert_eq!(put, Put::Stored);
+    assert_eq!(server.faults().injected(), 2);
+    assert_eq!(store.get("wal/reset").await.unwrap(), Some(bytes));
+}
+
+#[tokio::test]
+async fn a_multipart_upload_survives_resets_of_its_parts() {
+    let server = S3Server::start();
+    let mut config = config_for(&server);
+    config.multipart = MultipartConfig {
+        threshold: MIN_PART_SIZE,
+        part_size: MIN_PART_SIZE,
+    };
+    let store = ObjectStore::connect(&config).await.unwrap();
+    server.faults().reset_next(2);
+
+    let bytes = pattern(3 * MIN_PART_SIZE + 17);
+    let put = store
+        .put("backups/packs/p.pack", bytes.clone(), PutOptions::default())
+        .await
+        .unwrap();
+
+    assert_eq!(put, Put::Stored);
+    assert_eq!(
+        store.get("backups/packs/p.pack").await.unwrap(),
+        Some(bytes)
+    );
+}
+
+#[tokio::test]
+async fn a_stalled_server_holds_a_put_until_it_resumes_and_nothing_is_lost() {
+    let server = S3Server::start();
+    let store = store_for(&server).await;
+    server.faults().stall();
+
+    let put = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .put("wal/stalled", pattern(1000), PutOptions::default())
+                .await
+        }
+    });
+    // The request has reached the server and is held there.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.faults().requests() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the put never reached the server"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!put.is_finished());
+    server.faults().resume();
+
+    assert_eq!(put.await.unwrap().unwrap(), Put::Stored);
+    assert_eq!(store.get("wal/stalled").await.unwrap(), Some(pattern(1000)));
+}
