@@ -35,6 +35,8 @@ pub enum Operation {
     CompleteMultipartUpload,
     /// `ListObjectsV2`, one page of it.
     List,
+    /// `PutObjectRetention`.
+    PutRetention,
 }
 
 impl fmt::Display for Operation {
@@ -48,6 +50,7 @@ impl fmt::Display for Operation {
             Self::UploadPart => "UploadPart",
             Self::CompleteMultipartUpload => "CompleteMultipartUpload",
             Self::List => "ListObjectsV2",
+            Self::PutRetention => "PutObjectRetention",
         })
     }
 }

@@ -2,10 +2,15 @@
 //! whole object's CRC32C as metadata (and any Object Lock), parts of the configured size each
 //! sent with its own CRC32C for the server to verify, then `CompleteMultipartUpload` listing
 //! every part's checksum (with `If-None-Match: *` for create-only puts). On any failure the
-//! upload is aborted, so no parts are left billed in the bucket.
+//! upload is aborted, so no parts are left billed in the bucket. A locked object's retention
+//! is set once more after completion (`PutObjectRetention`, same mode and date): some
+//! S3-compatible servers ignore the lock headers of `CreateMultipartUpload`, and a lock that
+//! silently did not apply is worse than one extra request.
 
 use aws_sdk_s3::primitives::{ByteStream, DateTime};
-use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ObjectLockRetention,
+};
 use bytes::Bytes;
 
 use crate::checksum;
@@ -118,6 +123,26 @@ async fn send_parts(
             .target(Operation::CompleteMultipartUpload, full_key)
             .classify(error)
     })?;
+    if let Some(lock) = options.object_lock {
+        store
+            .client()
+            .put_object_retention()
+            .bucket(store.bucket())
+            .key(full_key)
+            .retention(
+                ObjectLockRetention::builder()
+                    .mode(lock.mode.into())
+                    .retain_until_date(DateTime::from(lock.retain_until))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|error| {
+                store
+                    .target(Operation::PutRetention, full_key)
+                    .classify(error)
+            })?;
+    }
     Ok(Put::Stored)
 }
 

@@ -10,6 +10,7 @@ use aws_sdk_s3::config::{
     BehaviorVersion, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
 use aws_sdk_s3::primitives::{ByteStream, DateTime};
+use aws_sdk_s3::types::ChecksumAlgorithm;
 use aws_sdk_s3::types::ObjectLockMode as SdkObjectLockMode;
 use aws_smithy_http_client::tls::rustls_provider::CryptoMode;
 use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
@@ -196,7 +197,10 @@ impl ObjectStore {
             request = request.if_none_match("*");
         }
         if let Some(lock) = options.object_lock {
+            // S3 takes a locked object only with a named checksum algorithm (or Content-MD5);
+            // the value is the CRC32C header already set, so the SDK computes nothing.
             request = request
+                .checksum_algorithm(ChecksumAlgorithm::Crc32C)
                 .object_lock_mode(lock.mode.into())
                 .object_lock_retain_until_date(DateTime::from(lock.retain_until));
         }
@@ -344,6 +348,54 @@ impl ObjectStore {
         Ok(keys)
     }
 
+    /// Deletes every version of the object under `key` (and its delete markers), so that a
+    /// versioned bucket (every Object Lock bucket is one) frees its space; on an unversioned
+    /// bucket it is [`delete`](Self::delete). A version still under Object Lock retention is
+    /// refused by the server: [`Tier2Error::AccessDenied`], and that version stays.
+    pub async fn purge(&self, key: &str) -> Result<(), Tier2Error> {
+        let full_key = self.full_key(key);
+        let list_target = self.target(Operation::List, &full_key);
+        let delete_target = self.target(Operation::Delete, &full_key);
+        let listing = self
+            .client
+            .list_object_versions()
+            .bucket(&self.bucket)
+            .prefix(&full_key)
+            .send()
+            .await
+            .map_err(|error| list_target.classify(error))?;
+        let versions = listing
+            .versions()
+            .iter()
+            .filter(|v| v.key() == Some(full_key.as_str()))
+            .filter_map(|v| v.version_id())
+            .chain(
+                listing
+                    .delete_markers()
+                    .iter()
+                    .filter(|m| m.key() == Some(full_key.as_str()))
+                    .filter_map(|m| m.version_id()),
+            )
+            .filter(|id| *id != "null")
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
+        if versions.is_empty() {
+            // An unversioned bucket lists its objects with version id "null", or not at all.
+            return self.delete(key).await;
+        }
+        for version in versions {
+            self.client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(&full_key)
+                .version_id(version)
+                .send()
+                .await
+                .map_err(|error| delete_target.classify(error))?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn client(&self) -> &Client {
         &self.client
     }
@@ -374,6 +426,15 @@ pub(crate) fn created_or(error: Tier2Error, options: PutOptions) -> Result<Put, 
     match error {
         Tier2Error::PreconditionFailed { .. } if options.if_none_match => Ok(Put::AlreadyExists),
         other => Err(other),
+    }
+}
+
+impl From<ObjectLockMode> for aws_sdk_s3::types::ObjectLockRetentionMode {
+    fn from(mode: ObjectLockMode) -> Self {
+        match mode {
+            ObjectLockMode::Governance => Self::Governance,
+            ObjectLockMode::Compliance => Self::Compliance,
+        }
     }
 }
 
