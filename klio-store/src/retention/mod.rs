@@ -22,4 +22,4 @@ mod tests_policy;
 mod tests_wal_plan;
 
 pub use policy::{RetentionPolicy, Verdict, decide};
-pub use wal_plan::{TimelinePlan, WalPlan, plan_wal};
+pub use wal_plan::{TimelinePlan, WalPlan, plan_listing, plan_wal};

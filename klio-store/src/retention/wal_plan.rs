@@ -31,7 +31,7 @@
 use std::collections::BTreeSet;
 
 use klio_proto::klio::WalKeptBecause;
-use klio_wal::{Lsn, SegmentNo, TimelineId, WalPosition, parse_history};
+use klio_wal::{Lsn, SegmentNo, SegmentSize, TimelineId, WalPosition, parse_history};
 
 use crate::wal_archive::{ArchiveListing, SegmentRange, WalArchiveError, WalArchiveReader};
 
@@ -69,14 +69,16 @@ enum Ancestry {
 }
 
 impl Ancestry {
-    fn of(archive: &WalArchiveReader, timeline: TimelineId) -> Self {
+    /// `history` gives a timeline's history file, or `None` when it is missing or cannot be
+    /// read.
+    fn of(history: &dyn Fn(TimelineId) -> Option<Vec<u8>>, timeline: TimelineId) -> Self {
         if timeline == TimelineId::FIRST {
             return Self::First;
         }
         // A history that cannot be read or parsed is as good as missing: nothing of the
         // timeline is removed, which is what a missing one means too.
-        match archive.history(timeline) {
-            Ok(Some(content)) => match parse_history(&content) {
+        match history(timeline) {
+            Some(content) => match parse_history(&content) {
                 Ok(entries) => Self::Known(
                     entries
                         .into_iter()
@@ -85,7 +87,7 @@ impl Ancestry {
                 ),
                 Err(_) => Self::Unknown,
             },
-            Ok(None) | Err(_) => Self::Unknown,
+            None => Self::Unknown,
         }
     }
 
@@ -116,6 +118,23 @@ pub fn plan_wal(
 ) -> Result<WalPlan, WalArchiveError> {
     let listing = archive.list()?;
     let size = archive.identity().segment_size;
+    Ok(plan_listing(
+        &listing,
+        size,
+        &|timeline| archive.history(timeline).ok().flatten(),
+        retained,
+    ))
+}
+
+/// [`plan_wal`] for any store of WAL files (Tier 2's objects, say): its listing, its segment
+/// size, and `history`, which gives a timeline's history file or `None` when it is missing or
+/// cannot be read.
+pub fn plan_listing(
+    listing: &ArchiveListing,
+    size: SegmentSize,
+    history: &dyn Fn(TimelineId) -> Option<Vec<u8>>,
+    retained: Option<&[(String, WalPosition)]>,
+) -> WalPlan {
     let timelines: BTreeSet<TimelineId> = listing
         .timelines
         .iter()
@@ -124,7 +143,7 @@ pub fn plan_wal(
         .collect();
     let retained = retained.filter(|r| !r.is_empty());
     let Some(retained) = retained else {
-        return Ok(WalPlan {
+        return WalPlan {
             timelines: timelines
                 .iter()
                 .map(|&timeline| TimelinePlan {
@@ -135,7 +154,7 @@ pub fn plan_wal(
                     remove_history: false,
                 })
                 .collect(),
-        });
+        };
     };
     let newest: BTreeSet<TimelineId> = [
         listing.timelines.last().map(|t| t.timeline),
@@ -148,7 +167,7 @@ pub fn plan_wal(
 
     let mut plans = Vec::new();
     for &timeline in &timelines {
-        let ancestry = Ancestry::of(archive, timeline);
+        let ancestry = Ancestry::of(history, timeline);
         // Each rule that applies, with the first segment it keeps.
         let mut rules: Vec<(WalKeptBecause, SegmentNo)> = Vec::new();
         let mut reached = false;
@@ -170,7 +189,7 @@ pub fn plan_wal(
             rules.push((WalKeptBecause::UnknownHistory, SegmentNo(0)));
         }
 
-        let segments = completed(&listing, timeline);
+        let segments = completed(listing, timeline);
         let threshold = rules.iter().map(|&(_, from)| from).min();
         let (remove, kept) = split_at(segments, threshold);
         let last_kept = kept.last().map(|r| r.last);
@@ -197,7 +216,7 @@ pub fn plan_wal(
                 && !has_partials,
         });
     }
-    Ok(WalPlan { timelines: plans })
+    WalPlan { timelines: plans }
 }
 
 /// The completed segments of `timeline` in the listing, as runs, ascending.
