@@ -1127,6 +1127,14 @@ fn a_journal_cut_after_its_last_frame_reads_like_the_padded_one(format: Format) 
     let from_cut = reader.read_file(&seg(t, 1)).unwrap().unwrap();
     assert!(from_cut.partial);
     assert_eq!(from_cut.valid_len, end - SEG);
+    // Opened without listing its directory, the reader serves the same file.
+    let keyring = matches!(format, Format::Encrypted).then(|| ring(1));
+    let by_name = WalArchiveReader::open_for_file_reads(cut.path(), keyring).unwrap();
+    assert_eq!(by_name.durable(), None);
+    assert_eq!(
+        by_name.read_file(&seg(t, 1)).unwrap().as_ref(),
+        Some(&from_cut)
+    );
     assert_eq!(Some(from_cut), original.unwrap());
     // Cut inside its last frame, the journal serves the frames before it.
     std::fs::write(
