@@ -22,6 +22,7 @@
 #![allow(dead_code)]
 
 pub mod config;
+pub(crate) mod fetch;
 pub(crate) mod layout;
 
 use klio_tier2::{ObjectStore, Tier2Error};
