@@ -17,6 +17,7 @@ use crate::backup_registry::{BackupRegistry, SharedIndex};
 use crate::retention::Retention;
 use crate::server::Shared;
 use crate::telemetry::ClusterTelemetry;
+use crate::tier2::ServerMode;
 
 /// How often a finishing backup looks for its WAL in the archive.
 const WAL_POLL: Duration = Duration::from_millis(200);
@@ -35,6 +36,8 @@ pub(crate) struct BackupEnv {
     pub(crate) retention: Arc<Retention>,
     /// Where retention outcomes are reported.
     pub(crate) telemetry: ClusterTelemetry,
+    /// A read-only server refuses every write.
+    pub(crate) mode: ServerMode,
 }
 
 impl BackupEnv {
@@ -48,6 +51,7 @@ impl BackupEnv {
             wal_poll: WAL_POLL,
             retention: shared.retention.clone(),
             telemetry: shared.telemetry.cluster(cluster),
+            mode: shared.mode,
         }
     }
 

@@ -19,10 +19,11 @@ use klio_wal::ErrorChain;
 use tokio::sync::mpsc;
 
 use super::backup_env::{BackupEnv, coverage_text, wal_range_text};
-use super::error_code::backup_refusal;
+use super::error_code::{backup_refusal, read_only_refusal};
 use super::framing::FrameIo;
 use super::inbox::Inbox;
 use super::{End, blocking, storage_task_failed};
+use crate::tier2::ServerMode;
 
 /// Manifest bytes per `ManifestData` frame.
 const MANIFEST_CHUNK: usize = 1 << 20;
@@ -43,6 +44,13 @@ pub(super) async fn run<T: FrameIo>(
     let mut next = Some(first);
     while let Some(msg) = next {
         match msg {
+            Message::DeleteBackup { .. }
+            | Message::PinBackup { .. }
+            | Message::RunRetention { .. }
+                if env.mode == ServerMode::ReadOnly =>
+            {
+                return Err(read_only_refusal());
+            }
             Message::ListBackups => list(env, &mut inbox).await?,
             Message::GetBackup { id } => get_backup(env, &mut inbox, &id).await?,
             Message::GetBlocks { hashes } => get_blocks(env, &mut inbox, hashes).await?,
