@@ -285,3 +285,46 @@ fn a_certificate_for_another_cluster_reads_nothing_through_a_read_only_server() 
     assert!(out.success(), "{}", out.stderr);
     assert_eq!(out.stdout.trim(), "[]", "no backups of another cluster");
 }
+
+#[test]
+fn a_read_only_server_recovers_a_cluster_from_tier2_alone() {
+    let s3 = S3Server::start();
+    let mut stack = tier2_stack("tier2-read-only-recovery", &s3);
+    stack.pg.pgbench(&["-i", "-s", "2", "-q"]);
+    backup(&stack, &[]);
+    stack
+        .pg
+        .psql("CREATE TABLE after_backup AS SELECT g AS id FROM generate_series(1, 5000) g");
+    stack.pg.switch_wal();
+    // The last commit stays in the segment in progress: Tier 2 holds it as a journal.
+    stack
+        .pg
+        .psql("CREATE TABLE last_words AS SELECT 'committed last' AS note");
+    let before = stack.pg.dumpall();
+    let pgdata = lose_primary(&mut stack);
+    stack.server.stop();
+    mirror_to_tier2(stack.server.data_dir(), &s3);
+    std::fs::remove_dir_all(stack.server.data_dir()).expect("delete site A's data directory");
+
+    let work = TestDir::new("tier2-read-only-recovery-ro");
+    let ro = read_only_server(&stack, &s3, &work);
+    let args = client_args_for(&stack, &ro);
+    let listed = list_backups_with(&stack.exe, &args);
+    assert_eq!(listed.len(), 1, "the backup is listed from Tier 2");
+    let mut restore = klio_testkit::as_postgres(&stack.exe);
+    restore
+        .arg("restore")
+        .arg("-D")
+        .arg(&pgdata)
+        .args(["--backup", "latest"])
+        .args(&args);
+    klio_testkit::run_ok(&mut restore);
+    append_auto_conf(&pgdata, "synchronous_standby_names = ''");
+    stack.pg.start_and_finish_recovery();
+    let after = stack.pg.dumpall();
+    klio_testkit::assert_same_dump(stack.work.path(), &before, &after);
+    assert_eq!(
+        stack.pg.psql("SELECT note FROM last_words"),
+        "committed last"
+    );
+}

@@ -12,6 +12,7 @@ use klio_store::wal_archive::{WalArchiveError, WalArchiveReader};
 use klio_wal::WalPosition;
 
 use super::error_code::{Request, backup_refusal, refusal};
+use super::tier2_backups::Tier2Backups;
 use super::{End, blocking};
 use crate::backup_registry::{BackupRegistry, SharedIndex};
 use crate::retention::Retention;
@@ -36,8 +37,10 @@ pub(crate) struct BackupEnv {
     pub(crate) retention: Arc<Retention>,
     /// Where retention outcomes are reported.
     pub(crate) telemetry: ClusterTelemetry,
-    /// A read-only server refuses every write.
+    /// A read-only server refuses every write (and has no Tier 1 to read).
     pub(crate) mode: ServerMode,
+    /// The cluster's backups in Tier 2, when the server has one.
+    pub(crate) tier2: Option<Tier2Backups>,
 }
 
 impl BackupEnv {
@@ -52,7 +55,13 @@ impl BackupEnv {
             retention: shared.retention.clone(),
             telemetry: shared.telemetry.cluster(cluster),
             mode: shared.mode,
+            tier2: Tier2Backups::of(shared, cluster),
         }
+    }
+
+    /// Whether the server has a Tier 1 to read (a read-only server has only Tier 2).
+    pub(super) fn has_tier1(&self) -> bool {
+        self.mode == ServerMode::ReadWrite
     }
 
     /// The cluster's block index (read from disk on first use).

@@ -32,6 +32,7 @@ mod ingest;
 mod restore;
 #[cfg(test)]
 mod tests;
+mod tier2_backups;
 
 use klio_wal::ErrorChain;
 use std::sync::Arc;

@@ -28,12 +28,16 @@ use klio_tier2::Tier2Error;
 use klio_wal::{FsAction, FsError, durable};
 
 use super::{Tier2, layout};
+use crate::backup_registry::SharedIndex;
 
 /// The cache's directory under a read-write server's data directory.
 pub(crate) const CACHE_DIR: &str = "tier2-cache";
 
 /// Files that stay cached whatever their age: every read of their cluster needs them.
-const PINNED_FILES: [&str; 2] = ["klio-archive.identity", "block-hash-key"];
+const PINNED_FILES: [&str; 2] = [
+    klio_store::wal_archive::IDENTITY_FILE,
+    klio_store::backup::HASH_KEY_FILE,
+];
 
 /// A file could not be brought from Tier 2 into the cache.
 #[derive(Debug, thiserror::Error)]
@@ -131,12 +135,20 @@ fn is_pinned(path: &Path) -> bool {
         .is_some_and(|n| PINNED_FILES.contains(&n))
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Plain maps, updated in one step: a panicking holder leaves nothing half-changed.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Tier 2 objects fetched into a local directory (see the [module documentation](self)).
 #[derive(Debug)]
 pub(crate) struct Tier2Cache {
     tier2: Arc<Tier2>,
     root: PathBuf,
     usage: Mutex<Usage>,
+    /// Per cluster, the block index of the packs in Tier 2 last looked at (rebuilt when a
+    /// block is not in it: the relay may have uploaded packs since).
+    indexes: Mutex<HashMap<ClusterName, SharedIndex>>,
 }
 
 impl Tier2Cache {
@@ -164,7 +176,18 @@ impl Tier2Cache {
             tier2,
             root,
             usage: Mutex::new(usage),
+            indexes: Mutex::default(),
         }
+    }
+
+    /// The block index of `cluster`'s Tier 2 packs last built, if any.
+    pub(crate) fn block_index(&self, cluster: &ClusterName) -> Option<SharedIndex> {
+        lock(&self.indexes).get(cluster).cloned()
+    }
+
+    /// Keeps `index` as `cluster`'s Tier 2 block index.
+    pub(crate) fn set_block_index(&self, cluster: &ClusterName, index: SharedIndex) {
+        lock(&self.indexes).insert(cluster.clone(), index);
     }
 
     /// The cache directory of `cluster`'s files (laid out like its Tier 1 directory).
@@ -173,10 +196,7 @@ impl Tier2Cache {
     }
 
     fn usage(&self) -> MutexGuard<'_, Usage> {
-        // The usage map holds no invariant a panicking holder could break half-way.
-        self.usage
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.usage)
     }
 
     /// The cached copy of `cluster`'s file `relative` (`wal/<name>`, `backups/<path>`),
@@ -214,6 +234,8 @@ impl Tier2Cache {
                 source,
             })?
         else {
+            // Gone from Tier 2 (a journal whose segment was finished): so is the copy.
+            self.forget(&path);
             return Ok(None);
         };
         let write = |source| FetchError::Write {
