@@ -328,3 +328,69 @@ fn a_read_only_server_recovers_a_cluster_from_tier2_alone() {
         "committed last"
     );
 }
+
+/// The `tiers` of each backup `klio backup list --output json` prints, by id.
+fn listed_tiers(exe: &Path, client_args: &[OsString]) -> Vec<(String, serde_json::Value)> {
+    let out = run(Command::new(exe)
+        .args(["backup", "list", "--output", "json"])
+        .args(client_args));
+    assert!(out.success(), "klio backup list:\n{}", out.stderr);
+    let values: Vec<serde_json::Value> =
+        serde_json::from_str(&out.stdout).expect("a JSON array of backups");
+    values
+        .into_iter()
+        .map(|v| {
+            let id = v["id"].as_str().expect("an id").to_owned();
+            (id, v["tiers"].clone())
+        })
+        .collect()
+}
+
+#[test]
+fn backup_list_shows_which_tiers_hold_each_backup() {
+    let s3 = S3Server::start();
+    let stack = tier2_stack("tier2-backup-list-tiers", &s3);
+    stack.pg.pgbench(&["-i", "-s", "1", "-q"]);
+    let both = backup(&stack, &[]);
+    stack
+        .pg
+        .psql("CREATE TABLE between_backups AS SELECT 1 AS x");
+    let only_tier2 = backup(&stack, &[]);
+    mirror_to_tier2(stack.server.data_dir(), &s3);
+    let out = backup_cli(&stack, "delete", &[&only_tier2.id]);
+    assert!(out.success(), "delete from Tier 1:\n{}", out.stderr);
+    stack.pg.psql("CREATE TABLE after_mirror AS SELECT 2 AS x");
+    let only_tier1 = backup(&stack, &[]);
+
+    let tiers = listed_tiers(&stack.exe, &stack.client_args());
+    assert_eq!(
+        tiers,
+        vec![
+            (both.id.clone(), serde_json::json!([1, 2])),
+            (only_tier2.id.clone(), serde_json::json!([2])),
+            (only_tier1.id.clone(), serde_json::json!([1])),
+        ]
+    );
+    let out = run(Command::new(&stack.exe)
+        .args(["backup", "list"])
+        .args(stack.client_args()));
+    assert!(out.success(), "{}", out.stderr);
+    let column = |id: &str| {
+        out.stdout
+            .lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_else(|| panic!("{id} listed:\n{}", out.stdout))
+            .split_whitespace()
+            .any(|cell| cell == "1+2" || cell == "1" || cell == "2")
+    };
+    assert!(
+        out.stdout.lines().next().unwrap().contains("TIERS"),
+        "{}",
+        out.stdout
+    );
+    assert!(column(&both.id) && column(&only_tier2.id) && column(&only_tier1.id));
+
+    // The backup only Tier 2 holds is read from there: it verifies through the server.
+    let out = backup_cli(&stack, "verify", &[&only_tier2.id]);
+    assert!(out.success(), "verify from Tier 2:\n{}", out.stderr);
+}

@@ -11,7 +11,10 @@
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
-use klio_proto::klio::{BackupInfo, Block, BlockHash, ErrorCode, MAX_HASHES_PER_MESSAGE, Message};
+use klio_proto::klio::{
+    BackupInfo, BackupTiers, Block, BlockHash, ErrorCode, ListedBackup, MAX_HASHES_PER_MESSAGE,
+    Message,
+};
 use std::collections::BTreeSet;
 
 use klio_store::backup::{
@@ -96,16 +99,33 @@ async fn list<T: FrameIo>(env: &BackupEnv, inbox: &mut Inbox<'_, T>) -> Result<(
     } else {
         Vec::new()
     };
+    let in_tier1: BTreeSet<String> = entries.iter().map(|e| e.id.clone()).collect();
+    let mut in_tier2 = BTreeSet::new();
     if let Some(tier2) = &env.tier2 {
-        let in_tier1: BTreeSet<String> = entries.iter().map(|e| e.id.clone()).collect();
         for (id, listed) in tier2.listed().await? {
             if !in_tier1.contains(id.as_str()) {
                 entries.push(tier2.entry(&id, listed).await?);
             }
+            in_tier2.insert(id.as_str().to_owned());
         }
         entries.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
     }
-    let mut out: Vec<Message> = entries.iter().map(entry_message).collect();
+    let mut out: Vec<Message> = entries
+        .into_iter()
+        .map(|info| {
+            let tiers = BackupTiers {
+                tier1: in_tier1.contains(&info.id),
+                tier2: in_tier2.contains(&info.id),
+            };
+            let listed = ListedBackup {
+                info,
+                tiers: Some(tiers),
+            };
+            Message::BackupEntry {
+                json: listed.to_json().into(),
+            }
+        })
+        .collect();
     out.push(Message::CatalogEnd);
     inbox.send(&out).await
 }
@@ -434,8 +454,9 @@ async fn verify_source(env: &BackupEnv, id: &BackupId) -> Result<(BackupStore, S
         let mut files = reading.file_list(&wanted)?;
         let mut hashes = BTreeSet::new();
         while let Some(item) = files.next_item()? {
-            if let FileListItem::Blocks(blocks) = item {
-                hashes.extend(blocks);
+            match item {
+                FileListItem::Entry(entry) => hashes.extend(entry.blocks),
+                FileListItem::Blocks(blocks) => hashes.extend(blocks),
             }
         }
         Ok(hashes.into_iter().collect())
