@@ -222,6 +222,22 @@ fn a_read_only_server_refuses_every_write() {
         ro.log()
     );
     assert_eq!(tier2_keys(&s3), before, "nothing is written to the bucket");
+
+    // Offline key rotation leaves a read-only server's data directory alone.
+    let mut ro = ro;
+    ro.stop();
+    let key = stack.key.as_ref().expect("an encrypted stack");
+    let out = run(Command::new(&stack.exe)
+        .args(["keys", "rotate", "--data-dir"])
+        .arg(ro.data_dir())
+        .arg("--key")
+        .arg(&key.path));
+    assert!(!out.success(), "klio keys rotate must be refused");
+    assert!(
+        out.stderr.contains("read-only server (mode: read-only)"),
+        "klio keys rotate: {}",
+        out.stderr
+    );
 }
 
 #[test]

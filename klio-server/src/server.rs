@@ -45,6 +45,18 @@ pub enum ServerError {
     /// The metrics listener could not be bound.
     #[error(transparent)]
     Metrics(#[from] klio_metrics::MetricsError),
+    /// A read-write server was pointed at a read-only server's data directory.
+    #[error(
+        "data directory {0} is a read-only server's cache of Tier 2, not a Tier 1 archive: give \
+         the read-write server a data directory of its own (or start this one with mode: read-only)"
+    )]
+    ReadOnlyDataDir(PathBuf),
+    /// A read-only server was pointed at a read-write server's data directory.
+    #[error(
+        "data directory {0} holds a Tier 1 archive, which a read-only server would evict as a \
+         cache: give the read-only server an empty data directory of its own"
+    )]
+    Tier1DataDir(PathBuf),
     /// The `tier2` section cannot be used.
     #[error("cannot set up Tier 2")]
     Tier2(#[source] klio_tier2::Tier2Error),
@@ -125,6 +137,7 @@ impl Server {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| FsError::new(FsAction::CreateDirectory, &config.data_dir, e))?;
         let lock = crate::data_dir_lock::lock(&config.data_dir)?;
+        crate::data_dir_mode::claim(&config.data_dir, config.mode)?;
         let storage = match &config.encryption {
             None => klio_store::wal_archive::StorageOptions::default(),
             Some(e) => klio_store::wal_archive::StorageOptions {

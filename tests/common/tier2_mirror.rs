@@ -67,7 +67,8 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 
 /// Uploads every file under `<data_dir>/clusters/<c>/{wal,backups}` as the object of the same
 /// relative path (`clusters/<c>/...`, the layout Tier 2 mirrors Tier 1 in); journals go up
-/// whole (a zero-padded journal is a valid journal too). Returns the keys uploaded.
+/// whole (a zero-padded journal is a valid journal too). A file a running server removes
+/// meanwhile (a journal it finished) is skipped. Returns the keys uploaded.
 pub fn mirror_to_tier2(data_dir: &Path, s3: &S3Server) -> Vec<String> {
     let rt = runtime();
     let store = rt
@@ -91,7 +92,12 @@ pub fn mirror_to_tier2(data_dir: &Path, s3: &S3Server) -> Vec<String> {
             continue;
         }
         let key = format!("clusters/{}", rel.to_str().expect("UTF-8 path"));
-        let bytes = std::fs::read(data_dir.join("clusters").join(&rel)).expect("read a file");
+        let bytes = match std::fs::read(data_dir.join("clusters").join(&rel)) {
+            Ok(bytes) => bytes,
+            // A running server finished a journal (or a temporary file) since the listing.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => panic!("read {}: {e}", rel.display()),
+        };
         let _stored = rt
             .block_on(store.put(&key, Bytes::from(bytes), PutOptions::default()))
             .unwrap_or_else(|e| panic!("upload {key}: {e}"));
