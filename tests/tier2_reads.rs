@@ -335,14 +335,7 @@ fn a_read_only_server_recovers_a_cluster_from_tier2_alone() {
         .args(["--backup", "latest"])
         .args(&args);
     klio_testkit::run_ok(&mut restore);
-    append_auto_conf(&pgdata, "synchronous_standby_names = ''");
-    stack.pg.start_and_finish_recovery();
-    let after = stack.pg.dumpall();
-    klio_testkit::assert_same_dump(stack.work.path(), &before, &after);
-    assert_eq!(
-        stack.pg.psql("SELECT note FROM last_words"),
-        "committed last"
-    );
+    recover_to_the_dump(&mut stack, &pgdata, &before);
 }
 
 /// The `tiers` of each backup `klio backup list --output json` prints, by id.

@@ -390,10 +390,7 @@ impl WalArchiveReader {
 
     /// Like [`WalArchiveReader::open`], opening encrypted files with `keyring`.
     pub fn open_with(dir: &Path, keyring: Option<Keyring>) -> Result<Self, WalArchiveError> {
-        let identity = identity::read(dir)?.ok_or_else(|| WalArchiveError::NotAnArchive {
-            dir: dir.to_owned(),
-            file: identity::IDENTITY_FILE,
-        })?;
+        let identity = identity::read_required(dir)?;
         let ctx = make_ctx(&identity, keyring.as_ref(), SealOptions::default());
         let durable = recover::survey(dir, &ctx)?.durable_ends(identity.segment_size);
         Ok(Self {
@@ -413,10 +410,7 @@ impl WalArchiveReader {
         dir: &Path,
         keyring: Option<Keyring>,
     ) -> Result<Self, WalArchiveError> {
-        let identity = identity::read(dir)?.ok_or_else(|| WalArchiveError::NotAnArchive {
-            dir: dir.to_owned(),
-            file: identity::IDENTITY_FILE,
-        })?;
+        let identity = identity::read_required(dir)?;
         Ok(Self {
             dir: dir.to_owned(),
             identity,
