@@ -327,6 +327,16 @@ fn a_read_only_server_recovers_a_cluster_from_tier2_alone() {
     let args = client_args_for(&stack, &ro);
     let listed = list_backups_with(&stack.exe, &args);
     assert_eq!(listed.len(), 1, "the backup is listed from Tier 2");
+    // Its blocks and its WAL are all in Tier 2.
+    let out = run(Command::new(&stack.exe)
+        .args(["backup", "verify", &listed[0].id])
+        .args(&args));
+    assert!(
+        out.success(),
+        "verify through the read-only server:
+{}",
+        out.stderr
+    );
     let mut restore = klio_testkit::as_postgres(&stack.exe);
     restore
         .arg("restore")

@@ -76,9 +76,42 @@ impl BackupEnv {
             .map_err(|e| backup_refusal(&e))
     }
 
-    /// Whether the WAL archive holds all WAL from `start` to `end`; `None` when the cluster has
-    /// no archive yet.
+    /// Whether the WAL archive holds all WAL from `start` to `end` in Tier 1 (what a backup
+    /// waits for before it is published: its WAL must be durable on this server); `None` when
+    /// the cluster has no archive yet.
     pub(super) async fn wal_coverage(
+        &self,
+        start: WalPosition,
+        end: WalPosition,
+    ) -> Result<Option<WalCoverage>, End> {
+        self.tier1_wal_coverage(start, end).await
+    }
+
+    /// Whether Tier 1, or else Tier 2, holds all WAL from `start` to `end` (for verifying a
+    /// backup that may be restored from either); `None` when neither has an archive.
+    pub(super) async fn wal_coverage_in_any_tier(
+        &self,
+        start: WalPosition,
+        end: WalPosition,
+    ) -> Result<Option<WalCoverage>, End> {
+        let tier1 = match self.has_tier1() {
+            true => self.tier1_wal_coverage(start, end).await?,
+            false => None,
+        };
+        match &self.tier2 {
+            Some(tier2) if tier1 != Some(WalCoverage::Archived) => {
+                let tier2 = tier2.wal_coverage(start, end).await?;
+                Ok(match tier2 {
+                    Some(WalCoverage::Archived) => tier2,
+                    _ => tier1.or(tier2),
+                })
+            }
+            _ => Ok(tier1),
+        }
+    }
+
+    /// Whether Tier 1's WAL archive holds all WAL from `start` to `end`.
+    async fn tier1_wal_coverage(
         &self,
         start: WalPosition,
         end: WalPosition,

@@ -393,7 +393,7 @@ async fn verify<T: FrameIo>(
         )));
     };
     let (start, end) = (info.start.position(), info.end.position());
-    let coverage = env.wal_coverage(start, end).await?;
+    let coverage = env.wal_coverage_in_any_tier(start, end).await?;
     if coverage != Some(WalCoverage::Archived) {
         return Err(End::Refused(
             ErrorCode::WalNotArchived,

@@ -160,7 +160,10 @@ async fn find_file(
 
 /// The cache's copy of `cluster`'s WAL archive directory, with its identity file fetched;
 /// `None` when Tier 2 holds no WAL of the cluster.
-async fn tier2_wal_dir(cache: &Tier2Cache, cluster: &ClusterName) -> Result<Option<PathBuf>, End> {
+pub(super) async fn tier2_wal_dir(
+    cache: &Tier2Cache,
+    cluster: &ClusterName,
+) -> Result<Option<PathBuf>, End> {
     let identity = Path::new("wal").join(IDENTITY_FILE);
     Ok(cache
         .fetch(cluster, &identity)
@@ -170,7 +173,7 @@ async fn tier2_wal_dir(cache: &Tier2Cache, cluster: &ClusterName) -> Result<Opti
 }
 
 /// The file `name` from Tier 2, through the cache (see the module documentation).
-async fn from_tier2(
+pub(super) async fn from_tier2(
     cache: &Tier2Cache,
     keyring: Option<klio_crypto::Keyring>,
     cluster: &ClusterName,

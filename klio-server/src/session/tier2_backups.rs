@@ -10,17 +10,23 @@
 //!   fetch of each index not cached; they are small), kept per cluster and rebuilt when a
 //!   requested block is not in it; the packs holding the requested blocks are fetched whole
 //!   and read with the store's pack reader.
+//! - Verifying a backup checks its WAL range in Tier 1, else in Tier 2: the segments and
+//!   history files the check finds missing are fetched into the cache (and read through
+//!   their formats' checks) one at a time. A backup still being published waits for its WAL
+//!   in Tier 1 only: it must be durable on the server that acknowledges it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
+use klio_crypto::Keyring;
 use klio_proto::klio::{BackupInfo, BlockHash, ClusterName, ErrorCode};
-use klio_store::backup::{BackupId, BackupStore, BackupStoreError};
-use klio_wal::ErrorChain;
+use klio_store::backup::{BackupId, BackupStore, BackupStoreError, WalCoverage, wal_coverage};
+use klio_store::wal_archive::WalArchiveReader;
+use klio_wal::{ErrorChain, WalFileName, WalPosition};
 
-use super::error_code::{backup_refusal, fetch_refusal};
-use super::{End, blocking};
+use super::error_code::{Request, backup_refusal, fetch_refusal, refusal};
+use super::{End, blocking, restore};
 use crate::backup_registry::SharedIndex;
 use crate::server::Shared;
 use crate::tier2::fetch::Tier2Cache;
@@ -41,6 +47,8 @@ pub(crate) struct Tier2Backups {
     cluster: ClusterName,
     /// The store over the cache's copy of the cluster's `backups/`.
     store: BackupStore,
+    /// Opens the WAL fetched into the cache.
+    keyring: Option<Keyring>,
 }
 
 impl Tier2Backups {
@@ -56,6 +64,7 @@ impl Tier2Backups {
             cache,
             cluster: cluster.clone(),
             store,
+            keyring: shared.storage.keyring.clone(),
         })
     }
 
@@ -181,6 +190,51 @@ impl Tier2Backups {
         let index = Arc::new(RwLock::new(index));
         self.cache.set_block_index(&self.cluster, index.clone());
         Ok(index)
+    }
+
+    /// Whether Tier 2 holds all WAL from `start` to `end` ([`wal_coverage`] of the cache, the
+    /// segments and history files it lacks fetched one at a time as the check finds them);
+    /// `None` when Tier 2 has no WAL of the cluster.
+    pub(super) async fn wal_coverage(
+        &self,
+        start: WalPosition,
+        end: WalPosition,
+    ) -> Result<Option<WalCoverage>, End> {
+        let Some(dir) = restore::tier2_wal_dir(&self.cache, &self.cluster).await? else {
+            return Ok(None);
+        };
+        let mut fetched = BTreeSet::new();
+        loop {
+            let (reading, keyring) = (dir.clone(), self.keyring.clone());
+            let (coverage, size) = blocking(move || {
+                let archive = WalArchiveReader::open_with(&reading, keyring)?;
+                let size = archive.identity().segment_size;
+                wal_coverage(&archive, start, end).map(|c| (c, size))
+            })
+            .await?
+            .map_err(|e| refusal(&e, Request::Position))?;
+            let wanted = match &coverage {
+                WalCoverage::MissingSegment { name } | WalCoverage::ShortOfEnd { name, .. } => {
+                    name.clone()
+                }
+                WalCoverage::MissingHistory { timeline } => WalFileName::History {
+                    timeline: *timeline,
+                }
+                .to_string_with(size),
+                _ => return Ok(Some(coverage)),
+            };
+            // Each file is fetched once: one Tier 2 lacks (or holds short) is the answer.
+            if !fetched.insert(wanted.clone()) {
+                return Ok(Some(coverage));
+            }
+            let keyring = self.keyring.clone();
+            if restore::from_tier2(&self.cache, keyring, &self.cluster, &wanted)
+                .await?
+                .is_none()
+            {
+                return Ok(Some(coverage));
+            }
+        }
     }
 
     /// Fetches the packs that hold `hashes` in `index` (the hashes it does not hold are left
