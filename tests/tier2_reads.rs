@@ -98,9 +98,23 @@ fn get_wal_falls_back_to_tier2_for_a_segment_tier1_no_longer_has() {
     let original = stack.work.path().join("original");
     let out = get_wal(&stack.exe, &stack.client_args(), name, &original);
     assert!(out.success(), "get-wal from Tier 1:\n{}", out.stderr);
+    let damaged_name = &segments[2];
+    let damaged_original = stack.work.path().join("damaged-original");
+    let out = get_wal(
+        &stack.exe,
+        &stack.client_args(),
+        damaged_name,
+        &damaged_original,
+    );
+    assert!(out.success(), "get-wal from Tier 1:\n{}", out.stderr);
 
     mirror_to_tier2(stack.server.data_dir(), &s3);
     std::fs::remove_file(tier1_segment_file(&stack, name)).expect("delete from Tier 1");
+    let damaged = tier1_segment_file(&stack, damaged_name);
+    let mut bytes = std::fs::read(&damaged).expect("Tier 1's file");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&damaged, &bytes).expect("damage Tier 1's copy");
     let fetched = stack.work.path().join("from-tier2");
     let out = get_wal(&stack.exe, &stack.client_args(), name, &fetched);
     assert!(out.success(), "get-wal from Tier 2:\n{}", out.stderr);
@@ -113,6 +127,27 @@ fn get_wal_falls_back_to_tier2_for_a_segment_tier1_no_longer_has() {
         std::fs::metadata(&fetched).unwrap().len(),
         SEGMENT,
         "a whole segment"
+    );
+
+    // Damaged in Tier 1, the segment is served from Tier 2, and the damage is logged.
+    let fetched = stack.work.path().join("damaged-from-tier2");
+    let out = get_wal(&stack.exe, &stack.client_args(), damaged_name, &fetched);
+    assert!(
+        out.success(),
+        "get-wal around Tier 1's damage:\n{}",
+        out.stderr
+    );
+    assert_eq!(
+        std::fs::read(&fetched).expect("the fetched segment"),
+        std::fs::read(&damaged_original).expect("the original segment"),
+    );
+    assert!(
+        stack
+            .server
+            .log()
+            .contains(&format!("{damaged_name} is damaged in Tier 1")),
+        "the server logs Tier 1's damage:\n{}",
+        stack.server.log()
     );
 
     // A segment neither tier holds is still missing, not an error.
