@@ -241,6 +241,7 @@ async fn get_blocks<T: FrameIo>(
     };
     for group in hashes.chunks(BLOCKS_PER_READ) {
         let (tier1, tier2, group) = (tier1.clone(), tier2.clone(), group.to_vec());
+        let packs = env.store.packs_dir();
         let blocks = blocking(move || -> Result<Vec<Block>, BackupStoreError> {
             let sources: Vec<_> = [tier1, tier2].into_iter().flatten().collect();
             let indexes: Vec<_> = sources
@@ -257,7 +258,7 @@ async fn get_blocks<T: FrameIo>(
                     match (readers.get_mut(i), indexes.get(i)) {
                         (Some(reader), Some(idx)) => reader.read(idx, h),
                         _ => Err(BackupStoreError::MissingBlock {
-                            packs: std::path::PathBuf::from("packs"),
+                            packs: packs.clone(),
                             hash: *h,
                         }),
                     }
