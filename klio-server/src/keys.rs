@@ -208,6 +208,9 @@ pub fn rotate_offline(
     keyring: &Keyring,
 ) -> Result<Vec<(String, usize)>, RotateError> {
     let _lock = crate::data_dir_lock::lock(data_dir).map_err(RotateError::Locked)?;
+    if crate::data_dir_mode::is_read_only(data_dir) {
+        return Err(RotateError::ReadOnly(data_dir.to_owned()));
+    }
     let primary = keyring.primary_id();
     let mut out = Vec::new();
     for (cluster, _) in keys_in_use(data_dir, keyring)? {
@@ -249,6 +252,12 @@ pub enum RotateError {
     /// An archive could not be read or rewritten.
     #[error(transparent)]
     InUse(#[from] KeysInUseError),
+    /// The data directory is a read-only server's.
+    #[error(
+        "{0} belongs to a read-only server (mode: read-only), which serves restores from Tier 2 \
+         and writes nothing: rotate keys on the primary server's data directory"
+    )]
+    ReadOnly(PathBuf),
 }
 
 #[cfg(test)]

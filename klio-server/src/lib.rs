@@ -27,6 +27,7 @@ mod backup_registry;
 pub mod certs;
 pub mod config;
 mod data_dir_lock;
+mod data_dir_mode;
 mod endpoint_keys;
 pub mod keys;
 mod registry;

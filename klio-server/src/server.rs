@@ -15,6 +15,7 @@ use crate::registry::Registry;
 use crate::retention::Retention;
 use crate::session;
 use crate::telemetry::Telemetry;
+use crate::tier2::ServerMode;
 use crate::tls::{self, TlsSetupError};
 
 /// The server could not start.
@@ -44,6 +45,18 @@ pub enum ServerError {
     /// The metrics listener could not be bound.
     #[error(transparent)]
     Metrics(#[from] klio_metrics::MetricsError),
+    /// A read-write server was pointed at a read-only server's data directory.
+    #[error(
+        "data directory {0} is a read-only server's cache of Tier 2, not a Tier 1 archive: give \
+         the read-write server a data directory of its own (or start this one with mode: read-only)"
+    )]
+    ReadOnlyDataDir(PathBuf),
+    /// A read-only server was pointed at a read-write server's data directory.
+    #[error(
+        "data directory {0} holds a Tier 1 archive, which a read-only server would evict as a \
+         cache: give the read-only server an empty data directory of its own"
+    )]
+    Tier1DataDir(PathBuf),
     /// The `tier2` section cannot be used.
     #[error("cannot set up Tier 2")]
     Tier2(#[source] klio_tier2::Tier2Error),
@@ -74,9 +87,11 @@ pub(crate) struct Shared {
     /// Retention settings and the runs asked for after backups.
     pub(crate) retention: Arc<Retention>,
     /// Read-write, or read-only from Tier 2.
-    pub(crate) mode: crate::tier2::ServerMode,
+    pub(crate) mode: ServerMode,
     /// The object storage relayed to and read from, if configured.
     pub(crate) tier2: Option<Arc<crate::tier2::Tier2>>,
+    /// Where files read from Tier 2 are kept while served (with `tier2`).
+    pub(crate) tier2_cache: Option<Arc<crate::tier2::fetch::Tier2Cache>>,
 }
 
 /// Files read for restores at the same time, across all clients: bounds the server's memory
@@ -122,6 +137,7 @@ impl Server {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| FsError::new(FsAction::CreateDirectory, &config.data_dir, e))?;
         let lock = crate::data_dir_lock::lock(&config.data_dir)?;
+        crate::data_dir_mode::claim(&config.data_dir, config.mode)?;
         let storage = match &config.encryption {
             None => klio_store::wal_archive::StorageOptions::default(),
             Some(e) => klio_store::wal_archive::StorageOptions {
@@ -132,9 +148,12 @@ impl Server {
                 },
             },
         };
-        let clusters = config.data_dir.join("clusters");
-        std::fs::create_dir_all(&clusters)
-            .map_err(|e| FsError::new(FsAction::CreateDirectory, &clusters, e))?;
+        if config.mode == ServerMode::ReadWrite {
+            // A read-only server has no Tier 1: `clusters/` is its cache, made as it fills.
+            let clusters = config.data_dir.join("clusters");
+            std::fs::create_dir_all(&clusters)
+                .map_err(|e| FsError::new(FsAction::CreateDirectory, &clusters, e))?;
+        }
         let endpoint_config = crate::endpoint_keys::endpoint_config(&config.data_dir)?;
         let bind_err = |source| ServerError::Bind {
             addr: config.listen,
@@ -156,6 +175,13 @@ impl Server {
                     .map_err(ServerError::Tier2)?,
             )),
         };
+        let tier2_cache = tier2.as_ref().map(|t| {
+            let root = match config.mode {
+                ServerMode::ReadWrite => config.data_dir.join(crate::tier2::fetch::CACHE_DIR),
+                ServerMode::ReadOnly => config.data_dir.clone(),
+            };
+            Arc::new(crate::tier2::fetch::Tier2Cache::new(t.clone(), root))
+        });
         let metrics = config
             .metrics_listen
             .map(klio_metrics::MetricsEndpoint::bind)
@@ -178,6 +204,7 @@ impl Server {
                 retention: Arc::new(Retention::new(config.retention.clone(), &config.data_dir)),
                 mode: config.mode,
                 tier2,
+                tier2_cache,
             }),
             _lock: lock,
         })
@@ -217,10 +244,13 @@ impl Server {
                 None => "WAL not encrypted".to_owned(),
             }
         );
-        tokio::spawn(crate::retention::work(
-            self.shared.clone(),
-            metrics_stopped_for_retention,
-        ));
+        if self.shared.mode == ServerMode::ReadWrite {
+            // A read-only server deletes nothing: Tier 2's retention runs on the primary.
+            tokio::spawn(crate::retention::work(
+                self.shared.clone(),
+                metrics_stopped_for_retention,
+            ));
+        }
         tokio::pin!(shutdown);
         loop {
             tokio::select! {

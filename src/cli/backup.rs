@@ -9,7 +9,7 @@ use klio_client::backup::{
     parse_wal_timeout,
 };
 use klio_proto::base_backup::{Checkpoint, MaxRate};
-use klio_proto::klio::BackupInfo;
+use klio_proto::klio::{BackupInfo, ListedBackup};
 
 use super::progress::bytes;
 
@@ -284,7 +284,7 @@ fn run_backup(a: RunArgs) -> anyhow::Result<ExitCode> {
 
 fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
     let client = a.client.resolve()?;
-    let backups = super::pg_args::runtime()?.block_on(catalog::list(&client))?;
+    let backups = super::pg_args::runtime()?.block_on(catalog::list_with_tiers(&client))?;
     match a.output {
         Output::Text => print!("{}", table(&backups)),
         Output::Json => println!("{}", serde_json::to_string_pretty(&backups)?),
@@ -380,7 +380,7 @@ fn print_entry(info: &BackupInfo) {
 }
 
 /// The `list` table, one backup per line, with a header.
-fn table(backups: &[BackupInfo]) -> String {
+fn table(backups: &[ListedBackup]) -> String {
     let header = [
         "ID",
         "END LSN",
@@ -389,11 +389,13 @@ fn table(backups: &[BackupInfo]) -> String {
         "SIZE",
         "NEW STORED",
         "PINNED",
+        "TIERS",
         "LABEL",
     ];
-    let rows: Vec<[String; 8]> = backups
+    let rows: Vec<[String; 9]> = backups
         .iter()
-        .map(|b| {
+        .map(|listed| {
+            let b = &listed.info;
             [
                 b.id.clone(),
                 b.end.lsn.to_string(),
@@ -402,6 +404,8 @@ fn table(backups: &[BackupInfo]) -> String {
                 bytes(b.logical_bytes),
                 bytes(b.new_stored_bytes),
                 if b.pinned { "yes" } else { "" }.to_owned(),
+                // An older server does not tell.
+                listed.tiers.map(|t| t.to_string()).unwrap_or_default(),
                 b.label.clone(),
             ]
         })

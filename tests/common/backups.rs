@@ -174,10 +174,17 @@ pub fn crash_then_restore_latest_recovers_everything(stack: &mut Stack) {
     let before = stack.pg.dumpall();
     let pgdata = lose_primary(stack);
     restore(stack, &pgdata, &["--backup", "latest"]);
-    append_auto_conf(&pgdata, "synchronous_standby_names = ''");
+    recover_to_the_dump(stack, &pgdata, &before);
+}
+
+/// Starts the stack's PostgreSQL on the restored `pgdata` (no synchronous standby: nobody
+/// streams yet) and checks that recovery reproduces `before`, the dump taken before the loss,
+/// and the `last_words` table committed last.
+pub fn recover_to_the_dump(stack: &mut Stack, pgdata: &Path, before: &str) {
+    append_auto_conf(pgdata, "synchronous_standby_names = ''");
     stack.pg.start_and_finish_recovery();
     let after = stack.pg.dumpall();
-    klio_testkit::assert_same_dump(stack.work.path(), &before, &after);
+    klio_testkit::assert_same_dump(stack.work.path(), before, &after);
     assert_eq!(
         stack.pg.psql("SELECT note FROM last_words"),
         "committed last"

@@ -12,7 +12,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use klio_proto::klio::{
-    BackupInfo, CatalogEntryError, ErrorCode, Message, RetentionReport, RetentionReportError,
+    BackupInfo, CatalogEntryError, ErrorCode, ListedBackup, Message, RetentionReport,
+    RetentionReportError,
 };
 
 use super::progress::VerifyProgress;
@@ -193,6 +194,17 @@ impl<'c> CatalogClient<'c> {
 
     /// Every complete backup of the cluster, in catalog order ([`BackupInfo::order_key`]).
     pub async fn list(&self) -> Result<Vec<BackupInfo>, CatalogError> {
+        Ok(self
+            .list_with_tiers()
+            .await?
+            .into_iter()
+            .map(|listed| listed.info)
+            .collect())
+    }
+
+    /// Every complete backup of the cluster, in catalog order, with the tiers holding each
+    /// (`None` from servers that do not tell).
+    pub async fn list_with_tiers(&self) -> Result<Vec<ListedBackup>, CatalogError> {
         let (mut send, mut recv) = self.conn.open_stream().await?;
         send.send(&Message::ListBackups).await?;
         send.finish();
@@ -200,7 +212,7 @@ impl<'c> CatalogClient<'c> {
         loop {
             match recv.recv().await? {
                 Some(Message::BackupEntry { json }) => {
-                    backups.push(BackupInfo::from_json(&json).map_err(CatalogError::Entry)?);
+                    backups.push(ListedBackup::from_json(&json).map_err(CatalogError::Entry)?);
                 }
                 Some(Message::CatalogEnd) => break,
                 other => return Err(unexpected("BackupEntry or CatalogEnd", other)),
@@ -208,7 +220,7 @@ impl<'c> CatalogClient<'c> {
         }
         // The server sends them in order already; sorting again costs nothing and makes the
         // order this function's promise.
-        backups.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+        backups.sort_by(|a, b| a.info.order_key().cmp(&b.info.order_key()));
         Ok(backups)
     }
 
@@ -327,6 +339,11 @@ async fn with_connection<T>(
 /// Every complete backup of the cluster, in catalog order.
 pub async fn list(config: &ClientConfig) -> Result<Vec<BackupInfo>, CatalogError> {
     with_connection(config, async |c| c.list().await).await
+}
+
+/// Every complete backup of the cluster, in catalog order, with the tiers holding each.
+pub async fn list_with_tiers(config: &ClientConfig) -> Result<Vec<ListedBackup>, CatalogError> {
+    with_connection(config, async |c| c.list_with_tiers().await).await
 }
 
 /// The catalog entry of the backup `which` names.

@@ -166,7 +166,7 @@ mod lsn_text {
 /// A catalog entry could not be read.
 #[derive(Debug, thiserror::Error)]
 #[error("the backup catalog entry is not valid JSON of catalog schema {CATALOG_SCHEMA}")]
-pub struct CatalogEntryError(#[source] serde_json::Error);
+pub struct CatalogEntryError(#[source] pub(super) serde_json::Error);
 
 impl BackupInfo {
     /// The entry as a JSON document (pretty-printed, as stored and printed).

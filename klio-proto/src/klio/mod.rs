@@ -10,6 +10,7 @@ mod backup;
 mod catalog;
 mod cluster_name;
 mod codec;
+mod listing;
 mod message;
 mod retention;
 
@@ -22,6 +23,7 @@ pub use catalog::{
 };
 pub use cluster_name::{ClusterName, InvalidClusterName};
 pub use codec::{DEFAULT_MAX_FRAME_LEN, FrameDecoder, KlioProtocolError};
+pub use listing::{BackupTiers, ListedBackup};
 pub use message::{ErrorCode, Message, PROTOCOL_VERSION};
 pub use retention::{
     BackupVerdict, BlockReport, DiskReport, RETENTION_REPORT_SCHEMA, RecoverablePoint,

@@ -256,9 +256,9 @@ fn a_hash_count_beyond_the_payload_or_the_limit_is_malformed() {
     ));
 }
 
-#[test]
-fn a_catalog_entry_round_trips_through_json_with_text_lsns() {
-    let info = BackupInfo {
+/// A complete catalog entry with every field set.
+pub(super) fn sample_backup_info() -> BackupInfo {
+    BackupInfo {
         schema: CATALOG_SCHEMA,
         id: "20261201T120000Z-3f9a".to_owned(),
         cluster: "pg-main".to_owned(),
@@ -282,7 +282,12 @@ fn a_catalog_entry_round_trips_through_json_with_text_lsns() {
         referenced_stored_bytes: 1000,
         new_stored_bytes: 10,
         pinned: false,
-    };
+    }
+}
+
+#[test]
+fn a_catalog_entry_round_trips_through_json_with_text_lsns() {
+    let info = sample_backup_info();
     let json = info.to_json();
     let text = String::from_utf8(json.clone()).unwrap();
     assert!(text.contains(r#""lsn": "1/138""#), "{text}");

@@ -12,11 +12,13 @@ use klio_store::wal_archive::{WalArchiveError, WalArchiveReader};
 use klio_wal::WalPosition;
 
 use super::error_code::{Request, backup_refusal, refusal};
+use super::tier2_backups::Tier2Backups;
 use super::{End, blocking};
 use crate::backup_registry::{BackupRegistry, SharedIndex};
 use crate::retention::Retention;
 use crate::server::Shared;
 use crate::telemetry::ClusterTelemetry;
+use crate::tier2::ServerMode;
 
 /// How often a finishing backup looks for its WAL in the archive.
 const WAL_POLL: Duration = Duration::from_millis(200);
@@ -35,6 +37,10 @@ pub(crate) struct BackupEnv {
     pub(crate) retention: Arc<Retention>,
     /// Where retention outcomes are reported.
     pub(crate) telemetry: ClusterTelemetry,
+    /// A read-only server refuses every write (and has no Tier 1 to read).
+    pub(crate) mode: ServerMode,
+    /// The cluster's backups in Tier 2, when the server has one.
+    pub(crate) tier2: Option<Tier2Backups>,
 }
 
 impl BackupEnv {
@@ -48,7 +54,14 @@ impl BackupEnv {
             wal_poll: WAL_POLL,
             retention: shared.retention.clone(),
             telemetry: shared.telemetry.cluster(cluster),
+            mode: shared.mode,
+            tier2: Tier2Backups::of(shared, cluster),
         }
+    }
+
+    /// Whether the server has a Tier 1 to read (a read-only server has only Tier 2).
+    pub(super) fn has_tier1(&self) -> bool {
+        self.mode == ServerMode::ReadWrite
     }
 
     /// The cluster's block index (read from disk on first use).
@@ -63,9 +76,42 @@ impl BackupEnv {
             .map_err(|e| backup_refusal(&e))
     }
 
-    /// Whether the WAL archive holds all WAL from `start` to `end`; `None` when the cluster has
-    /// no archive yet.
+    /// Whether the WAL archive holds all WAL from `start` to `end` in Tier 1 (what a backup
+    /// waits for before it is published: its WAL must be durable on this server); `None` when
+    /// the cluster has no archive yet.
     pub(super) async fn wal_coverage(
+        &self,
+        start: WalPosition,
+        end: WalPosition,
+    ) -> Result<Option<WalCoverage>, End> {
+        self.tier1_wal_coverage(start, end).await
+    }
+
+    /// Whether Tier 1, or else Tier 2, holds all WAL from `start` to `end` (for verifying a
+    /// backup that may be restored from either); `None` when neither has an archive.
+    pub(super) async fn wal_coverage_in_any_tier(
+        &self,
+        start: WalPosition,
+        end: WalPosition,
+    ) -> Result<Option<WalCoverage>, End> {
+        let tier1 = match self.has_tier1() {
+            true => self.tier1_wal_coverage(start, end).await?,
+            false => None,
+        };
+        match &self.tier2 {
+            Some(tier2) if tier1 != Some(WalCoverage::Archived) => {
+                let tier2 = tier2.wal_coverage(start, end).await?;
+                Ok(match tier2 {
+                    Some(WalCoverage::Archived) => tier2,
+                    _ => tier1.or(tier2),
+                })
+            }
+            _ => Ok(tier1),
+        }
+    }
+
+    /// Whether Tier 1's WAL archive holds all WAL from `start` to `end`.
+    async fn tier1_wal_coverage(
         &self,
         start: WalPosition,
         end: WalPosition,

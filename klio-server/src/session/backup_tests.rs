@@ -128,6 +128,8 @@ fn env(dir: &Path, keyring: Option<Keyring>) -> BackupEnv {
         wal_poll: Duration::from_millis(20),
         retention: Arc::new(Retention::new(RetentionConfig::default(), dir)),
         telemetry: Arc::new(Telemetry::new(dir, None, 90)).cluster(&cluster_name()),
+        mode: crate::tier2::ServerMode::ReadWrite,
+        tier2: None,
     }
 }
 

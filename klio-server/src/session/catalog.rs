@@ -11,18 +11,26 @@
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
-use klio_proto::klio::{BackupInfo, Block, BlockHash, ErrorCode, MAX_HASHES_PER_MESSAGE, Message};
+use klio_proto::klio::{
+    BackupInfo, BackupTiers, Block, BlockHash, ErrorCode, ListedBackup, MAX_HASHES_PER_MESSAGE,
+    Message,
+};
+use std::collections::BTreeSet;
+
 use klio_store::backup::{
-    BackupId, BackupStoreError, FileListItem, VerifyOutcome, VerifyProgress, WalCoverage,
+    BackupId, BackupStore, BackupStoreError, FileListItem, VerifyOutcome, VerifyProgress,
+    WalCoverage,
 };
 use klio_wal::ErrorChain;
 use tokio::sync::mpsc;
 
 use super::backup_env::{BackupEnv, coverage_text, wal_range_text};
-use super::error_code::backup_refusal;
+use super::error_code::{backup_refusal, read_only_refusal};
 use super::framing::FrameIo;
 use super::inbox::Inbox;
 use super::{End, blocking, storage_task_failed};
+use crate::backup_registry::SharedIndex;
+use crate::tier2::ServerMode;
 
 /// Manifest bytes per `ManifestData` frame.
 const MANIFEST_CHUNK: usize = 1 << 20;
@@ -43,6 +51,13 @@ pub(super) async fn run<T: FrameIo>(
     let mut next = Some(first);
     while let Some(msg) = next {
         match msg {
+            Message::DeleteBackup { .. }
+            | Message::PinBackup { .. }
+            | Message::RunRetention { .. }
+                if env.mode == ServerMode::ReadOnly =>
+            {
+                return Err(read_only_refusal());
+            }
             Message::ListBackups => list(env, &mut inbox).await?,
             Message::GetBackup { id } => get_backup(env, &mut inbox, &id).await?,
             Message::GetBlocks { hashes } => get_blocks(env, &mut inbox, hashes).await?,
@@ -76,11 +91,41 @@ fn entry_message(info: &BackupInfo) -> Message {
 }
 
 async fn list<T: FrameIo>(env: &BackupEnv, inbox: &mut Inbox<'_, T>) -> Result<(), End> {
-    let store = env.store.clone();
-    let entries = blocking(move || store.list())
-        .await?
-        .map_err(|e| backup_refusal(&e))?;
-    let mut out: Vec<Message> = entries.iter().map(entry_message).collect();
+    let mut entries = if env.has_tier1() {
+        let store = env.store.clone();
+        blocking(move || store.list())
+            .await?
+            .map_err(|e| backup_refusal(&e))?
+    } else {
+        Vec::new()
+    };
+    let in_tier1: BTreeSet<String> = entries.iter().map(|e| e.id.clone()).collect();
+    let mut in_tier2 = BTreeSet::new();
+    if let Some(tier2) = &env.tier2 {
+        for (id, listed) in tier2.listed().await? {
+            if !in_tier1.contains(id.as_str()) {
+                entries.push(tier2.entry(&id, listed).await?);
+            }
+            in_tier2.insert(id.as_str().to_owned());
+        }
+        entries.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+    }
+    let mut out: Vec<Message> = entries
+        .into_iter()
+        .map(|info| {
+            let tiers = BackupTiers {
+                tier1: in_tier1.contains(&info.id),
+                tier2: in_tier2.contains(&info.id),
+            };
+            let listed = ListedBackup {
+                info,
+                tiers: Some(tiers),
+            };
+            Message::BackupEntry {
+                json: listed.to_json().into(),
+            }
+        })
+        .collect();
     out.push(Message::CatalogEnd);
     inbox.send(&out).await
 }
@@ -91,10 +136,10 @@ async fn get_backup<T: FrameIo>(
     id: &str,
 ) -> Result<(), End> {
     let id = parse_id(id)?;
-    let store = env.store.clone();
-    let wanted = id.clone();
+    let store = backup_source(env, &id).await?;
+    let (reading, wanted) = (store.clone(), id.clone());
     let (info, key) =
-        blocking(move || Ok::<_, BackupStoreError>((store.entry(&wanted)?, store.hash_key()?)))
+        blocking(move || Ok::<_, BackupStoreError>((reading.entry(&wanted)?, reading.hash_key()?)))
             .await?
             .map_err(|e| backup_refusal(&e))?;
     inbox
@@ -106,7 +151,6 @@ async fn get_backup<T: FrameIo>(
         ])
         .await?;
     let (tx, rx) = mpsc::channel(STREAM_DEPTH);
-    let store = env.store.clone();
     let producer = tokio::task::spawn_blocking(move || -> Result<(), BackupStoreError> {
         let mut files = store.file_list(&id)?;
         while let Some(item) = files.next_item()? {
@@ -172,13 +216,54 @@ async fn get_blocks<T: FrameIo>(
             ),
         ));
     }
-    let index = env.index().await?;
-    for group in hashes.chunks(BLOCKS_PER_READ) {
-        let (store, index, group) = (env.store.clone(), index.clone(), group.to_vec());
-        let blocks = blocking(move || -> Result<Vec<Block>, BackupStoreError> {
+    let tier1 = match env.has_tier1() {
+        true => Some((env.store.clone(), env.index().await?)),
+        false => None,
+    };
+    let missing: Vec<BlockHash> = match &tier1 {
+        Some((_, index)) => {
             let idx = index.read().unwrap_or_else(|p| p.into_inner());
-            let mut reader = store.block_reader();
-            group.iter().map(|h| reader.read(&idx, h)).collect()
+            hashes
+                .iter()
+                .filter(|h| !idx.contains(h))
+                .copied()
+                .collect()
+        }
+        None => hashes.clone(),
+    };
+    let tier2 = match &env.tier2 {
+        Some(tier2) if !missing.is_empty() => {
+            let index = tier2.index_with(&missing).await?;
+            tier2.fetch_packs(&index, &missing).await?;
+            Some((tier2.store().clone(), index))
+        }
+        _ => None,
+    };
+    for group in hashes.chunks(BLOCKS_PER_READ) {
+        let (tier1, tier2, group) = (tier1.clone(), tier2.clone(), group.to_vec());
+        let packs = env.store.packs_dir();
+        let blocks = blocking(move || -> Result<Vec<Block>, BackupStoreError> {
+            let sources: Vec<_> = [tier1, tier2].into_iter().flatten().collect();
+            let indexes: Vec<_> = sources
+                .iter()
+                .map(|(_, index)| index.read().unwrap_or_else(|p| p.into_inner()))
+                .collect();
+            let mut readers: Vec<_> = sources.iter().map(|(s, _)| s.block_reader()).collect();
+            group
+                .iter()
+                .map(|h| {
+                    // The first tier that holds the block serves it; if none does, the
+                    // first tier's reader reports it missing.
+                    let i = indexes.iter().position(|idx| idx.contains(h)).unwrap_or(0);
+                    match (readers.get_mut(i), indexes.get(i)) {
+                        (Some(reader), Some(idx)) => reader.read(idx, h),
+                        _ => Err(BackupStoreError::MissingBlock {
+                            packs: packs.clone(),
+                            hash: *h,
+                        }),
+                    }
+                })
+                .collect()
         })
         .await?
         .map_err(|e| backup_refusal(&e))?;
@@ -273,9 +358,8 @@ async fn verify<T: FrameIo>(
     id: &str,
 ) -> Result<(), End> {
     let id = parse_id(id)?;
-    let index = env.index().await?;
+    let (store, index) = verify_source(env, &id).await?;
     let (tx, mut rx) = mpsc::channel::<VerifyProgress>(4);
-    let store = env.store.clone();
     let checked = id.clone();
     let task = tokio::task::spawn_blocking(move || {
         let mut last = Instant::now();
@@ -310,7 +394,7 @@ async fn verify<T: FrameIo>(
         )));
     };
     let (start, end) = (info.start.position(), info.end.position());
-    let coverage = env.wal_coverage(start, end).await?;
+    let coverage = env.wal_coverage_in_any_tier(start, end).await?;
     if coverage != Some(WalCoverage::Archived) {
         return Err(End::Refused(
             ErrorCode::WalNotArchived,
@@ -333,4 +417,54 @@ async fn verify<T: FrameIo>(
             Message::CatalogEnd,
         ])
         .await
+}
+
+/// The store that serves backup `id`: Tier 1's, or else the Tier 2 cache's with everything
+/// but the blocks fetched.
+async fn backup_source(env: &BackupEnv, id: &BackupId) -> Result<BackupStore, End> {
+    if env.has_tier1() {
+        let (store, wanted) = (env.store.clone(), id.clone());
+        match blocking(move || store.entry(&wanted)).await? {
+            Ok(_) => return Ok(env.store.clone()),
+            Err(BackupStoreError::NoSuchBackup { .. }) => {}
+            Err(e) => return Err(backup_refusal(&e)),
+        }
+    }
+    match &env.tier2 {
+        Some(tier2) if tier2.fetch_backup(id).await? => Ok(tier2.store().clone()),
+        _ => Err(backup_refusal(&BackupStoreError::NoSuchBackup {
+            id: id.to_string(),
+        })),
+    }
+}
+
+/// The store and block index that verify backup `id`: Tier 1's, or else the Tier 2 cache's
+/// with every pack the backup refers to fetched.
+async fn verify_source(env: &BackupEnv, id: &BackupId) -> Result<(BackupStore, SharedIndex), End> {
+    let store = backup_source(env, id).await?;
+    if env.has_tier1() && store.dir() == env.store.dir() {
+        return Ok((store, env.index().await?));
+    }
+    let Some(tier2) = &env.tier2 else {
+        return Err(backup_refusal(&BackupStoreError::NoSuchBackup {
+            id: id.to_string(),
+        }));
+    };
+    let (reading, wanted) = (store.clone(), id.clone());
+    let hashes = blocking(move || -> Result<Vec<BlockHash>, BackupStoreError> {
+        let mut files = reading.file_list(&wanted)?;
+        let mut hashes = BTreeSet::new();
+        while let Some(item) = files.next_item()? {
+            match item {
+                FileListItem::Entry(entry) => hashes.extend(entry.blocks),
+                FileListItem::Blocks(blocks) => hashes.extend(blocks),
+            }
+        }
+        Ok(hashes.into_iter().collect())
+    })
+    .await?
+    .map_err(|e| backup_refusal(&e))?;
+    let index = tier2.index_with(&hashes).await?;
+    tier2.fetch_packs(&index, &hashes).await?;
+    Ok((store, index))
 }

@@ -7,6 +7,7 @@ use klio_store::wal_archive::WalArchiveError;
 use klio_wal::ErrorChain;
 
 use super::End;
+use crate::tier2::fetch::FetchError;
 
 /// The request an archive error interrupted: the same failure means different things to the
 /// client depending on it.
@@ -70,6 +71,26 @@ pub(super) fn backup_error_code(e: &BackupStoreError) -> ErrorCode {
 pub(super) fn backup_refusal(e: &BackupStoreError) -> End {
     End::Refused(backup_error_code(e), ErrorChain(e).to_string())
 }
+
+/// Ends the session over a file that could not be brought from Tier 2: a damaged object is
+/// a `DamagedFile` (its key is in the message), anything else a storage failure.
+pub(super) fn fetch_refusal(e: &FetchError) -> End {
+    let code = if e.is_damage() {
+        ErrorCode::DamagedFile
+    } else {
+        ErrorCode::Storage
+    };
+    End::Refused(code, ErrorChain(e).to_string())
+}
+
+/// Ends a session that would write on a read-only server.
+pub(super) fn read_only_refusal() -> End {
+    End::Refused(ErrorCode::ReadOnly, READ_ONLY_MESSAGE.to_owned())
+}
+
+/// What a client that tries to write to a read-only server is told.
+pub(crate) const READ_ONLY_MESSAGE: &str = "this server is read-only (mode: read-only) and \
+     serves restores from Tier 2; stream WAL and take backups with the primary server";
 
 #[cfg(test)]
 mod tests {

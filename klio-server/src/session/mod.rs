@@ -32,6 +32,7 @@ mod ingest;
 mod restore;
 #[cfg(test)]
 mod tests;
+mod tier2_backups;
 
 use klio_wal::ErrorChain;
 use std::sync::Arc;
@@ -40,6 +41,7 @@ use klio_proto::klio::{ClusterName, ErrorCode, Message};
 
 use crate::server::Shared;
 use crate::telemetry::ClusterTelemetry;
+use crate::tier2::ServerMode;
 use framing::Framed;
 
 /// Why a session ended early.
@@ -88,8 +90,12 @@ struct Client<'a> {
 /// Dispatches on the first message: `Hello` starts ingest, a read request starts restore,
 /// `BackupHello` a backup, a catalog request the catalog session.
 async fn serve(shared: &Arc<Shared>, client: Client<'_>, io: &mut Framed) -> Result<(), End> {
+    let read_only = shared.mode == ServerMode::ReadOnly;
     match io.next().await? {
         None => Ok(()),
+        Some(Message::Hello { .. } | Message::BackupHello { .. }) if read_only => {
+            Err(error_code::read_only_refusal())
+        }
         Some(Message::Hello {
             version,
             cluster: claimed,

@@ -16,12 +16,27 @@
 //! read there by the Tier 1 readers, with the same checks: the object's CRC32C on the way
 //! down, then the file's own format (AEAD tags, CRC-32C frames, name bindings).
 //!
-//! The relay, its frontier and the reads are described in their modules.
+//! The cache and its eviction are described in [`fetch`]; the WAL reads in the session's
+//! `restore` module, the backup reads in its `tier2_backups` module.
+//!
+//! # Read-only mode
+//!
+//! With `mode: read-only` (and a `tier2` section) the server has no Tier 1: its data
+//! directory is the cache (marked as such, see the `data_dir_mode` module), beside the data
+//! directory lock and the QUIC endpoint keys. It serves `GetFile`, `GetPosition` and the
+//! catalog's reads of every cluster in the bucket from Tier 2, a client certificate still
+//! reaching only `clusters/<its cluster>/`. It starts neither retention nor the relay, and
+//! refuses every write with `ErrorCode::ReadOnly`: WAL streaming, backups, deleting and
+//! pinning backups, retention runs, and `klio keys rotate` on its data directory. It writes
+//! nothing to the bucket, so any number of read-only servers can serve one bucket.
+//!
+//! The relay and its frontier are described in their modules.
 
 // The relay and the reads that use these land next.
 #![allow(dead_code)]
 
 pub mod config;
+pub(crate) mod fetch;
 pub(crate) mod layout;
 
 use klio_tier2::{ObjectStore, Tier2Error};

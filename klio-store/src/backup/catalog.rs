@@ -14,9 +14,9 @@ use super::index::BlockIndex;
 use super::object::{self, ObjectFile, ObjectKind, ObjectReader, damaged};
 use super::{BackupStore, RNG, ensure_dir, named_entries, remove_tree};
 
-const ENTRY: &str = "entry.json";
-const FILES: &str = "files";
-const MANIFEST: &str = "backup_manifest";
+pub(crate) const ENTRY: &str = "entry.json";
+pub(crate) const FILES: &str = "files";
+pub(crate) const MANIFEST: &str = "backup_manifest";
 
 /// A backup being written in `staging/<id>/`: its file list and manifest, streamed.
 /// Dropped without [`StagedBackup::seal`], it removes its directory.

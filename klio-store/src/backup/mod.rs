@@ -85,6 +85,9 @@ use klio_proto::klio::{Block, BlockHash};
 use klio_wal::{FsAction, durable};
 
 pub use block_check::{MAX_BLOCK_LEN, check_block};
+
+/// The cluster's block hash key, in the store's directory.
+pub const HASH_KEY_FILE: &str = "block-hash-key";
 pub use catalog::{ManifestReader, SealedBackup, StagedBackup};
 pub use error::{BackupStoreError, BlockDamage, BlockProblem, FileListProblem, ObjectDamage};
 pub use file_list::{FileListItem, FileListReader, FileListTotals, is_safe_path};
@@ -150,8 +153,36 @@ impl BackupStore {
         self.dir.join("deleted")
     }
 
+    /// The files, relative to the store's directory (with `/` separators), that serving
+    /// backup `id` reads besides its blocks: the hash key, then the backup's entry, file list
+    /// and manifest. The pin marker ([`Self::pin_file`]) is optional.
+    pub fn backup_files(id: &BackupId) -> [String; 4] {
+        let dir = format!("catalog/{id}");
+        [
+            HASH_KEY_FILE.to_owned(),
+            format!("{dir}/{}", catalog::ENTRY),
+            format!("{dir}/{}", catalog::FILES),
+            format!("{dir}/{}", catalog::MANIFEST),
+        ]
+    }
+
+    /// The backup a store file (relative, `/` separators) is the catalog entry of:
+    /// `catalog/<id>/entry.json` names `id`.
+    pub fn entry_file_of(relative: &str) -> Option<BackupId> {
+        let id = relative
+            .strip_prefix("catalog/")?
+            .strip_suffix(catalog::ENTRY)?
+            .strip_suffix('/')?;
+        BackupId::parse(id).ok()
+    }
+
+    /// The pin marker of backup `id`, relative to the store's directory.
+    pub fn pin_file(id: &BackupId) -> String {
+        format!("catalog/{id}/{}", pin::PIN)
+    }
+
     fn hash_key_path(&self) -> PathBuf {
-        self.dir.join("block-hash-key")
+        self.dir.join(HASH_KEY_FILE)
     }
 
     pub(crate) fn keyring(&self) -> Option<&Keyring> {

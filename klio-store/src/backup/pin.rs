@@ -29,7 +29,7 @@ use super::object::{self, ObjectKind, ObjectReader, damaged};
 use super::{BackupStore, RNG};
 
 /// The marker's file name in the backup's catalog directory.
-const PIN: &str = "pinned";
+pub(crate) const PIN: &str = "pinned";
 
 impl BackupStore {
     /// Pins (`true`) or unpins backup `id`; its entry afterwards. Pinning a pinned backup keeps

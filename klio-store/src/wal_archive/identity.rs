@@ -91,6 +91,14 @@ pub(super) fn read(dir: &Path) -> Result<Option<ClusterIdentity>, WalArchiveErro
     }
 }
 
+/// Reads the recorded identity of a directory that must be an archive.
+pub(super) fn read_required(dir: &Path) -> Result<ClusterIdentity, WalArchiveError> {
+    read(dir)?.ok_or_else(|| WalArchiveError::NotAnArchive {
+        dir: dir.to_owned(),
+        file: IDENTITY_FILE,
+    })
+}
+
 /// Records the identity atomically and durably (temporary file, fsync, rename, directory fsync).
 pub(super) fn write(dir: &Path, identity: &ClusterIdentity) -> Result<(), WalArchiveError> {
     Ok(durable::replace(

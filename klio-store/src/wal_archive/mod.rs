@@ -108,6 +108,48 @@ pub use rotate::RewrapSummary;
 pub use summary::ArchiveSummary;
 pub use verify::{VerifyProblem, VerifyReport};
 
+/// The file in an archive directory that records its cluster's identity.
+pub const IDENTITY_FILE: &str = identity::IDENTITY_FILE;
+
+/// One of the files an archive may hold a segment or history file in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoredFile {
+    /// A finished file (sealed, or plain): it never changes once written.
+    Final(String),
+    /// The journal of a segment in progress: it grows until the segment is finished.
+    Journal(String),
+}
+
+/// The files under which an archive may hold `name` (a segment or history file), in the order
+/// [`WalArchiveReader::read_file`] prefers them: sealed, plain, and for a segment its journal.
+/// Empty for other names.
+pub fn stored_files(name: &WalFileName, size: SegmentSize) -> Vec<StoredFile> {
+    match *name {
+        WalFileName::Segment { timeline, segno } => vec![
+            StoredFile::Final(sealed::sealed_name(timeline, segno, size)),
+            StoredFile::Final(name.to_string_with(size)),
+            StoredFile::Journal(journal::journal_name(timeline, segno, size)),
+        ],
+        WalFileName::History { timeline } => vec![
+            StoredFile::Final(sealed::sealed_history_name(timeline, size)),
+            StoredFile::Final(name.to_string_with(size)),
+        ],
+        _ => Vec::new(),
+    }
+}
+
+/// The segment or history file that the archive file `file_name` holds (the inverse of
+/// [`stored_files`]); `None` for other files.
+pub fn file_of_stored(file_name: &str, size: SegmentSize) -> Option<WalFileName> {
+    let base = file_name
+        .strip_suffix(journal::JOURNAL_SUFFIX)
+        .or_else(|| file_name.strip_suffix(sealed::SEALED_SUFFIX))
+        .unwrap_or(file_name);
+    WalFileName::parse(base, size)
+        .ok()
+        .filter(|n| matches!(n, WalFileName::Segment { .. } | WalFileName::History { .. }))
+}
+
 use journal::JournalWriter;
 
 /// Appended bytes beyond this are written out as a frame without fsync, to bound memory.
@@ -348,10 +390,7 @@ impl WalArchiveReader {
 
     /// Like [`WalArchiveReader::open`], opening encrypted files with `keyring`.
     pub fn open_with(dir: &Path, keyring: Option<Keyring>) -> Result<Self, WalArchiveError> {
-        let identity = identity::read(dir)?.ok_or_else(|| WalArchiveError::NotAnArchive {
-            dir: dir.to_owned(),
-            file: identity::IDENTITY_FILE,
-        })?;
+        let identity = identity::read_required(dir)?;
         let ctx = make_ctx(&identity, keyring.as_ref(), SealOptions::default());
         let durable = recover::survey(dir, &ctx)?.durable_ends(identity.segment_size);
         Ok(Self {
@@ -359,6 +398,24 @@ impl WalArchiveReader {
             identity,
             keyring,
             durable,
+        })
+    }
+
+    /// Like [`WalArchiveReader::open_with`], without listing the directory: for reading
+    /// single files by name ([`read_file`](Self::read_file)) from a directory of many files,
+    /// such as a cache of Tier 2 objects, at the cost of one file read. Every format check of
+    /// `read_file` applies; the durable positions are not known ([`durable`](Self::durable)
+    /// is `None`).
+    pub fn open_for_file_reads(
+        dir: &Path,
+        keyring: Option<Keyring>,
+    ) -> Result<Self, WalArchiveError> {
+        let identity = identity::read_required(dir)?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            identity,
+            keyring,
+            durable: BTreeMap::new(),
         })
     }
 

@@ -83,10 +83,7 @@ struct Doomed {
 impl WalPruner {
     /// A pruner of the archive in `dir`, which must be one (it has an identity file).
     pub fn open(dir: &Path) -> Result<Self, WalArchiveError> {
-        let identity = identity::read(dir)?.ok_or_else(|| WalArchiveError::NotAnArchive {
-            dir: dir.to_owned(),
-            file: identity::IDENTITY_FILE,
-        })?;
+        let identity = identity::read_required(dir)?;
         Ok(Self {
             dir: dir.to_owned(),
             size: identity.segment_size,

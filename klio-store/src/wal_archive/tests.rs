@@ -287,6 +287,7 @@ for_both_formats!(
     export_matches_pg_receivewal_layout,
     history_files_are_idempotent_and_conflicts_refused,
     summary_follows_gaps_and_timelines,
+    a_journal_cut_after_its_last_frame_reads_like_the_padded_one,
 );
 // random_appends_syncs_and_crashes runs on both formats too, as property tests (below).
 
@@ -1084,5 +1085,68 @@ fn inspect_journal_reports_what_a_scan_finds() {
             Path::new("x")
         )
         .is_err()
+    );
+}
+
+/// A journal copied without its zero padding (as Tier 2 holds the segment in progress: cut
+/// after its last valid frame) is read exactly like the padded original, and the cut leaves
+/// the original untouched.
+fn a_journal_cut_after_its_last_frame_reads_like_the_padded_one(format: Format) {
+    let t = tl(1);
+    let end = SEG + 7_777;
+    let d = tempfile::tempdir().unwrap();
+    {
+        let mut a = format.open(d.path()).unwrap();
+        a.begin(t, Lsn(0)).unwrap();
+        append_wal(&mut a, t, 0, (SEG + 1000) as usize, 50_000);
+        assert_eq!(a.sync().unwrap(), Some(Lsn(SEG + 1000)));
+        append_wal(&mut a, t, SEG + 1000, (end - SEG - 1000) as usize, 3_000);
+        assert_eq!(a.sync().unwrap(), Some(Lsn(end)));
+    }
+    let jp = journal_path(d.path(), t, 1);
+    let report = format.inspect(&jp);
+    let padded = std::fs::read(&jp).unwrap();
+    assert!(
+        report.valid_bytes < padded.len() as u64,
+        "the journal is padded"
+    );
+    let cut = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        d.path().join(identity::IDENTITY_FILE),
+        cut.path().join(identity::IDENTITY_FILE),
+    )
+    .unwrap();
+    std::fs::write(
+        journal_path(cut.path(), t, 1),
+        &padded[..report.valid_bytes as usize],
+    )
+    .unwrap();
+    let original = format.open_reader(d.path()).unwrap().read_file(&seg(t, 1));
+    let reader = format.open_reader(cut.path()).unwrap();
+    assert_eq!(reader.durable_on(t), Some(Lsn(end)));
+    let from_cut = reader.read_file(&seg(t, 1)).unwrap().unwrap();
+    assert!(from_cut.partial);
+    assert_eq!(from_cut.valid_len, end - SEG);
+    // Opened without listing its directory, the reader serves the same file.
+    let keyring = matches!(format, Format::Encrypted).then(|| ring(1));
+    let by_name = WalArchiveReader::open_for_file_reads(cut.path(), keyring).unwrap();
+    assert_eq!(by_name.durable(), None);
+    assert_eq!(
+        by_name.read_file(&seg(t, 1)).unwrap().as_ref(),
+        Some(&from_cut)
+    );
+    assert_eq!(Some(from_cut), original.unwrap());
+    // Cut inside its last frame, the journal serves the frames before it.
+    std::fs::write(
+        journal_path(cut.path(), t, 1),
+        &padded[..report.valid_bytes as usize - 1],
+    )
+    .unwrap();
+    let torn = format.open_reader(cut.path()).unwrap();
+    let shorter = torn.read_file(&seg(t, 1)).unwrap().unwrap();
+    assert_eq!(shorter.valid_len, 1000);
+    assert_eq!(
+        &shorter.content[..shorter.valid_len as usize],
+        wal(t, SEG, shorter.valid_len as usize).as_slice()
     );
 }
