@@ -4,7 +4,10 @@
 
 use std::fmt::Write;
 
-use klio_proto::klio::{RetainedBecause, RetentionReport, WalKeptBecause};
+use klio_proto::klio::{
+    BackupVerdict, ReportPolicy, RetainedBecause, RetentionReport, WalKeptBecause,
+    WalTimelineReport,
+};
 use klio_wal::ByteSize;
 
 /// Why a backup stays, in words.
@@ -19,6 +22,7 @@ fn reason_text(r: &RetainedBecause) -> String {
         RetainedBecause::Floor { min_backups } => format!("min_backups {min_backups}"),
         RetainedBecause::NoPolicy => "no retention policy is configured".to_owned(),
         RetainedBecause::UnknownEndTime => "its end time cannot be read".to_owned(),
+        RetainedBecause::ObjectLock => "S3 Object Lock still holds it".to_owned(),
     }
 }
 
@@ -62,65 +66,11 @@ pub fn render_report(r: &RetentionReport) -> String {
             );
         }
         Some(p) => {
-            let mut parts = Vec::new();
-            if let Some(n) = p.keep_backups {
-                parts.push(format!("keep_backups {n}"));
-            }
-            if let Some(w) = &p.recovery_window {
-                parts.push(format!("recovery_window {w}"));
-            }
-            parts.push(format!("min_backups {}", p.min_backups));
-            let _ = writeln!(out, "policy: {}", parts.join(", "));
+            let _ = writeln!(out, "policy: {}", policy_text(p));
         }
     }
-    let removed = r.backups.iter().filter(|b| b.removed).count();
-    let _ = writeln!(
-        out,
-        "backups: {} kept, {removed} {gone}",
-        r.backups.len() - removed
-    );
-    for b in &r.backups {
-        let fate = if b.removed {
-            go.to_owned()
-        } else {
-            let reasons: Vec<String> = b.kept_because.iter().map(reason_text).collect();
-            format!("kept: {}", reasons.join("; "))
-        };
-        let _ = writeln!(
-            out,
-            "  {}  ended {} at {} (timeline {})  {fate}",
-            b.id, b.ended_at, b.end.lsn, b.end.timeline
-        );
-    }
-    let _ = writeln!(out, "WAL:");
-    if r.wal.is_empty() {
-        let _ = writeln!(out, "  (no archive)");
-    }
-    for t in &r.wal {
-        let mut line = format!("  timeline {}: ", t.timeline);
-        match (&t.first_removed, &t.last_removed) {
-            (Some(first), Some(last)) => {
-                let _ = write!(
-                    line,
-                    "{go} {} segments ({}), {first} to {last}",
-                    t.segments_removed,
-                    ByteSize(t.bytes_removed)
-                );
-            }
-            _ => line.push_str("nothing to remove"),
-        }
-        if let Some(from) = &t.kept_from {
-            let reasons: Vec<String> = t.kept_because.iter().map(wal_reason_text).collect();
-            let _ = write!(line, "; kept from {from}");
-            if !reasons.is_empty() {
-                let _ = write!(line, " ({})", reasons.join("; "));
-            }
-        }
-        if t.history_removed {
-            let _ = write!(line, "; history file {gone}");
-        }
-        let _ = writeln!(out, "{line}");
-    }
+    render_backups(&mut out, &r.backups, go, gone);
+    render_wal(&mut out, &r.wal, go, gone);
     let b = &r.blocks;
     let _ = writeln!(
         out,
@@ -157,7 +107,94 @@ pub fn render_report(r: &RetentionReport) -> String {
     for note in &r.notes {
         let _ = writeln!(out, "note: {note}");
     }
+    if let Some(t) = &r.tier2 {
+        let _ = writeln!(out, "Tier 2 (policy: {}):", policy_text(&t.policy));
+        render_backups(&mut out, &t.backups, go, gone);
+        render_wal(&mut out, &t.wal, go, gone);
+        let _ = writeln!(
+            out,
+            "pack files: {} {gone} ({})",
+            t.packs_removed,
+            ByteSize(t.pack_bytes_removed)
+        );
+        if t.locked_objects > 0 {
+            let _ = writeln!(
+                out,
+                "objects under Object Lock: {} (they stay until their retention ends)",
+                t.locked_objects
+            );
+        }
+        for note in &t.notes {
+            let _ = writeln!(out, "note: {note}");
+        }
+    }
     out
+}
+
+fn policy_text(p: &ReportPolicy) -> String {
+    let mut parts = Vec::new();
+    if let Some(n) = p.keep_backups {
+        parts.push(format!("keep_backups {n}"));
+    }
+    if let Some(w) = &p.recovery_window {
+        parts.push(format!("recovery_window {w}"));
+    }
+    parts.push(format!("min_backups {}", p.min_backups));
+    parts.join(", ")
+}
+
+fn render_backups(out: &mut String, backups: &[BackupVerdict], go: &str, gone: &str) {
+    let removed = backups.iter().filter(|b| b.removed).count();
+    let _ = writeln!(
+        out,
+        "backups: {} kept, {removed} {gone}",
+        backups.len() - removed
+    );
+    for b in backups {
+        let fate = if b.removed {
+            go.to_owned()
+        } else {
+            let reasons: Vec<String> = b.kept_because.iter().map(reason_text).collect();
+            format!("kept: {}", reasons.join("; "))
+        };
+        let _ = writeln!(
+            out,
+            "  {}  ended {} at {} (timeline {})  {fate}",
+            b.id, b.ended_at, b.end.lsn, b.end.timeline
+        );
+    }
+}
+
+fn render_wal(out: &mut String, wal: &[WalTimelineReport], go: &str, gone: &str) {
+    let _ = writeln!(out, "WAL:");
+    if wal.is_empty() {
+        let _ = writeln!(out, "  (no archive)");
+    }
+    for t in wal {
+        let mut line = format!("  timeline {}: ", t.timeline);
+        match (&t.first_removed, &t.last_removed) {
+            (Some(first), Some(last)) => {
+                let _ = write!(
+                    line,
+                    "{go} {} segments ({}), {first} to {last}",
+                    t.segments_removed,
+                    ByteSize(t.bytes_removed)
+                );
+            }
+            _ => line.push_str("nothing to remove"),
+        }
+        if let Some(from) = &t.kept_from {
+            let reasons: Vec<String> = t.kept_because.iter().map(wal_reason_text).collect();
+            let _ = write!(line, "; kept from {from}");
+            if !reasons.is_empty() {
+                let _ = write!(line, " ({})", reasons.join("; "));
+            }
+        }
+        if t.history_removed {
+            let _ = write!(line, "; history file {gone}");
+        }
+        let _ = writeln!(out, "{line}");
+    }
 }
 
 #[cfg(test)]
@@ -214,6 +251,7 @@ mod tests {
             oldest_recoverable: None,
             disk: None,
             notes: vec!["the disk is nearly full".to_owned()],
+            tier2: None,
         }
     }
 

@@ -27,8 +27,8 @@ pub use listing::{BackupTiers, ListedBackup};
 pub use message::{ErrorCode, Message, PROTOCOL_VERSION};
 pub use retention::{
     BackupVerdict, BlockReport, DiskReport, RETENTION_REPORT_SCHEMA, RecoverablePoint,
-    ReportPolicy, RetainedBecause, RetentionReport, RetentionReportError, WalKeptBecause,
-    WalTimelineReport,
+    ReportPolicy, RetainedBecause, RetentionReport, RetentionReportError, Tier2RetentionReport,
+    WalKeptBecause, WalTimelineReport,
 };
 
 /// The ALPN protocol id Klio speaks over QUIC.

@@ -73,6 +73,30 @@ pub struct RetentionReport {
     pub disk: Option<DiskReport>,
     /// Sentences for the operator.
     pub notes: Vec<String>,
+    /// Tier 2's own run, when the server has a `tier2.retention` policy (absent in reports of
+    /// servers without one, and of older servers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier2: Option<Tier2RetentionReport>,
+}
+
+/// What Tier 2's retention removed from the bucket (or would, in a dry run), by its own policy
+/// and the same rules as Tier 1's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tier2RetentionReport {
+    /// `tier2.retention`.
+    pub policy: ReportPolicy,
+    /// Every backup Tier 2 holds, oldest first.
+    pub backups: Vec<BackupVerdict>,
+    /// Tier 2's WAL, per timeline.
+    pub wal: Vec<WalTimelineReport>,
+    /// Packs removed: those Tier 1 no longer has and no backup Tier 2 keeps refers to.
+    pub packs_removed: u64,
+    /// Their bytes.
+    pub pack_bytes_removed: u64,
+    /// Objects S3 refused to delete because Object Lock still holds them.
+    pub locked_objects: u64,
+    /// Sentences for the operator.
+    pub notes: Vec<String>,
 }
 
 /// A policy, as the report shows it.
@@ -129,6 +153,8 @@ pub enum RetainedBecause {
     NoPolicy,
     /// Its end time cannot be read, so no time rule removes it.
     UnknownEndTime,
+    /// Its objects in Tier 2 are still under S3 Object Lock retention (Tier 2's report only).
+    ObjectLock,
 }
 
 /// One timeline of the WAL archive.

@@ -522,6 +522,7 @@ fn a_retention_report_round_trips_and_names_its_reasons() {
             nearly_full: true,
         }),
         notes: vec![],
+        tier2: None,
     };
     let json = report.to_json();
     let text = String::from_utf8(json.clone()).unwrap();

@@ -204,6 +204,7 @@ impl Run<'_> {
             oldest_recoverable,
             disk,
             notes,
+            tier2: None,
         })
     }
 

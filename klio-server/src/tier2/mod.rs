@@ -38,6 +38,7 @@
 pub mod config;
 pub(crate) mod fetch;
 pub(crate) mod layout;
+pub(crate) mod retention;
 
 use klio_tier2::{ObjectStore, Tier2Error};
 

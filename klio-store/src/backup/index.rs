@@ -84,7 +84,7 @@ pub(crate) fn idx_entries(len: u64) -> u64 {
 }
 
 /// Reads the index at `path` of pack `id`.
-pub(crate) fn read_idx(path: &Path, id: PackId) -> Result<Vec<IndexEntry>, BackupStoreError> {
+pub fn read_idx(path: &Path, id: PackId) -> Result<Vec<IndexEntry>, BackupStoreError> {
     let bytes = std::fs::read(path).map_err(|e| BackupStoreError::io(FsAction::Read, path, e))?;
     parse_idx(&bytes, id, path)
 }

@@ -96,7 +96,7 @@ pub use hash_key::parse_hash_key;
 pub use id::{BackupId, MAX_BACKUP_ID_LEN};
 pub use index::{BlockIndex, BlockLocation};
 #[doc(hidden)]
-pub use index::{IndexEntry, encode_idx, parse_idx};
+pub use index::{IndexEntry, encode_idx, parse_idx, read_idx};
 #[doc(hidden)]
 pub use object::{ObjectKind, encode as encode_object, read_object};
 pub use pack::{ClosedPack, PACK_TARGET_BYTES, PackId};
