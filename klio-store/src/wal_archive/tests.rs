@@ -287,8 +287,54 @@ for_both_formats!(
     export_matches_pg_receivewal_layout,
     history_files_are_idempotent_and_conflicts_refused,
     summary_follows_gaps_and_timelines,
+    a_cut_journal_reads_back_as_the_zero_padded_partial,
 );
 // random_appends_syncs_and_crashes runs on both formats too, as property tests (below).
+
+/// The journal snapshot the relay uploads, alone in another archive directory of the same
+/// cluster (with its identity), reads back as the partial segment: the same WAL, zero-padded,
+/// with the right valid length, although the file ends at the last frame (no padding).
+fn a_cut_journal_reads_back_as_the_zero_padded_partial(format: Format) {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("cluster");
+    let t = tl(1);
+    let end = SEG + 7_777;
+    let mut a = format.open(&dir).unwrap();
+    a.begin(t, Lsn(0)).unwrap();
+    append_wal(&mut a, t, 0, 5000, 1000);
+    a.sync().unwrap();
+    append_wal(&mut a, t, 5000, (end - 5000) as usize, 3333);
+    assert_eq!(a.sync().unwrap(), Some(Lsn(end)));
+    // A completed segment has no snapshot (its final file is what goes up).
+    assert_eq!(a.journal_snapshot(t, SegmentNo(0)).unwrap(), None);
+    let snap = a.journal_snapshot(t, SegmentNo(1)).unwrap().unwrap();
+    assert_eq!(snap.end, Lsn(end));
+    assert_eq!(snap.file_name, journal_name(t, SegmentNo(1), size()));
+    let on_disk = std::fs::metadata(dir.join(&snap.file_name)).unwrap().len();
+    assert!((snap.bytes.len() as u64) < on_disk, "the padding is cut");
+    assert_ne!(snap.bytes.last(), Some(&0), "ends in a frame");
+
+    let copy = d.path().join("copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    std::fs::copy(
+        dir.join(identity::IDENTITY_FILE),
+        copy.join(identity::IDENTITY_FILE),
+    )
+    .unwrap();
+    std::fs::write(copy.join(&snap.file_name), &snap.bytes).unwrap();
+    let r = format.open_reader(&copy).unwrap();
+    assert_eq!(r.durable(), Some(WalPosition::new(t, Lsn(end))));
+    let f = r
+        .read_file(&WalFileName::Partial {
+            timeline: t,
+            segno: SegmentNo(1),
+        })
+        .unwrap()
+        .unwrap();
+    assert!(f.partial);
+    assert_eq!(f.valid_len, end - SEG);
+    check_content(&r, t, SEG, end);
+}
 
 fn round_trip_with_reopen_and_segment_completion(format: Format) {
     let d = tempfile::tempdir().unwrap();
