@@ -175,7 +175,10 @@ impl Server {
                 storage,
                 file_reads: tokio::sync::Semaphore::new(CONCURRENT_FILE_READS),
                 telemetry,
-                retention: Arc::new(Retention::new(config.retention.clone(), &config.data_dir)),
+                retention: Arc::new(
+                    Retention::new(config.retention.clone(), &config.data_dir)
+                        .with_tier2(config.tier2.is_some()),
+                ),
                 mode: config.mode,
                 tier2,
             }),
@@ -217,6 +220,15 @@ impl Server {
                 None => "WAL not encrypted".to_owned(),
             }
         );
+        if let Some(tier2) = self.shared.tier2.clone()
+            && self.shared.mode == crate::tier2::ServerMode::ReadWrite
+        {
+            tokio::spawn(crate::tier2::relay::work(
+                self.shared.clone(),
+                tier2,
+                metrics_stopped_for_retention.clone(),
+            ));
+        }
         tokio::spawn(crate::retention::work(
             self.shared.clone(),
             metrics_stopped_for_retention,

@@ -16,13 +16,17 @@
 //! read there by the Tier 1 readers, with the same checks: the object's CRC32C on the way
 //! down, then the file's own format (AEAD tags, CRC-32C frames, name bindings).
 //!
-//! The relay, its frontier and the reads are described in their modules.
+//! The relay ([`relay`]: what goes up, in which order, and how failures are handled), its
+//! frontier ([`frontier`]: what is safely up, and its file format) and the reads are
+//! described in their modules.
 
 // The relay and the reads that use these land next.
 #![allow(dead_code)]
 
 pub mod config;
+pub(crate) mod frontier;
 pub(crate) mod layout;
+pub(crate) mod relay;
 
 use klio_tier2::{ObjectStore, Tier2Error};
 
