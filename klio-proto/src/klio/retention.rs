@@ -129,6 +129,9 @@ pub enum RetainedBecause {
     NoPolicy,
     /// Its end time cannot be read, so no time rule removes it.
     UnknownEndTime,
+    /// Tier 2 is configured and the relay has not uploaded it yet: Tier 1 keeps it until it
+    /// is there.
+    NotYetInTier2,
 }
 
 /// One timeline of the WAL archive.
@@ -165,6 +168,9 @@ pub enum WalKeptBecause {
     NewestTimeline,
     /// A timeline without a history file: its ancestry is unknown, so nothing goes.
     UnknownHistory,
+    /// Tier 2 is configured and the relay has not uploaded these segments (or the history
+    /// file) yet: Tier 1 keeps them until they are there.
+    NotYetInTier2,
 }
 
 /// Blocks reclaimed.
