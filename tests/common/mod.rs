@@ -52,3 +52,4 @@ pub fn keyring(files: &[&Path]) -> klio_crypto::Keyring {
 }
 pub mod backups;
 pub mod retention;
+pub mod tier2;
