@@ -385,7 +385,16 @@ impl ClusterRelay {
             .map_or(FIRST_BACKOFF, |b| (b * 2).min(MAX_BACKOFF));
         self.backoff = Some(step);
         self.retry_at = Instant::now() + step;
-        for f in failures {
+        const LOGGED: usize = 5;
+        if failures.len() > LOGGED {
+            tracing::warn!(
+                cluster = %self.cluster,
+                "{} Tier 2 uploads failed, retrying in {} s; the first {LOGGED}:",
+                failures.len(),
+                step.as_secs()
+            );
+        }
+        for f in failures.iter().take(LOGGED) {
             tracing::warn!(
                 cluster = %self.cluster,
                 file = f.file(),
@@ -704,15 +713,12 @@ async fn upload_one(
     let file = upload.relative.clone();
     let key = layout::object_key(cluster, Path::new(&upload.relative))
         .ok_or_else(|| UploadError::NoKey { file: file.clone() })?;
+    let tier2_err = |source| UploadError::Tier2 {
+        file: file.clone(),
+        source,
+    };
     let Some(source) = upload.source else {
-        tier2
-            .store
-            .delete(&key)
-            .await
-            .map_err(|source| UploadError::Tier2 {
-                file: file.clone(),
-                source,
-            })?;
+        tier2.store.delete(&key).await.map_err(tier2_err)?;
         return Ok(0);
     };
     let bytes = match source {
@@ -742,21 +748,11 @@ async fn upload_one(
         .store
         .put(&key, bytes, options)
         .await
-        .map_err(|source| UploadError::Tier2 {
-            file: file.clone(),
-            source,
-        })?;
+        .map_err(tier2_err)?;
     if put == Put::AlreadyExists {
         // A crash after an upload and before the frontier recorded it: the object counts only
         // if it is the same file.
-        let info = tier2
-            .store
-            .head(&key)
-            .await
-            .map_err(|source| UploadError::Tier2 {
-                file: file.clone(),
-                source,
-            })?;
+        let info = tier2.store.head(&key).await.map_err(tier2_err)?;
         let same =
             matches!(info, Some(ObjectInfo { size, crc32c: Some(c) }) if size == len && c == crc);
         if !same {
@@ -886,8 +882,9 @@ fn plan_wal(
         && partial_due
     {
         let up = frontier.partial;
-        // A journal object of another segment is deleted first (once that segment is up).
-        let same_segment = up.is_none_or(|u| u.timeline == t.get() && u.segno == p.segno.0);
+        // On the same timeline, the journal object of an earlier segment is deleted first
+        // (once that segment is up); one left on an older timeline is that timeline's end.
+        let same_segment = up.is_none_or(|u| u.timeline != t.get() || u.segno == p.segno.0);
         let advanced = up.is_none_or(|u| u.end < p.end.0);
         if same_segment && advanced {
             let snapshot: Option<JournalSnapshot> =
@@ -1010,4 +1007,93 @@ fn plan_backups(dir: &Path, frontier: &Frontier, plan: &mut Plan) -> Result<(), 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use klio_testkit::S3Server;
+
+    async fn tier2_of(s3: &S3Server) -> Tier2 {
+        let mut s3_config = klio_tier2::Tier2Config::new(S3Server::REGION, S3Server::BUCKET);
+        s3_config.endpoint = Some(s3.endpoint().to_owned());
+        s3_config.credentials = klio_tier2::Credentials::Static {
+            access_key_id: S3Server::ACCESS_KEY_ID.to_owned(),
+            secret_access_key: S3Server::SECRET_ACCESS_KEY.to_owned(),
+        };
+        Tier2::connect(super::super::Tier2Settings {
+            s3: s3_config,
+            partial_interval: Duration::from_secs(1),
+            upload_concurrency: 2,
+            object_lock: None,
+            cache_bytes: 0,
+            retention: None,
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_object_already_in_tier2_counts_only_when_it_holds_the_same_bytes() {
+        let s3 = S3Server::start();
+        let tier2 = tier2_of(&s3).await;
+        let cluster = ClusterName::new("pg-main").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let rel = "wal/000000010000000000000003.klio";
+        let local = dir.path().join(rel);
+        std::fs::create_dir_all(local.parent().unwrap()).unwrap();
+        std::fs::write(&local, b"sealed segment, first copy").unwrap();
+        let upload = || {
+            file_upload(
+                Item::Segment(TimelineId::FIRST, SegmentNo(3)),
+                dir.path(),
+                rel.to_owned(),
+            )
+        };
+        assert_eq!(upload_one(&tier2, &cluster, upload()).await.unwrap(), 26);
+        // Again, as after a crash before the frontier was written: the same bytes are there.
+        assert_eq!(upload_one(&tier2, &cluster, upload()).await.unwrap(), 0);
+
+        std::fs::write(&local, b"other bytes under the same name").unwrap();
+        let e = upload_one(&tier2, &cluster, upload()).await.unwrap_err();
+        assert!(matches!(e, UploadError::Differs { .. }), "{e:?}");
+        assert_eq!(e.kind(), "integrity");
+        let message = e.to_string();
+        assert!(message.contains(rel), "{message}");
+        assert!(
+            message.contains(&format!("clusters/pg-main/{rel}")),
+            "{message}"
+        );
+        // Never overwritten.
+        let object = std::fs::read(s3.object_file(&format!("clusters/pg-main/{rel}"))).unwrap();
+        assert_eq!(object, b"sealed segment, first copy");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreachable_tier2_is_a_transport_error_naming_the_file() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let s3 = S3Server::start();
+        let mut tier2 = tier2_of(&s3).await;
+        let mut s3_config = tier2.settings.s3.clone();
+        s3_config.endpoint = Some(format!("http://127.0.0.1:{port}"));
+        tier2.store = klio_tier2::ObjectStore::connect(&s3_config).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("wal")).unwrap();
+        std::fs::write(
+            dir.path().join("wal/00000002.history"),
+            b"1\t0/3000000\tno reason\n",
+        )
+        .unwrap();
+        let cluster = ClusterName::new("pg-main").unwrap();
+        let upload = file_upload(
+            Item::History(TimelineId::new(2).unwrap()),
+            dir.path(),
+            "wal/00000002.history".to_owned(),
+        );
+        let e = upload_one(&tier2, &cluster, upload).await.unwrap_err();
+        assert_eq!(e.kind(), "transport", "{e:?}");
+        assert_eq!(e.file(), "wal/00000002.history");
+    }
 }
