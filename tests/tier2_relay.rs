@@ -107,6 +107,38 @@ fn every_sealed_file_reaches_tier2_byte_identical() {
 }
 
 #[test]
+fn pins_set_and_lifted_after_the_upload_are_mirrored_in_tier2() {
+    let s3 = S3Server::start();
+    let stack = stack("tier2-pins")
+        .segment_size_mb(1)
+        .server_config(&tier2_yaml(s3.endpoint(), "1s"))
+        .start();
+    stack.pg.psql("CREATE TABLE t (id int)");
+    let info = backup(&stack, &[]);
+    let entry = format!("backups/catalog/{}/entry.json", info.id);
+    let pinned = format!("backups/catalog/{}/pinned", info.id);
+    wait_until("the backup in Tier 2", RELAY_DEADLINE, || {
+        object_of(&s3, &stack, &entry).is_file().then_some(())
+    });
+    assert!(!object_of(&s3, &stack, &pinned).exists());
+
+    let out = backup_cli(&stack, "pin", &[&info.id]);
+    assert!(out.success(), "{}", out.stderr);
+    wait_until("the pin in Tier 2", RELAY_DEADLINE, || {
+        let local = std::fs::read(cluster_dir(&stack).join(&pinned)).ok()?;
+        (std::fs::read(object_of(&s3, &stack, &pinned)).ok()? == local).then_some(())
+    });
+    let out = backup_cli(&stack, "unpin", &[&info.id]);
+    assert!(out.success(), "{}", out.stderr);
+    wait_until("the pin gone from Tier 2", RELAY_DEADLINE, || {
+        (!object_of(&s3, &stack, &pinned).exists()).then_some(())
+    });
+    wait_until("the frontier to record it unpinned", RELAY_DEADLINE, || {
+        (frontier(&stack)?["backups"][&info.id]["pinned"] == false).then_some(())
+    });
+}
+
+#[test]
 fn the_segment_in_progress_reaches_tier2_within_partial_interval() {
     let s3 = S3Server::start();
     let stack = stack("tier2-partial")

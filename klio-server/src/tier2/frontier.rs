@@ -53,7 +53,7 @@ pub(crate) enum FrontierError {
     #[error(
         "the Tier 2 frontier {path} is damaged or of another schema: the relay of this cluster \
          stops; restore the file from a backup, or remove it to upload everything again \
-         (uploads of files already in Tier 2 are checked and skipped)"
+         (uploads of files already in Tier 2 are checked and skipped), then restart the server"
     )]
     Damaged {
         /// The frontier file.
