@@ -221,6 +221,49 @@ fn a_relay_killed_mid_upload_resumes_from_its_frontier_and_misses_nothing() {
 }
 
 #[test]
+fn a_damaged_frontier_stops_the_relay_and_retention_of_its_cluster_and_says_so() {
+    let s3 = S3Server::start();
+    let mut stack = stack("tier2-damaged")
+        .segment_size_mb(1)
+        .server_config(&format!(
+            "{}{}",
+            retention_yaml("  keep_backups: 1\n"),
+            tier2_yaml(s3.endpoint(), "1s")
+        ))
+        .start();
+    stack.pg.psql("CREATE TABLE t (id int)");
+    stack.pg.psql("SELECT pg_switch_wal()");
+    wait_until("a frontier", RELAY_DEADLINE, || frontier(&stack));
+    stack.server.kill9();
+    let path = cluster_dir(&stack).join("tier2-frontier.json");
+    std::fs::write(&path, b"{\"schema\": 1, \"identity\": tr").unwrap();
+    stack.server.restart();
+    let stopped = wait_until("status to show the relay stopped", RELAY_DEADLINE, || {
+        let s = status_json(&stack);
+        s["clusters"]
+            .as_array()?
+            .iter()
+            .find(|c| c["cluster"] == stack.cluster.as_str())?["tier2"]["stopped"]
+            .as_str()
+            .map(str::to_owned)
+    });
+    assert!(stopped.contains("tier2-frontier.json"), "{stopped}");
+    assert!(stopped.contains("remove it"), "{stopped}");
+    // The file is left as it was: nothing re-decided what is in Tier 2.
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        b"{\"schema\": 1, \"identity\": tr"
+    );
+    let out = klio_testkit::run(
+        std::process::Command::new(&stack.exe)
+            .args(["retention", "run"])
+            .args(stack.client_args()),
+    );
+    assert!(!out.success(), "retention ran on a damaged frontier");
+    assert!(out.stderr.contains("Tier 2"), "{}", out.stderr);
+}
+
+#[test]
 fn tier1_retention_keeps_what_tier2_lacks() {
     let s3 = S3Server::start();
     let policy = retention_yaml("  keep_backups: 1\n");
