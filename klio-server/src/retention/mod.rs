@@ -51,6 +51,8 @@ pub(crate) struct Retention {
     triggered: Mutex<Option<mpsc::UnboundedReceiver<ClusterName>>>,
     /// Tier 2 is configured: nothing leaves Tier 1 before the relay's frontier records it.
     tier2: bool,
+    /// Wakes the Tier 2 relay when a backup completed.
+    backup_completed: tokio::sync::Notify,
 }
 
 impl Retention {
@@ -63,6 +65,7 @@ impl Retention {
             trigger,
             triggered: Mutex::new(Some(triggered)),
             tier2: false,
+            backup_completed: tokio::sync::Notify::new(),
         }
     }
 
@@ -70,6 +73,11 @@ impl Retention {
     /// WAL segments and history files, packs), whatever the policy says.
     pub(crate) fn with_tier2(self, tier2: bool) -> Self {
         Self { tier2, ..self }
+    }
+
+    /// Notified (to whoever waits at that moment) when a backup of any cluster completed.
+    pub(crate) fn backup_completed(&self) -> &tokio::sync::Notify {
+        &self.backup_completed
     }
 
     /// Whether runs are clamped to the Tier 2 frontier.
@@ -90,6 +98,8 @@ impl Retention {
     /// Asks the worker for a run of `cluster`, as a backup of it completed (unless
     /// `retention.after_backup` is off); never waits.
     pub(crate) fn after_backup(&self, cluster: &ClusterName) {
+        // The relay uploads the new backup now rather than at its next tick; never waits.
+        self.backup_completed.notify_waiters();
         if self.config.after_backup {
             // No worker (tests of sessions alone, or a server shutting down): nothing to ask.
             let _ = self.trigger.send(cluster.clone());

@@ -5,7 +5,8 @@
 //! [`work`] runs while a read-write server with a `tier2` section runs. It watches
 //! `<data_dir>/clusters/` (a new cluster directory is picked up within a second) and runs one
 //! task per cluster: a loop of passes, woken when the cluster's WAL became durable (WAL ingest
-//! notifies without waiting: a permit, never an await on Tier 2) and at least every second,
+//! notifies without waiting: a permit, never an await on Tier 2), when a backup completed
+//! (`Retention::after_backup`, likewise without waiting) and at least every second,
 //! at most four times a second. A pass uploads what the cluster's [frontier](super::frontier)
 //! lacks, in this order:
 //!
@@ -299,6 +300,8 @@ struct ClusterRelay {
     tier2: Arc<Tier2>,
     uploads: Arc<Semaphore>,
     telemetry: ClusterTelemetry,
+    /// Where backup completions are announced.
+    retention: Arc<crate::retention::Retention>,
     frontier_path: PathBuf,
     frontier: Frontier,
     /// When the partial was last uploaded (since this relay started).
@@ -323,6 +326,7 @@ impl ClusterRelay {
             tier2: tier2.clone(),
             uploads: uploads.clone(),
             telemetry: shared.telemetry.cluster(&cluster),
+            retention: shared.retention.clone(),
             cluster,
             frontier: Frontier::default(),
             last_partial: None,
@@ -340,11 +344,13 @@ impl ClusterRelay {
             }
         }
         let wake = self.telemetry.relay_wake();
+        let retention = self.retention.clone();
         let mut last_pass: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => return,
                 () = wake.notified() => {}
+                () = retention.backup_completed().notified() => {}
                 () = tokio::time::sleep(TICK) => {}
             }
             if let Some(wait) = last_pass
