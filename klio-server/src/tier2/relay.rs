@@ -71,6 +71,8 @@ const TICK: Duration = Duration::from_secs(1);
 const MIN_PASS_SPACING: Duration = Duration::from_millis(250);
 /// The first outer backoff after a failed pass.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// Phase-1 uploads per upload slot between two frontier writes.
+const CHUNK_PER_SLOT: usize = 8;
 /// The longest outer backoff.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -433,19 +435,31 @@ impl ClusterRelay {
         let mut failures = Vec::new();
         let mut done = 0usize;
 
-        // Phase 1.
-        let results = self.upload_all(plan.first).await;
+        // Phase 1, in chunks: after a long outage the frontier (and with it Tier 1 retention
+        // and Tier 2's WAL end) moves as the backlog goes up, not only at the end of the pass.
         let mut packs_up: BTreeSet<String> = self.frontier.packs.clone();
-        for r in results {
-            match r {
-                Ok(item) => {
-                    done += 1;
-                    if let Item::PackData(id) = &item {
-                        packs_up.insert(id.clone());
+        let mut saved = before.clone();
+        let chunk = self.tier2.settings.upload_concurrency.max(1) * CHUNK_PER_SLOT;
+        let mut first = plan.first.into_iter().peekable();
+        let mut saved_at = Instant::now();
+        while first.peek().is_some() {
+            let results = self.upload_all(first.by_ref().take(chunk).collect()).await;
+            for r in results {
+                match r {
+                    Ok(item) => {
+                        done += 1;
+                        if let Item::PackData(id) = &item {
+                            packs_up.insert(id.clone());
+                        }
+                        self.record(item);
                     }
-                    self.record(item);
+                    Err(e) => failures.push(e),
                 }
-                Err(e) => failures.push(e),
+            }
+            // At most a few frontier writes a second, however fast the uploads go.
+            if first.peek().is_some() && saved_at.elapsed() >= MIN_PASS_SPACING {
+                self.save_frontier(&mut saved).await?;
+                saved_at = Instant::now();
             }
         }
 
@@ -533,15 +547,23 @@ impl ClusterRelay {
             pending: planned.saturating_sub(done) as u64,
             ..progress
         });
-        if self.frontier != before {
-            let frontier = self.frontier.clone();
-            let path = self.frontier_path.clone();
-            tokio::task::spawn_blocking(move || frontier.save(&path))
-                .await
-                .map_err(|_| PassError::Plan(PlanError::Cancelled))?
-                .map_err(PassError::Frontier)?;
-        }
+        self.save_frontier(&mut saved).await?;
         Ok(failures)
+    }
+
+    /// Writes the frontier if it differs from `saved` (what is on disk), then remembers it.
+    async fn save_frontier(&self, saved: &mut Frontier) -> Result<(), PassError> {
+        if self.frontier == *saved {
+            return Ok(());
+        }
+        let frontier = self.frontier.clone();
+        let path = self.frontier_path.clone();
+        tokio::task::spawn_blocking(move || frontier.save(&path))
+            .await
+            .map_err(|_| PassError::Plan(PlanError::Cancelled))?
+            .map_err(PassError::Frontier)?;
+        *saved = self.frontier.clone();
+        Ok(())
     }
 
     /// Records a confirmed upload in the frontier (in memory; written at the end of the pass).
