@@ -25,7 +25,8 @@
 //!    what makes the backup exist in Tier 2.
 //!
 //! Then the journal object of a segment whose completed file is now up is deleted, and the
-//! frontier is written if it changed. Immutable objects (everything but the journal and
+//! frontier is written if it changed (also between chunks of step 1, at most four times a
+//! second, so that a long backlog is recorded as it goes up). Immutable objects (everything but the journal and
 //! `pinned`) go up create-only (`If-None-Match: *`): an object already there (a crash after
 //! the upload, before the frontier was written) counts as uploaded only if its size and
 //! CRC32C equal the local file's, else it is an integrity problem naming both, and is never
