@@ -25,6 +25,13 @@ fn retention_yaml(policy: &str) -> String {
     format!("retention:\n  interval: off\n  after_backup: false\n  block_grace: 0s\n{policy}")
 }
 
+/// A stack of 1 MiB segments whose server relays to `s3`, the partial every second.
+fn relayed_stack(label: &str, s3: &S3Server) -> klio_testkit::StackBuilder {
+    stack(label)
+        .segment_size_mb(1)
+        .server_config(&tier2_yaml(s3.endpoint(), "1s"))
+}
+
 fn wait_for_tier2(stack: &Stack, s3: &S3Server) {
     let mut missing = Vec::new();
     wait_until("every sealed file to be in Tier 2", RELAY_DEADLINE, || {
@@ -57,11 +64,7 @@ fn all_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[test]
 fn every_sealed_file_reaches_tier2_byte_identical() {
     let s3 = S3Server::start();
-    let stack = stack("tier2-identical")
-        .segment_size_mb(1)
-        .encryption()
-        .server_config(&tier2_yaml(s3.endpoint(), "1s"))
-        .start();
+    let stack = relayed_stack("tier2-identical", &s3).encryption().start();
     let marker = "tier2-plaintext-marker-5f3a";
     stack.pg.psql("CREATE TABLE notes (id int, body text)");
     stack.pg.psql(&format!(
@@ -109,10 +112,7 @@ fn every_sealed_file_reaches_tier2_byte_identical() {
 #[test]
 fn pins_set_and_lifted_after_the_upload_are_mirrored_in_tier2() {
     let s3 = S3Server::start();
-    let stack = stack("tier2-pins")
-        .segment_size_mb(1)
-        .server_config(&tier2_yaml(s3.endpoint(), "1s"))
-        .start();
+    let stack = relayed_stack("tier2-pins", &s3).start();
     stack.pg.psql("CREATE TABLE t (id int)");
     let info = backup(&stack, &[]);
     let entry = format!("backups/catalog/{}/entry.json", info.id);
@@ -141,10 +141,7 @@ fn pins_set_and_lifted_after_the_upload_are_mirrored_in_tier2() {
 #[test]
 fn the_segment_in_progress_reaches_tier2_within_partial_interval() {
     let s3 = S3Server::start();
-    let stack = stack("tier2-partial")
-        .segment_size_mb(1)
-        .server_config(&tier2_yaml(s3.endpoint(), "1s"))
-        .start();
+    let stack = relayed_stack("tier2-partial", &s3).start();
     stack.pg.psql("CREATE TABLE t (id int)");
     stack.pg.psql("SELECT pg_switch_wal()");
     stack.pg.psql("INSERT INTO t VALUES (1)");
@@ -185,10 +182,7 @@ fn the_segment_in_progress_reaches_tier2_within_partial_interval() {
 #[test]
 fn a_relay_killed_mid_upload_resumes_from_its_frontier_and_misses_nothing() {
     let s3 = S3Server::start();
-    let mut stack = stack("tier2-kill")
-        .segment_size_mb(1)
-        .server_config(&tier2_yaml(s3.endpoint(), "1s"))
-        .start();
+    let mut stack = relayed_stack("tier2-kill", &s3).start();
     stack.pg.pgbench(&["-i", "-s", "4", "-q"]);
     stack.pg.psql("SELECT pg_switch_wal()");
     // Kill while the relay is busy: some segments up, not all.
@@ -239,13 +233,7 @@ fn a_damaged_frontier_stops_the_relay_and_retention_of_its_cluster_and_says_so()
     std::fs::write(&path, b"{\"schema\": 1, \"identity\": tr").unwrap();
     stack.server.restart();
     let stopped = wait_until("status to show the relay stopped", RELAY_DEADLINE, || {
-        let s = status_json(&stack);
-        s["clusters"]
-            .as_array()?
-            .iter()
-            .find(|c| c["cluster"] == stack.cluster.as_str())?["tier2"]["stopped"]
-            .as_str()
-            .map(str::to_owned)
+        tier2_status(&stack)?["stopped"].as_str().map(str::to_owned)
     });
     assert!(stopped.contains("tier2-frontier.json"), "{stopped}");
     assert!(stopped.contains("remove it"), "{stopped}");
@@ -343,12 +331,7 @@ fn a_failing_tier2_never_delays_acknowledgements() {
         "a synchronous commit took {slowest:?} with Tier 2 down (bound {bound:?})"
     );
     let status = wait_until("status to show the relay failing", RELAY_DEADLINE, || {
-        let s = status_json(&stack);
-        let t = s["clusters"]
-            .as_array()?
-            .iter()
-            .find(|c| c["cluster"] == stack.cluster.as_str())?["tier2"]
-            .clone();
+        let t = tier2_status(&stack)?;
         (t["last_error"]["kind"] == "transport" && t["pending"].as_u64()? > 0).then_some(t)
     });
     assert!(

@@ -41,6 +41,16 @@ pub fn frontier(stack: &Stack) -> Option<serde_json::Value> {
     Some(serde_json::from_slice(&bytes).expect("the frontier is JSON"))
 }
 
+/// The `tier2` block of the stack's cluster in `klio status --output json`.
+pub fn tier2_status(stack: &Stack) -> Option<serde_json::Value> {
+    let status = super::retention::status_json(stack);
+    status["clusters"]
+        .as_array()?
+        .iter()
+        .find(|c| c["cluster"] == stack.cluster.as_str())
+        .map(|c| c["tier2"].clone())
+}
+
 /// The frontier's WAL end LSN, if any.
 pub fn frontier_wal_end(stack: &Stack) -> Option<u64> {
     frontier(stack)?.get("wal_end")?.get("lsn")?.as_u64()
