@@ -12,7 +12,7 @@ use common::retention::*;
 use common::tier2::*;
 use common::*;
 use klio_proto::klio::{RetainedBecause, WalKeptBecause};
-use klio_testkit::{S3Server, Stack, wait_until};
+use klio_testkit::{S3Server, SEND_WAL_SLOT, Stack, wait_until};
 
 /// 1 MiB segments: a little WAL fills several.
 const SEGMENT: u64 = 1 << 20;
@@ -107,6 +107,55 @@ fn every_sealed_file_reaches_tier2_byte_identical() {
             object.display()
         );
     }
+}
+
+#[test]
+fn a_standby_backup_and_the_history_of_a_promotion_reach_tier2() {
+    let s3 = S3Server::start();
+    let mut stack = relayed_stack("tier2-standby", &s3).standby().start();
+    let standby = stack.standby.take().expect("built with a standby");
+    stack.pg.psql("CREATE TABLE t (id int)");
+    stack.pg.psql("CHECKPOINT");
+    stack.pg.switch_wal();
+    let replayed = stack.pg.current_lsn();
+    standby.wait_for_replay(&replayed);
+    standby.wait_for_flush(SEND_WAL_SLOT, &replayed);
+    let info = backup_of(&stack, &standby, &[]);
+    standby.promote();
+    wait_until(
+        "the promoted standby to accept writes",
+        Duration::from_secs(60),
+        || {
+            standby
+                .try_psql("INSERT INTO t VALUES (2)")
+                .success()
+                .then_some(())
+        },
+    );
+    standby.switch_wal();
+    let end_lsn = standby.current_lsn();
+    standby.wait_for_flush(SEND_WAL_SLOT, &end_lsn);
+    wait_until("the history file on Tier 1", RELAY_DEADLINE, || {
+        has_history(&stack, 2).then_some(())
+    });
+    wait_for_tier2(&stack, &s3);
+    assert!(
+        object_of(&s3, &stack, "wal/00000002.history").is_file(),
+        "the history file is not in Tier 2"
+    );
+    assert!(
+        object_of(
+            &s3,
+            &stack,
+            &format!("backups/catalog/{}/entry.json", info.id)
+        )
+        .is_file(),
+        "the standby's backup is not in Tier 2"
+    );
+    wait_until("Tier 2's WAL end on timeline 2", RELAY_DEADLINE, || {
+        let end = frontier(&stack)?.get("wal_end")?.clone();
+        (end["timeline"] == 2 && end["lsn"].as_u64()? >= lsn(&end_lsn)).then_some(())
+    });
 }
 
 #[test]
