@@ -62,6 +62,15 @@ pub(crate) enum FrontierError {
         #[source]
         source: serde_json::Error,
     },
+    /// The frontier could not be encoded (plain data always encodes: a bug).
+    #[error("cannot encode the Tier 2 frontier for {path}: this is a bug in Klio, report it")]
+    Encode {
+        /// The frontier file.
+        path: PathBuf,
+        /// The encoder's error.
+        #[source]
+        source: serde_json::Error,
+    },
     /// The file holds a schema number this Klio does not know.
     #[error(
         "the Tier 2 frontier {path} has schema {found}, this Klio knows {FRONTIER_SCHEMA}: \
@@ -172,13 +181,11 @@ impl Frontier {
     /// Writes the frontier atomically and durably: after a crash the file is this one or the
     /// previous one, never a mix.
     pub(crate) fn save(&self, path: &Path) -> Result<(), FrontierError> {
-        let mut bytes = serde_json::to_vec_pretty(self).map_err(|source| {
-            // Plain data serializes; this cannot happen, but is reported rather than unwrapped.
-            FrontierError::Damaged {
+        let mut bytes =
+            serde_json::to_vec_pretty(self).map_err(|source| FrontierError::Encode {
                 path: path.to_owned(),
                 source,
-            }
-        })?;
+            })?;
         bytes.push(b'\n');
         // replace: temp file, fsync, rename, directory fsync, so the frontier on disk never
         // claims more than what was confirmed before this call.
