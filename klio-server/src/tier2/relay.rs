@@ -605,33 +605,15 @@ impl ClusterRelay {
             return RelayProgress::default();
         };
         let t = tier1.timeline;
-        let seg_end = |s: u64| s.saturating_add(1).saturating_mul(segment_bytes);
+        let candidate = wal_end_candidate(&self.frontier, t, missing, segment_bytes);
         let f = &self.frontier;
-        let candidate = match missing.first() {
-            Some(&m) => m
-                .checked_sub(1)
-                .filter(|&prev| f.has_segment(t, SegmentNo(prev)))
-                .map(seg_end),
-            None => {
-                let last = f
-                    .segments
-                    .get(&t.get())
-                    .and_then(|runs| runs.last())
-                    .map(|r| r[1]);
-                let partial = f
-                    .partial
-                    .filter(|p| p.timeline == t.get())
-                    .filter(|p| last.is_none_or(|l| p.segno == l + 1))
-                    .map(|p| p.end);
-                partial.or(last.map(seg_end))
-            }
-        };
         let now = unix_now();
         if let Some(lsn) = candidate {
-            let same = f
+            // Never backwards on a timeline: what is up stays up.
+            let not_newer = f
                 .wal_end
-                .is_some_and(|e| e.timeline == t.get() && e.lsn == lsn);
-            if !same {
+                .is_some_and(|e| e.timeline == t.get() && e.lsn >= lsn);
+            if !not_newer {
                 let since = f.wal_end.map_or(now, |e| e.since);
                 self.frontier.wal_end = Some(WalEnd {
                     timeline: t.get(),
@@ -716,6 +698,43 @@ impl Plan {
                 .iter()
                 .map(|b| b.files.len() + 1)
                 .sum::<usize>()
+    }
+}
+
+/// Where Tier 2's WAL on timeline `t` ends by `frontier`: the end of the segment before the
+/// first one of `missing` (Tier 1's completed segments on `t` the frontier lacked when the pass
+/// began) that is still not up, or, with none, of the last segment up or the partial after it.
+/// `None` when that cannot be said (the first segment on `t` is not up).
+fn wal_end_candidate(
+    frontier: &Frontier,
+    t: TimelineId,
+    missing: &BTreeSet<u64>,
+    segment_bytes: u64,
+) -> Option<u64> {
+    let seg_end = |s: u64| s.saturating_add(1).saturating_mul(segment_bytes);
+    // `missing` was listed before this pass's uploads: what went up since is not missing.
+    let first_missing = missing
+        .iter()
+        .copied()
+        .find(|&s| !frontier.has_segment(t, SegmentNo(s)));
+    match first_missing {
+        Some(m) => m
+            .checked_sub(1)
+            .filter(|&prev| frontier.has_segment(t, SegmentNo(prev)))
+            .map(seg_end),
+        None => {
+            let last = frontier
+                .segments
+                .get(&t.get())
+                .and_then(|runs| runs.last())
+                .map(|r| r[1]);
+            let partial = frontier
+                .partial
+                .filter(|p| p.timeline == t.get())
+                .filter(|p| last.is_none_or(|l| p.segno == l + 1))
+                .map(|p| p.end);
+            partial.or(last.map(seg_end))
+        }
     }
 }
 
@@ -1060,6 +1079,36 @@ mod tests {
         })
         .await
         .unwrap()
+    }
+
+    #[test]
+    fn tier2_wal_end_stops_before_the_first_segment_still_missing() {
+        const SEG: u64 = 1 << 20;
+        let t = TimelineId::FIRST;
+        let mut f = Frontier::default();
+        for s in [1, 2, 3, 5] {
+            f.add_segment(t, SegmentNo(s));
+        }
+        // Listed as missing before the pass: 2, 3 went up meanwhile, 4 did not.
+        let missing: BTreeSet<u64> = [2, 3, 4, 5].into();
+        assert_eq!(wal_end_candidate(&f, t, &missing, SEG), Some(4 * SEG));
+        // Nothing missing: the last segment up, or the partial right after it.
+        assert_eq!(
+            wal_end_candidate(&f, t, &BTreeSet::new(), SEG),
+            Some(6 * SEG)
+        );
+        f.partial = Some(PartialUp {
+            timeline: 1,
+            segno: 6,
+            end: 6 * SEG + 100,
+            uploaded_at: 0,
+        });
+        assert_eq!(
+            wal_end_candidate(&f, t, &BTreeSet::new(), SEG),
+            Some(6 * SEG + 100)
+        );
+        // The first segment of the timeline is not up: no end can be claimed.
+        assert_eq!(wal_end_candidate(&f, t, &[0].into(), SEG), None);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
