@@ -301,6 +301,53 @@ fn a_damaged_frontier_stops_the_relay_and_retention_of_its_cluster_and_says_so()
 }
 
 #[test]
+fn slow_down_bursts_resets_and_a_stall_lose_nothing_delay_no_commit_and_never_list() {
+    let bound = Duration::from_secs(2);
+    let s3 = S3Server::start();
+    let stack = relayed_stack("tier2-faults", &s3).sync_standby().start();
+    stack.pg.psql("CREATE TABLE t (id int, pad text)");
+    let faults = s3.faults();
+    faults.slow_down_next(20);
+    faults.reset_next(6);
+    let mut slowest = Duration::ZERO;
+    let mut commit = |i: u32| {
+        let started = Instant::now();
+        stack.pg.psql(&format!(
+            "INSERT INTO t SELECT g, repeat('x', 500) FROM generate_series({i} * 1000, {i} * 1000 + 999) g"
+        ));
+        slowest = slowest.max(started.elapsed());
+    };
+    for i in 0..10 {
+        commit(i);
+        stack.pg.switch_wal();
+    }
+    // A server that stalls: requests hang, commits go on.
+    faults.stall();
+    for i in 10..30 {
+        commit(i);
+    }
+    stack.pg.switch_wal();
+    faults.resume();
+    assert!(
+        slowest < bound,
+        "a synchronous commit took {slowest:?} under Tier 2 faults (bound {bound:?})"
+    );
+    wait_for_tier2(&stack, &s3);
+    wait_until(
+        "the frontier to equal what the bucket holds",
+        RELAY_DEADLINE,
+        || {
+            let f = frontier_segments(&stack, SEGMENT);
+            (f == segment_objects(&s3, &stack)
+                && archived_segments(&stack).iter().all(|s| f.contains(s)))
+            .then_some(())
+        },
+    );
+    assert!(faults.injected() > 0, "no fault was injected");
+    assert_eq!(faults.list_requests(), 0, "the relay listed the bucket");
+}
+
+#[test]
 fn tier1_retention_keeps_what_tier2_lacks() {
     let s3 = S3Server::start();
     let policy = retention_yaml("  keep_backups: 1\n");
