@@ -1148,6 +1148,54 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_object_lock_a_relayed_object_cannot_be_purged_before_it_ends() {
+        let moto = tokio::task::spawn_blocking(klio_testkit::MotoServer::start)
+            .await
+            .unwrap();
+        let mut s3_config = klio_tier2::Tier2Config::new(
+            klio_testkit::MotoServer::REGION,
+            klio_testkit::MotoServer::BUCKET,
+        );
+        s3_config.endpoint = Some(moto.endpoint().to_owned());
+        s3_config.credentials = klio_tier2::Credentials::Static {
+            access_key_id: "moto".to_owned(),
+            secret_access_key: "moto-secret".to_owned(),
+        };
+        let tier2 = Tier2::connect(super::super::Tier2Settings {
+            s3: s3_config,
+            partial_interval: Duration::from_secs(1),
+            upload_concurrency: 2,
+            object_lock: Some(super::super::config::ObjectLockSettings {
+                mode: klio_tier2::ObjectLockMode::Compliance,
+                retain: Duration::from_secs(3600),
+            }),
+            cache_bytes: 0,
+            retention: None,
+        })
+        .await
+        .unwrap();
+        let cluster = ClusterName::new("pg-main").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("wal")).unwrap();
+        std::fs::write(dir.path().join("wal/klio-archive.identity"), b"identity").unwrap();
+        let upload = file_upload(
+            Item::Identity,
+            dir.path(),
+            "wal/klio-archive.identity".to_owned(),
+        );
+        assert_eq!(upload_one(&tier2, &cluster, upload).await.unwrap(), 8);
+        let refused = tier2
+            .store
+            .purge(&layout::wal_key(&cluster, "klio-archive.identity"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refused, Tier2Error::AccessDenied { .. }),
+            "{refused:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_unreachable_tier2_is_a_transport_error_naming_the_file() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
