@@ -201,7 +201,10 @@ impl Server {
                 storage,
                 file_reads: tokio::sync::Semaphore::new(CONCURRENT_FILE_READS),
                 telemetry,
-                retention: Arc::new(Retention::new(config.retention.clone(), &config.data_dir)),
+                retention: Arc::new(
+                    Retention::new(config.retention.clone(), &config.data_dir)
+                        .with_tier2(config.tier2.is_some()),
+                ),
                 mode: config.mode,
                 tier2,
                 tier2_cache,
@@ -245,7 +248,15 @@ impl Server {
             }
         );
         if self.shared.mode == ServerMode::ReadWrite {
-            // A read-only server deletes nothing: Tier 2's retention runs on the primary.
+            // A read-only server deletes nothing and writes nothing to the bucket: relay and
+            // Tier 2's retention run on the primary.
+            if let Some(tier2) = self.shared.tier2.clone() {
+                tokio::spawn(crate::tier2::relay::work(
+                    self.shared.clone(),
+                    tier2,
+                    metrics_stopped_for_retention.clone(),
+                ));
+            }
             tokio::spawn(crate::retention::work(
                 self.shared.clone(),
                 metrics_stopped_for_retention,

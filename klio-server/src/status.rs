@@ -78,6 +78,41 @@ pub struct ClusterStatus {
     pub oldest_recoverable: Option<OldestRecoverable>,
     /// The last retention run since the server started.
     pub last_retention: Option<RetentionRun>,
+    /// The relay to Tier 2, when the server has a `tier2` section.
+    pub tier2: Option<Tier2RelayStatus>,
+}
+
+/// Where a cluster's relay to Tier 2 stands.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Tier2RelayStatus {
+    /// The end of the WAL in Tier 2 (all WAL before it on its timeline is up), if any.
+    pub wal_end: Option<StatusPoint>,
+    /// Tier 1's durable end minus `wal_end` on the same timeline, in bytes.
+    pub lag_bytes: Option<u64>,
+    /// 0 when caught up, else seconds since Tier 2's WAL end last equalled Tier 1's.
+    pub lag_seconds: Option<u64>,
+    /// Files waiting to go up.
+    pub pending: u64,
+    /// When an upload last succeeded (RFC 3339).
+    pub last_success: Option<String>,
+    /// The last upload that failed.
+    pub last_error: Option<RelayFailure>,
+    /// Why the relay of this cluster stopped, if it did (a damaged frontier).
+    pub stopped: Option<String>,
+}
+
+/// An upload to Tier 2 that failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayFailure {
+    /// When (RFC 3339).
+    pub at: String,
+    /// The file, relative to the cluster's directory (`wal/...`, `backups/...`).
+    pub file: String,
+    /// Its kind (`transport`, `throttled`, `integrity`, ...).
+    pub kind: String,
+    /// The error chain.
+    pub message: String,
 }
 
 /// The oldest point a restore can reach.
@@ -195,6 +230,37 @@ fn point(p: &StatusPoint) -> String {
     format!("{} (timeline {})", p.lsn, p.timeline)
 }
 
+/// The Tier 2 lines of a cluster's block.
+fn render_tier2(out: &mut String, t: &Tier2RelayStatus) {
+    use std::fmt::Write;
+    let end = match &t.wal_end {
+        Some(p) => point(p),
+        None => "no WAL yet".to_owned(),
+    };
+    let lag = match (t.lag_bytes, t.lag_seconds) {
+        (Some(b), Some(s)) => format!(", {} and {s} s behind Tier 1", bytes(b)),
+        (Some(b), None) => format!(", {} behind Tier 1", bytes(b)),
+        _ => String::new(),
+    };
+    let _ = writeln!(out, "  tier 2       WAL to {end}{lag}");
+    let _ = writeln!(
+        out,
+        "  tier 2 relay {} file(s) pending, last upload {}",
+        t.pending,
+        t.last_success.as_deref().unwrap_or("never")
+    );
+    if let Some(e) = &t.last_error {
+        let _ = writeln!(
+            out,
+            "  tier 2 error {} at {}: {} ({})",
+            e.file, e.at, e.message, e.kind
+        );
+    }
+    if let Some(s) = &t.stopped {
+        let _ = writeln!(out, "  tier 2 STOPPED: {s}");
+    }
+}
+
 /// The status as text for a terminal: one block per cluster.
 pub fn render_text(s: &ServerStatus) -> String {
     use std::fmt::Write;
@@ -275,6 +341,9 @@ pub fn render_text(s: &ServerStatus) -> String {
             None => "not run since the server started".to_owned(),
         };
         let _ = writeln!(out, "  retention    {retention}");
+        if let Some(t) = &c.tier2 {
+            render_tier2(&mut out, t);
+        }
     }
     if let Some(d) = &s.disk {
         let _ = writeln!(
@@ -343,6 +412,23 @@ mod tests {
                     ok: true,
                     message: "1 backup removed".into(),
                 }),
+                tier2: Some(Tier2RelayStatus {
+                    wal_end: Some(StatusPoint {
+                        timeline: 2,
+                        lsn: "0/3000000".into(),
+                    }),
+                    lag_bytes: Some(0x148),
+                    lag_seconds: Some(3),
+                    pending: 2,
+                    last_success: Some("2026-11-21T10:02:30Z".into()),
+                    last_error: Some(RelayFailure {
+                        at: "2026-11-21T10:02:31Z".into(),
+                        file: "wal/000000020000000000000003".into(),
+                        kind: "transport".into(),
+                        message: "connection refused".into(),
+                    }),
+                    stopped: None,
+                }),
                 ..Default::default()
             }],
             disk: Some(DiskStatus {
@@ -366,6 +452,9 @@ mod tests {
             "oldest restore point  2026-11-21T09:00:05Z (end of backup 20261121T090000Z-0a0b, 0/1000100 on timeline 1)",
             "retention    2026-11-21T10:02:00Z: 1 backup removed",
             "5.0 GiB free of 100.0 GiB (95% used); NEARLY FULL (warning at 90%)",
+            "tier 2       WAL to 0/3000000 (timeline 2), 328 B and 3 s behind Tier 1",
+            "2 file(s) pending, last upload 2026-11-21T10:02:30Z",
+            "wal/000000020000000000000003 at 2026-11-21T10:02:31Z: connection refused (transport)",
         ] {
             assert!(t.contains(want), "{want:?} missing in:\n{t}");
         }

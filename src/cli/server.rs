@@ -37,6 +37,13 @@ enum Command {
     ///     disk_warning: 90%          # warn (logs, metrics, status) above this much used
     ///     clusters:                  # per-cluster policies, over the ones above
     ///       pg-main: {keep_backups: 2}
+    ///   tier2:                       # optional: relay everything to S3-compatible storage
+    ///     endpoint: https://s3.example.net   # omit for AWS's endpoint of the region
+    ///     region: us-east-1
+    ///     bucket: klio-archive
+    ///     partial_interval: 10s      # the segment in progress goes up at most this often
+    ///     upload_concurrency: 4      # uploads at once; Tier 1 retention keeps what is not up
+    ///     object_lock: {mode: compliance, retain: 30d}   # optional S3 Object Lock
     #[command(verbatim_doc_comment)]
     Start(StartArgs),
 }

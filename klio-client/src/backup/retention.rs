@@ -23,6 +23,7 @@ fn reason_text(r: &RetainedBecause) -> String {
         RetainedBecause::NoPolicy => "no retention policy is configured".to_owned(),
         RetainedBecause::UnknownEndTime => "its end time cannot be read".to_owned(),
         RetainedBecause::ObjectLock => "S3 Object Lock still holds it".to_owned(),
+        RetainedBecause::NotYetInTier2 => "not yet relayed to Tier 2".to_owned(),
     }
 }
 
@@ -35,6 +36,7 @@ fn wal_reason_text(r: &WalKeptBecause) -> String {
         WalKeptBecause::UnknownHistory => {
             "no history file, so its ancestry is unknown and nothing goes".to_owned()
         }
+        WalKeptBecause::NotYetInTier2 => "not yet relayed to Tier 2".to_owned(),
     }
 }
 

@@ -155,6 +155,9 @@ pub enum RetainedBecause {
     UnknownEndTime,
     /// Its objects in Tier 2 are still under S3 Object Lock retention (Tier 2's report only).
     ObjectLock,
+    /// Tier 2 is configured and the relay has not uploaded it yet: Tier 1 keeps it until it
+    /// is there.
+    NotYetInTier2,
 }
 
 /// One timeline of the WAL archive.
@@ -191,6 +194,9 @@ pub enum WalKeptBecause {
     NewestTimeline,
     /// A timeline without a history file: its ancestry is unknown, so nothing goes.
     UnknownHistory,
+    /// Tier 2 is configured and the relay has not uploaded these segments (or the history
+    /// file) yet: Tier 1 keeps them until they are there.
+    NotYetInTier2,
 }
 
 /// Blocks reclaimed.

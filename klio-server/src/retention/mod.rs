@@ -15,6 +15,11 @@
 //!    nobody marked or claimed whose pack is older than `block_grace`, and finally removes or
 //!    rewrites the packs they leave dead (crash-safe, `klio_store::backup` documents how).
 //!
+//! With a `tier2` section, each step is clamped to the cluster's relay frontier
+//! (`tier2-frontier.json`): a backup not yet relayed stays (`not_yet_in_tier2`), no segment or
+//! history file not yet in Tier 2 is pruned, and no pack not yet relayed is removed or
+//! rewritten. A frontier that cannot be read fails the run: nothing is removed on a guess.
+//!
 //! A dry run does 1-3 without removing anything and reports the same numbers. Runs happen
 //! on the schedule (`retention.interval`), after each completed backup, and on request
 //! (`klio retention run`). A nearly full disk is reported (logs, metrics, `klio status`, the
@@ -44,6 +49,10 @@ pub(crate) struct Retention {
     data_dir: PathBuf,
     trigger: mpsc::UnboundedSender<ClusterName>,
     triggered: Mutex<Option<mpsc::UnboundedReceiver<ClusterName>>>,
+    /// Tier 2 is configured: nothing leaves Tier 1 before the relay's frontier records it.
+    tier2: bool,
+    /// Wakes the Tier 2 relay when a backup completed.
+    backup_completed: tokio::sync::Notify,
 }
 
 impl Retention {
@@ -55,7 +64,25 @@ impl Retention {
             data_dir: data_dir.to_owned(),
             trigger,
             triggered: Mutex::new(Some(triggered)),
+            tier2: false,
+            backup_completed: tokio::sync::Notify::new(),
         }
+    }
+
+    /// With `tier2`, runs keep on Tier 1 whatever the relay has not uploaded yet (backups,
+    /// WAL segments and history files, packs), whatever the policy says.
+    pub(crate) fn with_tier2(self, tier2: bool) -> Self {
+        Self { tier2, ..self }
+    }
+
+    /// Notified (to whoever waits at that moment) when a backup of any cluster completed.
+    pub(crate) fn backup_completed(&self) -> &tokio::sync::Notify {
+        &self.backup_completed
+    }
+
+    /// Whether runs are clamped to the Tier 2 frontier.
+    pub(crate) fn clamped_to_tier2(&self) -> bool {
+        self.tier2
     }
 
     /// The settings.
@@ -71,6 +98,8 @@ impl Retention {
     /// Asks the worker for a run of `cluster`, as a backup of it completed (unless
     /// `retention.after_backup` is off); never waits.
     pub(crate) fn after_backup(&self, cluster: &ClusterName) {
+        // The relay uploads the new backup now rather than at its next tick; never waits.
+        self.backup_completed.notify_waiters();
         if self.config.after_backup {
             // No worker (tests of sessions alone, or a server shutting down): nothing to ask.
             let _ = self.trigger.send(cluster.clone());

@@ -5,17 +5,20 @@ use std::time::SystemTime;
 
 use klio_proto::klio::{
     BackupInfo, BackupVerdict, BlockReport, DiskReport, RETENTION_REPORT_SCHEMA, RecoverablePoint,
-    ReportPolicy, RetainedBecause, RetentionReport, WalTimelineReport,
+    ReportPolicy, RetainedBecause, RetentionReport, WalKeptBecause, WalTimelineReport,
 };
 use klio_store::backup::{self, BackupId, BackupStoreError, ReclaimSummary, SweepStep};
-use klio_store::retention::{self, RetentionPolicy, Verdict};
-use klio_store::wal_archive::{WalArchiveError, WalArchiveReader, WalPruner};
-use klio_wal::{ByteSize, WalFileName};
+use klio_store::retention::{self, RetentionPolicy, Verdict, WalPlan};
+use klio_store::wal_archive::{
+    ArchiveListing, SegmentRange, WalArchiveError, WalArchiveReader, WalPruner,
+};
+use klio_wal::{ByteSize, SegmentNo, WalFileName};
 
 use super::config::{ClusterPolicy, RetentionConfig};
 use super::disk::DiskSpace;
 use super::pause::pause_point;
 use crate::session::BackupEnv;
+use crate::tier2::frontier::{Frontier, FrontierError, frontier_path};
 
 /// A retention run failed; what it removed before the failure stays removed (every step is
 /// durable on its own), and the next run goes on from there.
@@ -30,6 +33,16 @@ pub(crate) enum RetentionError {
         /// What failed.
         #[source]
         source: BackupStoreError,
+    },
+    /// Tier 2 is configured and the relay's frontier cannot be read: nothing is removed on a
+    /// guess of what Tier 2 holds.
+    #[error("retention of cluster {cluster} cannot tell what Tier 2 holds, so it removes nothing")]
+    Tier2Frontier {
+        /// The cluster.
+        cluster: String,
+        /// What failed.
+        #[source]
+        source: FrontierError,
     },
     /// The WAL archive could not be read or pruned.
     #[error("retention of cluster {cluster} could not read or prune its WAL archive")]
@@ -47,7 +60,7 @@ impl RetentionError {
     pub(crate) fn backup_store_error(&self) -> Option<&BackupStoreError> {
         match self {
             Self::Backups { source, .. } => Some(source),
-            Self::Wal { .. } => None,
+            Self::Wal { .. } | Self::Tier2Frontier { .. } => None,
         }
     }
 }
@@ -60,10 +73,26 @@ pub(crate) fn run(
     dry_run: bool,
 ) -> Result<RetentionReport, RetentionError> {
     env.backups.with_retention_lock(&env.cluster, || {
+        let tier2 = if env.retention.clamped_to_tier2() {
+            // Read under the retention lock, after which the relay only adds to it: what it
+            // records as up stays up.
+            let cluster_dir = env.wal_dir.parent().unwrap_or(&env.wal_dir);
+            Some(
+                Frontier::load(&frontier_path(cluster_dir)).map_err(|source| {
+                    RetentionError::Tier2Frontier {
+                        cluster: env.cluster.to_string(),
+                        source,
+                    }
+                })?,
+            )
+        } else {
+            None
+        };
         Run {
             env,
             settings,
             dry_run,
+            tier2,
         }
         .go()
     })
@@ -73,6 +102,8 @@ struct Run<'a> {
     env: &'a BackupEnv,
     settings: &'a RetentionConfig,
     dry_run: bool,
+    /// With Tier 2: what the relay has uploaded; nothing else leaves Tier 1.
+    tier2: Option<Frontier>,
 }
 
 impl Run<'_> {
@@ -117,6 +148,14 @@ impl Run<'_> {
                 },
             })
             .collect();
+        if let Some(frontier) = &self.tier2 {
+            for fate in report_backups.iter_mut().filter(|f| f.removed) {
+                if !frontier.backups.contains_key(&fate.id) {
+                    fate.removed = false;
+                    fate.kept_because = vec![RetainedBecause::NotYetInTier2];
+                }
+            }
+        }
         let mut removed_ids = Vec::new();
         for fate in &mut report_backups {
             if !fate.removed {
@@ -225,8 +264,12 @@ impl Run<'_> {
             .iter()
             .map(|b| (b.id.clone(), b.start.position()))
             .collect();
-        let plan = retention::plan_wal(&reader, policy_set.then_some(starts.as_slice()))
+        let mut plan = retention::plan_wal(&reader, policy_set.then_some(starts.as_slice()))
             .map_err(self.wal_err())?;
+        if let Some(frontier) = &self.tier2 {
+            let listing = reader.list().map_err(self.wal_err())?;
+            clamp_wal_plan(&mut plan, &listing, frontier);
+        }
         let pruner = WalPruner::open(&self.env.wal_dir).map_err(self.wal_err())?;
         let pruned = if self.dry_run {
             pruner.measure(&plan, size)
@@ -295,7 +338,12 @@ impl Run<'_> {
         let packs = store.packs_dir();
         // The pack files are examined before the write lock: under it, only memory is touched,
         // so a backup session waiting for the index waits for no disk.
-        let survey = backup::survey_packs(&index, grace, now, &packs);
+        let mut survey = backup::survey_packs(&index, grace, now, &packs);
+        if let Some(frontier) = &self.tier2 {
+            // A pack not yet relayed is neither removed nor rewritten: Tier 2 needs its bytes
+            // as they are (its index names their offsets).
+            survey.leave_alone(|id| !frontier.packs.contains(&id.to_string()));
+        }
         if self.dry_run {
             let idx = index.read().unwrap_or_else(|p| p.into_inner());
             let claimed = marking.claimed();
@@ -335,6 +383,46 @@ impl Run<'_> {
             );
         }
         Ok(block_report(summary))
+    }
+}
+
+/// Keeps in `plan` every completed segment (present on Tier 1) and history file the Tier 2
+/// frontier does not record: a timeline's removal stops at its first such segment.
+fn clamp_wal_plan(plan: &mut WalPlan, listing: &ArchiveListing, frontier: &Frontier) {
+    for t in &mut plan.timelines {
+        let on_tier1: Vec<SegmentRange> = listing
+            .timelines
+            .iter()
+            .find(|l| l.timeline == t.timeline)
+            .map(|l| l.segments.clone())
+            .unwrap_or_default();
+        let present = |s: u64| on_tier1.iter().any(|r| (r.first.0..=r.last.0).contains(&s));
+        let mut clamped = false;
+        let mut kept = Vec::new();
+        'runs: for run in &t.remove {
+            for s in run.first.0..=run.last.0 {
+                if present(s) && !frontier.has_segment(t.timeline, SegmentNo(s)) {
+                    if s > run.first.0 {
+                        kept.push(SegmentRange {
+                            first: run.first,
+                            last: SegmentNo(s - 1),
+                        });
+                    }
+                    t.keep_from = Some(t.keep_from.map_or(SegmentNo(s), |k| k.min(SegmentNo(s))));
+                    clamped = true;
+                    break 'runs;
+                }
+            }
+            kept.push(*run);
+        }
+        t.remove = kept;
+        if t.remove_history && !frontier.histories.contains(&t.timeline.get()) {
+            t.remove_history = false;
+            clamped = true;
+        }
+        if clamped && !t.kept_because.contains(&WalKeptBecause::NotYetInTier2) {
+            t.kept_because.push(WalKeptBecause::NotYetInTier2);
+        }
     }
 }
 

@@ -75,9 +75,13 @@ pub(crate) async fn run_logged(shared: &Arc<Shared>, cluster: &ClusterName) {
     let env = BackupEnv::of(shared, cluster);
     let telemetry = shared.telemetry.cluster(cluster);
     let settings = shared.retention.config().clone();
-    let outcome = tokio::task::spawn_blocking(move || super::run(&env, &settings, false)).await;
+    let run_env = env.clone();
+    let outcome = tokio::task::spawn_blocking(move || super::run(&run_env, &settings, false)).await;
     match outcome {
-        Ok(Ok(report)) => telemetry.retention_ran(&report),
+        Ok(Ok(mut report)) => {
+            crate::tier2::retention::add_to(&env, &mut report, false).await;
+            telemetry.retention_ran(&report);
+        }
         Ok(Err(e)) => {
             let text = ErrorChain(&e).to_string();
             tracing::warn!("{text}");

@@ -327,7 +327,7 @@ async fn retention<T: FrameIo>(
         tokio::task::spawn_blocking(move || crate::retention::run(&run_env, &settings, dry_run))
             .await
             .map_err(storage_task_failed)?;
-    let report = match outcome {
+    let mut report = match outcome {
         Ok(r) => r,
         Err(e) => {
             if !dry_run {
@@ -339,6 +339,7 @@ async fn retention<T: FrameIo>(
             return Err(End::Refused(code, ErrorChain(&e).to_string()));
         }
     };
+    crate::tier2::retention::add_to(env, &mut report, dry_run).await;
     if !dry_run {
         env.telemetry.retention_ran(&report);
     }

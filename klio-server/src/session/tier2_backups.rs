@@ -68,6 +68,35 @@ impl Tier2Backups {
         })
     }
 
+    /// The `tier2` section.
+    pub(crate) fn settings(&self) -> &crate::tier2::Tier2Settings {
+        &self.tier2.settings
+    }
+
+    /// Held by Tier 2's retention runs.
+    pub(crate) fn retention_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.tier2.retention_runs
+    }
+
+    /// Tier 2's retention run over this cluster with `policy` (`tier1_packs`: Tier 1's
+    /// `packs/` directory of the cluster).
+    pub(crate) fn retention(
+        &self,
+        policy: crate::retention::config::ClusterPolicy,
+        tier1_packs: std::path::PathBuf,
+        dry_run: bool,
+    ) -> crate::tier2::retention::Tier2Retention<'_> {
+        crate::tier2::retention::Tier2Retention {
+            tier2: &self.tier2,
+            cache: &self.cache,
+            cluster: &self.cluster,
+            keyring: self.keyring.clone(),
+            tier1_packs,
+            policy,
+            dry_run,
+        }
+    }
+
     /// The store serving what was fetched.
     pub(super) fn store(&self) -> &BackupStore {
         &self.store

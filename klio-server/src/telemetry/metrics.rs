@@ -45,6 +45,13 @@ pub(crate) struct ServerMetrics {
     pub(crate) retention_backups_removed: PerCluster<Counter>,
     pub(crate) retention_last_run: PerCluster<Gauge>,
     pub(crate) retention_last_success: PerCluster<Gauge>,
+    pub(crate) tier2_lag_bytes: PerCluster<Gauge>,
+    pub(crate) tier2_lag_seconds: PerCluster<Gauge>,
+    pub(crate) tier2_queue_depth: PerCluster<Gauge>,
+    pub(crate) tier2_uploads: Family<ClusterKindLabels, Counter>,
+    pub(crate) tier2_uploaded_bytes: PerCluster<Counter>,
+    pub(crate) tier2_upload_errors: Family<ClusterKindLabels, Counter>,
+    pub(crate) tier2_last_success: PerCluster<Gauge>,
     pub(crate) disk_free: Gauge,
     pub(crate) disk_size: Gauge,
     pub(crate) disk_nearly_full: Gauge,
@@ -84,6 +91,13 @@ impl ServerMetrics {
             retention_backups_removed: Family::default(),
             retention_last_run: Family::default(),
             retention_last_success: Family::default(),
+            tier2_lag_bytes: Family::default(),
+            tier2_lag_seconds: Family::default(),
+            tier2_queue_depth: Family::default(),
+            tier2_uploads: Family::default(),
+            tier2_uploaded_bytes: Family::default(),
+            tier2_upload_errors: Family::default(),
+            tier2_last_success: Family::default(),
             disk_free: Gauge::default(),
             disk_size: Gauge::default(),
             disk_nearly_full: Gauge::default(),
@@ -233,6 +247,41 @@ impl ServerMetrics {
             "retention_last_run_success",
             "1 if the last retention run did all it had to, 0 if it failed",
             m.retention_last_success.clone(),
+        );
+        r.register(
+            "tier2_relay_lag_bytes",
+            "Tier 1's durable WAL end minus Tier 2's WAL end on the same timeline",
+            m.tier2_lag_bytes.clone(),
+        );
+        r.register(
+            "tier2_relay_lag_seconds",
+            "0 when Tier 2 holds all durable WAL, else seconds since it last did",
+            m.tier2_lag_seconds.clone(),
+        );
+        r.register(
+            "tier2_queue_depth",
+            "Files waiting to be uploaded to Tier 2",
+            m.tier2_queue_depth.clone(),
+        );
+        r.register(
+            "tier2_uploads",
+            "Files uploaded to Tier 2, by kind (segment, history, partial, pack, index, catalog)",
+            m.tier2_uploads.clone(),
+        );
+        r.register(
+            "tier2_uploaded_bytes",
+            "Bytes uploaded to Tier 2",
+            m.tier2_uploaded_bytes.clone(),
+        );
+        r.register(
+            "tier2_upload_errors",
+            "Failed uploads to Tier 2, by kind of error (transport, throttled, access_denied, ...)",
+            m.tier2_upload_errors.clone(),
+        );
+        r.register(
+            "tier2_last_success_timestamp_seconds",
+            "Unix time of the last successful upload to Tier 2",
+            m.tier2_last_success.clone(),
         );
         r.register(
             "data_dir_free_bytes",

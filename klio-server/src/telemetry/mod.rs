@@ -8,6 +8,9 @@
 
 mod backups;
 mod metrics;
+mod relay;
+
+pub(crate) use relay::RelayProgress;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -59,6 +62,8 @@ struct Surveyed {
 struct ClusterState {
     label: ClusterLabel,
     live: Mutex<Live>,
+    /// Wakes the cluster's Tier 2 relay when WAL became durable (never waits for it).
+    relay_wake: Arc<tokio::sync::Notify>,
 }
 
 /// What only the running server knows about a cluster.
@@ -72,6 +77,7 @@ struct Live {
     upstream: Option<WalPosition>,
     last_error: Option<status::LastError>,
     retention: Option<status::RetentionRun>,
+    tier2: Option<status::Tier2RelayStatus>,
 }
 
 #[derive(Debug)]
@@ -124,6 +130,7 @@ impl Telemetry {
                         cluster: cluster.to_string(),
                     },
                     live: Mutex::default(),
+                    relay_wake: Arc::default(),
                 })
             })
             .clone();
@@ -317,6 +324,7 @@ fn cluster_status(
         });
         c.last_error = l.last_error.clone();
         c.last_retention = l.retention.clone();
+        c.tier2 = l.tier2.clone();
     }
     c
 }
@@ -465,6 +473,10 @@ impl ClusterTelemetry {
             m.segments_completed
                 .get_or_create(self.label())
                 .inc_by(segments);
+        }
+        if segments > 0 || ack.is_some() {
+            // A permit, not a wait: ingest never waits on Tier 2.
+            self.state.relay_wake.notify_one();
         }
         if let Some(ack) = ack {
             let now = SystemTime::now();

@@ -54,17 +54,6 @@ pub(crate) fn backup_key(cluster: &ClusterName, path: &str) -> String {
     format!("{}backups/{path}", cluster_prefix(cluster))
 }
 
-/// The cluster names found in a listing of `clusters/` (keys relative to the store's prefix).
-pub(crate) fn clusters_in<'a>(keys: impl IntoIterator<Item = &'a str>) -> Vec<ClusterName> {
-    let mut names: Vec<ClusterName> = keys
-        .into_iter()
-        .filter_map(|k| k.strip_prefix("clusters/")?.split('/').next())
-        .filter_map(|name| ClusterName::new(name).ok())
-        .collect();
-    names.dedup();
-    names
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,21 +85,5 @@ mod tests {
         for bad in ["/etc/passwd", "../other/wal/x", "wal/../../x", ""] {
             assert_eq!(object_key(&c, Path::new(bad)), None, "{bad}");
         }
-    }
-
-    #[test]
-    fn clusters_are_found_once_each_in_a_sorted_listing() {
-        let keys = [
-            "clusters/a/wal/x",
-            "clusters/a/wal/y",
-            "clusters/b/backups/block-hash-key",
-            "clusters/not a name!/wal/x",
-            "other/c",
-        ];
-        let names: Vec<String> = clusters_in(keys)
-            .into_iter()
-            .map(|c| c.as_str().to_owned())
-            .collect();
-        assert_eq!(names, ["a", "b"]);
     }
 }

@@ -30,14 +30,15 @@
 //! pinning backups, retention runs, and `klio keys rotate` on its data directory. It writes
 //! nothing to the bucket, so any number of read-only servers can serve one bucket.
 //!
-//! The relay and its frontier are described in their modules.
-
-// The relay and the reads that use these land next.
-#![allow(dead_code)]
+//! The relay ([`relay`]: what goes up, in which order, and how failures are handled), its
+//! frontier ([`frontier`]: what is safely up, and its file format) and Tier 2's retention
+//! ([`retention`]) are described in their modules.
 
 pub mod config;
 pub(crate) mod fetch;
+pub(crate) mod frontier;
 pub(crate) mod layout;
+pub(crate) mod relay;
 pub(crate) mod retention;
 
 use klio_tier2::{ObjectStore, Tier2Error};
@@ -51,6 +52,8 @@ pub(crate) struct Tier2 {
     pub(crate) store: ObjectStore,
     /// The `tier2` section.
     pub(crate) settings: Tier2Settings,
+    /// Held by Tier 2's retention runs: one at a time on the server, whatever asked for it.
+    pub(crate) retention_runs: tokio::sync::Mutex<()>,
 }
 
 impl Tier2 {
@@ -59,6 +62,7 @@ impl Tier2 {
         Ok(Self {
             store: ObjectStore::connect(&settings.s3).await?,
             settings,
+            retention_runs: tokio::sync::Mutex::new(()),
         })
     }
 }

@@ -33,7 +33,7 @@ use std::time::SystemTime;
 use klio_crypto::Keyring;
 use klio_proto::klio::{
     BackupInfo, BackupVerdict, BlockHash, ClusterName, ReportPolicy, RetainedBecause,
-    Tier2RetentionReport, WalTimelineReport,
+    RetentionReport, Tier2RetentionReport, WalTimelineReport,
 };
 use klio_store::backup::{BackupId, BackupStore, BackupStoreError, FileListItem, PackId, read_idx};
 use klio_store::retention::{self, RetentionPolicy, Verdict};
@@ -42,12 +42,12 @@ use klio_store::wal_archive::{
     WalArchiveReader, file_of_stored,
 };
 use klio_tier2::Tier2Error;
-use klio_wal::{ByteSize, Lsn, SegmentNo, TimelineId, WalFileName, WalPosition};
+use klio_wal::{ByteSize, ErrorChain, Lsn, SegmentNo, TimelineId, WalFileName, WalPosition};
 
-use super::Tier2;
 use super::fetch::{FetchError, Tier2Cache};
-use super::layout;
+use super::{ServerMode, Tier2, layout};
 use crate::retention::config::ClusterPolicy;
+use crate::session::BackupEnv;
 
 /// Tier 2's retention of a cluster could not finish; what it removed stays removed, and the
 /// next run goes on from there.
@@ -61,7 +61,7 @@ pub(crate) enum Tier2RetentionError {
         cluster: String,
         /// What the object store reported (it names the key).
         #[source]
-        source: Tier2Error,
+        source: Box<Tier2Error>,
     },
     /// An object could not be fetched into the cache to be read.
     #[error("Tier 2 retention of cluster {cluster} could not read an object")]
@@ -70,7 +70,7 @@ pub(crate) enum Tier2RetentionError {
         cluster: String,
         /// What failed.
         #[source]
-        source: FetchError,
+        source: Box<FetchError>,
     },
     /// A fetched catalog file, file list or index failed its checks.
     #[error("Tier 2 retention of cluster {cluster} found a damaged backup object")]
@@ -96,6 +96,34 @@ pub(crate) enum Tier2RetentionError {
         /// The cluster.
         cluster: String,
     },
+}
+
+/// Adds Tier 2's run of the cluster of `env` to Tier 1's `report`, when the server is
+/// read-write and has a `tier2.retention` policy. A failure of it leaves Tier 1's report as it
+/// is, with a note saying what failed (and a warning in the log): Tier 1's removals stand.
+pub(crate) async fn add_to(env: &BackupEnv, report: &mut RetentionReport, dry_run: bool) {
+    let Some(backups) = &env.tier2 else {
+        return;
+    };
+    let Some(policy) = backups.settings().retention else {
+        return;
+    };
+    if env.mode != ServerMode::ReadWrite {
+        return;
+    }
+    let _one_at_a_time = backups.retention_lock().lock().await;
+    match backups
+        .retention(policy, env.store.packs_dir(), dry_run)
+        .run()
+        .await
+    {
+        Ok(tier2) => report.tier2 = Some(tier2),
+        Err(e) => {
+            let text = ErrorChain(&e).to_string();
+            tracing::warn!("{text}");
+            report.notes.push(text);
+        }
+    }
 }
 
 /// One run of Tier 2's retention over one cluster.
@@ -197,14 +225,14 @@ impl Tier2Retention<'_> {
     fn objects_err(&self) -> impl Fn(Tier2Error) -> Tier2RetentionError + '_ {
         |source| Tier2RetentionError::Objects {
             cluster: self.cluster.to_string(),
-            source,
+            source: Box::new(source),
         }
     }
 
     fn fetch_err(&self) -> impl Fn(FetchError) -> Tier2RetentionError + '_ {
         |source| Tier2RetentionError::Fetch {
             cluster: self.cluster.to_string(),
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -440,14 +468,13 @@ impl Tier2Retention<'_> {
                     };
                     let mut all_gone = true;
                     for stored_name in stored {
-                        if !self.dry_run {
-                            if let Removal::Locked =
+                        if !self.dry_run
+                            && let Removal::Locked =
                                 self.purge(&format!("{prefix}{stored_name}")).await?
-                            {
-                                locked += 1;
-                                all_gone = false;
-                                continue;
-                            }
+                        {
+                            locked += 1;
+                            all_gone = false;
+                            continue;
                         }
                         report.bytes_removed += objects.get(*stored_name).copied().unwrap_or(0);
                     }

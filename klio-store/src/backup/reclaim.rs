@@ -303,6 +303,18 @@ pub struct PackSurvey {
     files: Vec<Option<PackFiles>>,
 }
 
+impl PackSurvey {
+    /// Leaves alone every pack for which `keep` is true (neither removed nor rewritten by the
+    /// sweep of this survey), as if it were within the grace period.
+    pub fn leave_alone(&mut self, keep: impl Fn(&PackId) -> bool) {
+        for slot in &mut self.files {
+            if slot.as_ref().is_some_and(|f| keep(&f.id)) {
+                *slot = None;
+            }
+        }
+    }
+}
+
 /// Examines the files of every pack `index` holds (the read lock is held only to copy their
 /// ids): which are older than `grace` at `now`, and their sizes.
 pub fn survey_packs(

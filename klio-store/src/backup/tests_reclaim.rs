@@ -421,3 +421,44 @@ fn slots_stay_stable_across_forgetting_and_relocation() {
     assert_eq!(added, 12..13);
     assert_eq!(index.read().unwrap().slot_of(&fresh.hash), Some(12));
 }
+
+#[test]
+fn packs_left_alone_are_neither_removed_nor_rewritten_and_keep_their_blocks() {
+    let f = Fixture::new(None);
+    let index = f.index();
+    let live = f.store.mark(&keep(), &index).unwrap();
+    let mut survey = survey_packs(
+        &index,
+        Duration::ZERO,
+        SystemTime::now(),
+        &f.store.packs_dir(),
+    );
+    // As the Tier 2 clamp does: every pack not yet relayed (here: all of them) stays.
+    survey.leave_alone(|_| true);
+    let condemned = condemn(
+        &mut index.write().unwrap(),
+        &live,
+        &SlotSet::default(),
+        &survey,
+    );
+    assert!(condemned.is_empty(), "{:?}", condemned.planned());
+    let done = sweep(
+        &f.store,
+        condemned,
+        &mut |pack, moved| index.write().unwrap().relocate(pack, moved),
+        &mut |_| ControlFlow::Continue(()),
+    )
+    .unwrap();
+    assert_eq!(done, ReclaimSummary::default());
+    let idx = index.read().unwrap();
+    assert!(
+        f.all_blocks().all(|b| idx.contains(&b.hash)),
+        "nothing forgotten"
+    );
+    drop(idx);
+    assert!(f.packs.iter().all(|p| p.is_file()));
+    // Once relayed, the same packs are reclaimed.
+    let (_, done) = reclaim_all(&f.store, &index);
+    assert_eq!((done.packs_removed, done.packs_rewritten), (1, 1));
+    assert_kept_backup_verifies(&f.store, &index);
+}

@@ -149,7 +149,7 @@ pub fn plan_listing(
                 .map(|&timeline| TimelinePlan {
                     timeline,
                     remove: Vec::new(),
-                    keep_from: completed(&listing, timeline).first().map(|r| r.first),
+                    keep_from: completed(listing, timeline).first().map(|r| r.first),
                     kept_because: Vec::new(),
                     remove_history: false,
                 })

@@ -101,8 +101,8 @@ pub use identity::ClusterIdentity;
 pub use journal::{FrameCheck, FrameDefect, JournalDamage, ScanStop};
 pub use prune::{PrunedTimeline, PrunedWal, WalPruner};
 pub use read::{
-    ArchiveListing, ArchivedFile, ExportSummary, JournalReport, PartialSegment, SegmentRange,
-    TimelineListing, inspect_journal, inspect_journal_with,
+    ArchiveListing, ArchivedFile, ExportSummary, JournalReport, JournalSnapshot, PartialSegment,
+    SegmentRange, TimelineListing, inspect_journal, inspect_journal_with,
 };
 pub use rotate::RewrapSummary;
 pub use summary::ArchiveSummary;

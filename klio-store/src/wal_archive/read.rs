@@ -79,6 +79,35 @@ pub struct ArchiveListing {
     pub histories: Vec<TimelineId>,
 }
 
+/// The journal of a segment in progress as it can be copied elsewhere: its bytes cut right
+/// after the last valid frame (a journal file is pre-padded with zeros; the padding is not
+/// part of it). The cut bytes are a valid journal: placed as `<segment>.klio-journal` in an
+/// archive directory of the same cluster, a reader serves them as the zero-padded partial
+/// segment ending at `end`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JournalSnapshot {
+    /// The segment's timeline.
+    pub timeline: TimelineId,
+    /// The segment.
+    pub segno: SegmentNo,
+    /// The journal's file name, `<segment>.klio-journal`.
+    pub file_name: String,
+    /// The journal up to the end of its last valid frame (key header included when encrypted).
+    pub bytes: Vec<u8>,
+    /// The LSN just past the last valid frame's WAL.
+    pub end: Lsn,
+}
+
+impl std::fmt::Debug for JournalSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JournalSnapshot")
+            .field("file_name", &self.file_name)
+            .field("len", &self.bytes.len())
+            .field("end", &self.end)
+            .finish()
+    }
+}
+
 /// What [`WalArchiveReader::export_to_directory`] wrote.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExportSummary {
@@ -272,6 +301,48 @@ impl WalArchiveReader {
                     }))
             }
             _ => Ok(None),
+        }
+    }
+
+    /// The journal of the segment `timeline`/`segno` cut after its last valid frame, or `None`
+    /// when it has no journal, or one without WAL, or one that holds the whole segment (that
+    /// segment is complete: its final file is what gets copied).
+    ///
+    /// The file is read whole into memory and scanned there, so the bytes returned and the
+    /// end found are one consistent cut even while the writer appends; a frame that looks
+    /// damaged is read and scanned once more before it is reported (the writer may have been
+    /// writing it during the first read).
+    pub fn journal_snapshot(
+        &self,
+        timeline: TimelineId,
+        segno: SegmentNo,
+    ) -> Result<Option<JournalSnapshot>, WalArchiveError> {
+        let ctx = self.ctx();
+        let file_name = journal::journal_name(timeline, segno, ctx.size);
+        let path = self.dir.join(&file_name);
+        let mut attempt = 0;
+        loop {
+            let Some(mut bytes) = optional_file::read_optional(&path)? else {
+                return Ok(None);
+            };
+            match journal::scan_with(bytes.as_slice(), timeline, segno, &ctx) {
+                Ok(scan) => {
+                    if scan.frames.is_empty() || scan.complete {
+                        return Ok(None);
+                    }
+                    let cut = usize::try_from(scan.write_offset).unwrap_or(bytes.len());
+                    bytes.truncate(cut);
+                    return Ok(Some(JournalSnapshot {
+                        timeline,
+                        segno,
+                        file_name,
+                        bytes,
+                        end: scan.end,
+                    }));
+                }
+                Err(ScanError::Damaged { .. }) if attempt == 0 => attempt += 1,
+                Err(e) => return Err(e.into_archive_error(&path)),
+            }
         }
     }
 

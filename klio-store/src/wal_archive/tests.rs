@@ -287,9 +287,54 @@ for_both_formats!(
     export_matches_pg_receivewal_layout,
     history_files_are_idempotent_and_conflicts_refused,
     summary_follows_gaps_and_timelines,
-    a_journal_cut_after_its_last_frame_reads_like_the_padded_one,
+    a_cut_journal_reads_back_as_the_zero_padded_partial,
 );
 // random_appends_syncs_and_crashes runs on both formats too, as property tests (below).
+
+/// The journal snapshot the relay uploads, alone in another archive directory of the same
+/// cluster (with its identity), reads back as the partial segment: the same WAL, zero-padded,
+/// with the right valid length, although the file ends at the last frame (no padding).
+fn a_cut_journal_reads_back_as_the_zero_padded_partial(format: Format) {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("cluster");
+    let t = tl(1);
+    let end = SEG + 7_777;
+    let mut a = format.open(&dir).unwrap();
+    a.begin(t, Lsn(0)).unwrap();
+    append_wal(&mut a, t, 0, 5000, 1000);
+    a.sync().unwrap();
+    append_wal(&mut a, t, 5000, (end - 5000) as usize, 3333);
+    assert_eq!(a.sync().unwrap(), Some(Lsn(end)));
+    // A completed segment has no snapshot (its final file is what goes up).
+    assert_eq!(a.journal_snapshot(t, SegmentNo(0)).unwrap(), None);
+    let snap = a.journal_snapshot(t, SegmentNo(1)).unwrap().unwrap();
+    assert_eq!(snap.end, Lsn(end));
+    assert_eq!(snap.file_name, journal_name(t, SegmentNo(1), size()));
+    let on_disk = std::fs::metadata(dir.join(&snap.file_name)).unwrap().len();
+    assert!((snap.bytes.len() as u64) < on_disk, "the padding is cut");
+    assert_ne!(snap.bytes.last(), Some(&0), "ends in a frame");
+
+    let copy = d.path().join("copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    std::fs::copy(
+        dir.join(identity::IDENTITY_FILE),
+        copy.join(identity::IDENTITY_FILE),
+    )
+    .unwrap();
+    std::fs::write(copy.join(&snap.file_name), &snap.bytes).unwrap();
+    let r = format.open_reader(&copy).unwrap();
+    assert_eq!(r.durable(), Some(WalPosition::new(t, Lsn(end))));
+    let f = r
+        .read_file(&WalFileName::Partial {
+            timeline: t,
+            segno: SegmentNo(1),
+        })
+        .unwrap()
+        .unwrap();
+    assert!(f.partial);
+    assert_eq!(f.valid_len, end - SEG);
+    check_content(&r, t, SEG, end);
+}
 
 fn round_trip_with_reopen_and_segment_completion(format: Format) {
     let d = tempfile::tempdir().unwrap();
@@ -1085,68 +1130,5 @@ fn inspect_journal_reports_what_a_scan_finds() {
             Path::new("x")
         )
         .is_err()
-    );
-}
-
-/// A journal copied without its zero padding (as Tier 2 holds the segment in progress: cut
-/// after its last valid frame) is read exactly like the padded original, and the cut leaves
-/// the original untouched.
-fn a_journal_cut_after_its_last_frame_reads_like_the_padded_one(format: Format) {
-    let t = tl(1);
-    let end = SEG + 7_777;
-    let d = tempfile::tempdir().unwrap();
-    {
-        let mut a = format.open(d.path()).unwrap();
-        a.begin(t, Lsn(0)).unwrap();
-        append_wal(&mut a, t, 0, (SEG + 1000) as usize, 50_000);
-        assert_eq!(a.sync().unwrap(), Some(Lsn(SEG + 1000)));
-        append_wal(&mut a, t, SEG + 1000, (end - SEG - 1000) as usize, 3_000);
-        assert_eq!(a.sync().unwrap(), Some(Lsn(end)));
-    }
-    let jp = journal_path(d.path(), t, 1);
-    let report = format.inspect(&jp);
-    let padded = std::fs::read(&jp).unwrap();
-    assert!(
-        report.valid_bytes < padded.len() as u64,
-        "the journal is padded"
-    );
-    let cut = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        d.path().join(identity::IDENTITY_FILE),
-        cut.path().join(identity::IDENTITY_FILE),
-    )
-    .unwrap();
-    std::fs::write(
-        journal_path(cut.path(), t, 1),
-        &padded[..report.valid_bytes as usize],
-    )
-    .unwrap();
-    let original = format.open_reader(d.path()).unwrap().read_file(&seg(t, 1));
-    let reader = format.open_reader(cut.path()).unwrap();
-    assert_eq!(reader.durable_on(t), Some(Lsn(end)));
-    let from_cut = reader.read_file(&seg(t, 1)).unwrap().unwrap();
-    assert!(from_cut.partial);
-    assert_eq!(from_cut.valid_len, end - SEG);
-    // Opened without listing its directory, the reader serves the same file.
-    let keyring = matches!(format, Format::Encrypted).then(|| ring(1));
-    let by_name = WalArchiveReader::open_for_file_reads(cut.path(), keyring).unwrap();
-    assert_eq!(by_name.durable(), None);
-    assert_eq!(
-        by_name.read_file(&seg(t, 1)).unwrap().as_ref(),
-        Some(&from_cut)
-    );
-    assert_eq!(Some(from_cut), original.unwrap());
-    // Cut inside its last frame, the journal serves the frames before it.
-    std::fs::write(
-        journal_path(cut.path(), t, 1),
-        &padded[..report.valid_bytes as usize - 1],
-    )
-    .unwrap();
-    let torn = format.open_reader(cut.path()).unwrap();
-    let shorter = torn.read_file(&seg(t, 1)).unwrap().unwrap();
-    assert_eq!(shorter.valid_len, 1000);
-    assert_eq!(
-        &shorter.content[..shorter.valid_len as usize],
-        wal(t, SEG, shorter.valid_len as usize).as_slice()
     );
 }
