@@ -1,8 +1,8 @@
 //! Reads from Tier 2, end to end: `klio get-wal` falling back from Tier 1 to Tier 2 through a
 //! read-write server, damaged objects, and read-only servers that serve restores from Tier 2
 //! alone and refuse every write. Real PostgreSQL 15, real Klio servers and a real
-//! S3-compatible server (s3s-fs) on 127.0.0.1; the bucket is filled by
-//! [`mirror_to_tier2`] until the relay does it.
+//! S3-compatible server (s3s-fs) on 127.0.0.1; the bucket is filled by the primary server's
+//! relay (under a key prefix), and a test goes on once it has caught up.
 
 mod common;
 
@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use common::backups::*;
 use common::retention::*;
-use common::tier2_mirror::*;
+use common::tier2::{listed_tiers, lsn, wait_until_relayed};
+use common::tier2_bucket::*;
 use common::*;
 use klio_testkit::{KlioServer, S3Server, Stack, TestDir, run, wait_until};
 
@@ -78,6 +79,12 @@ fn client_args_for(stack: &Stack, server: &KlioServer) -> Vec<OsString> {
     args
 }
 
+/// Waits until the primary's relay has everything of the stack's cluster in Tier 2, up to
+/// PostgreSQL's current WAL position.
+fn relayed(stack: &Stack, s3: &S3Server) {
+    wait_until_relayed(stack, s3, PREFIX, lsn(&stack.pg.current_lsn()));
+}
+
 /// The archive file (sealed or plain) of segment `name` on the stack's server.
 fn tier1_segment_file(stack: &Stack, name: &str) -> PathBuf {
     let dir = stack.server.wal_dir(&stack.cluster);
@@ -108,7 +115,7 @@ fn get_wal_falls_back_to_tier2_for_a_segment_tier1_no_longer_has() {
     );
     assert!(out.success(), "get-wal from Tier 1:\n{}", out.stderr);
 
-    mirror_to_tier2(stack.server.data_dir(), &s3);
+    relayed(&stack, &s3);
     std::fs::remove_file(tier1_segment_file(&stack, name)).expect("delete from Tier 1");
     let damaged = tier1_segment_file(&stack, damaged_name);
     let mut bytes = std::fs::read(&damaged).expect("Tier 1's file");
@@ -168,7 +175,7 @@ fn a_damaged_object_is_an_error_naming_it_never_wrong_bytes() {
     let stack = tier2_stack("tier2-damaged-object", &s3);
     let segments = fill_segments(&stack, 2);
     let name = &segments[0];
-    mirror_to_tier2(stack.server.data_dir(), &s3);
+    relayed(&stack, &s3);
     let key = format!("clusters/{}/wal/{name}.klio", stack.cluster);
     let object = object_file(&s3, &key);
     let mut bytes = std::fs::read(&object).expect("the object's file");
@@ -193,9 +200,11 @@ fn a_read_only_server_refuses_every_write() {
     let s3 = S3Server::start();
     let mut stack = tier2_stack("tier2-read-only-writes", &s3);
     let backup_info = backup(&stack, &[]);
-    mirror_to_tier2(stack.server.data_dir(), &s3);
-    let before = tier2_keys(&s3);
+    relayed(&stack, &s3);
     stack.client.stop();
+    // Only the read-only server may be talking to the bucket from here on.
+    stack.server.stop();
+    let before = tier2_keys(&s3);
     let work = TestDir::new("tier2-read-only-writes-ro");
     let ro = read_only_server(&stack, &s3, &work);
     let args = client_args_for(&stack, &ro);
@@ -281,7 +290,7 @@ fn a_certificate_for_another_cluster_reads_nothing_through_a_read_only_server() 
     let mut stack = tier2_stack("tier2-read-only-other-cluster", &s3);
     let segments = fill_segments(&stack, 2);
     backup(&stack, &[]);
-    mirror_to_tier2(stack.server.data_dir(), &s3);
+    relayed(&stack, &s3);
     stack.client.stop();
     klio_testkit::run_ok(
         Command::new(&stack.exe)
@@ -352,9 +361,9 @@ fn a_read_only_server_recovers_a_cluster_from_tier2_alone() {
         .pg
         .psql("CREATE TABLE last_words AS SELECT 'committed last' AS note");
     let before = stack.pg.dumpall();
+    relayed(&stack, &s3);
     let pgdata = lose_primary(&mut stack);
-    stack.server.stop();
-    mirror_to_tier2(stack.server.data_dir(), &s3);
+    stack.server.kill9();
     std::fs::remove_dir_all(stack.server.data_dir()).expect("delete site A's data directory");
 
     let work = TestDir::new("tier2-read-only-recovery-ro");
@@ -383,23 +392,6 @@ fn a_read_only_server_recovers_a_cluster_from_tier2_alone() {
     recover_to_the_dump(&mut stack, &pgdata, &before);
 }
 
-/// The `tiers` of each backup `klio backup list --output json` prints, by id.
-fn listed_tiers(exe: &Path, client_args: &[OsString]) -> Vec<(String, serde_json::Value)> {
-    let out = run(Command::new(exe)
-        .args(["backup", "list", "--output", "json"])
-        .args(client_args));
-    assert!(out.success(), "klio backup list:\n{}", out.stderr);
-    let values: Vec<serde_json::Value> =
-        serde_json::from_str(&out.stdout).expect("a JSON array of backups");
-    values
-        .into_iter()
-        .map(|v| {
-            let id = v["id"].as_str().expect("an id").to_owned();
-            (id, v["tiers"].clone())
-        })
-        .collect()
-}
-
 #[test]
 fn backup_list_shows_which_tiers_hold_each_backup() {
     let s3 = S3Server::start();
@@ -410,11 +402,21 @@ fn backup_list_shows_which_tiers_hold_each_backup() {
         .pg
         .psql("CREATE TABLE between_backups AS SELECT 1 AS x");
     let only_tier2 = backup(&stack, &[]);
-    mirror_to_tier2(stack.server.data_dir(), &s3);
+    relayed(&stack, &s3);
     let out = backup_cli(&stack, "delete", &[&only_tier2.id]);
     assert!(out.success(), "delete from Tier 1:\n{}", out.stderr);
-    stack.pg.psql("CREATE TABLE after_mirror AS SELECT 2 AS x");
+    stack.pg.psql("CREATE TABLE after_relay AS SELECT 2 AS x");
     let only_tier1 = backup(&stack, &[]);
+    // Tier 2 loses the newest backup after the relay put it there (its entry is what makes it
+    // a backup of Tier 2); the frontier has it, so the relay leaves it lost.
+    relayed(&stack, &s3);
+    delete_object(
+        &s3,
+        &format!(
+            "clusters/{}/backups/catalog/{}/entry.json",
+            stack.cluster, only_tier1.id
+        ),
+    );
 
     let tiers = listed_tiers(&stack.exe, &stack.client_args());
     assert_eq!(

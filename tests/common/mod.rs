@@ -53,4 +53,4 @@ pub fn keyring(files: &[&Path]) -> klio_crypto::Keyring {
 pub mod backups;
 pub mod retention;
 pub mod tier2;
-pub mod tier2_mirror;
+pub mod tier2_bucket;

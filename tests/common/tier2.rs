@@ -1,9 +1,11 @@
 //! Helpers for the Tier 2 relay tests: the `tier2` section, the relay frontier, and Tier 1's
 //! files compared with the S3 test server's objects.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
-use klio_testkit::{S3Server, Stack};
+use klio_testkit::{S3Server, Stack, run};
 
 /// The `tier2` section pointing at `endpoint` with the S3 test server's bucket and keys.
 pub fn tier2_yaml(endpoint: &str, partial_interval: &str) -> String {
@@ -58,7 +60,31 @@ pub fn frontier_wal_end(stack: &Stack) -> Option<u64> {
 
 /// The object file holding the Tier 1 file `relative` (to the cluster directory).
 pub fn object_of(s3: &S3Server, stack: &Stack, relative: &str) -> PathBuf {
-    s3.object_file(&format!("clusters/{}/{relative}", stack.cluster))
+    object_under(s3, "", stack, relative)
+}
+
+/// [`object_of`] on a server whose `tier2.prefix` is `prefix` (empty: none).
+pub fn object_under(s3: &S3Server, prefix: &str, stack: &Stack, relative: &str) -> PathBuf {
+    let key = format!("clusters/{}/{relative}", stack.cluster);
+    if prefix.is_empty() {
+        s3.object_file(&key)
+    } else {
+        s3.object_file(&format!("{prefix}/{key}"))
+    }
+}
+
+/// How long the relay may take to catch up in a test, on a busy machine.
+pub const RELAY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(180);
+
+/// Waits until the relay of a server whose `tier2.prefix` is `prefix` has every sealed file
+/// of the stack's cluster in Tier 2, byte-identical, and Tier 2's WAL end (the frontier's)
+/// is at `wal_end` or beyond.
+pub fn wait_until_relayed(stack: &Stack, s3: &S3Server, prefix: &str, wal_end: u64) {
+    klio_testkit::wait_until("the relay to catch up", RELAY_DEADLINE, || {
+        let missing = not_in_tier2_under(stack, s3, prefix);
+        let reached = frontier_wal_end(stack).is_some_and(|end| end >= wal_end);
+        (missing.is_empty() && reached).then_some(())
+    });
 }
 
 fn names(dir: &Path) -> Vec<String> {
@@ -105,11 +131,16 @@ pub fn sealed_files(stack: &Stack) -> Vec<String> {
 
 /// The sealed files whose object is missing or holds other bytes.
 pub fn not_in_tier2(stack: &Stack, s3: &S3Server) -> Vec<String> {
+    not_in_tier2_under(stack, s3, "")
+}
+
+/// [`not_in_tier2`] on a server whose `tier2.prefix` is `prefix`.
+pub fn not_in_tier2_under(stack: &Stack, s3: &S3Server, prefix: &str) -> Vec<String> {
     sealed_files(stack)
         .into_iter()
         .filter(|rel| {
             let local = std::fs::read(cluster_dir(stack).join(rel)).ok();
-            let remote = std::fs::read(object_of(s3, stack, rel)).ok();
+            let remote = std::fs::read(object_under(s3, prefix, stack, rel)).ok();
             local.is_none() || local != remote
         })
         .collect()
@@ -152,4 +183,21 @@ pub fn lsn(text: &str) -> u64 {
         .parse::<klio_wal::Lsn>()
         .unwrap_or_else(|e| panic!("not an LSN {text:?}: {e}"))
         .0
+}
+
+/// The `tiers` of each backup `klio backup list --output json` prints, by id.
+pub fn listed_tiers(exe: &Path, client_args: &[OsString]) -> Vec<(String, serde_json::Value)> {
+    let out = run(Command::new(exe)
+        .args(["backup", "list", "--output", "json"])
+        .args(client_args));
+    assert!(out.success(), "klio backup list:\n{}", out.stderr);
+    let values: Vec<serde_json::Value> =
+        serde_json::from_str(&out.stdout).expect("a JSON array of backups");
+    values
+        .into_iter()
+        .map(|v| {
+            let id = v["id"].as_str().expect("an id").to_owned();
+            (id, v["tiers"].clone())
+        })
+        .collect()
 }

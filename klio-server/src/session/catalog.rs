@@ -101,26 +101,36 @@ async fn list<T: FrameIo>(env: &BackupEnv, inbox: &mut Inbox<'_, T>) -> Result<(
     };
     let in_tier1: BTreeSet<String> = entries.iter().map(|e| e.id.clone()).collect();
     let mut in_tier2 = BTreeSet::new();
+    // Whether the answer can say which tiers hold each backup.
+    let mut tiers_known = true;
     if let Some(tier2) = &env.tier2 {
-        for (id, listed) in tier2.listed().await? {
-            if !in_tier1.contains(id.as_str()) {
-                entries.push(tier2.entry(&id, listed).await?);
+        match tier2.listed().await {
+            Ok(listed) => {
+                for (id, listed) in listed {
+                    if !in_tier1.contains(id.as_str()) {
+                        entries.push(tier2.entry(&id, listed).await?);
+                    }
+                    in_tier2.insert(id.as_str().to_owned());
+                }
+                entries.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
             }
-            in_tier2.insert(id.as_str().to_owned());
+            // With Tier 1 at hand, an unreachable Tier 2 costs the listing its tiers, not
+            // the listing: the backups a restore needs most are on this server's disk.
+            Err(End::Refused(_, reason)) if env.has_tier1() => {
+                tracing::warn!("backup list: Tier 1 only, Tier 2 could not be listed: {reason}");
+                tiers_known = false;
+            }
+            Err(e) => return Err(e),
         }
-        entries.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
     }
     let mut out: Vec<Message> = entries
         .into_iter()
         .map(|info| {
-            let tiers = BackupTiers {
+            let tiers = tiers_known.then(|| BackupTiers {
                 tier1: in_tier1.contains(&info.id),
                 tier2: in_tier2.contains(&info.id),
-            };
-            let listed = ListedBackup {
-                info,
-                tiers: Some(tiers),
-            };
+            });
+            let listed = ListedBackup { info, tiers };
             Message::BackupEntry {
                 json: listed.to_json().into(),
             }

@@ -1,0 +1,71 @@
+//! The read tests' bucket: the servers' `tier2` section (under a key prefix), and the objects
+//! as a test looks at, damages or deletes them.
+
+use std::path::PathBuf;
+
+use klio_testkit::S3Server;
+use klio_tier2::{Credentials, ObjectStore, Tier2Config};
+
+/// The object key prefix the tests' servers use.
+pub const PREFIX: &str = "site-a";
+
+/// The client configuration for `s3`'s bucket under [`PREFIX`].
+pub fn tier2_config(s3: &S3Server) -> Tier2Config {
+    let mut config = Tier2Config::new(S3Server::REGION, S3Server::BUCKET);
+    config.endpoint = Some(s3.endpoint().to_owned());
+    config.key_prefix = PREFIX.to_owned();
+    config.credentials = Credentials::Static {
+        access_key_id: S3Server::ACCESS_KEY_ID.to_owned(),
+        secret_access_key: S3Server::SECRET_ACCESS_KEY.to_owned(),
+    };
+    config
+}
+
+/// The server's YAML `tier2` section for `s3` (plus `mode: read-only` when `read_only`).
+pub fn tier2_yaml(s3: &S3Server, read_only: bool) -> String {
+    format!(
+        "{}tier2:\n  endpoint: {}\n  region: {}\n  bucket: {}\n  prefix: {PREFIX}\n  \
+         access_key_id: {}\n  secret_access_key: {}\n  partial_interval: 1s\n",
+        if read_only { "mode: read-only\n" } else { "" },
+        s3.endpoint(),
+        S3Server::REGION,
+        S3Server::BUCKET,
+        S3Server::ACCESS_KEY_ID,
+        S3Server::SECRET_ACCESS_KEY,
+    )
+}
+
+/// A runtime for the object store's calls from a synchronous test.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a Tokio runtime")
+}
+
+/// The keys in the bucket under [`PREFIX`].
+pub fn tier2_keys(s3: &S3Server) -> Vec<String> {
+    let rt = runtime();
+    let store = rt
+        .block_on(ObjectStore::connect(&tier2_config(s3)))
+        .expect("connect to the test S3 server");
+    rt.block_on(store.list(""))
+        .expect("list the bucket")
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect()
+}
+
+/// The file s3s-fs keeps the object `key` (under [`PREFIX`]) in.
+pub fn object_file(s3: &S3Server, key: &str) -> PathBuf {
+    s3.object_file(&format!("{PREFIX}/{key}"))
+}
+
+/// Deletes the object `key` from the bucket.
+pub fn delete_object(s3: &S3Server, key: &str) {
+    let rt = runtime();
+    let store = rt
+        .block_on(ObjectStore::connect(&tier2_config(s3)))
+        .expect("connect to the test S3 server");
+    rt.block_on(store.delete(key)).expect("delete an object");
+}
