@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use common::backups::*;
 use common::retention::*;
-use common::tier2::{listed_tiers, lsn, wait_until_relayed};
+use common::tier2::listed_tiers;
 use common::tier2_bucket::*;
 use common::*;
-use klio_testkit::{KlioServer, S3Server, Stack, TestDir, run, wait_until};
+use klio_testkit::{S3Server, Stack, TestDir, run, wait_until};
 
 /// Segments of 1 MiB: a few statements fill several.
 const SEGMENT: u64 = 1 << 20;
@@ -57,32 +57,6 @@ fn get_wal(exe: &Path, client_args: &[OsString], name: &str, dest: &Path) -> kli
         .arg(dest)
         .args(client_args)
         .args(["--prefetch", "0"]))
-}
-
-/// A read-only server on its own data directory with the stack's certificates and key,
-/// serving `s3`.
-fn read_only_server(stack: &Stack, s3: &S3Server, work: &TestDir) -> KlioServer {
-    let config = work.path().join("read-only.yaml");
-    std::fs::write(&config, tier2_yaml(s3, true)).expect("write the read-only config");
-    let mut args: Vec<OsString> = vec!["--config".into(), config.into()];
-    if let Some(key) = &stack.key {
-        args.extend(["--encryption-key".into(), key.path.clone().into()]);
-    }
-    let args: Vec<&std::ffi::OsStr> = args.iter().map(OsString::as_os_str).collect();
-    KlioServer::start_with_args(&stack.exe, work, &stack.certs, &args)
-}
-
-/// Client settings of the stack's cluster against `server`.
-fn client_args_for(stack: &Stack, server: &KlioServer) -> Vec<OsString> {
-    let mut args = server.client_args(&stack.certs, &stack.cluster);
-    args.extend(["--cluster".into(), stack.cluster.clone().into()]);
-    args
-}
-
-/// Waits until the primary's relay has everything of the stack's cluster in Tier 2, up to
-/// PostgreSQL's current WAL position.
-fn relayed(stack: &Stack, s3: &S3Server) {
-    wait_until_relayed(stack, s3, PREFIX, lsn(&stack.pg.current_lsn()));
 }
 
 /// The archive file (sealed or plain) of segment `name` on the stack's server.

@@ -350,20 +350,29 @@ impl ObjectStore {
 
     /// Deletes every version of the object under `key` (and its delete markers), so that a
     /// versioned bucket (every Object Lock bucket is one) frees its space; on an unversioned
-    /// bucket it is [`delete`](Self::delete). A version still under Object Lock retention is
-    /// refused by the server: [`Tier2Error::AccessDenied`], and that version stays.
+    /// bucket (or a server that does not implement versions) it is [`delete`](Self::delete).
+    /// A version still under Object Lock retention is refused by the server:
+    /// [`Tier2Error::AccessDenied`], and that version stays.
     pub async fn purge(&self, key: &str) -> Result<(), Tier2Error> {
         let full_key = self.full_key(key);
         let list_target = self.target(Operation::List, &full_key);
         let delete_target = self.target(Operation::Delete, &full_key);
-        let listing = self
+        let listing = match self
             .client
             .list_object_versions()
             .bucket(&self.bucket)
             .prefix(&full_key)
             .send()
             .await
-            .map_err(|error| list_target.classify(error))?;
+        {
+            Ok(listing) => listing,
+            Err(error) => match list_target.classify(error) {
+                // A server without versioning (s3s-fs, some S3-compatible stores) keeps one
+                // version of each object: deleting it is purging it.
+                Tier2Error::Rejected { status: 501, .. } => return self.delete(key).await,
+                other => return Err(other),
+            },
+        };
         let versions = listing
             .versions()
             .iter()

@@ -416,3 +416,19 @@ async fn a_stalled_server_holds_a_put_until_it_resumes_and_nothing_is_lost() {
     assert_eq!(put.await.unwrap().unwrap(), Put::Stored);
     assert_eq!(store.get("wal/stalled").await.unwrap(), Some(pattern(1000)));
 }
+
+#[tokio::test]
+async fn a_purge_on_a_server_without_versions_deletes_the_object() {
+    let server = S3Server::start();
+    let store = store_for(&server).await;
+    let _ = store
+        .put("wal/old", pattern(10), PutOptions::default())
+        .await
+        .unwrap();
+
+    store.purge("wal/old").await.unwrap();
+
+    assert_eq!(store.get("wal/old").await.unwrap(), None);
+    // Purging what is gone succeeds, as deleting it does.
+    store.purge("wal/old").await.unwrap();
+}

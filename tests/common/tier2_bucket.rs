@@ -1,9 +1,10 @@
 //! The read tests' bucket: the servers' `tier2` section (under a key prefix), and the objects
 //! as a test looks at, damages or deletes them.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
-use klio_testkit::S3Server;
+use klio_testkit::{KlioServer, S3Server, Stack, TestDir};
 use klio_tier2::{Credentials, ObjectStore, Tier2Config};
 
 /// The object key prefix the tests' servers use.
@@ -68,4 +69,35 @@ pub fn delete_object(s3: &S3Server, key: &str) {
         .block_on(ObjectStore::connect(&tier2_config(s3)))
         .expect("connect to the test S3 server");
     rt.block_on(store.delete(key)).expect("delete an object");
+}
+
+/// A read-only server on its own data directory with the stack's certificates and key,
+/// serving `s3`.
+pub fn read_only_server(stack: &Stack, s3: &S3Server, work: &TestDir) -> KlioServer {
+    let config = work.path().join("read-only.yaml");
+    std::fs::write(&config, tier2_yaml(s3, true)).expect("write the read-only config");
+    let mut args: Vec<OsString> = vec!["--config".into(), config.into()];
+    if let Some(key) = &stack.key {
+        args.extend(["--encryption-key".into(), key.path.clone().into()]);
+    }
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(OsString::as_os_str).collect();
+    KlioServer::start_with_args(&stack.exe, work, &stack.certs, &args)
+}
+
+/// Client settings of the stack's cluster against `server`.
+pub fn client_args_for(stack: &Stack, server: &KlioServer) -> Vec<OsString> {
+    let mut args = server.client_args(&stack.certs, &stack.cluster);
+    args.extend(["--cluster".into(), stack.cluster.clone().into()]);
+    args
+}
+
+/// Waits until the primary's relay has everything of the stack's cluster in Tier 2, up to
+/// PostgreSQL's current WAL position.
+pub fn relayed(stack: &Stack, s3: &S3Server) {
+    super::tier2::wait_until_relayed(
+        stack,
+        s3,
+        PREFIX,
+        super::tier2::lsn(&stack.pg.current_lsn()),
+    );
 }

@@ -640,9 +640,12 @@ fn referenced_blocks(
     for id in ids {
         let mut list = store.file_list(id)?;
         while let Some(item) = list.next_item()? {
-            if let FileListItem::Blocks(blocks) = item {
-                referenced.extend(blocks);
-            }
+            // An entry carries its file's first blocks; more follow it.
+            let hashes = match item {
+                FileListItem::Entry(entry) => entry.blocks,
+                FileListItem::Blocks(hashes) => hashes,
+            };
+            referenced.extend(hashes);
         }
     }
     Ok(referenced)
