@@ -11,6 +11,8 @@
 //!   pgBackRest (full, block incremental, restore).
 //! - [`block_size`]: the study behind the backup block size (stored bytes, reference overhead
 //!   and round trips per block size, on two pgbench backups).
+//! - [`tier2`]: the relay's upload rate against the disk's write rate, and restores (WAL
+//!   recovery, `klio restore`) from Tier 2 alone against from Tier 1.
 //! - [`compare`]: all of them, with [`machine`] figures, as markdown and JSON.
 //!
 //! The WAL Player itself is `klio wal-player` (library: `klio_client::wal_player`).
@@ -25,3 +27,4 @@ pub mod recovery;
 mod setup;
 pub mod streaming;
 pub mod sync_commit;
+pub mod tier2;

@@ -100,6 +100,19 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_value = "8,16,32,64,128,256")]
         sizes_kib: Vec<usize>,
     },
+    /// Tier 2: the relay's upload rate against the disk's, and WAL recovery and klio restore
+    /// from a read-only server (Tier 2 alone) against from the primary (Tier 1).
+    Tier2 {
+        /// Rounds.
+        #[arg(long, default_value_t = 2)]
+        rounds: u32,
+        /// WAL to relay and recover, MiB.
+        #[arg(long, default_value_t = 1024)]
+        wal_mib: u64,
+        /// pgbench scale of the database backed up.
+        #[arg(long, default_value_t = 20)]
+        scale: u32,
+    },
     /// Recovery time through get-wal against cp.
     Recovery {
         /// Rounds.
@@ -197,6 +210,18 @@ fn main() {
                 sizes: sizes_kib.iter().map(|k| k * 1024).collect(),
             };
             println!("{}", klio_bench::block_size::run(&opts).markdown());
+        }
+        Command::Tier2 {
+            rounds,
+            wal_mib,
+            scale,
+        } => {
+            let opts = klio_bench::tier2::Tier2Options {
+                rounds,
+                wal_mib,
+                scale,
+            };
+            println!("{}", klio_bench::tier2::run(&klio, &opts).markdown());
         }
         Command::Recovery { rounds, wal_mib } => {
             let opts = klio_bench::recovery::RecoveryOptions { rounds, wal_mib };
