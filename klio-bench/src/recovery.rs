@@ -110,20 +110,7 @@ pub fn run(klio: &Path, opts: &RecoveryOptions) -> RecoveryReport {
     pg.base_backup_without_wal(&backup);
     let start = pg.current_lsn();
 
-    pg.pgbench(&["-i", "-q", "-s", "20"]);
-    loop {
-        let done: u64 = pg
-            .psql(&format!(
-                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{start}')::bigint"
-            ))
-            .parse()
-            .unwrap_or(0);
-        eprintln!("generated {} MiB of WAL", done >> 20);
-        if done >= opts.wal_mib << 20 {
-            break;
-        }
-        pg.pgbench(&["-N", "-T", "10", "-c", "4", "-j", "2"]);
-    }
+    crate::setup::generate_wal(&pg, &start, opts.wal_mib, 20);
     pg.switch_wal();
     let end = pg.current_lsn();
     pg.wait_for_flush("klio", &end);

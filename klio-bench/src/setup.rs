@@ -11,7 +11,7 @@ use klio_testkit::{
 /// A Klio server as production runs it: every cluster's WAL compressed (lz4) and encrypted
 /// (AES-256-GCM) at rest, with a new key file in `work`.
 pub(crate) fn start_encrypted_server(exe: &Path, work: &TestDir, certs: &TestCerts) -> KlioServer {
-    let key = work.path().join("bench.key");
+    let key = encryption_key(work);
     run_ok(Command::new(exe).args(["keys", "generate", "-o"]).arg(&key));
     // The server runs as the postgres user.
     run_ok(Command::new("chown").arg("postgres:postgres").arg(&key));
@@ -21,6 +21,11 @@ pub(crate) fn start_encrypted_server(exe: &Path, work: &TestDir, certs: &TestCer
         certs,
         &["--encryption-key".as_ref(), key.as_os_str()],
     )
+}
+
+/// The key file [`start_encrypted_server`] makes in `work`.
+pub(crate) fn encryption_key(work: &TestDir) -> std::path::PathBuf {
+    work.path().join("bench.key")
 }
 
 /// A PostgreSQL (with `conf` lines) streaming with `klio send-wal` (cluster `bench`) to a
@@ -135,5 +140,24 @@ impl BothReceivers {
             pg,
             _work: work,
         }
+    }
+}
+
+/// Runs pgbench on `pg` until at least `wal_mib` MiB of WAL have been written since `start`
+/// (an LSN as PostgreSQL prints it): `pgbench -i` at `scale`, then `-N` in 10 s runs.
+pub(crate) fn generate_wal(pg: &PgServer, start: &str, wal_mib: u64, scale: u32) {
+    pg.pgbench(&["-i", "-q", "-s", &scale.to_string()]);
+    loop {
+        let done: u64 = pg
+            .psql(&format!(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{start}')::bigint"
+            ))
+            .parse()
+            .unwrap_or(0);
+        eprintln!("generated {} MiB of WAL", done >> 20);
+        if done >= wal_mib << 20 {
+            break;
+        }
+        pg.pgbench(&["-N", "-T", "10", "-c", "4", "-j", "2"]);
     }
 }

@@ -6,13 +6,11 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use klio_testkit::{
-    KlioServer, PgOptions, PgServer, S3Server, SendWal, TestCerts, TestDir, as_postgres, run_ok,
-    wait_until,
-};
+use klio_testkit::{KlioServer, S3Server, TestDir, as_postgres, run_ok, wait_until};
+
+use crate::setup::KlioStreaming;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -164,65 +162,34 @@ fn lsn_of(text: &str) -> u64 {
 /// Runs the comparison with the `klio` binary at `klio`.
 pub fn run(klio: &Path, opts: &Tier2Options) -> Tier2Report {
     let s3 = S3Server::start();
-    let mut pg = PgServer::start(PgOptions {
-        conf: [
+    // Tier 1 only while the data is made: the relay starts on a backlog.
+    let KlioStreaming {
+        mut pg,
+        work,
+        exe,
+        certs,
+        mut server,
+        mut client,
+    } = KlioStreaming::start(
+        klio,
+        "bench-tier2",
+        &[
             "max_wal_size = 8GB",
             "checkpoint_timeout = 1h",
             "shared_buffers = 256MB",
-        ]
-        .iter()
-        .map(|c| (*c).to_owned())
-        .collect(),
-        ..PgOptions::default()
-    });
-    let work = TestDir::new("bench-tier2");
-    let exe = work.install_exe(klio);
-    let certs = TestCerts::create(&exe, &work.subdir("certs"), &["bench"]);
-    let key = work.path().join("bench.key");
-    run_ok(
-        Command::new(&exe)
-            .args(["keys", "generate", "-o"])
-            .arg(&key),
+        ],
+        true,
     );
-    run_ok(Command::new("chown").arg("postgres:postgres").arg(&key));
-    let key_args: Vec<OsString> = vec!["--encryption-key".into(), key.clone().into()];
-
-    // Tier 1 only while the data is made: the relay starts on a backlog.
-    let mut server = KlioServer::start_with_args(
-        &exe,
-        &work,
-        &certs,
-        &key_args.iter().map(OsString::as_os_str).collect::<Vec<_>>(),
-    );
-    let mut client = SendWal::new(
-        &exe,
-        &pg,
-        &server,
-        &certs,
-        "bench",
-        &[],
-        &work.path().join("send-wal.log"),
-    );
-    client.start();
+    let key_args: Vec<OsString> = vec![
+        "--encryption-key".into(),
+        crate::setup::encryption_key(&work).into(),
+    ];
     let client_args = server.client_args(&certs, "bench");
     pg.wait_for_flush("klio", &pg.current_lsn());
     let base = work.path().join("base");
     pg.base_backup_without_wal(&base);
     let start = pg.current_lsn();
-    pg.pgbench(&["-i", "-q", "-s", &opts.scale.to_string()]);
-    loop {
-        let done: u64 = pg
-            .psql(&format!(
-                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{start}')::bigint"
-            ))
-            .parse()
-            .unwrap_or(0);
-        eprintln!("generated {} MiB of WAL", done >> 20);
-        if done >= opts.wal_mib << 20 {
-            break;
-        }
-        pg.pgbench(&["-N", "-T", "10", "-c", "4", "-j", "2"]);
-    }
+    crate::setup::generate_wal(&pg, &start, opts.wal_mib, opts.scale);
     let backup = run_ok(
         as_postgres(&exe)
             .args(["backup", "run", "--output", "json", "-d"])

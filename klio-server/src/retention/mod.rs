@@ -39,7 +39,7 @@ use tokio::sync::mpsc;
 
 pub(crate) use config::RetentionConfig;
 pub(crate) use disk::DiskSpace;
-pub(crate) use run::run;
+pub(crate) use run::{log_wal_removed, run};
 pub(crate) use schedule::work;
 
 /// The server's retention settings and the queue of runs asked for after backups.

@@ -297,15 +297,8 @@ impl Run<'_> {
                 kept_because: t.kept_because.clone(),
                 history_removed: done.is_some_and(|d| d.history_removed),
             };
-            if !self.dry_run && report.segments_removed > 0 {
-                tracing::info!(
-                    "retention: timeline {} WAL {}..{} removed ({} segments, {})",
-                    report.timeline,
-                    report.first_removed.as_deref().unwrap_or("?"),
-                    report.last_removed.as_deref().unwrap_or("?"),
-                    report.segments_removed,
-                    ByteSize(report.bytes_removed)
-                );
+            if !self.dry_run {
+                log_wal_removed("retention", &report);
             }
             out.push(report);
         }
@@ -423,6 +416,20 @@ fn clamp_wal_plan(plan: &mut WalPlan, listing: &ArchiveListing, frontier: &Front
         if clamped && !t.kept_because.contains(&WalKeptBecause::NotYetInTier2) {
             t.kept_because.push(WalKeptBecause::NotYetInTier2);
         }
+    }
+}
+
+/// Logs what a run removed of one timeline's WAL, if anything; `who` starts the line.
+pub(crate) fn log_wal_removed(who: &str, report: &WalTimelineReport) {
+    if report.segments_removed > 0 {
+        tracing::info!(
+            "{who}: timeline {} WAL {}..{} removed ({} segments, {})",
+            report.timeline,
+            report.first_removed.as_deref().unwrap_or("?"),
+            report.last_removed.as_deref().unwrap_or("?"),
+            report.segments_removed,
+            ByteSize(report.bytes_removed)
+        );
     }
 }
 

@@ -498,15 +498,8 @@ impl Tier2Retention<'_> {
                 }
                 report.history_removed = gone;
             }
-            if !self.dry_run && report.segments_removed > 0 {
-                tracing::info!(
-                    "Tier 2 retention: timeline {} WAL {}..{} removed ({} segments, {})",
-                    report.timeline,
-                    report.first_removed.as_deref().unwrap_or("?"),
-                    report.last_removed.as_deref().unwrap_or("?"),
-                    report.segments_removed,
-                    ByteSize(report.bytes_removed)
-                );
+            if !self.dry_run {
+                crate::retention::log_wal_removed("Tier 2 retention", &report);
             }
             reports.push(report);
         }
