@@ -345,6 +345,37 @@ fn slow_down_bursts_resets_and_a_stall_lose_nothing_delay_no_commit_and_never_li
 }
 
 #[test]
+fn a_server_killed_during_a_multipart_upload_relays_everything_after_its_restart() {
+    let s3 = S3Server::start();
+    let mut stack = relayed_stack("tier2-kill-multipart", &s3)
+        .encryption()
+        .start();
+    let faults = s3.faults();
+    // Packs close at 32 MiB and go up in parts above 24 MiB: a backup of this database (hex
+    // digits of random numbers, which compress to about half) fills at least one.
+    stack.pg.psql(
+        "CREATE TABLE noise AS SELECT g, (SELECT string_agg(md5(random()::text || g || h), '') \
+         FROM generate_series(1, 30) h) AS pad FROM generate_series(1, 80000) g",
+    );
+    backup(&stack, &[]);
+    wait_until("a multipart upload to start", RELAY_DEADLINE, || {
+        (faults.multipart_starts() > 0).then_some(())
+    });
+    // Its parts are on their way: hold them there, and kill the server under them.
+    faults.stall();
+    stack.server.kill9();
+    faults.resume();
+    stack.server.restart();
+    wait_for_tier2(&stack, &s3);
+    assert!(
+        faults.multipart_starts() > 1,
+        "the pack went up in parts again after the restart"
+    );
+    let out = backup_cli(&stack, "verify", &[&list_backups(&stack)[0].id]);
+    assert!(out.success(), "{}", out.stderr);
+}
+
+#[test]
 fn tier1_retention_keeps_what_tier2_lacks() {
     let s3 = S3Server::start();
     let policy = retention_yaml("  keep_backups: 1\n");

@@ -187,6 +187,7 @@ pub struct S3Faults {
     stalled: tokio::sync::watch::Sender<bool>,
     requests: AtomicU64,
     lists: AtomicU64,
+    multipart_starts: AtomicU64,
     injected: AtomicU64,
 }
 
@@ -198,6 +199,7 @@ impl S3Faults {
             stalled: tokio::sync::watch::channel(false).0,
             requests: AtomicU64::new(0),
             lists: AtomicU64::new(0),
+            multipart_starts: AtomicU64::new(0),
             injected: AtomicU64::new(0),
         }
     }
@@ -231,6 +233,11 @@ impl S3Faults {
     /// `ListObjects`/`ListObjectsV2` requests received so far.
     pub fn list_requests(&self) -> u64 {
         self.lists.load(Ordering::SeqCst)
+    }
+
+    /// `CreateMultipartUpload` requests received so far.
+    pub fn multipart_starts(&self) -> u64 {
+        self.multipart_starts.load(Ordering::SeqCst)
     }
 
     /// Requests that were answered with a fault instead of being served.
@@ -271,6 +278,14 @@ impl hyper::service::Service<hyper::Request<Incoming>> for FaultyService {
                 && !request.uri().path().trim_matches('/').is_empty();
             if is_list {
                 faults.lists.fetch_add(1, Ordering::SeqCst);
+            }
+            let starts_multipart = request.method() == hyper::Method::POST
+                && request
+                    .uri()
+                    .query()
+                    .is_some_and(|q| q.split('&').any(|p| p == "uploads" || p == "uploads="));
+            if starts_multipart {
+                faults.multipart_starts.fetch_add(1, Ordering::SeqCst);
             }
             let mut stalled = faults.stalled.subscribe();
             // The sender lives as long as the faults, so waiting cannot fail.
