@@ -37,13 +37,20 @@ enum Command {
     ///     disk_warning: 90%          # warn (logs, metrics, status) above this much used
     ///     clusters:                  # per-cluster policies, over the ones above
     ///       pg-main: {keep_backups: 2}
+    ///   mode: read-write             # or read-only: no Tier 1, restores served from tier2
     ///   tier2:                       # optional: relay everything to S3-compatible storage
     ///     endpoint: https://s3.example.net   # omit for AWS's endpoint of the region
     ///     region: us-east-1
-    ///     bucket: klio-archive
+    ///     bucket: klio-archive       # must exist
+    ///     prefix: prod               # keys under prod/ (default: the bucket's root)
+    ///     ca_file: /etc/klio/s3-ca.pem       # trust these roots instead of the system's
+    ///     access_key_id: AKIA...     # with secret_access_key; or profile: NAME; or neither
+    ///     secret_access_key: ...     #   for the AWS_* variables, AWS_PROFILE, web identity
     ///     partial_interval: 10s      # the segment in progress goes up at most this often
     ///     upload_concurrency: 4      # uploads at once; Tier 1 retention keeps what is not up
     ///     object_lock: {mode: compliance, retain: 30d}   # optional S3 Object Lock
+    ///     cache_size: 4GiB           # local cache of what reads fetch from Tier 2
+    ///     retention: {keep_backups: 30, recovery_window: 90d}   # Tier 2's own policy
     #[command(verbatim_doc_comment)]
     Start(StartArgs),
 }
