@@ -1,7 +1,8 @@
 //! Recoveries that only Tier 2 makes possible, end to end against real PostgreSQL 15, real
 //! Klio servers and a real S3-compatible server (s3s-fs) on 127.0.0.1: a disaster-recovery
 //! drill under load through a read-only server, a point-in-time recovery to a point only
-//! Tier 2 still holds through the primary, and Tier 2's own retention.
+//! Tier 2 still holds through the primary, and Tier 2's own retention (with Object Lock,
+//! against moto, which enforces it).
 
 mod common;
 
@@ -9,11 +10,11 @@ use std::process::Command;
 
 use common::backups::*;
 use common::retention::*;
-use common::tier2::{RELAY_DEADLINE, frontier_wal_end, listed_tiers, lsn};
+use common::tier2::{RELAY_DEADLINE, frontier, frontier_wal_end, listed_tiers, lsn};
 use common::tier2_bucket::*;
 use common::*;
-use klio_proto::klio::BackupInfo;
-use klio_testkit::{S3Server, TestDir, TickLoop, as_postgres, run, run_ok, wait_until};
+use klio_proto::klio::{BackupInfo, RetainedBecause};
+use klio_testkit::{MotoServer, S3Server, TestDir, TickLoop, as_postgres, run, run_ok, wait_until};
 
 /// Retention on request only (the tests decide when), blocks reclaimed at once, Tier 1's
 /// `policy` and Tier 2's `tier2_policy` (YAML flow mappings), relaying to `s3`.
@@ -230,4 +231,58 @@ fn tier2_retention_removes_by_its_own_policy_and_keeps_what_its_backups_need() {
         .args(["backup", "verify", &backups[1].id])
         .args(stack.client_args()));
     assert!(out.success(), "verify from Tier 2:\n{}", out.stderr);
+}
+
+#[test]
+fn tier2_retention_keeps_what_object_lock_still_holds_and_says_so() {
+    let moto = MotoServer::start();
+    let yaml = format!(
+        "retention:\n  interval: off\n  after_backup: false\n  block_grace: 0s\n  \
+         keep_backups: 1\ntier2:\n  endpoint: {}\n  region: {}\n  bucket: {}\n  \
+         access_key_id: moto\n  secret_access_key: moto-secret\n  partial_interval: 1s\n  \
+         object_lock: {{mode: governance, retain: 1h}}\n  retention: {{keep_backups: 1}}\n",
+        moto.endpoint(),
+        MotoServer::REGION,
+        MotoServer::BUCKET
+    );
+    let stack = stack("tier2-retention-object-lock")
+        .segment_size_mb(1)
+        .server_config(&yaml)
+        .start();
+    more_wal(&stack);
+    let old = backup(&stack, &[]);
+    more_wal(&stack);
+    let new = backup(&stack, &[]);
+    more_wal(&stack);
+    let wal_end = lsn(&stack.pg.current_lsn());
+    wait_until("both backups and the WAL in Tier 2", RELAY_DEADLINE, || {
+        let f = frontier(&stack)?;
+        let backups = f.get("backups")?;
+        (backups.get(&old.id).is_some()
+            && backups.get(&new.id).is_some()
+            && frontier_wal_end(&stack).is_some_and(|end| end >= wal_end))
+        .then_some(())
+    });
+
+    let report = retention_run(&stack, false);
+    let tier2 = report
+        .tier2
+        .clone()
+        .unwrap_or_else(|| panic!("Tier 2's retention did not run: {:?}", report.notes));
+    let fate = tier2.backups.iter().find(|b| b.id == old.id).unwrap();
+    assert!(!fate.removed, "{tier2:?}");
+    assert_eq!(fate.kept_because, vec![RetainedBecause::ObjectLock]);
+    assert!(tier2.locked_objects > 0, "{tier2:?}");
+    assert!(
+        tier2.notes.iter().any(|n| n.contains("Object Lock")),
+        "{tier2:?}"
+    );
+    // Tier 1 let it go; Tier 2 still has it, whole.
+    assert_eq!(
+        listed_tiers(&stack.exe, &stack.client_args()),
+        vec![
+            (old.id.clone(), serde_json::json!([2])),
+            (new.id.clone(), serde_json::json!([1, 2])),
+        ]
+    );
 }

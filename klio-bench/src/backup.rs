@@ -247,8 +247,7 @@ pub fn run(klio: &Path, opts: &BackupOptions) -> BackupReport {
     eprintln!("pgbench -i -s {}", opts.scale);
     pg.pgbench(&["-i", "-q", "-s", &opts.scale.to_string()]);
     pg.psql("CHECKPOINT");
-    let mut client_args = server.client_args(&certs, "bench");
-    client_args.extend(["--cluster".into(), "bench".into()]);
+    let client_args = crate::setup::bench_client_args(&server, &certs);
     let klio_backup = |label: &str| -> (f64, klio_proto::klio::BackupInfo) {
         let t = Instant::now();
         let out = run_ok(

@@ -23,6 +23,14 @@ pub(crate) fn start_encrypted_server(exe: &Path, work: &TestDir, certs: &TestCer
     )
 }
 
+/// `--server`, the `--tls-*` options and `--cluster` of a client of cluster `bench` of
+/// `server`.
+pub(crate) fn bench_client_args(server: &KlioServer, certs: &TestCerts) -> Vec<std::ffi::OsString> {
+    let mut args = server.client_args(certs, "bench");
+    args.extend(["--cluster".into(), "bench".into()]);
+    args
+}
+
 /// The key file [`start_encrypted_server`] makes in `work`.
 pub(crate) fn encryption_key(work: &TestDir) -> std::path::PathBuf {
     work.path().join("bench.key")

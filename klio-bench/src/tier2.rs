@@ -184,7 +184,7 @@ pub fn run(klio: &Path, opts: &Tier2Options) -> Tier2Report {
         "--encryption-key".into(),
         crate::setup::encryption_key(&work).into(),
     ];
-    let client_args = server.client_args(&certs, "bench");
+    let client_args = crate::setup::bench_client_args(&server, &certs);
     pg.wait_for_flush("klio", &pg.current_lsn());
     let base = work.path().join("base");
     pg.base_backup_without_wal(&base);
@@ -270,7 +270,7 @@ pub fn run(klio: &Path, opts: &Tier2Options) -> Tier2Report {
                 empty_cache(&mut read_only);
                 &mut read_only
             };
-            let args = serving.client_args(&certs, "bench");
+            let args = crate::setup::bench_client_args(serving, &certs);
             pg.replace_data_with_backup(&base);
             run_ok(
                 as_postgres(&exe)
