@@ -114,12 +114,7 @@ pub fn run(klio: &Path, opts: &RecoveryOptions) -> RecoveryReport {
     pg.switch_wal();
     let end = pg.current_lsn();
     pg.wait_for_flush("klio", &end);
-    let wal_bytes: u64 = pg
-        .psql(&format!(
-            "SELECT pg_wal_lsn_diff('{end}', '{start}')::bigint"
-        ))
-        .parse()
-        .unwrap_or(0);
+    let wal_bytes = crate::setup::wal_bytes(&pg, &start, &end);
     client.stop();
     pg.stop();
 

@@ -156,16 +156,20 @@ impl BothReceivers {
 pub(crate) fn generate_wal(pg: &PgServer, start: &str, wal_mib: u64, scale: u32) {
     pg.pgbench(&["-i", "-q", "-s", &scale.to_string()]);
     loop {
-        let done: u64 = pg
-            .psql(&format!(
-                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{start}')::bigint"
-            ))
-            .parse()
-            .unwrap_or(0);
+        let done = wal_bytes(pg, start, &pg.current_lsn());
         eprintln!("generated {} MiB of WAL", done >> 20);
         if done >= wal_mib << 20 {
             break;
         }
         pg.pgbench(&["-N", "-T", "10", "-c", "4", "-j", "2"]);
     }
+}
+
+/// Bytes of WAL from `start` to `end` (LSNs as PostgreSQL prints them).
+pub(crate) fn wal_bytes(pg: &PgServer, start: &str, end: &str) -> u64 {
+    pg.psql(&format!(
+        "SELECT pg_wal_lsn_diff('{end}', '{start}')::bigint"
+    ))
+    .parse()
+    .unwrap_or(0)
 }

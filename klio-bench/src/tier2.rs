@@ -154,11 +154,6 @@ fn frontier(cluster_dir: &Path) -> Option<(u64, Vec<String>)> {
     Some((lsn, backups))
 }
 
-fn lsn_of(text: &str) -> u64 {
-    let (hi, lo) = text.trim().split_once('/').unwrap_or(("0", "0"));
-    (u64::from_str_radix(hi, 16).unwrap_or(0) << 32) | u64::from_str_radix(lo, 16).unwrap_or(0)
-}
-
 /// Runs the comparison with the `klio` binary at `klio`.
 pub fn run(klio: &Path, opts: &Tier2Options) -> Tier2Report {
     let s3 = S3Server::start();
@@ -201,12 +196,7 @@ pub fn run(klio: &Path, opts: &Tier2Options) -> Tier2Report {
     pg.switch_wal();
     let end = pg.current_lsn();
     pg.wait_for_flush("klio", &end);
-    let wal_bytes: u64 = pg
-        .psql(&format!(
-            "SELECT pg_wal_lsn_diff('{end}', '{start}')::bigint"
-        ))
-        .parse()
-        .unwrap_or(0);
+    let wal_bytes = crate::setup::wal_bytes(&pg, &start, &end);
     client.stop();
     pg.stop();
 
@@ -227,7 +217,7 @@ pub fn run(klio: &Path, opts: &Tier2Options) -> Tier2Report {
     );
     let t = Instant::now();
     server.restart();
-    let wanted_end = lsn_of(&end);
+    let wanted_end = end.parse::<klio_wal::Lsn>().map_or(u64::MAX, |l| l.0);
     wait_until(
         "the relay to upload the backlog",
         Duration::from_secs(3600),

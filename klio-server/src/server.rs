@@ -107,6 +107,19 @@ impl Shared {
             .join("wal")
     }
 
+    /// Every cluster with a directory under `clusters/` (for the workers that visit them all).
+    pub(crate) fn clusters_on_disk(&self) -> std::collections::BTreeSet<ClusterName> {
+        let Ok(entries) = std::fs::read_dir(self.data_dir.join("clusters")) else {
+            return Default::default();
+        };
+        entries
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter_map(|name| ClusterName::new(&name).ok())
+            .collect()
+    }
+
     /// The backup store of a cluster (blocks and catalog), sealing with the server's keyring.
     pub(crate) fn backup_store(&self, cluster: &ClusterName) -> klio_store::backup::BackupStore {
         let dir = self

@@ -22,17 +22,13 @@ pub fn tier2_config(s3: &S3Server) -> Tier2Config {
     config
 }
 
-/// The server's YAML `tier2` section for `s3` (plus `mode: read-only` when `read_only`).
+/// The server's YAML `tier2` section for `s3` under [`PREFIX`], the partial every second
+/// (plus `mode: read-only` when `read_only`).
 pub fn tier2_yaml(s3: &S3Server, read_only: bool) -> String {
     format!(
-        "{}tier2:\n  endpoint: {}\n  region: {}\n  bucket: {}\n  prefix: {PREFIX}\n  \
-         access_key_id: {}\n  secret_access_key: {}\n  partial_interval: 1s\n",
+        "{}{}  prefix: {PREFIX}\n",
         if read_only { "mode: read-only\n" } else { "" },
-        s3.endpoint(),
-        S3Server::REGION,
-        S3Server::BUCKET,
-        S3Server::ACCESS_KEY_ID,
-        S3Server::SECRET_ACCESS_KEY,
+        super::tier2::tier2_yaml(s3.endpoint(), "1s"),
     )
 }
 

@@ -35,7 +35,7 @@ pub(crate) async fn work(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 }
                 due
             }
-            () = next_tick(&mut ticks) => clusters_on_disk(&shared),
+            () = next_tick(&mut ticks) => shared.clusters_on_disk(),
         };
         for cluster in due {
             run_logged(&shared, &cluster).await;
@@ -51,23 +51,6 @@ async fn next_tick(ticks: &mut Option<tokio::time::Interval>) {
         }
         None => std::future::pending().await,
     }
-}
-
-/// Every cluster with a directory under `clusters/`.
-fn clusters_on_disk(shared: &Shared) -> BTreeSet<ClusterName> {
-    let mut out = BTreeSet::new();
-    if let Ok(entries) = std::fs::read_dir(shared.data_dir.join("clusters")) {
-        for entry in entries.flatten() {
-            if let Some(c) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| ClusterName::new(n).ok())
-            {
-                out.insert(c);
-            }
-        }
-    }
-    out
 }
 
 /// One run of `cluster`, its outcome logged and reported to telemetry.

@@ -84,12 +84,11 @@ const HASH_KEY_FILE: &str = "block-hash-key";
 
 /// Runs the relay of every cluster until `stop` turns true.
 pub(crate) async fn work(shared: Arc<Shared>, tier2: Arc<Tier2>, stop: watch::Receiver<bool>) {
-    let clusters_dir = shared.data_dir.join("clusters");
     let uploads = Arc::new(Semaphore::new(tier2.settings.upload_concurrency.max(1)));
     let mut running: HashSet<ClusterName> = HashSet::new();
     let mut stopped = stop.clone();
     loop {
-        for cluster in cluster_names(&clusters_dir) {
+        for cluster in shared.clusters_on_disk() {
             if running.insert(cluster.clone()) {
                 let relay = ClusterRelay::new(&shared, &tier2, &uploads, cluster);
                 tokio::spawn(relay.run(stop.clone()));
@@ -100,19 +99,6 @@ pub(crate) async fn work(shared: Arc<Shared>, tier2: Arc<Tier2>, stop: watch::Re
             () = tokio::time::sleep(TICK) => {}
         }
     }
-}
-
-/// The cluster directories under `clusters_dir`, by valid name.
-fn cluster_names(clusters_dir: &Path) -> Vec<ClusterName> {
-    let Ok(entries) = std::fs::read_dir(clusters_dir) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter(|e| e.path().is_dir())
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter_map(|name| ClusterName::new(&name).ok())
-        .collect()
 }
 
 /// What an upload is, for metrics and for what the frontier records once it is confirmed.
