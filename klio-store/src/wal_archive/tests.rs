@@ -369,6 +369,8 @@ fn round_trip_with_reopen_and_segment_completion(format: Format) {
     // Crosses into segment 1 within one append, then into segment 2 across appends.
     append_wal(&mut a, t, 1000, SEG as usize, 300_000);
     assert_eq!(a.sync().unwrap(), Some(Lsn(SEG + 1000)));
+    // Segment 0 is finished on the writer's finisher thread.
+    a.finish_completed().unwrap();
     assert!(dir.join(format.segment_file(t, 0)).is_file());
     assert!(!journal_path(&dir, t, 0).exists());
     assert!(journal_path(&dir, t, 1).is_file());
@@ -376,6 +378,7 @@ fn round_trip_with_reopen_and_segment_completion(format: Format) {
     // Appended, not yet written or durable.
     assert_eq!(a.durable_on(t), Some(Lsn(SEG + 1000)));
     assert_eq!(a.sync().unwrap(), Some(Lsn(2 * SEG)));
+    a.finish_completed().unwrap();
     assert!(dir.join(format.segment_file(t, 1)).is_file());
     assert!(!journal_path(&dir, t, 1).exists());
     assert!(!journal_path(&dir, t, 2).exists());
@@ -432,6 +435,7 @@ fn large_appends_are_written_out_and_survive_without_extra_syncs(format: Format)
     let data = wal(t, 3 * SEG, 5 * SEG as usize + SEG as usize / 2);
     a.append(Lsn(3 * SEG), &data).unwrap();
     assert_eq!(a.durable_on(t), Some(Lsn(7 * SEG)));
+    a.finish_completed().unwrap();
     assert!(d.path().join(format.segment_file(t, 6)).is_file());
     assert_eq!(a.sync().unwrap(), Some(Lsn(8 * SEG + SEG / 2)));
     drop(a);
@@ -951,6 +955,8 @@ fn random_appends_syncs_and_crashes(format: Format, ops: Vec<Op>) -> Result<(), 
                     }
                 );
                 synced = appended;
+                // The finisher removes journals of completed segments meanwhile.
+                a.finish_completed().unwrap();
                 synced_lengths = journal_valid_lengths(format, d.path());
             }
             Op::Crash { cut, garbage } => {
