@@ -172,12 +172,16 @@ impl CompareReport {
             );
         }
         let cpu = |x: &streaming::StreamingSample| x.cpu_s_per_gb;
+        let bulk = |x: &streaming::StreamingSample| x.bulk_cpu_s_per_gb;
+        let commits = |x: &streaming::StreamingSample| x.commit_cpu_s_per_gb;
         let p50 = |x: &streaming::StreamingSample| x.flush_lag_p50_ms;
         let p99 = |x: &streaming::StreamingSample| x.flush_lag_p99_ms;
         for s in &self.streaming {
             let layout = s.layout.name();
             for (what, f) in [
                 ("streaming CPU s per GB of WAL", &cpu as &dyn Fn(&_) -> f64),
+                ("  of which bulk load (pgbench -i)", &bulk),
+                ("  of which commits (pgbench -N)", &commits),
                 ("streaming flush lag p50, ms", &p50),
                 ("streaming flush lag p99, ms", &p99),
             ] {

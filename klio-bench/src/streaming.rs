@@ -56,6 +56,10 @@ pub struct StreamingSample {
     pub cpu_seconds: f64,
     /// `cpu_seconds` per 10^9 bytes of WAL.
     pub cpu_s_per_gb: f64,
+    /// The same for the bulk phase alone (`pgbench -i`, until both flushed it).
+    pub bulk_cpu_s_per_gb: f64,
+    /// The same for the commit phase alone (`pgbench -N`: small WAL, a flush per commit).
+    pub commit_cpu_s_per_gb: f64,
     /// Median `flush_lag` sampled every 100 ms, milliseconds.
     pub flush_lag_p50_ms: f64,
     /// 99th percentile `flush_lag`, milliseconds.
@@ -118,18 +122,20 @@ impl StreamingReport {
     pub fn markdown(&self) -> String {
         let mut s = format!("layout: {}\n\n", self.layout.name());
         s.push_str(
-            "| round | receiver | WAL MB | CPU s | CPU s/GB | flush lag p50 ms | p99 ms | \
-             queue p99 MB | queue max MB |\n\
-             |---|---|---|---|---|---|---|---|---|\n",
+            "| round | receiver | WAL MB | CPU s | CPU s/GB | bulk | commits | flush lag p50 ms | \
+             p99 ms | queue p99 MB | queue max MB |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|\n",
         );
         for x in &self.samples {
             s += &format!(
-                "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} |\n",
+                "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} |\n",
                 x.round,
                 x.contender,
                 x.wal_bytes as f64 / 1e6,
                 x.cpu_seconds,
                 x.cpu_s_per_gb,
+                x.bulk_cpu_s_per_gb,
+                x.commit_cpu_s_per_gb,
                 x.flush_lag_p50_ms,
                 x.flush_lag_p99_ms,
                 x.queue_p99_bytes as f64 / 1e6,
@@ -219,11 +225,18 @@ pub fn run(klio: &Path, opts: &StreamingOptions) -> StreamingReport {
         let mut lags: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
         let mut queues: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
         let began = std::time::Instant::now();
-        std::thread::scope(|s| {
+        let (mid, cpu_mid) = std::thread::scope(|s| {
             // Bulk WAL (a fresh pgbench database), then OLTP commits.
             let bench = s.spawn(|| {
                 pg.pgbench(&["-i", "-q", "-s", &scale]);
+                // The bulk phase ends once both have flushed it: its CPU, apart from the
+                // commits'.
+                let mid = pg.current_lsn();
+                pg.wait_for_flush(KLIO, &mid);
+                pg.wait_for_flush(PGRW, &mid);
+                let cpu_mid = [cpu(KLIO), cpu(PGRW)];
                 pg.pgbench(&["-N", "-T", &secs, "-c", &clients, "-j", "2"]);
+                (mid, cpu_mid)
             });
             while !bench.is_finished() {
                 let rows = pg.psql(
@@ -263,25 +276,31 @@ pub fn run(klio: &Path, opts: &StreamingOptions) -> StreamingReport {
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
-            bench.join().expect("pgbench thread");
+            bench.join().expect("pgbench thread")
         });
         let end = pg.current_lsn();
         pg.wait_for_flush(KLIO, &end);
         pg.wait_for_flush(PGRW, &end);
-        let wal_bytes: u64 = pg
-            .psql(&format!(
-                "SELECT pg_wal_lsn_diff('{end}', '{start}')::bigint"
-            ))
-            .parse()
-            .unwrap_or(0);
+        let diff = |to: &str, from: &str| -> u64 {
+            pg.psql(&format!("SELECT pg_wal_lsn_diff('{to}', '{from}')::bigint"))
+                .parse()
+                .unwrap_or(0)
+        };
+        let wal_bytes = diff(&end, &start);
+        let bulk_bytes = diff(&mid, &start);
         for (i, contender) in [KLIO, PGRW].into_iter().enumerate() {
             let cpu_seconds = cpu(contender) - cpu0[i];
+            let bulk_cpu = cpu_mid[i] - cpu0[i];
+            let commit_cpu = cpu_seconds - bulk_cpu;
+            let per_gb = |cpu: f64, bytes: u64| cpu / (bytes.max(1) as f64 / 1e9);
             let sample = StreamingSample {
                 contender,
                 round,
                 wal_bytes,
                 cpu_seconds,
-                cpu_s_per_gb: cpu_seconds / (wal_bytes as f64 / 1e9),
+                cpu_s_per_gb: per_gb(cpu_seconds, wal_bytes),
+                bulk_cpu_s_per_gb: per_gb(bulk_cpu, bulk_bytes),
+                commit_cpu_s_per_gb: per_gb(commit_cpu, wal_bytes - bulk_bytes),
                 flush_lag_p50_ms: percentile(&mut lags[i], 50.0),
                 flush_lag_p99_ms: percentile(&mut lags[i], 99.0),
                 queue_max_bytes: percentile(&mut queues[i], 100.0) as u64,
