@@ -288,6 +288,7 @@ for_both_formats!(
     history_files_are_idempotent_and_conflicts_refused,
     summary_follows_gaps_and_timelines,
     a_cut_journal_reads_back_as_the_zero_padded_partial,
+    a_segment_that_cannot_be_finished_poisons_the_writer_and_recovery_finishes_it,
 );
 // random_appends_syncs_and_crashes runs on both formats too, as property tests (below).
 
@@ -1137,4 +1138,31 @@ fn inspect_journal_reports_what_a_scan_finds() {
         )
         .is_err()
     );
+}
+
+fn a_segment_that_cannot_be_finished_poisons_the_writer_and_recovery_finishes_it(format: Format) {
+    let d = tempfile::tempdir().unwrap();
+    let t = tl(1);
+    let mut a = format.open(d.path()).unwrap();
+    a.begin(t, Lsn(0)).unwrap();
+    // A directory holds the final file's temporary name: finishing segment 0 fails.
+    let tmp = d
+        .path()
+        .join(format!("{}.klio-tmp", format.segment_file(t, 0)));
+    std::fs::create_dir(&tmp).unwrap();
+    append_wal(&mut a, t, 0, SEG as usize + 10, 100_000);
+    // The segment is durable in its journal before it is finished: acknowledged as such.
+    assert_eq!(a.sync().unwrap(), Some(Lsn(SEG + 10)));
+    assert!(a.finish_completed().is_err());
+    assert!(matches!(a.sync(), Err(WalArchiveError::Poisoned { .. })));
+    // Readers are served from the complete journal meanwhile.
+    check_content(&a, t, 0, SEG + 10);
+    assert!(journal_path(d.path(), t, 0).is_file());
+    drop(a);
+    std::fs::remove_dir(&tmp).unwrap();
+    let a = format.open(d.path()).unwrap();
+    assert_eq!(a.durable_on(t), Some(Lsn(SEG + 10)));
+    assert!(d.path().join(format.segment_file(t, 0)).is_file());
+    assert!(!journal_path(d.path(), t, 0).exists());
+    check_content(&a, t, 0, SEG + 10);
 }
