@@ -8,6 +8,17 @@
 //! sent (see [`spool`](self) for the checks), and never keeps a segment still being streamed:
 //! that one is served zero-padded, straight from the server, so recovery reaches the last
 //! streamed byte and ends cleanly.
+//!
+//! # Durability of %p
+//!
+//! The file is written under a temporary name and renamed to `%p`, so PostgreSQL never finds a
+//! half-written file under that name; it is not fsynced, exactly like `cp`, the
+//! `restore_command` PostgreSQL's documentation shows. A restored file is not durable state:
+//! PostgreSQL removes any `%p` left over before it runs `restore_command` again (so after a
+//! crash it asks for the file anew), and before it keeps a restored file under its own name in
+//! `pg_wal` it fsyncs it itself (`durable_rename` in `KeepFileRestoredFromArchive`). An fsync
+//! here would only move that write-back onto the path PostgreSQL waits on, while its replay
+//! writes compete for the disk.
 
 mod fetch;
 mod prefetch;
@@ -210,9 +221,9 @@ pub async fn get_wal(
         }
         return Ok(GetWalOutcome::NotFound);
     };
-    // PostgreSQL may read the file right after the rename: it must never find a
-    // complete-looking but empty or torn file under its final name, even after a crash.
-    durable::replace(dest, &file.content)?;
+    // Atomic, so PostgreSQL never reads a half-written file; not fsynced (see the module
+    // docs, `# Durability of %p`).
+    durable::replace_without_sync(dest, &file.content)?;
     if let (Some(spool), WalFileName::Segment { timeline, segno }) = (&spool, parsed)
         && !file.partial
         && let Ok(size) = SegmentSize::new(file.content.len() as u64)

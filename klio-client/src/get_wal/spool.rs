@@ -131,19 +131,17 @@ impl Spool {
                 let _ = std::fs::remove_file(&path);
                 return Ok(false);
             }
-            // Same file system: a durable rename, no copy. Elsewhere: an atomic copy. Either
-            // way PostgreSQL never finds a torn file under its final name, even after a crash.
-            match durable::rename(&path, dest) {
+            // Same file system: a rename, no copy. Elsewhere: an atomic copy. Either way
+            // PostgreSQL never finds a torn file under its final name; neither is fsynced, as
+            // for a file fetched from the server (see `# Durability of %p` in get_wal).
+            match std::fs::rename(&path, dest) {
                 Ok(()) => return Ok(true),
-                Err(e)
-                    if e.action == FsAction::Rename
-                        && e.kind() == io::ErrorKind::CrossesDevices =>
-                {
-                    durable::replace(dest, &bytes)?;
+                Err(e) if e.kind() == io::ErrorKind::CrossesDevices => {
+                    durable::replace_without_sync(dest, &bytes)?;
                     let _ = std::fs::remove_file(&path);
                     return Ok(true);
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(FsError::new(FsAction::Rename, dest, e)),
             }
         }
         Ok(false)
