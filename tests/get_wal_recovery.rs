@@ -94,12 +94,7 @@ fn golden_recovery_through_get_wal_only() {
 
     let after = pg.dumpall();
     assert_same_dump(work.path(), &before, &after);
-    assert_eq!(
-        pg.psql("SELECT count(*), max(id) FROM ticks"),
-        format!("{last_id}|{last_id}"),
-        "every committed tick, and the last one"
-    );
-    assert_eq!(pg.psql("SELECT note FROM last_words"), "committed last");
+    assert_every_commit_recovered(pg, last_id);
     // The segment in progress on the server (unless WAL nobody waited for happened to end
     // exactly at a segment boundary) was served zero-padded and replayed to its end.
     assert_eq!(
@@ -363,15 +358,7 @@ fn recovery_without_prefetch_replays_every_commit_and_leaves_no_connection() {
     stack.pg.start_and_finish_recovery();
 
     assert_same_dump(stack.work.path(), &before, &stack.pg.dumpall());
-    assert_eq!(
-        stack.pg.psql("SELECT count(*), max(id) FROM ticks"),
-        format!("{last_id}|{last_id}"),
-        "every committed tick, and the last one"
-    );
-    assert_eq!(
-        stack.pg.psql("SELECT note FROM last_words"),
-        "committed last"
-    );
+    assert_every_commit_recovered(&stack.pg, last_id);
     let restored = stack.pg.log().matches("restored log file").count();
     assert!(
         restored > switched,
