@@ -38,8 +38,10 @@ mod spool;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use klio_wal::{ErrorChain, FsError, SegmentSize, WalFileName, durable};
+use klio_wal::durable::TempFile;
+use klio_wal::{ErrorChain, FsError, SegmentSize, WalFileName};
 
+use fetch::{FetchError, TempFileSink, fetch_into};
 pub use fetch::{FetchedFile, fetch_file};
 pub use prefetch::{PrefetchSummary, prefetch};
 
@@ -129,35 +131,39 @@ fn is_retryable_for_one_shot(e: &ServerLinkError) -> bool {
     !matches!(e, ServerLinkError::Handshake { .. }) && e.is_retryable()
 }
 
-/// Runs `attempt` until it succeeds, fails permanently, or `opts.timeout` has passed,
-/// waiting longer between tries (0.1 s doubling to 5 s).
+/// Runs `attempt` until it succeeds, fails permanently (a local write never is retried), or
+/// `opts.timeout` has passed, waiting longer between tries (0.1 s doubling to 5 s).
 async fn with_retry<T, Fut>(
     opts: &GetWalOptions,
     name: &str,
     mut attempt: impl FnMut() -> Fut,
 ) -> Result<T, GetWalError>
 where
-    Fut: Future<Output = Result<T, ServerLinkError>>,
+    Fut: Future<Output = Result<T, FetchError<FsError>>>,
 {
     let start = Instant::now();
     let mut delay = Duration::from_millis(100);
     loop {
-        match attempt().await {
+        let e = match attempt().await {
             Ok(v) => return Ok(v),
-            Err(e) if !is_retryable_for_one_shot(&e) => {
+            Err(FetchError::Sink(e)) => return Err(GetWalError::Fs(e)),
+            Err(FetchError::Server(e)) => e,
+        };
+        match e {
+            e if !is_retryable_for_one_shot(&e) => {
                 return Err(GetWalError::Server {
                     name: name.to_owned(),
                     source: e,
                 });
             }
-            Err(e) if start.elapsed() + delay > opts.timeout => {
+            e if start.elapsed() + delay > opts.timeout => {
                 return Err(GetWalError::Unreachable {
                     name: name.to_owned(),
                     waited: start.elapsed(),
                     source: e,
                 });
             }
-            Err(e) => {
+            e => {
                 tracing::warn!("{}; retrying in {delay:?}", ErrorChain(&e));
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
@@ -171,19 +177,32 @@ pub(crate) async fn connect_with_retry(
     opts: &GetWalOptions,
     name: &str,
 ) -> Result<ServerConnection, GetWalError> {
-    with_retry(opts, name, || ServerConnection::connect(&opts.server)).await
+    with_retry(opts, name, || async {
+        Ok(ServerConnection::connect(&opts.server).await?)
+    })
+    .await
 }
 
-/// Fetches `name` on a fresh connection, retrying transient failures until the timeout.
-async fn fetch_with_retry(
+/// Fetches `name` on a fresh connection straight into `dest`, retrying transient failures
+/// until the timeout; `dest` is only replaced by a complete, checked file.
+async fn fetch_to_with_retry(
     opts: &GetWalOptions,
     name: &str,
-) -> Result<Option<FetchedFile>, GetWalError> {
+    dest: &Path,
+) -> Result<Option<fetch::FileEnd>, GetWalError> {
     with_retry(opts, name, || async {
         let conn = ServerConnection::connect(&opts.server).await?;
-        let r = fetch_file(&conn, name).await;
+        // Truncated on every try; dropped on a failure, which removes it.
+        let mut sink = TempFileSink::new(TempFile::create(dest).map_err(FetchError::Sink)?);
+        let r = fetch_into(&conn, name, &mut sink).await;
         conn.close().await;
-        r
+        let Some(end) = r? else {
+            return Ok(None);
+        };
+        // Atomic, so PostgreSQL never reads a half-written file; not fsynced (see the module
+        // docs, `# Durability of %p`).
+        sink.file.publish_without_sync().map_err(FetchError::Sink)?;
+        Ok(Some(end))
     })
     .await
 }
@@ -225,19 +244,16 @@ pub async fn get_wal(
             }
         }
     }
-    let Some(file) = fetch_with_retry(opts, name).await? else {
+    let Some(file) = fetch_to_with_retry(opts, name, dest).await? else {
         if let Some(spool) = &spool {
             // The end of the archive on this timeline: nothing spooled after it is needed.
             spool.clear()?;
         }
         return Ok(GetWalOutcome::NotFound);
     };
-    // Atomic, so PostgreSQL never reads a half-written file; not fsynced (see the module
-    // docs, `# Durability of %p`).
-    durable::replace_without_sync(dest, &file.content)?;
     if let (Some(spool), WalFileName::Segment { timeline, segno }) = (&spool, parsed)
         && !file.partial
-        && let Ok(size) = SegmentSize::new(file.content.len() as u64)
+        && let Ok(size) = SegmentSize::new(file.len)
     {
         spool.set_last_requested(&SpoolKey {
             timeline,
