@@ -77,15 +77,7 @@ fn golden_backup_then_crash_then_restore_latest_recovers_every_commit() {
     stack.pg.start_and_finish_recovery();
     let after = stack.pg.dumpall();
     assert_same_dump(stack.work.path(), &before, &after);
-    assert_eq!(
-        stack.pg.psql("SELECT count(*), max(id) FROM ticks"),
-        format!("{last_tick}|{last_tick}"),
-        "every committed tick, and the last one"
-    );
-    assert_eq!(
-        stack.pg.psql("SELECT note FROM last_words"),
-        "committed last"
-    );
+    assert_every_commit_recovered(&stack.pg, last_tick);
     assert_eq!(
         stack.pg.psql("SELECT h FROM in_ts WHERE id = -1"),
         "after the backup, in the tablespace"

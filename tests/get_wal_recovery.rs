@@ -94,12 +94,7 @@ fn golden_recovery_through_get_wal_only() {
 
     let after = pg.dumpall();
     assert_same_dump(work.path(), &before, &after);
-    assert_eq!(
-        pg.psql("SELECT count(*), max(id) FROM ticks"),
-        format!("{last_id}|{last_id}"),
-        "every committed tick, and the last one"
-    );
-    assert_eq!(pg.psql("SELECT note FROM last_words"), "committed last");
+    assert_every_commit_recovered(pg, last_id);
     // The segment in progress on the server (unless WAL nobody waited for happened to end
     // exactly at a segment boundary) was served zero-padded and replayed to its end.
     assert_eq!(
@@ -318,5 +313,74 @@ fn recovery_follows_a_timeline_switch() {
             .log()
             .contains("restored log file \"00000002.history\""),
         "recovery read the history file through get-wal"
+    );
+}
+
+/// With prefetching off (`--prefetch 0`) every file comes from the call PostgreSQL waits for,
+/// each on its own connection: recovery still replays every commit, nothing is spooled, and
+/// the server holds none of those connections once recovery is over (each call closes its
+/// own instead of leaving it to the server's idle timeout).
+#[test]
+fn recovery_without_prefetch_replays_every_commit_and_leaves_no_connection() {
+    let mut stack = streamed_primary("get-wal-no-prefetch");
+    let backup = stack.work.path().join("backup");
+    stack.pg.base_backup_without_wal(&backup);
+
+    let ticks = TickLoop::start(&stack.pg, &stack.work, 200);
+    stack.pg.pgbench(&["-i", "-s", "3", "-q"]);
+    let mut switched = 0;
+    for _ in 0..4 {
+        stack.pg.psql(
+            "INSERT INTO pgbench_history SELECT 1, 1, 1, g, now() FROM generate_series(1, 20000) g",
+        );
+        stack.pg.switch_wal();
+        switched += 1;
+    }
+    ticks.wait_for_more(3);
+    let last_id = ticks.stop();
+    stack
+        .pg
+        .psql("CREATE TABLE last_words AS SELECT 'committed last' AS note");
+    let before = stack.pg.dumpall();
+    stack.pg.kill9();
+    stack.client.stop();
+
+    stack.pg.replace_data_with_backup(&backup);
+    prepare_recovery(
+        &stack.exe,
+        &stack.pg,
+        &stack.server,
+        &stack.certs,
+        &["--prefetch", "0"],
+    );
+    let conf = std::fs::read_to_string(stack.pg.data_dir().join("postgresql.auto.conf")).unwrap();
+    assert!(conf.contains("--prefetch 0"), "{conf}");
+    stack.pg.start_and_finish_recovery();
+
+    assert_same_dump(stack.work.path(), &before, &stack.pg.dumpall());
+    assert_every_commit_recovered(&stack.pg, last_id);
+    let restored = stack.pg.log().matches("restored log file").count();
+    assert!(
+        restored > switched,
+        "each segment came through get-wal ({restored} restored)"
+    );
+    assert!(
+        !stack.pg.data_dir().join("pg_wal/klio-spool").exists(),
+        "nothing was spooled"
+    );
+    // Well within the server's 15 s idle timeout: the calls closed their connections.
+    klio_testkit::wait_until(
+        "the server to hold no connection of pg1",
+        std::time::Duration::from_secs(5),
+        || {
+            let page = retention::metrics_page(&stack);
+            let open = page.lines().find_map(|l| {
+                l.strip_prefix("klio_connected_clients{cluster=\"pg1\"}")?
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            });
+            (open.unwrap_or(0.0) == 0.0).then_some(())
+        },
     );
 }

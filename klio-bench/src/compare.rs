@@ -202,13 +202,18 @@ impl CompareReport {
                 c.ratio()
             );
         }
-        out += &format!(
-            "| recovery of {:.0} MiB, seconds | {:.2} | cp from a local directory {:.2} | {:.2} |\n",
-            self.recovery.wal_bytes as f64 / 1048576.0,
-            self.recovery.mean(recovery::KLIO),
-            self.recovery.mean(recovery::CP),
-            self.recovery.ratio()
-        );
+        for (contender, how) in [
+            (recovery::KLIO, "prefetching"),
+            (recovery::KLIO_NO_PREFETCH, "without prefetch"),
+        ] {
+            out += &format!(
+                "| recovery of {:.0} MiB {how}, seconds | {:.2} | cp from a local directory {:.2} | {:.2} |\n",
+                self.recovery.wal_bytes as f64 / 1048576.0,
+                self.recovery.mean(contender),
+                self.recovery.mean(recovery::CP),
+                self.recovery.ratio_of(contender)
+            );
+        }
         out += "\n## 1. Ingest\n\n";
         out += &i.markdown();
         out +=

@@ -1,6 +1,7 @@
 //! Recovery speed: PostgreSQL replaying the same WAL with `restore_command = 'klio get-wal
-//! ...'` (from the Klio server, with prefetching) against `cp` from a local directory (the
-//! floor), taking turns in one run.
+//! ...'` from the Klio server, with prefetching and without (`--prefetch 0`: one process and
+//! one connection per file, on PostgreSQL's critical path), against `cp` from a local
+//! directory (the floor), taking turns in one run.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -20,7 +21,7 @@ pub struct RecoveryOptions {
 /// One recovery.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct RecoverySample {
-    /// `cp` or `klio get-wal`.
+    /// [`CP`], [`KLIO`] or [`KLIO_NO_PREFETCH`].
     pub contender: &'static str,
     /// Round number.
     pub round: u32,
@@ -28,7 +29,7 @@ pub struct RecoverySample {
     pub seconds: f64,
 }
 
-/// Every recovery and the ratio of mean times (klio / cp).
+/// Every recovery and the ratios of mean times (klio / cp).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct RecoveryReport {
     /// WAL replayed, in bytes.
@@ -38,7 +39,7 @@ pub struct RecoveryReport {
 }
 
 impl RecoveryReport {
-    /// Mean seconds of contender `c` ([`KLIO`] or [`CP`]).
+    /// Mean seconds of contender `c` ([`CP`], [`KLIO`] or [`KLIO_NO_PREFETCH`]).
     pub fn mean(&self, c: &str) -> f64 {
         let v: Vec<f64> = self
             .samples
@@ -49,9 +50,14 @@ impl RecoveryReport {
         v.iter().sum::<f64>() / v.len().max(1) as f64
     }
 
-    /// Mean recovery time with get-wal over mean time with cp.
+    /// Mean recovery time with get-wal (prefetching) over mean time with cp.
     pub fn ratio(&self) -> f64 {
-        self.mean(KLIO) / self.mean(CP)
+        self.ratio_of(KLIO)
+    }
+
+    /// Mean recovery time of contender `c` over mean time with cp.
+    pub fn ratio_of(&self, c: &str) -> f64 {
+        self.mean(c) / self.mean(CP)
     }
 
     /// A markdown table.
@@ -70,17 +76,22 @@ impl RecoveryReport {
             );
         }
         s += &format!(
-            "\nmean seconds: klio get-wal {:.2}, cp {:.2}; ratio get-wal/cp = {:.3}\n",
-            self.mean(KLIO),
+            "\nmean seconds: cp {:.2}, {KLIO} {:.2}, {KLIO_NO_PREFETCH} {:.2}; ratios to cp: \
+             prefetch {:.3}, no prefetch {:.3}\n",
             self.mean(CP),
-            self.ratio()
+            self.mean(KLIO),
+            self.mean(KLIO_NO_PREFETCH),
+            self.ratio(),
+            self.ratio_of(KLIO_NO_PREFETCH)
         );
         s
     }
 }
 
-/// The Klio contender.
+/// The Klio contender, prefetching (the default).
 pub const KLIO: &str = "klio get-wal";
+/// Klio without prefetching: every file fetched by the call PostgreSQL waits for.
+pub const KLIO_NO_PREFETCH: &str = "klio get-wal --prefetch 0";
 /// The floor: `cp` from a local directory.
 pub const CP: &str = "cp";
 
@@ -135,22 +146,22 @@ pub fn run(klio: &Path, opts: &RecoveryOptions) -> RecoveryReport {
 
     let mut samples = Vec::new();
     for round in 0..opts.rounds {
-        let order = if round % 2 == 0 {
-            [CP, KLIO]
-        } else {
-            [KLIO, CP]
-        };
+        let mut order = [CP, KLIO, KLIO_NO_PREFETCH];
+        // Each contender goes first in some round (caches, disk write-back).
+        order.rotate_left(round as usize % 3);
         for contender in order {
             pg.replace_data_with_backup(&backup);
             if contender == CP {
                 pg.configure_archive_recovery(&format!("cp {}/%f %p", local.display()));
             } else {
+                let prefetch = if contender == KLIO { "8" } else { "0" };
                 run_ok(
                     as_postgres(&exe)
                         .arg("prepare-recovery")
                         .arg("-D")
                         .arg(pg.data_dir())
-                        .args(server.client_args(&certs, "bench")),
+                        .args(server.client_args(&certs, "bench"))
+                        .args(["--prefetch", prefetch]),
                 );
             }
             let t = Instant::now();

@@ -10,9 +10,10 @@ use klio_wal::ErrorChain;
 
 /// restore_command served by the Klio server: fetch WAL file %f of this cluster into %p.
 ///
-/// Writes %p atomically (temporary file, fsync, rename). While PostgreSQL replays a segment,
-/// a background prefetcher fetches the next ones in parallel into a spool, so most calls are
-/// served locally; a spooled copy is used only if it still matches the server's checksum. The
+/// Writes %p atomically (temporary file, rename), without fsync, like cp: PostgreSQL fsyncs
+/// the restored files it keeps. While PostgreSQL replays a segment, a background prefetcher
+/// fetches the next ones in parallel into a spool, so most calls are served locally (--prefetch
+/// 0: every call fetches its file over a new connection); a spooled copy is used only if it still matches the server's checksum. The
 /// segment still being streamed is served zero-padded, so recovery reaches the last streamed
 /// byte. Exit status 1 means "not in the archive" (the normal end of recovery); any failure
 /// (server unreachable for --timeout, certificate refused, damaged file) exits with 255 so that

@@ -44,6 +44,17 @@ pub fn export_archive_with(
     dest
 }
 
+/// After a recovery: `ticks` holds every tick up to `last_tick` (none lost, none beyond), and
+/// the `last_words` table committed just before the crash is there.
+pub fn assert_every_commit_recovered(pg: &klio_testkit::PgServer, last_tick: u64) {
+    assert_eq!(
+        pg.psql("SELECT count(*), max(id) FROM ticks"),
+        format!("{last_tick}|{last_tick}"),
+        "every committed tick, and the last one"
+    );
+    assert_eq!(pg.psql("SELECT note FROM last_words"), "committed last");
+}
+
 /// The keyring the server would load from these key files (the first is the primary).
 pub fn keyring(files: &[&Path]) -> klio_crypto::Keyring {
     let (first, rest) = files.split_first().expect("at least one key file");

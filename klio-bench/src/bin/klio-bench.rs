@@ -125,7 +125,7 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         scale: u32,
     },
-    /// Recovery time through get-wal against cp.
+    /// Recovery time through get-wal, with prefetching and without, against cp.
     Recovery {
         /// Rounds.
         #[arg(long, default_value_t = 2)]

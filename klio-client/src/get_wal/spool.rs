@@ -4,8 +4,9 @@
 //! - `<segment>.<crc32c>`: a complete segment as the server sent it, named with the CRC-32C the
 //!   server computed over its copy. A file is only served if its bytes still have that CRC, so
 //!   a torn, truncated or damaged spool file is never handed to PostgreSQL; it is fetched again.
-//!   Written through a temporary file, fsynced, renamed, so a crash leaves no half file under
-//!   a final name. Partial segments (still being streamed) are never spooled.
+//!   Written through a temporary file and renamed, not fsynced: after a crash a spooled copy
+//!   may be empty or torn, which its CRC catches (it is fetched again). Partial segments
+//!   (still being streamed) are never spooled.
 //! - `last-requested`: the last segment PostgreSQL asked for; the prefetcher fetches the ones
 //!   after it.
 //! - `prefetch.lock`: held by the one prefetcher running.
@@ -131,29 +132,28 @@ impl Spool {
                 let _ = std::fs::remove_file(&path);
                 return Ok(false);
             }
-            // Same file system: a durable rename, no copy. Elsewhere: an atomic copy. Either
-            // way PostgreSQL never finds a torn file under its final name, even after a crash.
-            match durable::rename(&path, dest) {
+            // Same file system: a rename, no copy. Elsewhere: an atomic copy. Either way
+            // PostgreSQL never finds a torn file under its final name; neither is fsynced, as
+            // for a file fetched from the server (see `# Durability of %p` in get_wal).
+            match std::fs::rename(&path, dest) {
                 Ok(()) => return Ok(true),
-                Err(e)
-                    if e.action == FsAction::Rename
-                        && e.kind() == io::ErrorKind::CrossesDevices =>
-                {
-                    durable::replace(dest, &bytes)?;
+                Err(e) if e.kind() == io::ErrorKind::CrossesDevices => {
+                    durable::replace_without_sync(dest, &bytes)?;
                     let _ = std::fs::remove_file(&path);
                     return Ok(true);
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(FsError::new(FsAction::Rename, dest, e)),
             }
         }
         Ok(false)
     }
 
-    /// Stores a complete segment fetched ahead, durably, named with the server's CRC.
+    /// Stores a complete segment fetched ahead, atomically, named with the server's CRC.
     pub(crate) fn put(&self, name: &str, bytes: &[u8], crc: u32) -> SpoolResult<()> {
-        // Durable, so that a spooled copy never turns out empty or torn after a crash (the CRC
-        // in its name would catch it, at the cost of a fetch).
-        durable::replace(&self.dir.join(format!("{name}.{crc:08x}")), bytes)
+        // Not fsynced: a copy left empty or torn by a crash fails the CRC in its name and is
+        // fetched again, while an fsync per segment would compete with PostgreSQL's replay
+        // for the disk.
+        durable::replace_without_sync(&self.dir.join(format!("{name}.{crc:08x}")), bytes)
     }
 
     /// Removes spooled segments not in `keep` and leftover temporary files.

@@ -109,9 +109,9 @@ pub fn replace(path: &Path, contents: &[u8]) -> Result<(), FsError> {
 /// old contents, the new ones, or (the data not yet on disk) an empty or short file. Only for
 /// files whose loss or damage costs repeated work, never wrong results.
 pub fn replace_without_sync(path: &Path, contents: &[u8]) -> Result<(), FsError> {
-    let mut temp = TempFile::create(path)?;
+    let temp = TempFile::create(path)?;
     temp.write_all_at(contents, 0)?;
-    temp.rename_into_place()
+    temp.publish_without_sync()
 }
 
 /// Renames the complete file `from` to `to` durably: fsyncs `from`, renames it, and fsyncs the
@@ -233,6 +233,13 @@ impl TempFile {
         self.file
             .sync_all()
             .map_err(|e| FsError::new(FsAction::Fsync, &self.temp, e))?;
+        self.rename_into_place()
+    }
+
+    /// Renames the complete file to its final name without any fsync: atomic but not durable,
+    /// like [`replace_without_sync`], for files whose loss or damage in a crash costs repeated
+    /// work, never wrong results.
+    pub fn publish_without_sync(mut self) -> Result<(), FsError> {
         self.rename_into_place()
     }
 
