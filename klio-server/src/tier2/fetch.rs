@@ -10,7 +10,9 @@
 //! - A file already cached is returned as it is, and marked recently used.
 //! - Otherwise the object is fetched whole (its CRC32C is checked by the `ObjectStore`: a
 //!   damaged object is an error naming its key, and nothing is written) and written as a
-//!   temporary file renamed into place, so a reader never sees half a file.
+//!   temporary file renamed into place, so a reader never sees half a file. One fetch of a
+//!   file runs at a time (sessions run on several threads: two would write the same temporary
+//!   file); a fetch that waited for another finds the file cached.
 //! - Above `tier2.cache_size` bytes the least recently used files are removed; the archive
 //!   identity and the block hash key (tiny, and needed by every read of their cluster) are
 //!   never evicted.
@@ -140,6 +142,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Whether a cached copy is served as it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fill {
+    /// Fetched only when not cached.
+    IfMissing,
+    /// Fetched again (an object Tier 2 replaces).
+    Always,
+}
+
 /// Tier 2 objects fetched into a local directory (see the [module documentation](self)).
 #[derive(Debug)]
 pub(crate) struct Tier2Cache {
@@ -149,6 +160,10 @@ pub(crate) struct Tier2Cache {
     /// Per cluster, the block index of the packs in Tier 2 last looked at (rebuilt when a
     /// block is not in it: the relay may have uploaded packs since).
     indexes: Mutex<HashMap<ClusterName, SharedIndex>>,
+    /// Fetches in progress, by cached path: one at a time per file, because two would write
+    /// the same temporary file (and the second of two fetches of a missing file finds it
+    /// cached). Entries go when their last fetch ends.
+    fetching: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Tier2Cache {
@@ -177,6 +192,7 @@ impl Tier2Cache {
             root,
             usage: Mutex::new(usage),
             indexes: Mutex::default(),
+            fetching: Mutex::default(),
         }
     }
 
@@ -206,12 +222,7 @@ impl Tier2Cache {
         cluster: &ClusterName,
         relative: &Path,
     ) -> Result<Option<PathBuf>, FetchError> {
-        let path = self.cluster_dir(cluster).join(relative);
-        if let Ok(m) = std::fs::metadata(&path) {
-            self.usage().touch(&path, m.len());
-            return Ok(Some(path));
-        }
-        self.refresh(cluster, relative).await
+        self.fill(cluster, relative, Fill::IfMissing).await
     }
 
     /// Like [`fetch`](Self::fetch), but always fetching the object again (for the segment in
@@ -221,9 +232,59 @@ impl Tier2Cache {
         cluster: &ClusterName,
         relative: &Path,
     ) -> Result<Option<PathBuf>, FetchError> {
+        self.fill(cluster, relative, Fill::Always).await
+    }
+
+    /// [`fetch`](Self::fetch) and [`refresh`](Self::refresh), one fetch of a file at a time.
+    async fn fill(
+        &self,
+        cluster: &ClusterName,
+        relative: &Path,
+        fill: Fill,
+    ) -> Result<Option<PathBuf>, FetchError> {
+        let path = self.cluster_dir(cluster).join(relative);
+        let cached = || match std::fs::metadata(&path) {
+            Ok(m) => {
+                self.usage().touch(&path, m.len());
+                Some(path.clone())
+            }
+            Err(_) => None,
+        };
+        if fill == Fill::IfMissing
+            && let Some(p) = cached()
+        {
+            return Ok(Some(p));
+        }
+        let slot = lock(&self.fetching)
+            .entry(path.clone())
+            .or_default()
+            .clone();
+        let outcome = {
+            let _one_at_a_time = slot.lock().await;
+            match (fill, cached()) {
+                // Fetched by the fetch this one waited for.
+                (Fill::IfMissing, Some(p)) => Ok(Some(p)),
+                _ => self.get_into(cluster, relative, &path).await,
+            }
+        };
+        let mut fetching = lock(&self.fetching);
+        // Only the map and this fetch hold it: no one waits for this file.
+        if Arc::strong_count(&slot) == 2 {
+            fetching.remove(&path);
+        }
+        outcome
+    }
+
+    /// Gets `relative`'s object into `path`.
+    async fn get_into(
+        &self,
+        cluster: &ClusterName,
+        relative: &Path,
+        path: &Path,
+    ) -> Result<Option<PathBuf>, FetchError> {
         let key = layout::object_key(cluster, relative)
             .ok_or_else(|| FetchError::NoKey(relative.to_owned()))?;
-        let path = self.cluster_dir(cluster).join(relative);
+        let path = path.to_owned();
         let Some(bytes) = self
             .tier2
             .store
