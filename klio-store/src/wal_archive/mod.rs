@@ -75,6 +75,7 @@
 mod dir_listing;
 mod error;
 mod identity;
+mod index;
 mod journal;
 mod optional_file;
 mod prune;
@@ -89,7 +90,7 @@ mod verify;
 use std::collections::BTreeMap;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use klio_crypto::{Keyring, SealOptions, SecureRandom, SystemRandom};
 use klio_wal::{
@@ -98,6 +99,7 @@ use klio_wal::{
 
 pub use error::WalArchiveError;
 pub use identity::ClusterIdentity;
+pub use index::{ArchiveIndex, ArchiveIndexes};
 pub use journal::{FrameCheck, FrameDefect, JournalDamage, ScanStop};
 pub use prune::{PrunedTimeline, PrunedWal, WalPruner};
 pub use read::{
@@ -164,6 +166,9 @@ pub struct StorageOptions {
     pub keyring: Option<Keyring>,
     /// Compression and chunk size of sealed segments (ignored without a keyring).
     pub seal: SealOptions,
+    /// The in-memory indexes of this process's archives: a writer opened with them keeps the
+    /// index of its archive true (see the `index` module). `None`: no index is told.
+    pub indexes: Option<ArchiveIndexes>,
 }
 
 static RNG: LazyLock<SystemRandom> = LazyLock::new(SystemRandom::new);
@@ -305,6 +310,8 @@ pub struct WalArchive {
     seal: SealOptions,
     poisoned: bool,
     stream: Option<Stream>,
+    /// Told of every journal, durable end, finished segment and history file written.
+    index: Option<Arc<ArchiveIndex>>,
 }
 
 impl Deref for WalArchive {
@@ -364,17 +371,24 @@ impl WalArchive {
                 identity::write(dir, &identity)?;
             }
         }
-        let durable = recover::recover(dir, &ctx)?;
+        let recovered = recover::recover(dir, &ctx)?;
+        let index = options.indexes.as_ref().map(|i| i.of(dir));
+        if let Some(index) = &index
+            && recovered.journals_changed
+        {
+            index.note(index::Change::Rebuild);
+        }
         Ok(Self {
             reader: WalArchiveReader {
                 dir: dir.to_owned(),
                 identity,
                 keyring: options.keyring,
-                durable,
+                durable: recovered.durable,
             },
             seal: options.seal,
             poisoned: false,
             stream: None,
+            index,
         })
     }
 }
@@ -608,14 +622,26 @@ impl WalArchive {
                     content,
                     &self.write_ctx(),
                 )?;
-                Ok(durable::replace(&self.reader.dir.join(&name), &sealed)?)
+                durable::replace(&self.reader.dir.join(&name), &sealed)?;
+                self.note(index::Change::History {
+                    timeline,
+                    bytes: sealed.len() as u64,
+                });
+                Ok(())
             }
-            None => Ok(durable::replace(
-                &self
-                    .dir
-                    .join(WalFileName::History { timeline }.to_string_with(size)),
-                content,
-            )?),
+            None => {
+                durable::replace(
+                    &self
+                        .dir
+                        .join(WalFileName::History { timeline }.to_string_with(size)),
+                    content,
+                )?;
+                self.note(index::Change::History {
+                    timeline,
+                    bytes: content.len() as u64,
+                });
+                Ok(())
+            }
         }
     }
 
@@ -647,13 +673,30 @@ impl WalArchive {
         let Some(stream) = self.stream.as_mut() else {
             return Ok(());
         };
+        let mut synced = None;
         if let Some(j) = stream.journal.as_mut() {
             j.sync()?;
+            synced = Some(j.segno);
         }
         if stream.next > stream.origin {
             self.reader.durable.insert(stream.timeline, stream.next);
+            if let Some(segno) = synced {
+                let (timeline, end) = (stream.timeline, stream.next);
+                self.note(index::Change::Journal {
+                    timeline,
+                    segno,
+                    end: Some(end),
+                });
+            }
         }
         Ok(())
+    }
+
+    /// Tells the archive's index (if any) of a change this writer made.
+    fn note(&self, change: index::Change) {
+        if let Some(index) = &self.index {
+            index.note(change);
+        }
     }
 
     /// Reopens the journal holding the durable end `at` (mid-segment) to continue it.
@@ -714,7 +757,20 @@ impl WalArchive {
                     });
                 }
                 None if piece.offset == 0 => {
-                    JournalWriter::create(&self.reader.dir, stream.timeline, piece.segno, &ctx)?
+                    let j = JournalWriter::create(
+                        &self.reader.dir,
+                        stream.timeline,
+                        piece.segno,
+                        &ctx,
+                    )?;
+                    if let Some(index) = &self.index {
+                        index.note(index::Change::Journal {
+                            timeline: stream.timeline,
+                            segno: piece.segno,
+                            end: None,
+                        });
+                    }
+                    j
                 }
                 None => {
                     return Err(WalArchiveError::Inconsistent {
@@ -735,6 +791,17 @@ impl WalArchive {
                 self.reader.durable.insert(stream.timeline, end);
                 if let Some(j) = stream.journal.take() {
                     j.finish(&self.reader.dir, &ctx)?;
+                    if let Some(index) = &self.index {
+                        let sealed = ctx.keyring.is_some();
+                        let dir = &self.reader.dir;
+                        index.note(index::finished(
+                            dir,
+                            stream.timeline,
+                            piece.segno,
+                            size,
+                            sealed,
+                        ));
+                    }
                 }
             }
         }
@@ -760,5 +827,7 @@ fn segment_of_name(name: &WalFileName) -> Option<(TimelineId, SegmentNo)> {
 mod tests;
 #[cfg(test)]
 mod tests_encrypted;
+#[cfg(test)]
+mod tests_index;
 #[cfg(test)]
 mod tests_prune;
