@@ -1,10 +1,12 @@
-//! The whole comparison in one run: machine, ingest, streaming, synchronous commit, recovery;
+//! The whole comparison in one run: machine, ingest, streaming, synchronous commit, recovery,
+//! archive scale;
 //! written as `results.md` and `results.json`.
 
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::archive_scale::{self, ArchiveScaleOptions, ArchiveScaleReport};
 use crate::ingest::{self, IngestOptions, IngestReport};
 use crate::machine::Machine;
 use crate::recovery::{self, RecoveryOptions, RecoveryReport};
@@ -22,6 +24,8 @@ pub struct CompareOptions {
     pub sync_commit: SyncCommitOptions,
     /// Recovery settings.
     pub recovery: RecoveryOptions,
+    /// Archive scale settings.
+    pub archive_scale: ArchiveScaleOptions,
 }
 
 impl CompareOptions {
@@ -40,6 +44,7 @@ impl CompareOptions {
                 rounds: 2,
                 wal_mib: 1024,
             },
+            archive_scale: ArchiveScaleOptions::default(),
         }
     }
 
@@ -67,6 +72,7 @@ impl CompareOptions {
                 rounds: 1,
                 wal_mib: 64,
             },
+            archive_scale: ArchiveScaleOptions::quick(),
         }
     }
 }
@@ -90,6 +96,8 @@ pub struct CompareReport {
     pub sync_commit: SyncCommitReport,
     /// 4. Recovery.
     pub recovery: RecoveryReport,
+    /// 5. Archive scale (or why it could not be measured).
+    pub archive_scale: Result<ArchiveScaleReport, String>,
 }
 
 fn version(cmd: &mut std::process::Command) -> String {
@@ -108,6 +116,8 @@ pub fn run(klio: &Path, scratch: &Path, opts: &CompareOptions) -> CompareReport 
     let streaming = streaming::run(klio, &opts.streaming);
     let sync_commit = sync_commit::run(klio, &opts.sync_commit);
     let recovery = recovery::run(klio, &opts.recovery);
+    let archive_scale = archive_scale::run(klio, &opts.archive_scale)
+        .map_err(|e| klio_wal::ErrorChain(&e).to_string());
     CompareReport {
         started,
         klio_version: version(std::process::Command::new(klio).arg("--version")),
@@ -117,6 +127,7 @@ pub fn run(klio: &Path, scratch: &Path, opts: &CompareOptions) -> CompareReport 
         streaming,
         sync_commit,
         recovery,
+        archive_scale,
     }
 }
 
@@ -198,8 +209,31 @@ impl CompareReport {
         out += &s.markdown();
         out += "\n## 3. Synchronous commit\n\n";
         out += &self.sync_commit.markdown();
+        if let Ok(a) = &self.archive_scale {
+            out += &format!(
+                "| archive scale, GetFile p50 ms, {} segments / {} | {:.2} | {:.2} | {:.2} |\n",
+                a.samples.last().map_or(0, |s| s.segments),
+                a.samples.first().map_or(0, |s| s.segments),
+                a.samples.last().map_or(f64::NAN, |s| s.get_file_p50_ms),
+                a.samples.first().map_or(f64::NAN, |s| s.get_file_p50_ms),
+                a.ratio(|s| s.get_file_p50_ms)
+            );
+            out += &format!(
+                "| archive scale, server start s, {} segments / {} | {:.2} | {:.2} | {:.2} |\n",
+                a.samples.last().map_or(0, |s| s.segments),
+                a.samples.first().map_or(0, |s| s.segments),
+                a.samples.last().map_or(f64::NAN, |s| s.start_seconds),
+                a.samples.first().map_or(f64::NAN, |s| s.start_seconds),
+                a.ratio(|s| s.start_seconds)
+            );
+        }
         out += "\n## 4. Recovery\n\n";
         out += &self.recovery.markdown();
+        out += "\n## 5. Archive scale\n\n";
+        match &self.archive_scale {
+            Ok(a) => out += &a.markdown(),
+            Err(e) => out += &format!("not measured: {e}\n"),
+        }
         out
     }
 
