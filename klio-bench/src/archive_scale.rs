@@ -98,6 +98,9 @@ pub struct ArchiveScaleSample {
     pub reader_per_request_ms: f64,
 }
 
+/// One figure of a sample.
+type Figure = fn(&ArchiveScaleSample) -> f64;
+
 /// Every size measured.
 #[derive(Clone, Debug, Serialize)]
 pub struct ArchiveScaleReport {
@@ -112,6 +115,30 @@ impl ArchiveScaleReport {
             (Some(small), Some(large)) => f(large) / f(small),
             _ => f64::NAN,
         }
+    }
+
+    /// The rows of the comparison's summary table: the largest archive against the smallest.
+    pub fn summary_rows(&self) -> String {
+        let (Some(small), Some(large)) = (self.samples.first(), self.samples.last()) else {
+            return String::new();
+        };
+        let rows: [(&str, Figure); 3] = [
+            ("server start, s", |x| x.start_seconds),
+            ("GetFile p50, ms", |x| x.get_file_p50_ms),
+            ("GetFile p99, ms", |x| x.get_file_p99_ms),
+        ];
+        rows.iter()
+            .map(|(what, f)| {
+                format!(
+                    "| archive of {} segments, {what} | {:.2} | {} segments {:.2} | {:.2} |\n",
+                    large.segments,
+                    f(large),
+                    small.segments,
+                    f(small),
+                    f(large) / f(small)
+                )
+            })
+            .collect()
     }
 
     /// A markdown table, the ratios last.

@@ -189,6 +189,9 @@ impl CompareReport {
             self.recovery.mean(recovery::CP),
             self.recovery.ratio()
         );
+        if let Ok(a) = &self.archive_scale {
+            out += &a.summary_rows();
+        }
         out += "\n## 1. Ingest\n\n";
         out += &i.markdown();
         out +=
@@ -209,24 +212,6 @@ impl CompareReport {
         out += &s.markdown();
         out += "\n## 3. Synchronous commit\n\n";
         out += &self.sync_commit.markdown();
-        if let Ok(a) = &self.archive_scale {
-            out += &format!(
-                "| archive scale, GetFile p50 ms, {} segments / {} | {:.2} | {:.2} | {:.2} |\n",
-                a.samples.last().map_or(0, |s| s.segments),
-                a.samples.first().map_or(0, |s| s.segments),
-                a.samples.last().map_or(f64::NAN, |s| s.get_file_p50_ms),
-                a.samples.first().map_or(f64::NAN, |s| s.get_file_p50_ms),
-                a.ratio(|s| s.get_file_p50_ms)
-            );
-            out += &format!(
-                "| archive scale, server start s, {} segments / {} | {:.2} | {:.2} | {:.2} |\n",
-                a.samples.last().map_or(0, |s| s.segments),
-                a.samples.first().map_or(0, |s| s.segments),
-                a.samples.last().map_or(f64::NAN, |s| s.start_seconds),
-                a.samples.first().map_or(f64::NAN, |s| s.start_seconds),
-                a.ratio(|s| s.start_seconds)
-            );
-        }
         out += "\n## 4. Recovery\n\n";
         out += &self.recovery.markdown();
         out += "\n## 5. Archive scale\n\n";

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use klio_crypto::Keyring;
 use klio_proto::klio::ClusterName;
-use klio_store::backup::{BackupStore, WalCoverage, wal_coverage};
+use klio_store::backup::{BackupStore, WalCoverage, wal_coverage, wal_coverage_in};
 use klio_store::wal_archive::{ArchiveIndex, WalArchiveError, WalArchiveReader};
 use klio_wal::WalPosition;
 
@@ -120,7 +120,18 @@ impl BackupEnv {
         end: WalPosition,
     ) -> Result<Option<WalCoverage>, End> {
         let (dir, keyring) = (self.wal_dir.clone(), self.keyring.clone());
+        let index = self.wal_index.clone();
         blocking(move || {
+            // The server's index of the archive answers without a listing per poll.
+            if let Some(index) = index {
+                return match index.reader() {
+                    Ok(archive) => {
+                        wal_coverage_in(archive, &index.listing()?, start, end).map(Some)
+                    }
+                    Err(WalArchiveError::NotAnArchive { .. }) => Ok(None),
+                    Err(e) => Err(e),
+                };
+            }
             let archive = match WalArchiveReader::open_with(&dir, keyring) {
                 Ok(a) => a,
                 Err(WalArchiveError::NotAnArchive { .. }) => return Ok(None),

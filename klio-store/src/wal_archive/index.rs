@@ -263,14 +263,16 @@ impl ArchiveIndex {
         *lock(&self.state) = State::Building {
             pending: Vec::new(),
         };
-        let listed = recover::survey_measured(&self.dir, &reader.ctx());
+        // Listed and turned into runs without the state's lock: the writer's reports are
+        // queued meanwhile, never held up by the build.
+        let listed = recover::survey_measured(&self.dir, &reader.ctx())
+            .map(|(survey, measured)| Entries::of(&survey, measured));
         let mut state = lock(&self.state);
         let pending = match std::mem::replace(&mut *state, State::Unbuilt) {
             State::Building { pending } => pending,
             _ => Vec::new(),
         };
-        let (survey, measured) = listed?;
-        let mut entries = Entries::of(&survey, measured);
+        let mut entries = listed?;
         if pending.into_iter().all(|c| entries.apply(c)) {
             *state = State::Built(Box::new(entries));
         }
@@ -556,6 +558,12 @@ impl Entries {
             })
             .collect()
     }
+}
+
+/// What `survey` found, as [`WalArchiveReader::list`] reports it (the same rules as the
+/// index's listing: complete journals count as segments, journals without WAL not at all).
+pub(super) fn listing_of(survey: &Survey, size: SegmentSize) -> ArchiveListing {
+    Entries::of(survey, Measured::default()).listing(size)
 }
 
 /// Whether a journal ending at `end` holds the whole segment `segno`.

@@ -69,6 +69,15 @@
 //! drift apart, and a `&WalArchive` passes wherever a `&WalArchiveReader` is expected. The
 //! writer has no method named like one of the reader's, so nothing is shadowed.
 //!
+//! # The index
+//!
+//! A reader opened with [`WalArchiveReader::open`] lists the directory: fine for a command,
+//! too slow per request for a server whose archives hold a million segments. A server keeps
+//! an [`ArchiveIndex`] per archive instead (see the `index` module: built once on first use,
+//! kept true by a writer opened with [`StorageOptions::indexes`] and by a pruner given it,
+//! never persisted). Reads through it open the file it names, and every other name the file
+//! may have before answering that it is not there.
+//!
 //! Every file is put on disk through [`klio_wal::durable`], whose module doc states the policy
 //! (when files and directories are fsynced, the one temporary suffix, what a crash leaves).
 

@@ -9,7 +9,7 @@ use klio_crypto::Keyring;
 use klio_wal::durable::{self, TempFile};
 use klio_wal::{FsAction, Lsn, SegmentNo, SegmentSize, TimelineId, WalFileName};
 
-use super::index::Holder;
+use super::index::{self, Holder};
 use super::journal::{self, FileSource, JournalScan, ScanError, ScanStop};
 use super::recover::{self, Survey};
 use super::{
@@ -402,54 +402,8 @@ impl WalArchiveReader {
     /// Lists what the archive holds: timelines with their completed segment ranges and partial
     /// segments, and history files.
     pub fn list(&self) -> Result<ArchiveListing, WalArchiveError> {
-        let size = self.identity.segment_size;
         let survey = recover::survey(&self.dir, &self.ctx())?;
-        let ends = survey.durable_ends(size);
-        let mut timelines = Vec::new();
-        for (&timeline, &durable_end) in &ends {
-            let mut complete: Vec<SegmentNo> = survey
-                .segments
-                .iter()
-                .filter(|(t, _)| *t == timeline)
-                .map(|&(_, s)| s)
-                .chain(
-                    survey
-                        .journals
-                        .iter()
-                        .filter(|((t, _), j)| *t == timeline && j.scan.complete)
-                        .map(|(&(_, s), _)| s),
-                )
-                .collect();
-            complete.sort_unstable();
-            let mut segments: Vec<SegmentRange> = Vec::new();
-            for s in complete {
-                match segments.last_mut() {
-                    Some(r) if r.last.0.checked_add(1) == Some(s.0) => r.last = s,
-                    _ => segments.push(SegmentRange { first: s, last: s }),
-                }
-            }
-            let partials = survey
-                .journals
-                .iter()
-                .filter(|((t, _), j)| {
-                    *t == timeline && !j.scan.complete && !j.scan.frames.is_empty()
-                })
-                .map(|(&(_, segno), j)| PartialSegment {
-                    segno,
-                    end: j.scan.end,
-                })
-                .collect();
-            timelines.push(TimelineListing {
-                timeline,
-                segments,
-                partials,
-                durable_end,
-            });
-        }
-        Ok(ArchiveListing {
-            timelines,
-            histories: survey.histories.iter().copied().collect(),
-        })
+        Ok(index::listing_of(&survey, self.identity.segment_size))
     }
 
     /// Writes a pg_receivewal-style copy of the archive into `dest` (created if missing):
