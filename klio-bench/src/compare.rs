@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::archive_scale::{self, ArchiveScaleOptions, ArchiveScaleReport};
 use crate::ingest::{self, IngestOptions, IngestReport};
+use crate::layout::Layout;
 use crate::machine::Machine;
 use crate::recovery::{self, RecoveryOptions, RecoveryReport};
 use crate::streaming::{self, StreamingOptions, StreamingReport};
@@ -39,6 +40,7 @@ impl CompareOptions {
                 seconds: 20,
                 clients: 8,
                 scale: 10,
+                layout: Layout::Shared,
             },
             recovery: RecoveryOptions {
                 rounds: 2,
@@ -61,12 +63,14 @@ impl CompareOptions {
                 seconds: 5,
                 clients: 4,
                 scale: 2,
+                layout: Layout::Shared,
             },
             sync_commit: SyncCommitOptions {
                 rounds: 1,
                 seconds: 5,
                 clients: 4,
                 scale: 2,
+                layout: Layout::Shared,
             },
             recovery: RecoveryOptions {
                 rounds: 1,
@@ -90,10 +94,10 @@ pub struct CompareReport {
     pub machine: Machine,
     /// 1. Ingest.
     pub ingest: IngestReport,
-    /// 2. Streaming.
-    pub streaming: StreamingReport,
-    /// 3. Synchronous commit.
-    pub sync_commit: SyncCommitReport,
+    /// 2. Streaming, in each layout.
+    pub streaming: Vec<StreamingReport>,
+    /// 3. Synchronous commit, in each layout.
+    pub sync_commit: Vec<SyncCommitReport>,
     /// 4. Recovery.
     pub recovery: RecoveryReport,
     /// 5. Archive scale (or why it could not be measured).
@@ -113,8 +117,26 @@ pub fn run(klio: &Path, scratch: &Path, opts: &CompareOptions) -> CompareReport 
     let machine = Machine::describe(scratch);
     eprintln!("{}", machine.markdown());
     let ingest = ingest::run(klio, &opts.ingest);
-    let streaming = streaming::run(klio, &opts.streaming);
-    let sync_commit = sync_commit::run(klio, &opts.sync_commit);
+    // Both layouts: every process on every core, and the receivers on a core of their own.
+    let layouts = [Layout::Shared, Layout::Pinned];
+    let streaming = layouts
+        .map(|layout| {
+            let o = StreamingOptions {
+                layout,
+                ..opts.streaming.clone()
+            };
+            streaming::run(klio, &o)
+        })
+        .to_vec();
+    let sync_commit = layouts
+        .map(|layout| {
+            let o = SyncCommitOptions {
+                layout,
+                ..opts.sync_commit.clone()
+            };
+            sync_commit::run(klio, &o)
+        })
+        .to_vec();
     let recovery = recovery::run(klio, &opts.recovery);
     let archive_scale = archive_scale::run(klio, &opts.archive_scale)
         .map_err(|e| klio_wal::ErrorChain(&e).to_string());
@@ -139,7 +161,6 @@ impl CompareReport {
     /// The summary table of ratios, then each section's details.
     pub fn markdown(&self) -> String {
         let i = &self.ingest;
-        let s = &self.streaming;
         let mut out = format!(
             "# Klio comparison run\n\n{} ({}), {}\n\n{}\n## Summary (ratios: Klio / reference)\n\n\
              | comparison | Klio | reference | ratio |\n|---|---|---|---|\n",
@@ -162,26 +183,36 @@ impl CompareReport {
             );
         }
         let cpu = |x: &streaming::StreamingSample| x.cpu_s_per_gb;
+        let bulk = |x: &streaming::StreamingSample| x.bulk_cpu_s_per_gb;
+        let commits = |x: &streaming::StreamingSample| x.commit_cpu_s_per_gb;
         let p50 = |x: &streaming::StreamingSample| x.flush_lag_p50_ms;
         let p99 = |x: &streaming::StreamingSample| x.flush_lag_p99_ms;
-        for (what, f) in [
-            ("streaming CPU s per GB of WAL", &cpu as &dyn Fn(&_) -> f64),
-            ("streaming flush lag p50, ms", &p50),
-            ("streaming flush lag p99, ms", &p99),
-        ] {
+        for s in &self.streaming {
+            let layout = s.layout.name();
+            for (what, f) in [
+                ("streaming CPU s per GB of WAL", &cpu as &dyn Fn(&_) -> f64),
+                ("  of which bulk load (pgbench -i)", &bulk),
+                ("  of which commits (pgbench -N)", &commits),
+                ("streaming flush lag p50, ms", &p50),
+                ("streaming flush lag p99, ms", &p99),
+            ] {
+                out += &format!(
+                    "| {what} ({layout}) | {:.2} | pg_receivewal --synchronous {:.2} | {:.2} |\n",
+                    s.mean("klio", f),
+                    s.mean("pg_receivewal", f),
+                    s.mean("klio", f) / s.mean("pg_receivewal", f)
+                );
+            }
+        }
+        for c in &self.sync_commit {
             out += &format!(
-                "| {what} | {:.2} | pg_receivewal --synchronous {:.2} | {:.2} |\n",
-                s.mean("klio", f),
-                s.mean("pg_receivewal", f),
-                s.mean("klio", f) / s.mean("pg_receivewal", f)
+                "| synchronous commit, pgbench TPS ({}) | {:.0} | pg_receivewal --synchronous {:.0} | {:.2} |\n",
+                c.layout.name(),
+                c.klio_mean,
+                c.pg_receivewal_mean,
+                c.ratio()
             );
         }
-        out += &format!(
-            "| synchronous commit, pgbench TPS | {:.0} | pg_receivewal --synchronous {:.0} | {:.2} |\n",
-            self.sync_commit.klio_mean,
-            self.sync_commit.pg_receivewal_mean,
-            self.sync_commit.ratio()
-        );
         out += &format!(
             "| recovery of {:.0} MiB, seconds | {:.2} | cp from a local directory {:.2} | {:.2} |\n",
             self.recovery.wal_bytes as f64 / 1048576.0,
@@ -209,9 +240,15 @@ impl CompareReport {
             );
         }
         out += "\n## 2. Streaming (both attached to the same pgbench run)\n\n";
-        out += &s.markdown();
+        for s in &self.streaming {
+            out += &s.markdown();
+            out += "\n";
+        }
         out += "\n## 3. Synchronous commit\n\n";
-        out += &self.sync_commit.markdown();
+        for c in &self.sync_commit {
+            out += &c.markdown();
+            out += "\n";
+        }
         out += "\n## 4. Recovery\n\n";
         out += &self.recovery.markdown();
         out += "\n## 5. Archive scale\n\n";

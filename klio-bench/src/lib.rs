@@ -25,6 +25,7 @@ pub mod backup;
 pub mod block_size;
 pub mod compare;
 pub mod ingest;
+pub mod layout;
 pub mod machine;
 pub mod recovery;
 mod setup;

@@ -108,7 +108,13 @@ pub(crate) struct BothReceivers {
 impl BothReceivers {
     /// Starts everything with the `klio` binary at `klio`; `encrypted`: the Klio server
     /// encrypts at rest.
-    pub(crate) fn start(klio: &Path, label: &str, encrypted: bool) -> Self {
+    /// With `placement` pinned, the Klio server and pg_receivewal go to the receiver core.
+    pub(crate) fn start(
+        klio: &Path,
+        label: &str,
+        encrypted: bool,
+        placement: &crate::layout::Placement,
+    ) -> Self {
         let pg = PgServer::start(PgOptions {
             conf: vec![
                 "max_wal_size = 4GB".to_owned(),
@@ -124,6 +130,9 @@ impl BothReceivers {
         } else {
             KlioServer::start(&exe, &work, &certs)
         };
+        if let Some(pid) = server.pid() {
+            placement.receiver(pid);
+        }
         let mut klio = SendWal::new(
             &exe,
             &pg,
@@ -141,6 +150,7 @@ impl BothReceivers {
             "pgrw",
             &work.path().join("pgrw.log"),
         );
+        placement.receiver(pg_receivewal.pid());
         Self {
             klio,
             pg_receivewal,

@@ -20,6 +20,8 @@ pub struct SyncCommitOptions {
     pub clients: u32,
     /// pgbench scale.
     pub scale: u32,
+    /// Where the processes run.
+    pub layout: crate::layout::Layout,
 }
 
 /// One pgbench run.
@@ -36,6 +38,8 @@ pub struct Sample {
 /// All samples and the ratio of means (klio / pg_receivewal).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct SyncCommitReport {
+    /// Where the processes ran.
+    pub layout: crate::layout::Layout,
     /// Every run, in order.
     pub samples: Vec<Sample>,
     /// Mean TPS with Klio.
@@ -52,7 +56,10 @@ impl SyncCommitReport {
 
     /// A markdown table.
     pub fn markdown(&self) -> String {
-        let mut s = String::from("| round | contender | TPS |\n|---|---|---|\n");
+        let mut s = format!(
+            "layout: {}\n\n| round | contender | TPS |\n|---|---|---|\n",
+            self.layout.name()
+        );
         for x in &self.samples {
             s += &format!("| {} | {} | {:.1} |\n", x.round, x.contender, x.tps);
         }
@@ -95,7 +102,8 @@ fn make_synchronous(pg: &PgServer, app: &str) {
 /// Runs the comparison with the `klio` binary at `klio`.
 pub fn run(klio: &Path, opts: &SyncCommitOptions) -> SyncCommitReport {
     // The server stores plain WAL here: this measures the commit path itself.
-    let both = BothReceivers::start(klio, "bench-sync", false);
+    let placement = crate::layout::Placement::begin(opts.layout);
+    let both = BothReceivers::start(klio, "bench-sync", false, &placement);
     let pg = &both.pg;
     pg.pgbench(&["-i", "-q", "-s", &opts.scale.to_string()]);
 
@@ -129,6 +137,7 @@ pub fn run(klio: &Path, opts: &SyncCommitOptions) -> SyncCommitReport {
         v.iter().sum::<f64>() / v.len().max(1) as f64
     };
     SyncCommitReport {
+        layout: placement.layout(),
         klio_mean: mean("klio"),
         pg_receivewal_mean: mean("pg_receivewal"),
         samples,

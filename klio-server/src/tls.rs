@@ -152,6 +152,9 @@ pub fn quic_server_config(files: &TlsFiles) -> Result<quinn::ServerConfig, TlsSe
     // Room for several MiB of WAL in flight per stream, bounded per connection.
     transport.stream_receive_window((8u32 << 20).into());
     transport.receive_window((16u32 << 20).into());
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(u16::MAX);
+    transport.mtu_discovery_config(Some(mtu));
     config.transport_config(Arc::new(transport));
     Ok(config)
 }

@@ -49,3 +49,16 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()
         .context("could not start the async runtime")
 }
+
+/// The server's runtime: one worker thread per core. Unlike the commands (one stream each, on
+/// one thread), a server serves many clusters at once; on one thread their QUIC work, frame
+/// decoding and inline stores would take turns on a single core however many the machine has.
+pub(crate) fn server_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    let workers = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name("klio-server")
+        .enable_all()
+        .build()
+        .context("could not start the async runtime")
+}

@@ -104,7 +104,7 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
             metrics_listen: s.metrics_listen,
         },
     )?;
-    super::pg_args::runtime()?.block_on(async move {
+    super::pg_args::server_runtime()?.block_on(async move {
         let server = Server::bind(&config).await?;
         server.run(super::signals::wait_for_stop_signal()).await;
         Ok(ExitCode::SUCCESS)

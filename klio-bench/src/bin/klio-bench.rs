@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use klio_bench::compare::CompareOptions;
+use klio_bench::layout::Layout;
 
 /// Side-by-side comparisons of Klio with the machine's limits and with its peers.
 #[derive(Debug, Parser)]
@@ -58,6 +59,13 @@ enum Command {
         /// Seconds per pgbench run.
         #[arg(long, default_value_t = 30)]
         seconds: u32,
+        /// Also write the queue of each receiver over time (every 100 ms) to this CSV file.
+        #[arg(long, value_name = "PATH")]
+        queue_csv: Option<PathBuf>,
+        /// shared: no pinning; pinned: the Klio server and pg_receivewal on the last core,
+        /// PostgreSQL, pgbench and send-wal on the others.
+        #[arg(long, value_enum, default_value_t = Layout::Shared)]
+        layout: Layout,
     },
     /// pgbench TPS with Klio as synchronous standby against pg_receivewal --synchronous.
     SyncCommit {
@@ -73,6 +81,10 @@ enum Command {
         /// pgbench scale.
         #[arg(long, default_value_t = 10)]
         scale: u32,
+        /// shared: no pinning; pinned: the Klio server and pg_receivewal on the last core,
+        /// PostgreSQL, pgbench and send-wal on the others.
+        #[arg(long, value_enum, default_value_t = Layout::Shared)]
+        layout: Layout,
     },
     /// Base backups: klio backup run against pg_basebackup and pgBackRest (full, incremental
     /// after pgbench -N), and klio restore against tar -x and pgbackrest restore.
@@ -175,25 +187,40 @@ fn main() {
             };
             println!("{}", klio_bench::ingest::run(&klio, &opts).markdown());
         }
-        Command::Streaming { rounds, seconds } => {
+        Command::Streaming {
+            rounds,
+            seconds,
+            queue_csv,
+            layout,
+        } => {
             let opts = klio_bench::streaming::StreamingOptions {
                 rounds,
                 seconds,
+                layout,
                 ..Default::default()
             };
-            println!("{}", klio_bench::streaming::run(&klio, &opts).markdown());
+            let report = klio_bench::streaming::run(&klio, &opts);
+            if let Some(path) = queue_csv
+                && let Err(e) = std::fs::write(&path, report.queue_csv())
+            {
+                eprintln!("klio-bench: cannot write {}: {e}", path.display());
+                std::process::exit(1);
+            }
+            println!("{}", report.markdown());
         }
         Command::SyncCommit {
             rounds,
             seconds,
             clients,
             scale,
+            layout,
         } => {
             let opts = klio_bench::sync_commit::SyncCommitOptions {
                 rounds,
                 seconds,
                 clients,
                 scale,
+                layout,
             };
             println!("{}", klio_bench::sync_commit::run(&klio, &opts).markdown());
         }

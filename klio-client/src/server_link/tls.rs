@@ -32,6 +32,9 @@ pub(super) fn quic_client_config(
         quinn::IdleTimeout::try_from(Duration::from_secs(15))
             .map_err(|e| tls_err("idle timeout".to_owned(), e))?,
     ));
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(u16::MAX);
+    transport.mtu_discovery_config(Some(mtu));
     config.transport_config(Arc::new(transport));
     Ok(config)
 }

@@ -99,6 +99,16 @@ pub enum WalArchiveError {
         /// What is wrong.
         reason: String,
     },
+    /// The thread finishing completed segments stopped without a failure to report (it
+    /// panicked, or could not be started).
+    #[error(
+        "the thread finishing completed WAL segments (at {path:?}) stopped; reopen the archive \
+         (restart the server): recovery finishes the complete journals it left"
+    )]
+    FinisherStopped {
+        /// The journal being handed to it, if known.
+        path: PathBuf,
+    },
     /// Files on disk contradict each other or the handle's state.
     #[error("WAL archive file {path:?} is inconsistent: {reason}")]
     Inconsistent {
@@ -232,6 +242,7 @@ impl WalArchiveError {
                 | Self::DamagedJournal { .. }
                 | Self::DamagedSegment { .. }
                 | Self::Inconsistent { .. }
+                | Self::FinisherStopped { .. }
                 | Self::Crypto { .. }
                 | Self::JournalFrame { .. }
                 | Self::PositionOverflow

@@ -12,7 +12,8 @@
 //! indexes in the background, one after the other (`klio-server`'s `Server::run`). After that the index is kept true by the process that changes the directory: a
 //! [`WalArchive`](super::WalArchive) opened with the indexes in its
 //! [`StorageOptions`](super::StorageOptions) reports the journals it creates, the durable end
-//! of each sync, the segments it finishes and the history files it stores; a
+//! of each sync, each segment complete in its journal, the final file its finisher thread
+//! publishes for it, and the history files it stores; a
 //! [`WalPruner`](super::WalPruner) given the index ([`WalPruner::with_index`]) reports what it
 //! removes. Changes made while an index is being built are queued and applied on top of the
 //! listing (every change is idempotent: "this file exists / is gone"), so none is lost. A

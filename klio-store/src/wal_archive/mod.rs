@@ -8,7 +8,9 @@
 //!   [`ClusterIdentity`]), written atomically and durably on first use and checked on every open.
 //! - `000000010000000000000003`: a completed segment, byte-identical to what pg_receivewal
 //!   writes. Assembled from its journal into `<name>.klio-tmp`, fsynced, renamed, and the
-//!   directory fsynced: a final name always holds a complete segment.
+//!   directory fsynced: a final name always holds a complete segment. The writer's finisher
+//!   thread does this after the journal holding the whole segment was fdatasynced, while the
+//!   next batches go on (the `finisher` module).
 //! - `000000010000000000000004.klio-journal`: the segment in progress, as CRC-protected frames
 //!   in a zero-padded file (format in the `journal` module). After a crash, the end of its last
 //!   valid frame is the exact durable end. A journal whose final segment exists is stale and
@@ -44,8 +46,9 @@
 //!
 //! [`WalArchive::append`] only buffers (and writes out, without fsync, frames of about 4 MiB
 //! to bound memory). [`WalArchive::sync`] writes the rest as one frame per segment touched and
-//! issues one fdatasync (more only when segments complete); the LSN it returns is the only one
-//! that may be acknowledged. An I/O error poisons the writer: the archive on disk stays
+//! issues one fdatasync (one more per segment completed); the LSN it returns is the only one
+//! that may be acknowledged. Completed segments are finished on another thread
+//! ([`WalArchive::finish_completed`] waits for them); nothing acknowledged depends on that. An I/O error poisons the writer: the archive on disk stays
 //! consistent, every later write is refused ([`WalArchiveError::Poisoned`]), and reopening it
 //! recovers the exact durable end. A reader writes nothing, so it has nothing to make durable
 //! and nothing to poison.
@@ -83,6 +86,7 @@
 
 mod dir_listing;
 mod error;
+mod finisher;
 mod identity;
 mod index;
 mod journal;
@@ -101,6 +105,7 @@ use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
 
+use finisher::{FinishContext, Finisher};
 use klio_crypto::{Keyring, SealOptions, SecureRandom, SystemRandom};
 use klio_wal::{
     FsAction, Lsn, SegmentNo, SegmentSize, TimelineId, WalFileName, WalPosition, durable,
@@ -321,6 +326,8 @@ pub struct WalArchive {
     stream: Option<Stream>,
     /// Told of every journal, durable end, finished segment and history file written.
     index: Option<Arc<ArchiveIndex>>,
+    /// Finishes completed segments on its own thread (see the `finisher` module).
+    finisher: Finisher,
 }
 
 impl Deref for WalArchive {
@@ -398,6 +405,7 @@ impl WalArchive {
             poisoned: false,
             stream: None,
             index,
+            finisher: Finisher::new(),
         })
     }
 }
@@ -677,7 +685,18 @@ impl WalArchive {
         r
     }
 
+    /// Waits until every completed segment is stored under its final name (sealed when
+    /// encrypted) and its journal removed. Not needed for durability: a completed segment is
+    /// durable in its journal before it is handed to the finisher, and readers serve it from
+    /// there meanwhile. Dropping the writer waits too.
+    pub fn finish_completed(&mut self) -> Result<(), WalArchiveError> {
+        self.refuse_if_poisoned()?;
+        let r = self.finisher.wait_idle();
+        self.poison_on(r)
+    }
+
     fn sync_inner(&mut self) -> Result<(), WalArchiveError> {
+        self.finisher.check()?;
         self.write_out(true)?;
         let Some(stream) = self.stream.as_mut() else {
             return Ok(());
@@ -796,21 +815,28 @@ impl WalArchive {
                 let end = recover::segment_end(size, piece.segno)
                     .ok_or(WalArchiveError::PositionOverflow)?;
                 // The whole segment is durable in the journal: acknowledgeable even if
-                // publishing the final file fails below (recovery would finish it).
+                // publishing the final file fails later (recovery would finish it).
                 self.reader.durable.insert(stream.timeline, end);
                 if let Some(j) = stream.journal.take() {
-                    j.finish(&self.reader.dir, &ctx)?;
+                    // Complete: the index counts the journal as the segment until the
+                    // finisher reports its final file.
                     if let Some(index) = &self.index {
-                        let sealed = ctx.keyring.is_some();
-                        let dir = &self.reader.dir;
-                        index.note(index::finished(
-                            dir,
-                            stream.timeline,
-                            piece.segno,
-                            size,
-                            sealed,
-                        ));
+                        index.note(index::Change::Journal {
+                            timeline: stream.timeline,
+                            segno: piece.segno,
+                            end: Some(end),
+                        });
                     }
+                    let reader = &self.reader;
+                    let seal = self.seal;
+                    let index = self.index.clone();
+                    self.finisher.hand_off(j, || FinishContext {
+                        dir: reader.dir.clone(),
+                        identity: reader.identity,
+                        keyring: reader.keyring.clone(),
+                        seal,
+                        index,
+                    })?;
                 }
             }
         }

@@ -149,7 +149,9 @@ impl WalArchive {
         keyring: &Keyring,
         new_primary: &KeyId,
     ) -> Result<RewrapSummary, WalArchiveError> {
-        self.refuse_if_poisoned()?;
+        // Segments being finished are sealed under the old key: let them land first, so that
+        // the rewrap below sees every file.
+        self.finish_completed()?;
         let mut ring = keyring.clone();
         ring.set_primary(new_primary)
             .map_err(crypto("make the new key primary for", &self.reader.dir))?;

@@ -289,6 +289,7 @@ for_both_formats!(
     history_files_are_idempotent_and_conflicts_refused,
     summary_follows_gaps_and_timelines,
     a_cut_journal_reads_back_as_the_zero_padded_partial,
+    a_segment_that_cannot_be_finished_poisons_the_writer_and_recovery_finishes_it,
 );
 // random_appends_syncs_and_crashes runs on both formats too, as property tests (below).
 
@@ -370,6 +371,8 @@ fn round_trip_with_reopen_and_segment_completion(format: Format) {
     // Crosses into segment 1 within one append, then into segment 2 across appends.
     append_wal(&mut a, t, 1000, SEG as usize, 300_000);
     assert_eq!(a.sync().unwrap(), Some(Lsn(SEG + 1000)));
+    // Segment 0 is finished on the writer's finisher thread.
+    a.finish_completed().unwrap();
     assert!(dir.join(format.segment_file(t, 0)).is_file());
     assert!(!journal_path(&dir, t, 0).exists());
     assert!(journal_path(&dir, t, 1).is_file());
@@ -377,6 +380,7 @@ fn round_trip_with_reopen_and_segment_completion(format: Format) {
     // Appended, not yet written or durable.
     assert_eq!(a.durable_on(t), Some(Lsn(SEG + 1000)));
     assert_eq!(a.sync().unwrap(), Some(Lsn(2 * SEG)));
+    a.finish_completed().unwrap();
     assert!(dir.join(format.segment_file(t, 1)).is_file());
     assert!(!journal_path(&dir, t, 1).exists());
     assert!(!journal_path(&dir, t, 2).exists());
@@ -433,6 +437,7 @@ fn large_appends_are_written_out_and_survive_without_extra_syncs(format: Format)
     let data = wal(t, 3 * SEG, 5 * SEG as usize + SEG as usize / 2);
     a.append(Lsn(3 * SEG), &data).unwrap();
     assert_eq!(a.durable_on(t), Some(Lsn(7 * SEG)));
+    a.finish_completed().unwrap();
     assert!(d.path().join(format.segment_file(t, 6)).is_file());
     assert_eq!(a.sync().unwrap(), Some(Lsn(8 * SEG + SEG / 2)));
     drop(a);
@@ -952,6 +957,8 @@ fn random_appends_syncs_and_crashes(format: Format, ops: Vec<Op>) -> Result<(), 
                     }
                 );
                 synced = appended;
+                // The finisher removes journals of completed segments meanwhile.
+                a.finish_completed().unwrap();
                 synced_lengths = journal_valid_lengths(format, d.path());
             }
             Op::Crash { cut, garbage } => {
@@ -1132,4 +1139,31 @@ fn inspect_journal_reports_what_a_scan_finds() {
         )
         .is_err()
     );
+}
+
+fn a_segment_that_cannot_be_finished_poisons_the_writer_and_recovery_finishes_it(format: Format) {
+    let d = tempfile::tempdir().unwrap();
+    let t = tl(1);
+    let mut a = format.open(d.path()).unwrap();
+    a.begin(t, Lsn(0)).unwrap();
+    // A directory holds the final file's temporary name: finishing segment 0 fails.
+    let tmp = d
+        .path()
+        .join(format!("{}.klio-tmp", format.segment_file(t, 0)));
+    std::fs::create_dir(&tmp).unwrap();
+    append_wal(&mut a, t, 0, SEG as usize + 10, 100_000);
+    // The segment is durable in its journal before it is finished: acknowledged as such.
+    assert_eq!(a.sync().unwrap(), Some(Lsn(SEG + 10)));
+    assert!(a.finish_completed().is_err());
+    assert!(matches!(a.sync(), Err(WalArchiveError::Poisoned { .. })));
+    // Readers are served from the complete journal meanwhile.
+    check_content(&a, t, 0, SEG + 10);
+    assert!(journal_path(d.path(), t, 0).is_file());
+    drop(a);
+    std::fs::remove_dir(&tmp).unwrap();
+    let a = format.open(d.path()).unwrap();
+    assert_eq!(a.durable_on(t), Some(Lsn(SEG + 10)));
+    assert!(d.path().join(format.segment_file(t, 0)).is_file());
+    assert!(!journal_path(d.path(), t, 0).exists());
+    check_content(&a, t, 0, SEG + 10);
 }

@@ -103,9 +103,11 @@ fn marker_appears_in_no_file_yet_reads_and_exports_return_it() {
         a.append(Lsn((i * 40_000) as u64), chunk).unwrap();
         if i % 5 == 0 {
             a.sync().unwrap();
+            a.finish_completed().unwrap();
         }
     }
     a.sync().unwrap();
+    a.finish_completed().unwrap();
     a.store_history(tl(2), b"1\t0/3000000\tno recovery target specified\n")
         .unwrap();
     for name in names(&dir) {
@@ -401,6 +403,7 @@ fn rewrap_all_moves_every_file_to_the_new_key() {
         a.begin(t, Lsn(0)).unwrap();
         append_wal(&mut a, t, 0, end as usize, 200_000);
         a.sync().unwrap();
+        a.finish_completed().unwrap();
         a.store_history(tl(2), b"1\t0/100\tno recovery target specified\n")
             .unwrap();
         assert_eq!(
@@ -424,6 +427,7 @@ fn rewrap_all_moves_every_file_to_the_new_key() {
         // new key.
         append_wal(&mut a, t, end, SEG as usize, 100_000);
         assert_eq!(a.sync().unwrap(), Some(Lsn(end + SEG)));
+        a.finish_completed().unwrap();
         let ids: Vec<KeyId> = a.key_ids_in_use().unwrap().into_iter().collect();
         assert_eq!(ids, vec![new]);
     }
@@ -454,6 +458,7 @@ fn a_plain_archive_opened_with_a_key_seals_from_then_on() {
         a.begin(t, Lsn(0)).unwrap();
         append_wal(&mut a, t, 0, SEG as usize + 100, 100_000);
         a.sync().unwrap();
+        a.finish_completed().unwrap();
         a.store_history(tl(2), b"plain history\n").unwrap();
     }
     let mut a = open_enc(d.path(), 1).unwrap();
@@ -464,6 +469,7 @@ fn a_plain_archive_opened_with_a_key_seals_from_then_on() {
     a.begin(t, Lsn(SEG + 100)).unwrap();
     append_wal(&mut a, t, SEG + 100, 2 * SEG as usize, 100_000);
     a.sync().unwrap();
+    a.finish_completed().unwrap();
     let n = names(d.path());
     assert!(n.contains(&"000000010000000000000000".to_owned()), "{n:?}");
     assert!(

@@ -57,17 +57,20 @@ fn the_index_follows_the_writer_segment_by_segment_and_across_timelines() {
         a.begin(tl(1), Lsn(SEG)).unwrap();
         append_wal(&mut a, tl(1), SEG, (SEG / 2) as usize, 100_000);
         a.sync().unwrap();
+        a.finish_completed().unwrap();
         // Built now, from a listing: a journal in progress.
         assert_index_matches_disk(format, &index, "one journal");
         // Segments complete and a new journal starts, told by the writer only.
         append_wal(&mut a, tl(1), SEG + SEG / 2, (3 * SEG) as usize, 300_000);
         a.sync().unwrap();
+        a.finish_completed().unwrap();
         assert_index_matches_disk(format, &index, "three segments and a journal");
         // A gap: streaming resumes two segments further on.
         let resume = 6 * SEG;
         a.begin(tl(1), Lsn(resume)).unwrap();
         append_wal(&mut a, tl(1), resume, (SEG + 10) as usize, 500_000);
         a.sync().unwrap();
+        a.finish_completed().unwrap();
         assert_index_matches_disk(format, &index, "after a gap");
         // A timeline switch with its history file.
         a.store_history(tl(2), b"1\t0/6100000\tno recovery target specified\n")
@@ -75,6 +78,7 @@ fn the_index_follows_the_writer_segment_by_segment_and_across_timelines() {
         a.begin(tl(2), Lsn(8 * SEG)).unwrap();
         append_wal(&mut a, tl(2), 8 * SEG, (SEG + 7) as usize, 200_000);
         a.sync().unwrap();
+        a.finish_completed().unwrap();
         assert_index_matches_disk(format, &index, "on timeline 2");
     }
 }
@@ -91,6 +95,7 @@ fn a_pruned_segment_and_history_leave_the_index() {
         a.begin(tl(1), Lsn(SEG)).unwrap();
         append_wal(&mut a, tl(1), SEG, (5 * SEG + 100) as usize, 400_000);
         a.sync().unwrap();
+        a.finish_completed().unwrap();
         assert_index_matches_disk(format, &index, "before the prune");
         let plan = WalPlan {
             timelines: vec![
@@ -135,6 +140,7 @@ fn a_file_the_index_does_not_know_is_still_found_before_not_found_is_answered() 
             a.begin(tl(1), Lsn(SEG)).unwrap();
             append_wal(&mut a, tl(1), SEG, SEG as usize, 500_000);
             a.sync().unwrap();
+            a.finish_completed().unwrap();
         }
         let index = indexes.of(d.path());
         assert_eq!(
@@ -146,6 +152,7 @@ fn a_file_the_index_does_not_know_is_still_found_before_not_found_is_answered() 
         a.begin(tl(1), Lsn(2 * SEG)).unwrap();
         append_wal(&mut a, tl(1), 2 * SEG, (SEG + 5) as usize, 500_000);
         a.sync().unwrap();
+        a.finish_completed().unwrap();
         let complete = index.read_file(&seg(tl(1), 2)).unwrap().unwrap();
         assert!(!complete.partial);
         assert_eq!(
@@ -173,6 +180,7 @@ fn a_directory_that_is_not_an_archive_yet_is_said_so_and_indexed_once_it_is() {
     a.begin(TimelineId::FIRST, Lsn(SEG)).unwrap();
     append_wal(&mut a, tl(1), SEG, 1000, 1000);
     a.sync().unwrap();
+    a.finish_completed().unwrap();
     assert_index_matches_disk(Format::Plain, &index, "once created");
 }
 

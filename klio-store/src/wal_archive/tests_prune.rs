@@ -167,6 +167,7 @@ fn history_files_go_with_the_last_wal_of_their_timeline() {
             a.begin(tl(t), Lsn(from)).unwrap();
             append_wal(&mut a, tl(t), from, (to - from) as usize, 100_000);
             a.sync().unwrap();
+            a.finish_completed().unwrap();
         }
         a.store_history(tl(2), b"1\t0/300000\tno recovery target specified\n")
             .unwrap();
@@ -205,6 +206,7 @@ fn history_files_go_with_the_last_wal_of_their_timeline() {
         // What is left is a whole archive the writer still extends.
         a.append(Lsn(8 * SEG), &[7; 100]).unwrap();
         assert_eq!(a.sync().unwrap(), Some(Lsn(8 * SEG + 100)));
+        a.finish_completed().unwrap();
         let names = names(d.path());
         assert!(
             names
