@@ -1,10 +1,12 @@
-//! The whole comparison in one run: machine, ingest, streaming, synchronous commit, recovery;
+//! The whole comparison in one run: machine, ingest, streaming, synchronous commit, recovery,
+//! archive scale;
 //! written as `results.md` and `results.json`.
 
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::archive_scale::{self, ArchiveScaleOptions, ArchiveScaleReport};
 use crate::ingest::{self, IngestOptions, IngestReport};
 use crate::layout::Layout;
 use crate::machine::Machine;
@@ -23,6 +25,8 @@ pub struct CompareOptions {
     pub sync_commit: SyncCommitOptions,
     /// Recovery settings.
     pub recovery: RecoveryOptions,
+    /// Archive scale settings.
+    pub archive_scale: ArchiveScaleOptions,
 }
 
 impl CompareOptions {
@@ -42,6 +46,7 @@ impl CompareOptions {
                 rounds: 2,
                 wal_mib: 1024,
             },
+            archive_scale: ArchiveScaleOptions::default(),
         }
     }
 
@@ -71,6 +76,7 @@ impl CompareOptions {
                 rounds: 1,
                 wal_mib: 64,
             },
+            archive_scale: ArchiveScaleOptions::quick(),
         }
     }
 }
@@ -94,6 +100,8 @@ pub struct CompareReport {
     pub sync_commit: Vec<SyncCommitReport>,
     /// 4. Recovery.
     pub recovery: RecoveryReport,
+    /// 5. Archive scale (or why it could not be measured).
+    pub archive_scale: Result<ArchiveScaleReport, String>,
 }
 
 fn version(cmd: &mut std::process::Command) -> String {
@@ -130,6 +138,8 @@ pub fn run(klio: &Path, scratch: &Path, opts: &CompareOptions) -> CompareReport 
         })
         .to_vec();
     let recovery = recovery::run(klio, &opts.recovery);
+    let archive_scale = archive_scale::run(klio, &opts.archive_scale)
+        .map_err(|e| klio_wal::ErrorChain(&e).to_string());
     CompareReport {
         started,
         klio_version: version(std::process::Command::new(klio).arg("--version")),
@@ -139,6 +149,7 @@ pub fn run(klio: &Path, scratch: &Path, opts: &CompareOptions) -> CompareReport 
         streaming,
         sync_commit,
         recovery,
+        archive_scale,
     }
 }
 
@@ -214,6 +225,9 @@ impl CompareReport {
                 self.recovery.ratio_of(contender)
             );
         }
+        if let Ok(a) = &self.archive_scale {
+            out += &a.summary_rows();
+        }
         out += "\n## 1. Ingest\n\n";
         out += &i.markdown();
         out +=
@@ -242,6 +256,11 @@ impl CompareReport {
         }
         out += "\n## 4. Recovery\n\n";
         out += &self.recovery.markdown();
+        out += "\n## 5. Archive scale\n\n";
+        match &self.archive_scale {
+            Ok(a) => out += &a.markdown(),
+            Err(e) => out += &format!("not measured: {e}\n"),
+        }
         out
     }
 

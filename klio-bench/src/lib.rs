@@ -13,11 +13,14 @@
 //!   and round trips per block size, on two pgbench backups).
 //! - [`tier2`]: the relay's upload rate against the disk's write rate, and restores (WAL
 //!   recovery, `klio restore`) from Tier 2 alone against from Tier 1.
+//! - [`archive_scale`]: server start, `GetPosition` and `GetFile` with 10,000 and 1,000,000
+//!   segments in one archive, side by side (the ratio should be about 1).
 //! - [`compare`]: all of them, with [`machine`] figures, as markdown and JSON.
 //!
 //! The WAL Player itself is `klio wal-player` (library: `klio_client::wal_player`).
 #![warn(missing_docs)]
 
+pub mod archive_scale;
 pub mod backup;
 pub mod block_size;
 pub mod compare;

@@ -231,6 +231,7 @@ pub fn rotate_offline(
             klio_store::wal_archive::StorageOptions {
                 keyring: Some(keyring.clone()),
                 seal: klio_crypto::SealOptions::default(),
+                indexes: None,
             },
         )
         .map_err(archive_err)?;

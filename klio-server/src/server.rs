@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use klio_proto::klio::ClusterName;
+use klio_store::wal_archive::{ArchiveIndex, ArchiveIndexes, WalArchiveError};
 use klio_wal::{ErrorChain, FsAction, FsError};
 use tracing::Instrument;
 
@@ -78,8 +79,12 @@ pub(crate) struct Shared {
     pub(crate) registry: Registry,
     /// Per cluster: the backup lease and the cached block index.
     pub(crate) backups: Arc<BackupRegistry>,
-    /// How archives store WAL (encrypted with these keys, or plain).
+    /// How archives store WAL (encrypted with these keys, or plain); its `indexes` are
+    /// [`Shared::indexes`], so that each cluster's writer keeps its archive's index true.
     pub(crate) storage: klio_store::wal_archive::StorageOptions,
+    /// The in-memory index of each cluster's WAL archive, built on its first question
+    /// (nothing per cluster at start): restores, positions and the status survey read these.
+    pub(crate) indexes: ArchiveIndexes,
     /// Files being read for restores at once (each is held whole in memory while sent).
     pub(crate) file_reads: tokio::sync::Semaphore,
     /// Metrics, health and status.
@@ -105,6 +110,11 @@ impl Shared {
             .join("clusters")
             .join(cluster.as_str())
             .join("wal")
+    }
+
+    /// The index of a cluster's WAL archive (see [`Shared::indexes`]).
+    pub(crate) fn wal_index(&self, cluster: &ClusterName) -> Arc<ArchiveIndex> {
+        self.indexes.of(&self.wal_dir(cluster))
     }
 
     /// Every cluster with a directory under `clusters/` (for the workers that visit them all).
@@ -151,7 +161,7 @@ impl Server {
             .map_err(|e| FsError::new(FsAction::CreateDirectory, &config.data_dir, e))?;
         let lock = crate::data_dir_lock::lock(&config.data_dir)?;
         crate::data_dir_mode::claim(&config.data_dir, config.mode)?;
-        let storage = match &config.encryption {
+        let mut storage = match &config.encryption {
             None => klio_store::wal_archive::StorageOptions::default(),
             Some(e) => klio_store::wal_archive::StorageOptions {
                 keyring: Some(crate::keys::load_keyring(&e.key, &e.old_keys)?),
@@ -159,8 +169,11 @@ impl Server {
                     compression: e.compression,
                     ..Default::default()
                 },
+                indexes: None,
             },
         };
+        let indexes = ArchiveIndexes::new(storage.keyring.clone());
+        storage.indexes = Some(indexes.clone());
         if config.mode == ServerMode::ReadWrite {
             // A read-only server has no Tier 1: `clusters/` is its cache, made as it fills.
             let clusters = config.data_dir.join("clusters");
@@ -202,6 +215,7 @@ impl Server {
         let telemetry = Arc::new(Telemetry::new(
             &config.data_dir,
             storage.keyring.clone(),
+            indexes.clone(),
             config.retention.disk_warning_percent,
         ));
         Ok(Self {
@@ -212,6 +226,7 @@ impl Server {
                 registry: Registry::default(),
                 backups: Arc::new(BackupRegistry::default()),
                 storage,
+                indexes,
                 file_reads: tokio::sync::Semaphore::new(CONCURRENT_FILE_READS),
                 telemetry,
                 retention: Arc::new(
@@ -274,6 +289,10 @@ impl Server {
                 self.shared.clone(),
                 metrics_stopped_for_retention,
             ));
+            tokio::task::spawn_blocking({
+                let shared = self.shared.clone();
+                move || build_indexes(&shared)
+            });
         }
         tokio::pin!(shutdown);
         loop {
@@ -290,6 +309,30 @@ impl Server {
         self.endpoint.close(0u32.into(), b"server shutting down");
         self.endpoint.wait_idle().await;
         tracing::info!("server stopped");
+    }
+}
+
+/// Builds the index of every cluster's WAL archive, one after the other, in the background:
+/// the server listens at once, and a cluster's first `GetPosition` (or status page) finds its
+/// index built, or waits only for the rest of its build. `GetFile` never waits for one.
+fn build_indexes(shared: &Shared) {
+    for cluster in shared.clusters_on_disk() {
+        let index = shared.wal_index(&cluster);
+        if !index.path().is_dir() {
+            continue;
+        }
+        let started = std::time::Instant::now();
+        match index.durable() {
+            Ok(_) => tracing::info!(
+                %cluster,
+                "indexed the WAL archive in {:.1} s",
+                started.elapsed().as_secs_f64()
+            ),
+            // Its first stream creates it.
+            Err(WalArchiveError::NotAnArchive { .. }) => {}
+            // Asked again (and reported to the client) by the first request that needs it.
+            Err(e) => tracing::warn!(%cluster, "cannot index the WAL archive: {}", ErrorChain(&e)),
+        }
     }
 }
 

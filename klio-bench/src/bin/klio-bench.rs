@@ -29,7 +29,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Everything: machine, ingest, streaming, synchronous commit, recovery; writes
+    /// Everything: machine, ingest, streaming, synchronous commit, recovery, archive scale; writes
     /// results.md and results.json.
     Compare {
         /// Where to write the results.
@@ -124,6 +124,16 @@ enum Command {
         /// pgbench scale of the database backed up.
         #[arg(long, default_value_t = 20)]
         scale: u32,
+    },
+    /// Server start, GetPosition and GetFile latency with small and large archives of
+    /// synthetic 1 MiB segments (hard links), side by side.
+    ArchiveScale {
+        /// Archive sizes, in segments.
+        #[arg(long, value_delimiter = ',', default_value = "10000,1000000")]
+        segments: Vec<u64>,
+        /// GetFile requests per size.
+        #[arg(long, default_value_t = 200)]
+        gets: usize,
     },
     /// Recovery time through get-wal, with prefetching and without, against cp.
     Recovery {
@@ -249,6 +259,20 @@ fn main() {
                 scale,
             };
             println!("{}", klio_bench::tier2::run(&klio, &opts).markdown());
+        }
+        Command::ArchiveScale { segments, gets } => {
+            let opts = klio_bench::archive_scale::ArchiveScaleOptions {
+                sizes: segments,
+                gets,
+                ..Default::default()
+            };
+            match klio_bench::archive_scale::run(&klio, &opts) {
+                Ok(report) => println!("{}", report.markdown()),
+                Err(e) => {
+                    eprintln!("klio-bench: archive-scale: {}", klio_wal::ErrorChain(&e));
+                    std::process::exit(1);
+                }
+            }
         }
         Command::Recovery { rounds, wal_mib } => {
             let opts = klio_bench::recovery::RecoveryOptions { rounds, wal_mib };

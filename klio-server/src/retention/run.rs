@@ -271,6 +271,10 @@ impl Run<'_> {
             clamp_wal_plan(&mut plan, &listing, frontier);
         }
         let pruner = WalPruner::open(&self.env.wal_dir).map_err(self.wal_err())?;
+        let pruner = match &self.env.wal_index {
+            Some(index) => pruner.with_index(index.clone()),
+            None => pruner,
+        };
         let pruned = if self.dry_run {
             pruner.measure(&plan, size)
         } else {

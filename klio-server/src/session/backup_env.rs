@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use klio_crypto::Keyring;
 use klio_proto::klio::ClusterName;
-use klio_store::backup::{BackupStore, WalCoverage, wal_coverage};
-use klio_store::wal_archive::{WalArchiveError, WalArchiveReader};
+use klio_store::backup::{BackupStore, WalCoverage, wal_coverage, wal_coverage_in};
+use klio_store::wal_archive::{ArchiveIndex, WalArchiveError, WalArchiveReader};
 use klio_wal::WalPosition;
 
 use super::error_code::{Request, backup_refusal, refusal};
@@ -30,6 +30,8 @@ pub(crate) struct BackupEnv {
     pub(crate) backups: Arc<BackupRegistry>,
     pub(crate) store: BackupStore,
     pub(crate) wal_dir: PathBuf,
+    /// The index of that archive, told of what retention prunes (`None`: no index).
+    pub(crate) wal_index: Option<Arc<ArchiveIndex>>,
     pub(crate) keyring: Option<Keyring>,
     /// How often a finishing backup looks for its WAL.
     pub(crate) wal_poll: Duration,
@@ -50,6 +52,7 @@ impl BackupEnv {
             backups: shared.backups.clone(),
             store: shared.backup_store(cluster),
             wal_dir: shared.wal_dir(cluster),
+            wal_index: Some(shared.wal_index(cluster)),
             keyring: shared.storage.keyring.clone(),
             wal_poll: WAL_POLL,
             retention: shared.retention.clone(),
@@ -117,7 +120,18 @@ impl BackupEnv {
         end: WalPosition,
     ) -> Result<Option<WalCoverage>, End> {
         let (dir, keyring) = (self.wal_dir.clone(), self.keyring.clone());
+        let index = self.wal_index.clone();
         blocking(move || {
+            // The server's index of the archive answers without a listing per poll.
+            if let Some(index) = index {
+                return match index.reader() {
+                    Ok(archive) => {
+                        wal_coverage_in(archive, &index.listing()?, start, end).map(Some)
+                    }
+                    Err(WalArchiveError::NotAnArchive { .. }) => Ok(None),
+                    Err(e) => Err(e),
+                };
+            }
             let archive = match WalArchiveReader::open_with(&dir, keyring) {
                 Ok(a) => a,
                 Err(WalArchiveError::NotAnArchive { .. }) => return Ok(None),

@@ -12,7 +12,7 @@ use klio_proto::klio::{
     FileEntry, FileKind, Message, PROTOCOL_VERSION, TablespaceInfo,
 };
 use klio_store::backup::BackupStore;
-use klio_store::wal_archive::{ClusterIdentity, StorageOptions, WalArchive};
+use klio_store::wal_archive::{ArchiveIndexes, ClusterIdentity, StorageOptions, WalArchive};
 use klio_wal::{Lsn, SegmentSize, TimelineId, WalPosition};
 use tokio::sync::mpsc;
 
@@ -124,10 +124,12 @@ fn env(dir: &Path, keyring: Option<Keyring>) -> BackupEnv {
         backups: Arc::new(BackupRegistry::default()),
         store: BackupStore::new(&dir.join("backups"), keyring.clone()),
         wal_dir: dir.join("wal"),
+        wal_index: None,
         keyring,
         wal_poll: Duration::from_millis(20),
         retention: Arc::new(Retention::new(RetentionConfig::default(), dir)),
-        telemetry: Arc::new(Telemetry::new(dir, None, 90)).cluster(&cluster_name()),
+        telemetry: Arc::new(Telemetry::new(dir, None, ArchiveIndexes::new(None), 90))
+            .cluster(&cluster_name()),
         mode: crate::tier2::ServerMode::ReadWrite,
         tier2: None,
     }

@@ -1,6 +1,14 @@
 //! Restore requests: `GetPosition` answers and `GetFile` serving, from a read-only handle that
 //! may run alongside the cluster's writer.
 //!
+//! # Cost
+//!
+//! Neither request lists the archive: a `GetFile` opens the file the cluster's in-memory
+//! index (`klio_store`'s `ArchiveIndex`, see its module documentation) names, and on a miss
+//! the few names the archive may hold it under, before answering `NoSuchFile`; a
+//! `GetPosition` reads the index, built by the cluster's first position question (one
+//! listing, on a blocking thread) and kept true by the writer and the pruner since.
+//!
 //! A file is sent decrypted and checked, as `FileData` frames of [`FILE_CHUNK`] bytes and a
 //! `FileEnd` carrying its size, CRC-32C and whether it is the segment in progress
 //! (zero-padded); a file the archive does not have is answered with `NoSuchFile`.
@@ -26,13 +34,14 @@ use std::path::{Path, PathBuf};
 
 use klio_proto::klio::{ClusterName, ErrorCode, Message};
 use klio_store::wal_archive::{
-    ArchivedFile, IDENTITY_FILE, StoredFile, WalArchiveReader, file_of_stored, stored_files,
+    ArchiveIndex, ArchivedFile, IDENTITY_FILE, StoredFile, WalArchiveError, WalArchiveReader,
+    file_of_stored, stored_files,
 };
 use klio_wal::{ErrorChain, TimelineId, WalFileName};
 
 use super::error_code::{Request, fetch_refusal, refusal};
 use super::framing::{FrameIo, Framed};
-use super::{Client, End, blocking};
+use super::{Client, End, blocking, storage_task_failed};
 use crate::server::Shared;
 use crate::tier2::fetch::Tier2Cache;
 use crate::tier2::{ServerMode, Tier2};
@@ -135,8 +144,8 @@ async fn find_file(
     let keyring = shared.storage.keyring.clone();
     let mut tier1_damage = None;
     if shared.mode == ServerMode::ReadWrite {
-        let (dir, keyring, wanted) = (shared.wal_dir(cluster), keyring.clone(), name.to_owned());
-        match blocking(move || read_archived(&dir, keyring, &wanted)).await? {
+        let (index, wanted) = (shared.wal_index(cluster), name.to_owned());
+        match blocking(move || read_archived(&index, &wanted)).await? {
             Ok(Some(file)) => return Ok(Some(file)),
             Ok(None) => {}
             Err(End::Refused(ErrorCode::DamagedFile, message)) if shared.tier2_cache.is_some() => {
@@ -228,19 +237,15 @@ fn parse_name(archive: &WalArchiveReader, name: &str) -> Result<WalFileName, End
         })
 }
 
-/// A segment or history file of the archive at `dir`, by PostgreSQL name.
-fn read_archived(
-    dir: &Path,
-    keyring: Option<klio_crypto::Keyring>,
-    name: &str,
-) -> Result<Option<ArchivedFile>, End> {
-    if !dir.exists() {
+/// A segment or history file of the archive `index` indexes, by PostgreSQL name: the file
+/// the index names, else every name the archive may hold it under (no listing).
+fn read_archived(index: &ArchiveIndex, name: &str) -> Result<Option<ArchivedFile>, End> {
+    if !index.path().exists() {
         return Ok(None);
     }
-    let archive =
-        WalArchiveReader::open_with(dir, keyring).map_err(|e| refusal(&e, Request::File))?;
-    let parsed = parse_name(&archive, name)?;
-    archive
+    let archive = index.reader().map_err(|e| refusal(&e, Request::File))?;
+    let parsed = parse_name(archive, name)?;
+    index
         .read_file(&parsed)
         .map_err(|e| refusal(&e, Request::File))
 }
@@ -252,8 +257,12 @@ async fn position(
     timeline: Option<TimelineId>,
 ) -> Result<Message, End> {
     if shared.mode == ServerMode::ReadWrite {
-        let (dir, keyring) = (shared.wal_dir(cluster), shared.storage.keyring.clone());
-        let answer = blocking(move || position_of(&dir, keyring, timeline)).await??;
+        let index = shared.wal_index(cluster);
+        // The first question of a cluster builds its index (one listing of the archive): on
+        // a blocking thread, so that the other sessions go on meanwhile.
+        let answer = tokio::task::spawn_blocking(move || position_of(&index, timeline))
+            .await
+            .map_err(storage_task_failed)??;
         let known = matches!(
             answer,
             Message::Position {
@@ -342,28 +351,27 @@ fn tier2_list_refusal(e: &klio_tier2::Tier2Error) -> End {
     )
 }
 
-/// The durable end on `timeline`, or the newest timeline and its durable end.
-fn position_of(
-    dir: &Path,
-    keyring: Option<klio_crypto::Keyring>,
-    timeline: Option<TimelineId>,
-) -> Result<Message, End> {
-    if !dir.exists() {
+/// The durable end on `timeline`, or the newest timeline and its durable end, from the
+/// archive's index (no listing, no journal scan once it is built).
+fn position_of(index: &ArchiveIndex, timeline: Option<TimelineId>) -> Result<Message, End> {
+    if !index.path().exists() {
         return Ok(Message::Position {
             timeline,
             durable: None,
         });
     }
-    let archive =
-        WalArchiveReader::open_with(dir, keyring).map_err(|e| refusal(&e, Request::Position))?;
+    let refused = |e: WalArchiveError| refusal(&e, Request::Position);
     Ok(match timeline {
         Some(t) => Message::Position {
             timeline: Some(t),
-            durable: archive.durable_on(t),
+            durable: index.durable_on(t).map_err(refused)?,
         },
-        None => Message::Position {
-            timeline: archive.durable().map(|d| d.timeline),
-            durable: archive.durable().map(|d| d.lsn),
-        },
+        None => {
+            let durable = index.durable().map_err(refused)?;
+            Message::Position {
+                timeline: durable.map(|d| d.timeline),
+                durable: durable.map(|d| d.lsn),
+            }
+        }
     })
 }

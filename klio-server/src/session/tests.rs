@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use klio_proto::klio::{ClusterName, ErrorCode, Message};
-use klio_store::wal_archive::{BeginOutcome, WalArchiveError};
+use klio_store::wal_archive::{ArchiveIndexes, BeginOutcome, WalArchiveError};
 use klio_wal::{FsAction, FsError, Lsn, SegmentSize, TimelineId, WalPosition};
 use proptest::prelude::*;
 use tokio::sync::{mpsc, watch};
@@ -267,7 +267,13 @@ struct Harness {
 
 fn telemetry() -> ClusterTelemetry {
     let cluster = ClusterName::new("test").unwrap();
-    Arc::new(Telemetry::new(Path::new("/nonexistent"), None, 90)).cluster(&cluster)
+    Arc::new(Telemetry::new(
+        Path::new("/nonexistent"),
+        None,
+        ArchiveIndexes::new(None),
+        90,
+    ))
+    .cluster(&cluster)
 }
 
 impl Harness {

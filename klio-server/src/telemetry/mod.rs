@@ -4,7 +4,9 @@
 //! Sessions report events through a [`ClusterTelemetry`]; the live state (who streams, the
 //! newest acknowledgement, the last error) is kept here, and what is on disk (archive size,
 //! recoverable range) is surveyed when a page is asked for, at most every
-//! [`SURVEY_INTERVAL`].
+//! [`SURVEY_INTERVAL`]: from each archive's in-memory index (`klio_store`'s `ArchiveIndex`,
+//! built on first use, then kept true by the writer and the pruner), so that a survey costs
+//! the same with a million segments as with ten once the index is built.
 
 mod backups;
 mod metrics;
@@ -20,15 +22,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use klio_metrics::{ClusterKindLabels, ClusterLabel, Health, Pages, ReasonLabel, gauge_value};
 use klio_proto::klio::{ClusterName, ErrorCode};
-use klio_store::wal_archive::{ArchiveSummary, WalArchiveReader};
+use klio_store::wal_archive::{ArchiveIndexes, ArchiveSummary};
 use klio_wal::{ErrorChain, Lsn, TimelineId, WalPosition};
 
 use crate::status::{self, ClusterStatus, ServerStatus, StatusPoint, StreamingClient};
 use metrics::ServerMetrics;
 
 /// How old a survey of the archives may be when a page is served: scrapes and `klio status`
-/// then cost at most one directory listing (and one scan of each journal in progress) per
-/// cluster per interval.
+/// then cost at most one look at each archive's index (and one stat of each journal in
+/// progress) per cluster per interval.
 const SURVEY_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The server's observability state.
@@ -39,6 +41,8 @@ pub(crate) struct Telemetry {
     data_dir: PathBuf,
     clusters_dir: PathBuf,
     keyring: Option<klio_crypto::Keyring>,
+    /// The archives' indexes: a survey reads them instead of listing the archives.
+    indexes: ArchiveIndexes,
     disk_warning_percent: u8,
     started: SystemTime,
     survey: Mutex<Option<Survey>>,
@@ -106,6 +110,7 @@ impl Telemetry {
     pub(crate) fn new(
         data_dir: &std::path::Path,
         keyring: Option<klio_crypto::Keyring>,
+        indexes: ArchiveIndexes,
         disk_warning_percent: u8,
     ) -> Self {
         Self {
@@ -114,6 +119,7 @@ impl Telemetry {
             data_dir: data_dir.to_owned(),
             clusters_dir: data_dir.join("clusters"),
             keyring,
+            indexes,
             disk_warning_percent,
             started: SystemTime::now(),
             survey: Mutex::default(),
@@ -167,8 +173,11 @@ impl Telemetry {
                 if !wal.is_dir() {
                     continue;
                 }
-                let summary = WalArchiveReader::open_with(&wal, self.keyring.clone())
-                    .and_then(|a| a.summary())
+                // From the archive's index: a listing of the archive only the first time.
+                let summary = self
+                    .indexes
+                    .of(&wal)
+                    .summary()
                     .map_err(|e| ErrorChain(&e).to_string());
                 archives.insert(name, summary);
             }

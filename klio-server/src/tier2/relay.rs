@@ -53,7 +53,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use klio_proto::klio::ClusterName;
-use klio_store::wal_archive::{JournalSnapshot, WalArchiveError, WalArchiveReader};
+use klio_store::wal_archive::{ArchiveIndex, JournalSnapshot, WalArchiveError};
 use klio_tier2::{ObjectInfo, ObjectLock, Put, PutOptions, Tier2Error};
 use klio_wal::{
     ErrorChain, FsAction, FsError, Lsn, SegmentNo, TimelineId, WalFileName, WalPosition,
@@ -285,7 +285,8 @@ struct BackupUpload {
 struct ClusterRelay {
     cluster: ClusterName,
     dir: PathBuf,
-    keyring: Option<klio_crypto::Keyring>,
+    /// The index of the cluster's WAL archive: a pass plans from it, without a listing.
+    wal_index: Arc<ArchiveIndex>,
     tier2: Arc<Tier2>,
     uploads: Arc<Semaphore>,
     telemetry: ClusterTelemetry,
@@ -311,7 +312,7 @@ impl ClusterRelay {
         Self {
             frontier_path: frontier_path(&dir),
             dir,
-            keyring: shared.storage.keyring.clone(),
+            wal_index: shared.wal_index(&cluster),
             tier2: tier2.clone(),
             uploads: uploads.clone(),
             telemetry: shared.telemetry.cluster(&cluster),
@@ -407,11 +408,11 @@ impl ClusterRelay {
             .is_none_or(|t| t.elapsed() >= self.tier2.settings.partial_interval);
         let plan = {
             let dir = self.dir.clone();
-            let keyring = self.keyring.clone();
+            let wal_index = self.wal_index.clone();
             let frontier = self.frontier.clone();
             let cluster = self.cluster.to_string();
             tokio::task::spawn_blocking(move || {
-                plan(&dir, keyring, &frontier, partial_due, &cluster)
+                plan(&dir, &wal_index, &frontier, partial_due, &cluster)
             })
             .await
             .map_err(|_| PassError::Plan(PlanError::Cancelled))?
@@ -810,7 +811,7 @@ async fn upload_one(
 /// Lists what Tier 1 holds that `frontier` lacks (blocking).
 fn plan(
     dir: &Path,
-    keyring: Option<klio_crypto::Keyring>,
+    wal_index: &ArchiveIndex,
     frontier: &Frontier,
     partial_due: bool,
     cluster: &str,
@@ -819,7 +820,7 @@ fn plan(
         segment_bytes: u64::from(klio_wal::SegmentSize::DEFAULT.bytes()),
         ..Plan::default()
     };
-    plan_wal(dir, keyring, frontier, partial_due, cluster, &mut plan)?;
+    plan_wal(dir, wal_index, frontier, partial_due, cluster, &mut plan)?;
     plan_backups(dir, frontier, &mut plan)?;
     Ok(plan)
 }
@@ -834,7 +835,7 @@ fn file_upload(item: Item, dir: &Path, relative: String) -> Upload {
 
 fn plan_wal(
     dir: &Path,
-    keyring: Option<klio_crypto::Keyring>,
+    wal_index: &ArchiveIndex,
     frontier: &Frontier,
     partial_due: bool,
     cluster: &str,
@@ -848,11 +849,12 @@ fn plan_wal(
         cluster: cluster.to_owned(),
         source,
     };
-    let reader = WalArchiveReader::open_with(&wal_dir, keyring).map_err(wal_err)?;
+    // From the archive's index: no listing of the archive per pass.
+    let reader = wal_index.reader().map_err(wal_err)?;
     let size = reader.identity().segment_size;
     plan.segment_bytes = size.bytes_u64();
-    let listing = reader.list().map_err(wal_err)?;
-    plan.tier1_end = reader.durable();
+    let listing = wal_index.listing().map_err(wal_err)?;
+    plan.tier1_end = wal_index.durable().map_err(wal_err)?;
     if !frontier.identity {
         plan.first.push(file_upload(
             Item::Identity,

@@ -108,7 +108,7 @@ pub use reclaim::{
 };
 pub use slot_set::SlotSet;
 pub use verify::{VerifyOutcome, VerifyProgress};
-pub use wal_range::{WalCoverage, wal_coverage};
+pub use wal_range::{WalCoverage, wal_coverage, wal_coverage_in};
 
 use pack::{PackReader, PackWriter};
 

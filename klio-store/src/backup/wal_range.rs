@@ -5,7 +5,7 @@ use std::fmt;
 
 use klio_wal::{Lsn, SegmentNo, TimelineId, WalFileName, WalPosition, parse_history};
 
-use crate::wal_archive::{WalArchiveError, WalArchiveReader};
+use crate::wal_archive::{ArchiveListing, WalArchiveError, WalArchiveReader};
 
 /// The answer of [`wal_coverage`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,8 +58,18 @@ pub fn wal_coverage(
     start: WalPosition,
     end: WalPosition,
 ) -> Result<WalCoverage, WalArchiveError> {
+    wal_coverage_in(archive, &archive.list()?, start, end)
+}
+
+/// Like [`wal_coverage`], judged from `listing` (what the archive holds, as
+/// [`WalArchiveReader::list`] or the archive's index reports it) instead of a new listing.
+pub fn wal_coverage_in(
+    archive: &WalArchiveReader,
+    listing: &ArchiveListing,
+    start: WalPosition,
+    end: WalPosition,
+) -> Result<WalCoverage, WalArchiveError> {
     let size = archive.identity().segment_size;
-    let listing = archive.list()?;
     // The timelines leading to the end timeline, each with the switch point where it ends.
     let mut path: Vec<(TimelineId, Option<Lsn>)> = Vec::new();
     if end.timeline != TimelineId::FIRST {

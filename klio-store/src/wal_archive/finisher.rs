@@ -32,6 +32,7 @@ use std::thread::JoinHandle;
 
 use klio_crypto::{Keyring, SealOptions};
 
+use super::index::{self, ArchiveIndex};
 use super::journal::JournalWriter;
 use super::{ClusterIdentity, WalArchiveError, make_ctx};
 
@@ -43,6 +44,8 @@ pub(super) struct FinishContext {
     pub(super) identity: ClusterIdentity,
     pub(super) keyring: Option<Keyring>,
     pub(super) seal: SealOptions,
+    /// Told of each final file published.
+    pub(super) index: Option<Arc<ArchiveIndex>>,
 }
 
 /// Handed-off journals and how far the thread got.
@@ -158,7 +161,13 @@ fn spawn(progress: Arc<(Mutex<Progress>, Condvar)>) -> Result<Running, WalArchiv
         .spawn(move || {
             for (journal, ctx) in journals {
                 let write_ctx = make_ctx(&ctx.identity, ctx.keyring.as_ref(), ctx.seal);
+                let (timeline, segno) = (journal.timeline, journal.segno);
                 let outcome = journal.finish(&ctx.dir, &write_ctx);
+                if let (Ok(()), Some(index)) = (&outcome, &ctx.index) {
+                    let size = ctx.identity.segment_size;
+                    let sealed = ctx.keyring.is_some();
+                    index.note(index::finished(&ctx.dir, timeline, segno, size, sealed));
+                }
                 let (progress, changed) = &*progress;
                 let mut p = lock(progress);
                 p.done += 1;

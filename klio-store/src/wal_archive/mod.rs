@@ -72,6 +72,15 @@
 //! drift apart, and a `&WalArchive` passes wherever a `&WalArchiveReader` is expected. The
 //! writer has no method named like one of the reader's, so nothing is shadowed.
 //!
+//! # The index
+//!
+//! A reader opened with [`WalArchiveReader::open`] lists the directory: fine for a command,
+//! too slow per request for a server whose archives hold a million segments. A server keeps
+//! an [`ArchiveIndex`] per archive instead (see the `index` module: built once on first use,
+//! kept true by a writer opened with [`StorageOptions::indexes`] and by a pruner given it,
+//! never persisted). Reads through it open the file it names, and every other name the file
+//! may have before answering that it is not there.
+//!
 //! Every file is put on disk through [`klio_wal::durable`], whose module doc states the policy
 //! (when files and directories are fsynced, the one temporary suffix, what a crash leaves).
 
@@ -79,6 +88,7 @@ mod dir_listing;
 mod error;
 mod finisher;
 mod identity;
+mod index;
 mod journal;
 mod optional_file;
 mod prune;
@@ -93,7 +103,7 @@ mod verify;
 use std::collections::BTreeMap;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use finisher::{FinishContext, Finisher};
 use klio_crypto::{Keyring, SealOptions, SecureRandom, SystemRandom};
@@ -103,6 +113,7 @@ use klio_wal::{
 
 pub use error::WalArchiveError;
 pub use identity::ClusterIdentity;
+pub use index::{ArchiveIndex, ArchiveIndexes};
 pub use journal::{FrameCheck, FrameDefect, JournalDamage, ScanStop};
 pub use prune::{PrunedTimeline, PrunedWal, WalPruner};
 pub use read::{
@@ -169,6 +180,9 @@ pub struct StorageOptions {
     pub keyring: Option<Keyring>,
     /// Compression and chunk size of sealed segments (ignored without a keyring).
     pub seal: SealOptions,
+    /// The in-memory indexes of this process's archives: a writer opened with them keeps the
+    /// index of its archive true (see the `index` module). `None`: no index is told.
+    pub indexes: Option<ArchiveIndexes>,
 }
 
 static RNG: LazyLock<SystemRandom> = LazyLock::new(SystemRandom::new);
@@ -310,6 +324,8 @@ pub struct WalArchive {
     seal: SealOptions,
     poisoned: bool,
     stream: Option<Stream>,
+    /// Told of every journal, durable end, finished segment and history file written.
+    index: Option<Arc<ArchiveIndex>>,
     /// Finishes completed segments on its own thread (see the `finisher` module).
     finisher: Finisher,
 }
@@ -371,17 +387,24 @@ impl WalArchive {
                 identity::write(dir, &identity)?;
             }
         }
-        let durable = recover::recover(dir, &ctx)?;
+        let recovered = recover::recover(dir, &ctx)?;
+        let index = options.indexes.as_ref().map(|i| i.of(dir));
+        if let Some(index) = &index
+            && recovered.journals_changed
+        {
+            index.note(index::Change::Rebuild);
+        }
         Ok(Self {
             reader: WalArchiveReader {
                 dir: dir.to_owned(),
                 identity,
                 keyring: options.keyring,
-                durable,
+                durable: recovered.durable,
             },
             seal: options.seal,
             poisoned: false,
             stream: None,
+            index,
             finisher: Finisher::new(),
         })
     }
@@ -616,14 +639,26 @@ impl WalArchive {
                     content,
                     &self.write_ctx(),
                 )?;
-                Ok(durable::replace(&self.reader.dir.join(&name), &sealed)?)
+                durable::replace(&self.reader.dir.join(&name), &sealed)?;
+                self.note(index::Change::History {
+                    timeline,
+                    bytes: sealed.len() as u64,
+                });
+                Ok(())
             }
-            None => Ok(durable::replace(
-                &self
-                    .dir
-                    .join(WalFileName::History { timeline }.to_string_with(size)),
-                content,
-            )?),
+            None => {
+                durable::replace(
+                    &self
+                        .dir
+                        .join(WalFileName::History { timeline }.to_string_with(size)),
+                    content,
+                )?;
+                self.note(index::Change::History {
+                    timeline,
+                    bytes: content.len() as u64,
+                });
+                Ok(())
+            }
         }
     }
 
@@ -666,13 +701,30 @@ impl WalArchive {
         let Some(stream) = self.stream.as_mut() else {
             return Ok(());
         };
+        let mut synced = None;
         if let Some(j) = stream.journal.as_mut() {
             j.sync()?;
+            synced = Some(j.segno);
         }
         if stream.next > stream.origin {
             self.reader.durable.insert(stream.timeline, stream.next);
+            if let Some(segno) = synced {
+                let (timeline, end) = (stream.timeline, stream.next);
+                self.note(index::Change::Journal {
+                    timeline,
+                    segno,
+                    end: Some(end),
+                });
+            }
         }
         Ok(())
+    }
+
+    /// Tells the archive's index (if any) of a change this writer made.
+    fn note(&self, change: index::Change) {
+        if let Some(index) = &self.index {
+            index.note(change);
+        }
     }
 
     /// Reopens the journal holding the durable end `at` (mid-segment) to continue it.
@@ -733,7 +785,20 @@ impl WalArchive {
                     });
                 }
                 None if piece.offset == 0 => {
-                    JournalWriter::create(&self.reader.dir, stream.timeline, piece.segno, &ctx)?
+                    let j = JournalWriter::create(
+                        &self.reader.dir,
+                        stream.timeline,
+                        piece.segno,
+                        &ctx,
+                    )?;
+                    if let Some(index) = &self.index {
+                        index.note(index::Change::Journal {
+                            timeline: stream.timeline,
+                            segno: piece.segno,
+                            end: None,
+                        });
+                    }
+                    j
                 }
                 None => {
                     return Err(WalArchiveError::Inconsistent {
@@ -753,13 +818,24 @@ impl WalArchive {
                 // publishing the final file fails later (recovery would finish it).
                 self.reader.durable.insert(stream.timeline, end);
                 if let Some(j) = stream.journal.take() {
+                    // Complete: the index counts the journal as the segment until the
+                    // finisher reports its final file.
+                    if let Some(index) = &self.index {
+                        index.note(index::Change::Journal {
+                            timeline: stream.timeline,
+                            segno: piece.segno,
+                            end: Some(end),
+                        });
+                    }
                     let reader = &self.reader;
                     let seal = self.seal;
+                    let index = self.index.clone();
                     self.finisher.hand_off(j, || FinishContext {
                         dir: reader.dir.clone(),
                         identity: reader.identity,
                         keyring: reader.keyring.clone(),
                         seal,
+                        index,
                     })?;
                 }
             }
@@ -786,5 +862,7 @@ fn segment_of_name(name: &WalFileName) -> Option<(TimelineId, SegmentNo)> {
 mod tests;
 #[cfg(test)]
 mod tests_encrypted;
+#[cfg(test)]
+mod tests_index;
 #[cfg(test)]
 mod tests_prune;

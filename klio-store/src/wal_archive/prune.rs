@@ -22,9 +22,11 @@
 //! again from what is left, removes.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use klio_wal::{FsAction, SegmentNo, SegmentSize, TimelineId, WalFileName, durable};
 
+use super::index::{ArchiveIndex, Change};
 use super::{WalArchiveError, identity, sealed};
 use crate::retention::{TimelinePlan, WalPlan};
 
@@ -36,6 +38,8 @@ use crate::retention::{TimelinePlan, WalPlan};
 pub struct WalPruner {
     dir: PathBuf,
     size: SegmentSize,
+    /// Told of every file removed.
+    index: Option<Arc<ArchiveIndex>>,
 }
 
 /// What [`WalPruner::apply`] removed (or [`WalPruner::measure`] would remove).
@@ -87,7 +91,21 @@ impl WalPruner {
         Ok(Self {
             dir: dir.to_owned(),
             size: identity.segment_size,
+            index: None,
         })
+    }
+
+    /// Tells `index` (the archive's, see [`ArchiveIndexes`](super::ArchiveIndexes)) of every
+    /// file this pruner removes, so that it stays true.
+    pub fn with_index(mut self, index: Arc<ArchiveIndex>) -> Self {
+        self.index = Some(index);
+        self
+    }
+
+    fn note(&self, change: Change) {
+        if let Some(index) = &self.index {
+            index.note(change);
+        }
     }
 
     /// Stored bytes of segment `segno` of `timeline` (plain or sealed `.klio` name), if present.
@@ -149,6 +167,13 @@ impl WalPruner {
                         }
                         pruned.bytes += f.bytes;
                     }
+                    if remove {
+                        self.note(Change::Removed {
+                            timeline: t.timeline,
+                            segno,
+                            bytes: files.iter().map(|f| f.bytes).sum(),
+                        });
+                    }
                     let name = WalFileName::Segment {
                         timeline: t.timeline,
                         segno,
@@ -167,6 +192,11 @@ impl WalPruner {
                     }
                 }
                 pruned.history_removed = !files.is_empty();
+                if remove && pruned.history_removed {
+                    self.note(Change::HistoryRemoved {
+                        timeline: t.timeline,
+                    });
+                }
             }
             out.timelines.push(pruned);
         }

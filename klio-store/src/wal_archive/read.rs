@@ -9,6 +9,7 @@ use klio_crypto::Keyring;
 use klio_wal::durable::{self, TempFile};
 use klio_wal::{FsAction, Lsn, SegmentNo, SegmentSize, TimelineId, WalFileName};
 
+use super::index::{self, Holder};
 use super::journal::{self, FileSource, JournalScan, ScanError, ScanStop};
 use super::recover::{self, Survey};
 use super::{
@@ -214,13 +215,30 @@ fn read_final_segment(
     segno: SegmentNo,
     ctx: &Ctx<'_>,
 ) -> Result<Option<Vec<u8>>, WalArchiveError> {
+    read_final_segment_from(dir, timeline, segno, ctx, false)
+}
+
+/// Like [`read_final_segment`], opening the sealed name first when `sealed_first`.
+fn read_final_segment_from(
+    dir: &Path,
+    timeline: TimelineId,
+    segno: SegmentNo,
+    ctx: &Ctx<'_>,
+    sealed_first: bool,
+) -> Result<Option<Vec<u8>>, WalArchiveError> {
     let size = ctx.size;
     let plain = dir.join(WalFileName::Segment { timeline, segno }.to_string_with(size));
+    let sealed_path = dir.join(sealed::sealed_name(timeline, segno, size));
+    if sealed_first && let Some(bytes) = sealed::read_sealed(&sealed_path, timeline, segno, ctx)? {
+        return Ok(Some(bytes));
+    }
     if let Some(bytes) = read_segment(&plain, size)? {
         return Ok(Some(bytes));
     }
-    let path = dir.join(sealed::sealed_name(timeline, segno, size));
-    sealed::read_sealed(&path, timeline, segno, ctx)
+    if sealed_first {
+        return Ok(None);
+    }
+    sealed::read_sealed(&sealed_path, timeline, segno, ctx)
 }
 
 /// Reads a final segment file, checking its size; `None` if it does not exist.
@@ -259,12 +277,44 @@ fn read_journal_segment(
     Ok(Some((bytes, scan.complete, valid)))
 }
 
+/// A segment read from its journal: zero-padded, partial unless the journal is complete;
+/// `None` when there is no journal or it holds no WAL.
+fn journal_file(
+    dir: &Path,
+    name: &WalFileName,
+    timeline: TimelineId,
+    segno: SegmentNo,
+    ctx: &Ctx<'_>,
+) -> Result<Option<ArchivedFile>, WalArchiveError> {
+    Ok(
+        read_journal_segment(dir, timeline, segno, ctx)?.map(|(content, complete, valid_len)| {
+            ArchivedFile {
+                name: *name,
+                content,
+                partial: !complete,
+                valid_len,
+            }
+        }),
+    )
+}
+
 impl WalArchiveReader {
     /// Reads one archived file by PostgreSQL name for restores: a complete segment, a
     /// `.history` file, or, when the segment is still in progress, its bytes zero-padded to full
     /// size (flagged partial). A `.partial` name returns the in-progress segment only.
     pub fn read_file(&self, name: &WalFileName) -> Result<Option<ArchivedFile>, WalArchiveError> {
+        self.read_file_preferring(name, None)
+    }
+
+    /// Like [`read_file`](Self::read_file), opening first the file `holder` names (what an
+    /// index says holds the segment); every other name is still looked for before `None`.
+    pub(super) fn read_file_preferring(
+        &self,
+        name: &WalFileName,
+        holder: Option<Holder>,
+    ) -> Result<Option<ArchivedFile>, WalArchiveError> {
         let ctx = self.ctx();
+        let sealed_first = holder == Some(Holder::Sealed);
         match *name {
             WalFileName::History { timeline } => {
                 Ok(self.history(timeline)?.map(|content| ArchivedFile {
@@ -275,16 +325,19 @@ impl WalArchiveReader {
                 }))
             }
             WalFileName::Segment { timeline, segno } => {
-                if let Some(content) = read_final_segment(&self.dir, timeline, segno, &ctx)? {
+                // The segment in progress: its journal first, saving two failed opens.
+                if holder == Some(Holder::Journal)
+                    && let Some(file) = journal_file(&self.dir, name, timeline, segno, &ctx)?
+                {
+                    return Ok(Some(file));
+                }
+                if let Some(content) =
+                    read_final_segment_from(&self.dir, timeline, segno, &ctx, sealed_first)?
+                {
                     return Ok(Some(complete_file(*name, content)));
                 }
-                match read_journal_segment(&self.dir, timeline, segno, &ctx)? {
-                    Some((content, complete, valid_len)) => Ok(Some(ArchivedFile {
-                        name: *name,
-                        content,
-                        partial: !complete,
-                        valid_len,
-                    })),
+                match journal_file(&self.dir, name, timeline, segno, &ctx)? {
+                    Some(file) => Ok(Some(file)),
                     // The journal may have been finished between the two looks.
                     None => Ok(read_final_segment(&self.dir, timeline, segno, &ctx)?
                         .map(|content| complete_file(*name, content))),
@@ -349,54 +402,8 @@ impl WalArchiveReader {
     /// Lists what the archive holds: timelines with their completed segment ranges and partial
     /// segments, and history files.
     pub fn list(&self) -> Result<ArchiveListing, WalArchiveError> {
-        let size = self.identity.segment_size;
         let survey = recover::survey(&self.dir, &self.ctx())?;
-        let ends = survey.durable_ends(size);
-        let mut timelines = Vec::new();
-        for (&timeline, &durable_end) in &ends {
-            let mut complete: Vec<SegmentNo> = survey
-                .segments
-                .iter()
-                .filter(|(t, _)| *t == timeline)
-                .map(|&(_, s)| s)
-                .chain(
-                    survey
-                        .journals
-                        .iter()
-                        .filter(|((t, _), j)| *t == timeline && j.scan.complete)
-                        .map(|(&(_, s), _)| s),
-                )
-                .collect();
-            complete.sort_unstable();
-            let mut segments: Vec<SegmentRange> = Vec::new();
-            for s in complete {
-                match segments.last_mut() {
-                    Some(r) if r.last.0.checked_add(1) == Some(s.0) => r.last = s,
-                    _ => segments.push(SegmentRange { first: s, last: s }),
-                }
-            }
-            let partials = survey
-                .journals
-                .iter()
-                .filter(|((t, _), j)| {
-                    *t == timeline && !j.scan.complete && !j.scan.frames.is_empty()
-                })
-                .map(|(&(_, segno), j)| PartialSegment {
-                    segno,
-                    end: j.scan.end,
-                })
-                .collect();
-            timelines.push(TimelineListing {
-                timeline,
-                segments,
-                partials,
-                durable_end,
-            });
-        }
-        Ok(ArchiveListing {
-            timelines,
-            histories: survey.histories.iter().copied().collect(),
-        })
+        Ok(index::listing_of(&survey, self.identity.segment_size))
     }
 
     /// Writes a pg_receivewal-style copy of the archive into `dest` (created if missing):

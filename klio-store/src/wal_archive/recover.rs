@@ -9,7 +9,7 @@ use klio_wal::{FsAction, Lsn, SegmentNo, SegmentSize, TimelineId, WalFileName, d
 
 use super::journal::{self, FileSource, JOURNAL_SUFFIX, JournalScan, ScanError};
 use super::sealed::{self, SEALED_SUFFIX};
-use super::{Ctx, WalArchiveError, dir_listing, identity, optional_file};
+use super::{Ctx, WalArchiveError, dir_listing, file_of_stored, identity, optional_file};
 
 /// A journal found by a survey (not stale: its final segment does not exist).
 #[derive(Debug)]
@@ -37,6 +37,17 @@ pub(super) struct Survey {
     pub(super) temps: Vec<PathBuf>,
     /// Whether any archive file (other than the identity) exists.
     pub(super) has_archive_files: bool,
+}
+
+/// The stored sizes a measuring survey ([`survey_measured`]) found, for the archive's index.
+#[derive(Debug, Default)]
+pub(super) struct Measured {
+    /// Bytes of the final segment files of each timeline.
+    pub(super) finals: BTreeMap<TimelineId, u64>,
+    /// Bytes of each stored history file.
+    pub(super) histories: BTreeMap<TimelineId, u64>,
+    /// Bytes of every other regular file except journals (the identity, temporary files).
+    pub(super) other: u64,
 }
 
 impl Survey {
@@ -101,11 +112,62 @@ pub(super) fn scan_journal(
 /// Lists and classifies the directory, scanning every live journal (read-only). Encrypted
 /// files are an error without a keyring in `ctx`.
 pub(super) fn survey(dir: &Path, ctx: &Ctx<'_>) -> Result<Survey, WalArchiveError> {
+    survey_inner(dir, ctx, None)
+}
+
+/// Like [`survey`], also measuring the stored size of every file but the journals (one stat
+/// per entry, for the archive's index).
+pub(super) fn survey_measured(
+    dir: &Path,
+    ctx: &Ctx<'_>,
+) -> Result<(Survey, Measured), WalArchiveError> {
+    let mut measured = Measured::default();
+    let s = survey_inner(dir, ctx, Some(&mut measured))?;
+    Ok((s, measured))
+}
+
+/// The stored size of `path`; 0 for a file removed since the listing (a journal finishing,
+/// a prune): it is no longer part of the archive.
+pub(super) fn stored_len(path: &Path) -> Result<u64, WalArchiveError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_file() => Ok(m.len()),
+        Ok(_) => Ok(0),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(WalArchiveError::io(FsAction::Stat, path, e)),
+    }
+}
+
+fn survey_inner(
+    dir: &Path,
+    ctx: &Ctx<'_>,
+    mut measured: Option<&mut Measured>,
+) -> Result<Survey, WalArchiveError> {
     let size = ctx.size;
     let mut s = Survey::default();
     let mut journal_paths = Vec::new();
     for (name, path) in dir_listing::named_entries(dir)? {
         let name = name.as_str();
+        let is_journal = name.ends_with(JOURNAL_SUFFIX);
+        let is_plain_segment = matches!(
+            WalFileName::parse(name, size),
+            Ok(WalFileName::Segment { .. })
+        );
+        // Plain segments are measured below, where their size is checked.
+        if let Some(m) = measured.as_deref_mut()
+            && !is_journal
+            && !is_plain_segment
+        {
+            let len = stored_len(&path)?;
+            match file_of_stored(name, size) {
+                Some(WalFileName::Segment { timeline, .. }) => {
+                    *m.finals.entry(timeline).or_default() += len;
+                }
+                Some(WalFileName::History { timeline }) => {
+                    *m.histories.entry(timeline).or_default() += len;
+                }
+                _ => m.other += len,
+            }
+        }
         if name == identity::IDENTITY_FILE {
             continue;
         }
@@ -156,6 +218,9 @@ pub(super) fn survey(dir: &Path, ctx: &Ctx<'_>) -> Result<Survey, WalArchiveErro
                         path,
                         reason: format!("{len} bytes, expected {}", size.bytes()),
                     });
+                }
+                if let Some(m) = measured.as_deref_mut() {
+                    *m.finals.entry(timeline).or_default() += len;
                 }
                 note_segment(&mut s, dir, timeline, segno, false, size)?;
             }
@@ -223,13 +288,11 @@ fn note_segment(
 
 /// Crash recovery for a writer: removes temporary files and stale journals, finishes journals
 /// that hold a whole segment, removes empty journals and zeroes the torn tail of the others, so
-/// that new frames can be appended right after the last valid one. Returns the durable ends.
-pub(super) fn recover(
-    dir: &Path,
-    ctx: &Ctx<'_>,
-) -> Result<BTreeMap<TimelineId, Lsn>, WalArchiveError> {
+/// that new frames can be appended right after the last valid one.
+pub(super) fn recover(dir: &Path, ctx: &Ctx<'_>) -> Result<Recovered, WalArchiveError> {
     let size = ctx.size;
     let mut s = survey(dir, ctx)?;
+    let mut journals_changed = false;
     // None of these removals needs a directory fsync: a file that comes back after a crash is
     // removed again by the next recovery, and none of them holds WAL that exists nowhere else.
     for p in s.temps.iter().chain(&s.stale_journals) {
@@ -253,6 +316,7 @@ pub(super) fn recover(
                 &j.scan.frames,
                 ctx,
             )?;
+            journals_changed = true;
             s.segments.insert((timeline, segno));
             if ctx.keyring.is_some() {
                 s.sealed.insert((timeline, segno));
@@ -264,6 +328,7 @@ pub(super) fn recover(
             // first frame). Same argument as above: no directory fsync needed.
             drop(file);
             optional_file::remove_if_present(&j.path)?;
+            journals_changed = true;
             continue;
         }
         let src =
@@ -285,5 +350,16 @@ pub(super) fn recover(
     // A kill -9 between a rename (segment, history, identity) and its directory fsync leaves
     // the rename in the page cache only; make every entry this recovery relies on durable.
     durable::sync_dir(dir)?;
-    Ok(s.durable_ends(size))
+    Ok(Recovered {
+        durable: s.durable_ends(size),
+        journals_changed,
+    })
+}
+
+/// What [`recover`] found and did.
+pub(super) struct Recovered {
+    /// The durable end of each timeline with WAL.
+    pub(super) durable: BTreeMap<TimelineId, Lsn>,
+    /// Whether it finished or removed a journal (an index of the archive is then out of date).
+    pub(super) journals_changed: bool,
 }

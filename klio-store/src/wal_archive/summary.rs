@@ -30,8 +30,19 @@ impl WalArchiveReader {
     /// a writer streams.
     pub fn summary(&self) -> Result<ArchiveSummary, WalArchiveError> {
         let listing = self.list()?;
+        let bytes = directory_bytes(&self.dir)?;
+        self.summarize(&listing, bytes)
+    }
+
+    /// The summary of what `listing` holds, `bytes` stored in all (from a listing of the
+    /// directory, or from the archive's index).
+    pub(super) fn summarize(
+        &self,
+        listing: &ArchiveListing,
+        bytes: u64,
+    ) -> Result<ArchiveSummary, WalArchiveError> {
         let mut s = ArchiveSummary {
-            bytes: directory_bytes(&self.dir)?,
+            bytes,
             segments: listing
                 .timelines
                 .iter()
@@ -40,7 +51,7 @@ impl WalArchiveReader {
                 .sum(),
             ..ArchiveSummary::default()
         };
-        let Some(plan) = self.recovery_plan(&listing, None) else {
+        let Some(plan) = self.recovery_plan(listing, None) else {
             return Ok(s);
         };
         let size = self.identity.segment_size;
@@ -59,7 +70,7 @@ impl WalArchiveReader {
         let mut first_present: Option<WalPosition> = None;
         let mut in_gap = false;
         for &(i, segno) in &plan.wanted {
-            if stored(&listing, plan.path[i].timeline, segno) {
+            if stored(listing, plan.path[i].timeline, segno) {
                 let p = point(i, segno);
                 first_present.get_or_insert(p);
                 run_start.get_or_insert(p);

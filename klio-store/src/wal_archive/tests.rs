@@ -49,6 +49,7 @@ pub(super) fn opts(keyring: Keyring, compression: Compression) -> StorageOptions
             compression,
             chunk_size: 64 << 10,
         },
+        indexes: None,
     }
 }
 
