@@ -1,5 +1,5 @@
-//! The whole comparison in one run: machine, ingest, streaming, synchronous commit, recovery;
-//! written as `results.md` and `results.json`.
+//! The whole comparison in one run: machine, ingest, streaming, synchronous commit, recovery,
+//! many streams; written as `results.md` and `results.json`.
 
 use std::path::{Path, PathBuf};
 
@@ -9,6 +9,7 @@ use crate::ingest::{self, IngestOptions, IngestReport};
 use crate::machine::Machine;
 use crate::recovery::{self, RecoveryOptions, RecoveryReport};
 use crate::streaming::{self, StreamingOptions, StreamingReport};
+use crate::streams::{self, StreamsOptions, StreamsReport};
 use crate::sync_commit::{self, SyncCommitOptions, SyncCommitReport};
 
 /// What to run.
@@ -22,6 +23,8 @@ pub struct CompareOptions {
     pub sync_commit: SyncCommitOptions,
     /// Recovery settings.
     pub recovery: RecoveryOptions,
+    /// Many-streams settings.
+    pub streams: StreamsOptions,
 }
 
 impl CompareOptions {
@@ -40,6 +43,7 @@ impl CompareOptions {
                 rounds: 2,
                 wal_mib: 1024,
             },
+            streams: StreamsOptions::default(),
         }
     }
 
@@ -67,6 +71,11 @@ impl CompareOptions {
                 rounds: 1,
                 wal_mib: 64,
             },
+            streams: StreamsOptions {
+                jobs: vec![1, 32],
+                files: 64,
+                ..StreamsOptions::default()
+            },
         }
     }
 }
@@ -90,6 +99,8 @@ pub struct CompareReport {
     pub sync_commit: SyncCommitReport,
     /// 4. Recovery.
     pub recovery: RecoveryReport,
+    /// 5. Many streams.
+    pub streams: StreamsReport,
 }
 
 fn version(cmd: &mut std::process::Command) -> String {
@@ -108,6 +119,7 @@ pub fn run(klio: &Path, scratch: &Path, opts: &CompareOptions) -> CompareReport 
     let streaming = streaming::run(klio, &opts.streaming);
     let sync_commit = sync_commit::run(klio, &opts.sync_commit);
     let recovery = recovery::run(klio, &opts.recovery);
+    let streams = streams::run(klio, &opts.streams);
     CompareReport {
         started,
         klio_version: version(std::process::Command::new(klio).arg("--version")),
@@ -117,6 +129,7 @@ pub fn run(klio: &Path, scratch: &Path, opts: &CompareOptions) -> CompareReport 
         streaming,
         sync_commit,
         recovery,
+        streams,
     }
 }
 
@@ -178,6 +191,21 @@ impl CompareReport {
             self.recovery.mean(recovery::CP),
             self.recovery.ratio()
         );
+        if let Some(w) = self.streams.widest() {
+            out += &format!(
+                "| {} streams, server peak RSS MiB | {:.0} | goal {:.0} | {:.2} |\n",
+                w.jobs,
+                w.peak_rss_mib,
+                streams::RSS_GOAL_MIB,
+                w.peak_rss_mib / streams::RSS_GOAL_MIB
+            );
+            out += &format!(
+                "| {} streams, MB/s | {:.0} | fewest streams | {:.2} |\n",
+                w.jobs,
+                w.mb_per_s,
+                self.streams.scaling(w)
+            );
+        }
         out += "\n## 1. Ingest\n\n";
         out += &i.markdown();
         out +=
@@ -200,6 +228,8 @@ impl CompareReport {
         out += &self.sync_commit.markdown();
         out += "\n## 4. Recovery\n\n";
         out += &self.recovery.markdown();
+        out += "\n## 5. Many streams\n\n";
+        out += &self.streams.markdown();
         out
     }
 

@@ -28,8 +28,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Everything: machine, ingest, streaming, synchronous commit, recovery; writes
-    /// results.md and results.json.
+    /// Everything: machine, ingest, streaming, synchronous commit, recovery, many streams;
+    /// writes results.md and results.json.
     Compare {
         /// Where to write the results.
         #[arg(long, value_name = "DIR", default_value = "bench-results")]
@@ -112,6 +112,23 @@ enum Command {
         /// pgbench scale of the database backed up.
         #[arg(long, default_value_t = 20)]
         scale: u32,
+    },
+    /// Many clusters on one server: wal-player with 1 to 256 concurrent streams (1 MiB
+    /// segments); the server's peak and median RSS, MB/s and per-cluster ack latency.
+    Streams {
+        /// Concurrent streams, one run (and one server) each.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+        jobs: Vec<usize>,
+        /// 1 MiB segments per run, shared out among its streams.
+        #[arg(long, default_value_t = 1024)]
+        files: usize,
+        /// wal-player --block-size, KiB.
+        #[arg(long, default_value_t = 2048)]
+        block_kib: usize,
+        /// An extra `klio server start` flag (repeatable), e.g. --server-arg=--ingest-memory
+        /// --server-arg=64MiB.
+        #[arg(long = "server-arg", allow_hyphen_values = true)]
+        server_args: Vec<String>,
     },
     /// Recovery time through get-wal against cp.
     Recovery {
@@ -222,6 +239,20 @@ fn main() {
                 scale,
             };
             println!("{}", klio_bench::tier2::run(&klio, &opts).markdown());
+        }
+        Command::Streams {
+            jobs,
+            files,
+            block_kib,
+            server_args,
+        } => {
+            let opts = klio_bench::streams::StreamsOptions {
+                jobs,
+                files,
+                block_kib,
+                server_args,
+            };
+            println!("{}", klio_bench::streams::run(&klio, &opts).markdown());
         }
         Command::Recovery { rounds, wal_mib } => {
             let opts = klio_bench::recovery::RecoveryOptions { rounds, wal_mib };
