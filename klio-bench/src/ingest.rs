@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use klio_testkit::{KlioServer, PgOptions, PgServer, TestCerts, TestDir, as_postgres, run_ok};
+use klio_testkit::{PgOptions, PgServer, TestCerts, TestDir, as_postgres, run_ok};
 use klio_wal::synth::{SynthConfig, SyntheticWal};
 use klio_wal::{Lsn, SegmentSize};
 use serde::Serialize;
@@ -185,7 +185,24 @@ pub fn run(klio: &Path, opts: &IngestOptions) -> IngestReport {
                     },
                     KLIO => {
                         let cluster = format!("r{round}j{jobs}-{{job}}");
-                        play(&exe, &server, &certs, &wal, &cluster, jobs, round)
+                        let played = crate::setup::play(
+                            &exe,
+                            &server,
+                            &certs,
+                            &wal,
+                            &cluster,
+                            jobs,
+                            crate::setup::PLAYER_BLOCK_KIB,
+                        );
+                        assert_eq!(played.errors, 0, "wal-player reported errors");
+                        IngestSample {
+                            contender,
+                            jobs,
+                            round,
+                            mb_per_s: played.mb_per_s,
+                            p50_ms: Some(played.p50_ms),
+                            p99_ms: Some(played.p99_ms),
+                        }
                     }
                     _ => IngestSample {
                         contender,
@@ -213,35 +230,6 @@ fn chown_postgres(path: &Path) {
             .args(["-R", "postgres:postgres"])
             .arg(path),
     );
-}
-
-fn play(
-    exe: &Path,
-    server: &KlioServer,
-    certs: &TestCerts,
-    wal: &Path,
-    cluster: &str,
-    jobs: usize,
-    round: u32,
-) -> IngestSample {
-    let played = crate::setup::play(
-        exe,
-        server,
-        certs,
-        wal,
-        cluster,
-        jobs,
-        crate::setup::PLAYER_BLOCK_KIB,
-    );
-    assert_eq!(played.errors, 0, "wal-player reported errors");
-    IngestSample {
-        contender: KLIO,
-        jobs,
-        round,
-        mb_per_s: played.mb_per_s,
-        p50_ms: Some(played.p50_ms),
-        p99_ms: Some(played.p99_ms),
-    }
 }
 
 /// One archive-push run into a new repository; MB/s.
