@@ -766,13 +766,16 @@ async fn a_slow_fsync_of_one_cluster_leaves_the_others_acks_alone() {
 
     // A commit of the slow cluster: its fsync hangs. (Released from another thread, so that a
     // stalled runtime ends the hang too, and the test fails on the bound rather than hangs.)
-    slow.arrive(vec![start_wal(seg), wal(seg, 100)]);
-    holding.recv().await.unwrap();
     let releaser = std::thread::spawn(move || {
         std::thread::sleep(HANG);
-        let _ = permit.send(());
+        // Every later sync goes through at once, until the archive is closed.
+        while permit.send(()).is_ok() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
     });
+    slow.arrive(vec![start_wal(seg), wal(seg, 100)]);
 
+    // Meanwhile, the other cluster commits: the slow one's store starts at the first wait.
     fast.arrive(vec![start_wal(seg)]);
     let mut next = seg;
     for _ in 0..20 {
@@ -786,12 +789,15 @@ async fn a_slow_fsync_of_one_cluster_leaves_the_others_acks_alone() {
             "a commit of another cluster waited {took:?} for the slow fsync"
         );
     }
-    releaser.join().unwrap();
+    // All of that while the slow fsync hung.
+    assert!(holding.try_recv().is_ok(), "the slow fsync never started");
+    assert_eq!(slow.log.acks(), [], "the slow fsync did not hang");
     assert_eq!(slow.next_ack().await, (TLI, Lsn(seg + 100)));
     fast.finish();
     slow.finish();
     fast.end().await.unwrap();
     slow.end().await.unwrap();
+    releaser.join().unwrap();
 }
 
 #[tokio::test(flavor = "current_thread")]
