@@ -3,11 +3,12 @@
 //!
 //! # Reading within a budget
 //!
-//! [`FrameIo::fill`] reads only bytes its caller covers ([`Cover`]), and reserves each frame
+//! [`CoveredRead::fill_covered`] reads only bytes its caller covers ([`Cover`]), and reserves each frame
 //! whole: it reads up to the end of a frame's 5-byte header, asks cover for the whole frame,
 //! and only then reads its body. A reader that must wait for cover therefore never holds half
 //! a frame's body it could not finish (see `crate::ingest_budget`, *Deadlock freedom*). A
-//! frame's memory is its declared length from its header on: the decoder reserves it then.
+//! frame's memory is its declared length from the moment it is covered: the fill reserves it
+//! then (the decoder, which would reserve it on seeing the header, gets complete frames only).
 
 use klio_wal::ErrorChain;
 use std::time::{Duration, Instant};
@@ -120,6 +121,15 @@ impl Framed {
     }
 
     fn decode(&mut self) -> Result<Option<Message>, End> {
+        // Only a complete frame: given a frame begun, the decoder would reserve its whole
+        // length, memory a session waiting for cover has not been given. (The fill that
+        // takes the cover reserves it.)
+        if let Some(header) = self.rbuf.get(..HEADER) {
+            let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+            if len <= DEFAULT_MAX_FRAME_LEN && self.rbuf.len() < HEADER + len {
+                return Ok(None);
+            }
+        }
         let m = self.decoder.decode(&mut self.rbuf).map_err(refused)?;
         if m.is_some() {
             // Frames are taken from the front: the scan starts again there.
@@ -235,6 +245,8 @@ impl CoveredRead for Framed {
                 break;
             }
             let limit = end - self.rbuf.len();
+            // The frame's memory, now that it is covered: its body lands in one allocation.
+            self.rbuf.reserve(limit);
             let chunk = if read {
                 let mut more = std::pin::pin!(self.recv.read_chunk(limit, true));
                 let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
