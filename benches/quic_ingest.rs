@@ -69,6 +69,7 @@ impl Loopback {
             retention: Default::default(),
             mode: Default::default(),
             tier2: None,
+            ingest_memory: klio_server::ingest_budget::DEFAULT_INGEST_MEMORY,
         };
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

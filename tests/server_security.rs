@@ -50,6 +50,7 @@ fn setup(rt: &tokio::runtime::Runtime) -> Setup {
         retention: Default::default(),
         mode: Default::default(),
         tier2: None,
+        ingest_memory: klio_server::ingest_budget::DEFAULT_INGEST_MEMORY,
     };
     let server = rt.block_on(Server::bind(&config)).unwrap();
     let address = server.local_addr().unwrap().to_string();

@@ -1,5 +1,5 @@
 //! The whole comparison in one run: machine, ingest, streaming, synchronous commit, recovery,
-//! archive scale;
+//! archive scale, many streams;
 //! written as `results.md` and `results.json`.
 
 use std::path::{Path, PathBuf};
@@ -12,6 +12,7 @@ use crate::layout::Layout;
 use crate::machine::Machine;
 use crate::recovery::{self, RecoveryOptions, RecoveryReport};
 use crate::streaming::{self, StreamingOptions, StreamingReport};
+use crate::streams::{self, StreamsOptions, StreamsReport};
 use crate::sync_commit::{self, SyncCommitOptions, SyncCommitReport};
 
 /// What to run.
@@ -27,6 +28,8 @@ pub struct CompareOptions {
     pub recovery: RecoveryOptions,
     /// Archive scale settings.
     pub archive_scale: ArchiveScaleOptions,
+    /// Many-streams settings.
+    pub streams: StreamsOptions,
 }
 
 impl CompareOptions {
@@ -47,6 +50,7 @@ impl CompareOptions {
                 wal_mib: 1024,
             },
             archive_scale: ArchiveScaleOptions::default(),
+            streams: StreamsOptions::default(),
         }
     }
 
@@ -77,6 +81,11 @@ impl CompareOptions {
                 wal_mib: 64,
             },
             archive_scale: ArchiveScaleOptions::quick(),
+            streams: StreamsOptions {
+                jobs: vec![1, 32],
+                files: 64,
+                ..StreamsOptions::default()
+            },
         }
     }
 }
@@ -102,6 +111,8 @@ pub struct CompareReport {
     pub recovery: RecoveryReport,
     /// 5. Archive scale (or why it could not be measured).
     pub archive_scale: Result<ArchiveScaleReport, String>,
+    /// 5. Many streams.
+    pub streams: StreamsReport,
 }
 
 fn version(cmd: &mut std::process::Command) -> String {
@@ -140,6 +151,7 @@ pub fn run(klio: &Path, scratch: &Path, opts: &CompareOptions) -> CompareReport 
     let recovery = recovery::run(klio, &opts.recovery);
     let archive_scale = archive_scale::run(klio, &opts.archive_scale)
         .map_err(|e| klio_wal::ErrorChain(&e).to_string());
+    let streams = streams::run(klio, &opts.streams);
     CompareReport {
         started,
         klio_version: version(std::process::Command::new(klio).arg("--version")),
@@ -150,6 +162,7 @@ pub fn run(klio: &Path, scratch: &Path, opts: &CompareOptions) -> CompareReport 
         sync_commit,
         recovery,
         archive_scale,
+        streams,
     }
 }
 
@@ -228,6 +241,21 @@ impl CompareReport {
         if let Ok(a) = &self.archive_scale {
             out += &a.summary_rows();
         }
+        if let Some(w) = self.streams.widest() {
+            out += &format!(
+                "| {} streams, server peak RSS MiB | {:.0} | goal {:.0} | {:.2} |\n",
+                w.jobs,
+                w.peak_rss_mib,
+                streams::RSS_GOAL_MIB,
+                w.peak_rss_mib / streams::RSS_GOAL_MIB
+            );
+            out += &format!(
+                "| {} streams, MB/s | {:.0} | fewest streams | {:.2} |\n",
+                w.jobs,
+                w.mb_per_s,
+                self.streams.scaling(w)
+            );
+        }
         out += "\n## 1. Ingest\n\n";
         out += &i.markdown();
         out +=
@@ -261,6 +289,8 @@ impl CompareReport {
             Ok(a) => out += &a.markdown(),
             Err(e) => out += &format!("not measured: {e}\n"),
         }
+        out += "\n## 6. Many streams\n\n";
+        out += &self.streams.markdown();
         out
     }
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use klio_testkit::{KlioServer, PgOptions, PgServer, TestCerts, TestDir, as_postgres, run_ok};
+use klio_testkit::{PgOptions, PgServer, TestCerts, TestDir, as_postgres, run_ok};
 use klio_wal::synth::{SynthConfig, SyntheticWal};
 use klio_wal::{Lsn, SegmentSize};
 use serde::Serialize;
@@ -185,7 +185,24 @@ pub fn run(klio: &Path, opts: &IngestOptions) -> IngestReport {
                     },
                     KLIO => {
                         let cluster = format!("r{round}j{jobs}-{{job}}");
-                        play(&exe, &server, &certs, &wal, &cluster, jobs, round)
+                        let played = crate::setup::play(
+                            &exe,
+                            &server,
+                            &certs,
+                            &wal,
+                            &cluster,
+                            jobs,
+                            crate::setup::PLAYER_BLOCK_KIB,
+                        );
+                        assert_eq!(played.errors, 0, "wal-player reported errors");
+                        IngestSample {
+                            contender,
+                            jobs,
+                            round,
+                            mb_per_s: played.mb_per_s,
+                            p50_ms: Some(played.p50_ms),
+                            p99_ms: Some(played.p99_ms),
+                        }
                     }
                     _ => IngestSample {
                         contender,
@@ -213,43 +230,6 @@ fn chown_postgres(path: &Path) {
             .args(["-R", "postgres:postgres"])
             .arg(path),
     );
-}
-
-fn play(
-    exe: &Path,
-    server: &KlioServer,
-    certs: &TestCerts,
-    wal: &Path,
-    cluster: &str,
-    jobs: usize,
-    round: u32,
-) -> IngestSample {
-    let cert = |ext: &str| format!("{}/client-{cluster}.{ext}", certs.dir.display());
-    let out = run_ok(
-        Command::new(exe)
-            .args(["-q", "wal-player", "play"])
-            .arg(wal)
-            .args(["--jobs", &jobs.to_string(), "--cluster", cluster])
-            .args(["--server", &server.address(), "--tls-ca"])
-            .arg(certs.file("ca.pem"))
-            .args(["--tls-cert", &cert("pem"), "--tls-key", &cert("key")]),
-    );
-    let last = out.stdout.lines().last().unwrap_or_default();
-    let summary: serde_json::Value = serde_json::from_str(last).expect("summary JSON");
-    let s = &summary["summary"];
-    assert_eq!(
-        s["errors"], 0,
-        "wal-player reported errors:\n{}",
-        out.stdout
-    );
-    IngestSample {
-        contender: KLIO,
-        jobs,
-        round,
-        mb_per_s: s["mb_per_s"].as_f64().unwrap_or(0.0),
-        p50_ms: s["latency_p50_ms"].as_f64(),
-        p99_ms: s["latency_p99_ms"].as_f64(),
-    }
 }
 
 /// One archive-push run into a new repository; MB/s.

@@ -11,6 +11,8 @@
 //!   pgBackRest (full, block incremental, restore).
 //! - [`block_size`]: the study behind the backup block size (stored bytes, reference overhead
 //!   and round trips per block size, on two pgbench backups).
+//! - [`streams`]: many clusters on one server: 1 to 256 concurrent wal-player streams, the
+//!   server's resident memory, throughput and per-cluster ack latency.
 //! - [`tier2`]: the relay's upload rate against the disk's write rate, and restores (WAL
 //!   recovery, `klio restore`) from Tier 2 alone against from Tier 1.
 //! - [`archive_scale`]: server start, `GetPosition` and `GetFile` with 10,000 and 1,000,000
@@ -30,5 +32,6 @@ pub mod machine;
 pub mod recovery;
 mod setup;
 pub mod streaming;
+pub mod streams;
 pub mod sync_commit;
 pub mod tier2;

@@ -11,16 +11,93 @@ use klio_testkit::{
 /// A Klio server as production runs it: every cluster's WAL compressed (lz4) and encrypted
 /// (AES-256-GCM) at rest, with a new key file in `work`.
 pub(crate) fn start_encrypted_server(exe: &Path, work: &TestDir, certs: &TestCerts) -> KlioServer {
+    start_encrypted_server_with(exe, work, certs, &[])
+}
+
+/// [`start_encrypted_server`] with more `server start` flags.
+pub(crate) fn start_encrypted_server_with(
+    exe: &Path,
+    work: &TestDir,
+    certs: &TestCerts,
+    extra: &[&std::ffi::OsStr],
+) -> KlioServer {
     let key = encryption_key(work);
     run_ok(Command::new(exe).args(["keys", "generate", "-o"]).arg(&key));
     // The server runs as the postgres user.
     run_ok(Command::new("chown").arg("postgres:postgres").arg(&key));
-    KlioServer::start_with_args(
-        exe,
-        work,
-        certs,
-        &["--encryption-key".as_ref(), key.as_os_str()],
-    )
+    let mut args = vec!["--encryption-key".as_ref(), key.as_os_str()];
+    args.extend_from_slice(extra);
+    KlioServer::start_with_args(exe, work, certs, &args)
+}
+
+/// wal-player's default `--block-size`, KiB.
+pub(crate) const PLAYER_BLOCK_KIB: usize = 2048;
+
+/// What `klio wal-player play` reported of a run.
+pub(crate) struct Played {
+    /// Files that failed.
+    pub(crate) errors: u64,
+    /// MB/s of WAL acknowledged.
+    pub(crate) mb_per_s: f64,
+    /// Per-file latency p50, ms.
+    pub(crate) p50_ms: f64,
+    /// Per-file latency p99, ms.
+    pub(crate) p99_ms: f64,
+}
+
+/// `klio wal-player play` of `wal` with `jobs` jobs into `server` as `cluster` (with `{job}`
+/// when `jobs` > 1, certificates from `certs`), `block_kib` KiB per request. Files that
+/// failed are counted, not fatal: wal-player still reports the run.
+pub(crate) fn play(
+    exe: &Path,
+    server: &KlioServer,
+    certs: &TestCerts,
+    wal: &Path,
+    cluster: &str,
+    jobs: usize,
+    block_kib: usize,
+) -> Played {
+    let cert = |ext: &str| format!("{}/client-{cluster}.{ext}", certs.dir.display());
+    let out = klio_testkit::run(
+        Command::new(exe)
+            .args(["-q", "wal-player", "play"])
+            .arg(wal)
+            .args(["--jobs", &jobs.to_string(), "--cluster", cluster])
+            .args(["--block-size", &block_kib.to_string()])
+            .args(["--server", &server.address(), "--tls-ca"])
+            .arg(certs.file("ca.pem"))
+            .args(["--tls-cert", &cert("pem"), "--tls-key", &cert("key")]),
+    );
+    let last = out.stdout.lines().last().unwrap_or_default();
+    let summary: serde_json::Value = serde_json::from_str(last)
+        .unwrap_or_else(|_| panic!("no summary from wal-player:\n{}", out.stderr));
+    let s = &summary["summary"];
+    let f = |key: &str| s[key].as_f64().unwrap_or(0.0);
+    Played {
+        errors: s["errors"].as_u64().unwrap_or(0),
+        mb_per_s: f("mb_per_s"),
+        p50_ms: f("latency_p50_ms"),
+        p99_ms: f("latency_p99_ms"),
+    }
+}
+
+/// The body of `GET path` from the HTTP listener at `address` (empty if it cannot be had).
+pub(crate) fn http_get(address: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(address) else {
+        return String::new();
+    };
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(30)));
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    let mut answer = String::new();
+    if stream.write_all(request.as_bytes()).is_err() || stream.read_to_string(&mut answer).is_err()
+    {
+        return String::new();
+    }
+    answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
 }
 
 /// `--server`, the `--tls-*` options and `--cluster` of a client of cluster `bench` of

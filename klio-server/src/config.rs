@@ -35,6 +35,9 @@ pub struct ServerConfig {
     pub mode: ServerMode,
     /// Object storage the server relays to and reads from; `None`: Tier 1 only.
     pub tier2: Option<Tier2Settings>,
+    /// Bytes of WAL that ingest sessions may hold read and not yet stored, across all
+    /// clusters (see [`crate::ingest_budget`]).
+    pub ingest_memory: u64,
 }
 
 /// Encryption at rest.
@@ -68,6 +71,8 @@ pub struct ServerConfigFile {
     pub mode: Option<String>,
     /// `tier2: {endpoint: ..., bucket: ..., ...}`
     pub tier2: Option<Tier2Section>,
+    /// `ingest_memory: 64MiB`
+    pub ingest_memory: Option<String>,
 }
 
 /// The `metrics` section.
@@ -124,6 +129,8 @@ pub struct ServerOverrides {
     pub encryption_old_keys: Vec<PathBuf>,
     /// `--metrics-listen` / `KLIO_METRICS_LISTEN`.
     pub metrics_listen: Option<String>,
+    /// `--ingest-memory` / `KLIO_INGEST_MEMORY`.
+    pub ingest_memory: Option<String>,
 }
 
 /// An invalid or incomplete configuration.
@@ -298,6 +305,10 @@ impl ServerConfig {
             .transpose()?
             .unwrap_or_default();
         let tier2 = Tier2Settings::resolve(parsed.tier2)?;
+        let ingest_memory = match overrides.ingest_memory.or(parsed.ingest_memory) {
+            None => crate::ingest_budget::DEFAULT_INGEST_MEMORY,
+            Some(text) => ingest_memory(&text)?,
+        };
         if mode == ServerMode::ReadOnly && tier2.is_none() {
             return Err(ConfigError::Invalid {
                 key: "mode",
@@ -315,9 +326,26 @@ impl ServerConfig {
             retention,
             mode,
             tier2,
+            ingest_memory,
         })
     }
 }
+
+/// `ingest_memory`: a size of at least [`MIN_INGEST_MEMORY`].
+fn ingest_memory(text: &str) -> Result<u64, ConfigError> {
+    let bytes = crate::tier2::config::byte_size("ingest_memory", text)?;
+    if bytes < MIN_INGEST_MEMORY {
+        return Err(ConfigError::Invalid {
+            key: "ingest_memory",
+            value: text.to_owned(),
+            reason: "must be at least 1MiB: every WAL session needs room for a frame",
+        });
+    }
+    Ok(bytes)
+}
+
+/// The smallest `ingest_memory` accepted.
+pub const MIN_INGEST_MEMORY: u64 = 1 << 20;
 
 /// `IP:PORT`, or `off` for no metrics listener.
 pub fn parse_metrics_listen(text: &str) -> Result<Option<SocketAddr>, ConfigError> {
@@ -396,6 +424,46 @@ mod tests {
         assert_eq!(c.metrics_listen, None);
         assert_eq!(c.listen, "[::1]:1".parse().unwrap());
         assert_eq!(c.tls.key, PathBuf::from("/other.key"));
+    }
+
+    #[test]
+    fn ingest_memory_comes_from_the_file_or_the_flag_and_has_a_floor() {
+        let tls = "tls: {ca: a, cert: b, key: c}\n";
+        let plain = write(tls);
+        let c = ServerConfig::resolve(Some(plain.path()), ServerOverrides::default()).unwrap();
+        assert_eq!(c.ingest_memory, crate::ingest_budget::DEFAULT_INGEST_MEMORY);
+        let f = write(&format!("{tls}ingest_memory: 64MiB\n"));
+        let c = ServerConfig::resolve(Some(f.path()), ServerOverrides::default()).unwrap();
+        assert_eq!(c.ingest_memory, 64 << 20);
+        let c = ServerConfig::resolve(
+            Some(f.path()),
+            ServerOverrides {
+                ingest_memory: Some("1GiB".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.ingest_memory, 1 << 30);
+        for bad in ["lots", "512KiB"] {
+            let e = ServerConfig::resolve(
+                Some(plain.path()),
+                ServerOverrides {
+                    ingest_memory: Some(bad.into()),
+                    ..Default::default()
+                },
+            )
+            .unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    ConfigError::Invalid {
+                        key: "ingest_memory",
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub mod config;
 mod data_dir_lock;
 mod data_dir_mode;
 mod endpoint_keys;
+pub mod ingest_budget;
 pub mod keys;
 mod registry;
 pub mod retention;

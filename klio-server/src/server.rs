@@ -87,6 +87,9 @@ pub(crate) struct Shared {
     pub(crate) indexes: ArchiveIndexes,
     /// Files being read for restores at once (each is held whole in memory while sent).
     pub(crate) file_reads: tokio::sync::Semaphore,
+    /// WAL read by ingest sessions and not yet stored, and the connections' receive windows,
+    /// across all clusters.
+    pub(crate) ingest_budget: Arc<crate::ingest_budget::IngestBudget>,
     /// Metrics, health and status.
     pub(crate) telemetry: Arc<Telemetry>,
     /// Retention settings and the runs asked for after backups.
@@ -228,6 +231,7 @@ impl Server {
                 storage,
                 indexes,
                 file_reads: tokio::sync::Semaphore::new(CONCURRENT_FILE_READS),
+                ingest_budget: crate::ingest_budget::IngestBudget::new(config.ingest_memory),
                 telemetry,
                 retention: Arc::new(
                     Retention::new(config.retention.clone(), &config.data_dir)
@@ -359,10 +363,21 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let span = tracing::info_span!("client", cluster = %cluster, %remote);
     let telemetry = shared.telemetry.cluster(&cluster);
     let _counted = telemetry.connected();
+    // The connection's share of the ingest budget, resized as connections come and go: what
+    // its sessions have not read yet waits in quinn's buffers, within this window.
+    let mut window = shared.ingest_budget.connection();
+    set_receive_window(&conn, window.current());
     async move {
         tracing::debug!("connected");
         loop {
-            match conn.accept_bi().await {
+            let accepted = tokio::select! {
+                accepted = conn.accept_bi() => accepted,
+                w = window.changed() => {
+                    set_receive_window(&conn, w);
+                    continue;
+                }
+            };
+            match accepted {
                 Ok((send, recv)) => {
                     let shared = shared.clone();
                     let cluster = cluster.clone();
@@ -381,4 +396,11 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     }
     .instrument(span)
     .await;
+}
+
+fn set_receive_window(conn: &quinn::Connection, bytes: u64) {
+    // Windows are at most MAX_WINDOW (16 MiB): always a valid VarInt.
+    if let Ok(w) = quinn::VarInt::from_u64(bytes) {
+        conn.set_receive_window(w);
+    }
 }

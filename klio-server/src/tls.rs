@@ -149,9 +149,14 @@ pub fn quic_server_config(files: &TlsFiles) -> Result<quinn::ServerConfig, TlsSe
     ));
     transport.max_concurrent_uni_streams(0u8.into());
     transport.max_concurrent_bidi_streams(16u8.into());
-    // Room for several MiB of WAL in flight per stream, bounded per connection.
+    // Room for several MiB of WAL in flight per stream, bounded per connection. A connection
+    // starts with the smallest window (what the handshake promises cannot be taken back) and
+    // gets its share of the ingest budget once it is up (`ingest_budget::ConnectionWindow`).
     transport.stream_receive_window((8u32 << 20).into());
-    transport.receive_window((16u32 << 20).into());
+    transport.receive_window(
+        quinn::VarInt::from_u64(crate::ingest_budget::MIN_WINDOW)
+            .map_err(|e| TlsSetupError::Config(e.into()))?,
+    );
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(u16::MAX);
     transport.mtu_discovery_config(Some(mtu));

@@ -28,6 +28,7 @@ enum Command {
     ///     compression: lz4           # lz4 (default), zstd (zstd_level: 1-22) or none
     ///   metrics:
     ///     listen: 127.0.0.1:7471     # /metrics, /healthz, /status (`klio status`); or off
+    ///   ingest_memory: 64MiB         # WAL received and not yet stored, all clusters together
     ///   retention:                   # optional: without a policy nothing is removed
     ///     keep_backups: 7            # the newest 7 complete backups
     ///     recovery_window: 14d       # and every backup a recovery within 14 days needs
@@ -87,6 +88,11 @@ struct StartArgs {
     /// and `klio status` (/status), or `off` [default: 127.0.0.1:7471].
     #[arg(long, value_name = "IP:PORT|off", env = "KLIO_METRICS_LISTEN")]
     metrics_listen: Option<String>,
+    /// Memory for WAL received and not yet stored, across all clusters: each session gets
+    /// 256 KiB and a fair share of this; a session without room stops reading, and QUIC
+    /// holds its client back [default: 64MiB].
+    #[arg(long, value_name = "SIZE", env = "KLIO_INGEST_MEMORY")]
+    ingest_memory: Option<String>,
 }
 
 pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -102,6 +108,7 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
             encryption_key: s.encryption_key,
             encryption_old_keys: s.encryption_old_keys,
             metrics_listen: s.metrics_listen,
+            ingest_memory: s.ingest_memory,
         },
     )?;
     super::pg_args::server_runtime()?.block_on(async move {

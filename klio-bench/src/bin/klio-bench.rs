@@ -29,8 +29,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Everything: machine, ingest, streaming, synchronous commit, recovery, archive scale; writes
-    /// results.md and results.json.
+    /// Everything: machine, ingest, streaming, synchronous commit, recovery, archive scale, many
+    /// streams; writes results.md and results.json.
     Compare {
         /// Where to write the results.
         #[arg(long, value_name = "DIR", default_value = "bench-results")]
@@ -134,6 +134,23 @@ enum Command {
         /// GetFile requests per size.
         #[arg(long, default_value_t = 200)]
         gets: usize,
+    },
+    /// Many clusters on one server: wal-player with 1 to 256 concurrent streams (1 MiB
+    /// segments); the server's peak and median RSS, MB/s and per-cluster ack latency.
+    Streams {
+        /// Concurrent streams, one run (and one server) each.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+        jobs: Vec<usize>,
+        /// 1 MiB segments per run, shared out among its streams.
+        #[arg(long, default_value_t = 1024)]
+        files: usize,
+        /// wal-player --block-size, KiB.
+        #[arg(long, default_value_t = 2048)]
+        block_kib: usize,
+        /// An extra `klio server start` flag (repeatable), e.g. --server-arg=--ingest-memory
+        /// --server-arg=64MiB.
+        #[arg(long = "server-arg", allow_hyphen_values = true)]
+        server_args: Vec<String>,
     },
     /// Recovery time through get-wal, with prefetching and without, against cp.
     Recovery {
@@ -273,6 +290,19 @@ fn main() {
                     std::process::exit(1);
                 }
             }
+        Command::Streams {
+            jobs,
+            files,
+            block_kib,
+            server_args,
+        } => {
+            let opts = klio_bench::streams::StreamsOptions {
+                jobs,
+                files,
+                block_kib,
+                server_args,
+            };
+            println!("{}", klio_bench::streams::run(&klio, &opts).markdown());
         }
         Command::Recovery { rounds, wal_mib } => {
             let opts = klio_bench::recovery::RecoveryOptions { rounds, wal_mib };

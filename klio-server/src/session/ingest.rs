@@ -6,6 +6,22 @@
 //! holds the archive while it applies the batch and fsyncs, and the stream goes on reading
 //! (at most [`READ_AHEAD`] bytes) meanwhile. The batch hands the archive back with its outcome.
 //!
+//! # Memory
+//!
+//! Every byte read from the stream and not yet stored (read ahead, and the batch being
+//! stored) is covered by the session's share of the server-wide budget
+//! ([`crate::ingest_budget`]); a session without cover stops reading (QUIC flow control then
+//! holds its client back), and gives its cover back after each stored batch. It waits for
+//! cover only when idle, holding no batch: see the budget's *Deadlock freedom*.
+//!
+//! # Isolation
+//!
+//! A small batch (a commit's WAL) is stored inline when that delays no other cluster: alone on
+//! the server, or on a multi-threaded runtime (where `blocking` blocks in place and the other
+//! sessions move on to other workers). With company on a current-thread runtime it is stored
+//! on a blocking thread instead, so that one cluster's slow fsync does not stall the others'
+//! acknowledgements.
+//!
 //! # Durability
 //!
 //! - A batch ends with one `sync`; its `Ack` is sent only after that sync returned, and never
@@ -16,7 +32,7 @@
 //!   closed before the next writer opens it.
 //!
 //! The state machine is generic over the archive ([`IngestArchive`]), the stream
-//! ([`FrameIo`]) and the lease ([`Lease`]), so that its unit tests need no socket and no disk.
+//! ([`CoveredRead`]) and the lease ([`Lease`]), so that its unit tests need no socket and no disk.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,8 +45,9 @@ use klio_wal::{ErrorChain, Lsn, SegmentSize, TimelineId, WalPosition};
 use tokio::task::JoinHandle;
 
 use super::error_code::{Request, refusal};
-use super::framing::{FrameIo, Framed};
+use super::framing::{Cover, CoveredRead, Filled, Framed};
 use super::{Client, End, blocking, storage_task_failed};
+use crate::ingest_budget::SessionBudget;
 use crate::registry::WriterLease;
 use crate::server::Shared;
 use crate::telemetry::ClusterTelemetry;
@@ -38,11 +55,12 @@ use crate::telemetry::ClusterTelemetry;
 /// Batches carrying at least this much WAL are stored on a blocking thread while the stream
 /// goes on reading: a bulk stream then gets receiving (QUIC, TLS) and storing (sealing, writes,
 /// fsync) on two cores instead of taking turns on one. Smaller batches (a commit's WAL) are
-/// stored inline: a thread hand-off would cost a commit more than it saves.
+/// stored inline when that delays no one (see *Isolation*): a thread hand-off would cost a
+/// commit more than it saves.
 pub(super) const OFFLOAD_BYTES: usize = 1 << 20;
 
-/// How far the stream reads ahead of a batch being stored; beyond it QUIC flow control holds
-/// the client back, which bounds the memory of every stream.
+/// How far the stream reads ahead of a batch being stored, at most, when the budget has room;
+/// beyond it QUIC flow control holds the client back.
 pub(super) const READ_AHEAD: usize = 16 << 20;
 
 /// What the client's `Hello` said.
@@ -95,7 +113,14 @@ pub(super) async fn serve(
     let _streaming = client
         .telemetry
         .writer_started(client.remote, archive.durable());
-    ingest(archive, lease, io, client.telemetry).await
+    ingest(
+        archive,
+        lease,
+        io,
+        client.telemetry,
+        shared.ingest_budget.session(),
+    )
+    .await
 }
 
 /// Opens the cluster's archive for writing. When the configured primary key is new (keys were
@@ -338,16 +363,17 @@ fn apply<A: IngestArchive>(
 
 /// Runs a WAL session on `archive` until the client finishes the stream, an error ends it or
 /// a newer session preempts it; `lease` is released only after any batch being stored
-/// finished.
+/// finished, and `budget` (dropped, all given back) only then too.
 pub(super) async fn ingest<A, T, L>(
     archive: A,
     mut lease: L,
     io: &mut T,
     telemetry: &ClusterTelemetry,
+    budget: SessionBudget,
 ) -> Result<(), End>
 where
     A: IngestArchive,
-    T: FrameIo,
+    T: CoveredRead,
     L: Lease,
 {
     let durable = archive.durable();
@@ -365,6 +391,9 @@ where
         telemetry,
         last_ack: None,
         finished: false,
+        budget,
+        storing: 0,
+        read_blocked: false,
     };
     let mut state = Ingest::Idle {
         writer: Writer {
@@ -396,17 +425,42 @@ struct Session<'a, T> {
     last_ack: Option<WalPosition>,
     /// The client finished the stream.
     finished: bool,
+    /// Covers what was read and is not stored.
+    budget: SessionBudget,
+    /// Stream bytes of the batch being stored.
+    storing: usize,
+    /// The budget refused more read ahead while the batch is stored: wait for the batch.
+    read_blocked: bool,
 }
 
-impl<T: FrameIo> Session<'_, T> {
-    /// Idle: stores what the stream has buffered, or waits for more. `None` once the client
-    /// finished the stream and everything it sent is stored.
+/// The cover a fill may take: the session's budget, over the batch being stored.
+struct Room<'a> {
+    budget: &'a mut SessionBudget,
+    storing: usize,
+}
+
+impl Cover for Room<'_> {
+    fn try_cover(&mut self, buffered: usize) -> bool {
+        // Reading ahead of a batch stops at READ_AHEAD; an idle session may always complete
+        // its frame (at most a frame's length), budget permitting.
+        if self.storing == 0 {
+            return self.budget.try_cover(buffered);
+        }
+        buffered <= READ_AHEAD && self.budget.try_cover_ahead(self.storing + buffered)
+    }
+}
+
+impl<T: CoveredRead> Session<'_, T> {
+    /// Idle: stores what the stream has buffered, or waits for more (and for cover to read
+    /// it). `None` once the client finished the stream and everything it sent is stored.
     async fn idle<A: IngestArchive, L: Lease>(
         &mut self,
         writer: Writer<A>,
         lease: &mut L,
     ) -> Result<Option<Ingest<A>>, End> {
+        let before = self.io.buffered();
         let received = self.io.drain()?;
+        let taken = before - self.io.buffered();
         let frames = take_upstream(received.messages, self.telemetry);
         let bytes = wal_bytes(&frames);
         self.telemetry.received(bytes as u64);
@@ -414,10 +468,23 @@ impl<T: FrameIo> Session<'_, T> {
             if self.finished {
                 return Ok(None);
             }
-            tokio::select! {
+            let mut room = Room {
+                budget: &mut self.budget,
+                storing: 0,
+            };
+            let filled = tokio::select! {
                 _ = lease.preempted() => return Err(preempted()),
-                more = self.io.fill(), if self.io.buffered() < READ_AHEAD => {
-                    self.finished = !more?;
+                filled = self.io.fill_covered(&mut room) => filled?,
+            };
+            match filled {
+                Filled::Read => {}
+                Filled::Finished => self.finished = true,
+                Filled::Blocked { needs } => {
+                    // Holding no batch and no frame begun: waiting cannot deadlock.
+                    tokio::select! {
+                        _ = lease.preempted() => return Err(preempted()),
+                        () = self.budget.cover(needs) => {}
+                    }
                 }
             }
             return Ok(Some(Ingest::Idle { writer }));
@@ -427,7 +494,8 @@ impl<T: FrameIo> Session<'_, T> {
             frames,
             received_at: received.since,
         };
-        if bytes >= OFFLOAD_BYTES {
+        self.storing = taken;
+        if bytes >= OFFLOAD_BYTES || !self.may_store_inline() {
             let batch = tokio::task::spawn_blocking(move || batch.store());
             return Ok(Some(Ingest::Storing { batch }));
         }
@@ -436,23 +504,40 @@ impl<T: FrameIo> Session<'_, T> {
         Ok(Some(Ingest::Idle { writer }))
     }
 
-    /// Storing: waits for the batch while reading ahead. If the session ends meanwhile, the
-    /// batch is still waited for before the error is returned.
+    /// Whether a small batch stored inline delays no other cluster (see *Isolation*).
+    fn may_store_inline(&self) -> bool {
+        let flavor = tokio::runtime::Handle::current().runtime_flavor();
+        flavor != tokio::runtime::RuntimeFlavor::CurrentThread || !self.budget.has_company()
+    }
+
+    /// Storing: waits for the batch while reading ahead (as far as the budget covers). If the
+    /// session ends meanwhile, the batch is still waited for before the error is returned.
     async fn storing<A: IngestArchive, L: Lease>(
         &mut self,
         mut batch: JoinHandle<Stored<A>>,
         lease: &mut L,
     ) -> Result<Ingest<A>, End> {
+        let reading = !self.finished && !self.read_blocked;
+        let mut room = Room {
+            budget: &mut self.budget,
+            storing: self.storing,
+        };
         let end = tokio::select! {
             _ = lease.preempted() => preempted(),
             stored = &mut batch => {
                 let writer = self.acknowledge(stored.map_err(storage_task_failed)?).await?;
                 return Ok(Ingest::Idle { writer });
             }
-            more = self.io.fill(), if !self.finished && self.io.buffered() < READ_AHEAD => {
-                match more {
-                    Ok(more) => {
-                        self.finished = !more;
+            filled = self.io.fill_covered(&mut room), if reading => {
+                match filled {
+                    Ok(Filled::Read) => return Ok(Ingest::Storing { batch }),
+                    Ok(Filled::Finished) => {
+                        self.finished = true;
+                        return Ok(Ingest::Storing { batch });
+                    }
+                    Ok(Filled::Blocked { .. }) => {
+                        // No waiting in line while holding a batch: it is stored first.
+                        self.read_blocked = true;
                         return Ok(Ingest::Storing { batch });
                     }
                     Err(end) => end,
@@ -469,6 +554,11 @@ impl<T: FrameIo> Session<'_, T> {
     /// position (only now, after the batch's fsync). A failed batch sends nothing: its error
     /// ends the session.
     async fn acknowledge<A>(&mut self, stored: Stored<A>) -> Result<Writer<A>, End> {
+        // The batch's bytes are stored (or lost with the session): only what was read ahead
+        // stays covered.
+        self.storing = 0;
+        self.read_blocked = false;
+        self.budget.shrink_to(self.io.frame_end());
         let batch = stored.outcome?;
         // Before the acknowledgement leaves: whoever sees PostgreSQL's flush position move can
         // already see it in the status.

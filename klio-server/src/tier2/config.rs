@@ -266,7 +266,7 @@ fn object_lock(section: ObjectLockSection) -> Result<ObjectLockSettings, ConfigE
 }
 
 /// `512MiB`, `4GiB`, `1TB`, or a number of bytes.
-fn byte_size(key: &'static str, text: &str) -> Result<u64, ConfigError> {
+pub(crate) fn byte_size(key: &'static str, text: &str) -> Result<u64, ConfigError> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
