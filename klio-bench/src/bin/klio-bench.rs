@@ -290,6 +290,7 @@ fn main() {
                     std::process::exit(1);
                 }
             }
+        }
         Command::Streams {
             jobs,
             files,
