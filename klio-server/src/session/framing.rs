@@ -9,6 +9,16 @@
 //! a frame's body it could not finish (see `crate::ingest_budget`, *Deadlock freedom*). A
 //! frame's memory is its declared length from the moment it is covered: the fill reserves it
 //! then (the decoder, which would reserve it on seeing the header, gets complete frames only).
+//!
+//! # Memory after a frame is taken
+//!
+//! A frame's payload is taken from the buffer without a copy: it shares the buffer's
+//! allocation, which is freed once the payload and the buffer both let go of it. So once every
+//! frame read has been taken and the buffer is empty, it lets go (a new, empty buffer takes
+//! its place): the allocation then lives exactly as long as the batch that holds the frames,
+//! and a session between batches keeps no memory of the last one, which the budget does not
+//! count. The next read allocates at least [`READ_BUF`] bytes, so that small frames (a
+//! commit's WAL) still share one allocation per batch.
 
 use klio_wal::ErrorChain;
 use std::time::{Duration, Instant};
@@ -26,6 +36,9 @@ const REFUSAL_LINGER: Duration = Duration::from_secs(2);
 
 /// Frame header: a tag byte and a big-endian `u32` payload length.
 const HEADER: usize = 5;
+
+/// The smallest allocation a read starts in an empty buffer.
+const READ_BUF: usize = 64 << 10;
 
 /// Chunks taken at most per [`FrameIo::fill`].
 const CHUNKS_PER_FILL: usize = 64;
@@ -98,7 +111,7 @@ impl Framed {
         Self {
             send,
             recv,
-            rbuf: BytesMut::with_capacity(256 * 1024),
+            rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
             decoder: FrameDecoder::new(),
             pending_since: None,
@@ -134,6 +147,11 @@ impl Framed {
         if m.is_some() {
             // Frames are taken from the front: the scan starts again there.
             self.scan = 0;
+            if self.rbuf.is_empty() {
+                // The taken frames alone keep their allocation (see "Memory after a frame is
+                // taken").
+                self.rbuf = BytesMut::new();
+            }
         }
         Ok(m)
     }
@@ -246,7 +264,12 @@ impl CoveredRead for Framed {
             }
             let limit = end - self.rbuf.len();
             // The frame's memory, now that it is covered: its body lands in one allocation.
-            self.rbuf.reserve(limit);
+            let floor = if self.rbuf.capacity() == 0 {
+                READ_BUF
+            } else {
+                0
+            };
+            self.rbuf.reserve(limit.max(floor));
             let chunk = if read {
                 let mut more = std::pin::pin!(self.recv.read_chunk(limit, true));
                 let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
