@@ -99,14 +99,14 @@ pub enum WalArchiveError {
         /// What is wrong.
         reason: String,
     },
-    /// The thread finishing completed segments stopped without a failure to report (it
-    /// panicked, or could not be started).
+    /// Finishing a completed segment stopped without a failure to report (it panicked, or no
+    /// finishing thread could be started).
     #[error(
-        "the thread finishing completed WAL segments (at {path:?}) stopped; reopen the archive \
-         (restart the server): recovery finishes the complete journals it left"
+        "finishing the completed WAL segment journal {path:?} stopped unexpectedly; reopen the \
+         archive (restart the server): recovery finishes the complete journals left"
     )]
     FinisherStopped {
-        /// The journal being handed to it, if known.
+        /// The journal being finished or handed off.
         path: PathBuf,
     },
     /// Files on disk contradict each other or the handle's state.

@@ -8,9 +8,9 @@
 //!   [`ClusterIdentity`]), written atomically and durably on first use and checked on every open.
 //! - `000000010000000000000003`: a completed segment, byte-identical to what pg_receivewal
 //!   writes. Assembled from its journal into `<name>.klio-tmp`, fsynced, renamed, and the
-//!   directory fsynced: a final name always holds a complete segment. The writer's finisher
-//!   thread does this after the journal holding the whole segment was fdatasynced, while the
-//!   next batches go on (the `finisher` module).
+//!   directory fsynced: a final name always holds a complete segment. One of the process's
+//!   finishing threads does this after the journal holding the whole segment was fdatasynced,
+//!   while the next batches go on (the `finisher` module).
 //! - `000000010000000000000004.klio-journal`: the segment in progress, as CRC-protected frames
 //!   in a zero-padded file (format in the `journal` module). After a crash, the end of its last
 //!   valid frame is the exact durable end. A journal whose final segment exists is stale and
@@ -44,8 +44,9 @@
 //!
 //! # Durability
 //!
-//! [`WalArchive::append`] only buffers (and writes out, without fsync, frames of about 4 MiB
-//! to bound memory). [`WalArchive::sync`] writes the rest as one frame per segment touched and
+//! [`WalArchive::append`] only buffers small appends, and writes large ones out as frames
+//! without fsync (a stream holds at most 256 KiB between batches). [`WalArchive::sync`]
+//! writes what is buffered as one frame per segment touched and
 //! issues one fdatasync (one more per segment completed); the LSN it returns is the only one
 //! that may be acknowledged. Completed segments are finished on another thread
 //! ([`WalArchive::finish_completed`] waits for them); nothing acknowledged depends on that. An I/O error poisons the writer: the archive on disk stays
@@ -168,8 +169,11 @@ pub fn file_of_stored(file_name: &str, size: SegmentSize) -> Option<WalFileName>
 
 use journal::JournalWriter;
 
-/// Appended bytes beyond this are written out as a frame without fsync, to bound memory.
-const WRITE_OUT_THRESHOLD: usize = 4 << 20;
+/// Small appends are gathered, up to this, into one journal frame (one write, one seal) per
+/// batch; an append that would take the gathered bytes to this or beyond is written out as
+/// frames of its own, without fsync and without a copy. So a stream holds at most this much
+/// between batches, whatever its batches' size.
+const COALESCE_LIMIT: usize = 256 << 10;
 
 /// How an archive stores what it is given: encrypted (and compressed) with a keyring, or plain.
 #[derive(Clone, Debug, Default)]
@@ -326,7 +330,7 @@ pub struct WalArchive {
     stream: Option<Stream>,
     /// Told of every journal, durable end, finished segment and history file written.
     index: Option<Arc<ArchiveIndex>>,
-    /// Finishes completed segments on its own thread (see the `finisher` module).
+    /// Has completed segments finished off the ingest path (see the `finisher` module).
     finisher: Finisher,
 }
 
@@ -585,18 +589,19 @@ impl WalArchive {
         start
             .checked_add(data.len() as u64)
             .ok_or(WalArchiveError::PositionOverflow)?;
-        let mut rest = data;
-        while !rest.is_empty() {
-            let stream = self.stream.as_mut().ok_or(WalArchiveError::NotStreaming)?;
-            let take = (WRITE_OUT_THRESHOLD - stream.buf.len()).min(rest.len());
-            stream.buf.extend_from_slice(&rest[..take]);
-            stream.next = Lsn(stream.next.0 + take as u64);
-            rest = &rest[take..];
-            if stream.buf.len() >= WRITE_OUT_THRESHOLD {
-                let r = self.write_out(false);
-                self.poison_on(r)?;
-            }
+        if stream.buf.len() + data.len() < COALESCE_LIMIT {
+            stream.buf.extend_from_slice(data);
+            stream.next = Lsn(stream.next.0 + data.len() as u64);
+            return Ok(());
         }
+        // Too much to gather: what is buffered goes first, then `data` itself, uncopied.
+        let r = self.write_out(false);
+        self.poison_on(r)?;
+        let r = self.write_frames(start, data, false);
+        self.poison_on(r)?;
+        let stream = self.stream.as_mut().ok_or(WalArchiveError::NotStreaming)?;
+        stream.next = Lsn(stream.next.0 + data.len() as u64);
+        stream.buf_start = stream.next;
         Ok(())
     }
 
@@ -757,6 +762,31 @@ impl WalArchive {
     /// segment is fdatasynced and the segment finished. `end_of_batch`: an fdatasync follows
     /// the last frame (otherwise frames are marked `CONTINUED`).
     fn write_out(&mut self, end_of_batch: bool) -> Result<(), WalArchiveError> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(());
+        };
+        if stream.buf.is_empty() {
+            return Ok(());
+        }
+        let (start, mut buf) = (stream.buf_start, std::mem::take(&mut stream.buf));
+        let written = self.write_frames(start, &buf, end_of_batch);
+        buf.clear();
+        if let Some(stream) = self.stream.as_mut() {
+            stream.buf = buf;
+            stream.buf_start = stream.next;
+        }
+        written
+    }
+
+    /// Writes `data`, the stream's WAL from `start`, as journal frames (one per segment it
+    /// touches), fdatasyncing and handing off every segment it completes; the last frame is
+    /// marked continued unless `end_of_batch`.
+    fn write_frames(
+        &mut self,
+        start: Lsn,
+        data: &[u8],
+        end_of_batch: bool,
+    ) -> Result<(), WalArchiveError> {
         let size = self.reader.identity.segment_size;
         let ctx = make_ctx(
             &self.reader.identity,
@@ -766,11 +796,8 @@ impl WalArchive {
         let Some(stream) = self.stream.as_mut() else {
             return Ok(());
         };
-        if stream.buf.is_empty() {
-            return Ok(());
-        }
-        let buf = std::mem::take(&mut stream.buf);
-        for piece in size.split(stream.buf_start, buf.len() as u64) {
+        let buf = data;
+        for piece in size.split(start, buf.len() as u64) {
             let data = &buf[piece.range_offset as usize..][..piece.len as usize];
             let start = size
                 .segment_start(piece.segno)
@@ -840,10 +867,6 @@ impl WalArchive {
                 }
             }
         }
-        let mut buf = buf;
-        buf.clear();
-        stream.buf = buf;
-        stream.buf_start = stream.next;
         Ok(())
     }
 }

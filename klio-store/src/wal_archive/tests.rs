@@ -290,6 +290,7 @@ for_both_formats!(
     summary_follows_gaps_and_timelines,
     a_cut_journal_reads_back_as_the_zero_padded_partial,
     a_segment_that_cannot_be_finished_poisons_the_writer_and_recovery_finishes_it,
+    many_writers_share_the_finishing_threads_and_a_failure_stops_only_its_own,
 );
 // random_appends_syncs_and_crashes runs on both formats too, as property tests (below).
 
@@ -432,13 +433,13 @@ fn large_appends_are_written_out_and_survive_without_extra_syncs(format: Format)
     let t = tl(1);
     let mut a = format.open(d.path()).unwrap();
     a.begin(t, Lsn(3 * SEG)).unwrap();
-    // One 5.5 MiB append: a 4 MiB write-out completes four segments (durable: each was
-    // fdatasynced), the rest stays buffered until sync.
+    // One 5.5 MiB append is written out at once: the five segments it completes are durable
+    // (each was fdatasynced), the half segment after them only once synced.
     let data = wal(t, 3 * SEG, 5 * SEG as usize + SEG as usize / 2);
     a.append(Lsn(3 * SEG), &data).unwrap();
-    assert_eq!(a.durable_on(t), Some(Lsn(7 * SEG)));
+    assert_eq!(a.durable_on(t), Some(Lsn(8 * SEG)));
     a.finish_completed().unwrap();
-    assert!(d.path().join(format.segment_file(t, 6)).is_file());
+    assert!(d.path().join(format.segment_file(t, 7)).is_file());
     assert_eq!(a.sync().unwrap(), Some(Lsn(8 * SEG + SEG / 2)));
     drop(a);
     let a = format.open(d.path()).unwrap();
@@ -1166,4 +1167,65 @@ fn a_segment_that_cannot_be_finished_poisons_the_writer_and_recovery_finishes_it
     assert!(d.path().join(format.segment_file(t, 0)).is_file());
     assert!(!journal_path(d.path(), t, 0).exists());
     check_content(&a, t, 0, SEG + 10);
+}
+
+/// Writers of many clusters at once have their segments finished by the process's few
+/// finishing threads: every segment of every writer is published, and one writer's segment
+/// that cannot be finished poisons that writer alone.
+fn many_writers_share_the_finishing_threads_and_a_failure_stops_only_its_own(format: Format) {
+    let d = tempfile::tempdir().unwrap();
+    let t = tl(1);
+    let writers = 3 * finisher::threads();
+    let end = 4 * SEG + 10;
+    let dir = |i: usize| d.path().join(format!("cluster-{i}"));
+    // Writer 0 cannot finish its first segment: a directory holds the final file's temporary
+    // name.
+    let blocker = dir(0).join(format!("{}.klio-tmp", format.segment_file(t, 0)));
+    let outcomes: Vec<Result<(), WalArchiveError>> = std::thread::scope(|s| {
+        let running: Vec<_> = (0..writers)
+            .map(|i| {
+                let (dir, blocker) = (dir(i), &blocker);
+                s.spawn(move || {
+                    let mut a = format.open(&dir).unwrap();
+                    if i == 0 {
+                        std::fs::create_dir(blocker).unwrap();
+                    }
+                    a.begin(t, Lsn(0)).unwrap();
+                    let data = wal(t, 0, end as usize);
+                    for (k, piece) in data.chunks(300_000).enumerate() {
+                        a.append(Lsn((k * 300_000) as u64), piece)?;
+                        a.sync()?;
+                    }
+                    a.finish_completed()
+                })
+            })
+            .collect();
+        running.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    assert!(outcomes[0].is_err(), "the blocked writer failed");
+    for (i, outcome) in outcomes.iter().enumerate().skip(1) {
+        assert!(outcome.is_ok(), "writer {i}: {outcome:?}");
+        for segno in 0..4 {
+            assert!(dir(i).join(format.segment_file(t, segno)).is_file());
+        }
+        check_content(&format.open_reader(&dir(i)).unwrap(), t, 0, end);
+    }
+    let finishing = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter(|task| {
+            let comm = task.as_ref().unwrap().path().join("comm");
+            std::fs::read_to_string(comm).is_ok_and(|c| c.trim() == "klio-finish")
+        })
+        .count();
+    assert!(
+        (1..=finisher::threads()).contains(&finishing),
+        "{finishing} finishing threads for {writers} writers"
+    );
+    // What the blocked writer made durable waits in its journals, for recovery.
+    std::fs::remove_dir(&blocker).unwrap();
+    let a = format.open(&dir(0)).unwrap();
+    let durable = a.durable_on(t).unwrap();
+    assert!(durable >= Lsn(SEG), "{durable}");
+    assert!(dir(0).join(format.segment_file(t, 0)).is_file());
+    check_content(&a, t, 0, durable.0);
 }
