@@ -103,6 +103,7 @@ fn store() -> (tempfile::TempDir, BackupStore, BackupId) {
         referenced_stored_bytes: 0,
         new_stored_bytes: 0,
         pinned: false,
+        capture: klio_proto::klio::CaptureMethod::Stream,
     };
     staged
         .seal()

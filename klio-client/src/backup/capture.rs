@@ -9,7 +9,7 @@ use klio_proto::base_backup::{
     TablespaceKind,
 };
 use klio_proto::klio::{
-    BackupFinish, BackupInfo, CatalogEntryError, ClusterName, ErrorCode, FileEntry,
+    BackupFinish, BackupInfo, CaptureMethod, CatalogEntryError, ClusterName, ErrorCode, FileEntry,
     MAX_HASHES_PER_MESSAGE, Message, PROTOCOL_VERSION, TablespaceInfo,
 };
 use klio_proto::tar::TarError;
@@ -463,6 +463,7 @@ impl Session<'_> {
                     block_size: BLOCK_SIZE as u32,
                     // parse_wal_timeout keeps it within u32 seconds; saturate otherwise.
                     wal_timeout_s: u32::try_from(opts.wal_timeout.as_secs()).unwrap_or(u32::MAX),
+                    capture: CaptureMethod::Stream,
                 },
             })
             .await?;

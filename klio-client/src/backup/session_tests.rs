@@ -278,6 +278,7 @@ fn answer(
                 referenced_stored_bytes: 0,
                 new_stored_bytes: log.put_bytes,
                 pinned: false,
+                capture: klio_proto::klio::CaptureMethod::Stream,
             };
             log.finish = Some(finish);
             store.catalog.push(info.clone());

@@ -179,6 +179,7 @@ mod tests {
             referenced_stored_bytes: 0,
             new_stored_bytes: 0,
             pinned: false,
+            capture: klio_proto::klio::CaptureMethod::Stream,
         }
     }
 

@@ -330,6 +330,7 @@ mod tests {
             referenced_stored_bytes: 0,
             new_stored_bytes: 0,
             pinned: false,
+            capture: klio_proto::klio::CaptureMethod::Stream,
         }
     }
 

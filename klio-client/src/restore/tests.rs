@@ -77,6 +77,7 @@ impl FakeBackup {
                 referenced_stored_bytes: 0,
                 new_stored_bytes: 0,
                 pinned: false,
+                capture: klio_proto::klio::CaptureMethod::Stream,
             },
             key,
             entries: Vec::new(),

@@ -230,6 +230,52 @@ pub struct TablespaceInfo {
     pub location: String,
 }
 
+/// How a backup's files were read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaptureMethod {
+    /// `BASE_BACKUP` over a replication connection: PostgreSQL read the files and sent them
+    /// as one stream (the only method of backups taken before there was a choice).
+    #[default]
+    Stream,
+    /// Read from the data directory by the client on the PostgreSQL host, between
+    /// `pg_backup_start` and `pg_backup_stop`, by parallel readers.
+    Local,
+}
+
+impl CaptureMethod {
+    /// Its name in the catalog and in messages: `stream`, `local`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stream => "stream",
+            Self::Local => "local",
+        }
+    }
+
+    /// Its wire byte.
+    pub(crate) fn to_u8(self) -> u8 {
+        match self {
+            Self::Stream => 0,
+            Self::Local => 1,
+        }
+    }
+
+    /// The method of a wire byte (`None`: unknown).
+    pub(crate) fn from_u8(b: u8) -> Option<Self> {
+        match b {
+            0 => Some(Self::Stream),
+            1 => Some(Self::Local),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for CaptureMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What the client reports once all files and the manifest are sent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackupFinish {
@@ -251,4 +297,6 @@ pub struct BackupFinish {
     pub block_size: u32,
     /// How long the server may wait for send-wal to deliver the WAL up to `end`, in seconds.
     pub wal_timeout_s: u32,
+    /// How the files were read (a trailing byte; absent from older clients: `Stream`).
+    pub capture: CaptureMethod,
 }

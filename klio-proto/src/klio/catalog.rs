@@ -93,6 +93,10 @@ pub struct BackupInfo {
     /// Pinned: never removed by a retention policy (absent in older documents: `false`).
     #[serde(default)]
     pub pinned: bool,
+    /// How its files were read: `stream` (`BASE_BACKUP`) or `local` (from the data directory;
+    /// absent in older documents: `stream`).
+    #[serde(default)]
+    pub capture: super::CaptureMethod,
 }
 
 impl BackupInfo {

@@ -586,6 +586,7 @@ impl Message {
                     out.put_u32(t.oid);
                     put_str(out, &t.location);
                 }
+                out.put_u8(finish.capture.to_u8());
             }
             Self::BackupEntry { json } | Self::RetentionReport { json } => out.put_slice(json),
             Self::PinBackup { id, pinned } => {
@@ -615,8 +616,8 @@ mod decode {
 
     use super::{ErrorCode, Message, tag};
     use crate::klio::backup::{
-        BLOCK_HASH_LEN, BackupFinish, Block, BlockCompression, BlockHash, FileEntry, FileKind,
-        MAX_HASHES_PER_MESSAGE, TablespaceInfo,
+        BLOCK_HASH_LEN, BackupFinish, Block, BlockCompression, BlockHash, CaptureMethod, FileEntry,
+        FileKind, MAX_HASHES_PER_MESSAGE, TablespaceInfo,
     };
     use crate::klio::{ClusterName, KlioProtocolError};
 
@@ -923,6 +924,14 @@ mod decode {
                         })
                     })
                     .collect::<Result<_, KlioProtocolError>>()?;
+                // Older clients end here: their backups were all streamed.
+                let capture = if r.buf.has_remaining() {
+                    let b = r.u8()?;
+                    CaptureMethod::from_u8(b)
+                        .ok_or_else(|| r.malformed(format!("unknown capture method {b}")))?
+                } else {
+                    CaptureMethod::Stream
+                };
                 Message::FinishBackup {
                     finish: BackupFinish {
                         label,
@@ -934,6 +943,7 @@ mod decode {
                         tablespaces,
                         block_size,
                         wal_timeout_s,
+                        capture,
                     },
                 }
             }

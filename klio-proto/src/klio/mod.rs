@@ -16,7 +16,8 @@ mod retention;
 
 pub use backup::{
     BLOCK_HASH_LEN, BLOCK_ZSTD_LEVEL, BackupFinish, Block, BlockCompression, BlockDecodeError,
-    BlockHash, FileEntry, FileKind, MAX_BLOCK_LEN, MAX_HASHES_PER_MESSAGE, TablespaceInfo,
+    BlockHash, CaptureMethod, FileEntry, FileKind, MAX_BLOCK_LEN, MAX_HASHES_PER_MESSAGE,
+    TablespaceInfo,
 };
 pub use catalog::{
     BackupInfo, BackupStatus, CATALOG_SCHEMA, CatalogEntryError, CatalogPosition, CatalogTablespace,

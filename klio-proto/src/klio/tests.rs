@@ -173,6 +173,7 @@ fn samples() -> Vec<Message> {
                 }],
                 block_size: 65536,
                 wal_timeout_s: 60,
+                capture: CaptureMethod::Local,
             },
         },
         Message::BackupEntry {
@@ -282,6 +283,7 @@ pub(super) fn sample_backup_info() -> BackupInfo {
         referenced_stored_bytes: 1000,
         new_stored_bytes: 10,
         pinned: false,
+        capture: CaptureMethod::Stream,
     }
 }
 
@@ -530,4 +532,44 @@ fn a_retention_report_round_trips_and_names_its_reasons() {
     assert!(text.contains(r#""lsn": "0/5000100""#), "{text}");
     assert_eq!(RetentionReport::from_json(&json).unwrap(), report);
     assert!(RetentionReport::from_json(b"{}").is_err());
+}
+
+/// The frame of `message` with its last payload byte cut off (the frame length adjusted).
+fn without_last_byte(message: &Message) -> BytesMut {
+    let mut buf = BytesMut::new();
+    message.encode(&mut buf);
+    buf.truncate(buf.len() - 1);
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) - 1;
+    buf[1..5].copy_from_slice(&len.to_be_bytes());
+    buf
+}
+
+#[test]
+fn a_finish_from_an_older_client_without_its_capture_byte_is_a_streamed_backup() {
+    let Some(Message::FinishBackup { finish }) = samples()
+        .into_iter()
+        .find(|m| matches!(m, Message::FinishBackup { .. }))
+    else {
+        panic!("no FinishBackup among the samples");
+    };
+    let local = Message::FinishBackup {
+        finish: BackupFinish {
+            capture: CaptureMethod::Local,
+            ..finish.clone()
+        },
+    };
+    let mut older = without_last_byte(&local);
+    let Some(Message::FinishBackup { finish: back }) =
+        FrameDecoder::new().decode(&mut older).unwrap()
+    else {
+        panic!("not a FinishBackup");
+    };
+    assert_eq!(back.capture, CaptureMethod::Stream);
+    assert_eq!(back.label, finish.label);
+    // A byte that names no method is refused, not taken for one.
+    let mut unknown = BytesMut::new();
+    local.encode(&mut unknown);
+    let last = unknown.len() - 1;
+    unknown[last] = 7;
+    assert!(FrameDecoder::new().decode(&mut unknown).is_err());
 }

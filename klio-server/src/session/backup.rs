@@ -226,6 +226,7 @@ async fn complete<T: FrameIo>(
         referenced_stored_bytes: referenced,
         new_stored_bytes: new_stored,
         pinned: false,
+        capture: finish.capture,
     };
     let entry = info.clone();
     blocking(move || sealed.publish(&entry))

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use klio_crypto::{BlockHashKey, Kek, Keyring};
 use klio_proto::klio::{
-    BackupFinish, BackupInfo, Block, BlockCompression, BlockHash, ClusterName, ErrorCode,
-    FileEntry, FileKind, Message, PROTOCOL_VERSION, TablespaceInfo,
+    BackupFinish, BackupInfo, Block, BlockCompression, BlockHash, CaptureMethod, ClusterName,
+    ErrorCode, FileEntry, FileKind, Message, PROTOCOL_VERSION, TablespaceInfo,
 };
 use klio_store::backup::BackupStore;
 use klio_store::wal_archive::{ArchiveIndexes, ClusterIdentity, StorageOptions, WalArchive};
@@ -218,6 +218,7 @@ fn finish(wal_timeout_s: u32) -> BackupFinish {
         }],
         block_size: 65536,
         wal_timeout_s,
+        capture: CaptureMethod::Local,
     }
 }
 

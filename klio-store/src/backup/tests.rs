@@ -95,6 +95,7 @@ pub(super) fn info(id: &str, end: u64, completed_at: &str) -> BackupInfo {
         referenced_stored_bytes: 0,
         new_stored_bytes: 0,
         pinned: false,
+        capture: klio_proto::klio::CaptureMethod::Stream,
     }
 }
 

@@ -45,6 +45,7 @@ fn backup(id: &str, end: u64, age: Duration) -> BackupInfo {
         referenced_stored_bytes: 0,
         new_stored_bytes: 0,
         pinned: false,
+        capture: klio_proto::klio::CaptureMethod::Stream,
     }
 }
 
