@@ -18,6 +18,7 @@ pub mod base_backup;
 mod error;
 pub mod frontend;
 pub mod klio;
+pub mod page;
 mod query;
 pub mod replication;
 mod startup;
