@@ -31,6 +31,13 @@ use super::recovery_args::{RecoveryTargetArgs, get_wal_restore_command};
 /// backup_label or global/pg_control, so an interrupted restore never looks complete (and
 /// PostgreSQL will not start on it): restore again with --force.
 ///
+/// --delta restores over an existing, stopped data directory instead (and its tablespace
+/// locations): each file is compared block by block with the backup (every local block
+/// hashed with the cluster's key, nothing trusted to size or modification time), only the
+/// blocks that differ are fetched and written, and everything the backup does not have is
+/// removed (WAL in pg_wal included), so the directory ends with exactly the backup's content.
+/// An interrupted --delta is finished by running it again.
+///
 /// Examples:
 ///   klio restore --backup latest -D /var/lib/postgresql/15/main --server klio:7470 \
 ///       --tls-ca ca.pem --tls-cert client.pem --tls-key client.key --cluster pg-main
@@ -38,6 +45,7 @@ use super::recovery_args::{RecoveryTargetArgs, get_wal_restore_command};
 ///       --target-action promote ...
 ///   klio restore --backup 20261201T120000Z-3f9a -D /srv/pg \
 ///       --tablespace-mapping /srv/ts1=/restore/ts1 --force ...
+///   klio restore --backup latest -D /var/lib/postgresql/15/main --delta ...
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub(crate) struct Args {
@@ -57,8 +65,12 @@ pub(crate) struct Args {
     jobs: usize,
     /// Delete everything in a non-empty PGDATA or tablespace location before restoring (an
     /// unfinished earlier restore included).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "delta")]
     force: bool,
+    /// Restore over the existing (stopped) PGDATA, rewriting only the blocks that differ from
+    /// the backup and removing what the backup does not have.
+    #[arg(long)]
+    delta: bool,
     /// get-wal (during recovery): segments to prefetch (0: none).
     #[arg(long, value_name = "N", default_value_t = 8)]
     get_wal_prefetch: u64,
@@ -85,6 +97,7 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
         tablespace_mappings: a.tablespace_mappings,
         jobs: a.jobs,
         force: a.force,
+        delta: a.delta,
         recovery,
     };
     // The total is known once the backup is chosen: the bar starts with the first bytes.
@@ -117,6 +130,15 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
         super::progress::bytes(report.bytes),
         report.elapsed.as_secs_f64()
     );
+    if settings.delta {
+        println!(
+            "delta: {} already as in the backup and kept, {} fetched, {} entries the backup \
+             does not have removed",
+            super::progress::bytes(report.reused_bytes),
+            super::progress::bytes(report.bytes),
+            report.removed
+        );
+    }
     for ts in &report.tablespaces {
         println!(
             "tablespace {} restored into {}",

@@ -200,8 +200,12 @@ mod tests {
         assert!(pg.join(target_dir::RESTORE_MARKER).exists());
         assert!(!pg.join("backup_label").exists());
         assert!(!pg.join("global/pg_control").exists());
-        let err =
-            target_dir::prepare(pg, target_dir::TargetKind::DataDirectory, false).unwrap_err();
+        let err = target_dir::prepare(
+            pg,
+            target_dir::TargetKind::DataDirectory,
+            target_dir::Existing::Refuse,
+        )
+        .unwrap_err();
         assert!(
             matches!(&err, RestoreError::InterruptedRestore { backup, .. } if backup == "b1"),
             "{err:?}"

@@ -36,6 +36,7 @@
 mod blocks;
 mod catalog;
 mod choose;
+mod delta;
 mod files;
 mod layout;
 mod target_dir;
@@ -64,7 +65,7 @@ pub use target_dir::RESTORE_MARKER;
 use blocks::{BlockStream, block_len, checked_plaintext, hashes_per_request};
 use catalog::{BackupContents, ContentItem};
 use files::{FinalFiles, SmallFile};
-use target_dir::TargetKind;
+use target_dir::{Existing, TargetKind};
 
 /// The default number of parallel block streams.
 pub const DEFAULT_JOBS: usize = 4;
@@ -88,6 +89,9 @@ pub struct RestoreSettings {
     pub jobs: usize,
     /// Remove the contents of a non-empty data directory or tablespace location first.
     pub force: bool,
+    /// Restore over what the directories hold, rewriting only blocks that differ and
+    /// removing what the backup does not have (see the `delta` module).
+    pub delta: bool,
     /// The recovery settings written at the end; their target also chooses the backup.
     pub recovery: RecoveryConfig,
 }
@@ -115,8 +119,12 @@ pub struct RestoreReport {
     pub tablespaces: Vec<RestoredTablespace>,
     /// Regular files written.
     pub files: u64,
-    /// Bytes of file contents written.
+    /// Bytes of file contents written (fetched from the server).
     pub bytes: u64,
+    /// Bytes a delta restore found already as the backup has them, and kept.
+    pub reused_bytes: u64,
+    /// Entries a delta restore removed because the backup does not have them.
+    pub removed: u64,
     /// How long it took.
     pub elapsed: Duration,
 }
@@ -359,16 +367,30 @@ struct Shared {
     backup: String,
     key: BlockHashKey,
     block_size: u32,
+    /// A delta restore: existing files are compared, not truncated.
+    delta: bool,
     written: AtomicU64,
+    /// Bytes found equal to the backup's and kept.
+    reused: AtomicU64,
     total: u64,
     on_progress: ProgressCallback,
 }
 
 impl Shared {
     fn wrote(&self, bytes: u64) {
-        let written = self.written.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.written.fetch_add(bytes, Ordering::Relaxed);
+        self.report();
+    }
+
+    fn kept(&self, bytes: u64) {
+        self.reused.fetch_add(bytes, Ordering::Relaxed);
+        self.report();
+    }
+
+    fn report(&self) {
+        let done = self.written.load(Ordering::Relaxed) + self.reused.load(Ordering::Relaxed);
         (self.on_progress)(RestoreProgress {
-            written,
+            written: done,
             total: self.total,
         });
     }
@@ -491,19 +513,32 @@ async fn restore_over(
             chosen.id
         ))));
     }
-    target_dir::prepare(&settings.pgdata, TargetKind::DataDirectory, settings.force)?;
+    let existing = match (settings.delta, settings.force) {
+        (true, _) => Existing::Keep,
+        (false, true) => Existing::Clear,
+        (false, false) => Existing::Refuse,
+    };
+    target_dir::prepare(&settings.pgdata, TargetKind::DataDirectory, existing)?;
     for ts in layout.tablespaces() {
-        target_dir::prepare(&ts.location, TargetKind::Tablespace, settings.force)?;
+        target_dir::prepare(&ts.location, TargetKind::Tablespace, existing)?;
     }
     let (info, key, mut contents) = BackupContents::open(conn, &chosen.id).await?;
     // Before any restored file: whatever happens next, the directory says it is incomplete.
     target_dir::write_marker(&settings.pgdata, &info.id)?;
+    let mut wanted = if settings.delta {
+        delta::disarm(&settings.pgdata)?;
+        Some(delta::Wanted::default())
+    } else {
+        None
+    };
     let jobs = settings.jobs.clamp(1, MAX_JOBS);
     let shared = Arc::new(Shared {
         backup: info.id.clone(),
         key,
         block_size: info.block_size,
+        delta: settings.delta,
         written: AtomicU64::new(0),
+        reused: AtomicU64::new(0),
         total: info.logical_bytes,
         on_progress,
     });
@@ -555,10 +590,13 @@ async fn restore_over(
             ContentItem::File(entry) => entry,
         };
         check_blocks(&entry, &info)?;
-        match layout
+        let placement = layout
             .place(&entry.path, &entry.kind)
-            .map_err(|reason| unsafe_path(&entry.path, reason))?
-        {
+            .map_err(|reason| unsafe_path(&entry.path, reason))?;
+        if let Some(wanted) = wanted.as_mut() {
+            make_room(wanted, &placement, &entry.kind)?;
+        }
+        match placement {
             Placement::TablespaceRoot => {}
             Placement::TablespaceLink {
                 oid,
@@ -614,6 +652,10 @@ async fn restore_over(
     for ts in layout.tablespaces() {
         if !linked.contains(&ts.oid) {
             let link = settings.pgdata.join(format!("pg_tblspc/{}", ts.oid));
+            if let Some(wanted) = wanted.as_mut() {
+                delta::make_room_for_link(&link)?;
+                wanted.keep(&link);
+            }
             dirs.parent_of(&link)?;
             files::create_symlink(&ts.location, &link)?;
         }
@@ -621,6 +663,21 @@ async fn restore_over(
     for ts in layout.tablespaces() {
         dirs.touched.insert(ts.location.clone());
     }
+    let removed = match &mut wanted {
+        Some(wanted) => {
+            // The held-back files come in the final steps; the manifest is being written.
+            for name in [PG_CONTROL, BACKUP_LABEL, TABLESPACE_MAP] {
+                wanted.keep(&settings.pgdata.join(name));
+            }
+            if let Some((temp, _)) = &manifest {
+                wanted.keep(temp.path());
+            }
+            let locations: Vec<PathBuf> =
+                layout.tablespaces().map(|t| t.location.clone()).collect();
+            delta::remove_extras(&settings.pgdata, &locations, wanted)?
+        }
+        None => 0,
+    };
     dirs.finish()?;
 
     let missing = |path| RestoreError::MissingFile {
@@ -663,8 +720,35 @@ async fn restore_over(
         tablespaces: layout.tablespaces().cloned().collect(),
         files: file_count + 2 + u64::from(has_tablespace_map),
         bytes: shared.written.load(Ordering::Relaxed),
+        reused_bytes: shared.reused.load(Ordering::Relaxed),
+        removed,
         elapsed: Duration::ZERO,
     })
+}
+
+/// Delta: records where `placement` puts an entry of `kind`, and removes what stands in its
+/// way there (an entry of another kind, an old link).
+fn make_room(
+    wanted: &mut delta::Wanted,
+    placement: &Placement,
+    kind: &FileKind,
+) -> Result<(), FsError> {
+    match placement {
+        Placement::TablespaceRoot => Ok(()),
+        Placement::TablespaceLink { link, .. } => {
+            wanted.keep(link);
+            delta::make_room_for_link(link)
+        }
+        Placement::Local(path) => {
+            wanted.keep(path);
+            match kind {
+                FileKind::Directory => delta::make_room_for_directory(path),
+                FileKind::File => delta::make_room_for_file(path),
+                // Refused by the caller.
+                FileKind::Symlink { .. } => Ok(()),
+            }
+        }
+    }
 }
 
 /// A file's block list must fit its size; directories and links have no blocks.
@@ -736,24 +820,11 @@ async fn restore_files(
     shared: &Arc<Shared>,
 ) -> Result<(), RestoreError> {
     let jobs = Arc::new(jobs);
-    let opened = {
-        let jobs = Arc::clone(&jobs);
-        Arc::new(
-            blocking(move || {
-                jobs.iter()
-                    .map(|job| Ok(files::create_file(&job.path)?))
-                    .collect::<Result<Vec<_>, RestoreError>>()
-            })
-            .await?,
-        )
+    let (opened, refs) = {
+        let (jobs, shared) = (Arc::clone(&jobs), Arc::clone(shared));
+        blocking(move || open_and_compare(&jobs, &shared)).await?
     };
-    let refs: Vec<BlockRef> = jobs
-        .iter()
-        .enumerate()
-        .flat_map(|(file, job)| {
-            (0..job.entry.blocks.len()).map(move |index| BlockRef { file, index })
-        })
-        .collect();
+    let opened = Arc::new(opened);
     for chunk in refs.chunks(hashes_per_request(shared.block_size)) {
         let hashes: Vec<BlockHash> = chunk
             .iter()
@@ -787,13 +858,46 @@ async fn restore_files(
         .await?;
         shared.wrote(written);
     }
+    let delta = shared.delta;
     blocking(move || {
         for (job, file) in jobs.iter().zip(opened.iter()) {
+            if delta {
+                delta::set_size(file, &job.path, job.entry.size)?;
+            }
             files::finish_file(file, &job.path, job.entry.mode, job.entry.mtime)?;
         }
         Ok(())
     })
     .await
+}
+
+/// Opens the files of `jobs` and lists the blocks to fetch: all of them, or in a delta
+/// restore those the existing files do not hold as the backup has them (the others counted
+/// as kept).
+fn open_and_compare(
+    jobs: &[FileJob],
+    shared: &Shared,
+) -> Result<(Vec<std::fs::File>, Vec<BlockRef>), RestoreError> {
+    let mut opened = Vec::with_capacity(jobs.len());
+    let mut refs = Vec::new();
+    for (file, job) in jobs.iter().enumerate() {
+        if !shared.delta {
+            opened.push(files::create_file(&job.path)?);
+            refs.extend((0..job.entry.blocks.len()).map(|index| BlockRef { file, index }));
+            continue;
+        }
+        let f = delta::open_file(&job.path)?;
+        let differ =
+            delta::differing_blocks(&f, &job.path, &job.entry, &shared.key, shared.block_size)?;
+        let fetched: u64 = differ
+            .iter()
+            .map(|&i| block_len(i, job.entry.size, shared.block_size))
+            .sum();
+        shared.kept(job.entry.size - fetched);
+        refs.extend(differ.into_iter().map(|index| BlockRef { file, index }));
+        opened.push(f);
+    }
+    Ok((opened, refs))
 }
 
 /// Runs file work on the blocking pool.

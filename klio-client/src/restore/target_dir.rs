@@ -70,10 +70,26 @@ pub(super) enum TargetKind {
     Tablespace,
 }
 
-/// Makes `dir` an existing, empty directory: creates it if missing; refuses it if it holds
-/// anything, unless `force`, which removes its contents first (never `dir` itself: it may be
-/// a mount point).
-pub(super) fn prepare(dir: &Path, kind: TargetKind, force: bool) -> Result<(), RestoreError> {
+/// What a restore does with a target directory that holds files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Existing {
+    /// Refuses it (the default).
+    Refuse,
+    /// Removes its contents first (`--force`).
+    Clear,
+    /// Keeps them, to be reconciled with the backup (`--delta`).
+    Keep,
+}
+
+/// Makes `dir` an existing directory to restore into: creates it if missing; one that holds
+/// anything is refused, cleared or kept as `existing` says (never while a PostgreSQL runs on
+/// it; never `dir` itself removed: it may be a mount point).
+pub(super) fn prepare(
+    dir: &Path,
+    kind: TargetKind,
+    existing: Existing,
+) -> Result<(), RestoreError> {
+    let force = existing != Existing::Refuse;
     match inspect(dir)? {
         Contents::Missing => {
             std::fs::create_dir_all(dir)
@@ -100,7 +116,9 @@ pub(super) fn prepare(dir: &Path, kind: TargetKind, force: bool) -> Result<(), R
                     pid,
                 });
             }
-            clear(dir)?;
+            if existing == Existing::Clear {
+                clear(dir)?;
+            }
         }
     }
     if kind == TargetKind::DataDirectory {
@@ -183,7 +201,7 @@ mod tests {
             format!("{me}\n{}\n", pg.display()),
         )
         .unwrap();
-        let err = prepare(&pg, TargetKind::DataDirectory, true).unwrap_err();
+        let err = prepare(&pg, TargetKind::DataDirectory, Existing::Clear).unwrap_err();
         assert!(
             matches!(&err, RestoreError::PostgresRunning { pid, .. } if *pid == me),
             "{err:?}"
@@ -191,7 +209,7 @@ mod tests {
         assert!(pg.join("postmaster.pid").exists(), "nothing removed");
         // Left by a crash: its process is gone (pid_max is at most 2^22 on Linux).
         std::fs::write(pg.join("postmaster.pid"), "4194305\n").unwrap();
-        prepare(&pg, TargetKind::DataDirectory, true).unwrap();
+        prepare(&pg, TargetKind::DataDirectory, Existing::Clear).unwrap();
         assert_eq!(std::fs::read_dir(&pg).unwrap().count(), 0);
     }
 
@@ -207,7 +225,7 @@ mod tests {
         std::fs::write(outside.join("keep"), "x").unwrap();
         std::os::unix::fs::symlink(&outside, pg.join("link")).unwrap();
 
-        let err = prepare(&pg, TargetKind::DataDirectory, false).unwrap_err();
+        let err = prepare(&pg, TargetKind::DataDirectory, Existing::Refuse).unwrap_err();
         assert!(
             matches!(&err, RestoreError::NotEmpty(p) if *p == pg),
             "{err:?}"
@@ -215,7 +233,7 @@ mod tests {
         assert!(err.to_string().contains("--force"), "{err}");
         assert!(pg.join("PG_VERSION").exists());
 
-        prepare(&pg, TargetKind::DataDirectory, true).unwrap();
+        prepare(&pg, TargetKind::DataDirectory, Existing::Clear).unwrap();
         assert_eq!(std::fs::read_dir(&pg).unwrap().count(), 0);
         assert!(
             outside.join("keep").exists(),
@@ -229,10 +247,10 @@ mod tests {
     fn a_missing_directory_is_created_with_mode_0700() {
         let d = tempfile::tempdir().unwrap();
         let pg = d.path().join("a/b/pg");
-        prepare(&pg, TargetKind::DataDirectory, false).unwrap();
+        prepare(&pg, TargetKind::DataDirectory, Existing::Refuse).unwrap();
         let mode = std::fs::metadata(&pg).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
-        prepare(&pg, TargetKind::Tablespace, false).unwrap();
+        prepare(&pg, TargetKind::Tablespace, Existing::Refuse).unwrap();
     }
 
     #[test]
@@ -241,7 +259,7 @@ mod tests {
         let pg = d.path();
         write_marker(pg, "20261201T120000Z-3f9a").unwrap();
         std::fs::write(pg.join("PG_VERSION"), "15\n").unwrap();
-        let err = prepare(pg, TargetKind::DataDirectory, false).unwrap_err();
+        let err = prepare(pg, TargetKind::DataDirectory, Existing::Refuse).unwrap_err();
         match &err {
             RestoreError::InterruptedRestore { backup, .. } => {
                 assert_eq!(backup, "20261201T120000Z-3f9a");
@@ -249,7 +267,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(err.to_string().contains("--force"), "{err}");
-        prepare(pg, TargetKind::DataDirectory, true).unwrap();
+        prepare(pg, TargetKind::DataDirectory, Existing::Clear).unwrap();
         assert!(!pg.join(RESTORE_MARKER).exists());
     }
 }

@@ -323,6 +323,7 @@ fn settings(
         tablespace_mappings: mappings,
         jobs: 3,
         force: false,
+        delta: false,
         recovery: RecoveryConfig {
             restore_command: "klio get-wal %f %p".to_owned(),
             target: RecoveryTarget::Latest,
