@@ -6,6 +6,8 @@ mod common;
 
 use std::time::Duration;
 
+use klio_proto::klio::CaptureMethod;
+
 use common::backups::*;
 use common::*;
 use klio_testkit::{
@@ -43,6 +45,24 @@ fn a_backup_taken_from_a_standby_restores_and_recovers_every_commit() {
     );
     let info = backup_of(&stack, &standby, &["--label", "from the standby"]);
     assert_eq!(info.label, "from the standby");
+    // A standby's backup may end on a later timeline, which only BASE_BACKUP reports.
+    assert_eq!(info.capture, CaptureMethod::Stream, "{info:?}");
+    let local = klio_testkit::run(&mut backup_command_of(
+        &stack,
+        &standby,
+        &["--mode", "local"],
+    ));
+    assert!(
+        !local.success(),
+        "a local backup of a standby must be refused"
+    );
+    assert!(
+        local.stderr.contains("--mode local cannot be used")
+            && local.stderr.contains("standby")
+            && local.stderr.contains("--mode stream"),
+        "{}",
+        local.stderr
+    );
     assert!(info.end.lsn >= info.start.lsn, "{info:?}");
     assert_eq!(bench.wait(Duration::from_secs(120)), Some(0), "pgbench");
 

@@ -38,7 +38,10 @@ pub enum CopyEvent {
     End,
 }
 
-/// A replication connection (`replication=true`) to a PostgreSQL server.
+/// A connection to a PostgreSQL server: a replication connection (`replication=true`,
+/// [`ReplicationConnection::connect`]), or a plain SQL session
+/// ([`ReplicationConnection::connect_sql`]) for the functions a replication connection cannot
+/// call (`pg_backup_start`, `pg_backup_stop`).
 pub struct ReplicationConnection {
     io: Box<dyn Io>,
     rbuf: BytesMut,
@@ -56,14 +59,31 @@ impl std::fmt::Debug for ReplicationConnection {
     }
 }
 
+/// What a connection is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Session {
+    Replication,
+    Sql,
+}
+
 impl ReplicationConnection {
-    /// Connects, negotiates TLS as `sslmode` says, and authenticates.
+    /// Connects, negotiates TLS as `sslmode` says, and authenticates, as a replication client.
     pub async fn connect(cfg: &ConnConfig) -> Result<Self, ConnectionError> {
+        Self::connect_as(cfg, Session::Replication).await
+    }
+
+    /// Connects like [`ReplicationConnection::connect`], as a plain SQL session on `dbname`
+    /// (`postgres` when none is given: any database will do for the backup functions).
+    pub async fn connect_sql(cfg: &ConnConfig) -> Result<Self, ConnectionError> {
+        Self::connect_as(cfg, Session::Sql).await
+    }
+
+    async fn connect_as(cfg: &ConnConfig, session: Session) -> Result<Self, ConnectionError> {
         let target = match &cfg.host {
             Host::Tcp(h) => format!("{h}:{}", cfg.port),
             Host::Socket(d) => format!("{}/.s.PGSQL.{}", d.display(), cfg.port),
         };
-        let fut = Self::connect_inner(cfg, target.clone());
+        let fut = Self::connect_inner(cfg, target.clone(), session);
         match cfg.connect_timeout {
             Some(t) => tokio::time::timeout(t, fut)
                 .await
@@ -72,7 +92,11 @@ impl ReplicationConnection {
         }
     }
 
-    async fn connect_inner(cfg: &ConnConfig, target: String) -> Result<Self, ConnectionError> {
+    async fn connect_inner(
+        cfg: &ConnConfig,
+        target: String,
+        session: Session,
+    ) -> Result<Self, ConnectionError> {
         let connect_err = |source| ConnectionError::Connect {
             target: target.clone(),
             source,
@@ -132,19 +156,25 @@ impl ReplicationConnection {
             parameters: Vec::new(),
             target,
         };
-        conn.startup(cfg).await?;
+        conn.startup(cfg, session).await?;
         Ok(conn)
     }
 
-    async fn startup(&mut self, cfg: &ConnConfig) -> Result<(), ConnectionError> {
+    async fn startup(&mut self, cfg: &ConnConfig, session: Session) -> Result<(), ConnectionError> {
         let mut params = vec![
             ("user", cfg.user.as_str()),
-            ("replication", "true"),
             ("application_name", cfg.application_name.as_str()),
             ("client_encoding", "UTF8"),
         ];
-        if let Some(db) = &cfg.dbname {
-            params.push(("database", db.as_str()));
+        match (session, &cfg.dbname) {
+            (Session::Replication, db) => {
+                params.push(("replication", "true"));
+                if let Some(db) = db {
+                    params.push(("database", db.as_str()));
+                }
+            }
+            (Session::Sql, Some(db)) => params.push(("database", db.as_str())),
+            (Session::Sql, None) => params.push(("database", "postgres")),
         }
         klio_proto::frontend::startup(&params, &mut self.wbuf)?;
         self.flush_writes().await?;

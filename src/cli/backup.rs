@@ -5,11 +5,11 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use klio_client::backup::{
-    BackupOptions, BackupOutcome, BackupRef, CaptureProgress, VerifyProgress, catalog,
-    parse_wal_timeout,
+    BackupOptions, BackupOutcome, BackupRef, CaptureMode, CaptureProgress, VerifyProgress, catalog,
+    default_jobs, parse_wal_timeout,
 };
 use klio_proto::base_backup::{Checkpoint, MaxRate};
-use klio_proto::klio::{BackupInfo, ListedBackup};
+use klio_proto::klio::{BackupInfo, CaptureMethod, ListedBackup};
 
 use super::progress::bytes;
 
@@ -69,6 +69,17 @@ enum Output {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ModeArg {
+    /// Local when the data directory is this host's cluster and the server a primary, else
+    /// stream.
+    Auto,
+    /// Read the data directory on this host.
+    Local,
+    /// BASE_BACKUP over a replication connection.
+    Stream,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum CheckpointArg {
     /// Checkpoint at once (the backup starts sooner, with an I/O burst).
     Fast,
@@ -78,13 +89,20 @@ enum CheckpointArg {
 
 /// Take a base backup of PostgreSQL into the Klio server's catalog.
 ///
-/// Connects to PostgreSQL as a replication client (PostgreSQL 15 or newer), runs BASE_BACKUP
-/// (TARGET 'client', MANIFEST 'yes', TABLESPACE_MAP, WAIT false: the WAL comes from Klio's
-/// archive), cuts every file into 64 KiB blocks and sends only the blocks the server does not
-/// hold. The server then waits up to --wal-timeout for send-wal to deliver the WAL up to the
-/// backup's end before it lists the backup as complete. Exits with 0 only when the backup is
-/// complete; a failed or interrupted backup is not listed, and a rerun reuses the blocks
-/// already stored.
+/// Two ways to read the files (--mode), one result: the same blocks, catalog entry and a
+/// backup_manifest that pg_verifybackup accepts after a restore.
+///   local   on the PostgreSQL host: pg_backup_start on a SQL session, the data directory and
+///           tablespaces read by --jobs parallel readers, pg_backup_stop.
+///   stream  from anywhere: BASE_BACKUP over a replication connection (TARGET 'client',
+///           MANIFEST 'yes', TABLESPACE_MAP, WAIT false), one stream read by PostgreSQL.
+///   auto    local when the data directory PostgreSQL reports is readable here and holds
+///           this server's system identifier and the server is a primary, else stream; the
+///           choice is logged and recorded in the catalog (the default).
+/// Every file is cut into 64 KiB blocks and only blocks the server does not hold are sent,
+/// compressed. The server then waits up to --wal-timeout for send-wal to deliver the WAL up
+/// to the backup's end before it lists the backup as complete. Exits with 0 only when the
+/// backup is complete; a failed or interrupted backup is not listed, and running it again
+/// (or with --resume) sends only the blocks the server does not hold yet.
 ///
 /// On a terminal, standard error shows progress (bytes read of PostgreSQL's estimate, new
 /// bytes sent, rate, time left); at the end standard output gets a summary line, or the
@@ -112,10 +130,25 @@ struct RunArgs {
     /// How long the server waits for send-wal to deliver the backup's WAL (e.g. 60s, 5m).
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_wal_timeout)]
     wal_timeout: Duration,
-    /// Limit how fast PostgreSQL reads the data directory, in kB/s, or with a suffix k or M
-    /// (32k to 1024M), as pg_basebackup's --max-rate; spares a busy primary's disks.
+    /// Limit how fast the data directory is read, in kB/s, or with a suffix k or M (32k to
+    /// 1024M), as pg_basebackup's --max-rate: all local readers together, or PostgreSQL's
+    /// MAX_RATE when streaming. Spares a busy primary's disks; the network carries less.
     #[arg(short = 'r', long, value_name = "RATE", value_parser = parse_max_rate)]
     max_rate: Option<MaxRate>,
+    /// How the files are read: auto, local (the data directory, on the PostgreSQL host) or
+    /// stream (BASE_BACKUP).
+    #[arg(long, value_enum, value_name = "auto|local|stream", default_value_t = ModeArg::Auto)]
+    mode: ModeArg,
+    /// Parallel readers of a local backup, and threads compressing new blocks [default: the
+    /// number of cores].
+    #[arg(short = 'j', long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    jobs: Option<u16>,
+    /// Resume an interrupted backup. Every run resumes: blocks already durable on the server
+    /// (from a backup that was killed, lost its network or whose server restarted) are not
+    /// sent again; the summary tells how many were reused. The flag is accepted so that
+    /// scripts can say so.
+    #[arg(long)]
+    resume: bool,
     /// text: a summary line; json: the catalog entry.
     #[arg(short, long, value_enum, default_value_t = Output::Text)]
     output: Output,
@@ -244,8 +277,19 @@ fn run_backup(a: RunArgs) -> anyhow::Result<ExitCode> {
         },
         wal_timeout: a.wal_timeout,
         max_rate: a.max_rate,
+        mode: match a.mode {
+            ModeArg::Auto => CaptureMode::Auto,
+            ModeArg::Local => CaptureMode::Local,
+            ModeArg::Stream => CaptureMode::Stream,
+        },
+        jobs: a.jobs.map_or_else(default_jobs, usize::from),
         ..BackupOptions::new(pg, client)
     };
+    if a.resume {
+        tracing::info!(
+            "resuming: blocks the server already holds are not sent again (every run does so)"
+        );
+    }
     let mut line = ProgressLine::new(!a.no_progress);
     let outcome = super::pg_args::runtime()?.block_on(klio_client::backup::run(
         &opts,
@@ -266,13 +310,15 @@ fn run_backup(a: RunArgs) -> anyhow::Result<ExitCode> {
     }
     match a.output {
         Output::Text => println!(
-            "backup {} complete: {} in {} files; {} of it new to the server, sent compressed as \
-             {}; WAL {}..{} on timeline {}",
+            "backup {} complete ({} capture): {} in {} files; {} of it new to the server, sent \
+             compressed as {}, {} already held; WAL {}..{} on timeline {}",
             info.id,
+            info.capture,
             bytes(info.logical_bytes),
             info.files,
             bytes(stats.new_bytes),
             bytes(stats.bytes_sent),
+            bytes(info.logical_bytes.saturating_sub(stats.new_bytes)),
             info.start.lsn,
             info.end.lsn,
             info.end.timeline,
@@ -452,6 +498,14 @@ fn details(b: &BackupInfo) -> String {
         ("cluster", b.cluster.clone()),
         ("label", b.label.clone()),
         ("status", "complete".to_owned()),
+        (
+            "capture",
+            match b.capture {
+                CaptureMethod::Stream => "stream (BASE_BACKUP)",
+                CaptureMethod::Local => "local (read from the data directory)",
+            }
+            .to_owned(),
+        ),
         (
             "pinned",
             if b.pinned {

@@ -149,3 +149,41 @@ impl Batch {
 pub(crate) fn compress(block: PendingBlock) -> Block {
     Block::compress(block.hash, block.plain)
 }
+
+/// [`compress`] of every block, in order, on `jobs` threads (off the async runtime) when
+/// there is more than one job and more than one block.
+pub(crate) async fn compress_all(blocks: Vec<PendingBlock>, jobs: usize) -> Vec<Block> {
+    if jobs <= 1 || blocks.len() <= 1 {
+        return blocks.into_iter().map(compress).collect();
+    }
+    let compressing = tokio::task::spawn_blocking(move || {
+        let per = blocks.len().div_ceil(jobs);
+        let mut parts: Vec<Vec<PendingBlock>> = Vec::with_capacity(jobs);
+        let mut rest = blocks.into_iter();
+        loop {
+            let part: Vec<PendingBlock> = rest.by_ref().take(per).collect();
+            if part.is_empty() {
+                break;
+            }
+            parts.push(part);
+        }
+        std::thread::scope(|s| {
+            let running: Vec<_> = parts
+                .into_iter()
+                .map(|part| s.spawn(move || part.into_iter().map(compress).collect::<Vec<_>>()))
+                .collect();
+            running
+                .into_iter()
+                .flat_map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect::<Vec<Block>>()
+        })
+    });
+    match compressing.await {
+        Ok(blocks) => blocks,
+        // Only a panic (passed on) or a runtime shutting down ends the task early.
+        Err(e) => std::panic::resume_unwind(
+            e.try_into_panic()
+                .unwrap_or_else(|_| Box::new("block compression was cancelled")),
+        ),
+    }
+}

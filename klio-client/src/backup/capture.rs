@@ -17,8 +17,9 @@ use klio_wal::{ErrorChain, WalPosition};
 use tokio::time::Instant;
 
 use super::archives::ArchiveStream;
-use super::batch::{Batch, BatchLimits, HeldCountMismatch, compress};
+use super::batch::{Batch, BatchLimits, HeldCountMismatch, compress_all};
 use super::cutter::CaptureFault;
+use super::local::{self, CaptureMode, LocalCaptureError};
 use super::progress::CaptureProgress;
 use super::{BLOCK_SIZE, DEFAULT_WAL_TIMEOUT};
 use crate::client_config::{ClientConfig, ClientConfigError};
@@ -34,7 +35,7 @@ const MIN_SERVER_VERSION_NUM: u32 = 150_000;
 const ABANDON_DELIVERY: Duration = Duration::from_secs(5);
 
 /// Bytes queued on the server stream before they are written out.
-const SEND_CHUNK: usize = 1 << 20;
+pub(super) const SEND_CHUNK: usize = 1 << 20;
 
 /// What a capture needs.
 #[derive(Clone, Debug)]
@@ -49,9 +50,14 @@ pub struct BackupOptions {
     pub checkpoint: Checkpoint,
     /// How long the server may wait for send-wal to deliver the backup's WAL.
     pub wal_timeout: Duration,
-    /// PostgreSQL's `MAX_RATE`: how fast the server reads the data directory (`None`: as fast
-    /// as it can), to spare a busy primary's disks.
+    /// How fast the data directory is read (`None`: as fast as it can), to spare a busy
+    /// primary's disks: PostgreSQL's `MAX_RATE` for a streamed backup, the readers' shared
+    /// pace for a local one.
     pub max_rate: Option<MaxRate>,
+    /// How the files are read.
+    pub mode: CaptureMode,
+    /// Readers of a local capture, and threads compressing new blocks (at least 1).
+    pub jobs: usize,
 }
 
 impl BackupOptions {
@@ -64,8 +70,15 @@ impl BackupOptions {
             checkpoint: Checkpoint::Fast,
             wal_timeout: DEFAULT_WAL_TIMEOUT,
             max_rate: None,
+            mode: CaptureMode::Auto,
+            jobs: default_jobs(),
         }
     }
+}
+
+/// One job per core.
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 /// What a capture moved.
@@ -174,6 +187,9 @@ pub enum BackupError {
     /// The server's catalog entry cannot be read.
     #[error("the Klio server completed the backup but its catalog entry cannot be read")]
     Entry(#[source] CatalogEntryError),
+    /// The data directory could not be read here.
+    #[error(transparent)]
+    Local(#[from] LocalCaptureError),
 }
 
 fn damaged_files_text(warnings: &[String]) -> String {
@@ -199,7 +215,9 @@ impl BackupError {
     /// The code of the `Error` message that tells the server the backup is abandoned.
     fn code(&self) -> ErrorCode {
         match self {
-            Self::DamagedPages { .. } => ErrorCode::DamagedFile,
+            Self::DamagedPages { .. } | Self::Local(LocalCaptureError::DamagedPages { .. }) => {
+                ErrorCode::DamagedFile
+            }
             Self::Unexpected { .. } | Self::HeldCount(_) => ErrorCode::BadRequest,
             _ => ErrorCode::Internal,
         }
@@ -224,6 +242,8 @@ pub async fn run(
             return Err(BackupError::PostgresTooOld { version });
         }
         let system = pg.identify_system().await?;
+        let mut local_cluster =
+            local::choose(opts.mode, &opts.pg, system.system_id, version).await?;
 
         let server = ServerConnection::connect(&opts.client.server).await?;
         let result = async {
@@ -234,8 +254,20 @@ pub async fn run(
                 send: &mut send,
                 recv: &mut recv,
                 stats: CaptureStats::default(),
+                jobs: opts.jobs.max(1),
             };
-            let captured = session.capture(&mut pg, opts, key, version, progress).await;
+            let captured = match local_cluster.as_mut() {
+                Some(cluster) => {
+                    let facts = SystemFacts {
+                        system_id: system.system_id,
+                        pg_version: version,
+                    };
+                    session
+                        .capture_local(cluster, opts, key, facts, progress)
+                        .await
+                }
+                None => session.capture(&mut pg, opts, key, version, progress).await,
+            };
             match captured {
                 Ok(outcome) => Ok(outcome),
                 Err(e) => {
@@ -255,11 +287,21 @@ pub async fn run(
         }
         .await;
         server.close().await;
+        if let Some(cluster) = local_cluster {
+            cluster.sql.close().await;
+        }
         result
     }
     .await;
     pg.close().await;
     result
+}
+
+/// What the capture of a local backup needs to know of the server.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct SystemFacts {
+    pub(super) system_id: u64,
+    pub(super) pg_version: u32,
 }
 
 /// How long a backup waits for the cluster's backup lease. A backup whose client vanished
@@ -310,7 +352,7 @@ async fn start_session(
     }
 }
 
-fn unexpected(expected: &'static str, got: Option<Message>) -> BackupError {
+pub(super) fn unexpected(expected: &'static str, got: Option<Message>) -> BackupError {
     match got {
         Some(m) => BackupError::Unexpected {
             expected,
@@ -321,15 +363,23 @@ fn unexpected(expected: &'static str, got: Option<Message>) -> BackupError {
 }
 
 /// The server side of one capture and what it moved.
-struct Session<'s> {
-    send: &'s mut FramedSend,
-    recv: &'s mut FramedRecv,
-    stats: CaptureStats,
+pub(super) struct Session<'s> {
+    pub(super) send: &'s mut FramedSend,
+    pub(super) recv: &'s mut FramedRecv,
+    pub(super) stats: CaptureStats,
+    /// Threads compressing a batch's new blocks.
+    pub(super) jobs: usize,
 }
 
-fn epoch_ms(t: SystemTime) -> i64 {
+pub(super) fn epoch_ms(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The WAL timeout as the protocol carries it (`parse_wal_timeout` keeps it within u32
+/// seconds; saturated otherwise).
+pub(super) fn wal_timeout_seconds(t: Duration) -> u32 {
+    u32::try_from(t.as_secs()).unwrap_or(u32::MAX)
 }
 
 fn wal_position(p: BackupPosition) -> WalPosition {
@@ -450,23 +500,27 @@ impl Session<'_> {
         report.elapsed = clock.elapsed();
         progress(&report);
 
-        self.send
-            .send(&Message::FinishBackup {
-                finish: BackupFinish {
-                    label,
-                    start: wal_position(start),
-                    end: wal_position(end),
-                    started_at_ms: epoch_ms(started_at),
-                    ended_at_ms: epoch_ms(ended_at),
-                    pg_version,
-                    tablespaces,
-                    block_size: BLOCK_SIZE as u32,
-                    // parse_wal_timeout keeps it within u32 seconds; saturate otherwise.
-                    wal_timeout_s: u32::try_from(opts.wal_timeout.as_secs()).unwrap_or(u32::MAX),
-                    capture: CaptureMethod::Stream,
-                },
-            })
-            .await?;
+        let finish = BackupFinish {
+            label,
+            start: wal_position(start),
+            end: wal_position(end),
+            started_at_ms: epoch_ms(started_at),
+            ended_at_ms: epoch_ms(ended_at),
+            pg_version,
+            tablespaces,
+            block_size: BLOCK_SIZE as u32,
+            wal_timeout_s: wal_timeout_seconds(opts.wal_timeout),
+            capture: CaptureMethod::Stream,
+        };
+        self.finish_backup(finish).await
+    }
+
+    /// Sends `FinishBackup` and waits for the server's catalog entry: the backup is complete.
+    pub(super) async fn finish_backup(
+        &mut self,
+        finish: BackupFinish,
+    ) -> Result<BackupOutcome, BackupError> {
+        self.send.send(&Message::FinishBackup { finish }).await?;
         let info = match self.recv.recv().await? {
             Some(Message::BackupEntry { json }) => {
                 BackupInfo::from_json(&json).map_err(BackupError::Entry)?
@@ -481,7 +535,7 @@ impl Session<'_> {
     }
 
     /// One dedup round: which blocks does the server hold; send the others, then the files.
-    async fn exchange(&mut self, batch: Batch) -> Result<(), BackupError> {
+    pub(super) async fn exchange(&mut self, batch: Batch) -> Result<(), BackupError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -498,8 +552,7 @@ impl Session<'_> {
         let resolved = batch.resolve(&held)?;
         self.stats.blocks_new += resolved.new_blocks.len() as u64;
         self.stats.new_bytes += resolved.new_plain_bytes;
-        for block in resolved.new_blocks {
-            let block = compress(block);
+        for block in compress_all(resolved.new_blocks, self.jobs).await {
             self.stats.bytes_sent += block.data.len() as u64;
             self.send.push(&Message::PutBlock { block });
             if self.send.queued() >= SEND_CHUNK {

@@ -48,8 +48,10 @@
 mod archives;
 mod batch;
 mod capture;
+mod capture_local;
 pub mod catalog;
 mod cutter;
+mod local;
 mod progress;
 mod retention;
 
@@ -63,9 +65,10 @@ mod tests;
 use std::time::Duration;
 
 pub use batch::HeldCountMismatch;
-pub use capture::{BackupError, BackupOptions, BackupOutcome, CaptureStats, run};
+pub use capture::{BackupError, BackupOptions, BackupOutcome, CaptureStats, default_jobs, run};
 pub use catalog::{BackupRef, CatalogClient, CatalogError};
 pub use cutter::CaptureFault;
+pub use local::{CaptureMode, LocalCaptureError, NotLocal};
 pub use progress::{CaptureProgress, VerifyProgress};
 pub use retention::render_report;
 

@@ -295,12 +295,17 @@ fn answer(
     }
 }
 
+/// Options for a streamed backup: these tests drive BASE_BACKUP's stream (a local capture of
+/// the same PostgreSQL is tested end to end in `tests/backup_local.rs`).
 fn options(pg: &PgServer, client: ClientConfig) -> BackupOptions {
     let pg = ConnParams::parse(&pg.socket_connstr())
         .unwrap()
         .resolve(|_| None)
         .unwrap();
-    BackupOptions::new(pg, client)
+    BackupOptions {
+        mode: crate::backup::CaptureMode::Stream,
+        ..BackupOptions::new(pg, client)
+    }
 }
 
 fn runtime() -> tokio::runtime::Runtime {
