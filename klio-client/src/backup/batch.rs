@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use bytes::Bytes;
-use klio_proto::klio::{Block, BlockHash, FileEntry};
+use klio_proto::klio::{Block, BlockCompression, BlockHash, FileEntry};
 
 /// When a batch is full and must be exchanged before more blocks are cut. Whichever limit is
 /// reached first ends the batch, so a batch holds at most about `max_bytes` of block data,
@@ -145,14 +145,19 @@ impl Batch {
     }
 }
 
-/// The block as sent: compressed (zstd) when that is smaller, else the plaintext as is.
-pub(crate) fn compress(block: PendingBlock) -> Block {
-    Block::compress(block.hash, block.plain)
+/// The block as sent: compressed with `codec` when that is smaller, else the plaintext as is.
+pub(crate) fn compress(block: PendingBlock, codec: BlockCompression) -> Block {
+    Block::compress_with(block.hash, block.plain, codec)
 }
 
 /// [`compress`] of every block, in order, on `jobs` threads (off the async runtime) when
 /// there is more than one job and more than one block.
-pub(crate) async fn compress_all(blocks: Vec<PendingBlock>, jobs: usize) -> Vec<Block> {
+pub(crate) async fn compress_all(
+    blocks: Vec<PendingBlock>,
+    jobs: usize,
+    codec: BlockCompression,
+) -> Vec<Block> {
+    let compress = move |b| compress(b, codec);
     if jobs <= 1 || blocks.len() <= 1 {
         return blocks.into_iter().map(compress).collect();
     }

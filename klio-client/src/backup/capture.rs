@@ -9,8 +9,8 @@ use klio_proto::base_backup::{
     TablespaceKind,
 };
 use klio_proto::klio::{
-    BackupFinish, BackupInfo, CaptureMethod, CatalogEntryError, ClusterName, ErrorCode, FileEntry,
-    MAX_HASHES_PER_MESSAGE, Message, PROTOCOL_VERSION, TablespaceInfo,
+    BackupFinish, BackupInfo, BlockCompression, CaptureMethod, CatalogEntryError, ClusterName,
+    ErrorCode, FileEntry, MAX_HASHES_PER_MESSAGE, Message, PROTOCOL_VERSION, TablespaceInfo,
 };
 use klio_proto::tar::TarError;
 use klio_wal::{ErrorChain, WalPosition};
@@ -58,6 +58,8 @@ pub struct BackupOptions {
     pub mode: CaptureMode,
     /// Readers of a local capture, and threads compressing new blocks (at least 1).
     pub jobs: usize,
+    /// How new blocks are compressed: zstd (the default: smaller) or LZ4 (faster).
+    pub compression: BlockCompression,
 }
 
 impl BackupOptions {
@@ -72,6 +74,7 @@ impl BackupOptions {
             max_rate: None,
             mode: CaptureMode::Auto,
             jobs: default_jobs(),
+            compression: BlockCompression::Zstd,
         }
     }
 }
@@ -255,6 +258,7 @@ pub async fn run(
                 recv: &mut recv,
                 stats: CaptureStats::default(),
                 jobs: opts.jobs.max(1),
+                compression: opts.compression,
             };
             let captured = match local_cluster.as_mut() {
                 Some(cluster) => {
@@ -369,6 +373,8 @@ pub(super) struct Session<'s> {
     pub(super) stats: CaptureStats,
     /// Threads compressing a batch's new blocks.
     pub(super) jobs: usize,
+    /// How they are compressed.
+    pub(super) compression: BlockCompression,
 }
 
 pub(super) fn epoch_ms(t: SystemTime) -> i64 {
@@ -552,7 +558,7 @@ impl Session<'_> {
         let resolved = batch.resolve(&held)?;
         self.stats.blocks_new += resolved.new_blocks.len() as u64;
         self.stats.new_bytes += resolved.new_plain_bytes;
-        for block in compress_all(resolved.new_blocks, self.jobs).await {
+        for block in compress_all(resolved.new_blocks, self.jobs, self.compression).await {
             self.stats.bytes_sent += block.data.len() as u64;
             self.send.push(&Message::PutBlock { block });
             if self.send.queued() >= SEND_CHUNK {

@@ -301,7 +301,11 @@ fn only_blocks_not_held_are_sent_compressed_when_that_is_smaller() {
 
     assert_eq!(resolved.new_blocks.len(), 2);
     assert_eq!(resolved.new_plain_bytes, 2 * BLOCK_SIZE as u64);
-    let sent: Vec<Block> = resolved.new_blocks.into_iter().map(compress).collect();
+    let sent: Vec<Block> = resolved
+        .new_blocks
+        .into_iter()
+        .map(|b| compress(b, BlockCompression::Zstd))
+        .collect();
     let zeros = &sent[0];
     assert_eq!(zeros.hash, hash(&compressible));
     assert_eq!(zeros.compression, BlockCompression::Zstd);

@@ -124,20 +124,31 @@ impl Block {
     /// The block of `plain` named `hash`, as sent and stored: a zstd frame when that is
     /// smaller, else the plaintext as is. `plain` must be at most [`MAX_BLOCK_LEN`] bytes.
     pub fn compress(hash: BlockHash, plain: Bytes) -> Self {
+        Self::compress_with(hash, plain, BlockCompression::Zstd)
+    }
+
+    /// Like [`Block::compress`], with `codec`: zstd (level [`BLOCK_ZSTD_LEVEL`]) or LZ4
+    /// (about twice as fast, about 1.7 times the bytes on PostgreSQL pages); `None` stores
+    /// the plaintext.
+    pub fn compress_with(hash: BlockHash, plain: Bytes, codec: BlockCompression) -> Self {
         // Blocks are cut at 64 KiB: their length fits a u32.
         let plain_len = plain.len() as u32;
-        let packed = ZSTD_COMPRESSOR.with(|cell| {
-            let mut slot = cell.borrow_mut();
-            if slot.is_none() {
-                *slot = zstd::bulk::Compressor::new(BLOCK_ZSTD_LEVEL).ok();
-            }
-            slot.as_mut().and_then(|c| c.compress(&plain).ok())
-        });
+        let packed = match codec {
+            BlockCompression::None => None,
+            BlockCompression::Lz4 => Some(lz4_flex::block::compress(&plain)),
+            BlockCompression::Zstd => ZSTD_COMPRESSOR.with(|cell| {
+                let mut slot = cell.borrow_mut();
+                if slot.is_none() {
+                    *slot = zstd::bulk::Compressor::new(BLOCK_ZSTD_LEVEL).ok();
+                }
+                slot.as_mut().and_then(|c| c.compress(&plain).ok())
+            }),
+        };
         match packed {
             Some(packed) if packed.len() < plain.len() => Self {
                 hash,
                 plain_len,
-                compression: BlockCompression::Zstd,
+                compression: codec,
                 data: Bytes::from(packed),
             },
             _ => Self {

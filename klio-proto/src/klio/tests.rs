@@ -413,9 +413,12 @@ proptest! {
     ) {
         // Repetitive data compresses, random data is stored as is: both come back whole.
         let plain: Vec<u8> = plain.iter().copied().cycle().take(plain.len() * repeat).take(1 << 16).collect();
-        let block = Block::compress(BlockHash([1; 32]), Bytes::from(plain.clone()));
-        prop_assert!(block.data.len() <= plain.len());
-        prop_assert_eq!(block.decompress().unwrap(), plain);
+        for codec in [BlockCompression::Zstd, BlockCompression::Lz4, BlockCompression::None] {
+            let block = Block::compress_with(BlockHash([1; 32]), Bytes::from(plain.clone()), codec);
+            prop_assert!(block.data.len() <= plain.len());
+            prop_assert!(block.compression == codec || block.compression == BlockCompression::None);
+            prop_assert_eq!(block.decompress().unwrap(), plain.clone());
+        }
     }
 }
 
