@@ -1,9 +1,11 @@
-//! Base backups side by side on one pgbench database: `klio backup run` (lz4 blocks,
-//! AES-256-GCM at rest) against `pg_basebackup -Ft -X none` to local disk and pgBackRest
-//! (`--type=full`, process-max 2, lz4, block incremental with bundling); after
-//! `pgbench -N`, the bytes the second backup stores against pgBackRest's `--type=incr`; and
-//! restore time of `klio restore` against extracting the pg_basebackup tar and
-//! `pgbackrest restore`.
+//! Base backups side by side on one pgbench database: `klio backup run` (zstd blocks,
+//! AES-256-GCM at rest), reading the data directory (`--mode local --jobs 2`) and through
+//! `BASE_BACKUP` (`--mode stream`), against `pg_basebackup -Ft -X none` to local disk and
+//! pgBackRest (`--type=full`, process-max 2, lz4, block incremental with bundling); after
+//! `pgbench -N`, the time and the bytes of the next backup against pgBackRest's
+//! `--type=incr`; restore time of `klio restore --jobs 2` against extracting the
+//! pg_basebackup tar and `pgbackrest restore`; and a delta restore of the full backup over
+//! the changed data directory, `klio restore --delta` against `pgbackrest restore --delta`.
 //!
 //! Every Klio full backup starts from an empty block store (the server is stopped and the
 //! cluster's `backups/` directory removed between rounds), so rounds measure a real full
@@ -26,6 +28,8 @@ pub struct BackupOptions {
     pub scale: u32,
     /// Seconds of `pgbench -N` between the full and the incremental backups.
     pub change_seconds: u32,
+    /// Klio's block compression (`klio backup run --compress`): `lz4`, as pgBackRest's here.
+    pub compress: String,
 }
 
 /// One timed run.
@@ -56,10 +60,16 @@ pub struct BackupReport {
     pub klio_incremental_logical: u64,
     /// Bytes pgBackRest's `--type=incr` added to its repository.
     pub pgbackrest_incremental_stored: u64,
+    /// Seconds of Klio's backup after the change.
+    pub klio_incremental_seconds: f64,
+    /// Seconds of pgBackRest's `--type=incr`.
+    pub pgbackrest_incremental_seconds: f64,
 }
 
-/// `klio backup run`.
-pub const KLIO: &str = "klio backup run";
+/// `klio backup run --mode local --jobs 2`.
+pub const KLIO: &str = "klio backup run --mode local";
+/// `klio backup run --mode stream`.
+pub const KLIO_STREAM: &str = "klio backup run --mode stream";
 /// `pg_basebackup -Ft -X none`.
 pub const PG_BASEBACKUP: &str = "pg_basebackup -Ft -X none";
 /// `pgbackrest backup`.
@@ -70,8 +80,58 @@ pub const KLIO_RESTORE: &str = "klio restore";
 pub const TAR_EXTRACT: &str = "tar -x";
 /// `pgbackrest restore`.
 pub const PGBACKREST_RESTORE: &str = "pgbackrest restore";
+/// `klio restore --delta`.
+pub const KLIO_DELTA: &str = "klio restore --delta";
+/// `pgbackrest restore --delta`.
+pub const PGBACKREST_DELTA: &str = "pgbackrest restore --delta";
 
 impl BackupReport {
+    /// The summary rows of `klio-bench compare`: speeds as reference seconds over Klio's
+    /// (above 1: Klio is faster), stored bytes as Klio's over the reference's.
+    pub fn summary_rows(&self) -> String {
+        let mut out = String::new();
+        let full = self.mean(KLIO, "full");
+        for (reference, name) in [
+            (PGBACKREST, "pgBackRest --type=full, process-max 2"),
+            (PG_BASEBACKUP, "pg_basebackup -Ft -X none"),
+            (KLIO_STREAM, "klio --mode stream"),
+        ] {
+            let theirs = self.mean(reference, "full");
+            out += &format!(
+                "| full backup, --mode local --jobs 2, s (speed) | {full:.2} | {name} {theirs:.2} | {:.2} |\n",
+                theirs / full
+            );
+        }
+        out += &format!(
+            "| backup after pgbench -N, s (speed) | {:.2} | pgBackRest --type=incr {:.2} | {:.2} |\n",
+            self.klio_incremental_seconds,
+            self.pgbackrest_incremental_seconds,
+            self.pgbackrest_incremental_seconds / self.klio_incremental_seconds
+        );
+        out += &format!(
+            "| backup after pgbench -N, stored MiB | {:.1} | pgBackRest --type=incr {:.1} | {:.2} |\n",
+            self.klio_incremental_stored as f64 / 1048576.0,
+            self.pgbackrest_incremental_stored as f64 / 1048576.0,
+            self.klio_incremental_stored as f64 / self.pgbackrest_incremental_stored.max(1) as f64
+        );
+        for (ours, theirs, what) in [
+            (KLIO_RESTORE, PGBACKREST_RESTORE, "restore --jobs 2"),
+            (KLIO_DELTA, PGBACKREST_DELTA, "restore --delta"),
+        ] {
+            let kind = if ours == KLIO_DELTA {
+                "delta"
+            } else {
+                "restore"
+            };
+            let (k, p) = (self.mean(ours, kind), self.mean(theirs, kind));
+            out += &format!(
+                "| {what}, s (speed) | {k:.2} | {theirs} {p:.2} | {:.2} |\n",
+                p / k
+            );
+        }
+        out
+    }
+
     /// Mean seconds of `contender` in runs of `kind`.
     pub fn mean(&self, contender: &str, kind: &str) -> f64 {
         let v: Vec<f64> = self
@@ -102,17 +162,31 @@ impl BackupReport {
         }
         let full = self.mean(KLIO, "full");
         let restore = self.mean(KLIO_RESTORE, "restore");
+        let speed = |theirs: f64, ours: f64| theirs / ours;
         s += &format!(
-            "\nfull backup: klio {full:.2} s, pg_basebackup {:.2} s, pgbackrest {:.2} s; \
-             klio/pg_basebackup = {:.3}, klio/pgbackrest = {:.3}\n",
+            "\nfull backup: klio local {full:.2} s, klio stream {:.2} s, pg_basebackup {:.2} s, \
+             pgbackrest {:.2} s; speed of klio local against pg_basebackup {:.2}×, against \
+             pgbackrest {:.2}× (goal ≥ 1.2×), against klio stream {:.2}×\n",
+            self.mean(KLIO_STREAM, "full"),
             self.mean(PG_BASEBACKUP, "full"),
             self.mean(PGBACKREST, "full"),
-            full / self.mean(PG_BASEBACKUP, "full"),
-            full / self.mean(PGBACKREST, "full"),
+            speed(self.mean(PG_BASEBACKUP, "full"), full),
+            speed(self.mean(PGBACKREST, "full"), full),
+            speed(self.mean(KLIO_STREAM, "full"), full),
+        );
+        s += &format!(
+            "incremental after pgbench -N: klio {:.2} s, pgbackrest incr {:.2} s, speed {:.2}× \
+             (goal ≥ 1.2×)\n",
+            self.klio_incremental_seconds,
+            self.pgbackrest_incremental_seconds,
+            speed(
+                self.pgbackrest_incremental_seconds,
+                self.klio_incremental_seconds
+            ),
         );
         s += &format!(
             "incremental after pgbench -N: klio stored {:.1} MiB, pgbackrest incr ({}) {:.1} MiB; \
-             klio/pgbackrest = {:.3}\n",
+             klio/pgbackrest = {:.3} (goal ≤ 1.0)\n",
             mib(self.klio_incremental_stored),
             if has_block_incremental() {
                 "block incremental"
@@ -123,12 +197,19 @@ impl BackupReport {
             self.klio_incremental_stored as f64 / self.pgbackrest_incremental_stored.max(1) as f64
         );
         s += &format!(
-            "restore: klio {restore:.2} s, tar -x {:.2} s, pgbackrest {:.2} s; \
-             klio/tar = {:.3}, klio/pgbackrest = {:.3}\n",
+            "restore: klio {restore:.2} s, tar -x {:.2} s, pgbackrest {:.2} s; speed of klio \
+             against tar {:.2}×, against pgbackrest {:.2}× (goal ≥ 1.0×)\n",
             self.mean(TAR_EXTRACT, "restore"),
             self.mean(PGBACKREST_RESTORE, "restore"),
-            restore / self.mean(TAR_EXTRACT, "restore"),
-            restore / self.mean(PGBACKREST_RESTORE, "restore"),
+            speed(self.mean(TAR_EXTRACT, "restore"), restore),
+            speed(self.mean(PGBACKREST_RESTORE, "restore"), restore),
+        );
+        let delta = self.mean(KLIO_DELTA, "delta");
+        s += &format!(
+            "delta restore of the full backup over the changed directory: klio {delta:.2} s, \
+             pgbackrest {:.2} s; speed {:.2}× (goal ≥ 1.0×)\n",
+            self.mean(PGBACKREST_DELTA, "delta"),
+            speed(self.mean(PGBACKREST_DELTA, "delta"), delta),
         );
         s
     }
@@ -228,7 +309,7 @@ pub fn run(klio: &Path, opts: &BackupOptions) -> BackupReport {
     // Declared in this order so that they drop as a deployment stops: send-wal, the
     // server, then the files, then PostgreSQL.
     let KlioStreaming {
-        pg,
+        mut pg,
         work,
         exe,
         certs,
@@ -248,11 +329,13 @@ pub fn run(klio: &Path, opts: &BackupOptions) -> BackupReport {
     pg.pgbench(&["-i", "-q", "-s", &opts.scale.to_string()]);
     pg.psql("CHECKPOINT");
     let client_args = crate::setup::bench_client_args(&server, &certs);
-    let klio_backup = |label: &str| -> (f64, klio_proto::klio::BackupInfo) {
+    let compress = opts.compress.as_str();
+    let klio_backup = |label: &str, mode: &str| -> (f64, klio_proto::klio::BackupInfo) {
         let t = Instant::now();
         let out = run_ok(
             as_postgres(&exe)
-                .args(["backup", "run", "--output", "json", "--label", label, "-d"])
+                .args(["backup", "run", "--output", "json", "--label", label])
+                .args(["--mode", mode, "--jobs", "2", "--compress", compress, "-d"])
                 .arg(pg.socket_connstr())
                 .args(&client_args),
         );
@@ -270,17 +353,20 @@ pub fn run(klio: &Path, opts: &BackupOptions) -> BackupReport {
     let pgbackrest = PgBackRest::create(&work, &pg);
 
     let mut samples = Vec::new();
+    let mut klio_full = None;
     for round in 0..opts.rounds {
-        let mut order = [KLIO, PG_BASEBACKUP, PGBACKREST];
-        order.rotate_left(round as usize % 3);
+        let mut order = [KLIO, KLIO_STREAM, PG_BASEBACKUP, PGBACKREST];
+        order.rotate_left(round as usize % 4);
         for contender in order {
             let (seconds, stored_bytes) = match contender {
-                KLIO => {
+                KLIO | KLIO_STREAM => {
                     // An empty block store: a real full backup.
                     server.stop();
                     let _ = std::fs::remove_dir_all(&backups_dir);
                     server.restart();
-                    let (seconds, info) = klio_backup(&format!("full-{round}"));
+                    let mode = if contender == KLIO { "local" } else { "stream" };
+                    let (seconds, info) = klio_backup(&format!("full-{round}-{mode}"), mode);
+                    klio_full = Some(info.id.clone());
                     (seconds, info.new_stored_bytes)
                 }
                 PG_BASEBACKUP => {
@@ -328,10 +414,13 @@ pub fn run(klio: &Path, opts: &BackupOptions) -> BackupReport {
         "-T",
         &opts.change_seconds.to_string(),
     ]);
-    let (_, incremental) = klio_backup("incremental");
+    let (klio_incremental_seconds, incremental) = klio_backup("incremental", "local");
     let before = dir_bytes(&pgbackrest.repo);
+    let t = Instant::now();
     run_ok(&mut pgbackrest.command(&["--type=incr", "backup"]));
+    let pgbackrest_incremental_seconds = t.elapsed().as_secs_f64();
     let pgbackrest_incremental_stored = dir_bytes(&pgbackrest.repo) - before;
+    let pgbackrest_full = last_full_label(&pgbackrest);
 
     // Restores, each into an empty directory.
     client.stop();
@@ -345,7 +434,7 @@ pub fn run(klio: &Path, opts: &BackupOptions) -> BackupReport {
                 KLIO_RESTORE => {
                     run_ok(
                         as_postgres(&exe)
-                            .args(["restore", "--backup", "latest", "-D"])
+                            .args(["restore", "--backup", "latest", "--jobs", "2", "-D"])
                             .arg(&target)
                             .args(&client_args),
                     );
@@ -378,6 +467,56 @@ pub fn run(klio: &Path, opts: &BackupOptions) -> BackupReport {
         }
     }
     let _ = std::fs::remove_dir_all(work.path().join("restored"));
+
+    // Delta restores of the full backup (before the change) over a copy of the changed data
+    // directory (after it), PostgreSQL stopped.
+    let changed = work.path().join("changed");
+    pg.stop();
+    run_ok(
+        Command::new("cp")
+            .arg("-a")
+            .arg(pg.data_dir())
+            .arg(&changed),
+    );
+    for round in 0..opts.rounds {
+        let mut order = [KLIO_DELTA, PGBACKREST_DELTA];
+        order.rotate_left(round as usize % 2);
+        for contender in order {
+            let target = work.path().join("delta-target");
+            let _ = std::fs::remove_dir_all(&target);
+            run_ok(Command::new("cp").arg("-a").arg(&changed).arg(&target));
+            // A clean stop leaves no pid file; the copy must not look like a running server.
+            let _ = std::fs::remove_file(target.join("postmaster.pid"));
+            let t = Instant::now();
+            if contender == KLIO_DELTA {
+                let id = klio_full.as_deref().unwrap_or("latest");
+                run_ok(
+                    as_postgres(&exe)
+                        .args(["restore", "--backup", id, "--delta", "--jobs", "2", "-D"])
+                        .arg(&target)
+                        .args(&client_args),
+                );
+            } else {
+                run_ok(&mut pgbackrest.command(&[
+                    "restore",
+                    "--delta",
+                    &format!("--set={pgbackrest_full}"),
+                    &format!("--pg1-path={}", target.display()),
+                ]));
+            }
+            let seconds = t.elapsed().as_secs_f64();
+            eprintln!("round {round}: delta {contender} {seconds:.2} s");
+            samples.push(BackupSample {
+                contender,
+                kind: "delta",
+                round,
+                seconds,
+                stored_bytes: 0,
+            });
+        }
+    }
+    let _ = std::fs::remove_dir_all(work.path().join("delta-target"));
+    let _ = std::fs::remove_dir_all(&changed);
     BackupReport {
         database_bytes: samples
             .iter()
@@ -387,5 +526,23 @@ pub fn run(klio: &Path, opts: &BackupOptions) -> BackupReport {
         klio_incremental_stored: incremental.new_stored_bytes,
         klio_incremental_logical: incremental.logical_bytes,
         pgbackrest_incremental_stored,
+        klio_incremental_seconds,
+        pgbackrest_incremental_seconds,
     }
+}
+
+/// The label of pgBackRest's newest full backup (`pgbackrest info --output=json`).
+fn last_full_label(pgbackrest: &PgBackRest) -> String {
+    let out = run_ok(&mut pgbackrest.command(&["info", "--output=json"]));
+    let info: serde_json::Value =
+        serde_json::from_str(&out.stdout).expect("pgbackrest info prints JSON");
+    info[0]["backup"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|b| b["type"] == "full")
+        .filter_map(|b| b["label"].as_str())
+        .next_back()
+        .expect("pgbackrest holds a full backup")
+        .to_owned()
 }

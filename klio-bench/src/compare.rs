@@ -1,5 +1,5 @@
 //! The whole comparison in one run: machine, ingest, streaming, synchronous commit, recovery,
-//! archive scale, many streams;
+//! archive scale, many streams, base backups and restores;
 //! written as `results.md` and `results.json`.
 
 use std::path::{Path, PathBuf};
@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::archive_scale::{self, ArchiveScaleOptions, ArchiveScaleReport};
+use crate::backup::{self, BackupOptions, BackupReport};
 use crate::ingest::{self, IngestOptions, IngestReport};
 use crate::layout::Layout;
 use crate::machine::Machine;
@@ -30,6 +31,8 @@ pub struct CompareOptions {
     pub archive_scale: ArchiveScaleOptions,
     /// Many-streams settings.
     pub streams: StreamsOptions,
+    /// Base backup settings.
+    pub backup: BackupOptions,
 }
 
 impl CompareOptions {
@@ -51,6 +54,13 @@ impl CompareOptions {
             },
             archive_scale: ArchiveScaleOptions::default(),
             streams: StreamsOptions::default(),
+            // 1.5 GiB: the 5 GiB figures come from `klio-bench backup --scale 350`.
+            backup: BackupOptions {
+                rounds: 1,
+                scale: 100,
+                change_seconds: 60,
+                compress: "lz4".to_owned(),
+            },
         }
     }
 
@@ -86,6 +96,12 @@ impl CompareOptions {
                 files: 64,
                 ..StreamsOptions::default()
             },
+            backup: BackupOptions {
+                rounds: 1,
+                scale: 5,
+                change_seconds: 5,
+                compress: "lz4".to_owned(),
+            },
         }
     }
 }
@@ -111,8 +127,10 @@ pub struct CompareReport {
     pub recovery: RecoveryReport,
     /// 5. Archive scale (or why it could not be measured).
     pub archive_scale: Result<ArchiveScaleReport, String>,
-    /// 5. Many streams.
+    /// 6. Many streams.
     pub streams: StreamsReport,
+    /// 7. Base backups and restores.
+    pub backup: BackupReport,
 }
 
 fn version(cmd: &mut std::process::Command) -> String {
@@ -152,6 +170,7 @@ pub fn run(klio: &Path, scratch: &Path, opts: &CompareOptions) -> CompareReport 
     let archive_scale = archive_scale::run(klio, &opts.archive_scale)
         .map_err(|e| klio_wal::ErrorChain(&e).to_string());
     let streams = streams::run(klio, &opts.streams);
+    let backup = backup::run(klio, &opts.backup);
     CompareReport {
         started,
         klio_version: version(std::process::Command::new(klio).arg("--version")),
@@ -163,6 +182,7 @@ pub fn run(klio: &Path, scratch: &Path, opts: &CompareOptions) -> CompareReport 
         recovery,
         archive_scale,
         streams,
+        backup,
     }
 }
 
@@ -256,6 +276,7 @@ impl CompareReport {
                 self.streams.scaling(w)
             );
         }
+        out += &self.backup.summary_rows();
         out += "\n## 1. Ingest\n\n";
         out += &i.markdown();
         out +=
@@ -291,6 +312,8 @@ impl CompareReport {
         }
         out += "\n## 6. Many streams\n\n";
         out += &self.streams.markdown();
+        out += "\n## 7. Base backups and restores\n\n";
+        out += &self.backup.markdown();
         out
     }
 

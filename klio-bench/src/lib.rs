@@ -7,8 +7,11 @@
 //! - [`sync_commit`]: pgbench TPS with Klio as synchronous standby against
 //!   `pg_receivewal --synchronous`.
 //! - [`recovery`]: PostgreSQL recovering the same WAL through `klio get-wal` and through `cp`.
-//! - [`backup`]: `klio backup run` and `klio restore` against `pg_basebackup`, `tar -x` and
-//!   pgBackRest (full, block incremental, restore).
+//! - [`backup`]: `klio backup run` (local and streamed) and `klio restore` (plain and
+//!   `--delta`) against `pg_basebackup`, `tar -x` and pgBackRest (full, incremental, restore,
+//!   delta restore).
+//! - [`backup_files`]: a local backup of a data directory with a million small files, and the
+//!   client's and server's peak memory.
 //! - [`block_size`]: the study behind the backup block size (stored bytes, reference overhead
 //!   and round trips per block size, on two pgbench backups).
 //! - [`streams`]: many clusters on one server: 1 to 256 concurrent wal-player streams, the
@@ -24,6 +27,7 @@
 
 pub mod archive_scale;
 pub mod backup;
+pub mod backup_files;
 pub mod block_size;
 pub mod compare;
 pub mod ingest;

@@ -86,6 +86,13 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Layout::Shared)]
         layout: Layout,
     },
+    /// A local backup of a data directory with many small files: its time and the peak RSS
+    /// of client and server
+    BackupFiles {
+        /// Small files added to the data directory.
+        #[arg(long, default_value_t = 1_000_000)]
+        files: usize,
+    },
     /// Base backups: klio backup run against pg_basebackup and pgBackRest (full, incremental
     /// after pgbench -N), and klio restore against tar -x and pgbackrest restore.
     Backup {
@@ -98,6 +105,9 @@ enum Command {
         /// Seconds of pgbench -N between the full and the incremental backup.
         #[arg(long, default_value_t = 60)]
         change_seconds: u32,
+        /// Klio's block compression (klio backup run --compress zstd|lz4).
+        #[arg(long, default_value = "lz4")]
+        compress: String,
     },
     /// The block size study: stored bytes, reference overhead and round trips per block size
     /// on two pg_basebackup archives before and after pgbench -N (no klio binary needed).
@@ -241,15 +251,21 @@ fn main() {
             };
             println!("{}", klio_bench::sync_commit::run(&klio, &opts).markdown());
         }
+        Command::BackupFiles { files } => {
+            let opts = klio_bench::backup_files::BackupFilesOptions { files };
+            println!("{}", klio_bench::backup_files::run(&klio, &opts).markdown());
+        }
         Command::Backup {
             rounds,
             scale,
             change_seconds,
+            compress,
         } => {
             let opts = klio_bench::backup::BackupOptions {
                 rounds,
                 scale,
                 change_seconds,
+                compress,
             };
             println!("{}", klio_bench::backup::run(&klio, &opts).markdown());
         }
