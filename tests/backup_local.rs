@@ -49,15 +49,8 @@ fn primary_with_everything(label: &str) -> (Stack, std::path::PathBuf) {
     // Nothing may rewrite a relation between the two backups compared below.
     stack.pg.psql("ALTER SYSTEM SET autovacuum = off");
     stack.pg.psql("SELECT pg_reload_conf()");
-    let ts = postgres_dir(&stack, "ts");
-    stack
-        .pg
-        .psql(&format!("CREATE TABLESPACE ts LOCATION '{}'", ts.display()));
     stack.pg.pgbench(&["-i", "-s", "2", "-q"]);
-    stack.pg.psql(
-        "CREATE TABLE in_ts TABLESPACE ts AS \
-         SELECT g AS id, md5(g::text) AS h FROM generate_series(1, 20000) g",
-    );
+    let ts = tablespace_with_table(&stack, 20_000);
     stack
         .pg
         .psql("CREATE UNLOGGED TABLE scratch AS SELECT g FROM generate_series(1, 50000) g");

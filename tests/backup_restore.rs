@@ -19,15 +19,8 @@ const SEGMENT: u64 = 16 << 20;
 /// synchronous standby, so every commit is on the server before it returns.
 fn primary_with_tablespace(label: &str) -> (Stack, std::path::PathBuf) {
     let stack = stack(label).sync_standby().start();
-    let ts = postgres_dir(&stack, "ts");
-    stack
-        .pg
-        .psql(&format!("CREATE TABLESPACE ts LOCATION '{}'", ts.display()));
     stack.pg.pgbench(&["-i", "-s", "5", "-q"]);
-    stack.pg.psql(
-        "CREATE TABLE in_ts TABLESPACE ts AS \
-         SELECT g AS id, md5(g::text) AS h FROM generate_series(1, 50000) g",
-    );
+    let ts = tablespace_with_table(&stack, 50_000);
     (stack, ts)
 }
 

@@ -215,6 +215,11 @@ impl BackupReport {
     }
 }
 
+/// Writes back everything dirty (`sync`), so that a timed run starts from a quiet disk.
+fn settle() {
+    run_ok(&mut Command::new("sync"));
+}
+
 /// Bytes of the files under `dir`.
 fn dir_bytes(dir: &Path) -> u64 {
     let out = run_ok(Command::new("du").args(["-sb"]).arg(dir));
@@ -358,6 +363,9 @@ pub fn run(klio: &Path, opts: &BackupOptions) -> BackupReport {
         let mut order = [KLIO, KLIO_STREAM, PG_BASEBACKUP, PGBACKREST];
         order.rotate_left(round as usize % 4);
         for contender in order {
+            // Every contender starts with nothing dirty in the page cache: the writeback of
+            // what came before (pgbench -i, the last contender) is no one's cost.
+            settle();
             let (seconds, stored_bytes) = match contender {
                 KLIO | KLIO_STREAM => {
                     // An empty block store: a real full backup.
@@ -414,8 +422,10 @@ pub fn run(klio: &Path, opts: &BackupOptions) -> BackupReport {
         "-T",
         &opts.change_seconds.to_string(),
     ]);
+    settle();
     let (klio_incremental_seconds, incremental) = klio_backup("incremental", "local");
     let before = dir_bytes(&pgbackrest.repo);
+    settle();
     let t = Instant::now();
     run_ok(&mut pgbackrest.command(&["--type=incr", "backup"]));
     let pgbackrest_incremental_seconds = t.elapsed().as_secs_f64();
@@ -429,6 +439,7 @@ pub fn run(klio: &Path, opts: &BackupOptions) -> BackupReport {
         order.rotate_left(round as usize % 3);
         for contender in order {
             let target = fresh_dir(&work, "restored");
+            settle();
             let t = Instant::now();
             match contender {
                 KLIO_RESTORE => {
@@ -487,6 +498,7 @@ pub fn run(klio: &Path, opts: &BackupOptions) -> BackupReport {
             run_ok(Command::new("cp").arg("-a").arg(&changed).arg(&target));
             // A clean stop leaves no pid file; the copy must not look like a running server.
             let _ = std::fs::remove_file(target.join("postmaster.pid"));
+            settle();
             let t = Instant::now();
             if contender == KLIO_DELTA {
                 let id = klio_full.as_deref().unwrap_or("latest");

@@ -130,6 +130,20 @@ pub fn postgres_dir(stack: &Stack, name: &str) -> PathBuf {
     dir
 }
 
+/// Creates tablespace `ts` in a new directory of the stack's work directory and a table
+/// `in_ts` of `rows` rows in it; the tablespace's location.
+pub fn tablespace_with_table(stack: &Stack, rows: u32) -> PathBuf {
+    let ts = postgres_dir(stack, "ts");
+    stack
+        .pg
+        .psql(&format!("CREATE TABLESPACE ts LOCATION '{}'", ts.display()));
+    stack.pg.psql(&format!(
+        "CREATE TABLE in_ts TABLESPACE ts AS \
+         SELECT g AS id, md5(g::text) AS h FROM generate_series(1, {rows}) g"
+    ));
+    ts
+}
+
 /// Appends a line to the data directory's postgresql.auto.conf (as root; the file keeps its
 /// owner).
 pub fn append_auto_conf(pgdata: &Path, line: &str) {

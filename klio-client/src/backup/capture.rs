@@ -377,6 +377,13 @@ pub(super) struct Session<'s> {
     pub(super) compression: BlockCompression,
 }
 
+/// The backup's label: the one given, or `klio <UTC time it started>`.
+pub(super) fn backup_label(opts: &BackupOptions, started_at: SystemTime) -> String {
+    opts.label
+        .clone()
+        .unwrap_or_else(|| format!("klio {}", humantime::format_rfc3339_seconds(started_at)))
+}
+
 pub(super) fn epoch_ms(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -417,10 +424,7 @@ impl Session<'_> {
         progress: &mut dyn FnMut(&CaptureProgress),
     ) -> Result<BackupOutcome, BackupError> {
         let started_at = SystemTime::now();
-        let label = opts
-            .label
-            .clone()
-            .unwrap_or_else(|| format!("klio {}", humantime::format_rfc3339_seconds(started_at)));
+        let label = backup_label(opts, started_at);
         let options = BaseBackupOptions {
             label: label.clone(),
             checkpoint: opts.checkpoint,

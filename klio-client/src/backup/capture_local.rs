@@ -12,8 +12,8 @@ use tokio::time::Instant;
 use super::BLOCK_SIZE;
 use super::batch::{Batch, BatchLimits};
 use super::capture::{
-    BackupError, BackupOptions, BackupOutcome, SEND_CHUNK, Session, SystemFacts, epoch_ms,
-    wal_timeout_seconds,
+    BackupError, BackupOptions, BackupOutcome, SEND_CHUNK, Session, SystemFacts, backup_label,
+    epoch_ms, wal_timeout_seconds,
 };
 use super::local::{
     self, Cut, LocalCaptureError, LocalCluster, ManifestWriter, PageChecks, READ_LAST, Readers,
@@ -87,10 +87,7 @@ impl Session<'_> {
         progress: &mut dyn FnMut(&CaptureProgress),
     ) -> Result<BackupOutcome, BackupError> {
         let started_at = SystemTime::now();
-        let label = opts
-            .label
-            .clone()
-            .unwrap_or_else(|| format!("klio {}", humantime::format_rfc3339_seconds(started_at)));
+        let label = backup_label(opts, started_at);
         let clock = Instant::now();
         let total = estimated_size(cluster).await;
         let fast = opts.checkpoint == Checkpoint::Fast;
