@@ -36,7 +36,7 @@ pub struct CompareOptions {
 }
 
 impl CompareOptions {
-    /// The full run (about 25 minutes on 2 cores).
+    /// The full run (about 30 minutes on 2 cores).
     pub fn full() -> Self {
         Self {
             ingest: IngestOptions::default(),
