@@ -34,7 +34,7 @@ use super::backup_env::{BackupEnv, coverage_text, wal_range_text};
 use super::error_code::backup_refusal;
 use super::framing::FrameIo;
 use super::inbox::Inbox;
-use super::{End, blocking};
+use super::{End, off_runtime};
 use crate::backup_registry::{Claims, SharedIndex};
 
 /// What the client's `BackupHello` said.
@@ -98,7 +98,7 @@ pub(super) async fn run<T: FrameIo>(
         let (store, index) = (env.store.clone(), index.clone());
         let (backups, cluster) = (env.backups.clone(), cluster.clone());
         let telemetry = env.telemetry.clone();
-        blocking(move || {
+        off_runtime(move || {
             let claims = backups.claims(&cluster);
             backups.with_catalog_lock(&cluster, || Writing::start(store, index, claims, telemetry))
         })
@@ -137,7 +137,7 @@ pub(super) async fn run<T: FrameIo>(
             }
             Err(end) => return Err(abandon(writing, end).await),
         };
-        let (back, applied) = blocking(move || {
+        let (back, applied) = off_runtime(move || {
             let applied = writing.apply(batch);
             (writing, applied)
         })
@@ -190,10 +190,10 @@ async fn complete<T: FrameIo>(
     let id = writing.staged.id().clone();
     // The claims stay until the backup is published (or given up): until then no catalog
     // entry refers to its blocks.
-    let (sealed, referenced, new_stored, claims) = blocking(move || writing.seal()).await??;
+    let (sealed, referenced, new_stored, claims) = off_runtime(move || writing.seal()).await??;
     let (start, end) = (finish.start, finish.end);
     if let Err(end) = wait_for_wal(env, &id, &finish, inbox).await {
-        let _ = blocking(move || sealed.abandon()).await;
+        let _ = off_runtime(move || sealed.abandon()).await;
         tracing::info!("backup {id} abandoned");
         return Err(end);
     }
@@ -229,7 +229,7 @@ async fn complete<T: FrameIo>(
         capture: finish.capture,
     };
     let entry = info.clone();
-    blocking(move || sealed.publish(&entry))
+    off_runtime(move || sealed.publish(&entry))
         .await?
         .map_err(|e| backup_refusal(&e))?;
     drop(claims);
@@ -323,7 +323,7 @@ fn rfc3339_of_ms(ms: i64) -> String {
 /// reuses its blocks) and removes the staging directory.
 async fn abandon(writing: Writing, end: End) -> End {
     let id = writing.staged.id().clone();
-    match blocking(move || writing.abandon()).await {
+    match off_runtime(move || writing.abandon()).await {
         Ok(Ok(())) => tracing::info!("backup {id} abandoned"),
         Ok(Err(e)) => tracing::warn!("backup {id} abandoned, but: {}", ErrorChain(&e)),
         Err(_) => tracing::warn!("backup {id} abandoned, but its cleanup did not run"),

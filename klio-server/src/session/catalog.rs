@@ -28,7 +28,7 @@ use super::backup_env::{BackupEnv, coverage_text, wal_range_text};
 use super::error_code::{backup_refusal, read_only_refusal};
 use super::framing::FrameIo;
 use super::inbox::Inbox;
-use super::{End, blocking, storage_task_failed};
+use super::{End, blocking, off_runtime, storage_task_failed};
 use crate::backup_registry::SharedIndex;
 use crate::tier2::ServerMode;
 
@@ -252,7 +252,7 @@ async fn get_blocks<T: FrameIo>(
     for group in hashes.chunks(BLOCKS_PER_READ) {
         let (tier1, tier2, group) = (tier1.clone(), tier2.clone(), group.to_vec());
         let packs = env.store.packs_dir();
-        let blocks = blocking(move || -> Result<Vec<Block>, BackupStoreError> {
+        let blocks = off_runtime(move || -> Result<Vec<Block>, BackupStoreError> {
             let sources: Vec<_> = [tier1, tier2].into_iter().flatten().collect();
             let indexes: Vec<_> = sources
                 .iter()

@@ -167,6 +167,16 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     }
 }
 
+/// Runs long storage work (a backup batch's decompression, hash checks and pack writes; the
+/// blocks of a restore) on tokio's blocking pool, never on a worker: a worker busy for many
+/// milliseconds would hold back the tasks queued behind it, a commit's acknowledgement among
+/// them. A hand-off per batch costs nothing beside the batch.
+async fn off_runtime<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, End> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(storage_task_failed)
+}
+
 /// A storage task panicked or was cancelled.
 fn storage_task_failed(e: tokio::task::JoinError) -> End {
     End::Refused(
