@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use klio_crypto::{BLOCK_HASH_KEY_LEN, SystemRandom};
+use klio_crypto::{BLOCK_HASH_KEY_LEN, BlockHashAlgorithm, SystemRandom};
 use klio_store::backup::{ObjectKind, encode_object, parse_hash_key};
 use libfuzzer_sys::fuzz_target;
 
@@ -21,8 +21,14 @@ fuzz_target!(|data: &[u8]| {
         rest.to_vec()
     };
     if let Ok(key) = parse_hash_key(&object, path, None) {
-        // A wrapped input is the key itself: only 32 bytes are one.
-        assert!(mode & 1 == 0 || rest.len() == BLOCK_HASH_KEY_LEN);
+        // A wrapped input is the key itself: only 32 bytes (HMAC-SHA-256, as written before
+        // there was a choice) or 32 and a known algorithm are one.
+        assert!(
+            mode & 1 == 0
+                || rest.len() == BLOCK_HASH_KEY_LEN
+                || (rest.len() == BLOCK_HASH_KEY_LEN + 1
+                    && BlockHashAlgorithm::from_u8(rest[BLOCK_HASH_KEY_LEN]).is_some())
+        );
         let _ = key.hash(b"a block");
     }
     if let Ok(bytes) = <[u8; BLOCK_HASH_KEY_LEN]>::try_from(rest) {
@@ -30,5 +36,6 @@ fuzz_target!(|data: &[u8]| {
             encode_object(None, ObjectKind::HashKey, "", &bytes, &rng, path).expect("encodes");
         let key = parse_hash_key(&object, path, None).expect("a written key reads");
         assert_eq!(key.to_bytes(), bytes);
+        assert_eq!(key.algorithm(), BlockHashAlgorithm::HmacSha256);
     }
 });

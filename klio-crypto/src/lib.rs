@@ -47,7 +47,7 @@ mod seal;
 #[cfg(test)]
 mod tests;
 
-pub use block_hash::{BLOCK_HASH_KEY_LEN, BlockHashKey};
+pub use block_hash::{BLOCK_HASH_KEY_LEN, BlockHashAlgorithm, BlockHashKey};
 pub use error::CryptoError;
 pub use format::{
     CompressionKind, DEFAULT_CHUNK_SIZE, FORMAT_VERSION, HEADER_LEN, IMMUTABLE_HEADER_LEN,

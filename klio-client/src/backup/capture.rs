@@ -26,7 +26,9 @@ use crate::client_config::{ClientConfig, ClientConfigError};
 use crate::conn_string::ConnConfig;
 use crate::connection::ReplicationConnection;
 use crate::error::ConnectionError;
-use crate::server_link::{FramedRecv, FramedSend, ServerConnection, ServerLinkError};
+use crate::server_link::{
+    FramedRecv, FramedSend, ServerConnection, ServerLinkError, block_hash_key,
+};
 
 /// The oldest `server_version_num` whose `BASE_BACKUP` takes `TARGET 'client'`.
 const MIN_SERVER_VERSION_NUM: u32 = 150_000;
@@ -349,7 +351,7 @@ async fn start_session(
             Err(e) => return Err(e.into()),
         };
         let key = match recv.recv().await? {
-            Some(Message::HashKey { key }) => BlockHashKey::from_bytes(key),
+            Some(Message::HashKey { key, algorithm }) => block_hash_key(key, algorithm)?,
             other => return Err(unexpected("HashKey", other)),
         };
         return Ok((send, recv, backup_id, key));

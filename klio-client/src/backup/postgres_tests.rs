@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
-use klio_crypto::BlockHashKey;
+use klio_crypto::{BlockHashAlgorithm, BlockHashKey};
 use klio_proto::base_backup::{BaseBackupOptions, CopyStreamEvent};
 use klio_proto::klio::{BlockHash, FileEntry, FileKind};
 use klio_testkit::{PgOptions, PgServer, TestDir};
@@ -83,7 +83,10 @@ fn every_file_of_a_real_base_backup_is_rebuilt_from_its_blocks_as_the_manifest_s
             max_hashes: 16,
             ..BatchLimits::default()
         };
-        let mut archives = ArchiveStream::new(BlockHashKey::from_bytes([1; 32]), limits);
+        let mut archives = ArchiveStream::new(
+            BlockHashKey::new(BlockHashAlgorithm::Blake3, [1; 32]),
+            limits,
+        );
         while let Some(event) = stream.next_event().await.expect("event") {
             match event {
                 CopyStreamEvent::NewArchive { name, tablespace } => archives

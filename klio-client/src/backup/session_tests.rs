@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use klio_crypto::BlockHashKey;
+use klio_crypto::{BlockHashAlgorithm, BlockHashKey};
 use klio_proto::klio::{
     ALPN, BackupFinish, BackupInfo, BackupStatus, BlockHash, CATALOG_SCHEMA, CatalogTablespace,
     ErrorCode, FileEntry, FrameDecoder, Message, PROTOCOL_VERSION,
@@ -116,7 +116,7 @@ impl StandIn {
 }
 
 async fn serve(mut send: quinn::SendStream, mut recv: quinn::RecvStream, store: Arc<Mutex<Store>>) {
-    let key = BlockHashKey::from_bytes(KEY);
+    let key = BlockHashKey::new(BlockHashAlgorithm::Blake3, KEY);
     let mut decoder = FrameDecoder::new();
     let mut buf = BytesMut::new();
     let mut log: Option<Arc<Mutex<SessionLog>>> = None;
@@ -178,7 +178,10 @@ fn answer(
                 version: PROTOCOL_VERSION,
                 backup_id: format!("20261201T1200{:02}Z-ab12", store.sessions.len()),
             },
-            Message::HashKey { key: KEY },
+            Message::HashKey {
+                key: KEY,
+                algorithm: BlockHashAlgorithm::Blake3.to_u8(),
+            },
         ];
     }
     match message {

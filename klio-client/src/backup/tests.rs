@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use klio_crypto::BlockHashKey;
+use klio_crypto::{BlockHashAlgorithm, BlockHashKey};
 use klio_proto::klio::{
     Block, BlockCompression, BlockHash, FileEntry, FileKind, MAX_HASHES_PER_MESSAGE, Message,
 };
@@ -16,7 +16,7 @@ use super::capture::file_messages;
 use super::cutter::{ArchiveRoot, Cutter};
 
 fn key() -> BlockHashKey {
-    BlockHashKey::from_bytes([7; 32])
+    BlockHashKey::new(BlockHashAlgorithm::Blake3, [7; 32])
 }
 
 fn hash(data: &[u8]) -> BlockHash {

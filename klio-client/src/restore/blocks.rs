@@ -180,6 +180,7 @@ pub(super) struct FetchFailure {
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
+    use klio_crypto::BlockHashAlgorithm;
 
     use super::*;
 
@@ -205,7 +206,7 @@ mod tests {
 
     #[test]
     fn a_block_is_used_only_with_its_length_and_keyed_hash() {
-        let key = BlockHashKey::from_bytes([5; 32]);
+        let key = BlockHashKey::new(BlockHashAlgorithm::Blake3, [5; 32]);
         let plain = vec![7u8; 8192];
         for compress in [true, false] {
             let b = block(&key, &plain, compress);
@@ -214,7 +215,7 @@ mod tests {
                 checked_plaintext(&key, &b.hash, 4096, &b),
                 Err(BlockFault::WrongLength { .. })
             ));
-            let other_key = BlockHashKey::from_bytes([6; 32]);
+            let other_key = BlockHashKey::new(BlockHashAlgorithm::Blake3, [6; 32]);
             assert!(matches!(
                 checked_plaintext(&other_key, &b.hash, 8192, &b),
                 Err(BlockFault::HashMismatch { .. })

@@ -6,7 +6,9 @@ use bytes::Bytes;
 use klio_crypto::BlockHashKey;
 use klio_proto::klio::{BackupInfo, ErrorCode, FileEntry, Message};
 
-use crate::server_link::{FramedRecv, FramedSend, ServerConnection, ServerLinkError};
+use crate::server_link::{
+    FramedRecv, FramedSend, ServerConnection, ServerLinkError, block_hash_key,
+};
 
 use super::RestoreError;
 
@@ -75,7 +77,9 @@ impl BackupContents {
             ))));
         }
         let key = match read(recv.recv().await)? {
-            Message::HashKey { key } => BlockHashKey::from_bytes(key),
+            Message::HashKey { key, algorithm } => {
+                block_hash_key(key, algorithm).map_err(RestoreError::Catalog)?
+            }
             other => return Err(unexpected("GetBackup", &other)),
         };
         Ok((

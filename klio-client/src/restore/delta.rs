@@ -233,10 +233,11 @@ fn sweep(dir: &Path, wanted: &Wanted, own: &[PathBuf], removed: &mut u64) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+    use klio_crypto::BlockHashAlgorithm;
     use klio_proto::klio::{BlockHash, FileKind};
 
     fn key() -> BlockHashKey {
-        BlockHashKey::from_bytes([9; 32])
+        BlockHashKey::new(BlockHashAlgorithm::Blake3, [9; 32])
     }
 
     fn entry_of(content: &[u8], block: u32) -> FileEntry {

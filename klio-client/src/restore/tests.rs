@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use klio_crypto::BlockHashKey;
+use klio_crypto::{BlockHashAlgorithm, BlockHashKey};
 use klio_proto::klio::{
     BackupInfo, BackupStatus, Block, BlockCompression, BlockHash, CatalogPosition,
     CatalogTablespace, ErrorCode, FileEntry, FileKind, FrameDecoder, Message,
@@ -45,7 +45,7 @@ struct Faults {
 
 impl FakeBackup {
     fn new(ts_location: &str) -> Self {
-        let key = BlockHashKey::from_bytes([9; 32]);
+        let key = BlockHashKey::new(BlockHashAlgorithm::Blake3, [9; 32]);
         let mut b = Self {
             info: BackupInfo {
                 schema: 1,
@@ -217,6 +217,7 @@ async fn serve_stream(
                 entry.encode(&mut out);
                 Message::HashKey {
                     key: backup.key.to_bytes(),
+                    algorithm: backup.key.algorithm().to_u8(),
                 }
                 .encode(&mut out);
                 for file in &backup.entries {

@@ -8,6 +8,7 @@ mod tls;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
+use klio_crypto::{BlockHashAlgorithm, BlockHashKey};
 use klio_proto::klio::{ErrorCode, KlioProtocolError};
 
 pub use framed::{FramedRecv, FramedSend};
@@ -104,6 +105,23 @@ pub enum ServerLinkError {
     /// The server's answer does not make sense (wrong message, size or checksum).
     #[error("unexpected answer from the Klio server {0}")]
     Unexpected(String),
+    /// The server's block-hash key is for an algorithm this client does not know: the server
+    /// is newer.
+    #[error(
+        "the Klio server names backup blocks with hash algorithm {0}, which this klio does not \
+         know: install the server's version of klio on this host"
+    )]
+    UnknownHashAlgorithm(u8),
+}
+
+/// The block-hash key of a `HashKey` message.
+pub(crate) fn block_hash_key(
+    key: [u8; 32],
+    algorithm: u8,
+) -> Result<BlockHashKey, ServerLinkError> {
+    let algorithm = BlockHashAlgorithm::from_u8(algorithm)
+        .ok_or(ServerLinkError::UnknownHashAlgorithm(algorithm))?;
+    Ok(BlockHashKey::new(algorithm, key))
 }
 
 impl From<IdentityError> for ServerLinkError {
@@ -116,7 +134,7 @@ impl ServerLinkError {
     /// Whether trying again later can help.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Tls { .. } | Self::Identity(_) => false,
+            Self::Tls { .. } | Self::Identity(_) | Self::UnknownHashAlgorithm(_) => false,
             Self::Refused { code, .. } => code.is_retryable(),
             _ => true,
         }

@@ -243,6 +243,10 @@ pub enum Message {
     HashKey {
         /// The key.
         key: [u8; 32],
+        /// Which keyed hash it is for, as `klio_crypto::BlockHashAlgorithm` numbers them
+        /// (0: HMAC-SHA-256, 1: keyed BLAKE3). A trailing byte: servers that predate the
+        /// choice send none, and their keys are all HMAC-SHA-256.
+        algorithm: u8,
     },
     /// Client → server: which of these blocks does the cluster hold?
     HaveBlocks {
@@ -534,7 +538,10 @@ impl Message {
                 out.put_u16(*version);
                 put_str(out, backup_id);
             }
-            Self::HashKey { key } => out.put_slice(key),
+            Self::HashKey { key, algorithm } => {
+                out.put_slice(key);
+                out.put_u8(*algorithm);
+            }
             Self::HaveBlocks { hashes }
             | Self::GetBlocks { hashes }
             | Self::FileBlocks { blocks: hashes } => put_hashes(out, hashes),
@@ -853,7 +860,12 @@ mod decode {
                 version: r.u16()?,
                 backup_id: r.string()?,
             },
-            tag::HASH_KEY => Message::HashKey { key: r.array()? },
+            tag::HASH_KEY => {
+                let key = r.array()?;
+                // Older servers end here: their keys were all HMAC-SHA-256 (0).
+                let algorithm = if r.buf.has_remaining() { r.u8()? } else { 0 };
+                Message::HashKey { key, algorithm }
+            }
             tag::HAVE_BLOCKS => Message::HaveBlocks {
                 hashes: r.hashes()?,
             },

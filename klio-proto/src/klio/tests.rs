@@ -96,7 +96,10 @@ fn samples() -> Vec<Message> {
             version: PROTOCOL_VERSION,
             backup_id: "20261201T120000Z-3f9a".to_owned(),
         },
-        Message::HashKey { key: [9; 32] },
+        Message::HashKey {
+            key: [9; 32],
+            algorithm: 1,
+        },
         Message::HaveBlocks {
             hashes: vec![BlockHash([1; 32]), BlockHash([2; 32])],
         },
@@ -575,4 +578,21 @@ fn a_finish_from_an_older_client_without_its_capture_byte_is_a_streamed_backup()
     let last = unknown.len() - 1;
     unknown[last] = 7;
     assert!(FrameDecoder::new().decode(&mut unknown).is_err());
+}
+
+#[test]
+fn a_hash_key_from_an_older_server_without_its_algorithm_byte_is_hmac_sha256() {
+    let key = Message::HashKey {
+        key: [5; 32],
+        algorithm: 1,
+    };
+    let mut older = without_last_byte(&key);
+    let back = FrameDecoder::new().decode(&mut older).unwrap();
+    assert_eq!(
+        back,
+        Some(Message::HashKey {
+            key: [5; 32],
+            algorithm: 0
+        })
+    );
 }

@@ -19,7 +19,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use klio_crypto::{SecureRandom, SystemRandom};
+use klio_crypto::{BlockHashKey, SecureRandom, SystemRandom};
 use klio_proto::klio::{
     BackupFinish, BackupInfo, BackupStatus, BlockHash, CATALOG_SCHEMA, CatalogTablespace,
     ClusterName, ErrorCode, MAX_HASHES_PER_MESSAGE, Message, PROTOCOL_VERSION,
@@ -30,7 +30,7 @@ use klio_store::backup::{
 };
 use klio_wal::ErrorChain;
 
-use super::backup_env::{BackupEnv, coverage_text, wal_range_text};
+use super::backup_env::{BackupEnv, coverage_text, hash_key_message, wal_range_text};
 use super::error_code::backup_refusal;
 use super::framing::FrameIo;
 use super::inbox::Inbox;
@@ -112,9 +112,7 @@ pub(super) async fn run<T: FrameIo>(
             version: PROTOCOL_VERSION,
             backup_id: id.to_string(),
         },
-        Message::HashKey {
-            key: writing.key_bytes,
-        },
+        hash_key_message(&writing.key),
     ];
     if let Err(end) = inbox.send(&welcome).await {
         return Err(abandon(writing, end).await);
@@ -339,7 +337,7 @@ struct Writing {
     /// The blocks this backup was told are held, stored, or named: retention keeps them.
     claims: Claims,
     telemetry: crate::telemetry::ClusterTelemetry,
-    key_bytes: [u8; 32],
+    key: BlockHashKey,
     /// The path of the last file entry (for errors about its blocks).
     current_path: Option<String>,
 }
@@ -372,7 +370,7 @@ impl Writing {
         };
         Ok(Self {
             staged,
-            key_bytes: key.to_bytes(),
+            key: key.clone(),
             writer: store.block_writer(key),
             index,
             claims,

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use klio_crypto::Keyring;
-use klio_proto::klio::ClusterName;
+use klio_crypto::{BlockHashKey, Keyring};
+use klio_proto::klio::{ClusterName, Message};
 use klio_store::backup::{BackupStore, WalCoverage, wal_coverage, wal_coverage_in};
 use klio_store::wal_archive::{ArchiveIndex, WalArchiveError, WalArchiveReader};
 use klio_wal::WalPosition;
@@ -173,5 +173,13 @@ pub(super) fn coverage_text(coverage: Option<&WalCoverage>) -> String {
     match coverage {
         Some(c) => c.to_string(),
         None => "the cluster has no WAL archive yet".to_owned(),
+    }
+}
+
+/// The `HashKey` message that gives a client its cluster's block-hash key.
+pub(super) fn hash_key_message(key: &BlockHashKey) -> Message {
+    Message::HashKey {
+        key: key.to_bytes(),
+        algorithm: key.algorithm().to_u8(),
     }
 }

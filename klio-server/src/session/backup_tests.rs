@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use klio_crypto::{BlockHashKey, Kek, Keyring};
+use klio_crypto::{BlockHashAlgorithm, BlockHashKey, Kek, Keyring};
 use klio_proto::klio::{
     BackupFinish, BackupInfo, Block, BlockCompression, BlockHash, CaptureMethod, ClusterName,
     ErrorCode, FileEntry, FileKind, Message, PROTOCOL_VERSION, TablespaceInfo,
@@ -249,10 +249,16 @@ async fn welcome<R>(client: &mut Client<R>) -> (String, BlockHashKey) {
     let Message::BackupWelcome { backup_id, .. } = client.recv().await else {
         panic!("BackupWelcome first");
     };
-    let Message::HashKey { key } = client.recv().await else {
+    let Message::HashKey { key, algorithm } = client.recv().await else {
         panic!("HashKey second");
     };
-    (backup_id, BlockHashKey::from_bytes(key))
+    let algorithm = BlockHashAlgorithm::from_u8(algorithm).expect("a known hash algorithm");
+    assert_eq!(
+        algorithm,
+        BlockHashAlgorithm::Blake3,
+        "new clusters use BLAKE3"
+    );
+    (backup_id, BlockHashKey::new(algorithm, key))
 }
 
 /// Offers the blocks, puts those not held, sends the files, the manifest and the finish;
@@ -364,7 +370,7 @@ async fn a_backup_session_end_to_end_then_the_catalog_serves_it() {
             std::slice::from_ref(&info)
         );
         let got = catalog(&env, Message::GetBackup { id: id.clone() }).await;
-        assert!(matches!(&got[1], Message::HashKey { key: k } if *k == key.to_bytes()));
+        assert!(matches!(&got[1], Message::HashKey { key: k, .. } if *k == key.to_bytes()));
         let served: Vec<&FileEntry> = got
             .iter()
             .filter_map(|m| match m {

@@ -24,7 +24,7 @@ use klio_store::backup::{
 use klio_wal::ErrorChain;
 use tokio::sync::mpsc;
 
-use super::backup_env::{BackupEnv, coverage_text, wal_range_text};
+use super::backup_env::{BackupEnv, coverage_text, hash_key_message, wal_range_text};
 use super::error_code::{backup_refusal, read_only_refusal};
 use super::framing::FrameIo;
 use super::inbox::Inbox;
@@ -153,12 +153,7 @@ async fn get_backup<T: FrameIo>(
             .await?
             .map_err(|e| backup_refusal(&e))?;
     inbox
-        .send(&[
-            entry_message(&info),
-            Message::HashKey {
-                key: key.to_bytes(),
-            },
-        ])
+        .send(&[entry_message(&info), hash_key_message(&key)])
         .await?;
     let (tx, rx) = mpsc::channel(STREAM_DEPTH);
     let producer = tokio::task::spawn_blocking(move || -> Result<(), BackupStoreError> {

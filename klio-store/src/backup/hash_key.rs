@@ -1,10 +1,20 @@
 //! The cluster's block-hash key in `block-hash-key`: created once, atomically, never
 //! regenerated (a new key would orphan every stored block: no hash would match any more).
+//!
+//! # Format
+//!
+//! An object of kind `HashKey` (sealed with the keyring when the server encrypts) whose
+//! plaintext is:
+//!
+//! | bytes | what |
+//! |---|---|
+//! | 32 | the key |
+//! | 1 | its algorithm, [`BlockHashAlgorithm::to_u8`] (absent: HMAC-SHA-256, as every key written before there was a choice) |
 
 use std::io::Read;
 use std::path::Path;
 
-use klio_crypto::{BLOCK_HASH_KEY_LEN, BlockHashKey, Keyring, SecureRandom};
+use klio_crypto::{BLOCK_HASH_KEY_LEN, BlockHashAlgorithm, BlockHashKey, Keyring, SecureRandom};
 use klio_wal::durable;
 
 use super::error::{BackupStoreError, ObjectDamage};
@@ -38,11 +48,36 @@ fn key_of(
     path: &Path,
 ) -> Result<BlockHashKey, BackupStoreError> {
     let bytes = reader.read_to_end()?;
-    let key: [u8; BLOCK_HASH_KEY_LEN] = bytes
-        .as_slice()
-        .try_into()
-        .map_err(|_| damaged(path, ObjectDamage::Malformed("the key is not 32 bytes")))?;
-    Ok(BlockHashKey::from_bytes(key))
+    let (key, algorithm) = match bytes.len() {
+        BLOCK_HASH_KEY_LEN => (bytes.as_slice(), BlockHashAlgorithm::HmacSha256),
+        n if n == BLOCK_HASH_KEY_LEN + 1 => (
+            &bytes[..BLOCK_HASH_KEY_LEN],
+            BlockHashAlgorithm::from_u8(bytes[BLOCK_HASH_KEY_LEN]).ok_or_else(|| {
+                damaged(
+                    path,
+                    ObjectDamage::Malformed(
+                        "the key names a hash algorithm this version does not know",
+                    ),
+                )
+            })?,
+        ),
+        _ => {
+            return Err(damaged(
+                path,
+                ObjectDamage::Malformed("the key is not 32 bytes and an algorithm"),
+            ));
+        }
+    };
+    let mut bytes = [0u8; BLOCK_HASH_KEY_LEN];
+    bytes.copy_from_slice(key);
+    Ok(BlockHashKey::new(algorithm, bytes))
+}
+
+/// The plaintext of the hash-key object for `key` (see the module documentation).
+fn encode_key(key: &BlockHashKey) -> Vec<u8> {
+    let mut out = key.to_bytes().to_vec();
+    out.push(key.algorithm().to_u8());
+    out
 }
 
 /// The key at `path`, created if the cluster has none. An existing key that cannot be read is
@@ -60,7 +95,14 @@ pub(crate) fn read_or_create(
         path: path.to_owned(),
         source,
     })?;
-    let bytes = object::encode(keyring, ObjectKind::HashKey, "", &key.to_bytes(), rng, path)?;
+    let bytes = object::encode(
+        keyring,
+        ObjectKind::HashKey,
+        "",
+        &encode_key(&key),
+        rng,
+        path,
+    )?;
     // Atomic and durable: a crash leaves no key or the whole key, and the key is on disk
     // before any block is named with it. Only the backup session (one per cluster, under its
     // lease) creates it, so no other writer races this rename.

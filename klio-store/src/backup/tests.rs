@@ -5,7 +5,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use klio_crypto::{BlockHashKey, Kek, Keyring};
+use klio_crypto::{BlockHashAlgorithm, BlockHashKey, Kek, Keyring};
 use klio_proto::klio::{
     BackupInfo, BackupStatus, Block, BlockCompression, BlockHash, CATALOG_SCHEMA, FileEntry,
     FileKind,
@@ -307,6 +307,59 @@ fn the_block_hash_key_survives_reopen_and_is_never_regenerated() {
         assert!(again.prepare_for_backup().is_err());
         assert!(again.read_hash_key().is_err());
         assert_eq!(std::fs::read(&path).unwrap(), bytes, "never regenerated");
+    }
+}
+
+#[test]
+fn new_keys_are_blake3_and_a_key_written_before_the_choice_is_hmac_sha256() {
+    for keyring in formats() {
+        let d = tempfile::tempdir().unwrap();
+        let store = BackupStore::new(d.path(), keyring.clone());
+        let key = store.prepare_for_backup().unwrap();
+        assert_eq!(key.algorithm(), BlockHashAlgorithm::Blake3);
+
+        // A key object as written before there was a choice: 32 bytes, nothing after.
+        let path = d.path().join("block-hash-key");
+        let legacy = object::encode(
+            keyring.as_ref(),
+            ObjectKind::HashKey,
+            "",
+            &[4u8; 32],
+            &SystemRandom::new(),
+            &path,
+        )
+        .unwrap();
+        std::fs::write(&path, &legacy).unwrap();
+        let old = BackupStore::new(d.path(), keyring.clone())
+            .prepare_for_backup()
+            .unwrap();
+        assert_eq!(
+            old,
+            BlockHashKey::new(BlockHashAlgorithm::HmacSha256, [4; 32])
+        );
+        // Its blocks go on being named as before.
+        let b = block(&old, &plain(2, true));
+        let index = store_blocks(&store, std::slice::from_ref(&b));
+        assert_eq!(&store.block_reader().read(&index, &b.hash).unwrap(), &b);
+
+        // An algorithm this version does not know is damage, never a guess.
+        let unknown = object::encode(
+            keyring.as_ref(),
+            ObjectKind::HashKey,
+            "",
+            &[[4u8; 32].as_slice(), &[9]].concat(),
+            &SystemRandom::new(),
+            &path,
+        )
+        .unwrap();
+        std::fs::write(&path, &unknown).unwrap();
+        let err = store.read_hash_key().unwrap_err();
+        assert!(
+            klio_wal::ErrorChain(&err)
+                .to_string()
+                .contains("hash algorithm"),
+            "{err}"
+        );
     }
 }
 
