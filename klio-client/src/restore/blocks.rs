@@ -15,8 +15,9 @@ use crate::server_link::{FramedRecv, FramedSend, ServerLinkError};
 /// The most hashes in one `GetBlocks` request.
 const MAX_HASHES_PER_REQUEST: usize = 4096;
 
-/// The most block bytes one stream asks for at a time: what a worker holds in memory.
-const MAX_BYTES_IN_FLIGHT: u64 = 16 << 20;
+/// The most block bytes in one request. A worker holds two requests' worth: the blocks it is
+/// writing and those of the next request, arriving meanwhile.
+const MAX_BYTES_IN_FLIGHT: u64 = 8 << 20;
 
 /// Hashes per request for blocks of `block_size` bytes: at most
 /// [`MAX_HASHES_PER_REQUEST`], and at most [`MAX_BYTES_IN_FLIGHT`] of blocks.
@@ -140,15 +141,31 @@ impl BlockStream {
     /// The blocks of `hashes` (at most [`MAX_HASHES_PER_REQUEST`]), as the server sent them,
     /// in order; unchecked (see [`checked_plaintext`]).
     pub(super) async fn fetch(&mut self, hashes: &[BlockHash]) -> Result<Vec<Block>, FetchFailure> {
-        let failed = |received: usize, source| FetchFailure { received, source };
+        self.request(hashes).await?;
+        self.receive(hashes.len()).await
+    }
+
+    /// Asks for the blocks of `hashes` (at most [`MAX_HASHES_PER_REQUEST`]); [`Self::receive`]
+    /// takes them. The server answers requests in order, so a next request may go out before
+    /// the answer to the last one has arrived.
+    pub(super) async fn request(&mut self, hashes: &[BlockHash]) -> Result<(), FetchFailure> {
         self.send
             .send(&Message::GetBlocks {
                 hashes: hashes.to_vec(),
             })
             .await
-            .map_err(|e| failed(0, e))?;
-        let mut blocks = Vec::with_capacity(hashes.len());
-        while blocks.len() < hashes.len() {
+            .map_err(|source| FetchFailure {
+                received: 0,
+                source,
+            })
+    }
+
+    /// The `count` blocks answering the oldest request not yet received, in order; unchecked
+    /// (see [`checked_plaintext`]).
+    pub(super) async fn receive(&mut self, count: usize) -> Result<Vec<Block>, FetchFailure> {
+        let failed = |received: usize, source| FetchFailure { received, source };
+        let mut blocks = Vec::with_capacity(count);
+        while blocks.len() < count {
             match self.recv.recv().await {
                 Ok(Some(Message::BlockData { block })) => blocks.push(block),
                 Ok(Some(other)) => {
@@ -247,7 +264,7 @@ mod tests {
         assert_eq!(block_len(0, 100, 64), 64);
         assert_eq!(block_len(1, 100, 64), 36);
         assert_eq!(block_len(2, 100, 64), 0);
-        assert_eq!(hashes_per_request(65_536), 256);
+        assert_eq!(hashes_per_request(65_536), 128);
         assert_eq!(hashes_per_request(1024), 4096);
         assert_eq!(hashes_per_request(1 << 30), 1);
     }

@@ -30,8 +30,9 @@
 //! # Memory
 //!
 //! Bounded whatever the size of the backup: the file list is read as it streams (at most
-//! `4 × jobs` files queued), each worker holds at most 16 MiB of blocks and 64 open files,
-//! and only the list of directories (for their modes, set at the end) is kept whole.
+//! `4 × jobs` files queued), each worker holds at most 16 MiB of blocks (two requests of 8)
+//! and 64 open files, and only the list of directories (for their modes, set at the end) is
+//! kept whole.
 
 mod blocks;
 mod catalog;
@@ -62,7 +63,7 @@ pub use choose::{BackupRef, choose_backup};
 pub use layout::{Layout, Placement, RestoredTablespace, TablespaceMapping, UnsafePathReason};
 pub use target_dir::RESTORE_MARKER;
 
-use blocks::{BlockStream, block_len, checked_plaintext, hashes_per_request};
+use blocks::{BlockStream, FetchFailure, block_len, checked_plaintext, hashes_per_request};
 use catalog::{BackupContents, ContentItem};
 use files::{FinalFiles, SmallFile};
 use target_dir::{Existing, TargetKind};
@@ -812,8 +813,9 @@ struct BlockRef {
 
 /// Fetches, checks and writes the blocks of `jobs`' files in requests of at most
 /// [`hashes_per_request`] blocks, then sets each file's mode and mtime and fsyncs it. File
-/// work runs on the blocking pool: the checks and writes of one request overlap with the
-/// other workers' network waits.
+/// work runs on the blocking pool, and the next request is asked for before the blocks of
+/// the last one are checked and written: the server reads and sends while this worker
+/// writes.
 async fn restore_files(
     stream: &mut BlockStream,
     jobs: Vec<FileJob>,
@@ -825,23 +827,47 @@ async fn restore_files(
         blocking(move || open_and_compare(&jobs, &shared)).await?
     };
     let opened = Arc::new(opened);
-    for chunk in refs.chunks(hashes_per_request(shared.block_size)) {
-        let hashes: Vec<BlockHash> = chunk
+    let chunks: Vec<&[BlockRef]> = refs.chunks(hashes_per_request(shared.block_size)).collect();
+    let hashes_of = |chunk: &[BlockRef]| -> Vec<BlockHash> {
+        chunk
             .iter()
             .map(|r| jobs[r.file].entry.blocks[r.index])
-            .collect();
-        let blocks = stream.fetch(&hashes).await.map_err(|failure| {
-            // The block it failed at names the file.
-            let at = chunk[failure.received.min(chunk.len() - 1)];
-            shared.fetch_failed(&jobs[at.file].entry.path, failure.source)
-        })?;
+            .collect()
+    };
+    // Where a failed request failed: the block it stopped at names the file.
+    let fetch_failed = |chunk: &[BlockRef], failure: FetchFailure| {
+        let at = chunk[failure.received.min(chunk.len() - 1)];
+        shared.fetch_failed(&jobs[at.file].entry.path, failure.source)
+    };
+    let mut writing: Option<tokio::task::JoinHandle<Result<u64, RestoreError>>> = None;
+    if let Some(first) = chunks.first() {
+        stream
+            .request(&hashes_of(first))
+            .await
+            .map_err(|f| fetch_failed(first, f))?;
+    }
+    for (i, chunk) in chunks.iter().enumerate() {
+        let hashes = hashes_of(chunk);
+        let blocks = stream
+            .receive(hashes.len())
+            .await
+            .map_err(|f| fetch_failed(chunk, f))?;
+        if let Some(next) = chunks.get(i + 1) {
+            stream
+                .request(&hashes_of(next))
+                .await
+                .map_err(|f| fetch_failed(next, f))?;
+        }
+        if let Some(previous) = writing.take() {
+            shared.wrote(previous.await.map_err(RestoreError::Task)??);
+        }
         let (jobs, opened, shared_c, chunk) = (
             Arc::clone(&jobs),
             Arc::clone(&opened),
             Arc::clone(shared),
             chunk.to_vec(),
         );
-        let written = blocking(move || {
+        writing = Some(tokio::task::spawn_blocking(move || {
             let block_size = shared_c.block_size;
             let mut written = 0;
             for ((r, block), asked) in chunk.iter().zip(&blocks).zip(&hashes) {
@@ -854,9 +880,10 @@ async fn restore_files(
                 written += len;
             }
             Ok(written)
-        })
-        .await?;
-        shared.wrote(written);
+        }));
+    }
+    if let Some(last) = writing {
+        shared.wrote(last.await.map_err(RestoreError::Task)??);
     }
     let delta = shared.delta;
     blocking(move || {
