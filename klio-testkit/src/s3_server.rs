@@ -164,6 +164,23 @@ impl S3Server {
     pub fn object_file(&self, full_key: &str) -> PathBuf {
         self.root.join(Self::BUCKET).join(full_key)
     }
+
+    /// Removes the metadata (Klio's CRC32C among it) that s3s-fs keeps in a file beside every
+    /// object, as an upload cut short between writing the object and its metadata leaves it;
+    /// the number of objects that lost theirs.
+    pub fn drop_all_metadata(&self) -> usize {
+        let entries = std::fs::read_dir(&self.root).expect("list the S3 server's root");
+        let mut dropped = 0;
+        for entry in entries {
+            let path = entry.expect("an entry of the S3 server's root").path();
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if name.starts_with(".bucket-") && name.ends_with(".metadata.json") {
+                std::fs::remove_file(&path).expect("remove an object's metadata");
+                dropped += 1;
+            }
+        }
+        dropped
+    }
 }
 
 impl Drop for S3Server {

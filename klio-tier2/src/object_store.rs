@@ -214,6 +214,31 @@ impl ObjectStore {
     /// The bytes under `key`, or `None` when there is no such object; checked against the
     /// CRC32C stored with them.
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, Tier2Error> {
+        let Some((stored, bytes)) = self.fetch(key).await? else {
+            return Ok(None);
+        };
+        let full_key = self.full_key(key);
+        let computed = crc32c::crc32c(&bytes);
+        match stored {
+            Ok(stored) if stored == computed => Ok(Some(bytes)),
+            Ok(stored) => {
+                Err(self.integrity(full_key, IntegrityFailure::Mismatch { stored, computed }))
+            }
+            Err(failure) => Err(self.integrity(full_key, failure)),
+        }
+    }
+
+    /// The bytes under `key` whatever CRC32C they carry, or `None` when there is no such
+    /// object: for a caller that compares them with bytes of its own.
+    pub async fn get_unchecked(&self, key: &str) -> Result<Option<Bytes>, Tier2Error> {
+        Ok(self.fetch(key).await?.map(|(_, bytes)| bytes))
+    }
+
+    /// The CRC32C stored with the object under `key` (or why there is none) and its bytes.
+    async fn fetch(
+        &self,
+        key: &str,
+    ) -> Result<Option<(Result<u32, IntegrityFailure>, Bytes)>, Tier2Error> {
         let full_key = self.full_key(key);
         let target = self.target(Operation::Get, &full_key);
         let output = match self
@@ -249,14 +274,7 @@ impl ObjectStore {
                 source: Box::new(error),
             })?
             .into_bytes();
-        let computed = crc32c::crc32c(&bytes);
-        match stored {
-            Ok(stored) if stored == computed => Ok(Some(bytes)),
-            Ok(stored) => {
-                Err(self.integrity(full_key, IntegrityFailure::Mismatch { stored, computed }))
-            }
-            Err(failure) => Err(self.integrity(full_key, failure)),
-        }
+        Ok(Some((stored, bytes)))
     }
 
     /// The size and stored CRC32C of the object under `key`, or `None` when there is none.
