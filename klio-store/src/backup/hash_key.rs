@@ -68,9 +68,10 @@ fn key_of(
             ));
         }
     };
-    let mut bytes = [0u8; BLOCK_HASH_KEY_LEN];
-    bytes.copy_from_slice(key);
-    Ok(BlockHashKey::new(algorithm, bytes))
+    // `key` is exactly BLOCK_HASH_KEY_LEN bytes in both arms above.
+    let mut key_bytes = [0u8; BLOCK_HASH_KEY_LEN];
+    key_bytes.copy_from_slice(key);
+    Ok(BlockHashKey::new(algorithm, key_bytes))
 }
 
 /// The plaintext of the hash-key object for `key` (see the module documentation).
