@@ -251,7 +251,10 @@ async fn wait_for_wal<T: FrameIo>(
     let (start, end) = (finish.start, finish.end);
     let deadline = Instant::now() + Duration::from_secs(u64::from(finish.wal_timeout_s));
     let mut client_finished = false;
+    // Subscribed before the first look: WAL stored after it wakes the next one.
+    let mut stored = env.telemetry.wal_stored();
     loop {
+        let looked = Instant::now();
         let coverage = env.wal_coverage(start, end).await?;
         if coverage == Some(WalCoverage::Archived) {
             return Ok(());
@@ -270,6 +273,11 @@ async fn wait_for_wal<T: FrameIo>(
             ));
         }
         tokio::select! {
+            // WAL became durable: look again, at most every WAL_LOOK_GAP (ingest under load
+            // stores hundreds of batches a second). The poll covers a server without ingest.
+            Ok(()) = stored.changed() => {
+                tokio::time::sleep_until((looked + WAL_LOOK_GAP).into()).await;
+            }
             _ = tokio::time::sleep(env.wal_poll) => {}
             next = inbox.next(), if !client_finished => match next? {
                 // The client may finish its side of the stream while it waits for the answer.
@@ -292,6 +300,9 @@ async fn wait_for_wal<T: FrameIo>(
         }
     }
 }
+
+/// The shortest time between two looks for a finishing backup's WAL.
+const WAL_LOOK_GAP: Duration = Duration::from_millis(5);
 
 /// Refuses a `FinishBackup` whose facts cannot describe a backup.
 fn check_finish(finish: &BackupFinish) -> Result<(), End> {

@@ -570,6 +570,35 @@ async fn a_backup_whose_wal_does_not_arrive_in_time_is_not_listed() {
 }
 
 #[tokio::test]
+async fn a_finishing_backup_completes_when_its_wal_is_stored_not_at_the_next_poll() {
+    let d = tempfile::tempdir().unwrap();
+    let mut env = env(d.path(), None);
+    // Only the wake from ingest can finish this backup within the test's deadline.
+    env.wal_poll = Duration::from_secs(3600);
+    archive_wal(&env, SEG, 2 * SEG);
+    let mut client = start_backup(&env);
+    let (_, key) = welcome(&mut client).await;
+    let a = block(&key, &page(1));
+    send_backup(
+        &mut client,
+        &[&a],
+        vec![file("PG_VERSION", &[&a])],
+        finish(600),
+    )
+    .await;
+    // Give the session time to look once and find the WAL short (if it has not yet, the
+    // WAL is simply there at its first look).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    archive_wal(&env, SEG, 2 * SEG + 0x200);
+    // What ingest reports after each stored batch.
+    let end = WalPosition::new(TimelineId::FIRST, Lsn(2 * SEG + 0x200));
+    env.telemetry.stored(None, 0x200, 0, Some(end));
+    // Within `recv`'s deadline, far short of the poll.
+    let answer = client.recv().await;
+    assert!(matches!(answer, Message::BackupEntry { .. }), "{answer:?}");
+}
+
+#[tokio::test]
 async fn another_cluster_or_another_postgresql_is_refused_before_anything_is_stored() {
     let d = tempfile::tempdir().unwrap();
     let env = env(d.path(), None);

@@ -68,6 +68,9 @@ struct ClusterState {
     live: Mutex<Live>,
     /// Wakes the cluster's Tier 2 relay when WAL became durable (never waits for it).
     relay_wake: Arc<tokio::sync::Notify>,
+    /// Marked changed whenever WAL became durable, for the backups waiting for their WAL
+    /// (a mark, never a wait: ingest does not block on its receivers).
+    wal_stored: tokio::sync::watch::Sender<()>,
 }
 
 /// What only the running server knows about a cluster.
@@ -137,6 +140,7 @@ impl Telemetry {
                     },
                     live: Mutex::default(),
                     relay_wake: Arc::default(),
+                    wal_stored: tokio::sync::watch::Sender::new(()),
                 })
             })
             .clone();
@@ -460,6 +464,12 @@ impl ClusterTelemetry {
         }
     }
 
+    /// Changes whenever WAL of the cluster became durable (a segment completed or an
+    /// acknowledgement), for whoever waits for the archive to reach a position.
+    pub(crate) fn wal_stored(&self) -> tokio::sync::watch::Receiver<()> {
+        self.state.wal_stored.subscribe()
+    }
+
     /// A batch was stored: its fsync took `fsync`, it made `bytes` of WAL durable up to `ack`,
     /// completing `segments` segments.
     pub(crate) fn stored(
@@ -486,6 +496,7 @@ impl ClusterTelemetry {
         if segments > 0 || ack.is_some() {
             // A permit, not a wait: ingest never waits on Tier 2.
             self.state.relay_wake.notify_one();
+            self.state.wal_stored.send_modify(|()| {});
         }
         if let Some(ack) = ack {
             let now = SystemTime::now();
