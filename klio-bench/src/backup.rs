@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use klio_testkit::{PgServer, TestDir, as_postgres, pg_bin, run_ok};
+use klio_testkit::{PgServer, SEND_WAL_SLOT, TestDir, as_postgres, pg_bin, run_ok};
 
 use crate::setup::KlioStreaming;
 
@@ -372,6 +372,9 @@ pub fn run(klio: &Path, opts: &BackupOptions) -> BackupReport {
                     server.stop();
                     let _ = std::fs::remove_dir_all(&backups_dir);
                     server.restart();
+                    // send-wal reconnects with backoff; its catching up is not the
+                    // backup's time, so the backup starts once the archive is current.
+                    pg.wait_for_flush(SEND_WAL_SLOT, &pg.current_lsn());
                     let mode = if contender == KLIO { "local" } else { "stream" };
                     let (seconds, info) = klio_backup(&format!("full-{round}-{mode}"), mode);
                     klio_full = Some(info.id.clone());
