@@ -62,8 +62,8 @@ pub struct HeldCountMismatch {
 /// A batch once the server said what it holds: the blocks to send, then the files to announce.
 #[derive(Debug, Default)]
 pub(crate) struct ResolvedBatch {
-    /// The blocks the server does not hold, in the order they were cut; [`compress`] each as
-    /// it is sent, so that only one compressed copy exists at a time.
+    /// The blocks the server does not hold, in the order they were cut, to [`compress`] and
+    /// send.
     pub(crate) new_blocks: Vec<PendingBlock>,
     /// Plaintext bytes of `new_blocks`.
     pub(crate) new_plain_bytes: u64,
@@ -101,7 +101,6 @@ impl Batch {
     }
 
     /// The distinct blocks, in the order they were cut.
-    #[cfg(test)]
     pub(crate) fn blocks(&self) -> &[PendingBlock] {
         &self.blocks
     }

@@ -261,6 +261,7 @@ pub async fn run(
                 stats: CaptureStats::default(),
                 jobs: opts.jobs.max(1),
                 compression: opts.compression,
+                compress_ahead: true,
             };
             let captured = match local_cluster.as_mut() {
                 Some(cluster) => {
@@ -377,6 +378,9 @@ pub(super) struct Session<'s> {
     pub(super) jobs: usize,
     /// How they are compressed.
     pub(super) compression: BlockCompression,
+    /// Whether the next batch is compressed while the server answers its `HaveBlocks`, before
+    /// it is known which of its blocks are new: so while most of the last batch was new.
+    pub(super) compress_ahead: bool,
 }
 
 /// The backup's label: the one given, or `klio <UTC time it started>`.
@@ -552,19 +556,47 @@ impl Session<'_> {
             return Ok(());
         }
         let hashes = batch.hashes();
-        let held = if hashes.is_empty() {
-            Vec::new()
+        let asked = hashes.len();
+        let (jobs, codec) = (self.jobs, self.compression);
+        // The server answers once it has stored what came before: compressing meanwhile
+        // keeps both sides busy. What turns out held is compressed for nothing, so this is
+        // done only while most blocks are new (a full backup, a much changed database).
+        // Their bytes are shared, not copied.
+        let ahead = (self.compress_ahead && asked > 0).then(|| batch.blocks().to_vec());
+        let (held, compressed) = if hashes.is_empty() {
+            (Vec::new(), None)
         } else {
             self.send.send(&Message::HaveBlocks { hashes }).await?;
-            match self.recv.recv().await? {
-                Some(Message::BlocksHeld { held }) => held,
-                other => return Err(unexpected("BlocksHeld", other)),
+            let answer = async {
+                match self.recv.recv().await? {
+                    Some(Message::BlocksHeld { held }) => Ok(held),
+                    other => Err(unexpected("BlocksHeld", other)),
+                }
+            };
+            match ahead {
+                Some(blocks) => {
+                    let (held, compressed) =
+                        tokio::join!(answer, compress_all(blocks, jobs, codec));
+                    (held?, Some(compressed))
+                }
+                None => (answer.await?, None),
             }
         };
         let resolved = batch.resolve(&held)?;
         self.stats.blocks_new += resolved.new_blocks.len() as u64;
         self.stats.new_bytes += resolved.new_plain_bytes;
-        for block in compress_all(resolved.new_blocks, self.jobs, self.compression).await {
+        self.compress_ahead = 2 * resolved.new_blocks.len() >= asked;
+        let new_blocks = match compressed {
+            // `resolve` checked that there is one flag per block.
+            Some(all) => all
+                .into_iter()
+                .zip(&held)
+                .filter(|(_, held)| !**held)
+                .map(|(block, _)| block)
+                .collect(),
+            None => compress_all(resolved.new_blocks, jobs, codec).await,
+        };
+        for block in new_blocks {
             self.stats.bytes_sent += block.data.len() as u64;
             self.send.push(&Message::PutBlock { block });
             if self.send.queued() >= SEND_CHUNK {

@@ -35,7 +35,9 @@
 //! block data, each block allocated at exactly its length, plus 4096 hashes and 4096 waiting
 //! entries with their hash lists), the hash list of the one file being cut (32 bytes per
 //! 64 KiB: 512 KiB for a 1 GiB relation segment, the largest file PostgreSQL writes by
-//! default), one compressed block at a time, and the connection buffers. Measured over real
+//! default), the batch's compressed blocks (compressed while the server answers `HaveBlocks`
+//! as long as most blocks are new), and the connection buffers; a local capture adds its
+//! readers' queue (16 MiB, `local/readers.rs`). Measured over real
 //! PostgreSQL with an in-memory stand-in server in the same process (peak RSS of both): 41 MB
 //! for 100 MB and for 650 MB of pgbench data, 34 MB with 1,003 files and 57 MB with 81,003
 //! (the stand-in's own index of blocks grows with them).

@@ -227,6 +227,10 @@ fn answer(
             vec![Message::BlocksHeld { held }]
         }
         Message::PutBlock { block } => {
+            if store.blocks.contains_key(&block.hash) {
+                log.violations
+                    .push(format!("block {} sent though it is held", block.hash));
+            }
             let plain = block.decompress().unwrap_or_default();
             if plain.len() != block.plain_len as usize || !key.matches(&plain, &block.hash.0) {
                 log.violations
@@ -372,6 +376,15 @@ fn a_second_backup_sends_only_changed_blocks_and_the_catalog_lists_both() {
             first.stats
         );
         assert!(second.stats.blocks_total >= first.stats.blocks_total);
+        {
+            // Every backup compresses its first batch before the server's answer: still only
+            // the blocks not held went out.
+            let log = server.session(1).await;
+            let log = log.lock().unwrap();
+            assert!(log.violations.is_empty(), "{:?}", log.violations);
+            assert_eq!(log.puts as u64, second.stats.blocks_new);
+            assert_eq!(log.put_bytes, second.stats.bytes_sent);
+        }
 
         let listed = catalog::list(&client).await.expect("list");
         let ids: Vec<&str> = listed.iter().map(|b| b.id.as_str()).collect();

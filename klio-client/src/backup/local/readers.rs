@@ -30,8 +30,8 @@
 //!
 //! # Memory
 //!
-//! The channel holds at most `2 × jobs` messages of at most [`BLOCKS_PER_MESSAGE`] blocks, and
-//! each reader one message being filled: about `3 × jobs` MiB, besides the capture's batch.
+//! The channel holds at most [`CUTS_AHEAD`] messages of at most [`BLOCKS_PER_MESSAGE`] blocks
+//! (16 MiB), and each reader one message being filled (1 MiB), besides the capture's batch.
 
 use std::io::{self, Read as _};
 use std::os::unix::fs::FileExt;
@@ -57,6 +57,11 @@ use crate::backup::batch::PendingBlock;
 
 /// Blocks sent in one message (1 MiB).
 pub(crate) const BLOCKS_PER_MESSAGE: usize = 16;
+
+/// Messages the channel holds: 16 MiB of blocks, a whole batch
+/// ([`BatchLimits`](crate::backup::batch::BatchLimits)), so that the readers go on reading
+/// while the capture compresses and sends the batch before.
+const CUTS_AHEAD: usize = 16;
 
 /// What the readers produce.
 #[derive(Debug)]
@@ -112,7 +117,7 @@ impl Readers {
         checks: Option<PageChecks>,
     ) -> Result<Self, LocalCaptureError> {
         let jobs = jobs.max(1);
-        let (cut_tx, cuts) = mpsc::channel(2 * jobs);
+        let (cut_tx, cuts) = mpsc::channel(CUTS_AHEAD);
         let (work_tx, work_rx) = sync_channel::<WalkEntry>(4 * jobs);
         let work_rx = Arc::new(Mutex::new(work_rx));
         let read = Arc::new(AtomicU64::new(0));
