@@ -425,6 +425,10 @@ pub fn run(klio: &Path, opts: &BackupOptions) -> BackupReport {
         "-T",
         &opts.change_seconds.to_string(),
     ]);
+    // Neither incremental pays for the other's checkpoint: the change is checkpointed first,
+    // and send-wal has caught up with it.
+    pg.psql("CHECKPOINT");
+    pg.wait_for_flush(SEND_WAL_SLOT, &pg.current_lsn());
     settle();
     let (klio_incremental_seconds, incremental) = klio_backup("incremental", "local");
     let before = dir_bytes(&pgbackrest.repo);
