@@ -1,9 +1,9 @@
 //! Base backups side by side on one pgbench database: `klio backup run` (zstd blocks,
 //! AES-256-GCM at rest), reading the data directory (`--mode local --jobs 2`) and through
 //! `BASE_BACKUP` (`--mode stream`), against `pg_basebackup -Ft -X none` to local disk and
-//! pgBackRest (`--type=full`, process-max 2, lz4, block incremental with bundling); after
-//! `pgbench -N`, the time and the bytes of the next backup against pgBackRest's
-//! `--type=incr`; restore time of `klio restore --jobs 2` against extracting the
+//! pgBackRest (`--type=full`, process-max 2, lz4, block incremental with bundling); per round,
+//! after `pgbench -N`, the time and the bytes of the next backup against pgBackRest's
+//! `--type=incr` (the change checkpointed first, the order alternating); restore time of `klio restore --jobs 2` against extracting the
 //! pg_basebackup tar and `pgbackrest restore`; and a delta restore of the full backup over
 //! the changed data directory, `klio restore --delta` against `pgbackrest restore --delta`.
 //!
@@ -22,11 +22,12 @@ use crate::setup::KlioStreaming;
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct BackupOptions {
-    /// Rounds of full backups and of restores (each contender once per round).
+    /// Rounds of full backups, of incrementals (each after its own change) and of restores
+    /// (each contender once per round).
     pub rounds: u32,
     /// pgbench scale of the database (100 ≈ 1.5 GiB).
     pub scale: u32,
-    /// Seconds of `pgbench -N` between the full and the incremental backups.
+    /// Seconds of `pgbench -N` before each round of incremental backups.
     pub change_seconds: u32,
     /// Klio's block compression (`klio backup run --compress`): `lz4`, as pgBackRest's here.
     pub compress: String,
@@ -37,7 +38,7 @@ pub struct BackupOptions {
 pub struct BackupSample {
     /// What ran.
     pub contender: &'static str,
-    /// `full`, `restore`.
+    /// `full`, `incremental`, `restore`, `delta`.
     pub kind: &'static str,
     /// Round number.
     pub round: u32,
@@ -54,17 +55,20 @@ pub struct BackupReport {
     pub database_bytes: u64,
     /// Every timed run.
     pub samples: Vec<BackupSample>,
-    /// Bytes the second Klio backup stored (new blocks, compressed).
+    /// Bytes a Klio incremental stored (new blocks, compressed), the mean of the rounds.
     pub klio_incremental_stored: u64,
-    /// Logical size of the second Klio backup (the sum of its file sizes).
+    /// Logical size of the last Klio incremental (the sum of its file sizes).
     pub klio_incremental_logical: u64,
-    /// Bytes pgBackRest's `--type=incr` added to its repository.
+    /// Bytes a pgBackRest `--type=incr` added to its repository, the mean of the rounds.
     pub pgbackrest_incremental_stored: u64,
-    /// Seconds of Klio's backup after the change.
+    /// Seconds of a Klio incremental, the mean of the rounds.
     pub klio_incremental_seconds: f64,
-    /// Seconds of pgBackRest's `--type=incr`.
+    /// Seconds of a pgBackRest `--type=incr`, the mean of the rounds.
     pub pgbackrest_incremental_seconds: f64,
 }
+
+/// The kind of the backups after each round's change.
+pub const INCREMENTAL: &str = "incremental";
 
 /// `klio backup run --mode local --jobs 2`.
 pub const KLIO: &str = "klio backup run --mode local";
@@ -414,29 +418,54 @@ pub fn run(klio: &Path, opts: &BackupOptions) -> BackupReport {
         }
     }
 
-    // The incremental: the same change seen by both, after each one's last full backup.
-    eprintln!("pgbench -N -T {}", opts.change_seconds);
-    pg.pgbench(&[
-        "-N",
-        "-c",
-        "4",
-        "-j",
-        "2",
-        "-T",
-        &opts.change_seconds.to_string(),
-    ]);
-    // Neither incremental pays for the other's checkpoint: the change is checkpointed first,
-    // and send-wal has caught up with it.
-    pg.psql("CHECKPOINT");
-    pg.wait_for_flush(SEND_WAL_SLOT, &pg.current_lsn());
-    settle();
-    let (klio_incremental_seconds, incremental) = klio_backup("incremental", "local");
-    let before = dir_bytes(&pgbackrest.repo);
-    settle();
-    let t = Instant::now();
-    run_ok(&mut pgbackrest.command(&["--type=incr", "backup"]));
-    let pgbackrest_incremental_seconds = t.elapsed().as_secs_f64();
-    let pgbackrest_incremental_stored = dir_bytes(&pgbackrest.repo) - before;
+    // The incrementals: per round the same change seen by both, each backing up after its
+    // own last backup, the order alternating.
+    let mut klio_incremental = None;
+    for round in 0..opts.rounds {
+        eprintln!("pgbench -N -T {}", opts.change_seconds);
+        pg.pgbench(&[
+            "-N",
+            "-c",
+            "4",
+            "-j",
+            "2",
+            "-T",
+            &opts.change_seconds.to_string(),
+        ]);
+        // Neither pays for the other's checkpoint: the change is checkpointed first, and
+        // send-wal has caught up with it.
+        pg.psql("CHECKPOINT");
+        pg.wait_for_flush(SEND_WAL_SLOT, &pg.current_lsn());
+        let mut order = [KLIO, PGBACKREST];
+        order.rotate_left(round as usize % 2);
+        for contender in order {
+            settle();
+            let (seconds, stored_bytes) = if contender == KLIO {
+                let (seconds, info) = klio_backup(&format!("incremental-{round}"), "local");
+                let stored = info.new_stored_bytes;
+                klio_incremental = Some(info);
+                (seconds, stored)
+            } else {
+                let before = dir_bytes(&pgbackrest.repo);
+                let t = Instant::now();
+                run_ok(&mut pgbackrest.command(&["--type=incr", "backup"]));
+                (
+                    t.elapsed().as_secs_f64(),
+                    dir_bytes(&pgbackrest.repo) - before,
+                )
+            };
+            eprintln!(
+                "round {round}: incremental {contender} {seconds:.2} s, {stored_bytes} bytes"
+            );
+            samples.push(BackupSample {
+                contender,
+                kind: INCREMENTAL,
+                round,
+                seconds,
+                stored_bytes,
+            });
+        }
+    }
     let pgbackrest_full = last_full_label(&pgbackrest);
 
     // Restores, each into an empty directory.
@@ -536,18 +565,34 @@ pub fn run(klio: &Path, opts: &BackupOptions) -> BackupReport {
     }
     let _ = std::fs::remove_dir_all(work.path().join("delta-target"));
     let _ = std::fs::remove_dir_all(&changed);
+    let (klio_incremental_seconds, klio_incremental_stored) = incremental_means(&samples, KLIO);
+    let (pgbackrest_incremental_seconds, pgbackrest_incremental_stored) =
+        incremental_means(&samples, PGBACKREST);
     BackupReport {
         database_bytes: samples
             .iter()
             .find(|s| s.contender == PG_BASEBACKUP)
             .map_or(0, |s| s.stored_bytes),
         samples,
-        klio_incremental_stored: incremental.new_stored_bytes,
-        klio_incremental_logical: incremental.logical_bytes,
+        klio_incremental_stored,
+        klio_incremental_logical: klio_incremental.map_or(0, |i| i.logical_bytes),
         pgbackrest_incremental_stored,
         klio_incremental_seconds,
         pgbackrest_incremental_seconds,
     }
+}
+
+/// The mean seconds and stored bytes of `contender`'s incrementals.
+fn incremental_means(samples: &[BackupSample], contender: &str) -> (f64, u64) {
+    let runs: Vec<&BackupSample> = samples
+        .iter()
+        .filter(|s| s.contender == contender && s.kind == INCREMENTAL)
+        .collect();
+    let n = runs.len().max(1);
+    (
+        runs.iter().map(|s| s.seconds).sum::<f64>() / n as f64,
+        runs.iter().map(|s| s.stored_bytes).sum::<u64>() / n as u64,
+    )
 }
 
 /// The label of pgBackRest's newest full backup (`pgbackrest info --output=json`).
