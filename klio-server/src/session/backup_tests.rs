@@ -292,6 +292,22 @@ async fn send_backup(
     held
 }
 
+/// A backup of one file (`PG_VERSION`, one block), sent whole up to its `FinishBackup` with
+/// `wal_timeout_s`.
+async fn one_file_backup(env: &BackupEnv, wal_timeout_s: u32) -> Client<BackupInfo> {
+    let mut client = start_backup(env);
+    let (_, key) = welcome(&mut client).await;
+    let a = block(&key, &page(1));
+    send_backup(
+        &mut client,
+        &[&a],
+        vec![file("PG_VERSION", &[&a])],
+        finish(wal_timeout_s),
+    )
+    .await;
+    client
+}
+
 /// Runs one catalog request (then finishes the stream) and collects the answers (without the
 /// final `CatalogEnd`); an error
 /// that ends the session comes last, as the `Error` frame the client would get.
@@ -544,16 +560,7 @@ async fn a_backup_whose_wal_does_not_arrive_in_time_is_not_listed() {
     let env = env(d.path(), None);
     // The archive ends before the backup's end LSN.
     archive_wal(&env, SEG, 2 * SEG + 0x100);
-    let mut client = start_backup(&env);
-    let (_, key) = welcome(&mut client).await;
-    let a = block(&key, &page(1));
-    send_backup(
-        &mut client,
-        &[&a],
-        vec![file("PG_VERSION", &[&a])],
-        finish(1),
-    )
-    .await;
+    let client = one_file_backup(&env, 1).await;
     let message = refused(client, ErrorCode::WalNotArchived).await;
     assert!(
         message.contains(
@@ -576,16 +583,7 @@ async fn a_finishing_backup_completes_when_its_wal_is_stored_not_at_the_next_pol
     // Only the wake from ingest can finish this backup within the test's deadline.
     env.wal_poll = Duration::from_secs(3600);
     archive_wal(&env, SEG, 2 * SEG);
-    let mut client = start_backup(&env);
-    let (_, key) = welcome(&mut client).await;
-    let a = block(&key, &page(1));
-    send_backup(
-        &mut client,
-        &[&a],
-        vec![file("PG_VERSION", &[&a])],
-        finish(600),
-    )
-    .await;
+    let mut client = one_file_backup(&env, 600).await;
     // Give the session time to look once and find the WAL short (if it has not yet, the
     // WAL is simply there at its first look).
     tokio::time::sleep(Duration::from_millis(300)).await;
