@@ -560,9 +560,9 @@ impl Session<'_> {
         let (jobs, codec) = (self.jobs, self.compression);
         // The server answers once it has stored what came before: compressing meanwhile
         // keeps both sides busy. What turns out held is compressed for nothing, so this is
-        // done only while most blocks are new (a full backup, a much changed database).
-        // Their bytes are shared, not copied.
-        let ahead = (self.compress_ahead && asked > 0).then(|| batch.blocks().to_vec());
+        // done only while most blocks are new (a full backup, a much changed database). The
+        // copy shares the blocks' bytes.
+        let ahead = self.compress_ahead.then(|| batch.blocks().to_vec());
         let (held, compressed) = if hashes.is_empty() {
             (Vec::new(), None)
         } else {
