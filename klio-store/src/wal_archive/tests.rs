@@ -857,6 +857,9 @@ fn summary_follows_gaps_and_timelines(format: Format) {
     a.begin(t1, Lsn(SEG)).unwrap();
     append_wal(&mut a, t1, SEG, (2 * SEG + 100) as usize, 65536);
     a.sync().unwrap();
+    // The directory is compared with the summary below: no segment may be finishing
+    // between the two listings.
+    a.finish_completed().unwrap();
     let s = a.summary().unwrap();
     let p = |timeline, lsn| WalPosition {
         timeline,
