@@ -558,8 +558,9 @@ impl Session<'_> {
         let hashes = batch.hashes();
         let asked = hashes.len();
         let (jobs, codec) = (self.jobs, self.compression);
-        // The server answers once it has stored what came before: compressing meanwhile
-        // keeps both sides busy. What turns out held is compressed for nothing, so this is
+        // The server answers once it has read what came before (the last batch's blocks,
+        // which it stores meanwhile): compressing while the answer comes keeps both sides
+        // busy. What turns out held is compressed for nothing, so this is
         // done only while most blocks are new (a full backup, a much changed database). The
         // copy shares the blocks' bytes.
         let ahead = self.compress_ahead.then(|| batch.blocks().to_vec());

@@ -7,9 +7,21 @@
 //! `BackupInProgress`. Every block is checked against its hash before it is stored, and every
 //! file entry may only name blocks the cluster holds.
 //!
+//! # Answering ahead of storing
+//!
+//! The session reads its stream on the runtime and answers each `HaveBlocks` as it arrives;
+//! everything else goes, in order, to a storing thread, which checks and stores blocks and
+//! stages the file list and manifest, at most [`STORE_QUEUE_BYTES`] behind. So the client
+//! learns which blocks of its next batch are new (and compresses them) while the blocks of
+//! the last one are still being stored; answered only after them, both sides waited in turn.
+//! A block the client sent is held from the moment it is read: until the index holds it
+//! (queued, or in the open pack), the session's [`SentBlocks`] does. A file entry is checked
+//! by the storing thread, after every block sent before it is stored.
+//!
 //! # Durability
 //!
-//! - Blocks go into the session's open pack; "held" covers the blocks of that pack too. When
+//! - Blocks go into the session's open pack; "held" covers the blocks of that pack too, and
+//!   those read but not yet stored (a failure to store them ends the session). When
 //!   the session finishes, the pack is closed (fsync, then its index) before the file list and
 //!   manifest are fsynced, and those before the WAL wait; the catalog entry is written and
 //!   the backup renamed into the catalog last (see `klio_store::backup`).
@@ -17,6 +29,8 @@
 //!   message, the WAL timeout), nothing appears in the catalog: the staging directory is
 //!   removed, and the open pack is closed so that a rerun reuses the blocks already sent.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use klio_crypto::{BlockHashKey, SecureRandom, SystemRandom};
@@ -29,12 +43,13 @@ use klio_store::backup::{
     WalCoverage,
 };
 use klio_wal::ErrorChain;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::backup_env::{BackupEnv, coverage_text, hash_key_message, wal_range_text};
 use super::error_code::backup_refusal;
 use super::framing::FrameIo;
 use super::inbox::Inbox;
-use super::{End, off_runtime};
+use super::{End, off_runtime, storage_task_failed};
 use crate::backup_registry::{Claims, SharedIndex};
 
 /// What the client's `BackupHello` said.
@@ -94,13 +109,13 @@ pub(super) async fn run<T: FrameIo>(
         ));
     }
     let index = env.index().await?;
-    let mut writing = {
-        let (store, index) = (env.store.clone(), index.clone());
+    let sent = Arc::new(SentBlocks::default());
+    let writing = {
+        let (store, index, sent) = (env.store.clone(), index.clone(), sent.clone());
         let (backups, cluster) = (env.backups.clone(), cluster.clone());
-        let telemetry = env.telemetry.clone();
         off_runtime(move || {
             let claims = backups.claims(&cluster);
-            backups.with_catalog_lock(&cluster, || Writing::start(store, index, claims, telemetry))
+            backups.with_catalog_lock(&cluster, || Writing::start(store, index, claims, sent))
         })
         .await??
     };
@@ -117,43 +132,13 @@ pub(super) async fn run<T: FrameIo>(
     if let Err(end) = inbox.send(&welcome).await {
         return Err(abandon(writing, end).await);
     }
-    let finish = loop {
-        let batch = match inbox.next().await {
-            Ok(Some(first)) => {
-                let mut batch = vec![first];
-                match inbox.take_buffered() {
-                    Ok(more) => batch.extend(more),
-                    Err(end) => return Err(abandon(writing, end).await),
-                }
-                batch
-            }
-            Ok(None) => {
-                let end = End::Closed(format!(
-                    "the client finished the stream before FinishBackup: backup {id} abandoned"
-                ));
-                return Err(abandon(writing, end).await);
-            }
-            Err(end) => return Err(abandon(writing, end).await),
-        };
-        let (back, applied) = off_runtime(move || {
-            let applied = writing.apply(batch);
-            (writing, applied)
-        })
-        .await?;
-        writing = back;
-        let applied = match applied {
-            Ok(a) => a,
-            Err(end) => return Err(abandon(writing, end).await),
-        };
-        if !applied.replies.is_empty()
-            && let Err(end) = inbox.send(&applied.replies).await
-        {
-            return Err(abandon(writing, end).await);
-        }
-        if let Some(finish) = applied.finish {
-            break finish;
-        }
+    let answering = Answering {
+        index,
+        sent,
+        claims: writing.claims.clone(),
+        telemetry: env.telemetry.clone(),
     };
+    let (writing, finish) = receive(&mut inbox, writing, answering).await?;
     let info = complete(env, writing, finish, &mut inbox, hello.system_id).await?;
     drop(lease);
     env.retention.after_backup(cluster);
@@ -169,6 +154,233 @@ pub(super) async fn run<T: FrameIo>(
     })
     .await;
     Ok(info)
+}
+
+/// Messages read but not yet applied by the storing thread, in bytes of blocks, hashes and
+/// manifest: about two client batches (16 MiB of block data each), so that the `HaveBlocks`
+/// of the next batch is read, past the blocks of the last one, while those are stored.
+const STORE_QUEUE_BYTES: usize = 32 << 20;
+
+/// Messages for the storing thread, with the room they take in its queue.
+struct Queued {
+    messages: Vec<Message>,
+    _room: OwnedSemaphorePermit,
+}
+
+/// How the reading side of a session stopped without an error of its own.
+enum ReadOutcome {
+    /// `FinishBackup` went to the storing thread, last.
+    Finished,
+    /// The storing thread stopped taking messages: its result says why.
+    StoringStopped,
+}
+
+/// Reads the session's messages up to `FinishBackup`, answering `HaveBlocks` at once and
+/// having the rest applied in order by a storing thread (see the
+/// [module documentation](self)); `writing` and the finish once everything before it is
+/// applied. However the session ends before that, the backup is abandoned.
+async fn receive<T: FrameIo>(
+    inbox: &mut Inbox<'_, T>,
+    writing: Writing,
+    answering: Answering,
+) -> Result<(Writing, BackupFinish), End> {
+    let id = writing.staged.id().clone();
+    let (queue, queued) = mpsc::unbounded_channel();
+    let storing = tokio::task::spawn_blocking(move || writing.store_queued(queued));
+    let received = read_messages(inbox, &answering, &queue, &id).await;
+    // No more messages: the storing thread applies what is queued and returns.
+    drop(queue);
+    drop(answering);
+    let (writing, stored) = storing.await.map_err(storage_task_failed)?;
+    let end = match (received, stored) {
+        (Ok(ReadOutcome::Finished), Ok(Some(finish))) => return Ok((writing, finish)),
+        // The storing thread's failure comes first: it is why reading stopped, if it did.
+        (_, Err(end)) | (Err(end), Ok(_)) => end,
+        (Ok(_), Ok(_)) => End::Refused(
+            ErrorCode::Internal,
+            format!("backup {id}: the storing thread stopped before FinishBackup"),
+        ),
+    };
+    Err(abandon(writing, end).await)
+}
+
+/// The reading side of [`receive`].
+async fn read_messages<T: FrameIo>(
+    inbox: &mut Inbox<'_, T>,
+    answering: &Answering,
+    queue: &mpsc::UnboundedSender<Queued>,
+    id: &BackupId,
+) -> Result<ReadOutcome, End> {
+    let room = Arc::new(Semaphore::new(STORE_QUEUE_BYTES));
+    loop {
+        let first = tokio::select! {
+            next = inbox.next() => next?,
+            () = queue.closed() => return Ok(ReadOutcome::StoringStopped),
+        };
+        let Some(first) = first else {
+            return Err(End::Closed(format!(
+                "the client finished the stream before FinishBackup: backup {id} abandoned"
+            )));
+        };
+        let mut batch = vec![first];
+        batch.extend(inbox.take_buffered()?);
+        let mut answers = Vec::new();
+        let mut to_store = Vec::new();
+        let mut bytes = 0;
+        // Set by the message that ends the reading; what came before it is still answered
+        // and stored (a rerun then finds the blocks sent before a client's `Error`).
+        let mut stop = None;
+        let mut messages = batch.into_iter();
+        for msg in messages.by_ref() {
+            let step = match msg {
+                Message::HaveBlocks { hashes } => match check_count(hashes.len()) {
+                    Ok(()) => {
+                        let answering = answering.clone();
+                        let held = off_runtime(move || answering.held(&hashes)).await?;
+                        answers.push(Message::BlocksHeld { held });
+                        None
+                    }
+                    Err(end) => Some(Err(end)),
+                },
+                Message::Error { message, .. } => Some(Err(End::Closed(format!(
+                    "the client gave up on backup {id}: {message}"
+                )))),
+                Message::PutBlock { ref block } => {
+                    answering.sent.insert(block.hash);
+                    bytes += block.data.len();
+                    to_store.push(msg);
+                    None
+                }
+                Message::FileEntry { ref entry } => {
+                    bytes += entry.blocks.len() * size_of::<BlockHash>();
+                    to_store.push(msg);
+                    None
+                }
+                Message::FileBlocks { ref blocks } => {
+                    bytes += blocks.len() * size_of::<BlockHash>();
+                    to_store.push(msg);
+                    None
+                }
+                Message::ManifestData { ref data } => {
+                    bytes += data.len();
+                    to_store.push(msg);
+                    None
+                }
+                Message::FinishBackup { .. } => {
+                    to_store.push(msg);
+                    Some(Ok(ReadOutcome::Finished))
+                }
+                other => Some(Err(End::Refused(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "unexpected message {:#04x} in a backup session",
+                        other.tag()
+                    ),
+                ))),
+            };
+            if let Some(step) = step {
+                stop = Some(step);
+                break;
+            }
+        }
+        // Anything after the message that stopped the reading.
+        if let Some(Ok(ReadOutcome::Finished)) = stop
+            && let Some(late) = messages.next()
+        {
+            stop = Some(Err(after_finish(&late)));
+        }
+        if !answers.is_empty() {
+            inbox.send(&answers).await?;
+        }
+        if !to_store.is_empty() {
+            // A batch larger than the whole queue waits for it to be empty.
+            let want = u32::try_from(bytes.min(STORE_QUEUE_BYTES)).unwrap_or(u32::MAX);
+            let room = room.clone().acquire_many_owned(want).await.map_err(|_| {
+                End::Refused(
+                    ErrorCode::Internal,
+                    format!("backup {id}: the storing queue was closed"),
+                )
+            })?;
+            let queued = Queued {
+                messages: to_store,
+                _room: room,
+            };
+            if queue.send(queued).is_err() {
+                return Ok(ReadOutcome::StoringStopped);
+            }
+        }
+        if let Some(stop) = stop {
+            return stop;
+        }
+    }
+}
+
+/// The refusal of a message that followed `FinishBackup`.
+fn after_finish(msg: &Message) -> End {
+    End::Refused(
+        ErrorCode::BadRequest,
+        format!(
+            "nothing but Error may follow FinishBackup, not {:#04x}",
+            msg.tag()
+        ),
+    )
+}
+
+/// Blocks the client sent in this session that the block index does not hold yet: queued for
+/// the storing thread, or in the open pack. Each leaves once the index holds it, so they are
+/// at most a pack's and a queue's worth.
+#[derive(Debug, Default)]
+struct SentBlocks(Mutex<HashSet<BlockHash>>);
+
+impl SentBlocks {
+    fn set(&self) -> std::sync::MutexGuard<'_, HashSet<BlockHash>> {
+        // A set of hashes: a panic elsewhere leaves nothing half-updated.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn insert(&self, hash: BlockHash) {
+        self.set().insert(hash);
+    }
+
+    /// Forgets `hashes`, once the index holds them.
+    fn indexed<'h>(&self, hashes: impl IntoIterator<Item = &'h BlockHash>) {
+        let mut set = self.set();
+        for h in hashes {
+            set.remove(h);
+        }
+    }
+}
+
+/// Answers `HaveBlocks` on the reading side, while the storing thread may be behind.
+#[derive(Clone)]
+struct Answering {
+    index: SharedIndex,
+    sent: Arc<SentBlocks>,
+    claims: Arc<Claims>,
+    telemetry: crate::telemetry::ClusterTelemetry,
+}
+
+impl Answering {
+    /// Which of `hashes` the cluster holds, claiming those in the index.
+    fn held(&self, hashes: &[BlockHash]) -> Vec<bool> {
+        // The sent blocks first: one leaves them only once the index holds it, so a block
+        // that is in neither when looked for in this order was never sent.
+        let mut held: Vec<bool> = {
+            let sent = self.sent.set();
+            hashes.iter().map(|h| sent.contains(h)).collect()
+        };
+        let idx = self.index.read().unwrap_or_else(PoisonError::into_inner);
+        for (h, held) in hashes.iter().zip(held.iter_mut()) {
+            *held = *held || idx.contains(h);
+        }
+        // Under the same read lock: no sweep can forget them in between.
+        self.claims
+            .claim(hashes.iter().filter_map(|h| idx.slot_of(h)));
+        drop(idx);
+        let n_held = held.iter().filter(|h| **h).count() as u64;
+        self.telemetry.blocks_offered(hashes.len() as u64, n_held);
+        held
+    }
 }
 
 /// How long a completed session waits for the client to finish its side of the stream.
@@ -346,17 +558,12 @@ struct Writing {
     writer: BlockWriter,
     index: SharedIndex,
     /// The blocks this backup was told are held, stored, or named: retention keeps them.
-    claims: Claims,
-    telemetry: crate::telemetry::ClusterTelemetry,
+    claims: Arc<Claims>,
+    /// Shared with the reading side, which adds each block sent; forgotten here once indexed.
+    sent: Arc<SentBlocks>,
     key: BlockHashKey,
     /// The path of the last file entry (for errors about its blocks).
     current_path: Option<String>,
-}
-
-/// What a batch of messages produced.
-struct Applied {
-    replies: Vec<Message>,
-    finish: Option<BackupFinish>,
 }
 
 impl Writing {
@@ -365,7 +572,7 @@ impl Writing {
         store: klio_store::backup::BackupStore,
         index: SharedIndex,
         claims: Claims,
-        telemetry: crate::telemetry::ClusterTelemetry,
+        sent: Arc<SentBlocks>,
     ) -> Result<Self, End> {
         let refuse = |e: BackupStoreError| backup_refusal(&e);
         let key = store.prepare_for_backup().map_err(refuse)?;
@@ -384,8 +591,8 @@ impl Writing {
             key: key.clone(),
             writer: store.block_writer(key),
             index,
-            claims,
-            telemetry,
+            claims: Arc::new(claims),
+            sent,
             current_path: None,
         })
     }
@@ -409,41 +616,35 @@ impl Writing {
         }
     }
 
-    /// Applies a batch of messages, in order.
-    fn apply(&mut self, batch: Vec<Message>) -> Result<Applied, End> {
-        let refuse = |e: BackupStoreError| backup_refusal(&e);
-        let mut applied = Applied {
-            replies: Vec::new(),
-            finish: None,
-        };
-        for msg in batch {
-            if applied.finish.is_some() {
-                return Err(End::Refused(
-                    ErrorCode::BadRequest,
-                    format!(
-                        "nothing but Error may follow FinishBackup, not {:#04x}",
-                        msg.tag()
-                    ),
-                ));
+    /// Applies the queued messages in order until `FinishBackup` or the end of the queue
+    /// (the reading side stopped); then returns, with the finish if it came, or the error
+    /// that stopped it.
+    fn store_queued(
+        mut self,
+        mut queue: mpsc::UnboundedReceiver<Queued>,
+    ) -> (Self, Result<Option<BackupFinish>, End>) {
+        while let Some(queued) = queue.blocking_recv() {
+            match self.apply(queued.messages) {
+                Ok(None) => {}
+                done => return (self, done),
             }
+        }
+        (self, Ok(None))
+    }
+
+    /// Applies messages the reading side passed on, in order; the finish, if they end with it.
+    fn apply(&mut self, batch: Vec<Message>) -> Result<Option<BackupFinish>, End> {
+        let refuse = |e: BackupStoreError| backup_refusal(&e);
+        for msg in batch {
             match msg {
-                Message::HaveBlocks { hashes } => {
-                    check_count(hashes.len())?;
-                    let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
-                    let held: Vec<bool> =
-                        hashes.iter().map(|h| self.writer.holds(&idx, h)).collect();
-                    // Under the same read lock: no sweep can forget them in between.
-                    self.claims
-                        .claim(hashes.iter().filter_map(|h| idx.slot_of(h)));
-                    drop(idx);
-                    let n_held = held.iter().filter(|h| **h).count() as u64;
-                    self.telemetry.blocks_offered(hashes.len() as u64, n_held);
-                    applied.replies.push(Message::BlocksHeld { held });
-                }
                 Message::PutBlock { block } => {
                     let put = {
                         let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
-                        self.writer.put(&idx, &block).map_err(refuse)?
+                        let put = self.writer.put(&idx, &block).map_err(refuse)?;
+                        if matches!(put, Put::Held) && idx.contains(&block.hash) {
+                            self.sent.indexed([&block.hash]);
+                        }
+                        put
                     };
                     if let Put::StoredAndClosed(pack) = put {
                         self.add_pack(pack);
@@ -464,37 +665,38 @@ impl Writing {
                 Message::ManifestData { data } => {
                     self.staged.add_manifest(&data).map_err(refuse)?;
                 }
-                Message::FinishBackup { finish } => applied.finish = Some(finish),
-                Message::Error { message, .. } => {
-                    return Err(End::Closed(format!(
-                        "the client gave up on backup {}: {message}",
-                        self.staged.id()
-                    )));
-                }
+                // The reading side passes it on last.
+                Message::FinishBackup { finish } => return Ok(Some(finish)),
                 other => {
                     return Err(End::Refused(
-                        ErrorCode::BadRequest,
+                        ErrorCode::Internal,
                         format!(
-                            "unexpected message {:#04x} in a backup session",
+                            "message {:#04x} was passed on to be stored, which only blocks, \
+                             file entries and the manifest are",
                             other.tag()
                         ),
                     ));
                 }
             }
         }
-        Ok(applied)
+        Ok(None)
     }
 
     /// Adds a pack this session closed to the index, claiming its blocks.
     fn add_pack(&self, pack: klio_store::backup::ClosedPack) {
-        let mut idx = self.index.write().unwrap_or_else(|p| p.into_inner());
-        let added = idx.insert(pack);
-        self.claims.claim(added);
+        let hashes: Vec<BlockHash> = pack.hashes().copied().collect();
+        {
+            let mut idx = self.index.write().unwrap_or_else(|p| p.into_inner());
+            let added = idx.insert(pack);
+            self.claims.claim(added);
+        }
+        // Only now that the index holds them (see `Answering::held`).
+        self.sent.indexed(&hashes);
     }
 
     /// Makes the blocks, the file list and the manifest durable; the sealed backup, its
     /// referenced stored bytes, the bytes this session stored, and its claims.
-    fn seal(mut self) -> Result<(SealedBackup, u64, u64, Claims), End> {
+    fn seal(mut self) -> Result<(SealedBackup, u64, u64, Arc<Claims>), End> {
         let refuse = |e: BackupStoreError| backup_refusal(&e);
         // The blocks first: the file list refers to them.
         if let Some(pack) = self.writer.close().map_err(refuse)? {

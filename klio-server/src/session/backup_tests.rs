@@ -11,7 +11,7 @@ use klio_proto::klio::{
     BackupFinish, BackupInfo, Block, BlockCompression, BlockHash, CaptureMethod, ClusterName,
     ErrorCode, FileEntry, FileKind, Message, PROTOCOL_VERSION, TablespaceInfo,
 };
-use klio_store::backup::BackupStore;
+use klio_store::backup::{BackupStore, PACK_TARGET_BYTES};
 use klio_store::wal_archive::{ArchiveIndexes, ClusterIdentity, StorageOptions, WalArchive};
 use klio_wal::{Lsn, SegmentSize, TimelineId, WalPosition};
 use tokio::sync::mpsc;
@@ -447,6 +447,112 @@ async fn a_backup_session_end_to_end_then_the_catalog_serves_it() {
         let verified = catalog(&env, Message::VerifyBackup { id: second }).await;
         assert_eq!(entries(&verified).len(), 1);
     }
+}
+
+/// A 64 KiB block that does not compress (stored as is), different for each seed.
+fn noise(key: &BlockHashKey, seed: u64) -> Block {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let plain: Vec<u8> = (0..65536)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    Block {
+        hash: BlockHash(key.hash(&plain)),
+        plain_len: plain.len() as u32,
+        compression: BlockCompression::None,
+        data: Bytes::from(plain),
+    }
+}
+
+#[tokio::test]
+async fn a_block_sent_before_it_is_asked_for_is_held_while_queued_packed_and_indexed() {
+    let d = tempfile::tempdir().unwrap();
+    let env = env(d.path(), None);
+    archive_wal(&env, SEG, 3 * SEG);
+    let mut client = start_backup(&env);
+    let (_, key) = welcome(&mut client).await;
+    let asked = |blocks: &[&Block]| Message::HaveBlocks {
+        hashes: blocks.iter().map(|b| b.hash).collect(),
+    };
+    let put = |b: &Block| Message::PutBlock { block: b.clone() };
+    async fn held(client: &mut Client<BackupInfo>) -> Vec<bool> {
+        match client.recv().await {
+            Message::BlocksHeld { held } => held,
+            other => panic!("BlocksHeld answers HaveBlocks, not {other:?}"),
+        }
+    }
+
+    // Read in one go with the block: the answer comes before anything is stored.
+    let (a, b) = (block(&key, &page(1)), block(&key, &page(2)));
+    client.send(vec![put(&a), asked(&[&a, &b])]);
+    assert_eq!(held(&mut client).await, [true, false]);
+
+    // Enough blocks to close a pack: `a` and the first of them move to the index, the last
+    // one stays in the open pack.
+    let filler: Vec<Block> = (0..(PACK_TARGET_BYTES / 65536) + 8)
+        .map(|seed| noise(&key, seed))
+        .collect();
+    client.send(filler.iter().map(put).collect());
+    let (first, last) = (&filler[0], &filler[filler.len() - 1]);
+    // Stored behind the answers: wait until the pack is closed.
+    let packs = d.path().join("backups/packs");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_dir(&packs)
+        .unwrap()
+        .any(|e| e.unwrap().path().extension() == Some("idx".as_ref()))
+    {
+        assert!(Instant::now() < deadline, "the filler closes a pack");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    client.send(vec![asked(&[&a, first, last, &b])]);
+    assert_eq!(held(&mut client).await, [true, true, true, false]);
+
+    // Everything asked for and sent is in the backup.
+    let mut files = vec![file("base/1/1259", &[&a, &b])];
+    files.extend(
+        filler
+            .iter()
+            .enumerate()
+            .map(|(i, f)| file(&format!("base/1/{}", 20000 + i), &[f])),
+    );
+    let mut msgs = vec![put(&b)];
+    msgs.extend(files.into_iter().map(|entry| Message::FileEntry { entry }));
+    msgs.push(Message::ManifestData {
+        data: Bytes::from_static(b"{\"PostgreSQL-Backup-Manifest-Version\": 1}"),
+    });
+    msgs.push(Message::FinishBackup { finish: finish(30) });
+    client.send(msgs);
+    let Message::BackupEntry { json } = client.recv().await else {
+        panic!("BackupEntry answers FinishBackup");
+    };
+    let info = BackupInfo::from_json(&json).unwrap();
+    assert_eq!(info.blocks, filler.len() as u64 + 2);
+    let stored: usize =
+        filler.iter().map(|f| f.data.len()).sum::<usize>() + a.data.len() + b.data.len();
+    assert_eq!(
+        info.new_stored_bytes, stored as u64,
+        "each block stored once"
+    );
+    let blocks = catalog(
+        &env,
+        Message::GetBlocks {
+            hashes: vec![a.hash, last.hash],
+        },
+    )
+    .await;
+    assert_eq!(
+        blocks,
+        [
+            Message::BlockData { block: a.clone() },
+            Message::BlockData {
+                block: last.clone()
+            }
+        ]
+    );
 }
 
 /// Runs a backup session that the server must refuse with `code`; returns the message.

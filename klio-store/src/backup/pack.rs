@@ -192,6 +192,13 @@ pub struct ClosedPack {
     pub(crate) entries: Vec<IndexEntry>,
 }
 
+impl ClosedPack {
+    /// The hashes of the blocks it holds.
+    pub fn hashes(&self) -> impl Iterator<Item = &BlockHash> {
+        self.entries.iter().map(|e| &e.hash)
+    }
+}
+
 impl PackWriter {
     /// Creates a new pack in `dir`, durable (with its sealed frame key) before any block goes in.
     pub(crate) fn create(
