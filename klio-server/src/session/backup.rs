@@ -245,24 +245,14 @@ async fn read_messages<T: FrameIo>(
                 Message::Error { message, .. } => Some(Err(End::Closed(format!(
                     "the client gave up on backup {id}: {message}"
                 )))),
-                Message::PutBlock { ref block } => {
-                    answering.sent.insert(block.hash);
-                    bytes += block.data.len();
-                    to_store.push(msg);
-                    None
-                }
-                Message::FileEntry { ref entry } => {
-                    bytes += entry.blocks.len() * size_of::<BlockHash>();
-                    to_store.push(msg);
-                    None
-                }
-                Message::FileBlocks { ref blocks } => {
-                    bytes += blocks.len() * size_of::<BlockHash>();
-                    to_store.push(msg);
-                    None
-                }
-                Message::ManifestData { ref data } => {
-                    bytes += data.len();
+                Message::PutBlock { .. }
+                | Message::FileEntry { .. }
+                | Message::FileBlocks { .. }
+                | Message::ManifestData { .. } => {
+                    if let Message::PutBlock { block } = &msg {
+                        answering.sent.insert(block.hash);
+                    }
+                    bytes += queued_bytes(&msg);
                     to_store.push(msg);
                     None
                 }
@@ -312,6 +302,18 @@ async fn read_messages<T: FrameIo>(
         if let Some(stop) = stop {
             return stop;
         }
+    }
+}
+
+/// What a message for the storing thread holds in memory, roughly: its blocks' bytes, hashes
+/// or manifest data.
+fn queued_bytes(msg: &Message) -> usize {
+    match msg {
+        Message::PutBlock { block } => block.data.len(),
+        Message::FileEntry { entry } => entry.blocks.len() * size_of::<BlockHash>(),
+        Message::FileBlocks { blocks } => blocks.len() * size_of::<BlockHash>(),
+        Message::ManifestData { data } => data.len(),
+        _ => 0,
     }
 }
 
