@@ -30,7 +30,7 @@
 //!   removed, and the open pack is closed so that a rerun reuses the blocks already sent.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use klio_crypto::{BlockHashKey, SecureRandom, SystemRandom};
@@ -335,7 +335,7 @@ fn after_finish(msg: &Message) -> End {
 struct SentBlocks(Mutex<HashSet<BlockHash>>);
 
 impl SentBlocks {
-    fn set(&self) -> std::sync::MutexGuard<'_, HashSet<BlockHash>> {
+    fn set(&self) -> MutexGuard<'_, HashSet<BlockHash>> {
         // A set of hashes: a panic elsewhere leaves nothing half-updated.
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -501,15 +501,7 @@ async fn wait_for_wal<T: FrameIo>(
                         "the client gave up on backup {id} while its WAL was awaited: {message}"
                     )));
                 }
-                Some(other) => {
-                    return Err(End::Refused(
-                        ErrorCode::BadRequest,
-                        format!(
-                            "nothing but Error may follow FinishBackup, not {:#04x}",
-                            other.tag()
-                        ),
-                    ));
-                }
+                Some(other) => return Err(after_finish(&other)),
             },
         }
     }
