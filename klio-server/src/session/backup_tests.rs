@@ -311,6 +311,22 @@ async fn one_file_backup(env: &BackupEnv, wal_timeout_s: u32) -> Client<BackupIn
 /// Runs one catalog request (then finishes the stream) and collects the answers (without the
 /// final `CatalogEnd`); an error
 /// that ends the session comes last, as the `Error` frame the client would get.
+/// Asserts that `GetBlocks` for the hashes of `blocks` serves exactly those blocks, in order.
+async fn assert_serves(env: &BackupEnv, blocks: &[&Block]) {
+    let got = catalog(
+        env,
+        Message::GetBlocks {
+            hashes: blocks.iter().map(|b| b.hash).collect(),
+        },
+    )
+    .await;
+    let expected: Vec<Message> = blocks
+        .iter()
+        .map(|&b| Message::BlockData { block: b.clone() })
+        .collect();
+    assert_eq!(got, expected);
+}
+
 async fn catalog(env: &BackupEnv, request: Message) -> Vec<Message> {
     let mut client = start_catalog(env, request);
     client.finish();
@@ -400,20 +416,7 @@ async fn a_backup_session_end_to_end_then_the_catalog_serves_it() {
             got.iter()
                 .any(|m| matches!(m, Message::ManifestData { data } if data.starts_with(b"{")))
         );
-        let blocks = catalog(
-            &env,
-            Message::GetBlocks {
-                hashes: vec![b.hash, a.hash],
-            },
-        )
-        .await;
-        assert_eq!(
-            blocks,
-            [
-                Message::BlockData { block: b.clone() },
-                Message::BlockData { block: a.clone() }
-            ]
-        );
+        assert_serves(&env, &[&b, &a]).await;
         let verified = catalog(&env, Message::VerifyBackup { id: id.clone() }).await;
         assert_eq!(entries(&verified), std::slice::from_ref(&info));
 
@@ -537,22 +540,7 @@ async fn a_block_sent_before_it_is_asked_for_is_held_while_queued_packed_and_ind
         info.new_stored_bytes, stored as u64,
         "each block stored once"
     );
-    let blocks = catalog(
-        &env,
-        Message::GetBlocks {
-            hashes: vec![a.hash, last.hash],
-        },
-    )
-    .await;
-    assert_eq!(
-        blocks,
-        [
-            Message::BlockData { block: a.clone() },
-            Message::BlockData {
-                block: last.clone()
-            }
-        ]
-    );
+    assert_serves(&env, &[&a, last]).await;
 }
 
 /// Runs a backup session that the server must refuse with `code`; returns the message.
