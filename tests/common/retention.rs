@@ -34,6 +34,17 @@ pub fn archived_segments(stack: &Stack) -> Vec<String> {
     names
 }
 
+/// The segments of `before` that the archive no longer holds. New ones may have come since:
+/// send-wal goes on streaming the background WAL of an idle server.
+pub fn segments_gone(stack: &Stack, before: &[String]) -> Vec<String> {
+    let now = archived_segments(stack);
+    before
+        .iter()
+        .filter(|s| !now.contains(s))
+        .cloned()
+        .collect()
+}
+
 /// Whether the archive holds `<timeline>.history`.
 pub fn has_history(stack: &Stack, timeline: u32) -> bool {
     let dir = stack.server.wal_dir(&stack.cluster);
