@@ -11,6 +11,8 @@ use std::fmt;
 use bytes::Bytes;
 use klio_wal::WalPosition;
 
+use super::BlockDictionary;
+
 /// Length of a [`BlockHash`].
 pub const BLOCK_HASH_LEN: usize = 32;
 
@@ -46,22 +48,29 @@ pub enum BlockCompression {
     /// One zstd frame. What [`Block::compress`] writes (level 1): on PostgreSQL pages it
     /// stores about half of what LZ4 does, at well over 1 GB/s per core.
     Zstd,
+    /// An LZ4 block compressed against the cluster's [`BlockDictionary`]: its matches may
+    /// reach into the dictionary, so it decompresses only with that dictionary at hand.
+    Lz4Dictionary,
 }
 
 impl BlockCompression {
-    pub(crate) fn to_u8(self) -> u8 {
+    /// Its code on the wire and in pack records.
+    pub fn to_u8(self) -> u8 {
         match self {
             Self::None => 0,
             Self::Lz4 => 1,
             Self::Zstd => 2,
+            Self::Lz4Dictionary => 3,
         }
     }
 
-    pub(crate) fn from_u8(b: u8) -> Option<Self> {
+    /// The compression of a code (`None`: one this version does not know).
+    pub fn from_u8(b: u8) -> Option<Self> {
         match b {
             0 => Some(Self::None),
             1 => Some(Self::Lz4),
             2 => Some(Self::Zstd),
+            3 => Some(Self::Lz4Dictionary),
             _ => None,
         }
     }
@@ -101,6 +110,9 @@ pub enum BlockDecodeError {
     /// The compressed bytes are damaged or not of the declared compression.
     #[error("the block's compressed bytes do not decompress")]
     Undecompressible,
+    /// The block is compressed against a dictionary, and none was given to decompress it.
+    #[error("the block is compressed against the cluster's dictionary, which is not at hand")]
+    NeedsDictionary,
     /// The bytes decompress to another length than declared.
     #[error("the block decompresses to {actual} bytes, not the {expected} it declares")]
     WrongLength {
@@ -130,19 +142,57 @@ impl Block {
     /// Like [`Block::compress`], with `codec`: zstd (level [`BLOCK_ZSTD_LEVEL`]) or LZ4
     /// (about twice as fast, about 1.7 times the bytes on PostgreSQL pages); `None` stores
     /// the plaintext.
+    ///
+    /// [`BlockCompression::Lz4Dictionary`] needs a dictionary: use
+    /// [`Block::compress_against`]; given here, it compresses as plain LZ4.
     pub fn compress_with(hash: BlockHash, plain: Bytes, codec: BlockCompression) -> Self {
+        Self::pack(hash, plain, codec, None)
+    }
+
+    /// The block of `plain` named `hash` as an LZ4 block compressed against `dictionary`
+    /// ([`BlockCompression::Lz4Dictionary`]), or the plaintext as is when that is not
+    /// smaller. The dictionary's earlier bytes give every block the context that compressing
+    /// 64 KiB on its own lacks: on pgbench data, 16 KiB of samples store about 5% less.
+    pub fn compress_against(hash: BlockHash, plain: Bytes, dictionary: &BlockDictionary) -> Self {
+        Self::pack(
+            hash,
+            plain,
+            BlockCompression::Lz4Dictionary,
+            Some(dictionary),
+        )
+    }
+
+    fn pack(
+        hash: BlockHash,
+        plain: Bytes,
+        codec: BlockCompression,
+        dictionary: Option<&BlockDictionary>,
+    ) -> Self {
         // Blocks are cut at 64 KiB: their length fits a u32.
         let plain_len = plain.len() as u32;
-        let packed = match codec {
-            BlockCompression::None => None,
-            BlockCompression::Lz4 => Some(lz4_flex::block::compress(&plain)),
-            BlockCompression::Zstd => ZSTD_COMPRESSOR.with(|cell| {
-                let mut slot = cell.borrow_mut();
-                if slot.is_none() {
-                    *slot = zstd::bulk::Compressor::new(BLOCK_ZSTD_LEVEL).ok();
-                }
-                slot.as_mut().and_then(|c| c.compress(&plain).ok())
-            }),
+        let (codec, packed) = match (codec, dictionary) {
+            (BlockCompression::None, _) => (codec, None),
+            (BlockCompression::Lz4Dictionary, Some(dictionary)) => (
+                codec,
+                Some(lz4_flex::block::compress_with_dict(
+                    &plain,
+                    dictionary.as_bytes(),
+                )),
+            ),
+            (BlockCompression::Lz4 | BlockCompression::Lz4Dictionary, _) => (
+                BlockCompression::Lz4,
+                Some(lz4_flex::block::compress(&plain)),
+            ),
+            (BlockCompression::Zstd, _) => (
+                codec,
+                ZSTD_COMPRESSOR.with(|cell| {
+                    let mut slot = cell.borrow_mut();
+                    if slot.is_none() {
+                        *slot = zstd::bulk::Compressor::new(BLOCK_ZSTD_LEVEL).ok();
+                    }
+                    slot.as_mut().and_then(|c| c.compress(&plain).ok())
+                }),
+            ),
         };
         match packed {
             Some(packed) if packed.len() < plain.len() => Self {
@@ -161,8 +211,19 @@ impl Block {
     }
 
     /// The block's plaintext, of exactly [`Block::plain_len`] bytes. Its hash is not checked
-    /// here (that needs the cluster's key).
+    /// here (that needs the cluster's key). A block compressed against a dictionary is
+    /// refused ([`BlockDecodeError::NeedsDictionary`]): see [`Block::decompress_with`].
     pub fn decompress(&self) -> Result<Vec<u8>, BlockDecodeError> {
+        self.decompress_with(None)
+    }
+
+    /// Like [`Block::decompress`], with the cluster's dictionary for blocks compressed
+    /// against it. A wrong dictionary gives an error or a wrong plaintext, which the keyed
+    /// hash check that must follow catches.
+    pub fn decompress_with(
+        &self,
+        dictionary: Option<&BlockDictionary>,
+    ) -> Result<Vec<u8>, BlockDecodeError> {
         if self.plain_len > MAX_BLOCK_LEN {
             return Err(BlockDecodeError::TooLarge {
                 plain_len: self.plain_len,
@@ -173,6 +234,11 @@ impl Block {
             BlockCompression::None => self.data.to_vec(),
             BlockCompression::Lz4 => lz4_flex::block::decompress(&self.data, len)
                 .map_err(|_| BlockDecodeError::Undecompressible)?,
+            BlockCompression::Lz4Dictionary => {
+                let dictionary = dictionary.ok_or(BlockDecodeError::NeedsDictionary)?;
+                lz4_flex::block::decompress_with_dict(&self.data, len, dictionary.as_bytes())
+                    .map_err(|_| BlockDecodeError::Undecompressible)?
+            }
             BlockCompression::Zstd => ZSTD_DECOMPRESSOR.with(|cell| {
                 let mut slot = cell.borrow_mut();
                 if slot.is_none() {

@@ -10,6 +10,7 @@ mod backup;
 mod catalog;
 mod cluster_name;
 mod codec;
+mod dictionary;
 mod listing;
 mod message;
 mod retention;
@@ -24,6 +25,10 @@ pub use catalog::{
 };
 pub use cluster_name::{ClusterName, InvalidClusterName};
 pub use codec::{DEFAULT_MAX_FRAME_LEN, FrameDecoder, KlioProtocolError};
+pub use dictionary::{
+    BlockDictionary, DICTIONARY_SAMPLE_LEN, DICTIONARY_SAMPLES, DictionarySampler,
+    InvalidBlockDictionary, MAX_DICTIONARY_LEN,
+};
 pub use listing::{BackupTiers, ListedBackup};
 pub use message::{ErrorCode, Message, PROTOCOL_VERSION};
 pub use retention::{

@@ -425,6 +425,93 @@ proptest! {
     }
 }
 
+proptest! {
+    #[test]
+    fn a_block_compressed_against_a_dictionary_needs_exactly_that_dictionary(
+        plain in proptest::collection::vec(any::<u8>(), 0..70_000),
+        repeat in 1usize..50,
+        dictionary in proptest::collection::vec(any::<u8>(), 1..MAX_DICTIONARY_LEN),
+    ) {
+        let plain: Vec<u8> = plain.iter().copied().cycle().take(plain.len() * repeat).take(1 << 16).collect();
+        let dictionary = BlockDictionary::new(Bytes::from(dictionary)).unwrap();
+        let block = Block::compress_against(BlockHash([1; 32]), Bytes::from(plain.clone()), &dictionary);
+        prop_assert!(block.data.len() <= plain.len());
+        prop_assert_eq!(block.decompress_with(Some(&dictionary)).unwrap(), plain.clone());
+        if block.compression == BlockCompression::Lz4Dictionary {
+            prop_assert_eq!(block.decompress(), Err(BlockDecodeError::NeedsDictionary));
+        } else {
+            prop_assert_eq!(block.compression, BlockCompression::None);
+        }
+        // A dictionary given to a block that does not use one changes nothing.
+        let lz4 = Block::compress_with(BlockHash([1; 32]), Bytes::from(plain.clone()), BlockCompression::Lz4);
+        prop_assert_eq!(lz4.decompress_with(Some(&dictionary)).unwrap(), plain);
+    }
+
+    #[test]
+    fn the_sampler_chooses_the_same_dictionary_however_the_blocks_are_split(
+        seeds in proptest::collection::vec(any::<u32>(), 0..60),
+        split in any::<usize>(),
+    ) {
+        let blocks: Vec<(BlockHash, Vec<u8>)> = seeds.iter().map(|&s| {
+            let mut hash = [0u8; 32];
+            hash[..4].copy_from_slice(&s.to_be_bytes());
+            (BlockHash(hash), s.to_le_bytes().repeat(1 << 14))
+        }).collect();
+        let mut one = DictionarySampler::new();
+        for (hash, plain) in &blocks {
+            one.offer(hash, plain);
+        }
+        let cut = if blocks.is_empty() { 0 } else { split % blocks.len() };
+        let (mut first, mut second) = (DictionarySampler::new(), DictionarySampler::new());
+        for (hash, plain) in blocks[..cut].iter().rev() {
+            first.offer(hash, plain);
+        }
+        for (hash, plain) in &blocks[cut..] {
+            second.offer(hash, plain);
+        }
+        second.merge(first);
+        let (one, merged) = (one.finish(), second.finish());
+        prop_assert_eq!(&one, &merged);
+        let mut distinct = seeds.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        if distinct.len() < DICTIONARY_SAMPLES {
+            prop_assert!(one.is_none());
+        } else {
+            // The samples of the smallest hashes, in hash order.
+            let expected: Vec<u8> = distinct[..DICTIONARY_SAMPLES]
+                .iter()
+                .flat_map(|s| s.to_le_bytes().repeat(DICTIONARY_SAMPLE_LEN / 4))
+                .collect();
+            let dictionary = one.unwrap();
+            prop_assert_eq!(dictionary.as_bytes(), &expected[..]);
+        }
+    }
+}
+
+#[test]
+fn short_blocks_are_not_sampled_and_a_dictionary_has_a_bounded_length() {
+    let mut sampler = DictionarySampler::new();
+    for i in 0..100u8 {
+        sampler.offer(&BlockHash([i; 32]), &vec![i; 65535]);
+    }
+    assert!(
+        sampler.finish().is_none(),
+        "only whole 64 KiB blocks are typical"
+    );
+    assert_eq!(
+        BlockDictionary::new(Bytes::new()),
+        Err(InvalidBlockDictionary { len: 0 })
+    );
+    assert!(BlockDictionary::new(Bytes::from(vec![0u8; MAX_DICTIONARY_LEN])).is_ok());
+    assert_eq!(
+        BlockDictionary::new(Bytes::from(vec![0u8; MAX_DICTIONARY_LEN + 1])),
+        Err(InvalidBlockDictionary {
+            len: MAX_DICTIONARY_LEN + 1
+        })
+    );
+}
+
 #[test]
 fn a_block_that_lies_about_its_length_or_compression_does_not_decompress() {
     let plain = Bytes::from(vec![7u8; 65536]);

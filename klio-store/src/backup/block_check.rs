@@ -17,6 +17,7 @@ pub fn check_block(key: &BlockHashKey, block: &Block) -> Result<Vec<u8>, BlockPr
         BlockDecodeError::WrongLength { expected, actual } => {
             BlockProblem::WrongLength { expected, actual }
         }
+        BlockDecodeError::NeedsDictionary => BlockProblem::NeedsDictionary,
         _ => BlockProblem::Undecompressible,
     })?;
     if !key.matches(&plain, &block.hash.0) {

@@ -251,6 +251,8 @@ pub enum BlockProblem {
     },
     /// The compressed data does not decompress.
     Undecompressible,
+    /// It is compressed against the cluster's dictionary, and the cluster has none.
+    NeedsDictionary,
     /// It decompresses (or is stored) to another length than its `plain_len`.
     WrongLength {
         /// The claimed length.
@@ -270,6 +272,9 @@ impl fmt::Display for BlockProblem {
                 "it claims {plain_len} bytes of plaintext, more than any block holds"
             ),
             Self::Undecompressible => f.write_str("its compressed data does not decompress"),
+            Self::NeedsDictionary => f.write_str(
+                "it is compressed against a block dictionary, and this cluster has none",
+            ),
             Self::WrongLength { expected, actual } => write!(
                 f,
                 "it holds {actual} bytes of plaintext, not the {expected} it claims"

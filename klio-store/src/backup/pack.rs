@@ -22,7 +22,7 @@
 //! | offset | bytes | field |
 //! |---|---|---|
 //! | 0 | 4 | magic `KLBR` |
-//! | 4 | 1 | compression: 0 none, 1 LZ4, 2 zstd (as the client sent it) |
+//! | 4 | 1 | compression: 0 none, 1 LZ4, 2 zstd, 3 LZ4 against the cluster's dictionary (as the client sent it) |
 //! | 5 | 3 | zero |
 //! | 8 | 4 | plaintext length, u32 LE |
 //! | 12 | 4 | stored length `n` (the compressed bytes), u32 LE |
@@ -132,23 +132,6 @@ impl Protection {
             Self::Crc => 4,
             Self::Aead(_) => journal_frame::TAG_LEN,
         }
-    }
-}
-
-fn compression_code(c: BlockCompression) -> u8 {
-    match c {
-        BlockCompression::Lz4 => 1,
-        BlockCompression::Zstd => 2,
-        _ => 0,
-    }
-}
-
-fn compression_of(code: u8) -> Option<BlockCompression> {
-    match code {
-        0 => Some(BlockCompression::None),
-        1 => Some(BlockCompression::Lz4),
-        2 => Some(BlockCompression::Zstd),
-        _ => None,
     }
 }
 
@@ -293,7 +276,8 @@ impl PackWriter {
         let stored_len = block.data.len() as u32;
         let mut record = Vec::with_capacity(RECORD_HEADER_LEN + block.data.len() + 16);
         record.extend_from_slice(&RECORD_MAGIC);
-        record.push(compression_code(block.compression));
+        // The pack codes are the wire codes: a record keeps the block as the client sent it.
+        record.push(block.compression.to_u8());
         record.extend_from_slice(&[0; 3]);
         record.extend_from_slice(&block.plain_len.to_le_bytes());
         record.extend_from_slice(&stored_len.to_le_bytes());
@@ -645,7 +629,7 @@ impl<S: PackBytes> PackReader<S> {
         }
         let plain_len = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
         let stored_len = u32::from_le_bytes([header[12], header[13], header[14], header[15]]);
-        let Some(compression) = compression_of(header[4]) else {
+        let Some(compression) = BlockCompression::from_u8(header[4]) else {
             return Ok(Err(BlockDamage::BadHeader));
         };
         if stored_len > MAX_STORED_LEN || expected_len.is_some_and(|e| e != stored_len) {

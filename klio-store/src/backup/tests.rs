@@ -209,6 +209,37 @@ fn a_block_that_does_not_match_its_hash_is_refused_and_not_stored() {
 }
 
 #[test]
+fn a_block_compressed_against_a_dictionary_the_cluster_lacks_is_refused_and_not_stored() {
+    let d = tempfile::tempdir().unwrap();
+    let store = BackupStore::new(d.path(), None);
+    let key = store.prepare_for_backup().unwrap();
+    let index = store.load_index().unwrap();
+    let mut writer = store.block_writer(key.clone());
+    let text = plain(3, true);
+    let dictionary =
+        klio_proto::klio::BlockDictionary::new(Bytes::from(text[..4096].to_vec())).unwrap();
+    let against =
+        Block::compress_against(BlockHash(key.hash(&text)), Bytes::from(text), &dictionary);
+    assert_eq!(against.compression, BlockCompression::Lz4Dictionary);
+    let err = writer.put(&index, &against).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BackupStoreError::RefusedBlock {
+                problem: BlockProblem::NeedsDictionary,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(!writer.holds(&index, &against.hash));
+    assert!(
+        writer.close().unwrap().is_none(),
+        "no pack for a refused block"
+    );
+}
+
+#[test]
 fn a_flipped_byte_in_a_pack_is_an_error_naming_the_pack_and_the_block() {
     for keyring in formats() {
         let d = tempfile::tempdir().unwrap();
