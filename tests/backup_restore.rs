@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::backups::*;
 use common::*;
+use klio_proto::klio::BlockCompression;
 use klio_testkit::{
     Stack, TickLoop, as_postgres, assert_same_dump, pg_bin, pgbench_in_background, run, run_ok,
 };
@@ -146,6 +147,60 @@ fn a_second_backup_after_a_small_change_stores_a_small_fraction_of_the_first() {
         [first.id.as_str(), second.id.as_str()],
         "listed in the order they ended"
     );
+}
+
+#[test]
+fn later_backups_compress_against_the_first_ones_dictionary_and_restore_verified() {
+    let stack = stack("backup-dictionary").start();
+    stack.pg.pgbench(&["-i", "-s", "5", "-q"]);
+    let dictionary_file = stack
+        .server
+        .data_dir()
+        .join("clusters")
+        .join(&stack.cluster)
+        .join("backups")
+        .join("block-dictionary");
+    backup(&stack, &["--compress", "lz4"]);
+    let dictionary =
+        std::fs::read(&dictionary_file).expect("the first backup leaves the cluster a dictionary");
+    assert_eq!(
+        blocks_stored_as(&stack, BlockCompression::Lz4Dictionary),
+        0,
+        "the first backup had no dictionary to compress against"
+    );
+
+    // Every page of the accounts table changes, and the table doubles.
+    stack
+        .pg
+        .psql("UPDATE pgbench_accounts SET abalance = abalance + 1");
+    let second = backup(&stack, &["--compress", "lz4"]);
+    let against = blocks_stored_as(&stack, BlockCompression::Lz4Dictionary);
+    assert!(
+        against > 500,
+        "the second backup's new blocks use the dictionary: {against} do"
+    );
+    assert_eq!(
+        std::fs::read(&dictionary_file).expect("the dictionary stays"),
+        dictionary,
+        "a cluster's dictionary is never replaced"
+    );
+
+    let verified = backup_cli(&stack, "verify", &[&second.id]);
+    assert!(
+        verified.success(),
+        "klio backup verify: {}",
+        verified.stderr
+    );
+    let target = stack.work.subdir("restored");
+    run_ok(
+        Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(&target),
+    );
+    restore(&stack, &target, &["--backup", &second.id]);
+    let wal = fetch_backup_wal(&stack, &second, SEGMENT);
+    let ok = verifybackup(&target, &wal);
+    assert!(ok.success(), "pg_verifybackup: {}", ok.stderr);
 }
 
 #[test]

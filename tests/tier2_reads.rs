@@ -16,6 +16,7 @@ use common::retention::*;
 use common::tier2::listed_tiers;
 use common::tier2_bucket::*;
 use common::*;
+use klio_proto::klio::BlockCompression;
 use klio_testkit::{S3Server, Stack, TestDir, run, wait_until};
 
 /// Segments of 1 MiB: a few statements fill several.
@@ -325,7 +326,14 @@ fn a_read_only_server_recovers_a_cluster_from_tier2_alone() {
     let s3 = S3Server::start();
     let mut stack = tier2_stack("tier2-read-only-recovery", &s3);
     stack.pg.pgbench(&["-i", "-s", "2", "-q"]);
-    backup(&stack, &[]);
+    backup(&stack, &["--compress", "lz4"]);
+    // The second backup compresses its new blocks against the dictionary the first left:
+    // restoring it from Tier 2 needs the dictionary from there too.
+    stack
+        .pg
+        .psql("UPDATE pgbench_accounts SET abalance = abalance + 1");
+    backup(&stack, &["--compress", "lz4"]);
+    assert!(blocks_stored_as(&stack, BlockCompression::Lz4Dictionary) > 0);
     stack
         .pg
         .psql("CREATE TABLE after_backup AS SELECT g AS id FROM generate_series(1, 5000) g");
@@ -344,10 +352,10 @@ fn a_read_only_server_recovers_a_cluster_from_tier2_alone() {
     let ro = read_only_server(&stack, &s3, &work);
     let args = client_args_for(&stack, &ro);
     let listed = list_backups_with(&stack.exe, &args);
-    assert_eq!(listed.len(), 1, "the backup is listed from Tier 2");
+    assert_eq!(listed.len(), 2, "the backups are listed from Tier 2");
     // Its blocks and its WAL are all in Tier 2.
     let out = run(Command::new(&stack.exe)
-        .args(["backup", "verify", &listed[0].id])
+        .args(["backup", "verify", &listed[1].id])
         .args(&args));
     assert!(
         out.success(),

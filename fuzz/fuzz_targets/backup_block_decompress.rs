@@ -1,37 +1,50 @@
 #![no_main]
 //! Blocks arrive from clients (`PutBlock`) and from pack files (`GetBlocks`, restore): their
-//! compressed bytes are hostile. Decompressing must give exactly `plain_len` bytes or a clear
-//! error, never a panic, for every compression. What `Block::compress` makes decompresses back
-//! to the plaintext, and so does an LZ4 block of it.
+//! compressed bytes are hostile, and so is the dictionary a damaged store may hold.
+//! Decompressing must give exactly `plain_len` bytes or a clear error, never a panic, for
+//! every compression, with or without a dictionary. What `Block::compress` and
+//! `Block::compress_against` make decompresses back to the plaintext, and so does an LZ4
+//! block of it.
 
 use bytes::Bytes;
-use klio_proto::klio::{Block, BlockCompression, BlockHash, MAX_BLOCK_LEN};
+use klio_proto::klio::{
+    Block, BlockCompression, BlockDictionary, BlockHash, MAX_BLOCK_LEN, MAX_DICTIONARY_LEN,
+};
 use libfuzzer_sys::fuzz_target;
 
-const COMPRESSIONS: [BlockCompression; 3] = [
+const COMPRESSIONS: [BlockCompression; 4] = [
     BlockCompression::None,
     BlockCompression::Lz4,
     BlockCompression::Zstd,
+    BlockCompression::Lz4Dictionary,
 ];
 
 fuzz_target!(|data: &[u8]| {
-    if data.len() < 4 {
+    if data.len() < 5 {
         return;
     }
-    let (head, body) = data.split_at(4);
+    let (head, rest) = data.split_at(5);
     let compression = COMPRESSIONS[usize::from(head[0]) % COMPRESSIONS.len()];
     // A declared length from anywhere in 0..2^24, so both lengths that fit and lengths that
     // are too large (above MAX_BLOCK_LEN) are tried.
     let plain_len = u32::from_le_bytes([head[1], head[2], head[3], 0]);
+    // The dictionary: the first head[4] * 256 bytes of the rest (none when that is 0).
+    let dictionary_len = (usize::from(head[4]) * 256)
+        .min(rest.len())
+        .min(MAX_DICTIONARY_LEN);
+    let (dictionary, body) = rest.split_at(dictionary_len);
+    let dictionary = BlockDictionary::new(Bytes::copy_from_slice(dictionary)).ok();
     let block = Block {
         hash: BlockHash([0; 32]),
         plain_len,
         compression,
         data: Bytes::copy_from_slice(body),
     };
-    if let Ok(plain) = block.decompress() {
-        assert_eq!(plain.len(), plain_len as usize);
-        assert!(plain_len <= MAX_BLOCK_LEN);
+    for given in [None, dictionary.as_ref()] {
+        if let Ok(plain) = block.decompress_with(given) {
+            assert_eq!(plain.len(), plain_len as usize);
+            assert!(plain_len <= MAX_BLOCK_LEN);
+        }
     }
 
     if body.len() <= MAX_BLOCK_LEN as usize {
@@ -49,5 +62,18 @@ fuzz_target!(|data: &[u8]| {
             data: Bytes::from(lz4_flex::block::compress(body)),
         };
         assert_eq!(lz4.decompress().expect("an LZ4 block decompresses"), body);
+        if let Some(dictionary) = &dictionary {
+            let against = Block::compress_against(
+                BlockHash([0; 32]),
+                Bytes::copy_from_slice(body),
+                dictionary,
+            );
+            assert_eq!(
+                against
+                    .decompress_with(Some(dictionary))
+                    .expect("a block compressed against a dictionary decompresses with it"),
+                body
+            );
+        }
     }
 });

@@ -1,20 +1,21 @@
 #![no_main]
 //! The backup store's protected objects (catalog entries, file lists, manifests, the
-//! block-hash key) are read back from disk: any bytes must give the object's plaintext or a
+//! block-hash key, the block dictionary) are read back from disk: any bytes must give the object's plaintext or a
 //! clear error, never a panic, plain or sealed. What the writer encodes (plain and sealed)
 //! reads back as it was.
 
 use std::path::Path;
 
 use klio_crypto::{Kek, Keyring, SystemRandom};
-use klio_store::backup::{ObjectKind, encode_object, read_object};
+use klio_store::backup::{ObjectKind, encode_object, parse_dictionary, read_object};
 use libfuzzer_sys::fuzz_target;
 
-const KINDS: [ObjectKind; 4] = [
+const KINDS: [ObjectKind; 5] = [
     ObjectKind::HashKey,
     ObjectKind::Entry,
     ObjectKind::FileList,
     ObjectKind::Manifest,
+    ObjectKind::Dictionary,
 ];
 
 fuzz_target!(|data: &[u8]| {
@@ -22,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let kind = KINDS[usize::from(mode) % KINDS.len()];
-    let id = if kind == ObjectKind::HashKey {
+    let id = if matches!(kind, ObjectKind::HashKey | ObjectKind::Dictionary) {
         ""
     } else {
         "20260101T000000Z-abcd"
@@ -32,6 +33,10 @@ fuzz_target!(|data: &[u8]| {
 
     let _ = read_object(rest, path, None, kind, id);
     let _ = read_object(rest, path, Some(&keyring), kind, id);
+    if kind == ObjectKind::Dictionary {
+        let _ = parse_dictionary(rest, path, None);
+        let _ = parse_dictionary(rest, path, Some(&keyring));
+    }
 
     let rng = SystemRandom::new();
     for ring in [None, Some(&keyring)] {

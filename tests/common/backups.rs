@@ -4,7 +4,8 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use klio_proto::klio::BackupInfo;
+use klio_proto::klio::{BackupInfo, BlockCompression};
+use klio_store::backup::{read_pack_block, scan_pack};
 use klio_testkit::{Output, PgServer, Stack, as_postgres, pg_bin, run, run_ok};
 
 /// `klio backup run` of the stack's primary, as the postgres user, with `--output json`.
@@ -205,16 +206,20 @@ pub fn recover_to_the_dump(stack: &mut Stack, pgdata: &Path, before: &str) {
     );
 }
 
-/// Bytes in the cluster's pack files on the server.
-pub fn pack_bytes(stack: &Stack) -> u64 {
-    let packs = stack
+/// The cluster's pack directory on the server.
+fn packs_dir(stack: &Stack) -> PathBuf {
+    stack
         .server
         .data_dir()
         .join("clusters")
         .join(&stack.cluster)
         .join("backups")
-        .join("packs");
-    std::fs::read_dir(&packs)
+        .join("packs")
+}
+
+/// Bytes in the cluster's pack files on the server.
+pub fn pack_bytes(stack: &Stack) -> u64 {
+    std::fs::read_dir(packs_dir(stack))
         .map(|entries| {
             entries
                 .filter_map(Result::ok)
@@ -224,4 +229,24 @@ pub fn pack_bytes(stack: &Stack) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+/// How many blocks in the cluster's packs on the server are stored with `compression`.
+pub fn blocks_stored_as(stack: &Stack, compression: BlockCompression) -> usize {
+    let keyring = stack.key.as_ref().map(|key| super::keyring(&[&key.path]));
+    let mut count = 0;
+    for entry in std::fs::read_dir(packs_dir(stack)).expect("list the packs") {
+        let path = entry.expect("a pack").path();
+        if path.extension().is_none_or(|x| x != "pack") {
+            continue;
+        }
+        let bytes = std::fs::read(&path).expect("read a pack");
+        let scan = scan_pack(&bytes, &path, keyring.as_ref()).expect("a readable pack");
+        for record in &scan.entries {
+            let block =
+                read_pack_block(&bytes, &path, keyring.as_ref(), record).expect("a readable block");
+            count += usize::from(block.compression == compression);
+        }
+    }
+    count
 }

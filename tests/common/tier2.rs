@@ -100,8 +100,8 @@ fn names(dir: &Path) -> Vec<String> {
 }
 
 /// Every Tier 1 file the relay uploads as it is, relative to the cluster directory: the WAL
-/// archive's files but journals and temporary files, the hash key, indexed packs and their
-/// indexes, and the catalog's files.
+/// archive's files but journals and temporary files, the hash key and dictionary, indexed
+/// packs and their indexes, and the catalog's files.
 pub fn sealed_files(stack: &Stack) -> Vec<String> {
     let dir = cluster_dir(stack);
     let mut out = Vec::new();
@@ -113,6 +113,9 @@ pub fn sealed_files(stack: &Stack) -> Vec<String> {
     let backups = dir.join("backups");
     if backups.join("block-hash-key").is_file() {
         out.push("backups/block-hash-key".to_owned());
+    }
+    if backups.join("block-dictionary").is_file() {
+        out.push("backups/block-dictionary".to_owned());
     }
     let packs = names(&backups.join("packs"));
     for n in &packs {

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use bytes::Bytes;
-use klio_proto::klio::{Block, BlockCompression, BlockHash, FileEntry};
+use klio_proto::klio::{Block, BlockCompression, BlockDictionary, BlockHash, FileEntry};
 
 /// When a batch is full and must be exchanged before more blocks are cut. Whichever limit is
 /// reached first ends the batch, so a batch holds at most about `max_bytes` of block data,
@@ -145,8 +145,18 @@ impl Batch {
 }
 
 /// The block as sent: compressed with `codec` when that is smaller, else the plaintext as is.
-pub(crate) fn compress(block: PendingBlock, codec: BlockCompression) -> Block {
-    Block::compress_with(block.hash, block.plain, codec)
+/// LZ4 compresses against the cluster's `dictionary` when it has one.
+pub(crate) fn compress(
+    block: PendingBlock,
+    codec: BlockCompression,
+    dictionary: Option<&BlockDictionary>,
+) -> Block {
+    match (codec, dictionary) {
+        (BlockCompression::Lz4, Some(dictionary)) => {
+            Block::compress_against(block.hash, block.plain, dictionary)
+        }
+        _ => Block::compress_with(block.hash, block.plain, codec),
+    }
 }
 
 /// [`compress`] of every block, in order, on `jobs` threads (off the async runtime) when
@@ -155,8 +165,9 @@ pub(crate) async fn compress_all(
     blocks: Vec<PendingBlock>,
     jobs: usize,
     codec: BlockCompression,
+    dictionary: Option<BlockDictionary>,
 ) -> Vec<Block> {
-    let compress = move |b| compress(b, codec);
+    let compress = move |b| compress(b, codec, dictionary.as_ref());
     if jobs <= 1 || blocks.len() <= 1 {
         return blocks.into_iter().map(compress).collect();
     }
@@ -171,6 +182,7 @@ pub(crate) async fn compress_all(
             }
             parts.push(part);
         }
+        let compress = &compress;
         std::thread::scope(|s| {
             let running: Vec<_> = parts
                 .into_iter()

@@ -9,8 +9,9 @@ use klio_proto::base_backup::{
     TablespaceKind,
 };
 use klio_proto::klio::{
-    BackupFinish, BackupInfo, BlockCompression, CaptureMethod, CatalogEntryError, ClusterName,
-    ErrorCode, FileEntry, MAX_HASHES_PER_MESSAGE, Message, PROTOCOL_VERSION, TablespaceInfo,
+    BackupFinish, BackupInfo, BlockCompression, BlockDictionary, CaptureMethod, CatalogEntryError,
+    ClusterName, ErrorCode, FileEntry, MAX_HASHES_PER_MESSAGE, Message, PROTOCOL_VERSION,
+    TablespaceInfo,
 };
 use klio_proto::tar::TarError;
 use klio_wal::{ErrorChain, WalPosition};
@@ -252,7 +253,7 @@ pub async fn run(
 
         let server = ServerConnection::connect(&opts.client.server).await?;
         let result = async {
-            let (mut send, mut recv, backup_id, key) =
+            let (mut send, mut recv, backup_id, key, dictionary) =
                 start_session(&server, &cluster, system.system_id).await?;
             tracing::info!(cluster = %cluster, backup = %backup_id, "backup started");
             let mut session = Session {
@@ -261,6 +262,7 @@ pub async fn run(
                 stats: CaptureStats::default(),
                 jobs: opts.jobs.max(1),
                 compression: opts.compression,
+                dictionary,
                 compress_ahead: true,
             };
             let captured = match local_cluster.as_mut() {
@@ -316,13 +318,23 @@ pub(super) struct SystemFacts {
 /// rerun right after such a crash waits that out instead of failing.
 const LEASE_WAIT: Duration = Duration::from_secs(30);
 
-/// Opens the backup's stream: `BackupHello`, then the backup id and the block-hash key. While
-/// another backup of the cluster holds the server, retries for up to [`LEASE_WAIT`].
+/// Opens the backup's stream: `BackupHello`, then the backup id, the block-hash key and the
+/// cluster's dictionary. While another backup of the cluster holds the server, retries for up
+/// to [`LEASE_WAIT`].
 async fn start_session(
     server: &ServerConnection,
     cluster: &ClusterName,
     system_id: u64,
-) -> Result<(FramedSend, FramedRecv, String, BlockHashKey), BackupError> {
+) -> Result<
+    (
+        FramedSend,
+        FramedRecv,
+        String,
+        BlockHashKey,
+        Option<BlockDictionary>,
+    ),
+    BackupError,
+> {
     let waiting_since = Instant::now();
     loop {
         let (mut send, mut recv) = server.open_stream().await?;
@@ -351,11 +363,15 @@ async fn start_session(
             Ok(other) => return Err(unexpected("BackupWelcome", other)),
             Err(e) => return Err(e.into()),
         };
-        let key = match recv.recv().await? {
-            Some(Message::HashKey { key, algorithm }) => block_hash_key(key, algorithm)?,
+        let (key, dictionary) = match recv.recv().await? {
+            Some(Message::HashKey {
+                key,
+                algorithm,
+                dictionary,
+            }) => (block_hash_key(key, algorithm)?, dictionary),
             other => return Err(unexpected("HashKey", other)),
         };
-        return Ok((send, recv, backup_id, key));
+        return Ok((send, recv, backup_id, key, dictionary));
     }
 }
 
@@ -378,6 +394,8 @@ pub(super) struct Session<'s> {
     pub(super) jobs: usize,
     /// How they are compressed.
     pub(super) compression: BlockCompression,
+    /// The cluster's dictionary, which LZ4 compresses against once the cluster has one.
+    pub(super) dictionary: Option<BlockDictionary>,
     /// Whether the next batch is compressed while the server answers its `HaveBlocks`, before
     /// it is known which of its blocks are new: so while most of the last batch was new.
     pub(super) compress_ahead: bool,
@@ -558,6 +576,7 @@ impl Session<'_> {
         let hashes = batch.hashes();
         let asked = hashes.len();
         let (jobs, codec) = (self.jobs, self.compression);
+        let dictionary = self.dictionary.clone();
         // The server answers once it has read what came before (the last batch's blocks,
         // which it stores meanwhile): compressing while the answer comes keeps both sides
         // busy. What turns out held is compressed for nothing, so this is
@@ -576,8 +595,10 @@ impl Session<'_> {
             };
             match ahead {
                 Some(blocks) => {
-                    let (held, compressed) =
-                        tokio::join!(answer, compress_all(blocks, jobs, codec));
+                    let (held, compressed) = tokio::join!(
+                        answer,
+                        compress_all(blocks, jobs, codec, dictionary.clone())
+                    );
                     (held?, Some(compressed))
                 }
                 None => (answer.await?, None),
@@ -595,7 +616,7 @@ impl Session<'_> {
                 .filter(|(_, held)| !**held)
                 .map(|(block, _)| block)
                 .collect(),
-            None => compress_all(resolved.new_blocks, jobs, codec).await,
+            None => compress_all(resolved.new_blocks, jobs, codec, dictionary).await,
         };
         for block in new_blocks {
             self.stats.bytes_sent += block.data.len() as u64;

@@ -181,6 +181,7 @@ fn answer(
             Message::HashKey {
                 key: KEY,
                 algorithm: BlockHashAlgorithm::Blake3.to_u8(),
+                dictionary: None,
             },
         ];
     }

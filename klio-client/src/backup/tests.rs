@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use klio_crypto::{BlockHashAlgorithm, BlockHashKey};
 use klio_proto::klio::{
-    Block, BlockCompression, BlockHash, FileEntry, FileKind, MAX_HASHES_PER_MESSAGE, Message,
+    Block, BlockCompression, BlockDictionary, BlockHash, FileEntry, FileKind,
+    MAX_HASHES_PER_MESSAGE, Message,
 };
 use klio_proto::tar::{EntryKind, EntryPath, TarEntry, TarEvent};
 use proptest::prelude::*;
@@ -304,7 +305,7 @@ fn only_blocks_not_held_are_sent_compressed_when_that_is_smaller() {
     let sent: Vec<Block> = resolved
         .new_blocks
         .into_iter()
-        .map(|b| compress(b, BlockCompression::Zstd))
+        .map(|b| compress(b, BlockCompression::Zstd, None))
         .collect();
     let zeros = &sent[0];
     assert_eq!(zeros.hash, hash(&compressible));
@@ -320,6 +321,28 @@ fn only_blocks_not_held_are_sent_compressed_when_that_is_smaller() {
         3,
         "every file of the batch may now be announced"
     );
+}
+
+#[test]
+fn lz4_compresses_against_the_cluster_dictionary_and_zstd_ignores_it() {
+    let page = b"row 17 of pgbench_accounts, filler filler filler ".repeat(1400);
+    let dictionary = BlockDictionary::new(Bytes::copy_from_slice(&page[..4096])).expect("valid");
+    let pending = |plain: &[u8]| {
+        let mut c = cutter(unlimited());
+        push_file(&mut c, "f", plain, BLOCK_SIZE);
+        let batch = c.finish().expect("finished");
+        let mut resolved = batch.resolve(&[false]).expect("resolved");
+        resolved.new_blocks.remove(0)
+    };
+    let plain = &page[..BLOCK_SIZE];
+    let lz4 = compress(pending(plain), BlockCompression::Lz4, Some(&dictionary));
+    assert_eq!(lz4.compression, BlockCompression::Lz4Dictionary);
+    assert_eq!(lz4.decompress_with(Some(&dictionary)).expect("lz4"), plain);
+    let without = compress(pending(plain), BlockCompression::Lz4, None);
+    assert_eq!(without.compression, BlockCompression::Lz4);
+    let zstd = compress(pending(plain), BlockCompression::Zstd, Some(&dictionary));
+    assert_eq!(zstd.compression, BlockCompression::Zstd);
+    assert_eq!(zstd.decompress().expect("zstd"), plain);
 }
 
 #[test]

@@ -8,7 +8,7 @@
 use std::fmt;
 
 use klio_crypto::BlockHashKey;
-use klio_proto::klio::{Block, BlockHash, Message};
+use klio_proto::klio::{Block, BlockDecodeError, BlockDictionary, BlockHash, Message};
 
 use crate::server_link::{FramedRecv, FramedSend, ServerLinkError};
 
@@ -42,6 +42,12 @@ pub enum BlockFault {
         /// Its hash.
         hash: BlockHash,
     },
+    /// The block is compressed against the cluster's dictionary, which the server did not
+    /// send.
+    NeedsDictionary {
+        /// Its hash.
+        hash: BlockHash,
+    },
     /// Its length is not the one its place in the file needs.
     WrongLength {
         /// Its hash.
@@ -65,6 +71,11 @@ impl fmt::Display for BlockFault {
                 write!(f, "the server sent block {sent} when asked for {asked}")
             }
             Self::Undecodable { hash } => write!(f, "block {hash} does not decompress"),
+            Self::NeedsDictionary { hash } => write!(
+                f,
+                "block {hash} is compressed against the cluster's block dictionary, which the \
+                 server did not send (its block-dictionary file is missing)"
+            ),
             Self::WrongLength {
                 hash,
                 expected,
@@ -83,9 +94,11 @@ impl fmt::Display for BlockFault {
     }
 }
 
-/// The plaintext of `block`, checked to have `expected_len` bytes and the hash `asked`.
+/// The plaintext of `block`, checked to have `expected_len` bytes and the hash `asked`;
+/// decompressed with the cluster's `dictionary` if it is compressed against it.
 pub(super) fn checked_plaintext(
     key: &BlockHashKey,
+    dictionary: Option<&BlockDictionary>,
     asked: &BlockHash,
     expected_len: u64,
     block: &Block,
@@ -104,9 +117,10 @@ pub(super) fn checked_plaintext(
             actual: u64::from(block.plain_len),
         });
     }
-    let plain = block
-        .decompress()
-        .map_err(|_| BlockFault::Undecodable { hash })?;
+    let plain = block.decompress_with(dictionary).map_err(|e| match e {
+        BlockDecodeError::NeedsDictionary => BlockFault::NeedsDictionary { hash },
+        _ => BlockFault::Undecodable { hash },
+    })?;
     if plain.len() as u64 != expected_len {
         return Err(BlockFault::WrongLength {
             hash,
@@ -227,14 +241,17 @@ mod tests {
         let plain = vec![7u8; 8192];
         for compress in [true, false] {
             let b = block(&key, &plain, compress);
-            assert_eq!(checked_plaintext(&key, &b.hash, 8192, &b).unwrap(), plain);
+            assert_eq!(
+                checked_plaintext(&key, None, &b.hash, 8192, &b).unwrap(),
+                plain
+            );
             assert!(matches!(
-                checked_plaintext(&key, &b.hash, 4096, &b),
+                checked_plaintext(&key, None, &b.hash, 4096, &b),
                 Err(BlockFault::WrongLength { .. })
             ));
             let other_key = BlockHashKey::new(BlockHashAlgorithm::Blake3, [6; 32]);
             assert!(matches!(
-                checked_plaintext(&other_key, &b.hash, 8192, &b),
+                checked_plaintext(&other_key, None, &b.hash, 8192, &b),
                 Err(BlockFault::HashMismatch { .. })
             ));
         }
@@ -243,18 +260,18 @@ mod tests {
         data[100] ^= 1;
         flipped.data = Bytes::from(data);
         assert!(matches!(
-            checked_plaintext(&key, &flipped.hash, 8192, &flipped),
+            checked_plaintext(&key, None, &flipped.hash, 8192, &flipped),
             Err(BlockFault::HashMismatch { .. })
         ));
         let mut garbled = block(&key, &plain, true);
         garbled.data = Bytes::from_static(b"\xff\xff\xff");
         assert!(matches!(
-            checked_plaintext(&key, &garbled.hash, 8192, &garbled),
+            checked_plaintext(&key, None, &garbled.hash, 8192, &garbled),
             Err(BlockFault::Undecodable { .. })
         ));
         let other = block(&key, b"another block", false);
         assert!(matches!(
-            checked_plaintext(&key, &other.hash, 8192, &block(&key, &plain, false)),
+            checked_plaintext(&key, None, &other.hash, 8192, &block(&key, &plain, false)),
             Err(BlockFault::NotAskedFor { .. })
         ));
     }

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use klio_crypto::BlockHashKey;
-use klio_proto::klio::{BackupInfo, ErrorCode, FileEntry, Message};
+use klio_proto::klio::{BackupInfo, BlockDictionary, ErrorCode, FileEntry, Message};
 
 use crate::server_link::{
     FramedRecv, FramedSend, ServerConnection, ServerLinkError, block_hash_key,
@@ -47,11 +47,12 @@ pub(super) struct BackupContents {
 }
 
 impl BackupContents {
-    /// Asks for backup `id`; returns its entry, the cluster's block-hash key and its contents.
+    /// Asks for backup `id`; returns its entry, the cluster's block-hash key and dictionary,
+    /// and its contents.
     pub(super) async fn open(
         conn: &ServerConnection,
         id: &str,
-    ) -> Result<(BackupInfo, BlockHashKey, Self), RestoreError> {
+    ) -> Result<(BackupInfo, BlockHashKey, Option<BlockDictionary>, Self), RestoreError> {
         let (mut send, mut recv) = conn.open_stream().await.map_err(RestoreError::Catalog)?;
         send.send(&Message::GetBackup { id: id.to_owned() })
             .await
@@ -76,15 +77,21 @@ impl BackupContents {
                 info.id
             ))));
         }
-        let key = match read(recv.recv().await)? {
-            Message::HashKey { key, algorithm } => {
-                block_hash_key(key, algorithm).map_err(RestoreError::Catalog)?
-            }
+        let (key, dictionary) = match read(recv.recv().await)? {
+            Message::HashKey {
+                key,
+                algorithm,
+                dictionary,
+            } => (
+                block_hash_key(key, algorithm).map_err(RestoreError::Catalog)?,
+                dictionary,
+            ),
             other => return Err(unexpected("GetBackup", &other)),
         };
         Ok((
             info,
             key,
+            dictionary,
             Self {
                 recv,
                 _send: send,

@@ -49,7 +49,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use klio_crypto::BlockHashKey;
-use klio_proto::klio::{BackupInfo, BlockHash, CatalogEntryError, ErrorCode, FileEntry, FileKind};
+use klio_proto::klio::{
+    BackupInfo, BlockDictionary, BlockHash, CatalogEntryError, ErrorCode, FileEntry, FileKind,
+};
 use klio_wal::{FsError, Lsn, durable};
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinSet;
@@ -367,6 +369,8 @@ const SMALL_FILE_MAX: u64 = 16 << 20;
 struct Shared {
     backup: String,
     key: BlockHashKey,
+    /// The cluster's dictionary, for blocks compressed against it.
+    dictionary: Option<BlockDictionary>,
     block_size: u32,
     /// A delta restore: existing files are compared, not truncated.
     delta: bool,
@@ -523,7 +527,7 @@ async fn restore_over(
     for ts in layout.tablespaces() {
         target_dir::prepare(&ts.location, TargetKind::Tablespace, existing)?;
     }
-    let (info, key, mut contents) = BackupContents::open(conn, &chosen.id).await?;
+    let (info, key, dictionary, mut contents) = BackupContents::open(conn, &chosen.id).await?;
     // Before any restored file: whatever happens next, the directory says it is incomplete.
     target_dir::write_marker(&settings.pgdata, &info.id)?;
     let mut wanted = if settings.delta {
@@ -536,6 +540,7 @@ async fn restore_over(
     let shared = Arc::new(Shared {
         backup: info.id.clone(),
         key,
+        dictionary,
         block_size: info.block_size,
         delta: settings.delta,
         written: AtomicU64::new(0),
@@ -873,8 +878,14 @@ async fn restore_files(
             for ((r, block), asked) in chunk.iter().zip(&blocks).zip(&hashes) {
                 let job = &jobs[r.file];
                 let len = block_len(r.index, job.entry.size, block_size);
-                let plain = checked_plaintext(&shared_c.key, asked, len, block)
-                    .map_err(|fault| shared_c.bad_block(&job.entry.path, fault))?;
+                let plain = checked_plaintext(
+                    &shared_c.key,
+                    shared_c.dictionary.as_ref(),
+                    asked,
+                    len,
+                    block,
+                )
+                .map_err(|fault| shared_c.bad_block(&job.entry.path, fault))?;
                 let offset = r.index as u64 * u64::from(block_size);
                 files::write_at(&opened[r.file], &job.path, &plain, offset)?;
                 written += len;
@@ -963,8 +974,9 @@ async fn fetch_small(
         for (block, asked) in blocks.iter().zip(hashes) {
             let index = content.len() / shared.block_size as usize;
             let len = block_len(index, entry.size, shared.block_size);
-            let plain = checked_plaintext(&shared.key, asked, len, block)
-                .map_err(|fault| shared.bad_block(&entry.path, fault))?;
+            let plain =
+                checked_plaintext(&shared.key, shared.dictionary.as_ref(), asked, len, block)
+                    .map_err(|fault| shared.bad_block(&entry.path, fault))?;
             content.extend_from_slice(&plain);
         }
     }

@@ -218,6 +218,7 @@ async fn serve_stream(
                 Message::HashKey {
                     key: backup.key.to_bytes(),
                     algorithm: backup.key.algorithm().to_u8(),
+                    dictionary: None,
                 }
                 .encode(&mut out);
                 for file in &backup.entries {

@@ -3,8 +3,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use klio_wal::{Lsn, TimelineId, WalPosition};
 
-use super::ClusterName;
 use super::backup::{BackupFinish, Block, BlockHash, FileEntry, FileKind};
+use super::{BlockDictionary, ClusterName};
 
 /// The protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -239,7 +239,8 @@ pub enum Message {
         /// The new backup's id.
         backup_id: String,
     },
-    /// Server → client: the cluster's block-hash key, to compute [`BlockHash`]es with.
+    /// Server → client: the cluster's block-hash key, to compute [`BlockHash`]es with, and
+    /// its block dictionary, to compress and decompress blocks with.
     HashKey {
         /// The key.
         key: [u8; 32],
@@ -247,6 +248,9 @@ pub enum Message {
         /// (0: HMAC-SHA-256, 1: keyed BLAKE3). A trailing byte: servers that predate the
         /// choice send none, and their keys are all HMAC-SHA-256.
         algorithm: u8,
+        /// The cluster's dictionary, once it has one (the rest of the message: servers that
+        /// predate dictionaries send none).
+        dictionary: Option<BlockDictionary>,
     },
     /// Client → server: which of these blocks does the cluster hold?
     HaveBlocks {
@@ -538,9 +542,16 @@ impl Message {
                 out.put_u16(*version);
                 put_str(out, backup_id);
             }
-            Self::HashKey { key, algorithm } => {
+            Self::HashKey {
+                key,
+                algorithm,
+                dictionary,
+            } => {
                 out.put_slice(key);
                 out.put_u8(*algorithm);
+                if let Some(dictionary) = dictionary {
+                    out.put_slice(dictionary.as_bytes());
+                }
             }
             Self::HaveBlocks { hashes }
             | Self::GetBlocks { hashes }
@@ -626,7 +637,7 @@ mod decode {
         BLOCK_HASH_LEN, BackupFinish, Block, BlockCompression, BlockHash, CaptureMethod, FileEntry,
         FileKind, MAX_HASHES_PER_MESSAGE, TablespaceInfo,
     };
-    use crate::klio::{ClusterName, KlioProtocolError};
+    use crate::klio::{BlockDictionary, ClusterName, KlioProtocolError};
 
     struct Reader {
         tag: u8,
@@ -864,7 +875,18 @@ mod decode {
                 let key = r.array()?;
                 // Older servers end here: their keys were all HMAC-SHA-256 (0).
                 let algorithm = if r.buf.has_remaining() { r.u8()? } else { 0 };
-                Message::HashKey { key, algorithm }
+                // And servers that predate dictionaries here.
+                let rest = r.rest();
+                let dictionary = if rest.is_empty() {
+                    None
+                } else {
+                    Some(BlockDictionary::new(rest).map_err(|e| r.malformed(e.to_string()))?)
+                };
+                Message::HashKey {
+                    key,
+                    algorithm,
+                    dictionary,
+                }
             }
             tag::HAVE_BLOCKS => Message::HaveBlocks {
                 hashes: r.hashes()?,

@@ -99,6 +99,12 @@ fn samples() -> Vec<Message> {
         Message::HashKey {
             key: [9; 32],
             algorithm: 1,
+            dictionary: None,
+        },
+        Message::HashKey {
+            key: [9; 32],
+            algorithm: 1,
+            dictionary: Some(BlockDictionary::new(Bytes::from_static(b"samples")).unwrap()),
         },
         Message::HaveBlocks {
             hashes: vec![BlockHash([1; 32]), BlockHash([2; 32])],
@@ -672,6 +678,7 @@ fn a_hash_key_from_an_older_server_without_its_algorithm_byte_is_hmac_sha256() {
     let key = Message::HashKey {
         key: [5; 32],
         algorithm: 1,
+        dictionary: None,
     };
     let mut older = without_last_byte(&key);
     let back = FrameDecoder::new().decode(&mut older).unwrap();
@@ -679,7 +686,27 @@ fn a_hash_key_from_an_older_server_without_its_algorithm_byte_is_hmac_sha256() {
         back,
         Some(Message::HashKey {
             key: [5; 32],
-            algorithm: 0
+            algorithm: 0,
+            dictionary: None,
         })
     );
+}
+
+#[test]
+fn a_hash_key_message_with_a_dictionary_too_long_is_refused() {
+    let mut frame = BytesMut::new();
+    Message::HashKey {
+        key: [5; 32],
+        algorithm: 1,
+        dictionary: Some(BlockDictionary::new(Bytes::from(vec![3u8; MAX_DICTIONARY_LEN])).unwrap()),
+    }
+    .encode(&mut frame);
+    // One byte more than a dictionary may have: patch the frame's length and append it.
+    let len = u32::from_be_bytes(frame[1..5].try_into().unwrap()) + 1;
+    frame[1..5].copy_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&[3]);
+    assert!(matches!(
+        FrameDecoder::new().decode(&mut frame),
+        Err(KlioProtocolError::Malformed { .. })
+    ));
 }

@@ -33,14 +33,14 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use klio_crypto::{BlockHashKey, SecureRandom, SystemRandom};
+use klio_crypto::{SecureRandom, SystemRandom};
 use klio_proto::klio::{
     BackupFinish, BackupInfo, BackupStatus, BlockHash, CATALOG_SCHEMA, CatalogTablespace,
     ClusterName, ErrorCode, MAX_HASHES_PER_MESSAGE, Message, PROTOCOL_VERSION,
 };
 use klio_store::backup::{
-    BackupId, BackupStoreError, BlockWriter, MAX_BLOCK_LEN, Put, SealedBackup, StagedBackup,
-    WalCoverage,
+    BackupId, BackupStoreError, BlockCoding, BlockWriter, MAX_BLOCK_LEN, Put, SealedBackup,
+    StagedBackup, WalCoverage,
 };
 use klio_wal::ErrorChain;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -127,7 +127,7 @@ pub(super) async fn run<T: FrameIo>(
             version: PROTOCOL_VERSION,
             backup_id: id.to_string(),
         },
-        hash_key_message(&writing.key),
+        hash_key_message(&writing.coding),
     ];
     if let Err(end) = inbox.send(&welcome).await {
         return Err(abandon(writing, end).await);
@@ -555,13 +555,16 @@ struct Writing {
     claims: Arc<Claims>,
     /// Shared with the reading side, which adds each block sent; forgotten here once indexed.
     sent: Arc<SentBlocks>,
-    key: BlockHashKey,
+    coding: BlockCoding,
+    /// The cluster's store: the backup session writes its dictionary.
+    store: klio_store::backup::BackupStore,
     /// The path of the last file entry (for errors about its blocks).
     current_path: Option<String>,
 }
 
 impl Writing {
-    /// Prepares the store (leftovers, the block-hash key) and stages a new backup.
+    /// Prepares the store (leftovers, the block-hash key, the dictionary) and stages a new
+    /// backup.
     fn start(
         store: klio_store::backup::BackupStore,
         index: SharedIndex,
@@ -569,7 +572,7 @@ impl Writing {
         sent: Arc<SentBlocks>,
     ) -> Result<Self, End> {
         let refuse = |e: BackupStoreError| backup_refusal(&e);
-        let key = store.prepare_for_backup().map_err(refuse)?;
+        let coding = store.prepare_for_backup().map_err(refuse)?;
         let mut attempt = 0;
         let staged = loop {
             let id = new_backup_id()?;
@@ -582,8 +585,9 @@ impl Writing {
         };
         Ok(Self {
             staged,
-            key: key.clone(),
-            writer: store.block_writer(key),
+            writer: store.block_writer(coding.clone()),
+            coding,
+            store,
             index,
             claims: Arc::new(claims),
             sent,
@@ -696,6 +700,7 @@ impl Writing {
         if let Some(pack) = self.writer.close().map_err(refuse)? {
             self.add_pack(pack);
         }
+        self.keep_dictionary();
         let sealed = self.staged.seal().map_err(refuse)?;
         let referenced = {
             let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
@@ -707,6 +712,28 @@ impl Writing {
             self.writer.new_stored_bytes(),
             self.claims,
         ))
+    }
+
+    /// Keeps the dictionary sampled from this backup's blocks, for a cluster that has none
+    /// (its first backup, or the first with enough full-size blocks): later backups compress
+    /// against it. Failing to write it costs only that, so it is a warning: the next backup
+    /// samples again.
+    fn keep_dictionary(&mut self) {
+        let Some(dictionary) = self.writer.sampled_dictionary() else {
+            return;
+        };
+        match self.store.keep_dictionary(dictionary) {
+            Ok(kept) => tracing::info!(
+                "cluster's block dictionary created ({} bytes of samples of this backup's \
+                 blocks): later backups compress against it",
+                kept.as_bytes().len()
+            ),
+            Err(e) => tracing::warn!(
+                "the block dictionary sampled from this backup was not kept, so the next backup \
+                 samples again: {}",
+                ErrorChain(&e)
+            ),
+        }
     }
 
     /// Closes the open pack (its blocks stay, for a rerun) and removes the staging directory.

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use klio_crypto::{BlockHashKey, Keyring};
+use klio_crypto::Keyring;
 use klio_proto::klio::{ClusterName, Message};
-use klio_store::backup::{BackupStore, WalCoverage, wal_coverage, wal_coverage_in};
+use klio_store::backup::{BackupStore, BlockCoding, WalCoverage, wal_coverage, wal_coverage_in};
 use klio_store::wal_archive::{ArchiveIndex, WalArchiveError, WalArchiveReader};
 use klio_wal::WalPosition;
 
@@ -176,10 +176,11 @@ pub(super) fn coverage_text(coverage: Option<&WalCoverage>) -> String {
     }
 }
 
-/// The `HashKey` message that gives a client its cluster's block-hash key.
-pub(super) fn hash_key_message(key: &BlockHashKey) -> Message {
+/// The `HashKey` message that gives a client its cluster's block-hash key and dictionary.
+pub(super) fn hash_key_message(coding: &BlockCoding) -> Message {
     Message::HashKey {
-        key: key.to_bytes(),
-        algorithm: key.algorithm().to_u8(),
+        key: coding.hash_key.to_bytes(),
+        algorithm: coding.hash_key.algorithm().to_u8(),
+        dictionary: coding.dictionary.clone(),
     }
 }

@@ -249,7 +249,7 @@ async fn welcome<R>(client: &mut Client<R>) -> (String, BlockHashKey) {
     let Message::BackupWelcome { backup_id, .. } = client.recv().await else {
         panic!("BackupWelcome first");
     };
-    let Message::HashKey { key, algorithm } = client.recv().await else {
+    let Message::HashKey { key, algorithm, .. } = client.recv().await else {
         panic!("HashKey second");
     };
     let algorithm = BlockHashAlgorithm::from_u8(algorithm).expect("a known hash algorithm");

@@ -148,12 +148,13 @@ async fn get_backup<T: FrameIo>(
     let id = parse_id(id)?;
     let store = backup_source(env, &id).await?;
     let (reading, wanted) = (store.clone(), id.clone());
-    let (info, key) =
-        blocking(move || Ok::<_, BackupStoreError>((reading.entry(&wanted)?, reading.hash_key()?)))
-            .await?
-            .map_err(|e| backup_refusal(&e))?;
+    let (info, coding) = blocking(move || {
+        Ok::<_, BackupStoreError>((reading.entry(&wanted)?, reading.block_coding()?))
+    })
+    .await?
+    .map_err(|e| backup_refusal(&e))?;
     inbox
-        .send(&[entry_message(&info), hash_key_message(&key)])
+        .send(&[entry_message(&info), hash_key_message(&coding)])
         .await?;
     let (tx, rx) = mpsc::channel(STREAM_DEPTH);
     let producer = tokio::task::spawn_blocking(move || -> Result<(), BackupStoreError> {

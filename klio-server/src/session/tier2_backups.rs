@@ -21,7 +21,9 @@ use std::sync::{Arc, RwLock};
 
 use klio_crypto::Keyring;
 use klio_proto::klio::{BackupInfo, BlockHash, ClusterName, ErrorCode};
-use klio_store::backup::{BackupId, BackupStore, BackupStoreError, WalCoverage, wal_coverage};
+use klio_store::backup::{
+    BackupId, BackupStore, BackupStoreError, DICTIONARY_FILE, WalCoverage, wal_coverage,
+};
 use klio_store::wal_archive::WalArchiveReader;
 use klio_wal::{ErrorChain, WalFileName, WalPosition};
 
@@ -187,6 +189,9 @@ impl Tier2Backups {
                 path: self.store.dir().join(key),
             }));
         }
+        // A cluster has a dictionary once a backup was big enough to sample one; the relay
+        // puts it up before any pack of a backup that compressed against it.
+        self.fetch(DICTIONARY_FILE).await?;
         for file in &files[2..] {
             self.fetch(file).await?;
         }

@@ -36,9 +36,10 @@ use crate::backup_registry::SharedIndex;
 pub(crate) const CACHE_DIR: &str = "tier2-cache";
 
 /// Files that stay cached whatever their age: every read of their cluster needs them.
-const PINNED_FILES: [&str; 2] = [
+const PINNED_FILES: [&str; 3] = [
     klio_store::wal_archive::IDENTITY_FILE,
     klio_store::backup::HASH_KEY_FILE,
+    klio_store::backup::DICTIONARY_FILE,
 ];
 
 /// A file could not be brought from Tier 2 into the cache.

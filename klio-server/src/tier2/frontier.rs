@@ -19,6 +19,7 @@
 //! | `partial` | object or null | the segment in progress as last uploaded: `timeline`, `segno`, `end` (LSN, integer), `uploaded_at` (Unix seconds) |
 //! | `wal_end` | object or null | the end of Tier 2's WAL: `timeline`, `lsn` (integer): the end of the newest segment or partial such that all WAL before it on that timeline is up (from the first segment relayed); `since` (Unix seconds): when it last equalled Tier 1's durable end |
 //! | `hash_key` | bool | `backups/block-hash-key` is up |
+//! | `dictionary` | bool | `backups/block-dictionary` is up (added later: absent reads as `false`) |
 //! | `packs` | array of strings | pack ids whose `.pack` and `.idx` are both up |
 //! | `backups` | object: backup id → `{"pinned": bool}` | backups whose catalog files are all up (`entry.json` last), and whether `pinned` is up |
 //!
@@ -122,6 +123,8 @@ pub(crate) struct Frontier {
     pub(crate) partial: Option<PartialUp>,
     pub(crate) wal_end: Option<WalEnd>,
     pub(crate) hash_key: bool,
+    #[serde(default)]
+    pub(crate) dictionary: bool,
     pub(crate) packs: BTreeSet<String>,
     pub(crate) backups: BTreeMap<String, RelayedBackup>,
 }
@@ -136,6 +139,7 @@ impl Default for Frontier {
             partial: None,
             wal_end: None,
             hash_key: false,
+            dictionary: false,
             packs: BTreeSet::new(),
             backups: BTreeMap::new(),
         }
@@ -249,6 +253,7 @@ mod tests {
         let mut f = Frontier {
             identity: true,
             hash_key: true,
+            dictionary: true,
             ..Frontier::default()
         };
         f.add_segment(tl(1), SegmentNo(7));

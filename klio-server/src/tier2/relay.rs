@@ -81,6 +81,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 const IDENTITY_FILE: &str = "klio-archive.identity";
 /// The block hash key's file name in `backups/`.
 const HASH_KEY_FILE: &str = "block-hash-key";
+/// The block dictionary's file name in `backups/`.
+const DICTIONARY_FILE: &str = klio_store::backup::DICTIONARY_FILE;
 
 /// Runs the relay of every cluster until `stop` turns true.
 pub(crate) async fn work(shared: Arc<Shared>, tier2: Arc<Tier2>, stop: watch::Receiver<bool>) {
@@ -109,6 +111,7 @@ enum Item {
     Segment(TimelineId, SegmentNo),
     Partial(PartialUp),
     HashKey,
+    Dictionary,
     PackData(String),
     PackIndex(String),
     CatalogFile(String),
@@ -125,7 +128,11 @@ impl Item {
             Self::Partial(_) => "partial",
             Self::PackData(_) => "pack",
             Self::PackIndex(_) => "index",
-            Self::HashKey | Self::CatalogFile(_) | Self::Entry(..) | Self::Pin(..) => "catalog",
+            Self::HashKey
+            | Self::Dictionary
+            | Self::CatalogFile(_)
+            | Self::Entry(..)
+            | Self::Pin(..) => "catalog",
         }
     }
 
@@ -253,8 +260,11 @@ enum PlanError {
 /// What a pass found to upload, in its phases.
 #[derive(Debug, Default)]
 struct Plan {
-    /// Phase 1: identity, histories, segments, hash key, pack files.
+    /// Phase 1: identity, histories, segments, hash key, dictionary, pack files.
     first: Vec<Upload>,
+    /// Whether the cluster has a dictionary Tier 2 lacks: no entry goes up before it does
+    /// (a backup's blocks may be compressed against it).
+    dictionary_pending: bool,
     /// Phase 2, for packs whose `.pack` went up: their `.idx`, by pack id.
     indexes: Vec<(String, Upload)>,
     /// Phase 2: the segment in progress.
@@ -484,10 +494,12 @@ impl ClusterRelay {
                 Err(e) => failures.push(e),
             }
         }
-        // Phase 3: an entry only once its other files and every pack it may need (data and
-        // index) are up.
+        // Phase 3: an entry only once its other files, every pack it may need (data and
+        // index) and the dictionary its blocks may be compressed against are up.
+        let dictionary_up = !plan.dictionary_pending || self.frontier.dictionary;
         let third: Vec<Upload> = backups
             .into_iter()
+            .filter(|_| dictionary_up)
             .filter(|b| catalog_up.get(&b.id).copied().unwrap_or(0) == b.files.len())
             .filter(|b| {
                 b.needs_packs
@@ -565,6 +577,7 @@ impl ClusterRelay {
             Item::Segment(t, s) => f.add_segment(t, s),
             Item::Partial(p) => f.partial = Some(p),
             Item::HashKey => f.hash_key = true,
+            Item::Dictionary => f.dictionary = true,
             Item::PackData(_) | Item::CatalogFile(_) => {}
             Item::PackIndex(id) => {
                 f.packs.insert(id);
@@ -985,6 +998,14 @@ fn plan_backups(dir: &Path, frontier: &Frontier, plan: &mut Plan) -> Result<(), 
             Item::HashKey,
             dir,
             format!("backups/{HASH_KEY_FILE}"),
+        ));
+    }
+    if !frontier.dictionary && backups.join(DICTIONARY_FILE).is_file() {
+        plan.dictionary_pending = true;
+        plan.first.push(file_upload(
+            Item::Dictionary,
+            dir,
+            format!("backups/{DICTIONARY_FILE}"),
         ));
     }
     // The catalog before the packs: every pack a listed backup needs is indexed by now (a

@@ -10,7 +10,12 @@
 //!   never regenerated (a new key would orphan every block). Sealed with the keyring on an
 //!   encrypted server, else a magic/version header and CRC-32C chunks (the `object` module's
 //!   format). An existing key that cannot be read is an error, never replaced.
-//! - `packs/<pack-id>.pack`: blocks, as the client compressed them (zstd, LZ4 or stored), appended as
+//! - `block-dictionary`: the cluster's [`BlockDictionary`], a few KiB of samples of its blocks
+//!   that later backups compress LZ4 blocks against; created once, when the first backup
+//!   with enough full-size blocks is sealed, and never replaced (format in the `dictionary`
+//!   module). A protected object like the key.
+//! - `packs/<pack-id>.pack`: blocks, as the client compressed them (zstd, LZ4, LZ4 against the
+//!   dictionary, or stored), appended as
 //!   self-describing records, each CRC-32C-protected (plain server) or AES-256-GCM-sealed under
 //!   the pack's frame key, itself sealed at the pack's start (encrypted server). A pack is
 //!   closed at about [`PACK_TARGET_BYTES`] or when its session ends (format in the `pack`
@@ -59,6 +64,7 @@
 
 mod block_check;
 mod catalog;
+mod dictionary;
 mod error;
 mod file_list;
 mod hash_key;
@@ -81,14 +87,18 @@ use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
 use klio_crypto::{BlockHashKey, Keyring, SystemRandom};
-use klio_proto::klio::{Block, BlockHash};
+use klio_proto::klio::{Block, BlockDictionary, BlockHash, DictionarySampler};
 use klio_wal::{FsAction, durable};
 
-pub use block_check::{MAX_BLOCK_LEN, check_block};
+pub use block_check::{BlockCoding, MAX_BLOCK_LEN, check_block};
 
 /// The cluster's block hash key, in the store's directory.
 pub const HASH_KEY_FILE: &str = "block-hash-key";
+/// The cluster's block dictionary, in the store's directory.
+pub const DICTIONARY_FILE: &str = "block-dictionary";
 pub use catalog::{ManifestReader, SealedBackup, StagedBackup};
+#[doc(hidden)]
+pub use dictionary::parse_dictionary;
 pub use error::{BackupStoreError, BlockDamage, BlockProblem, FileListProblem, ObjectDamage};
 pub use file_list::{FileListItem, FileListReader, FileListTotals, is_safe_path};
 #[doc(hidden)]
@@ -185,18 +195,23 @@ impl BackupStore {
         self.dir.join(HASH_KEY_FILE)
     }
 
+    fn dictionary_path(&self) -> PathBuf {
+        self.dir.join(DICTIONARY_FILE)
+    }
+
     pub(crate) fn keyring(&self) -> Option<&Keyring> {
         self.keyring.as_ref()
     }
 
     /// Gets the store ready for a backup session (the one writer of the cluster's store, under
     /// the server's backup lease): creates its directories, removes leftover staging and
-    /// deleted directories, and reads (or creates) the block-hash key, which it returns.
+    /// deleted directories, and reads (or creates) the block-hash key; returns it with the
+    /// cluster's dictionary, if it has one.
     ///
     /// It does not touch `packs/`: packs a crash left without index are recovered by
     /// [`BackupStore::open_index`] when the index is loaded, never while a sweep may be
     /// writing a rewritten pack that has no index yet.
-    pub fn prepare_for_backup(&self) -> Result<BlockHashKey, BackupStoreError> {
+    pub fn prepare_for_backup(&self) -> Result<BlockCoding, BackupStoreError> {
         ensure_dir(&self.dir)?;
         for dir in [
             self.packs_dir(),
@@ -209,7 +224,12 @@ impl BackupStore {
         for dir in [self.staging_dir(), self.deleted_dir()] {
             clear_dir(&dir)?;
         }
-        hash_key::read_or_create(&self.hash_key_path(), self.keyring.as_ref(), &*RNG)
+        let hash_key =
+            hash_key::read_or_create(&self.hash_key_path(), self.keyring.as_ref(), &*RNG)?;
+        Ok(BlockCoding {
+            hash_key,
+            dictionary: self.read_dictionary()?,
+        })
     }
 
     /// The cluster's block-hash key, if it has one (read-only).
@@ -225,17 +245,50 @@ impl BackupStore {
             })
     }
 
+    /// The cluster's block dictionary, if it has one (read-only).
+    pub fn read_dictionary(&self) -> Result<Option<BlockDictionary>, BackupStoreError> {
+        dictionary::read(&self.dictionary_path(), self.keyring.as_ref())
+    }
+
+    /// What checking and decompressing the cluster's blocks needs: its block-hash key (an
+    /// error if it has none) and its dictionary.
+    pub fn block_coding(&self) -> Result<BlockCoding, BackupStoreError> {
+        Ok(BlockCoding {
+            hash_key: self.hash_key()?,
+            dictionary: self.read_dictionary()?,
+        })
+    }
+
+    /// Makes `dictionary` the cluster's, unless it has one already (it is never replaced);
+    /// the cluster's dictionary either way. Only the backup session calls this, under the
+    /// cluster's lease.
+    pub fn keep_dictionary(
+        &self,
+        dictionary: BlockDictionary,
+    ) -> Result<BlockDictionary, BackupStoreError> {
+        dictionary::create_once(
+            &self.dictionary_path(),
+            self.keyring.as_ref(),
+            &*RNG,
+            dictionary,
+        )
+    }
+
     /// The index of every durable block (read-only).
     pub fn load_index(&self) -> Result<BlockIndex, BackupStoreError> {
         BlockIndex::load(&self.packs_dir())
     }
 
-    /// A writer of new blocks, checking each against its hash under `key`.
-    pub fn block_writer(&self, key: BlockHashKey) -> BlockWriter {
+    /// A writer of new blocks, checking each against its hash (and decompressing it) with
+    /// `coding`. While the cluster has no dictionary, the writer samples the blocks it
+    /// checks for one ([`BlockWriter::sampled_dictionary`]).
+    pub fn block_writer(&self, coding: BlockCoding) -> BlockWriter {
+        let sampler = coding.dictionary.is_none().then(DictionarySampler::new);
         BlockWriter {
             packs: self.packs_dir(),
             keyring: self.keyring.clone(),
-            key,
+            coding,
+            sampler,
             pack: None,
             new_stored: 0,
         }
@@ -267,7 +320,9 @@ pub enum Put {
 pub struct BlockWriter {
     packs: PathBuf,
     keyring: Option<Keyring>,
-    key: BlockHashKey,
+    coding: BlockCoding,
+    /// Samples of the blocks stored, while the cluster has no dictionary.
+    sampler: Option<DictionarySampler>,
     pack: Option<PackWriter>,
     new_stored: u64,
 }
@@ -285,10 +340,14 @@ impl BlockWriter {
         if self.holds(index, &block.hash) {
             return Ok(Put::Held);
         }
-        check_block(&self.key, block).map_err(|problem| BackupStoreError::RefusedBlock {
-            hash: block.hash,
-            problem,
-        })?;
+        let plain =
+            check_block(&self.coding, block).map_err(|problem| BackupStoreError::RefusedBlock {
+                hash: block.hash,
+                problem,
+            })?;
+        if let Some(sampler) = &mut self.sampler {
+            sampler.offer(&block.hash, &plain);
+        }
         let pack = match &mut self.pack {
             Some(p) => p,
             None => self.pack.insert(PackWriter::create(
@@ -316,6 +375,13 @@ impl BlockWriter {
     /// Stored bytes of the blocks this writer stored.
     pub fn new_stored_bytes(&self) -> u64 {
         self.new_stored
+    }
+
+    /// A dictionary of samples of the blocks this writer stored, for a cluster that has none
+    /// ([`BackupStore::keep_dictionary`]); `None` when the cluster has one, or too few
+    /// full-size blocks were stored.
+    pub fn sampled_dictionary(&mut self) -> Option<BlockDictionary> {
+        self.sampler.take().and_then(DictionarySampler::finish)
     }
 }
 

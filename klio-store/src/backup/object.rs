@@ -51,6 +51,8 @@ pub enum ObjectKind {
     Manifest = 4,
     /// A backup's pin marker (`pinned`): the time it was pinned.
     Pin = 5,
+    /// The cluster's block dictionary.
+    Dictionary = 6,
 }
 
 fn binding(kind: ObjectKind, id: &str) -> Vec<u8> {

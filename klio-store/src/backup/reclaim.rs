@@ -60,7 +60,6 @@ use std::path::Path;
 use std::sync::{RwLock, RwLockReadGuard};
 use std::time::{Duration, SystemTime};
 
-use klio_crypto::BlockHashKey;
 use klio_proto::klio::BlockHash;
 use klio_wal::{FsAction, durable};
 
@@ -70,7 +69,7 @@ use super::id::BackupId;
 use super::index::{BlockIndex, idx_entries, idx_len};
 use super::pack::{self, ClosedPack, PackId, PackLayout, PackReader, PackWriter};
 use super::slot_set::SlotSet;
-use super::{BackupStore, RNG, check_block, named_entries};
+use super::{BackupStore, BlockCoding, RNG, check_block, named_entries};
 
 /// Hashes looked up under one read lock of the index while marking: a running backup waits
 /// for one batch at most, never for the whole mark.
@@ -450,12 +449,12 @@ pub fn sweep(
     if condemned.packs.is_empty() {
         return Ok(done);
     }
-    let key = if condemned
+    let coding = if condemned
         .packs
         .iter()
         .any(|p| matches!(p.fate, Fate::Rewrite { .. }))
     {
-        Some(store.hash_key()?)
+        Some(store.block_coding()?)
     } else {
         None
     };
@@ -463,15 +462,15 @@ pub fn sweep(
         let pack_len = file_len(&id.pack_path(&dir))?;
         let idx_len = file_len(&id.idx_path(&dir))?;
         let records = idx_entries(idx_len);
-        let freed = match (fate, &key) {
+        let freed = match (fate, &coding) {
             (Fate::Remove, _) => ReclaimSummary {
                 blocks: records,
                 bytes: pack_len + idx_len,
                 packs_removed: 1,
                 packs_rewritten: 0,
             },
-            (Fate::Rewrite { live }, Some(key)) => {
-                let new = rewrite(store, key, id, &live)?;
+            (Fate::Rewrite { live }, Some(coding)) => {
+                let new = rewrite(store, coding, id, &live)?;
                 let new_id = new.id;
                 let new_len = file_len(&new_id.pack_path(&dir))? + idx_len_of(&new);
                 let moved: Vec<MovedBlock> = live.iter().map(|b| (b.hash, b.slot)).collect();
@@ -526,7 +525,7 @@ fn file_len(path: &Path) -> Result<u64, BackupStoreError> {
 /// Copies the live blocks of pack `old` into a new pack, every one checked on the way.
 fn rewrite(
     store: &BackupStore,
-    key: &BlockHashKey,
+    coding: &BlockCoding,
     old: PackId,
     live: &[LiveBlock],
 ) -> Result<ClosedPack, BackupStoreError> {
@@ -536,7 +535,7 @@ fn rewrite(
     let mut writer = PackWriter::create(&dir, store.keyring(), &*RNG)?;
     let copied = live.iter().try_for_each(|b| {
         let block = reader.read(b.offset, b.stored_len, &b.hash)?;
-        check_block(key, &block).map_err(|problem| BackupStoreError::DamagedBlock {
+        check_block(coding, &block).map_err(|problem| BackupStoreError::DamagedBlock {
             pack: path.clone(),
             hash: b.hash,
             reason: BlockDamage::Content(problem),

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use klio_crypto::{BlockHashAlgorithm, BlockHashKey, Kek, Keyring};
 use klio_proto::klio::{
-    BackupInfo, BackupStatus, Block, BlockCompression, BlockHash, CATALOG_SCHEMA, FileEntry,
-    FileKind,
+    BackupInfo, BackupStatus, Block, BlockCompression, BlockHash, CATALOG_SCHEMA,
+    DICTIONARY_SAMPLE_LEN, DICTIONARY_SAMPLES, FileEntry, FileKind,
 };
 use klio_wal::{Lsn, SegmentSize, TimelineId, WalPosition};
 
@@ -39,6 +39,14 @@ pub(super) fn block(key: &BlockHashKey, plain: &[u8]) -> Block {
     }
 }
 
+/// The coding of a cluster with block-hash key `key` and no dictionary.
+pub(super) fn without_dictionary(key: &BlockHashKey) -> BlockCoding {
+    BlockCoding {
+        hash_key: key.clone(),
+        dictionary: None,
+    }
+}
+
 /// A 64 KiB block that compresses (repeated text with a seed) or not (pseudo-random).
 pub(super) fn plain(seed: u32, compressible: bool) -> Vec<u8> {
     if compressible {
@@ -59,9 +67,9 @@ pub(super) fn plain(seed: u32, compressible: bool) -> Vec<u8> {
 /// Stores `blocks` in a session and closes its pack; returns the index (opened as the server
 /// opens it, recovering packs without index).
 pub(super) fn store_blocks(store: &BackupStore, blocks: &[Block]) -> BlockIndex {
-    let key = store.prepare_for_backup().unwrap();
+    let key = store.prepare_for_backup().unwrap().hash_key;
     let mut index = store.open_index().unwrap();
-    let mut writer = store.block_writer(key);
+    let mut writer = store.block_writer(without_dictionary(&key));
     for b in blocks {
         if let Put::StoredAndClosed(p) = writer.put(&index, b).unwrap() {
             index.insert(p);
@@ -142,7 +150,7 @@ fn blocks_round_trip_plain_and_encrypted() {
     for keyring in formats() {
         let d = tempfile::tempdir().unwrap();
         let store = BackupStore::new(d.path(), keyring.clone());
-        let key = store.prepare_for_backup().unwrap();
+        let key = store.prepare_for_backup().unwrap().hash_key;
         let blocks: Vec<Block> = (0..10)
             .map(|i| block(&key, &plain(i, i % 2 == 0)))
             .collect();
@@ -155,7 +163,7 @@ fn blocks_round_trip_plain_and_encrypted() {
             let got = reader.read(&reloaded, &b.hash).unwrap();
             assert_eq!(&got, b, "block {i}");
             assert_eq!(
-                check_block(&key, &got).unwrap(),
+                check_block(&without_dictionary(&key), &got).unwrap(),
                 plain(i as u32, i % 2 == 0)
             );
         }
@@ -179,9 +187,9 @@ fn blocks_round_trip_plain_and_encrypted() {
 fn a_block_that_does_not_match_its_hash_is_refused_and_not_stored() {
     let d = tempfile::tempdir().unwrap();
     let store = BackupStore::new(d.path(), None);
-    let key = store.prepare_for_backup().unwrap();
+    let key = store.prepare_for_backup().unwrap().hash_key;
     let index = store.load_index().unwrap();
-    let mut writer = store.block_writer(key.clone());
+    let mut writer = store.block_writer(without_dictionary(&key));
     let mut bad = block(&key, &plain(1, true));
     bad.hash = BlockHash(key.hash(b"something else"));
     let err = writer.put(&index, &bad).unwrap_err();
@@ -212,12 +220,11 @@ fn a_block_that_does_not_match_its_hash_is_refused_and_not_stored() {
 fn a_block_compressed_against_a_dictionary_the_cluster_lacks_is_refused_and_not_stored() {
     let d = tempfile::tempdir().unwrap();
     let store = BackupStore::new(d.path(), None);
-    let key = store.prepare_for_backup().unwrap();
+    let key = store.prepare_for_backup().unwrap().hash_key;
     let index = store.load_index().unwrap();
-    let mut writer = store.block_writer(key.clone());
+    let mut writer = store.block_writer(without_dictionary(&key));
     let text = plain(3, true);
-    let dictionary =
-        klio_proto::klio::BlockDictionary::new(Bytes::from(text[..4096].to_vec())).unwrap();
+    let dictionary = BlockDictionary::new(Bytes::from(text[..4096].to_vec())).unwrap();
     let against =
         Block::compress_against(BlockHash(key.hash(&text)), Bytes::from(text), &dictionary);
     assert_eq!(against.compression, BlockCompression::Lz4Dictionary);
@@ -240,11 +247,100 @@ fn a_block_compressed_against_a_dictionary_the_cluster_lacks_is_refused_and_not_
 }
 
 #[test]
+fn the_first_backup_with_enough_blocks_leaves_a_dictionary_that_is_never_replaced() {
+    for keyring in formats() {
+        let d = tempfile::tempdir().unwrap();
+        let store = BackupStore::new(d.path(), keyring.clone());
+        let coding = store.prepare_for_backup().unwrap();
+        assert_eq!(coding.dictionary, None, "a new cluster has no dictionary");
+        let key = coding.hash_key.clone();
+        let index = store.load_index().unwrap();
+        let mut writer = store.block_writer(coding);
+        for seed in 0..40 {
+            let put = writer
+                .put(&index, &block(&key, &plain(seed, true)))
+                .unwrap();
+            assert!(!matches!(put, Put::Held));
+        }
+        writer.close().unwrap();
+        let sampled = writer
+            .sampled_dictionary()
+            .expect("40 full blocks are enough");
+        assert_eq!(
+            sampled.as_bytes().len(),
+            DICTIONARY_SAMPLES * DICTIONARY_SAMPLE_LEN
+        );
+        let kept = store.keep_dictionary(sampled.clone()).unwrap();
+        assert_eq!(kept, sampled);
+
+        // It survives a reopen, later sessions get it, and a later offer does not replace it.
+        let again = BackupStore::new(d.path(), keyring.clone());
+        let coding = again.prepare_for_backup().unwrap();
+        assert_eq!(coding.dictionary.as_ref(), Some(&sampled));
+        let other = BlockDictionary::new(Bytes::from_static(b"another dictionary")).unwrap();
+        assert_eq!(again.keep_dictionary(other).unwrap(), sampled);
+        assert_eq!(again.read_dictionary().unwrap(), Some(sampled.clone()));
+
+        // Blocks compressed against it are stored, read back and checked with it; a writer
+        // of a cluster that has one samples nothing.
+        let text = plain(77, true);
+        let against = Block::compress_against(
+            BlockHash(key.hash(&text)),
+            Bytes::from(text.clone()),
+            &sampled,
+        );
+        assert_eq!(against.compression, BlockCompression::Lz4Dictionary);
+        let mut writer = again.block_writer(coding.clone());
+        assert!(matches!(writer.put(&index, &against).unwrap(), Put::Stored));
+        let pack = writer.close().unwrap().unwrap();
+        assert_eq!(writer.sampled_dictionary(), None);
+        let mut index = again.load_index().unwrap();
+        index.insert(pack);
+        let read = again.block_reader().read(&index, &against.hash).unwrap();
+        assert_eq!(
+            check_block(&again.block_coding().unwrap(), &read).unwrap(),
+            text
+        );
+
+        // A damaged dictionary is an error, never replaced.
+        let path = d.path().join(DICTIONARY_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(again.read_dictionary().is_err());
+        assert!(again.prepare_for_backup().is_err());
+        assert!(again.keep_dictionary(sampled.clone()).is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "left as it was");
+    }
+}
+
+#[test]
+fn a_backup_of_too_few_full_blocks_leaves_no_dictionary() {
+    let d = tempfile::tempdir().unwrap();
+    let store = BackupStore::new(d.path(), None);
+    let coding = store.prepare_for_backup().unwrap();
+    let key = coding.hash_key.clone();
+    let index = store.load_index().unwrap();
+    let mut writer = store.block_writer(coding);
+    for seed in 0..(DICTIONARY_SAMPLES as u32 - 1) {
+        let put = writer
+            .put(&index, &block(&key, &plain(seed, true)))
+            .unwrap();
+        assert!(matches!(put, Put::Stored));
+    }
+    let tail = block(&key, &plain(99, true)[..1000]);
+    assert!(matches!(writer.put(&index, &tail).unwrap(), Put::Stored));
+    writer.close().unwrap();
+    assert_eq!(writer.sampled_dictionary(), None);
+}
+
+#[test]
 fn a_flipped_byte_in_a_pack_is_an_error_naming_the_pack_and_the_block() {
     for keyring in formats() {
         let d = tempfile::tempdir().unwrap();
         let store = BackupStore::new(d.path(), keyring);
-        let key = store.prepare_for_backup().unwrap();
+        let key = store.prepare_for_backup().unwrap().hash_key;
         let blocks: Vec<Block> = (0..3).map(|i| block(&key, &plain(i, false))).collect();
         let index = store_blocks(&store, &blocks);
         let pack = only_pack(&store);
@@ -286,11 +382,11 @@ fn a_torn_pack_is_recovered_to_its_valid_records_and_the_rest_is_put_again() {
     for keyring in formats() {
         let d = tempfile::tempdir().unwrap();
         let store = BackupStore::new(d.path(), keyring);
-        let key = store.prepare_for_backup().unwrap();
+        let key = store.prepare_for_backup().unwrap().hash_key;
         let blocks: Vec<Block> = (0..4).map(|i| block(&key, &plain(i, false))).collect();
         // A session that dies (kill -9) with its pack open: no close, no index.
         let index = store.load_index().unwrap();
-        let mut writer = store.block_writer(key.clone());
+        let mut writer = store.block_writer(without_dictionary(&key));
         for b in &blocks {
             assert!(matches!(writer.put(&index, b).unwrap(), Put::Stored));
         }
@@ -325,9 +421,9 @@ fn the_block_hash_key_survives_reopen_and_is_never_regenerated() {
     for keyring in formats() {
         let d = tempfile::tempdir().unwrap();
         let store = BackupStore::new(d.path(), keyring.clone());
-        let key = store.prepare_for_backup().unwrap();
+        let key = store.prepare_for_backup().unwrap().hash_key;
         let again = BackupStore::new(d.path(), keyring.clone());
-        assert_eq!(again.prepare_for_backup().unwrap(), key);
+        assert_eq!(again.prepare_for_backup().unwrap().hash_key, key);
         assert_eq!(again.read_hash_key().unwrap(), Some(key));
         // A damaged key is an error, and stays as it is.
         let path = d.path().join("block-hash-key");
@@ -346,7 +442,7 @@ fn new_keys_are_blake3_and_a_key_written_before_the_choice_is_hmac_sha256() {
     for keyring in formats() {
         let d = tempfile::tempdir().unwrap();
         let store = BackupStore::new(d.path(), keyring.clone());
-        let key = store.prepare_for_backup().unwrap();
+        let key = store.prepare_for_backup().unwrap().hash_key;
         assert_eq!(key.algorithm(), BlockHashAlgorithm::Blake3);
 
         // A key object as written before there was a choice: 32 bytes, nothing after.
@@ -363,7 +459,8 @@ fn new_keys_are_blake3_and_a_key_written_before_the_choice_is_hmac_sha256() {
         std::fs::write(&path, &legacy).unwrap();
         let old = BackupStore::new(d.path(), keyring.clone())
             .prepare_for_backup()
-            .unwrap();
+            .unwrap()
+            .hash_key;
         assert_eq!(
             old,
             BlockHashKey::new(BlockHashAlgorithm::HmacSha256, [4; 32])
@@ -398,7 +495,7 @@ fn new_keys_are_blake3_and_a_key_written_before_the_choice_is_hmac_sha256() {
 fn a_wrong_keyring_fails_clearly() {
     let d = tempfile::tempdir().unwrap();
     let store = BackupStore::new(d.path(), Some(ring(1)));
-    let key = store.prepare_for_backup().unwrap();
+    let key = store.prepare_for_backup().unwrap().hash_key;
     let b = block(&key, &plain(1, true));
     let index = store_blocks(&store, std::slice::from_ref(&b));
     backup(&store, "b1", 0x3000000, &[file("base/1/1259", &[&b])]);
@@ -431,7 +528,7 @@ fn a_backup_appears_in_the_catalog_atomically_and_staging_leftovers_are_cleaned(
     for keyring in formats() {
         let d = tempfile::tempdir().unwrap();
         let store = BackupStore::new(d.path(), keyring);
-        let key = store.prepare_for_backup().unwrap();
+        let key = store.prepare_for_backup().unwrap().hash_key;
         let b = block(&key, &plain(7, true));
         store_blocks(&store, std::slice::from_ref(&b));
         // Staged and sealed, but the session dies before publishing.
@@ -467,7 +564,7 @@ fn the_file_list_and_manifest_read_back_in_order() {
     for keyring in formats() {
         let d = tempfile::tempdir().unwrap();
         let store = BackupStore::new(d.path(), keyring);
-        let key = store.prepare_for_backup().unwrap();
+        let key = store.prepare_for_backup().unwrap().hash_key;
         let blocks: Vec<Block> = (0..3).map(|i| block(&key, &plain(i, true))).collect();
         let index = store_blocks(&store, &blocks);
         let id = BackupId::parse("b1").unwrap();
@@ -585,7 +682,7 @@ fn the_list_is_ordered_by_end_position_then_completion_not_by_id() {
 fn delete_removes_the_entry_only() {
     let d = tempfile::tempdir().unwrap();
     let store = BackupStore::new(d.path(), Some(ring(1)));
-    let key = store.prepare_for_backup().unwrap();
+    let key = store.prepare_for_backup().unwrap().hash_key;
     let b = block(&key, &plain(3, true));
     let index = store_blocks(&store, std::slice::from_ref(&b));
     backup(&store, "b1", 0x3000000, &[file("PG_VERSION", &[&b])]);
@@ -613,7 +710,7 @@ fn verify_reads_every_block_and_names_the_backup_file_and_block_it_fails_on() {
     for keyring in formats() {
         let d = tempfile::tempdir().unwrap();
         let store = BackupStore::new(d.path(), keyring);
-        let key = store.prepare_for_backup().unwrap();
+        let key = store.prepare_for_backup().unwrap().hash_key;
         let blocks: Vec<Block> = (0..4).map(|i| block(&key, &plain(i, false))).collect();
         let index = store_blocks(&store, &blocks);
         backup(
@@ -742,10 +839,10 @@ fn the_wal_range_check_follows_the_archive() {
 fn a_full_pack_is_closed_and_the_next_blocks_go_into_a_new_one() {
     let d = tempfile::tempdir().unwrap();
     let store = BackupStore::new(d.path(), None);
-    let key = store.prepare_for_backup().unwrap();
+    let key = store.prepare_for_backup().unwrap().hash_key;
     let n = (PACK_TARGET_BYTES / 65536) as u32 + 8;
     let index = store.load_index().unwrap();
-    let mut writer = store.block_writer(key.clone());
+    let mut writer = store.block_writer(without_dictionary(&key));
     let mut closed = Vec::new();
     let mut hashes = Vec::new();
     for i in 0..n {
@@ -776,7 +873,7 @@ fn an_index_offset_near_the_end_of_u64_is_a_damaged_block_not_a_panic() {
     // Found by the `backup_pack_index` fuzz target: `offset + 60` overflowed.
     let d = tempfile::tempdir().unwrap();
     let store = BackupStore::new(d.path(), None);
-    let key = store.prepare_for_backup().unwrap();
+    let key = store.prepare_for_backup().unwrap().hash_key;
     let b = block(&key, &plain(1, true));
     store_blocks(&store, std::slice::from_ref(&b));
     let path = only_pack(&store);

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use klio_crypto::Keyring;
 use klio_proto::klio::{Block, FileEntry};
 
-use super::tests::{backup, block, file, formats, plain, store_blocks};
+use super::tests::{backup, block, file, formats, plain, store_blocks, without_dictionary};
 use super::*;
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -32,7 +32,7 @@ impl Fixture {
     fn new(keyring: Option<Keyring>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = BackupStore::new(dir.path(), keyring);
-        let key = store.prepare_for_backup().unwrap();
+        let key = store.prepare_for_backup().unwrap().hash_key;
         let blocks = |from: u32| -> Vec<Block> {
             (from..from + 4)
                 .map(|i| block(&key, &plain(i, false)))
@@ -369,9 +369,9 @@ fn a_rewrite_cut_short_before_its_index_is_recovered_by_open_index_and_reclaimed
     for keyring in formats() {
         let f = Fixture::new(keyring);
         // A rewrite that died after copying the live blocks, before closing its pack.
-        let key = f.store.prepare_for_backup().unwrap();
+        let key = f.store.prepare_for_backup().unwrap().hash_key;
         let empty = BlockIndex::default();
-        let mut writer = f.store.block_writer(key);
+        let mut writer = f.store.block_writer(without_dictionary(&key));
         for b in &f.half[2..] {
             assert!(matches!(writer.put(&empty, b).unwrap(), Put::Stored));
         }
@@ -412,8 +412,8 @@ fn slots_stay_stable_across_forgetting_and_relocation() {
     }
     // A pack added afterwards gets the slots after the tombstones.
     drop(idx);
-    let key = f.store.prepare_for_backup().unwrap();
-    let mut writer = f.store.block_writer(key.clone());
+    let key = f.store.prepare_for_backup().unwrap().hash_key;
+    let mut writer = f.store.block_writer(without_dictionary(&key));
     let fresh = block(&key, &plain(99, false));
     let _ = writer.put(&index.read().unwrap(), &fresh).unwrap();
     let pack = writer.close().unwrap().unwrap();

@@ -44,7 +44,7 @@ impl BackupStore {
         progress: &mut dyn FnMut(VerifyProgress) -> ControlFlow<()>,
     ) -> Result<VerifyOutcome, BackupStoreError> {
         let info = self.entry(id)?;
-        let key = self.hash_key()?;
+        let coding = self.block_coding()?;
         let mut files = self.file_list(id)?;
         let mut blocks = self.block_reader();
         let mut done = 0u64;
@@ -59,7 +59,7 @@ impl BackupStore {
                 };
                 let idx = index.read().unwrap_or_else(|p| p.into_inner());
                 let block = blocks.read(&idx, hash).map_err(failed)?;
-                check_block(&key, &block).map_err(|problem| {
+                check_block(&coding, &block).map_err(|problem| {
                     failed(BackupStoreError::DamagedBlock {
                         pack: blocks.pack_path(&idx, hash),
                         hash: *hash,
