@@ -87,16 +87,7 @@ fn pg_verifybackup_accepts_a_restore_and_rejects_one_changed_byte() {
     let stack = stack("backup-verify").start();
     stack.pg.pgbench(&["-i", "-s", "2", "-q"]);
     let info = backup(&stack, &[]);
-    let target = stack.work.subdir("restored");
-    run_ok(
-        Command::new("chown")
-            .args(["postgres:postgres"])
-            .arg(&target),
-    );
-    restore(&stack, &target, &["--backup", &info.id]);
-    let wal = fetch_backup_wal(&stack, &info, SEGMENT);
-    let ok = verifybackup(&target, &wal);
-    assert!(ok.success(), "pg_verifybackup: {}", ok.stderr);
+    let (target, wal) = restore_verified(&stack, &info, "restored", SEGMENT);
 
     let relation = target.join(
         stack
@@ -191,16 +182,7 @@ fn later_backups_compress_against_the_first_ones_dictionary_and_restore_verified
         "klio backup verify: {}",
         verified.stderr
     );
-    let target = stack.work.subdir("restored");
-    run_ok(
-        Command::new("chown")
-            .args(["postgres:postgres"])
-            .arg(&target),
-    );
-    restore(&stack, &target, &["--backup", &second.id]);
-    let wal = fetch_backup_wal(&stack, &second, SEGMENT);
-    let ok = verifybackup(&target, &wal);
-    assert!(ok.success(), "pg_verifybackup: {}", ok.stderr);
+    restore_verified(&stack, &second, "restored", SEGMENT);
 }
 
 #[test]

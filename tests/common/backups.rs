@@ -206,6 +206,27 @@ pub fn recover_to_the_dump(stack: &mut Stack, pgdata: &Path, before: &str) {
     );
 }
 
+/// Restores `info` into a new directory `name` of the stack's work directory and checks it
+/// with pg_verifybackup (its WAL fetched from Klio); returns the directory and the WAL's.
+pub fn restore_verified(
+    stack: &Stack,
+    info: &BackupInfo,
+    name: &str,
+    segment_size: u64,
+) -> (PathBuf, PathBuf) {
+    let target = stack.work.subdir(name);
+    run_ok(
+        Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(&target),
+    );
+    restore(stack, &target, &["--backup", &info.id]);
+    let wal = fetch_backup_wal(stack, info, segment_size);
+    let ok = verifybackup(&target, &wal);
+    assert!(ok.success(), "pg_verifybackup: {}", ok.stderr);
+    (target, wal)
+}
+
 /// The cluster's pack directory on the server.
 fn packs_dir(stack: &Stack) -> PathBuf {
     stack

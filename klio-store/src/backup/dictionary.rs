@@ -9,7 +9,6 @@
 //! bytes are samples of the cluster's data) whose plaintext is the dictionary's bytes, 1 to
 //! [`klio_proto::klio::MAX_DICTIONARY_LEN`].
 
-use std::io::Read;
 use std::path::Path;
 
 use bytes::Bytes;
@@ -18,17 +17,16 @@ use klio_proto::klio::BlockDictionary;
 use klio_wal::durable;
 
 use super::error::{BackupStoreError, ObjectDamage};
-use super::object::{self, ObjectKind, ObjectReader, damaged};
+use super::object::{self, ObjectKind, damaged, read_cluster_object};
 
 /// Reads the dictionary at `path`; `None` if the cluster has none yet.
 pub(crate) fn read(
     path: &Path,
     keyring: Option<&Keyring>,
 ) -> Result<Option<BlockDictionary>, BackupStoreError> {
-    let Some(reader) = ObjectReader::open(path, keyring, ObjectKind::Dictionary, "")? else {
-        return Ok(None);
-    };
-    dictionary_of(reader, path).map(Some)
+    read_cluster_object(path, keyring, ObjectKind::Dictionary)?
+        .map(|bytes| dictionary_of(bytes, path))
+        .transpose()
 }
 
 /// The dictionary in the dictionary object `bytes` (named `path` in errors): what [`read`]
@@ -39,15 +37,12 @@ pub fn parse_dictionary(
     path: &Path,
     keyring: Option<&Keyring>,
 ) -> Result<BlockDictionary, BackupStoreError> {
-    let reader = ObjectReader::from_reader(bytes, path, keyring, ObjectKind::Dictionary, "")?;
-    dictionary_of(reader, path)
+    let plain = object::read_object(bytes, path, keyring, ObjectKind::Dictionary, "")?;
+    dictionary_of(plain, path)
 }
 
-fn dictionary_of(
-    mut reader: ObjectReader<'_, impl Read>,
-    path: &Path,
-) -> Result<BlockDictionary, BackupStoreError> {
-    let bytes = reader.read_to_end()?;
+/// The dictionary in a dictionary object's plaintext `bytes`.
+fn dictionary_of(bytes: Vec<u8>, path: &Path) -> Result<BlockDictionary, BackupStoreError> {
     BlockDictionary::new(Bytes::from(bytes)).map_err(|_| {
         damaged(
             path,

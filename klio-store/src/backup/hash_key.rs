@@ -11,24 +11,22 @@
 //! | 32 | the key |
 //! | 1 | its algorithm, [`BlockHashAlgorithm::to_u8`] (absent: HMAC-SHA-256, as every key written before there was a choice) |
 
-use std::io::Read;
 use std::path::Path;
 
 use klio_crypto::{BLOCK_HASH_KEY_LEN, BlockHashAlgorithm, BlockHashKey, Keyring, SecureRandom};
 use klio_wal::durable;
 
 use super::error::{BackupStoreError, ObjectDamage};
-use super::object::{self, ObjectKind, ObjectReader, damaged};
+use super::object::{self, ObjectKind, damaged, read_cluster_object};
 
 /// Reads the key at `path`; `None` if the cluster has none yet.
 pub(crate) fn read(
     path: &Path,
     keyring: Option<&Keyring>,
 ) -> Result<Option<BlockHashKey>, BackupStoreError> {
-    let Some(reader) = ObjectReader::open(path, keyring, ObjectKind::HashKey, "")? else {
-        return Ok(None);
-    };
-    key_of(reader, path).map(Some)
+    read_cluster_object(path, keyring, ObjectKind::HashKey)?
+        .map(|bytes| key_of(&bytes, path))
+        .transpose()
 }
 
 /// The key in the hash-key object `bytes` (named `path` in errors): what [`read`] does with
@@ -39,17 +37,14 @@ pub fn parse_hash_key(
     path: &Path,
     keyring: Option<&Keyring>,
 ) -> Result<BlockHashKey, BackupStoreError> {
-    let reader = ObjectReader::from_reader(bytes, path, keyring, ObjectKind::HashKey, "")?;
-    key_of(reader, path)
+    let plain = object::read_object(bytes, path, keyring, ObjectKind::HashKey, "")?;
+    key_of(&plain, path)
 }
 
-fn key_of(
-    mut reader: ObjectReader<'_, impl Read>,
-    path: &Path,
-) -> Result<BlockHashKey, BackupStoreError> {
-    let bytes = reader.read_to_end()?;
+/// The key in a hash-key object's plaintext `bytes`.
+fn key_of(bytes: &[u8], path: &Path) -> Result<BlockHashKey, BackupStoreError> {
     let (key, algorithm) = match bytes.len() {
-        BLOCK_HASH_KEY_LEN => (bytes.as_slice(), BlockHashAlgorithm::HmacSha256),
+        BLOCK_HASH_KEY_LEN => (bytes, BlockHashAlgorithm::HmacSha256),
         n if n == BLOCK_HASH_KEY_LEN + 1 => (
             &bytes[..BLOCK_HASH_KEY_LEN],
             BlockHashAlgorithm::from_u8(bytes[BLOCK_HASH_KEY_LEN]).ok_or_else(|| {

@@ -496,6 +496,19 @@ pub(crate) fn damaged(path: &Path, reason: ObjectDamage) -> BackupStoreError {
 
 /// The plaintext of the object `bytes` (named `path` in errors), checked whole as `kind` of
 /// backup `id`: [`ObjectReader`] on bytes in memory.
+/// The plaintext of the cluster-wide object of `kind` at `path` (bound to no backup, like
+/// the block-hash key and the dictionary); `None` if there is no such file.
+pub(crate) fn read_cluster_object(
+    path: &Path,
+    keyring: Option<&Keyring>,
+    kind: ObjectKind,
+) -> Result<Option<Vec<u8>>, BackupStoreError> {
+    match ObjectReader::open(path, keyring, kind, "")? {
+        Some(mut reader) => reader.read_to_end().map(Some),
+        None => Ok(None),
+    }
+}
+
 #[doc(hidden)]
 pub fn read_object(
     bytes: &[u8],
