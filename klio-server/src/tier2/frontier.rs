@@ -272,6 +272,23 @@ mod tests {
     }
 
     #[test]
+    fn a_frontier_written_before_dictionaries_loads_without_one() {
+        let d = tempfile::tempdir().unwrap();
+        let path = frontier_path(d.path());
+        let mut older = serde_json::to_value(Frontier {
+            hash_key: true,
+            dictionary: true,
+            ..Frontier::default()
+        })
+        .unwrap();
+        older.as_object_mut().unwrap().remove("dictionary");
+        std::fs::write(&path, serde_json::to_vec(&older).unwrap()).unwrap();
+        let loaded = Frontier::load(&path).unwrap();
+        assert!(loaded.hash_key);
+        assert!(!loaded.dictionary, "so the relay puts the dictionary up");
+    }
+
+    #[test]
     fn a_damaged_frontier_is_an_error_naming_it() {
         let d = tempfile::tempdir().unwrap();
         let path = frontier_path(d.path());
