@@ -262,8 +262,10 @@ enum PlanError {
 struct Plan {
     /// Phase 1: identity, histories, segments, hash key, dictionary, pack files.
     first: Vec<Upload>,
-    /// Whether the cluster has a dictionary Tier 2 lacks: no entry goes up before it does
-    /// (a backup's blocks may be compressed against it).
+    /// Whether the cluster has a block-hash key or a dictionary Tier 2 lacks: no entry goes
+    /// up before they do (a backup is read with the key, and its blocks may be compressed
+    /// against the dictionary).
+    hash_key_pending: bool,
     dictionary_pending: bool,
     /// Phase 2, for packs whose `.pack` went up: their `.idx`, by pack id.
     indexes: Vec<(String, Upload)>,
@@ -495,11 +497,13 @@ impl ClusterRelay {
             }
         }
         // Phase 3: an entry only once its other files, every pack it may need (data and
-        // index) and the dictionary its blocks may be compressed against are up.
-        let dictionary_up = !plan.dictionary_pending || self.frontier.dictionary;
+        // index), the key it is read with and the dictionary its blocks may be compressed
+        // against are up.
+        let readable = (!plan.hash_key_pending || self.frontier.hash_key)
+            && (!plan.dictionary_pending || self.frontier.dictionary);
         let third: Vec<Upload> = backups
             .into_iter()
-            .filter(|_| dictionary_up)
+            .filter(|_| readable)
             .filter(|b| catalog_up.get(&b.id).copied().unwrap_or(0) == b.files.len())
             .filter(|b| {
                 b.needs_packs
@@ -994,6 +998,7 @@ fn plan_backups(dir: &Path, frontier: &Frontier, plan: &mut Plan) -> Result<(), 
         return Ok(());
     }
     if !frontier.hash_key && backups.join(HASH_KEY_FILE).is_file() {
+        plan.hash_key_pending = true;
         plan.first.push(file_upload(
             Item::HashKey,
             dir,
