@@ -53,7 +53,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use klio_proto::klio::ClusterName;
-use klio_store::wal_archive::{ArchiveIndex, JournalSnapshot, WalArchiveError};
+use klio_store::backup::{DICTIONARY_FILE, HASH_KEY_FILE};
+use klio_store::wal_archive::{ArchiveIndex, IDENTITY_FILE, JournalSnapshot, WalArchiveError};
 use klio_tier2::{ObjectInfo, ObjectLock, Put, PutOptions, Tier2Error};
 use klio_wal::{
     ErrorChain, FsAction, FsError, Lsn, SegmentNo, TimelineId, WalFileName, WalPosition,
@@ -76,13 +77,6 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const CHUNK_PER_SLOT: usize = 8;
 /// The longest outer backoff.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
-
-/// The archive identity's file name in `wal/`.
-const IDENTITY_FILE: &str = "klio-archive.identity";
-/// The block hash key's file name in `backups/`.
-const HASH_KEY_FILE: &str = "block-hash-key";
-/// The block dictionary's file name in `backups/`.
-const DICTIONARY_FILE: &str = klio_store::backup::DICTIONARY_FILE;
 
 /// Runs the relay of every cluster until `stop` turns true.
 pub(crate) async fn work(shared: Arc<Shared>, tier2: Arc<Tier2>, stop: watch::Receiver<bool>) {
@@ -262,11 +256,10 @@ enum PlanError {
 struct Plan {
     /// Phase 1: identity, histories, segments, hash key, dictionary, pack files.
     first: Vec<Upload>,
-    /// Whether the cluster has a block-hash key or a dictionary Tier 2 lacks: no entry goes
-    /// up before they do (a backup is read with the key, and its blocks may be compressed
-    /// against the dictionary).
-    hash_key_pending: bool,
-    dictionary_pending: bool,
+    /// The cluster-wide objects among phase 1's uploads (the block-hash key, the dictionary):
+    /// no entry goes up before they are confirmed (a backup is read with the key, and its
+    /// blocks may be compressed against the dictionary).
+    cluster_objects: Vec<Item>,
     /// Phase 2, for packs whose `.pack` went up: their `.idx`, by pack id.
     indexes: Vec<(String, Upload)>,
     /// Phase 2: the segment in progress.
@@ -499,8 +492,11 @@ impl ClusterRelay {
         // Phase 3: an entry only once its other files, every pack it may need (data and
         // index), the key it is read with and the dictionary its blocks may be compressed
         // against are up.
-        let readable = (!plan.hash_key_pending || self.frontier.hash_key)
-            && (!plan.dictionary_pending || self.frontier.dictionary);
+        let readable = plan.cluster_objects.iter().all(|item| match item {
+            Item::HashKey => self.frontier.hash_key,
+            Item::Dictionary => self.frontier.dictionary,
+            _ => true,
+        });
         let third: Vec<Upload> = backups
             .into_iter()
             .filter(|_| readable)
@@ -997,21 +993,15 @@ fn plan_backups(dir: &Path, frontier: &Frontier, plan: &mut Plan) -> Result<(), 
     if !backups.is_dir() {
         return Ok(());
     }
-    if !frontier.hash_key && backups.join(HASH_KEY_FILE).is_file() {
-        plan.hash_key_pending = true;
-        plan.first.push(file_upload(
-            Item::HashKey,
-            dir,
-            format!("backups/{HASH_KEY_FILE}"),
-        ));
-    }
-    if !frontier.dictionary && backups.join(DICTIONARY_FILE).is_file() {
-        plan.dictionary_pending = true;
-        plan.first.push(file_upload(
-            Item::Dictionary,
-            dir,
-            format!("backups/{DICTIONARY_FILE}"),
-        ));
+    for (item, name, up) in [
+        (Item::HashKey, HASH_KEY_FILE, frontier.hash_key),
+        (Item::Dictionary, DICTIONARY_FILE, frontier.dictionary),
+    ] {
+        if !up && backups.join(name).is_file() {
+            plan.cluster_objects.push(item.clone());
+            plan.first
+                .push(file_upload(item, dir, format!("backups/{name}")));
+        }
     }
     // The catalog before the packs: every pack a listed backup needs is indexed by now (a
     // backup is published only after its packs are indexed), so it is in the listing below.
