@@ -33,7 +33,7 @@
 //! The channel holds at most [`CUTS_AHEAD`] messages of at most [`BLOCKS_PER_MESSAGE`] blocks
 //! (16 MiB), and each reader one message being filled (1 MiB), besides the capture's batch.
 
-use std::io::{self, Read as _};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -407,18 +407,20 @@ impl PageRange<'_> {
 }
 
 /// Up to `want` bytes from `file`: fewer only at its end.
+///
+/// Reads into the vector's spare capacity, so a block costs no zeroing of memory the read
+/// overwrites anyway (zeroing was 6% of the client's CPU time in a profiled incremental).
 fn read_block(file: &mut std::fs::File, want: usize) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; want];
-    let mut filled = 0;
-    while filled < want {
-        match file.read(&mut buf[filled..]) {
+    // Exactly `want` (`Vec`'s guarantees), so no read goes past the block.
+    let mut buf = Vec::with_capacity(want);
+    while buf.len() < want {
+        match rustix::io::read(&*file, rustix::buffer::spare_capacity(&mut buf)) {
             Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
         }
     }
-    buf.truncate(filled);
     Ok(buf)
 }
 
