@@ -229,14 +229,44 @@ impl Block {
                 plain_len: self.plain_len,
             });
         }
-        let len = self.plain_len as usize;
-        let plain = match self.compression {
-            BlockCompression::None => self.data.to_vec(),
-            BlockCompression::Lz4 => lz4_flex::block::decompress(&self.data, len)
+        let mut plain = vec![0; self.plain_len as usize];
+        self.decompress_into(dictionary, &mut plain)?;
+        Ok(plain)
+    }
+
+    /// Like [`Block::decompress_with`], into `out`, which must be exactly
+    /// [`Block::plain_len`] bytes long (else [`BlockDecodeError::WrongLength`]): a restore
+    /// decompresses each block straight to its place in the buffer it writes from.
+    pub fn decompress_into(
+        &self,
+        dictionary: Option<&BlockDictionary>,
+        out: &mut [u8],
+    ) -> Result<(), BlockDecodeError> {
+        if self.plain_len > MAX_BLOCK_LEN {
+            return Err(BlockDecodeError::TooLarge {
+                plain_len: self.plain_len,
+            });
+        }
+        let wrong_length = |actual: usize| BlockDecodeError::WrongLength {
+            expected: self.plain_len,
+            actual,
+        };
+        if out.len() != self.plain_len as usize {
+            return Err(wrong_length(out.len()));
+        }
+        let written = match self.compression {
+            BlockCompression::None => {
+                if self.data.len() != out.len() {
+                    return Err(wrong_length(self.data.len()));
+                }
+                out.copy_from_slice(&self.data);
+                out.len()
+            }
+            BlockCompression::Lz4 => lz4_flex::block::decompress_into(&self.data, out)
                 .map_err(|_| BlockDecodeError::Undecompressible)?,
             BlockCompression::Lz4Dictionary => {
                 let dictionary = dictionary.ok_or(BlockDecodeError::NeedsDictionary)?;
-                lz4_flex::block::decompress_with_dict(&self.data, len, dictionary.as_bytes())
+                lz4_flex::block::decompress_into_with_dict(&self.data, out, dictionary.as_bytes())
                     .map_err(|_| BlockDecodeError::Undecompressible)?
             }
             BlockCompression::Zstd => ZSTD_DECOMPRESSOR.with(|cell| {
@@ -246,17 +276,14 @@ impl Block {
                 }
                 slot.as_mut()
                     .ok_or(BlockDecodeError::Undecompressible)?
-                    .decompress(&self.data, len)
+                    .decompress_to_buffer(&self.data, out)
                     .map_err(|_| BlockDecodeError::Undecompressible)
             })?,
         };
-        if plain.len() != len {
-            return Err(BlockDecodeError::WrongLength {
-                expected: self.plain_len,
-                actual: plain.len(),
-            });
+        if written != out.len() {
+            return Err(wrong_length(written));
         }
-        Ok(plain)
+        Ok(())
     }
 }
 

@@ -427,6 +427,17 @@ proptest! {
             prop_assert!(block.data.len() <= plain.len());
             prop_assert!(block.compression == codec || block.compression == BlockCompression::None);
             prop_assert_eq!(block.decompress().unwrap(), plain.clone());
+            // Into a buffer a previous block left bytes in: every byte is the block's.
+            let mut out = vec![0xaa; plain.len()];
+            block.decompress_into(None, &mut out).unwrap();
+            prop_assert_eq!(&out, &plain);
+            // Into a buffer of another length: refused, not truncated or padded.
+            let mut longer = vec![0; plain.len() + 1];
+            let refused = matches!(
+                block.decompress_into(None, &mut longer),
+                Err(BlockDecodeError::WrongLength { .. })
+            );
+            prop_assert!(refused);
         }
     }
 }
