@@ -94,15 +94,17 @@ impl fmt::Display for BlockFault {
     }
 }
 
-/// The plaintext of `block`, checked to have `expected_len` bytes and the hash `asked`;
-/// decompressed with the cluster's `dictionary` if it is compressed against it.
-pub(super) fn checked_plaintext(
+/// Decompresses `block` into `out`, its place in the file (as many bytes as the block must
+/// have there), checked to be the block `asked` for, of that length, with that keyed hash;
+/// with the cluster's `dictionary` if it is compressed against it. On a fault, `out` holds
+/// bytes that must not be used.
+pub(super) fn check_into(
     key: &BlockHashKey,
     dictionary: Option<&BlockDictionary>,
     asked: &BlockHash,
-    expected_len: u64,
     block: &Block,
-) -> Result<Vec<u8>, BlockFault> {
+    out: &mut [u8],
+) -> Result<(), BlockFault> {
     if block.hash != *asked {
         return Err(BlockFault::NotAskedFor {
             asked: *asked,
@@ -110,28 +112,23 @@ pub(super) fn checked_plaintext(
         });
     }
     let hash = block.hash;
-    if u64::from(block.plain_len) != expected_len {
+    if u64::from(block.plain_len) != out.len() as u64 {
         return Err(BlockFault::WrongLength {
             hash,
-            expected: expected_len,
+            expected: out.len() as u64,
             actual: u64::from(block.plain_len),
         });
     }
-    let plain = block.decompress_with(dictionary).map_err(|e| match e {
-        BlockDecodeError::NeedsDictionary => BlockFault::NeedsDictionary { hash },
-        _ => BlockFault::Undecodable { hash },
-    })?;
-    if plain.len() as u64 != expected_len {
-        return Err(BlockFault::WrongLength {
-            hash,
-            expected: expected_len,
-            actual: plain.len() as u64,
-        });
-    }
-    if !key.matches(&plain, &hash.0) {
+    block
+        .decompress_into(dictionary, out)
+        .map_err(|e| match e {
+            BlockDecodeError::NeedsDictionary => BlockFault::NeedsDictionary { hash },
+            _ => BlockFault::Undecodable { hash },
+        })?;
+    if !key.matches(out, &hash.0) {
         return Err(BlockFault::HashMismatch { hash });
     }
-    Ok(plain)
+    Ok(())
 }
 
 /// The length of block `index` of a file of `size` bytes cut every `block_size` bytes.
@@ -153,7 +150,7 @@ impl BlockStream {
     }
 
     /// The blocks of `hashes` (at most [`MAX_HASHES_PER_REQUEST`]), as the server sent them,
-    /// in order; unchecked (see [`checked_plaintext`]).
+    /// in order; unchecked (see [`check_into`]).
     pub(super) async fn fetch(&mut self, hashes: &[BlockHash]) -> Result<Vec<Block>, FetchFailure> {
         self.request(hashes).await?;
         self.receive(hashes.len()).await
@@ -175,7 +172,7 @@ impl BlockStream {
     }
 
     /// The `count` blocks answering the oldest request not yet received, in order; unchecked
-    /// (see [`checked_plaintext`]).
+    /// (see [`check_into`]).
     pub(super) async fn receive(&mut self, count: usize) -> Result<Vec<Block>, FetchFailure> {
         let failed = |received: usize, source| FetchFailure { received, source };
         let mut blocks = Vec::with_capacity(count);
@@ -241,17 +238,17 @@ mod tests {
         let plain = vec![7u8; 8192];
         for compress in [true, false] {
             let b = block(&key, &plain, compress);
-            assert_eq!(
-                checked_plaintext(&key, None, &b.hash, 8192, &b).unwrap(),
-                plain
-            );
+            // Into a buffer that held other bytes: all of them are replaced.
+            let mut out = vec![1u8; 8192];
+            check_into(&key, None, &b.hash, &b, &mut out).unwrap();
+            assert_eq!(out, plain);
             assert!(matches!(
-                checked_plaintext(&key, None, &b.hash, 4096, &b),
+                check_into(&key, None, &b.hash, &b, &mut [0; 4096]),
                 Err(BlockFault::WrongLength { .. })
             ));
             let other_key = BlockHashKey::new(BlockHashAlgorithm::Blake3, [6; 32]);
             assert!(matches!(
-                checked_plaintext(&other_key, None, &b.hash, 8192, &b),
+                check_into(&other_key, None, &b.hash, &b, &mut [0; 8192]),
                 Err(BlockFault::HashMismatch { .. })
             ));
         }
@@ -260,18 +257,24 @@ mod tests {
         data[100] ^= 1;
         flipped.data = Bytes::from(data);
         assert!(matches!(
-            checked_plaintext(&key, None, &flipped.hash, 8192, &flipped),
+            check_into(&key, None, &flipped.hash, &flipped, &mut [0; 8192]),
             Err(BlockFault::HashMismatch { .. })
         ));
         let mut garbled = block(&key, &plain, true);
         garbled.data = Bytes::from_static(b"\xff\xff\xff");
         assert!(matches!(
-            checked_plaintext(&key, None, &garbled.hash, 8192, &garbled),
+            check_into(&key, None, &garbled.hash, &garbled, &mut [0; 8192]),
             Err(BlockFault::Undecodable { .. })
         ));
         let other = block(&key, b"another block", false);
         assert!(matches!(
-            checked_plaintext(&key, None, &other.hash, 8192, &block(&key, &plain, false)),
+            check_into(
+                &key,
+                None,
+                &other.hash,
+                &block(&key, &plain, false),
+                &mut [0; 8192]
+            ),
             Err(BlockFault::NotAskedFor { .. })
         ));
     }

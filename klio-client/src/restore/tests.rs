@@ -117,7 +117,13 @@ impl FakeBackup {
             big.extend_from_slice(&block);
         }
         big.truncate(big.len() - 1000);
+        // A relation of whole pages and over 1 MiB, written with direct I/O where the file
+        // system has it.
+        let relation: Vec<u8> = (0..40 * BLOCK_SIZE)
+            .map(|j| j.wrapping_mul(2_246_822_519).to_le_bytes()[2])
+            .collect();
         b.file("base/1/1259", &big);
+        b.file("base/1/16384", &relation);
         b.file("base/1/empty", b"");
         // Its directories are not listed: they are made all the same.
         b.file("pg_logical/snapshots/unlisted", b"x");
