@@ -8,8 +8,9 @@
 //!   backup records for that block. Only blocks whose hash differs (or that the local file
 //!   lacks) are fetched and written; the file is then cut or extended to the backup's size,
 //!   and gets the backup's mode and time. Nothing is skipped for its size or modification
-//!   time: a block is kept only when its keyed HMAC-SHA-256 equals the backup's, which (the
-//!   key being secret, the hash collision-resistant) means its bytes are the backup's.
+//!   time: a block is kept only when its keyed hash (BLAKE3, or HMAC-SHA-256 for older
+//!   keys) equals the backup's, which (the key being secret, the hash collision-resistant)
+//!   means its bytes are the backup's.
 //! - Anything the backup names with another kind (a directory where it has a file, a file or
 //!   link where it has a directory) is removed first.
 //! - Everything in the data directory the backup does not name is removed: stray files,
@@ -139,35 +140,57 @@ pub(super) fn open_file(path: &Path) -> Result<File, FsError> {
         .map_err(|e| FsError::new(FsAction::Create, path, e))
 }
 
-/// The indexes of the blocks of `entry` that `file` (at `path`) does not hold as the backup
-/// has them: read, hashed with `key`, compared (see "What is compared").
+/// Local blocks are read this many bytes at a time (whole blocks, at least one).
+const COMPARE_READ: u64 = 1 << 20;
+
+/// Calls `differs` with the index of each block of `entry` that `file` (at `path`) does not
+/// hold as the backup has it, in order: read, hashed with `key`, compared (see "What is
+/// compared"). Stops early, without error, when `differs` returns `false`. Returns the bytes
+/// found equal.
 pub(super) fn differing_blocks(
     file: &File,
     path: &Path,
     entry: &FileEntry,
     key: &BlockHashKey,
     block_size: u32,
-) -> Result<Vec<usize>, FsError> {
+    mut differs: impl FnMut(usize) -> bool,
+) -> Result<u64, FsError> {
     let local_len = file
         .metadata()
         .map_err(|e| FsError::new(FsAction::Stat, path, e))?
         .len();
-    let mut differ = Vec::new();
-    let mut buf = vec![0u8; block_size as usize];
-    for (index, expected) in entry.blocks.iter().enumerate() {
-        let len = block_len(index, entry.size, block_size) as usize;
-        let offset = index as u64 * u64::from(block_size);
-        if offset + len as u64 > local_len {
-            differ.push(index);
-            continue;
-        }
-        file.read_exact_at(&mut buf[..len], offset)
+    let block = u64::from(block_size);
+    let per_read = (COMPARE_READ / block).max(1);
+    let mut buf = vec![0u8; (per_read * block) as usize];
+    let mut kept = 0;
+    // The blocks the local file holds whole, a read of several at a time.
+    let whole = (entry.size.min(local_len) / block) as usize;
+    let tail_held = entry.size <= local_len && !entry.size.is_multiple_of(block);
+    let compared = whole + usize::from(tail_held);
+    for first in (0..compared).step_by(per_read as usize) {
+        let last = (first + per_read as usize).min(compared);
+        let start = first as u64 * block;
+        let end = (last as u64 * block).min(entry.size);
+        let bytes = &mut buf[..(end - start) as usize];
+        file.read_exact_at(bytes, start)
             .map_err(|e| FsError::new(FsAction::Read, path, e))?;
-        if !key.matches(&buf[..len], &expected.0) {
-            differ.push(index);
+        for index in first..last {
+            let at = ((index - first) as u64 * block) as usize;
+            let len = block_len(index, entry.size, block_size) as usize;
+            if key.matches(&bytes[at..at + len], &entry.blocks[index].0) {
+                kept += len as u64;
+            } else if !differs(index) {
+                return Ok(kept);
+            }
         }
     }
-    Ok(differ)
+    // Blocks the local file is too short to hold.
+    for index in compared..entry.blocks.len() {
+        if !differs(index) {
+            break;
+        }
+    }
+    Ok(kept)
 }
 
 /// Cuts or extends the restored `file` to the backup's `size`.
@@ -254,6 +277,45 @@ mod tests {
         }
     }
 
+    fn differing(file: &File, path: &Path, entry: &FileEntry) -> (Vec<usize>, u64) {
+        let mut differ = Vec::new();
+        let kept = differing_blocks(file, path, entry, &key(), 8192, |i| {
+            differ.push(i);
+            true
+        })
+        .unwrap();
+        (differ, kept)
+    }
+
+    #[test]
+    fn blocks_are_compared_across_reads_and_a_short_file_lacks_the_rest() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("f");
+        // 300 blocks of 8 KiB: three reads of 128 blocks, the last one partial, and a
+        // short last block.
+        let backup: Vec<u8> = (0..300 * 8192 - 100).map(|i| (i % 253) as u8).collect();
+        let entry = entry_of(&backup, 8192);
+        let mut local = backup.clone();
+        for block in [0, 127, 128, 255, 256] {
+            local[block * 8192 + 5] ^= 0xff;
+        }
+        // Cut inside block 298: blocks 298 and 299 are missing.
+        local.truncate(298 * 8192 + 10);
+        std::fs::write(&path, &local).unwrap();
+        let file = open_file(&path).unwrap();
+        let (differ, kept) = differing(&file, &path, &entry);
+        assert_eq!(differ, [0, 127, 128, 255, 256, 298, 299]);
+        assert_eq!(kept, 293 * 8192);
+        // Asked to stop at the second, the comparison goes no further.
+        let mut seen = Vec::new();
+        differing_blocks(&file, &path, &entry, &key(), 8192, |i| {
+            seen.push(i);
+            seen.len() < 2
+        })
+        .unwrap();
+        assert_eq!(seen, [0, 127]);
+    }
+
     #[test]
     fn only_blocks_whose_bytes_differ_are_rewritten_whatever_the_size_and_time_say() {
         let d = tempfile::tempdir().unwrap();
@@ -266,20 +328,15 @@ mod tests {
         local.truncate(38_000);
         std::fs::write(&path, &local).unwrap();
         let file = open_file(&path).unwrap();
-        assert_eq!(
-            differing_blocks(&file, &path, &entry, &key(), 8192).unwrap(),
-            [2, 4]
-        );
+        let (differ, kept) = differing(&file, &path, &entry);
+        assert_eq!(differ, [2, 4]);
+        assert_eq!(kept, 3 * 8192);
         // A file that is longer than the backup's keeps its equal blocks; the size is cut.
         let mut longer = backup.clone();
         longer.extend_from_slice(&[0; 10_000]);
         std::fs::write(&path, &longer).unwrap();
         let file = open_file(&path).unwrap();
-        assert!(
-            differing_blocks(&file, &path, &entry, &key(), 8192)
-                .unwrap()
-                .is_empty()
-        );
+        assert_eq!(differing(&file, &path, &entry), (vec![], entry.size));
         set_size(&file, &path, entry.size).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), backup);
     }

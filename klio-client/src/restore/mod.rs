@@ -832,19 +832,18 @@ struct BlockRef {
 /// [`hashes_per_request`] blocks, then sets each file's mode and mtime and fsyncs it. File
 /// work runs on the blocking pool, and the next request is asked for before the blocks of
 /// the last one are checked and written: the server reads and sends while this worker
-/// writes.
+/// writes. In a delta restore the existing files are compared meanwhile too ([`Requests`]).
 async fn restore_files(
     stream: &mut BlockStream,
     jobs: Vec<FileJob>,
     shared: &Arc<Shared>,
 ) -> Result<(), RestoreError> {
     let jobs = Arc::new(jobs);
-    let (opened, refs) = {
+    let opened = {
         let (jobs, shared) = (Arc::clone(&jobs), Arc::clone(shared));
-        blocking(move || open_and_compare(&jobs, &shared)).await?
+        Arc::new(blocking(move || open_files(&jobs, &shared)).await?)
     };
-    let opened = Arc::new(opened);
-    let chunks: Vec<&[BlockRef]> = refs.chunks(hashes_per_request(shared.block_size)).collect();
+    let mut requests = Requests::new(&jobs, &opened, shared);
     let hashes_of = |chunk: &[BlockRef]| -> Vec<BlockHash> {
         chunk
             .iter()
@@ -859,35 +858,31 @@ async fn restore_files(
     let mut writing: Option<tokio::task::JoinHandle<Result<(u64, WriteBuffer), RestoreError>>> =
         None;
     let mut buffer = WriteBuffer::default();
-    if let Some(first) = chunks.first() {
+    let mut next = requests.next().await?;
+    if let Some(first) = &next {
         stream
             .request(&hashes_of(first))
             .await
             .map_err(|f| fetch_failed(first, f))?;
     }
-    for (i, chunk) in chunks.iter().enumerate() {
-        let hashes = hashes_of(chunk);
+    while let Some(chunk) = next.take() {
         let blocks = stream
-            .receive(hashes.len())
+            .receive(chunk.len())
             .await
-            .map_err(|f| fetch_failed(chunk, f))?;
-        if let Some(next) = chunks.get(i + 1) {
+            .map_err(|f| fetch_failed(&chunk, f))?;
+        next = requests.next().await?;
+        if let Some(following) = &next {
             stream
-                .request(&hashes_of(next))
+                .request(&hashes_of(following))
                 .await
-                .map_err(|f| fetch_failed(next, f))?;
+                .map_err(|f| fetch_failed(following, f))?;
         }
         if let Some(previous) = writing.take() {
             let (written, returned) = previous.await.map_err(RestoreError::Task)??;
             shared.wrote(written);
             buffer = returned;
         }
-        let (jobs, opened, shared_c, chunk) = (
-            Arc::clone(&jobs),
-            Arc::clone(&opened),
-            Arc::clone(shared),
-            chunk.to_vec(),
-        );
+        let (jobs, opened, shared_c) = (Arc::clone(&jobs), Arc::clone(&opened), Arc::clone(shared));
         let mut buffer = std::mem::take(&mut buffer);
         writing = Some(tokio::task::spawn_blocking(move || {
             let written = write_chunk(&jobs, &opened, &shared_c, &chunk, &blocks, &mut buffer)?;
@@ -908,6 +903,96 @@ async fn restore_files(
         Ok(())
     })
     .await
+}
+
+/// The blocks a group of files' requests ask for, a request's worth at a time.
+enum Requests {
+    /// All of them, known from the start: a fresh restore fetches every block.
+    Listed(std::vec::IntoIter<Vec<BlockRef>>),
+    /// Those that differ, found as a task on the blocking pool compares the existing files
+    /// (a delta restore): the first request goes out when its blocks are found, not when the
+    /// whole group has been read.
+    Compared {
+        /// Requests' worth of differing blocks, in file order (the last one shorter).
+        found: mpsc::Receiver<Vec<BlockRef>>,
+        /// The comparison, which fails on a read error.
+        comparing: tokio::task::JoinHandle<Result<(), RestoreError>>,
+    },
+}
+
+/// Requests' worth of differing blocks found ahead of the one being fetched: the comparison
+/// runs at most this far ahead.
+const REQUESTS_FOUND_AHEAD: usize = 2;
+
+impl Requests {
+    fn new(
+        jobs: &Arc<Vec<FileJob>>,
+        opened: &Arc<Vec<RestoredFile>>,
+        shared: &Arc<Shared>,
+    ) -> Self {
+        let per_request = hashes_per_request(shared.block_size);
+        if !shared.delta {
+            let all: Vec<BlockRef> = jobs
+                .iter()
+                .enumerate()
+                .flat_map(|(file, job)| {
+                    (0..job.entry.blocks.len()).map(move |index| BlockRef { file, index })
+                })
+                .collect();
+            let chunks: Vec<Vec<BlockRef>> = all.chunks(per_request).map(<[_]>::to_vec).collect();
+            return Self::Listed(chunks.into_iter());
+        }
+        let (send, found) = mpsc::channel(REQUESTS_FOUND_AHEAD);
+        let (jobs, opened, shared) = (Arc::clone(jobs), Arc::clone(opened), Arc::clone(shared));
+        let comparing = tokio::task::spawn_blocking(move || {
+            let mut pending = Vec::with_capacity(per_request);
+            // False once the worker stopped listening (it failed): the comparison stops.
+            let mut listening = true;
+            for (file, (job, opened)) in jobs.iter().zip(opened.iter()).enumerate() {
+                let kept = delta::differing_blocks(
+                    opened.file(),
+                    &job.path,
+                    &job.entry,
+                    &shared.key,
+                    shared.block_size,
+                    |index| {
+                        pending.push(BlockRef { file, index });
+                        if pending.len() == per_request {
+                            let full =
+                                std::mem::replace(&mut pending, Vec::with_capacity(per_request));
+                            listening = send.blocking_send(full).is_ok();
+                        }
+                        listening
+                    },
+                )?;
+                shared.kept(kept);
+                if !listening {
+                    return Ok(());
+                }
+            }
+            if !pending.is_empty() {
+                // A worker that stopped listening has failed and reports why.
+                let _ = send.blocking_send(pending);
+            }
+            Ok(())
+        });
+        Self::Compared { found, comparing }
+    }
+
+    /// The next request's blocks, or `None` after the last.
+    async fn next(&mut self) -> Result<Option<Vec<BlockRef>>, RestoreError> {
+        match self {
+            Self::Listed(chunks) => Ok(chunks.next()),
+            Self::Compared { found, comparing } => match found.recv().await {
+                Some(chunk) => Ok(Some(chunk)),
+                None => {
+                    // The comparison ended: with an error, or after its last request.
+                    comparing.await.map_err(RestoreError::Task)??;
+                    Ok(None)
+                }
+            },
+        }
+    }
 }
 
 /// Decompresses and checks the blocks of `chunk` (`blocks`, as received for it) into
@@ -957,34 +1042,18 @@ fn write_chunk(
     Ok(written)
 }
 
-/// Opens the files of `jobs` and lists the blocks to fetch: all of them, or in a delta
-/// restore those the existing files do not hold as the backup has them (the others counted
-/// as kept).
-fn open_and_compare(
-    jobs: &[FileJob],
-    shared: &Shared,
-) -> Result<(Vec<RestoredFile>, Vec<BlockRef>), RestoreError> {
+/// Opens the files of `jobs`: created empty, or in a delta restore as they are (compared by
+/// [`Requests`]).
+fn open_files(jobs: &[FileJob], shared: &Shared) -> Result<Vec<RestoredFile>, RestoreError> {
     let mut opened = Vec::with_capacity(jobs.len());
-    let mut refs = Vec::new();
-    for (file, job) in jobs.iter().enumerate() {
-        if !shared.delta {
-            let direct = files::writes_direct(job.entry.size);
-            opened.push(files::create_file(&job.path, direct)?);
-            refs.extend((0..job.entry.blocks.len()).map(|index| BlockRef { file, index }));
-            continue;
-        }
-        let f = delta::open_file(&job.path)?;
-        let differ =
-            delta::differing_blocks(&f, &job.path, &job.entry, &shared.key, shared.block_size)?;
-        let fetched: u64 = differ
-            .iter()
-            .map(|&i| block_len(i, job.entry.size, shared.block_size))
-            .sum();
-        shared.kept(job.entry.size - fetched);
-        refs.extend(differ.into_iter().map(|index| BlockRef { file, index }));
-        opened.push(RestoredFile::buffered(f));
+    for job in jobs {
+        opened.push(if shared.delta {
+            RestoredFile::buffered(delta::open_file(&job.path)?)
+        } else {
+            files::create_file(&job.path, files::writes_direct(job.entry.size))?
+        });
     }
-    Ok((opened, refs))
+    Ok(opened)
 }
 
 /// Runs file work on the blocking pool.
