@@ -274,7 +274,7 @@ pub(crate) fn cut_file(
     });
     let mut damaged = Vec::new();
     let mut failures = 0usize;
-    let mut file = match std::fs::File::open(&entry.source) {
+    let file = match std::fs::File::open(&entry.source) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(read_error(&entry.source, source)),
@@ -286,7 +286,7 @@ pub(crate) fn cut_file(
     while size < listed {
         let want = usize::try_from(listed - size).map_or(BLOCK_SIZE, |n| n.min(BLOCK_SIZE));
         throttle.take(want);
-        let mut plain = read_block(&mut file, want).map_err(|e| read_error(&entry.source, e))?;
+        let mut plain = read_block(&file, want).map_err(|e| read_error(&entry.source, e))?;
         if let Some((checks, first_page)) = checked {
             let pages = PageRange {
                 file: &file,
@@ -410,11 +410,11 @@ impl PageRange<'_> {
 ///
 /// Reads into the vector's spare capacity, so a block costs no zeroing of memory the read
 /// overwrites anyway (zeroing was 6% of the client's CPU time in a profiled incremental).
-fn read_block(file: &mut std::fs::File, want: usize) -> io::Result<Vec<u8>> {
+fn read_block(file: &std::fs::File, want: usize) -> io::Result<Vec<u8>> {
     // Exactly `want` (`Vec`'s guarantees), so no read goes past the block.
     let mut buf = Vec::with_capacity(want);
     while buf.len() < want {
-        match rustix::io::read(&*file, rustix::buffer::spare_capacity(&mut buf)) {
+        match rustix::io::read(file, rustix::buffer::spare_capacity(&mut buf)) {
             Ok(0) => break,
             Ok(_) => {}
             Err(rustix::io::Errno::INTR) => {}
