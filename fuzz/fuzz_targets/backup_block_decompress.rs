@@ -41,9 +41,20 @@ fuzz_target!(|data: &[u8]| {
         data: Bytes::copy_from_slice(body),
     };
     for given in [None, dictionary.as_ref()] {
-        if let Ok(plain) = block.decompress_with(given) {
+        let decompressed = block.decompress_with(given);
+        if let Ok(plain) = &decompressed {
             assert_eq!(plain.len(), plain_len as usize);
             assert!(plain_len <= MAX_BLOCK_LEN);
+        }
+        // Into a buffer holding other bytes (as a restore's reused one does): the same
+        // answer, and on success the same bytes.
+        if plain_len <= MAX_BLOCK_LEN {
+            let mut out = vec![0xaa; plain_len as usize];
+            match (&decompressed, block.decompress_into(given, &mut out)) {
+                (Ok(plain), Ok(())) => assert_eq!(&out, plain),
+                (Err(a), Err(b)) => assert_eq!(*a, b),
+                (a, b) => panic!("decompress_with gave {a:?}, decompress_into {b:?}"),
+            }
         }
     }
 
