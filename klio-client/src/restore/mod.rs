@@ -61,7 +61,7 @@ use std::time::{Duration, Instant};
 use klio_crypto::BlockHashKey;
 use klio_proto::klio::{
     BackupInfo, Block, BlockDictionary, BlockHash, CatalogEntryError, ErrorCode, FileEntry,
-    FileKind,
+    FileKind, MAX_BLOCK_LEN,
 };
 use klio_wal::{FsError, Lsn, durable};
 use tokio::sync::{Mutex, mpsc};
@@ -524,10 +524,11 @@ async fn restore_over(
         .map_err(RestoreError::Listing)?;
     let chosen = choose_backup(&backups, &settings.backup, &settings.recovery.target)?;
     let layout = Layout::new(&settings.pgdata, chosen, &settings.tablespace_mappings)?;
-    if chosen.block_size == 0 {
+    // Buffers are sized from the block size: it must be one a block can have.
+    if chosen.block_size == 0 || chosen.block_size > MAX_BLOCK_LEN {
         return Err(RestoreError::Catalog(ServerLinkError::Unexpected(format!(
-            "backup {} has block size 0",
-            chosen.id
+            "backup {} has block size {}, outside 1 to {MAX_BLOCK_LEN} bytes",
+            chosen.id, chosen.block_size
         ))));
     }
     let existing = match (settings.delta, settings.force) {

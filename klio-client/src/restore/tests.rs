@@ -499,6 +499,30 @@ async fn an_unknown_backup_is_refused_before_anything_is_written() {
     assert!(!pgdata.exists());
 }
 
+#[tokio::test]
+async fn a_backup_with_an_impossible_block_size_is_refused_before_anything_is_written() {
+    let d = tempfile::tempdir().unwrap();
+    let pki = Pki::new("restore");
+    for block_size in [0, MAX_BLOCK_LEN + 1, u32::MAX] {
+        let mut backup = FakeBackup::new(d.path().join("ts").to_str().unwrap());
+        backup.info.block_size = block_size;
+        let (client, server) = start_server(&pki, Arc::new(backup), Faults::default());
+        let pgdata = d.path().join("pg");
+        let err = restore(&settings(client, &pgdata, Vec::new()), no_progress())
+            .await
+            .unwrap_err();
+        server.abort();
+        assert!(
+            err.to_string().contains(BACKUP_ID)
+                || std::error::Error::source(&err)
+                    .is_some_and(|e| e.to_string().contains(BACKUP_ID)),
+            "{err:?}"
+        );
+        assert!(matches!(err, RestoreError::Catalog(_)), "{err:?}");
+        assert!(!pgdata.exists(), "block size {block_size}");
+    }
+}
+
 /// A backup of a real PostgreSQL 15 taken with `BASE_BACKUP`, cut into blocks as the capture
 /// does (tablespace archives under `pg_tblspc/<oid>/`).
 async fn capture(pg: &klio_testkit::PgServer) -> FakeBackup {
