@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use klio_client::receive::{ReceiveOptions, receive_wal};
 use klio_client::{ConnParams, shutdown_channel};
+use klio_wal::segment_dir::Fsync;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -29,6 +30,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         no_loop: false,
         status_interval: Duration::from_secs(10),
         reconnect_delay: Duration::from_secs(5),
+        endpos: None,
+        fsync: Fsync::Always,
     };
 
     let runtime = tokio::runtime::Builder::new_current_thread()

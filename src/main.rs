@@ -6,17 +6,18 @@ mod cli;
 use std::process::ExitCode;
 
 use clap::Parser;
-use klio_wal::ErrorChain;
 
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let cli::Personality::PgReceivewal = cli::Personality::of(argv.first()) {
+        return cli::run_as_pg_receivewal(argv);
+    }
+    let args = cli::Cli::parse_from(argv);
     cli::logging::init(args.verbose, args.quiet, args.log_format);
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {
-            // A log collector gets the final error as a JSON line too; the chain shows each
-            // cause once, since a message never repeats its source.
-            cli::logging::error(&ErrorChain(e.as_ref()).to_string());
+            cli::report(&e);
             ExitCode::FAILURE
         }
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use klio_proto::replication::{
     self, CreateSlotResult, EndOfTimeline, IdentifySystem, ReadReplicationSlot, ReplicationMessage,
-    StandbyStatusUpdate, TimelineHistory,
+    SlotReservation, StandbyStatusUpdate, TimelineHistory,
 };
 use klio_proto::{
     BackendDecoder, BackendMessage, QueryResult, SimpleQuery, Startup, StartupStatus,
@@ -244,9 +244,23 @@ impl ReplicationConnection {
         }
     }
 
+    /// Runs replication command `sql`; a refusal names it as pg_receivewal names it
+    /// (`command`).
+    async fn replication_command(
+        &mut self,
+        sql: &str,
+        command: &str,
+    ) -> Result<QueryResult, ConnectionError> {
+        self.simple_query(sql)
+            .await
+            .map_err(|e| e.of_command(command))
+    }
+
     /// `IDENTIFY_SYSTEM`.
     pub async fn identify_system(&mut self) -> Result<IdentifySystem, ConnectionError> {
-        let r = self.simple_query("IDENTIFY_SYSTEM").await?;
+        let r = self
+            .replication_command("IDENTIFY_SYSTEM", "IDENTIFY_SYSTEM")
+            .await?;
         Ok(IdentifySystem::from_result(r.single("IDENTIFY_SYSTEM")?)?)
     }
 
@@ -269,24 +283,34 @@ impl ReplicationConnection {
         slot: &str,
     ) -> Result<ReadReplicationSlot, ConnectionError> {
         let r = self
-            .simple_query(&replication::read_replication_slot_command(slot))
+            .replication_command(
+                &replication::read_replication_slot_command(slot),
+                "READ_REPLICATION_SLOT",
+            )
             .await?;
         Ok(ReadReplicationSlot::from_result(
             r.single("READ_REPLICATION_SLOT")?,
         )?)
     }
 
-    /// `CREATE_REPLICATION_SLOT ... PHYSICAL RESERVE_WAL`.
+    /// `CREATE_REPLICATION_SLOT ... PHYSICAL`, reserving WAL as `reservation` says.
     pub async fn create_physical_slot(
         &mut self,
         slot: &str,
+        reservation: SlotReservation,
     ) -> Result<CreateSlotResult, ConnectionError> {
-        let r = self
-            .simple_query(&replication::create_physical_slot_command(slot, false))
-            .await?;
+        let sql = replication::create_physical_slot_command(slot, reservation);
+        let r = self.replication_command(&sql, &sql).await?;
         Ok(CreateSlotResult::from_result(
             r.single("CREATE_REPLICATION_SLOT")?,
         )?)
+    }
+
+    /// `DROP_REPLICATION_SLOT "slot"`.
+    pub async fn drop_slot(&mut self, slot: &str) -> Result<(), ConnectionError> {
+        let sql = replication::drop_slot_command(slot);
+        self.replication_command(&sql, &sql).await?;
+        Ok(())
     }
 
     /// `TIMELINE_HISTORY tli`: the `.history` file of a timeline.
@@ -295,7 +319,10 @@ impl ReplicationConnection {
         timeline: TimelineId,
     ) -> Result<TimelineHistory, ConnectionError> {
         let r = self
-            .simple_query(&replication::timeline_history_command(timeline))
+            .replication_command(
+                &replication::timeline_history_command(timeline),
+                "TIMELINE_HISTORY",
+            )
             .await?;
         Ok(TimelineHistory::from_result(r.single("TIMELINE_HISTORY")?)?)
     }
@@ -321,7 +348,10 @@ impl ReplicationConnection {
                 other => {
                     // An error: let the query state machine consume it up to ReadyForQuery so
                     // the connection stays usable, then report the server's error.
-                    if let Some(r) = q.handle(other)? {
+                    let handled = q
+                        .handle(other)
+                        .map_err(|e| ConnectionError::from(e).of_command("START_REPLICATION"))?;
+                    if let Some(r) = handled {
                         return Err(ConnectionError::UnexpectedResult {
                             command: sql,
                             reason: format!(

@@ -48,6 +48,15 @@ pub enum ConnectionError {
     /// The server or the byte stream broke the protocol, or the server reported an error.
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
+    /// The server refused a replication command (pg_receivewal's words for it).
+    #[error("could not send replication command \"{command}\"")]
+    Refused {
+        /// The command, as pg_receivewal names it.
+        command: String,
+        /// The server's error.
+        #[source]
+        source: Box<klio_proto::ServerError>,
+    },
     /// A `BASE_BACKUP` copystream broke its format or order.
     #[error(transparent)]
     BaseBackupStream(#[from] klio_proto::base_backup::CopyStreamError),
@@ -79,6 +88,17 @@ pub struct TlsFailure {
 }
 
 impl ConnectionError {
+    /// The error of replication command `command`: a refusal, if the server refused it.
+    pub(crate) fn of_command(self, command: &str) -> Self {
+        match self {
+            Self::Protocol(ProtocolError::Server(source)) => Self::Refused {
+                command: command.to_owned(),
+                source,
+            },
+            other => other,
+        }
+    }
+
     /// TLS failed at `what` (naming the file or host).
     pub(crate) fn tls(what: impl Into<String>) -> Self {
         Self::Tls(TlsFailure {
@@ -101,7 +121,7 @@ impl ConnectionError {
     /// The server's own error, when the server reported one (SQLSTATE and message).
     pub fn server_error(&self) -> Option<&klio_proto::ServerError> {
         match self {
-            Self::Protocol(ProtocolError::Server(e)) => Some(e),
+            Self::Protocol(ProtocolError::Server(e)) | Self::Refused { source: e, .. } => Some(e),
             Self::BaseBackup(failure) => Some(failure.server_error()),
             _ => None,
         }

@@ -2,6 +2,7 @@
 //! method, TLS modes, Unix sockets, and the errors an operator would hit.
 
 use klio_client::{ConnParams, ConnectionError, ReplicationConnection};
+use klio_proto::replication::SlotReservation;
 use klio_testkit::{Auth, PASSWORD, PgOptions, PgServer};
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -73,7 +74,7 @@ fn unix_socket_slots_and_settings() {
             .expect("READ_REPLICATION_SLOT");
         assert!(!missing.exists());
         let created = c
-            .create_physical_slot("klio_slot")
+            .create_physical_slot("klio_slot", SlotReservation::Immediately)
             .await
             .expect("create slot");
         assert_eq!(created.slot_name, "klio_slot");
@@ -83,7 +84,10 @@ fn unix_socket_slots_and_settings() {
             .expect("read slot");
         assert_eq!(slot.slot_type.as_deref(), Some("physical"));
         assert!(slot.restart_lsn.is_some(), "RESERVE_WAL sets restart_lsn");
-        let dup = c.create_physical_slot("klio_slot").await.unwrap_err();
+        let dup = c
+            .create_physical_slot("klio_slot", SlotReservation::Immediately)
+            .await
+            .unwrap_err();
         assert_eq!(dup.server_error().map(|s| s.code.as_str()), Some("42710"));
         // The connection stays usable after a server error.
         c.identify_system()

@@ -175,16 +175,15 @@ impl ServerError {
 
 impl fmt::Display for ServerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: {} (SQLSTATE {})",
-            self.severity, self.message, self.code
-        )?;
+        // As libpq shows a server's error, which is what PostgreSQL's users (and the scripts
+        // around pg_receivewal) know: the severity, two spaces, the message, and a line for
+        // each of the detail and the hint.
+        write!(f, "{}:  {}", self.severity, self.message)?;
         if let Some(d) = &self.detail {
-            write!(f, "; DETAIL: {d}")?;
+            write!(f, "\nDETAIL:  {d}")?;
         }
         if let Some(h) = &self.hint {
-            write!(f, "; HINT: {h}")?;
+            write!(f, "\nHINT:  {h}")?;
         }
         Ok(())
     }

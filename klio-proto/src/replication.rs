@@ -323,13 +323,32 @@ pub fn read_replication_slot_command(slot: &str) -> String {
     format!("READ_REPLICATION_SLOT {}", quote_ident(slot))
 }
 
-/// `CREATE_REPLICATION_SLOT "slot" PHYSICAL RESERVE_WAL` (PostgreSQL 15+ syntax).
-pub fn create_physical_slot_command(slot: &str, temporary: bool) -> String {
+/// When a new physical slot starts holding WAL back on the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotReservation {
+    /// At once (`RESERVE_WAL`): from the moment the slot exists, no WAL from the server's
+    /// current position on is removed before the slot's client has it. send-wal's slots.
+    Immediately,
+    /// When a client first streams from the slot, as pg_receivewal's `--create-slot` makes
+    /// them: until then the slot holds nothing back.
+    OnFirstStream,
+}
+
+/// `CREATE_REPLICATION_SLOT "slot" PHYSICAL [(RESERVE_WAL)]` (PostgreSQL 15+ syntax).
+pub fn create_physical_slot_command(slot: &str, reservation: SlotReservation) -> String {
+    let options = match reservation {
+        SlotReservation::Immediately => " (RESERVE_WAL)",
+        SlotReservation::OnFirstStream => "",
+    };
     format!(
-        "CREATE_REPLICATION_SLOT {}{} PHYSICAL (RESERVE_WAL)",
-        quote_ident(slot),
-        if temporary { " TEMPORARY" } else { "" }
+        "CREATE_REPLICATION_SLOT {} PHYSICAL{options}",
+        quote_ident(slot)
     )
+}
+
+/// `DROP_REPLICATION_SLOT "slot"`: fails if the slot is in use (no `WAIT`).
+pub fn drop_slot_command(slot: &str) -> String {
+    format!("DROP_REPLICATION_SLOT {}", quote_ident(slot))
 }
 
 /// `TIMELINE_HISTORY n`.

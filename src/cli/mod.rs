@@ -6,7 +6,9 @@ mod client_args;
 mod get_wal;
 mod keys;
 pub(crate) mod logging;
+mod password_prompt;
 mod pg_args;
+mod pg_receivewal;
 mod prepare_recovery;
 mod progress;
 mod receive_wal;
@@ -21,9 +23,13 @@ mod status;
 mod verify;
 mod wal_player;
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use klio_wal::ErrorChain;
+
+pub(crate) use pg_receivewal::run_as_pg_receivewal;
 
 /// Klio keeps the WAL archive of PostgreSQL clusters: it streams WAL in real time, stores it
 /// durably, and serves it back for recovery.
@@ -68,6 +74,48 @@ enum Command {
     Status(status::Args),
     Verify(verify::Args),
     WalPlayer(wal_player::Args),
+}
+
+/// Which command a program name stands for: klio's own, or a PostgreSQL tool it replaces.
+pub(crate) enum Personality {
+    Klio,
+    PgReceivewal,
+}
+
+impl Personality {
+    /// The personality of the name klio was run as (`argv[0]`, any directory left out).
+    pub(crate) fn of(argv0: Option<&OsString>) -> Self {
+        let name = argv0
+            .map(std::path::Path::new)
+            .and_then(|p| p.file_name())
+            .and_then(|n| n.to_str());
+        match name {
+            Some("pg_receivewal") => Self::PgReceivewal,
+            _ => Self::Klio,
+        }
+    }
+}
+
+/// Prints a command's final error and, where one applies, the hint that says what to do.
+pub(crate) fn report(e: &anyhow::Error) {
+    // A log collector gets the final error as a JSON line too; the chain shows each cause
+    // once, since a message never repeats its source.
+    logging::error(&ErrorChain(e.as_ref()).to_string());
+    if let Some(hint) = hint_for(e) {
+        logging::hint(&hint);
+    }
+}
+
+fn hint_for(e: &anyhow::Error) -> Option<String> {
+    e.chain().find_map(|cause| {
+        if let Some(usage) = cause.downcast_ref::<receive_wal::UsageError>() {
+            return usage.wants_help_hint().then(receive_wal::help_hint);
+        }
+        cause
+            .downcast_ref::<klio_client::receive::ReceiveError>()
+            .and_then(klio_client::receive::ReceiveError::hint)
+            .map(str::to_owned)
+    })
 }
 
 pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {

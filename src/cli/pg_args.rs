@@ -15,15 +15,27 @@ pub(crate) struct PgArgs {
     host: Option<String>,
     /// Database server port.
     #[arg(short = 'p', long, value_name = "PORT")]
-    port: Option<u16>,
+    port: Option<String>,
     /// Connect as this role.
     #[arg(short = 'U', long, value_name = "NAME")]
     username: Option<String>,
+    /// Never prompt for a password (Klio prompts only when asked to, with -W).
+    #[arg(short = 'w', long, conflicts_with = "password")]
+    no_password: bool,
+    /// Prompt for the password on the terminal before connecting.
+    #[arg(short = 'W', long)]
+    password: bool,
 }
 
 impl PgArgs {
     /// Resolves the flags, the connection string and the environment into settings.
     pub(crate) fn resolve(&self) -> anyhow::Result<ConnConfig> {
+        self.resolve_as("klio")
+    }
+
+    /// Like [`PgArgs::resolve`], with the `application_name` used when none is set
+    /// (libpq's `fallback_application_name`).
+    pub(crate) fn resolve_as(&self, fallback_application_name: &str) -> anyhow::Result<ConnConfig> {
         let mut params = match &self.dbname {
             Some(s) => ConnParams::parse(s).context("in --dbname")?,
             None => ConnParams::default(),
@@ -31,13 +43,20 @@ impl PgArgs {
         if let Some(h) = &self.host {
             params.set("host", h.clone())?;
         }
-        if let Some(p) = self.port {
-            params.set("port", p.to_string())?;
+        if let Some(p) = &self.port {
+            params.set("port", p.clone())?;
         }
         if let Some(u) = &self.username {
             params.set("user", u.clone())?;
         }
-        Ok(params.resolve(|k| std::env::var(k).ok())?)
+        if params.get("fallback_application_name").is_none() {
+            params.set("fallback_application_name", fallback_application_name)?;
+        }
+        let mut config = params.resolve(|k| std::env::var(k).ok())?;
+        if self.password {
+            config.password = Some(super::password_prompt::read("Password: ")?);
+        }
+        Ok(config)
     }
 }
 

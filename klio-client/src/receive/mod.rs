@@ -4,14 +4,24 @@
 //! the start position comes from the directory, else the slot, else the server's current
 //! position, rounded down to a segment start; timelines are followed with their `.history`
 //! files; a lost connection is retried every few seconds unless `no_loop`. Flush is reported to
-//! PostgreSQL only for bytes that are fsynced ([`klio_wal::segment_dir::SegmentDir::flushed`]).
+//! PostgreSQL only for bytes that are fsynced ([`klio_wal::segment_dir::SegmentDir::flushed`]),
+//! unless the operator turned fsync off ([`Fsync::Never`], `--no-sync`).
+//!
+//! With an end position (`--endpos`), streaming stops as pg_receivewal's does: once a message
+//! ends past it, or a segment boundary past it is reached, whichever comes first; the segment
+//! holding it stays `.partial` unless that boundary completed it. Timeline switches before it
+//! are followed.
+//!
+//! Messages that pg_receivewal prints whatever its verbosity are logged with the target
+//! [`NOTICE`], so that a caller logging only warnings can still let them through.
 
 mod stream;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use klio_wal::segment_dir::{SegmentDir, SegmentDirError};
+use klio_proto::replication::SlotReservation;
+use klio_wal::segment_dir::{Fsync, SegmentDir, SegmentDirError};
 use klio_wal::{ErrorChain, Lsn, SegmentSize, TimelineId};
 
 use crate::conn_string::ConnConfig;
@@ -37,7 +47,15 @@ pub struct ReceiveOptions {
     pub status_interval: Duration,
     /// Wait between reconnection attempts.
     pub reconnect_delay: Duration,
+    /// Stop once WAL past this position has been received (`--endpos`).
+    pub endpos: Option<Lsn>,
+    /// Whether received WAL is fsynced (`--no-sync` turns it off).
+    pub fsync: Fsync,
 }
+
+/// The `tracing` target of the messages pg_receivewal prints at any verbosity: a segment left
+/// incomplete, a reconnection.
+pub const NOTICE: &str = "klio::notice";
 
 /// Why the receiver stopped without error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +63,8 @@ pub struct ReceiveOptions {
 pub enum StopReason {
     /// A shutdown was requested (SIGINT/SIGTERM); everything received is fsynced.
     Shutdown,
+    /// WAL past the end position was received and fsynced.
+    EndposReached,
 }
 
 /// Why the receiver failed.
@@ -57,20 +77,21 @@ pub enum ReceiveError {
     /// Writing the segment directory failed.
     #[error(transparent)]
     Directory(#[from] SegmentDirError),
-    /// The slot named with `--slot` does not exist.
-    #[error("replication slot {0:?} does not exist: create it with --create-slot")]
+    /// The slot named with `--slot` does not exist (pg_receivewal's words: scripts look for
+    /// them). [`ReceiveError::hint`] says what to do.
+    #[error("replication slot {0:?} does not exist")]
     SlotMissing(String),
     /// The slot exists but is not physical.
-    #[error("replication slot {slot:?} is a {kind} slot; a physical slot is needed")]
+    #[error("expected a physical replication slot, got type {kind:?} instead")]
     SlotNotPhysical {
         /// Slot name.
         slot: String,
         /// Its type.
         kind: String,
     },
-    /// The server is older than PostgreSQL 15.
+    /// The server is older than PostgreSQL 15 (which brought `READ_REPLICATION_SLOT`).
     #[error(
-        "server version {0} is not supported: Klio needs PostgreSQL 15 or newer (READ_REPLICATION_SLOT)"
+        "incompatible server version {0}; client does not support streaming from server versions older than 15"
     )]
     ServerTooOld(String),
     /// The directory's newest timeline is unknown to the server.
@@ -84,12 +105,21 @@ pub enum ReceiveError {
     /// The server sent something the stream rules forbid.
     #[error("invalid replication stream: {0}")]
     Stream(String),
-    /// The connection was lost and `no_loop` was set.
-    #[error("disconnected from the server: {0}")]
-    Disconnected(String),
+    /// The server ended the stream (it is shutting down) before any end position.
+    #[error("replication stream was terminated before stop point")]
+    StreamEnded,
 }
 
 impl ReceiveError {
+    /// What the operator can do about it, when the message alone does not say.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            Self::SlotMissing(_) => Some("Create it with --create-slot, or leave out --slot."),
+            Self::ServerTooOld(_) => Some("Klio streams from PostgreSQL 15 or newer."),
+            _ => None,
+        }
+    }
+
     /// Whether reconnecting can help: not for settings, TLS, a missing directory, an old
     /// server or a logical slot, which stay wrong until someone changes them.
     fn is_retryable(&self) -> bool {
@@ -104,63 +134,89 @@ impl ReceiveError {
     }
 }
 
-/// Creates a physical replication slot (`--create-slot`). Returns `false` when it already
-/// existed and `if_not_exists` is set.
+/// Creates a physical replication slot (`--create-slot`) as pg_receivewal does: it holds no
+/// WAL back until a receiver first streams from it. Returns `false` when it already existed
+/// and `if_not_exists` is set.
 pub async fn create_slot(
     conn: &ConnConfig,
     slot: &str,
     if_not_exists: bool,
 ) -> Result<bool, ReceiveError> {
     let mut c = ReplicationConnection::connect(conn).await?;
-    let result = c.create_physical_slot(slot).await;
+    let result = c
+        .create_physical_slot(slot, SlotReservation::OnFirstStream)
+        .await;
     c.close().await;
     match result {
         Ok(_) => Ok(true),
-        Err(e) if if_not_exists && e.server_error().is_some_and(|s| s.code == "42710") => {
-            tracing::info!(slot, "replication slot already exists");
-            Ok(false)
-        }
+        Err(e) if if_not_exists && e.server_error().is_some_and(|s| s.code == "42710") => Ok(false),
         Err(e) => Err(e.into()),
     }
 }
 
-/// Runs the receiver until `shutdown` fires (or, with `no_loop`, the first disconnection).
+/// Drops a replication slot (`--drop-slot`).
+pub async fn drop_slot(conn: &ConnConfig, slot: &str) -> Result<(), ReceiveError> {
+    let mut c = ReplicationConnection::connect(conn).await?;
+    let result = c.drop_slot(slot).await;
+    c.close().await;
+    Ok(result?)
+}
+
+/// Runs the receiver until `shutdown` fires, the end position is reached, or (with `no_loop`)
+/// the first disconnection. A first connection that fails is returned at once.
 pub async fn receive_wal(
     opts: &ReceiveOptions,
     mut shutdown: Shutdown,
 ) -> Result<StopReason, ReceiveError> {
     let mut dir: Option<SegmentDir> = None;
+    // As in pg_receivewal, only a server that was reached once is waited for: a first
+    // connection that fails is a mistake in the settings or a server that is not there.
+    let mut connected = false;
     loop {
-        let result = stream::stream_once(opts, &mut dir, &mut shutdown).await;
+        let result = stream::stream_once(opts, &mut dir, &mut connected, &mut shutdown).await;
         // Whatever happened, make what was received durable before deciding what to do.
         if let Some(d) = dir.as_mut()
-            && let Err(e) = d.close()
+            && let Err(e) = close_dir(d)
         {
             tracing::error!("could not flush {}: {}", d.path().display(), ErrorChain(&e));
         }
         let err = match result {
             Ok(stream::Outcome::Shutdown) => return Ok(StopReason::Shutdown),
-            Ok(stream::Outcome::ServerStopped) => {
-                ReceiveError::Disconnected("the server ended the replication stream".to_owned())
-            }
+            Ok(stream::Outcome::EndposReached) => return Ok(StopReason::EndposReached),
+            Ok(stream::Outcome::ServerStopped) => ReceiveError::StreamEnded,
             Err(e) => e,
         };
         if shutdown.is_triggered() {
             return Ok(StopReason::Shutdown);
         }
-        if opts.no_loop || !err.is_retryable() {
+        if opts.no_loop || !connected || !err.is_retryable() {
             return Err(err);
         }
-        tracing::warn!(
-            "{}; reconnecting in {} s",
-            ErrorChain(&err),
-            opts.reconnect_delay.as_secs_f32()
+        tracing::error!("{}", ErrorChain(&err));
+        tracing::info!(
+            target: NOTICE,
+            "disconnected; waiting {} seconds to try again",
+            opts.reconnect_delay.as_secs()
         );
         tokio::select! {
             _ = shutdown.wait() => return Ok(StopReason::Shutdown),
             _ = tokio::time::sleep(opts.reconnect_delay) => {}
         }
     }
+}
+
+/// Flushes and closes the open segment, saying so when it stays `.partial`, as pg_receivewal
+/// does.
+fn close_dir(dir: &mut SegmentDir) -> Result<(), SegmentDirError> {
+    if let Some(name) = dir.open_partial() {
+        tracing::info!(
+            target: NOTICE,
+            "not renaming {:?}, segment is not complete",
+            name.to_string_lossy()
+        );
+    }
+    dir.close()?;
+    Ok(())
 }
 
 /// The segment-aligned position and timeline to start streaming from.

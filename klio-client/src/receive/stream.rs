@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use klio_proto::replication::ReplicationMessage;
 use klio_wal::segment_dir::SegmentDir;
-use klio_wal::{Lsn, TimelineId};
+use klio_wal::{Lsn, SegmentNo, SegmentSize, TimelineId, WalFileName};
 use tokio::time::Instant;
 
-use super::{ReceiveError, ReceiveOptions, streaming_start};
+use super::{ReceiveError, ReceiveOptions, close_dir, streaming_start};
 use crate::connection::{CopyEvent, ReplicationConnection};
 use crate::shutdown::Shutdown;
 
@@ -19,22 +19,27 @@ use crate::shutdown::Shutdown;
 pub(super) enum Outcome {
     Shutdown,
     ServerStopped,
+    EndposReached,
 }
 
 enum CopyOutcome {
     Shutdown,
     EndOfStream,
+    /// WAL up to this position was written, past the end position.
+    EndposReached(Lsn),
 }
 
 pub(super) async fn stream_once(
     opts: &ReceiveOptions,
     dir_slot: &mut Option<SegmentDir>,
+    connected: &mut bool,
     shutdown: &mut Shutdown,
 ) -> Result<Outcome, ReceiveError> {
     let mut conn = tokio::select! {
         c = ReplicationConnection::connect(&opts.conn) => c?,
         _ = shutdown.wait() => return Ok(Outcome::Shutdown),
     };
+    *connected = true;
     let version = conn
         .parameter("server_version")
         .unwrap_or("unknown")
@@ -46,7 +51,7 @@ pub(super) async fn stream_once(
     let size = conn.wal_segment_size().await?;
     let dir = match dir_slot {
         Some(d) if d.segment_size() == size => d,
-        _ => dir_slot.insert(SegmentDir::open(&opts.directory, size)?),
+        _ => dir_slot.insert(SegmentDir::open(&opts.directory, size)?.with_fsync(opts.fsync)),
     };
     let (mut start, mut timeline) = streaming_start(
         &mut conn,
@@ -68,6 +73,13 @@ pub(super) async fn stream_once(
         "starting log streaming at {start} (timeline {timeline})"
     );
     loop {
+        if let Some(end) = opts.endpos
+            && end < start
+        {
+            tracing::info!("stopped log streaming at {start} (timeline {timeline})");
+            conn.close().await;
+            return Ok(Outcome::EndposReached);
+        }
         if timeline != TimelineId::FIRST && !dir.has_history(timeline) {
             let history = conn.timeline_history(timeline).await?;
             dir.write_history(timeline, &history.content)?;
@@ -77,16 +89,25 @@ pub(super) async fn stream_once(
         conn.start_replication(opts.slot.as_deref(), start, timeline)
             .await?;
         match copy_loop(opts, &mut conn, dir, start, timeline, shutdown).await? {
-            CopyOutcome::Shutdown => {
-                dir.close()?;
+            stop @ (CopyOutcome::Shutdown | CopyOutcome::EndposReached(_)) => {
+                // Everything written is made durable and reported before the connection goes.
+                close_dir(dir)?;
                 let flushed = dir.flushed().unwrap_or(start);
                 let _ = send_status(&mut conn, dir.written().unwrap_or(start), flushed).await;
                 conn.close().await;
-                tracing::info!("stopped streaming at {flushed} (fsynced)");
-                return Ok(Outcome::Shutdown);
+                return Ok(match stop {
+                    CopyOutcome::EndposReached(at) => {
+                        tracing::info!("stopped log streaming at {at} (timeline {timeline})");
+                        Outcome::EndposReached
+                    }
+                    _ => {
+                        tracing::info!("stopped streaming at {flushed} (fsynced)");
+                        Outcome::Shutdown
+                    }
+                });
             }
             CopyOutcome::EndOfStream => {
-                dir.close()?;
+                close_dir(dir)?;
                 match conn.finish_copy().await? {
                     Some(end) => {
                         if end.next_timeline <= timeline {
@@ -161,11 +182,22 @@ async fn copy_loop(
                             x.wal_start
                         )));
                     }
-                    for name in dir.write(timeline, x.wal_start, &x.data)? {
-                        tracing::debug!(
-                            "completed segment {}",
-                            name.to_string_with(dir.segment_size())
-                        );
+                    let size = dir.segment_size();
+                    let (data, stop) = match opts.endpos {
+                        Some(end) => cut_at_endpos(size, x.wal_start, &x.data, end),
+                        None => (&x.data[..], false),
+                    };
+                    for name in dir.write(timeline, x.wal_start, data)? {
+                        if let WalFileName::Segment { segno, .. } = name
+                            && let Some(end) = size.segment_start(SegmentNo(segno.0 + 1))
+                        {
+                            tracing::info!("finished segment at {end} (timeline {timeline})");
+                        }
+                    }
+                    if stop {
+                        // The caller closes the directory, which fsyncs what was written.
+                        let at = dir.written().unwrap_or(start);
+                        return Ok(CopyOutcome::EndposReached(at));
                     }
                 }
                 CopyEvent::Message(ReplicationMessage::PrimaryKeepalive {
@@ -192,5 +224,55 @@ async fn copy_loop(
                 next_status = Instant::now() + interval;
             }
         }
+    }
+}
+
+/// The part of a message of WAL starting at `start` that pg_receivewal writes when it must stop
+/// once past `endpos`, and whether it stops: it checks at every segment boundary inside the
+/// message, then at the message's end, and stops at the first position past `endpos`.
+fn cut_at_endpos(size: SegmentSize, start: Lsn, data: &[u8], endpos: Lsn) -> (&[u8], bool) {
+    let mut kept = 0u64;
+    for piece in size.split(start, data.len() as u64) {
+        kept += u64::from(piece.len);
+        if piece.completes_segment(size) && endpos.0 < start.0 + kept {
+            return (&data[..kept as usize], true);
+        }
+    }
+    (data, endpos.0 < start.0 + data.len() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MB: u64 = 1 << 20;
+
+    fn cut(start: u64, len: usize, endpos: u64) -> (usize, bool) {
+        let size = SegmentSize::new(MB).unwrap();
+        let data = vec![0u8; len];
+        let (kept, stop) = cut_at_endpos(size, Lsn(start), &data, Lsn(endpos));
+        (kept.len(), stop)
+    }
+
+    #[test]
+    fn a_message_is_written_whole_unless_a_boundary_past_endpos_comes_first() {
+        // Inside one segment: the whole message, stopping only once it ends past endpos.
+        assert_eq!(cut(MB, 100, MB + 50), (100, true));
+        assert_eq!(
+            cut(MB, 100, MB + 100),
+            (100, false),
+            "strictly past, as pg_receivewal"
+        );
+        assert_eq!(cut(MB, 100, MB + 200), (100, false));
+        // Across a boundary past endpos: cut at the boundary, the segment completed.
+        assert_eq!(cut(2 * MB - 10, 100, 2 * MB - 5), (10, true));
+        // Across a boundary not past endpos: go on to the message's end.
+        assert_eq!(cut(2 * MB - 10, 100, 2 * MB), (100, true));
+        assert_eq!(cut(2 * MB - 10, 100, 2 * MB + 200), (100, false));
+        // Across two boundaries, endpos between them: cut at the second.
+        assert_eq!(
+            cut(2 * MB - 10, (MB + 20) as usize, 2 * MB + 5),
+            (MB as usize + 10, true)
+        );
     }
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use klio_proto::klio::{Message, PROTOCOL_VERSION};
-use klio_proto::replication::ReplicationMessage;
+use klio_proto::replication::{ReplicationMessage, SlotReservation};
 use klio_wal::{Lsn, SegmentSize, TimelineId, WalPosition};
 use tokio::time::Instant;
 
@@ -73,7 +73,8 @@ pub(super) async fn run(
     let size = pg.wal_segment_size().await?;
     let mut slot = pg.read_replication_slot(&opts.slot).await?;
     if !slot.exists() {
-        pg.create_physical_slot(&opts.slot).await?;
+        pg.create_physical_slot(&opts.slot, SlotReservation::Immediately)
+            .await?;
         tracing::info!(slot = %opts.slot, "created physical replication slot");
         slot = pg.read_replication_slot(&opts.slot).await?;
     }

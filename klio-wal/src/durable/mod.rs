@@ -7,6 +7,7 @@
 //! | [`TempFile`] | a file written piece by piece, then published under its final name |
 //! | [`rename`] | moves a complete file to its final name durably |
 //! | [`create_prepadded`] | creates a file pre-padded with real zeros, like pg_receivewal |
+//! | [`create_prepadded_without_sync`] | the same without fsync, for `--no-sync` |
 //! | [`write_zeros`] | writes real zeros into part of a file (padding, extending, clearing) |
 //! | [`sync_dir`] | fsyncs a directory |
 //! | [`replace_without_sync`] | atomic but not durable, for files whose loss costs only work |
@@ -140,6 +141,21 @@ pub fn rename(from: &Path, to: &Path) -> Result<(), FsError> {
 /// and `fdatasync` alone makes them durable. A crash before this returns can leave the file
 /// shorter than `len` or without `head`: callers treat such a file as holding nothing.
 pub fn create_prepadded(path: &Path, head: &[u8], len: u64) -> Result<File, FsError> {
+    let file = create_padded(path, head, len)?;
+    file.sync_all()
+        .map_err(|e| FsError::new(FsAction::Fsync, path, e))?;
+    sync_dir(parent_dir(path))?;
+    Ok(file)
+}
+
+/// Like [`create_prepadded`], without any fsync: a crash can leave the file absent, short or
+/// holding zeros where its writes were. Only for writers told not to sync (pg_receivewal's
+/// `--no-sync`).
+pub fn create_prepadded_without_sync(path: &Path, len: u64) -> Result<File, FsError> {
+    create_padded(path, &[], len)
+}
+
+fn create_padded(path: &Path, head: &[u8], len: u64) -> Result<File, FsError> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -150,9 +166,6 @@ pub fn create_prepadded(path: &Path, head: &[u8], len: u64) -> Result<File, FsEr
     file.write_all_at(head, 0)
         .map_err(|e| FsError::new(FsAction::Write, path, e))?;
     write_zeros(&file, path, head.len() as u64, len)?;
-    file.sync_all()
-        .map_err(|e| FsError::new(FsAction::Fsync, path, e))?;
-    sync_dir(parent_dir(path))?;
     Ok(file)
 }
 

@@ -9,6 +9,14 @@
 //!
 //! The caller decides when to [`SegmentDir::flush`]; [`SegmentDir::flushed`] is the only
 //! position that may be reported to PostgreSQL as flushed.
+//!
+//! # Durability
+//!
+//! With [`Fsync::Always`] (the default) every step above is fsynced as described, and
+//! [`SegmentDir::flushed`] survives a crash of the machine. [`Fsync::Never`] is
+//! pg_receivewal's `--no-sync`: nothing is fsynced, renames are plain renames, and
+//! [`SegmentDir::flushed`] reports what was written, which a crash of the machine (not of the
+//! process) can lose.
 
 mod scan;
 
@@ -69,11 +77,22 @@ struct OpenSegment {
     dirty: bool,
 }
 
+/// Whether a [`SegmentDir`] makes what it writes durable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Fsync {
+    /// Every file, rename and flush is fsynced.
+    #[default]
+    Always,
+    /// Nothing is fsynced (`--no-sync`).
+    Never,
+}
+
 /// A pg_receivewal-compatible segment directory.
 #[derive(Debug)]
 pub struct SegmentDir {
     dir: PathBuf,
     size: SegmentSize,
+    fsync: Fsync,
     open: Option<OpenSegment>,
     written: Option<Lsn>,
     flushed: Option<Lsn>,
@@ -89,10 +108,22 @@ impl SegmentDir {
         Ok(Self {
             dir,
             size,
+            fsync: Fsync::Always,
             open: None,
             written: None,
             flushed: None,
         })
+    }
+
+    /// The same directory, fsynced as `fsync` says from now on.
+    pub fn with_fsync(mut self, fsync: Fsync) -> Self {
+        self.fsync = fsync;
+        self
+    }
+
+    /// The file name of the segment being written, still `.partial`, if one is open.
+    pub fn open_partial(&self) -> Option<&std::ffi::OsStr> {
+        self.open.as_ref().and_then(|o| o.partial_path.file_name())
     }
 
     /// The directory.
@@ -173,9 +204,13 @@ impl SegmentDir {
             let end_lsn = Lsn(at.0 + u64::from(piece.len));
             self.written = Some(end_lsn);
             if piece.completes_segment(self.size) {
-                // durable::rename fsyncs the data, renames, and fsyncs the directory: only a
-                // segment whose every byte is on disk may carry its final name.
-                durable::rename(&o.partial_path, &o.final_path)?;
+                match self.fsync {
+                    // durable::rename fsyncs the data, renames, and fsyncs the directory: only
+                    // a segment whose every byte is on disk may carry its final name.
+                    Fsync::Always => durable::rename(&o.partial_path, &o.final_path)?,
+                    Fsync::Never => std::fs::rename(&o.partial_path, &o.final_path)
+                        .map_err(|e| SegmentDirError::io(FsAction::Rename, &o.final_path, e))?,
+                }
                 self.flushed = Some(end_lsn);
                 completed.push(WalFileName::Segment {
                     timeline: o.timeline,
@@ -191,6 +226,11 @@ impl SegmentDir {
     /// Makes every written byte durable and returns the durable position.
     pub fn flush(&mut self) -> Result<Option<Lsn>, SegmentDirError> {
         if let Some(o) = self.open.as_mut().filter(|o| o.dirty) {
+            if self.fsync == Fsync::Never {
+                o.dirty = false;
+                self.flushed = self.written;
+                return Ok(self.flushed);
+            }
             // fdatasync suffices: the file was pre-padded to its full size, so no metadata
             // needed to read the data back changes. Flush may be reported only after this.
             o.file
@@ -232,10 +272,16 @@ impl SegmentDir {
         timeline: TimelineId,
         contents: &[u8],
     ) -> Result<(), SegmentDirError> {
-        let name = WalFileName::History { timeline }.to_string_with(self.size);
-        // Atomic and durable: PostgreSQL reads a history file whole, so a torn one must never
-        // carry its name, and once stored it must survive a crash.
-        Ok(durable::replace(&self.dir.join(name), contents)?)
+        let path = self
+            .dir
+            .join(WalFileName::History { timeline }.to_string_with(self.size));
+        match self.fsync {
+            // Atomic and durable: PostgreSQL reads a history file whole, so a torn one must
+            // never carry its name, and once stored it must survive a crash.
+            Fsync::Always => durable::replace(&path, contents)?,
+            Fsync::Never => durable::replace_without_sync(&path, contents)?,
+        }
+        Ok(())
     }
 
     fn open_segment(
@@ -270,7 +316,10 @@ impl SegmentDir {
             // never sees a short segment. The padding must be on disk before WAL goes in, so
             // that fdatasync alone makes later writes durable, and the new directory entry must
             // be durable too: a crash must not lose the file that later holds acknowledged WAL.
-            durable::create_prepadded(&partial_path, &[], seg_bytes)?
+            match self.fsync {
+                Fsync::Always => durable::create_prepadded(&partial_path, &[], seg_bytes)?,
+                Fsync::Never => durable::create_prepadded_without_sync(&partial_path, seg_bytes)?,
+            }
         };
         Ok(OpenSegment {
             file,
