@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use klio_client::receive::{ReceiveOptions, receive_wal};
 use klio_client::{ConnParams, shutdown_channel};
-use klio_wal::segment_dir::Fsync;
+use klio_wal::segment_dir::{Compression, Fsync};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -32,6 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         reconnect_delay: Duration::from_secs(5),
         endpos: None,
         fsync: Fsync::Always,
+        compression: Compression::None,
     };
 
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -56,6 +56,14 @@ fn every_command_line_pg_receivewal_refuses_is_refused_with_its_words() {
         &["--directory"],
         &["-v"],
         &["--no-loop", "--slot", "s", "--if-not-exists"],
+        &["-D", "/tmp", "-Z", "foo"],
+        &["-D", "/tmp", "-Z", "none:5"],
+        &["-D", "/tmp", "-Z", "10"],
+        &["-D", "/tmp", "--compress=gzip:"],
+        &["-D", "/tmp", "-Z", "gzip:level=x"],
+        &["-D", "/tmp", "-Z", "lz4:13"],
+        &["-D", "/tmp", "-Z", "zstd"],
+        &["-D", "/nonexistent", "-Z", "zstd:50"],
     ];
     for args in cases {
         let expected = outcome(&theirs, args);
@@ -87,12 +95,8 @@ fn every_option_pg_receivewal_lists_is_taken_and_help_and_version_keep_its_form(
     assert_eq!(our_short_help, our_help);
 
     // Every option of the reference's --help, in the same section, in both forms.
-    // Compressed output comes in its own change.
-    let options: Vec<_> = listed_options(&their_help)
-        .into_iter()
-        .filter(|(_, option)| option != "-Z, --compress")
-        .collect();
-    assert!(options.len() >= 19, "options found: {options:?}");
+    let options = listed_options(&their_help);
+    assert!(options.len() >= 20, "options found: {options:?}");
     for (section, option) in &options {
         let ours_listed = listed_options(&our_help);
         assert!(
@@ -111,8 +115,7 @@ fn every_option_pg_receivewal_lists_is_taken_and_help_and_version_keep_its_form(
             "--endpos" => Some("0/1"),
             "--status-interval" => Some("5"),
             "--slot" | "--help" | "--version" | "--create-slot" | "--drop-slot" => continue,
-            // Compressed output comes in its own change.
-            "--compress" => continue,
+            "--compress" => Some("lz4:1"),
             "--dbname" => Some("host=/nowhere"),
             "--host" => Some("/nowhere"),
             "--port" => Some("5432"),
@@ -321,4 +324,119 @@ fn endpos_through_a_timeline_switch_leaves_what_pg_receivewal_leaves() {
         (standby.psql("SELECT count(*) FROM pg_replication_slots WHERE active") == "0")
             .then_some(())
     });
+}
+
+/// Starts a receiver in the background, named `name` to the server.
+fn start_receiver(
+    program: &Path,
+    pg: &PgServer,
+    dir: &Path,
+    name: &str,
+    extra: &[&str],
+    work: &TestDir,
+) -> BackgroundProcess {
+    let connect = format!("{} application_name={name}", pg.socket_connstr());
+    let mut cmd = as_postgres(program);
+    cmd.arg("-D")
+        .arg(dir)
+        .args(["-S", name, "-d", &connect, "--synchronous", "-v"])
+        .args(extra);
+    BackgroundProcess::spawn(name, &mut cmd, &work.path().join(format!("{name}.log")))
+}
+
+/// The decompressed contents of a directory's complete segments and history files, by their
+/// uncompressed names.
+fn decompressed(dir: &Path, suffix: &str) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let method = match suffix {
+        ".gz" => klio_wal::segment_dir::Compression::Gzip { level: 6 },
+        _ => klio_wal::segment_dir::Compression::Lz4,
+    };
+    std::fs::read_dir(dir)
+        .expect("read the directory")
+        .map(|e| e.expect("entry").file_name().into_string().expect("UTF-8"))
+        .filter_map(|name| Some((name.strip_suffix(suffix)?.to_owned(), name)))
+        .map(|(plain, name)| {
+            let bytes = klio_wal::segment_dir::decompress_file(&dir.join(&name), method)
+                .unwrap_or_else(|e| panic!("decompress {name}: {e}"));
+            (plain, bytes)
+        })
+        .collect()
+}
+
+#[test]
+fn compressed_streams_hold_pg_receivewals_wal_pass_gzip_and_lz4_tests_and_resume() {
+    let pg = PgServer::start(PgOptions {
+        wal_segsize_mb: 1,
+        ..PgOptions::default()
+    });
+    let work = TestDir::new("recv-cli-compress");
+    let ours = klio_as_pg_receivewal(&work);
+    let theirs = pg_bin("pg_receivewal");
+    let methods = [("gzip", ".gz", "gzip --test"), ("lz4:1", ".lz4", "lz4 -t")];
+    let mut running = Vec::new();
+    for (spec, suffix, _) in methods {
+        for (who, program) in [("ours", &ours), ("theirs", &theirs)] {
+            let name = format!("{who}_{}", &suffix[1..]);
+            pg.create_slot(&name);
+            let dir = work.subdir(&name);
+            let receiver = start_receiver(program, &pg, &dir, &name, &["-Z", spec], &work);
+            running.push((name, dir, receiver));
+        }
+    }
+    let flushed_everywhere = |pg: &PgServer, running: &[(String, PathBuf, BackgroundProcess)]| {
+        let target = pg.current_lsn();
+        for (name, ..) in running {
+            pg.wait_for_flush(name, &target);
+        }
+    };
+    pg.pgbench(&["-i", "-s", "2", "-q"]);
+    pg.switch_wal();
+    flushed_everywhere(&pg, &running);
+
+    // Ours stop mid-segment and start again: they resume from their compressed .partials.
+    pg.psql("CREATE TABLE mid AS SELECT g FROM generate_series(1, 20000) g");
+    flushed_everywhere(&pg, &running);
+    for (name, dir, receiver) in running.iter_mut().filter(|(n, ..)| n.starts_with("ours")) {
+        assert_eq!(receiver.stop(), Some(0), "{name}");
+        let spec = if name.ends_with("gz") {
+            "gzip"
+        } else {
+            "lz4:1"
+        };
+        *receiver = start_receiver(&ours, &pg, dir, name, &["-Z", spec], &work);
+    }
+    pg.pgbench(&["-T", "3", "-c", "2"]);
+    pg.switch_wal();
+    pg.psql("INSERT INTO mid VALUES (0)");
+    flushed_everywhere(&pg, &running);
+    for (name, _, receiver) in &mut running {
+        assert_eq!(receiver.stop(), Some(0), "{name}");
+    }
+
+    for (_, suffix, judge) in methods {
+        let dir_of = |who: &str| work.path().join(format!("{who}_{}", &suffix[1..]));
+        let (ours_dir, theirs_dir) = (dir_of("ours"), dir_of("theirs"));
+        // Every file ours wrote, the .partial included, passes the reference tool's test.
+        for entry in std::fs::read_dir(&ours_dir).expect("read ours") {
+            let path = entry.expect("entry").path();
+            let (tool, flag) = judge.split_once(' ').expect("tool and flag");
+            let out = run(std::process::Command::new(tool).arg(flag).arg(&path));
+            assert!(out.success(), "{judge} {}: {out:?}", path.display());
+        }
+        // The complete segments hold the same WAL as pg_receivewal's, byte for byte.
+        let (ours_wal, theirs_wal) = (
+            decompressed(&ours_dir, suffix),
+            decompressed(&theirs_dir, suffix),
+        );
+        assert!(ours_wal.len() >= 4, "{suffix}: {:?}", ours_wal.keys());
+        assert_eq!(
+            ours_wal.keys().collect::<Vec<_>>(),
+            theirs_wal.keys().collect::<Vec<_>>(),
+            "{suffix}: the same complete files"
+        );
+        for (name, bytes) in &ours_wal {
+            assert!(theirs_wal[name] == *bytes, "{name}{suffix} differs");
+            assert_eq!(bytes.len(), 1 << 20, "{name}{suffix} is a whole segment");
+        }
+    }
 }

@@ -3,9 +3,14 @@
 //! A segment that is still `.partial` (the newest one, cut short by a crash) is served in place
 //! of the complete segment: it is pre-padded with zeros, so recovery replays up to the last
 //! streamed byte and then ends cleanly, with no manual renaming.
+//!
+//! Files `receive-wal -Z` compressed (`.gz`, `.lz4`, and their `.partial`s) are served
+//! decompressed; a compressed `.partial` holds only what was received, so it is padded with
+//! zeros to the segment size its first page header records.
 
 use std::path::{Path, PathBuf};
 
+use klio_wal::segment_dir::{Compression, decompress_file};
 use klio_wal::{FsAction, FsError, SegmentSize, WalFileName, durable};
 
 /// What was served.
@@ -31,6 +36,12 @@ pub enum RestoreWalError {
     /// Reading the archive or writing the destination failed.
     #[error(transparent)]
     Fs(#[from] FsError),
+    /// A compressed `.partial` too short, or too damaged, to tell its segment's size from its
+    /// first page header.
+    #[error(
+        "{0:?} does not start with a WAL page header that gives its segment size; it cannot be padded into a segment"
+    )]
+    UnknownSegmentSize(PathBuf),
 }
 
 impl RestoreWalError {
@@ -41,7 +52,19 @@ impl RestoreWalError {
     }
 }
 
-/// Copies `file_name` from `archive` to `dest` atomically (temporary file, fsync, rename).
+/// The names a file of the archive can have, in the order they are looked for: complete
+/// before partial, plain before compressed.
+const CANDIDATES: [(&str, bool); 6] = [
+    ("", false),
+    (".gz", false),
+    (".lz4", false),
+    (".partial", true),
+    (".gz.partial", true),
+    (".lz4.partial", true),
+];
+
+/// Copies `file_name` from `archive` to `dest` atomically (temporary file, fsync, rename),
+/// decompressing it if it was stored compressed.
 pub fn restore_from_directory(
     archive: &Path,
     file_name: &str,
@@ -51,28 +74,56 @@ pub fn restore_from_directory(
     let size = SegmentSize::new(u64::from(SegmentSize::MIN_BYTES)).unwrap_or_default();
     let parsed = WalFileName::parse(file_name, size)
         .map_err(|_| RestoreWalError::BadName(file_name.to_owned()))?;
-    let exact = archive.join(file_name);
-    let (source, restored) = if exact.is_file() {
-        (exact.clone(), Restored::File(exact))
-    } else if matches!(parsed, WalFileName::Segment { .. }) {
-        let partial = archive.join(format!("{file_name}.partial"));
-        if partial.is_file() {
-            (partial.clone(), Restored::Partial(partial))
-        } else {
-            return Err(RestoreWalError::NotFound(file_name.to_owned()));
-        }
-    } else {
+    let segment = matches!(parsed, WalFileName::Segment { .. });
+    let found = CANDIDATES
+        .iter()
+        .filter(|(_, partial)| segment || !partial)
+        .map(|(suffix, partial)| {
+            (
+                archive.join(format!("{file_name}{suffix}")),
+                suffix,
+                *partial,
+            )
+        })
+        .find(|(path, ..)| path.is_file());
+    let Some((source, suffix, partial)) = found else {
         return Err(RestoreWalError::NotFound(file_name.to_owned()));
     };
-    copy_atomically(&source, dest)?;
-    Ok(restored)
-}
-
-fn copy_atomically(source: &Path, dest: &Path) -> Result<(), RestoreWalError> {
-    let bytes = std::fs::read(source).map_err(|e| FsError::new(FsAction::Read, source, e))?;
+    let compression = match suffix.trim_end_matches(".partial") {
+        ".gz" => Compression::Gzip { level: 6 },
+        ".lz4" => Compression::Lz4,
+        _ => Compression::None,
+    };
+    let mut bytes = decompress_file(&source, compression)
+        .map_err(|e| FsError::new(FsAction::Read, &source, e))?;
+    if partial && compression != Compression::None {
+        pad_to_segment(&mut bytes, &source)?;
+    }
     // PostgreSQL may read the file right after the rename: it must never find a
     // complete-looking but empty or torn file under its final name, even after a crash.
-    Ok(durable::replace(dest, &bytes)?)
+    durable::replace(dest, &bytes)?;
+    Ok(if partial {
+        Restored::Partial(source)
+    } else {
+        Restored::File(source)
+    })
+}
+
+/// Pads what a compressed `.partial` received with zeros to the segment size recorded in its
+/// first page's long header (`xlp_seg_size`, at byte 32), as an uncompressed `.partial` is.
+fn pad_to_segment(bytes: &mut Vec<u8>, source: &Path) -> Result<(), RestoreWalError> {
+    let unknown = || RestoreWalError::UnknownSegmentSize(source.to_owned());
+    let recorded = bytes
+        .get(32..36)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(u32::from_le_bytes)
+        .ok_or_else(unknown)?;
+    let size = SegmentSize::new(u64::from(recorded)).map_err(|_| unknown())?;
+    if bytes.len() as u64 > size.bytes_u64() {
+        return Err(unknown());
+    }
+    bytes.resize(size.bytes() as usize, 0);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -111,5 +162,43 @@ mod tests {
         let e = restore_from_directory(archive.path(), "../etc/passwd", &dest).unwrap_err();
         assert!(matches!(e, RestoreWalError::BadName(_)));
         assert!(!out.path().join("RECOVERYXLOG.klio-tmp").exists());
+    }
+
+    #[test]
+    fn compressed_files_are_served_decompressed_and_partials_padded() {
+        use klio_wal::segment_dir::SegmentDir;
+        use klio_wal::{Lsn, TimelineId};
+        const MB: u64 = 1 << 20;
+        let tli = TimelineId::new(1).unwrap();
+        // A segment and a bit, whose first page header records a 1 MiB segment size.
+        let mut wal: Vec<u8> = (0..MB + 3000).map(|i| (i % 199) as u8).collect();
+        wal[32..36].copy_from_slice(&(MB as u32).to_le_bytes());
+        wal[MB as usize + 32..MB as usize + 36].copy_from_slice(&(MB as u32).to_le_bytes());
+        for method in [Compression::Gzip { level: 6 }, Compression::Lz4] {
+            let archive = tempfile::tempdir().unwrap();
+            let out = tempfile::tempdir().unwrap();
+            let mut dir = SegmentDir::open(archive.path(), SegmentSize::new(MB).unwrap())
+                .unwrap()
+                .with_compression(method);
+            dir.write(tli, Lsn(MB), &wal).unwrap();
+            dir.close().unwrap();
+            dir.write_history(TimelineId::new(2).unwrap(), b"1\t0/1000000\tx\n")
+                .unwrap();
+            let dest = out.path().join("RECOVERYXLOG");
+
+            let r = restore_from_directory(archive.path(), "000000010000000000000001", &dest);
+            assert!(matches!(r.unwrap(), Restored::File(_)), "{method:?}");
+            assert_eq!(std::fs::read(&dest).unwrap(), wal[..MB as usize]);
+
+            let r = restore_from_directory(archive.path(), "000000010000000000000002", &dest);
+            assert!(matches!(r.unwrap(), Restored::Partial(_)), "{method:?}");
+            let served = std::fs::read(&dest).unwrap();
+            assert_eq!(served.len() as u64, MB, "padded to the segment");
+            assert_eq!(served[..3000], wal[MB as usize..]);
+            assert!(served[3000..].iter().all(|&b| b == 0));
+
+            restore_from_directory(archive.path(), "00000002.history", &dest).unwrap();
+            assert_eq!(std::fs::read(&dest).unwrap(), b"1\t0/1000000\tx\n");
+        }
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use klio_client::receive::{ReceiveError, ReceiveOptions, receive_wal};
 use klio_client::{ConnParams, shutdown_channel};
 use klio_testkit::{PgOptions, PgServer, TestDir, pg_bin, run, wait_until};
-use klio_wal::segment_dir::Fsync;
+use klio_wal::segment_dir::{Compression, Fsync};
 
 fn options(pg: &PgServer, dir: &Path, slot: Option<&str>) -> ReceiveOptions {
     ReceiveOptions {
@@ -23,6 +23,7 @@ fn options(pg: &PgServer, dir: &Path, slot: Option<&str>) -> ReceiveOptions {
         reconnect_delay: Duration::from_millis(200),
         endpos: None,
         fsync: Fsync::Always,
+        compression: Compression::None,
     }
 }
 

@@ -3,6 +3,7 @@
 mod backup;
 mod certs;
 mod client_args;
+mod compress_option;
 mod get_wal;
 mod keys;
 pub(crate) mod logging;

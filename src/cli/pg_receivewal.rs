@@ -154,6 +154,8 @@ Options:
       --synchronous      fsync and report WAL at once, as a synchronous standby
   -v, --verbose          say more about what is happening
   -V, --version          print the version, then exit
+  -Z, --compress=METHOD[:DETAIL]
+                         compress segments with gzip or lz4, optionally at a level
   -?, --help             print this help, then exit
 
 Connection options:

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use klio_client::receive::{ReceiveOptions, StopReason, create_slot, drop_slot, receive_wal};
 use klio_wal::Lsn;
-use klio_wal::segment_dir::Fsync;
+use klio_wal::segment_dir::{Compression, Fsync};
 
 /// Stream WAL from a PostgreSQL server into a directory, byte for byte as pg_receivewal.
 ///
@@ -50,6 +50,11 @@ pub(crate) struct Args {
     /// Replication slot to use (physical).
     #[arg(short = 'S', long, value_name = "SLOTNAME")]
     slot: Option<String>,
+    /// Compress segments as pg_receivewal does: gzip or lz4, with an optional level
+    /// (gzip:9, lz4:1, or the older bare gzip level, 0 for none). Files are named
+    /// <segment>.gz or .lz4 (.partial while streaming) and restore-wal serves them.
+    #[arg(short = 'Z', long, value_name = "METHOD[:DETAIL]")]
+    compress: Option<String>,
     /// fsync WAL as soon as it is received and report it flushed, so the receiver can be a
     /// synchronous standby (synchronous_standby_names = 'klio').
     #[arg(long)]
@@ -90,6 +95,8 @@ pub(crate) enum UsageError {
     SynchronousWithoutSync,
     #[error("no target directory specified")]
     NoDirectory,
+    #[error(transparent)]
+    Compress(#[from] super::compress_option::CompressOptionError),
     #[error("could not open directory {0:?}")]
     Directory(PathBuf, #[source] std::io::Error),
 }
@@ -102,6 +109,7 @@ impl UsageError {
             Self::StatusInterval(_)
                 | Self::StatusIntervalRange
                 | Self::EndPosition(_)
+                | Self::Compress(_)
                 | Self::Directory(..)
         )
     }
@@ -126,7 +134,10 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
 /// Runs the command, naming itself `application_name` to the server unless the connection
 /// settings name it (pg_receivewal's name when klio runs as pg_receivewal).
 pub(crate) fn run_as(a: Args, application_name: &str) -> anyhow::Result<ExitCode> {
-    let checked = check(&a)?;
+    let (checked, warning) = check(&a)?;
+    if let Some(warning) = warning {
+        tracing::warn!("{warning}");
+    }
     let conn = a.pg.resolve_as(application_name)?;
     let runtime = super::pg_args::runtime()?;
     runtime.block_on(async move {
@@ -145,6 +156,7 @@ pub(crate) fn run_as(a: Args, application_name: &str) -> anyhow::Result<ExitCode
                 directory,
                 endpos,
                 status_interval,
+                compression,
             } => {
                 let opts = ReceiveOptions {
                     conn,
@@ -160,6 +172,7 @@ pub(crate) fn run_as(a: Args, application_name: &str) -> anyhow::Result<ExitCode
                     } else {
                         Fsync::Always
                     },
+                    compression,
                 };
                 let shutdown = super::signals::shutdown_on_stop_signal();
                 // Both ends are a success: a stop signal, or the end position reached.
@@ -178,10 +191,14 @@ enum Checked {
         directory: PathBuf,
         endpos: Option<Lsn>,
         status_interval: Duration,
+        compression: Compression,
     },
 }
 
-fn check(a: &Args) -> Result<Checked, UsageError> {
+/// Checks the command line in pg_receivewal's order: the values of -s and -E, then the
+/// arguments and combinations, then -Z, then the directory. Returns what to do, and a warning
+/// to log when a setting cannot be had exactly.
+fn check(a: &Args) -> Result<(Checked, Option<String>), UsageError> {
     let status_interval = match &a.status_interval {
         None => 10,
         Some(text) => parse_status_interval(text)?,
@@ -198,25 +215,39 @@ fn check(a: &Args) -> Result<Checked, UsageError> {
     if a.create_slot && a.drop_slot {
         return Err(UsageError::CreateAndDrop);
     }
-    match (&a.slot, a.drop_slot, a.create_slot) {
-        (None, true, _) => return Err(UsageError::SlotNeeded("drop-slot")),
-        (None, _, true) => return Err(UsageError::SlotNeeded("create-slot")),
-        (Some(slot), true, _) => return Ok(Checked::DropSlot(slot.clone())),
-        _ => {}
+    if a.slot.is_none() && a.drop_slot {
+        return Err(UsageError::SlotNeeded("drop-slot"));
+    }
+    if a.slot.is_none() && a.create_slot {
+        return Err(UsageError::SlotNeeded("create-slot"));
     }
     if a.synchronous && a.no_sync {
         return Err(UsageError::SynchronousWithoutSync);
     }
-    if let (Some(slot), true) = (&a.slot, a.create_slot) {
-        return Ok(Checked::CreateSlot(slot.clone()));
+    let slot_action = a.create_slot || a.drop_slot;
+    if a.directory.is_none() && !slot_action {
+        return Err(UsageError::NoDirectory);
     }
-    let directory = a.directory.clone().ok_or(UsageError::NoDirectory)?;
-    std::fs::read_dir(&directory).map_err(|e| UsageError::Directory(directory.clone(), e))?;
-    Ok(Checked::Receive {
-        directory,
-        endpos,
-        status_interval: Duration::from_secs(status_interval),
-    })
+    let (compression, warning) = match &a.compress {
+        None => (Compression::None, None),
+        Some(text) => super::compress_option::parse(text)?,
+    };
+    let checked = match (&a.slot, &a.directory) {
+        (Some(slot), _) if a.drop_slot => Checked::DropSlot(slot.clone()),
+        (Some(slot), _) if a.create_slot => Checked::CreateSlot(slot.clone()),
+        (_, Some(directory)) => {
+            std::fs::read_dir(directory)
+                .map_err(|e| UsageError::Directory(directory.clone(), e))?;
+            Checked::Receive {
+                directory: directory.clone(),
+                endpos,
+                status_interval: Duration::from_secs(status_interval),
+                compression,
+            }
+        }
+        (_, None) => return Err(UsageError::NoDirectory),
+    };
+    Ok((checked, warning))
 }
 
 /// `-s`: whole seconds, surrounding spaces allowed, as pg_receivewal's option parser.

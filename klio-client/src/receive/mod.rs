@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use klio_proto::replication::SlotReservation;
-use klio_wal::segment_dir::{Fsync, SegmentDir, SegmentDirError};
+use klio_wal::segment_dir::{Compression, Fsync, SegmentDir, SegmentDirError};
 use klio_wal::{ErrorChain, Lsn, SegmentSize, TimelineId};
 
 use crate::conn_string::ConnConfig;
@@ -51,6 +51,8 @@ pub struct ReceiveOptions {
     pub endpos: Option<Lsn>,
     /// Whether received WAL is fsynced (`--no-sync` turns it off).
     pub fsync: Fsync,
+    /// How segments are compressed (`-Z`).
+    pub compression: Compression,
 }
 
 /// The `tracing` target of the messages pg_receivewal prints at any verbosity: a segment left

@@ -51,7 +51,11 @@ pub(super) async fn stream_once(
     let size = conn.wal_segment_size().await?;
     let dir = match dir_slot {
         Some(d) if d.segment_size() == size => d,
-        _ => dir_slot.insert(SegmentDir::open(&opts.directory, size)?.with_fsync(opts.fsync)),
+        _ => dir_slot.insert(
+            SegmentDir::open(&opts.directory, size)?
+                .with_fsync(opts.fsync)
+                .with_compression(opts.compression),
+        ),
     };
     let (mut start, mut timeline) = streaming_start(
         &mut conn,

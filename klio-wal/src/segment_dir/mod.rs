@@ -6,6 +6,10 @@
 //! - A full-size `.partial` left by an earlier run is reopened without truncation.
 //! - Only a complete segment is renamed to its final name, durably (fsync, rename, fsync dir).
 //! - Streaming resumes from what a directory scan finds ([`find_streaming_start`]).
+//! - Compressed, as pg_receivewal `-Z` writes them ([`Compression`]): `<name>.gz.partial` or
+//!   `<name>.lz4.partial`, not padded, written from the segment's start (an earlier run's
+//!   compressed `.partial` is replaced, since streaming resumes at its start), a complete
+//!   stream once closed, renamed to `<name>.gz` or `<name>.lz4` when complete.
 //!
 //! The caller decides when to [`SegmentDir::flush`]; [`SegmentDir::flushed`] is the only
 //! position that may be reported to PostgreSQL as flushed.
@@ -18,16 +22,20 @@
 //! [`SegmentDir::flushed`] reports what was written, which a crash of the machine (not of the
 //! process) can lose.
 
+mod compression;
 mod scan;
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::{FsAction, FsError, Lsn, SegmentNo, SegmentSize, TimelineId, WalFileName, durable};
 
+pub use compression::{Compression, decompress_file};
 pub use scan::{StreamingStart, find_streaming_start};
+
+use compression::Compressor;
 
 /// Why a segment directory operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -63,10 +71,19 @@ impl SegmentDirError {
     }
 }
 
+/// The file of the segment being written.
+#[derive(Debug)]
+enum SegmentFile {
+    /// Pre-padded to the segment's size, written in place.
+    Padded(File),
+    /// Written from the segment's start through a compressor, growing.
+    Compressed(Compressor),
+}
+
 /// The segment currently open for writing.
 #[derive(Debug)]
 struct OpenSegment {
-    file: File,
+    file: SegmentFile,
     timeline: TimelineId,
     segno: SegmentNo,
     partial_path: PathBuf,
@@ -93,6 +110,7 @@ pub struct SegmentDir {
     dir: PathBuf,
     size: SegmentSize,
     fsync: Fsync,
+    compression: Compression,
     open: Option<OpenSegment>,
     written: Option<Lsn>,
     flushed: Option<Lsn>,
@@ -109,6 +127,7 @@ impl SegmentDir {
             dir,
             size,
             fsync: Fsync::Always,
+            compression: Compression::None,
             open: None,
             written: None,
             flushed: None,
@@ -118,6 +137,13 @@ impl SegmentDir {
     /// The same directory, fsynced as `fsync` says from now on.
     pub fn with_fsync(mut self, fsync: Fsync) -> Self {
         self.fsync = fsync;
+        self
+    }
+
+    /// The same directory, writing new segments and history files compressed with
+    /// `compression` from now on.
+    pub fn with_compression(mut self, compression: Compression) -> Self {
+        self.compression = compression;
         self
     }
 
@@ -196,14 +222,18 @@ impl SegmentDir {
                 None => self.open_segment(timeline, piece.segno)?,
             };
             let bytes = &data[piece.range_offset as usize..][..piece.len as usize];
-            o.file
-                .write_all_at(bytes, u64::from(piece.offset))
-                .map_err(|e| SegmentDirError::io(FsAction::Write, &o.partial_path, e))?;
+            match &mut o.file {
+                SegmentFile::Padded(file) => file.write_all_at(bytes, u64::from(piece.offset)),
+                SegmentFile::Compressed(c) => c.write_all(bytes),
+            }
+            .map_err(|e| SegmentDirError::io(FsAction::Write, &o.partial_path, e))?;
             o.end = piece.offset + piece.len;
             o.dirty = true;
             let end_lsn = Lsn(at.0 + u64::from(piece.len));
             self.written = Some(end_lsn);
             if piece.completes_segment(self.size) {
+                // A compressed stream is ended before its file is complete.
+                finish_compression(o.file, &o.partial_path)?;
                 match self.fsync {
                     // durable::rename fsyncs the data, renames, and fsyncs the directory: only
                     // a segment whose every byte is on disk may carry its final name.
@@ -226,16 +256,25 @@ impl SegmentDir {
     /// Makes every written byte durable and returns the durable position.
     pub fn flush(&mut self) -> Result<Option<Lsn>, SegmentDirError> {
         if let Some(o) = self.open.as_mut().filter(|o| o.dirty) {
-            if self.fsync == Fsync::Never {
-                o.dirty = false;
-                self.flushed = self.written;
-                return Ok(self.flushed);
+            let write_err = |e| SegmentDirError::io(FsAction::Write, &o.partial_path, e);
+            match (&mut o.file, self.fsync) {
+                (SegmentFile::Padded(_), Fsync::Never) => {}
+                // fdatasync suffices: the file was pre-padded to its full size, so no metadata
+                // needed to read the data back changes. Flush may be reported only after this.
+                (SegmentFile::Padded(file), Fsync::Always) => file
+                    .sync_data()
+                    .map_err(|e| SegmentDirError::io(FsAction::Fdatasync, &o.partial_path, e))?,
+                // Even unsynced, what was written must be in the file, not in the compressor,
+                // so that a crash of this process loses nothing.
+                (SegmentFile::Compressed(c), Fsync::Never) => c.flush().map_err(write_err)?,
+                // The file grows, so its size must reach the disk too: a full fsync.
+                (SegmentFile::Compressed(c), Fsync::Always) => {
+                    c.flush().map_err(write_err)?;
+                    c.file()
+                        .sync_all()
+                        .map_err(|e| SegmentDirError::io(FsAction::Fsync, &o.partial_path, e))?;
+                }
             }
-            // fdatasync suffices: the file was pre-padded to its full size, so no metadata
-            // needed to read the data back changes. Flush may be reported only after this.
-            o.file
-                .sync_data()
-                .map_err(|e| SegmentDirError::io(FsAction::Fdatasync, &o.partial_path, e))?;
             o.dirty = false;
             self.flushed = self.written;
         }
@@ -243,10 +282,18 @@ impl SegmentDir {
     }
 
     /// Flushes and closes the open segment, leaving it as `.partial` (streaming stopped or the
-    /// timeline ended before the segment was complete).
+    /// timeline ended before the segment was complete). A compressed one is ended as a whole
+    /// gzip member or LZ4 frame, as pg_receivewal leaves it.
     pub fn close(&mut self) -> Result<Option<Lsn>, SegmentDirError> {
         let flushed = self.flush()?;
-        self.open = None;
+        if let Some(o) = self.open.take()
+            && let Some(file) = finish_compression(o.file, &o.partial_path)?
+            && self.fsync == Fsync::Always
+        {
+            // The stream's end must be on disk before the file is left for good.
+            file.sync_all()
+                .map_err(|e| SegmentDirError::io(FsAction::Fsync, &o.partial_path, e))?;
+        }
         Ok(flushed)
     }
 
@@ -259,27 +306,35 @@ impl SegmentDir {
         Ok(())
     }
 
-    /// Whether the `.history` file of `timeline` is present.
+    /// Whether the `.history` file of `timeline` is present (compressed as this directory
+    /// compresses, or not at all).
     pub fn has_history(&self, timeline: TimelineId) -> bool {
-        self.dir
-            .join(WalFileName::History { timeline }.to_string_with(self.size))
-            .is_file()
+        let name = WalFileName::History { timeline }.to_string_with(self.size);
+        self.dir.join(&name).is_file()
+            || self
+                .dir
+                .join(format!("{name}{}", self.compression.suffix()))
+                .is_file()
     }
 
-    /// Stores a timeline history file atomically and durably.
+    /// Stores a timeline history file atomically and durably, compressed as this directory
+    /// compresses.
     pub fn write_history(
         &self,
         timeline: TimelineId,
         contents: &[u8],
     ) -> Result<(), SegmentDirError> {
+        let name = WalFileName::History { timeline }.to_string_with(self.size);
         let path = self
             .dir
-            .join(WalFileName::History { timeline }.to_string_with(self.size));
+            .join(format!("{name}{}", self.compression.suffix()));
+        let bytes = compression::compress_bytes(self.compression, contents)
+            .map_err(|e| SegmentDirError::io(FsAction::Write, &path, e))?;
         match self.fsync {
             // Atomic and durable: PostgreSQL reads a history file whole, so a torn one must
             // never carry its name, and once stored it must survive a crash.
-            Fsync::Always => durable::replace(&path, contents)?,
-            Fsync::Never => durable::replace_without_sync(&path, contents)?,
+            Fsync::Always => durable::replace(&path, &bytes)?,
+            Fsync::Never => durable::replace_without_sync(&path, &bytes)?,
         }
         Ok(())
     }
@@ -289,37 +344,19 @@ impl SegmentDir {
         timeline: TimelineId,
         segno: SegmentNo,
     ) -> Result<OpenSegment, SegmentDirError> {
-        let final_name = WalFileName::Segment { timeline, segno }.to_string_with(self.size);
+        let final_name = format!(
+            "{}{}",
+            WalFileName::Segment { timeline, segno }.to_string_with(self.size),
+            self.compression.suffix()
+        );
         let partial_path = self.dir.join(format!("{final_name}.partial"));
         let final_path = self.dir.join(&final_name);
-        let seg_bytes = self.size.bytes_u64();
-        let existing = match std::fs::metadata(&partial_path) {
-            Ok(m) => Some(m.len()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(SegmentDirError::io(FsAction::Stat, &partial_path, e)),
-        };
-        let file = if existing == Some(seg_bytes) {
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&partial_path)
-                .map_err(|e| SegmentDirError::io(FsAction::Open, &partial_path, e))?
-        } else {
-            if existing.is_some() {
-                // A file a crash left mid-padding (no WAL is written before padding is complete
-                // and fsynced, so it holds none): start it again. The directory fsync of its
-                // re-creation below covers this removal.
-                std::fs::remove_file(&partial_path)
-                    .map_err(|e| SegmentDirError::io(FsAction::Remove, &partial_path, e))?;
+        let file = match self.compression {
+            Compression::None => SegmentFile::Padded(self.open_padded(&partial_path)?),
+            Compression::Gzip { level } => {
+                self.create_compressed(&partial_path, Compressor::gzip(level))?
             }
-            // Pad it with real zeros so later writes never change the file size and a reader
-            // never sees a short segment. The padding must be on disk before WAL goes in, so
-            // that fdatasync alone makes later writes durable, and the new directory entry must
-            // be durable too: a crash must not lose the file that later holds acknowledged WAL.
-            match self.fsync {
-                Fsync::Always => durable::create_prepadded(&partial_path, &[], seg_bytes)?,
-                Fsync::Never => durable::create_prepadded_without_sync(&partial_path, seg_bytes)?,
-            }
+            Compression::Lz4 => self.create_compressed(&partial_path, Compressor::lz4())?,
         };
         Ok(OpenSegment {
             file,
@@ -330,6 +367,75 @@ impl SegmentDir {
             end: 0,
             dirty: false,
         })
+    }
+
+    /// Opens the pre-padded `.partial` of a segment, reopening a full-size one.
+    fn open_padded(&self, partial_path: &Path) -> Result<File, SegmentDirError> {
+        let seg_bytes = self.size.bytes_u64();
+        let existing = match std::fs::metadata(partial_path) {
+            Ok(m) => Some(m.len()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(SegmentDirError::io(FsAction::Stat, partial_path, e)),
+        };
+        let file = if existing == Some(seg_bytes) {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(partial_path)
+                .map_err(|e| SegmentDirError::io(FsAction::Open, partial_path, e))?
+        } else {
+            if existing.is_some() {
+                // A file a crash left mid-padding (no WAL is written before padding is complete
+                // and fsynced, so it holds none): start it again. The directory fsync of its
+                // re-creation below covers this removal.
+                std::fs::remove_file(partial_path)
+                    .map_err(|e| SegmentDirError::io(FsAction::Remove, partial_path, e))?;
+            }
+            // Pad it with real zeros so later writes never change the file size and a reader
+            // never sees a short segment. The padding must be on disk before WAL goes in, so
+            // that fdatasync alone makes later writes durable, and the new directory entry must
+            // be durable too: a crash must not lose the file that later holds acknowledged WAL.
+            match self.fsync {
+                Fsync::Always => durable::create_prepadded(partial_path, &[], seg_bytes)?,
+                Fsync::Never => durable::create_prepadded_without_sync(partial_path, seg_bytes)?,
+            }
+        };
+        Ok(file)
+    }
+
+    /// Creates (or empties, streaming having resumed at its start) the compressed `.partial`
+    /// of a segment.
+    fn create_compressed(
+        &self,
+        partial_path: &Path,
+        compressor: impl FnOnce(File) -> Compressor,
+    ) -> Result<SegmentFile, SegmentDirError> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(partial_path)
+            .map_err(|e| SegmentDirError::io(FsAction::Create, partial_path, e))?;
+        if self.fsync == Fsync::Always {
+            // The new directory entry must be durable before WAL in it is reported flushed:
+            // later flushes fsync the file, not its directory.
+            file.sync_all()
+                .map_err(|e| SegmentDirError::io(FsAction::Fsync, partial_path, e))?;
+            durable::sync_dir(&self.dir)?;
+        }
+        Ok(SegmentFile::Compressed(compressor(file)))
+    }
+}
+
+/// Ends a compressed segment's stream, returning its file; nothing for a padded one.
+fn finish_compression(file: SegmentFile, path: &Path) -> Result<Option<File>, SegmentDirError> {
+    match file {
+        SegmentFile::Padded(_) => Ok(None),
+        SegmentFile::Compressed(c) => c
+            .finish()
+            .map(Some)
+            .map_err(|e| SegmentDirError::io(FsAction::Write, path, e)),
     }
 }
 

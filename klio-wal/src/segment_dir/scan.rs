@@ -5,6 +5,7 @@ use std::path::Path;
 use crate::{FsAction, Lsn, SegmentSize, TimelineId, WalFileName};
 
 use super::SegmentDirError;
+use super::compression::{Compression, uncompressed_size};
 
 /// What a directory scan found: the position to resume streaming from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,8 +18,10 @@ pub struct StreamingStart {
 
 /// Scans `dir` like pg_receivewal's `FindStreamingStart`: the newest segment wins; after a
 /// complete segment streaming resumes at the next one, after a `.partial` at the start of that
-/// same segment (its bytes are received again and overwrite identical ones). Files of the wrong
-/// size are ignored with a warning in the returned list, as pg_receivewal skips them.
+/// same segment (its bytes are received again and overwrite identical ones). Compressed files
+/// (`.gz`, `.lz4`, and their `.partial`s) count whatever this run compresses with. Complete
+/// files whose (uncompressed) size is not the segment size, and plain `.partial`s of another
+/// size, are ignored with a warning in the returned list, as pg_receivewal skips them.
 pub fn find_streaming_start(
     dir: &Path,
     size: SegmentSize,
@@ -33,20 +36,43 @@ pub fn find_streaming_start(
         let Some(name) = file_name.to_str() else {
             continue;
         };
-        let (timeline, segno, partial) = match WalFileName::parse(name, size) {
-            Ok(WalFileName::Segment { timeline, segno }) => (timeline, segno, false),
-            Ok(WalFileName::Partial { timeline, segno }) => (timeline, segno, true),
-            _ => continue,
+        let (rest, partial) = match name.strip_suffix(".partial") {
+            Some(rest) => (rest, true),
+            None => (name, false),
         };
-        let len = entry
-            .metadata()
-            .map_err(|e| SegmentDirError::io(FsAction::Stat, &entry.path(), e))?
-            .len();
-        if len != size.bytes_u64() {
-            warnings.push(format!(
-                "segment file {name:?} has incorrect size {len} (expected {}), skipping",
-                size.bytes()
-            ));
+        let Some((base, method)) = [".gz", ".lz4", ""].iter().find_map(|suffix| {
+            let base = rest.strip_suffix(suffix)?;
+            Some((base, Compression::of_suffix(suffix)?))
+        }) else {
+            continue;
+        };
+        let Ok(WalFileName::Segment { timeline, segno }) = WalFileName::parse(base, size) else {
+            continue;
+        };
+        let path = entry.path();
+        let len = match (method, partial) {
+            // A compressed .partial holds what was received, whatever its length.
+            (Compression::Gzip { .. } | Compression::Lz4, true) => None,
+            (Compression::None, _) => Some(
+                entry
+                    .metadata()
+                    .map_err(|e| SegmentDirError::io(FsAction::Stat, &path, e))?
+                    .len(),
+            ),
+            (_, false) => Some(
+                uncompressed_size(&path, method, size.bytes_u64())
+                    .map_err(|e| SegmentDirError::io(FsAction::Read, &path, e))?,
+            ),
+        };
+        if let Some(len) = len.filter(|len| *len != size.bytes_u64()) {
+            warnings.push(match method {
+                Compression::None => {
+                    format!("segment file {name:?} has incorrect size {len}, skipping")
+                }
+                _ => format!(
+                    "compressed segment file {name:?} has incorrect uncompressed size {len}, skipping"
+                ),
+            });
             continue;
         }
         let newer = match best {

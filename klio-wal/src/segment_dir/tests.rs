@@ -158,3 +158,119 @@ fn history_files_are_written_atomically() {
     assert!(dir.has_history(tli(2)));
     assert_eq!(names(tmp.path()), ["00000002.history"]);
 }
+
+/// Writes one segment and a half through a directory compressing with `method`, closing it
+/// with the half still open.
+fn write_compressed(method: Compression) -> (tempfile::TempDir, Vec<u8>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let size = SegmentSize::new(MB).unwrap();
+    let mut dir = SegmentDir::open(tmp.path(), size)
+        .unwrap()
+        .with_compression(method);
+    // Compressible but not constant, like WAL.
+    let data: Vec<u8> = (0..MB + MB / 2)
+        .map(|i| (i % 251) as u8 ^ (i / 4096) as u8)
+        .collect();
+    let (first, rest) = data.split_at(100_000);
+    assert!(dir.write(tli(1), Lsn(MB), first).unwrap().is_empty());
+    assert_eq!(dir.flush().unwrap(), Some(Lsn(MB + 100_000)));
+    let done = dir.write(tli(1), Lsn(MB + 100_000), rest).unwrap();
+    assert_eq!(done.len(), 1, "the first segment completed");
+    dir.close().unwrap();
+    dir.write_history(tli(2), b"1\t0/2000000\tno recovery target specified\n")
+        .unwrap();
+    (tmp, data)
+}
+
+#[test]
+fn compressed_segments_are_named_and_framed_as_pg_receivewal_writes_them() {
+    let half = (MB / 2) as usize;
+    for (method, suffix) in [
+        (Compression::Gzip { level: 6 }, ".gz"),
+        (Compression::Lz4, ".lz4"),
+    ] {
+        let (tmp, data) = write_compressed(method);
+        let complete = format!("000000010000000000000001{suffix}");
+        let partial = format!("000000010000000000000002{suffix}.partial");
+        let history = format!("00000002.history{suffix}");
+        assert_eq!(
+            names(tmp.path()),
+            [complete.clone(), partial.clone(), history.clone()],
+            "{method:?}"
+        );
+        let read = |name: &str| decompress_file(&tmp.path().join(name), method).unwrap();
+        assert_eq!(read(&complete), data[..MB as usize], "{method:?}");
+        // The closed .partial is a whole stream of what was received, not padded.
+        assert_eq!(read(&partial), data[MB as usize..], "{method:?}");
+        assert_eq!(read(&partial).len(), half);
+        assert!(read(&history).starts_with(b"1\t0/2000000"));
+        let on_disk = std::fs::metadata(tmp.path().join(&complete)).unwrap().len();
+        assert!(on_disk < MB / 2, "{method:?} compressed to {on_disk} bytes");
+
+        // A later run resumes at the start of the partial segment and replaces it.
+        let size = SegmentSize::new(MB).unwrap();
+        let (start, warnings) = find_streaming_start(tmp.path(), size).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(start.unwrap().lsn, Lsn(2 * MB));
+        let mut again = SegmentDir::open(tmp.path(), size)
+            .unwrap()
+            .with_compression(method);
+        again.write(tli(1), Lsn(2 * MB), &data[..10]).unwrap();
+        again.close().unwrap();
+        assert_eq!(
+            read(&partial),
+            data[..10],
+            "{method:?}: rewritten from the start"
+        );
+        assert!(again.has_history(tli(2)));
+    }
+}
+
+#[test]
+fn a_compressed_segment_of_the_wrong_size_is_skipped_with_pg_receivewals_warning() {
+    let size = SegmentSize::new(MB).unwrap();
+    for (method, suffix) in [
+        (Compression::Gzip { level: 1 }, ".gz"),
+        (Compression::Lz4, ".lz4"),
+    ] {
+        let (tmp, _) = write_compressed(method);
+        // A complete-looking file holding half a segment, named as the newest one.
+        let short = tmp.path().join(format!("000000010000000000000003{suffix}"));
+        std::fs::rename(
+            tmp.path()
+                .join(format!("000000010000000000000002{suffix}.partial")),
+            &short,
+        )
+        .unwrap();
+        let (start, warnings) = find_streaming_start(tmp.path(), size).unwrap();
+        assert_eq!(
+            warnings,
+            [format!(
+                "compressed segment file \"000000010000000000000003{suffix}\" has incorrect uncompressed size {}, skipping",
+                MB / 2
+            )]
+        );
+        assert_eq!(
+            start.unwrap().lsn,
+            Lsn(2 * MB),
+            "{method:?}: after the complete one"
+        );
+    }
+}
+
+#[test]
+fn without_fsync_a_compressed_flush_still_puts_the_bytes_in_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut dir = SegmentDir::open(tmp.path(), SegmentSize::new(MB).unwrap())
+        .unwrap()
+        .with_fsync(Fsync::Never)
+        .with_compression(Compression::Gzip { level: 6 });
+    dir.write(tli(1), Lsn(MB), &[5u8; 5000]).unwrap();
+    assert_eq!(dir.flush().unwrap(), Some(Lsn(MB + 5000)));
+    // Without closing: a reader of the file (after a crash of this process) gets every byte
+    // reported flushed from the stream so far.
+    let bytes = std::fs::read(tmp.path().join("000000010000000000000001.gz.partial")).unwrap();
+    let mut out = Vec::new();
+    let _ = io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut out);
+    assert_eq!(out, [5u8; 5000]);
+}
