@@ -55,11 +55,11 @@ pub(crate) struct Cli {
     )]
     pub(crate) log_format: logging::LogFormat,
     #[command(subcommand)]
-    command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {
+pub(crate) enum Command {
     // Each command's help (summary and details) is the doc comment of its `Args`.
     ReceiveWal(receive_wal::Args),
     RestoreWal(restore_wal::Args),

@@ -52,7 +52,9 @@ enum Command {
     ///     object_lock: {mode: compliance, retain: 30d}   # optional S3 Object Lock
     ///     cache_size: 4GiB           # local cache of what reads fetch from Tier 2
     ///     retention: {keep_backups: 30, recovery_window: 90d}   # Tier 2's own policy
-    #[command(verbatim_doc_comment)]
+    ///
+    /// `klio server start-wal`, the name Klio's documentation uses, is the same command.
+    #[command(verbatim_doc_comment, alias = "start-wal")]
     Start(StartArgs),
 }
 
@@ -116,4 +118,36 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
         server.run(super::signals::wait_for_stop_signal()).await;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use clap::Parser;
+
+    use super::Command;
+    use crate::cli::{Cli, Command as Top};
+
+    fn data_dir_of(argv: &[&str]) -> Option<PathBuf> {
+        match Cli::try_parse_from(argv).expect("parses").command {
+            Top::Server(super::Args {
+                command: Command::Start(s),
+            }) => s.data_dir,
+            other => panic!("not server start: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn start_wal_is_the_seeds_name_for_server_start() {
+        let dir = Some(PathBuf::from("/srv/klio"));
+        assert_eq!(
+            data_dir_of(&["klio", "server", "start-wal", "--data-dir", "/srv/klio"]),
+            dir
+        );
+        assert_eq!(
+            data_dir_of(&["klio", "server", "start", "--data-dir", "/srv/klio"]),
+            dir
+        );
+    }
 }
