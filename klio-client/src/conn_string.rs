@@ -76,6 +76,9 @@ pub struct ConnConfig {
     pub application_name: String,
     /// Time allowed to establish the connection.
     pub connect_timeout: Option<Duration>,
+    /// libpq's password file, read when no password is given (`passfile`, `PGPASSFILE`,
+    /// else `~/.pgpass`).
+    pub passfile: Option<PathBuf>,
 }
 
 /// Raw settings before defaults are applied; later sources override earlier ones.
@@ -96,6 +99,7 @@ const KEYS: &[&str] = &[
     "connect_timeout",
     "replication",
     "fallback_application_name",
+    "passfile",
 ];
 
 fn known_key(key: &str) -> Result<&'static str, ConnStringError> {
@@ -219,6 +223,9 @@ impl ConnParams {
                 .or_else(|| self.get("fallback_application_name").map(str::to_owned))
                 .unwrap_or_else(|| "klio".to_owned()),
             connect_timeout,
+            passfile: pick("passfile", "PGPASSFILE")
+                .map(PathBuf::from)
+                .or_else(|| env("HOME").map(|home| PathBuf::from(home).join(".pgpass"))),
         })
     }
 }
@@ -402,6 +409,28 @@ mod tests {
         assert_eq!(c.host, Host::Socket("/run/pg".into()));
         assert_eq!(c.password.as_deref(), Some("secret"));
         assert_eq!(c.sslmode, SslMode::Disable, "no TLS over Unix sockets");
+    }
+
+    #[test]
+    fn the_password_file_is_passfile_then_pgpassfile_then_home() {
+        let home = |k: &str| (k == "HOME").then(|| "/home/pg".to_owned());
+        let c = ConnParams::default().resolve(home).unwrap();
+        assert_eq!(c.passfile, Some(PathBuf::from("/home/pg/.pgpass")));
+        let both = |k: &str| match k {
+            "PGPASSFILE" => Some("/etc/pgpass".to_owned()),
+            other => home(other),
+        };
+        let c = ConnParams::default().resolve(both).unwrap();
+        assert_eq!(c.passfile, Some(PathBuf::from("/etc/pgpass")));
+        let c = ConnParams::parse("passfile=/x")
+            .unwrap()
+            .resolve(both)
+            .unwrap();
+        assert_eq!(c.passfile, Some(PathBuf::from("/x")));
+        assert_eq!(
+            ConnParams::default().resolve(no_env).unwrap().passfile,
+            None
+        );
     }
 
     #[test]

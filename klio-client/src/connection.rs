@@ -3,6 +3,7 @@
 //! All protocol knowledge lives in `klio-proto`; this type only moves bytes between a socket
 //! and those codecs, and offers the replication commands as typed methods.
 
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -23,6 +24,9 @@ use crate::error::ConnectionError;
 mod base_backup;
 
 pub use base_backup::{BaseBackupStream, MAX_KEPT_WARNINGS};
+
+/// The socket directories libpq builds default to: Debian's, and upstream's.
+const DEFAULT_SOCKET_DIRS: [&str; 2] = ["/var/run/postgresql", "/tmp"];
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -178,7 +182,32 @@ impl ReplicationConnection {
         }
         klio_proto::frontend::startup(&params, &mut self.wbuf)?;
         self.flush_writes().await?;
-        let mut startup = Startup::new(&cfg.user, cfg.password.clone().map(String::into_bytes));
+        let password = cfg.password.clone().or_else(|| {
+            let path = cfg.passfile.as_deref()?;
+            let host = match &cfg.host {
+                Host::Tcp(h) => h.as_str(),
+                // libpq's name for its default socket directory.
+                Host::Socket(d) if DEFAULT_SOCKET_DIRS.iter().any(|s| d == Path::new(s)) => {
+                    "localhost"
+                }
+                Host::Socket(d) => d.to_str()?,
+            };
+            let database = match (session, &cfg.dbname) {
+                (Session::Replication, _) => "replication",
+                (Session::Sql, Some(db)) => db.as_str(),
+                (Session::Sql, None) => "postgres",
+            };
+            crate::passfile::lookup(
+                path,
+                crate::passfile::Target {
+                    host,
+                    port: cfg.port,
+                    database,
+                    user: &cfg.user,
+                },
+            )
+        });
+        let mut startup = Startup::new(&cfg.user, password.map(String::into_bytes));
         loop {
             let msg = self.read_message().await?;
             let status = startup.handle(msg, &mut self.wbuf)?;

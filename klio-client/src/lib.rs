@@ -29,6 +29,7 @@ pub mod conn_string;
 pub mod connection;
 mod error;
 pub mod get_wal;
+mod passfile;
 pub mod receive;
 pub mod recovery_config;
 pub mod restore;

@@ -101,6 +101,56 @@ fn unix_socket_slots_and_settings() {
 }
 
 #[test]
+fn a_private_password_file_gives_the_password_and_one_others_can_read_is_ignored() {
+    use std::os::unix::fs::PermissionsExt;
+    let pg = PgServer::start(PgOptions {
+        auth: Auth::Scram,
+        ..PgOptions::default()
+    });
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let passfile = dir.path().join("pgpass");
+    let connstr = format!(
+        "{} sslmode=disable passfile={}",
+        pg.tcp_connstr(),
+        passfile.display()
+    );
+    let write = |contents: &str, mode: u32| {
+        std::fs::write(&passfile, contents).expect("write the password file");
+        std::fs::set_permissions(&passfile, std::fs::Permissions::from_mode(mode))
+            .expect("chmod the password file");
+    };
+    let port = pg.port();
+    runtime().block_on(async {
+        // A replication connection's database, in the password file, is `replication`.
+        write(
+            &format!("# klio test\n127.0.0.1:{port}:replication:postgres:{PASSWORD}\n"),
+            0o600,
+        );
+        let mut c = connect(&connstr).await.expect("password from the file");
+        assert_eq!(
+            c.identify_system()
+                .await
+                .expect("IDENTIFY_SYSTEM")
+                .system_id,
+            system_id(&pg)
+        );
+
+        write(
+            &format!("127.0.0.1:{port}:postgres:postgres:{PASSWORD}\n"),
+            0o600,
+        );
+        let e = connect(&connstr).await.unwrap_err().to_string();
+        assert!(e.contains("no password is configured"), "{e}");
+
+        write(&format!("*:*:*:*:{PASSWORD}\n"), 0o644);
+        let e = connect(&connstr).await.unwrap_err().to_string();
+        assert!(e.contains("no password is configured"), "ignored: {e}");
+        write(&format!("*:*:*:*:{PASSWORD}\n"), 0o600);
+        connect(&connstr).await.expect("the same file, private");
+    });
+}
+
+#[test]
 fn unreachable_server_is_a_clear_error() {
     runtime().block_on(async {
         let e = connect("host=127.0.0.1 port=1 sslmode=disable")
