@@ -28,6 +28,38 @@ pub enum ConnStringError {
     /// A feature libpq has that Klio does not implement.
     #[error("connection option {0} is not supported by Klio yet")]
     Unsupported(&'static str),
+    /// No service file defines the service asked for.
+    #[error(
+        "definition of service {0:?} not found: add a [section] of that name to ~/.pg_service.conf, the file PGSERVICEFILE names, or pg_service.conf in PGSYSCONFDIR"
+    )]
+    ServiceNotFound(String),
+    /// The service file `PGSERVICEFILE` names does not exist.
+    #[error("service file {0:?} not found")]
+    ServiceFileMissing(PathBuf),
+    /// A service file could not be read.
+    #[error("could not read service file {path:?}: {kind}")]
+    ServiceFileUnreadable {
+        /// The file.
+        path: PathBuf,
+        /// What the system said.
+        kind: std::io::ErrorKind,
+    },
+    /// A line of a service file is not `keyword=value`.
+    #[error("syntax error in service file {path:?}, line {line}")]
+    ServiceSyntax {
+        /// The file.
+        path: PathBuf,
+        /// The line, from 1.
+        line: usize,
+    },
+    /// A service names another service.
+    #[error("nested service specifications not supported in service file {path:?}, line {line}")]
+    NestedService {
+        /// The file.
+        path: PathBuf,
+        /// The line, from 1.
+        line: usize,
+    },
 }
 
 /// How TLS is negotiated with PostgreSQL (libpq's `sslmode`).
@@ -100,12 +132,12 @@ const KEYS: &[&str] = &[
     "replication",
     "fallback_application_name",
     "passfile",
+    "service",
 ];
 
 fn known_key(key: &str) -> Result<&'static str, ConnStringError> {
     match key {
         "sslcert" | "sslkey" | "sslpassword" => Err(ConnStringError::Unsupported("sslcert/sslkey")),
-        "service" => Err(ConnStringError::Unsupported("service")),
         "hostaddr" => Err(ConnStringError::Unsupported("hostaddr (use host)")),
         _ => KEYS
             .iter()
@@ -137,8 +169,32 @@ impl ConnParams {
         self.values.get(key).map(String::as_str)
     }
 
-    /// Applies `PG*` environment variables (via `env`) and libpq's defaults.
+    /// Applies the service file's settings (`service`, `PGSERVICE`), the `PG*` environment
+    /// variables (via `env`) and libpq's defaults, in that order of precedence below what is
+    /// set here.
     pub fn resolve(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<ConnConfig, ConnStringError> {
+        let service = self
+            .get("service")
+            .map(str::to_owned)
+            .or_else(|| env("PGSERVICE"))
+            .filter(|s| !s.is_empty());
+        match service {
+            None => self.resolve_without_service(env),
+            Some(name) => {
+                let mut filled = self.clone();
+                for (keyword, value) in crate::service_file::settings_of(&name, &env)? {
+                    let key = known_key(&keyword)?;
+                    filled.values.entry(key).or_insert(value);
+                }
+                filled.resolve_without_service(env)
+            }
+        }
+    }
+
+    fn resolve_without_service(
         &self,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<ConnConfig, ConnStringError> {

@@ -36,6 +36,7 @@ pub mod restore;
 pub mod restore_wal;
 pub mod send_wal;
 pub mod server_link;
+mod service_file;
 mod shutdown;
 mod tls;
 pub mod wal_player;

@@ -20,6 +20,20 @@ async fn connect(connstr: &str) -> Result<ReplicationConnection, ConnectionError
     ReplicationConnection::connect(&cfg).await
 }
 
+/// A server that asks for the `postgres` role's password ([`PASSWORD`]).
+fn scram_server() -> PgServer {
+    PgServer::start(PgOptions {
+        auth: Auth::Scram,
+        ..PgOptions::default()
+    })
+}
+
+/// Asserts that `c` reached `pg`.
+async fn assert_connected_to(c: &mut ReplicationConnection, pg: &PgServer) {
+    let system = c.identify_system().await.expect("IDENTIFY_SYSTEM");
+    assert_eq!(system.system_id, system_id(pg));
+}
+
 fn system_id(pg: &PgServer) -> u64 {
     pg.psql("SELECT system_identifier FROM pg_control_system()")
         .parse()
@@ -103,10 +117,7 @@ fn unix_socket_slots_and_settings() {
 #[test]
 fn a_private_password_file_gives_the_password_and_one_others_can_read_is_ignored() {
     use std::os::unix::fs::PermissionsExt;
-    let pg = PgServer::start(PgOptions {
-        auth: Auth::Scram,
-        ..PgOptions::default()
-    });
+    let pg = scram_server();
     let dir = tempfile::tempdir().expect("temporary directory");
     let passfile = dir.path().join("pgpass");
     let connstr = format!(
@@ -127,13 +138,7 @@ fn a_private_password_file_gives_the_password_and_one_others_can_read_is_ignored
             0o600,
         );
         let mut c = connect(&connstr).await.expect("password from the file");
-        assert_eq!(
-            c.identify_system()
-                .await
-                .expect("IDENTIFY_SYSTEM")
-                .system_id,
-            system_id(&pg)
-        );
+        assert_connected_to(&mut c, &pg).await;
 
         write(
             &format!("127.0.0.1:{port}:postgres:postgres:{PASSWORD}\n"),
@@ -148,6 +153,46 @@ fn a_private_password_file_gives_the_password_and_one_others_can_read_is_ignored
         write(&format!("*:*:*:*:{PASSWORD}\n"), 0o600);
         connect(&connstr).await.expect("the same file, private");
     });
+}
+
+#[test]
+fn a_service_names_the_server_and_the_connection_string_still_wins() {
+    let pg = scram_server();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let services = dir.path().join("services.conf");
+    std::fs::write(
+        &services,
+        format!(
+            "[elsewhere]\nhost=192.0.2.1\n\n[klio-test]\n# the test server\nhost = 127.0.0.1\nport={}\nuser=postgres\npassword={PASSWORD}\nsslmode=disable\n",
+            pg.port()
+        ),
+    )
+    .expect("write the service file");
+    let services = services.display().to_string();
+    let env = |k: &str| (k == "PGSERVICEFILE").then(|| services.clone());
+    let resolve = |connstr: &str| {
+        ConnParams::parse(connstr)
+            .expect("connection string")
+            .resolve(env)
+    };
+    runtime().block_on(async {
+        let cfg = resolve("service=klio-test").expect("settings from the service");
+        let mut c = ReplicationConnection::connect(&cfg).await.expect("connect");
+        assert_connected_to(&mut c, &pg).await;
+        // What the connection string sets wins over the service.
+        let cfg = resolve("service=klio-test password=wrong").expect("settings");
+        let e = ReplicationConnection::connect(&cfg).await.unwrap_err();
+        assert_eq!(
+            e.server_error().map(|s| s.code.as_str()),
+            Some("28P01"),
+            "{e}"
+        );
+    });
+    let e = resolve("service=absent").unwrap_err().to_string();
+    assert!(
+        e.contains("definition of service \"absent\" not found"),
+        "{e}"
+    );
 }
 
 #[test]
