@@ -64,6 +64,11 @@ fn every_command_line_pg_receivewal_refuses_is_refused_with_its_words() {
         &["-D", "/tmp", "-Z", "lz4:13"],
         &["-D", "/tmp", "-Z", "zstd"],
         &["-D", "/nonexistent", "-Z", "zstd:50"],
+        // Given twice, an option takes its last value.
+        &[
+            "-D", "/a", "-D", "/b", "-w", "-W", "-w", "-s", "1", "-s", "x",
+        ],
+        &["-Z", "gzip", "-Z", "foo", "-D", "/tmp"],
     ];
     for args in cases {
         let expected = outcome(&theirs, args);
@@ -363,6 +368,23 @@ fn decompressed(dir: &Path, suffix: &str) -> std::collections::BTreeMap<String, 
         .collect()
 }
 
+/// Runs `judge` (`gzip --test`, `lz4 -t`) on the files of `dir` that `which` names.
+fn assert_every_file_passes(dir: &Path, judge: &str, which: impl Fn(&str) -> bool) {
+    let (tool, flag) = judge.split_once(' ').expect("tool and flag");
+    for entry in std::fs::read_dir(dir).expect("read the directory") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if !which(name) {
+            continue;
+        }
+        let out = run(std::process::Command::new(tool).arg(flag).arg(&path));
+        assert!(out.success(), "{judge} {}: {out:?}", path.display());
+    }
+}
+
 #[test]
 fn compressed_streams_hold_pg_receivewals_wal_pass_gzip_and_lz4_tests_and_resume() {
     let pg = PgServer::start(PgOptions {
@@ -398,6 +420,13 @@ fn compressed_streams_hold_pg_receivewals_wal_pass_gzip_and_lz4_tests_and_resume
     flushed_everywhere(&pg, &running);
     for (name, dir, receiver) in running.iter_mut().filter(|(n, ..)| n.starts_with("ours")) {
         assert_eq!(receiver.stop(), Some(0), "{name}");
+        // Stopped cleanly, its .partial is a whole stream too.
+        let judge = if name.ends_with("gz") {
+            "gzip --test"
+        } else {
+            "lz4 -t"
+        };
+        assert_every_file_passes(dir, judge, |_| true);
         let spec = if name.ends_with("gz") {
             "gzip"
         } else {
@@ -409,20 +438,42 @@ fn compressed_streams_hold_pg_receivewals_wal_pass_gzip_and_lz4_tests_and_resume
     pg.switch_wal();
     pg.psql("INSERT INTO mid VALUES (0)");
     flushed_everywhere(&pg, &running);
-    for (name, _, receiver) in &mut running {
-        assert_eq!(receiver.stop(), Some(0), "{name}");
+    // Ours are killed (no end written to their open .partial); theirs stop.
+    let mut torn = Vec::new();
+    for (name, dir, receiver) in &mut running {
+        if name.starts_with("ours") {
+            receiver.kill9();
+            torn.push(dir.clone());
+        } else {
+            assert_eq!(receiver.stop(), Some(0), "{name}");
+        }
+    }
+    // restore-wal serves the WAL flushed into a .partial whose stream was never ended.
+    for dir in &torn {
+        let partial = std::fs::read_dir(dir)
+            .expect("read ours")
+            .map(|e| e.expect("entry").file_name().into_string().expect("UTF-8"))
+            .find(|n| n.ends_with(".partial"))
+            .unwrap_or_else(|| panic!("a .partial in {}", dir.display()));
+        let segment = &partial[..24];
+        let dest = work.path().join(format!("RECOVERYXLOG-{segment}"));
+        let out = run(std::process::Command::new(work.path().join("klio"))
+            .args(["restore-wal", segment])
+            .arg(&dest)
+            .arg("-D")
+            .arg(dir));
+        assert!(out.success(), "restore-wal of {partial}: {out:?}");
+        let served = std::fs::read(&dest).expect("served segment");
+        assert_eq!(served.len(), 1 << 20, "{partial} padded to a segment");
+        assert!(served[..64].iter().any(|&b| b != 0), "{partial} holds WAL");
     }
 
     for (_, suffix, judge) in methods {
         let dir_of = |who: &str| work.path().join(format!("{who}_{}", &suffix[1..]));
         let (ours_dir, theirs_dir) = (dir_of("ours"), dir_of("theirs"));
-        // Every file ours wrote, the .partial included, passes the reference tool's test.
-        for entry in std::fs::read_dir(&ours_dir).expect("read ours") {
-            let path = entry.expect("entry").path();
-            let (tool, flag) = judge.split_once(' ').expect("tool and flag");
-            let out = run(std::process::Command::new(tool).arg(flag).arg(&path));
-            assert!(out.success(), "{judge} {}: {out:?}", path.display());
-        }
+        // Every complete file passes the reference tool's test (the .partials were checked
+        // when ours stopped cleanly; killed, theirs have no end).
+        assert_every_file_passes(&ours_dir, judge, |name| !name.ends_with(".partial"));
         // The complete segments hold the same WAL as pg_receivewal's, byte for byte.
         let (ours_wal, theirs_wal) = (
             decompressed(&ours_dir, suffix),

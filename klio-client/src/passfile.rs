@@ -4,7 +4,7 @@
 //! # Format
 //!
 //! One entry per line, `hostname:port:database:username:password`; the first line whose four
-//! fields match the connection gives the password. A field of `*` matches anything; `\`
+//! fields match the connection gives the password (up to a further unescaped `:`, if any). A field of `*` matches anything; `\`
 //! escapes a `:` or a `\`. Lines starting with `#` are comments. The host of a Unix-socket
 //! connection to the default socket directory is `localhost`; to another directory, its path.
 //! A replication connection's database is `replication`.
@@ -81,7 +81,9 @@ fn split_entry(line: &str) -> Option<([Field<'_>; 4], String)> {
         rest = &rest[end + 1..];
     }
     let fields: [Field<'_>; 4] = fields.try_into().ok()?;
-    Some((fields, unescape(rest)))
+    // As in libpq, the password ends at the next unescaped `:`, if there is one.
+    let password = &rest[..unescaped_colon(rest).unwrap_or(rest.len())];
+    Some((fields, unescape(password)))
 }
 
 /// The byte offset of the first `:` not escaped by a `\`.
@@ -130,10 +132,7 @@ db1:5433:*:rep:wrong port
 db1:5432:replication:rep:pa\\:ss\\\\word:with colon
 *:*:*:*:catch-all
 ";
-        assert_eq!(
-            find(text, TARGET).as_deref(),
-            Some("pa:ss\\word:with colon")
-        );
+        assert_eq!(find(text, TARGET).as_deref(), Some("pa:ss\\word"));
         let elsewhere = Target {
             host: "db2",
             ..TARGET

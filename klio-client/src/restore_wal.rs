@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use klio_wal::segment_dir::{Compression, decompress_file};
+use klio_wal::segment_dir::{Compression, decompress_file, decompress_prefix};
 use klio_wal::{FsAction, FsError, SegmentSize, WalFileName, durable};
 
 /// What was served.
@@ -75,46 +75,79 @@ pub fn restore_from_directory(
     let parsed = WalFileName::parse(file_name, size)
         .map_err(|_| RestoreWalError::BadName(file_name.to_owned()))?;
     let segment = matches!(parsed, WalFileName::Segment { .. });
-    let found = CANDIDATES
+    let present = CANDIDATES
         .iter()
         .filter(|(_, partial)| segment || !partial)
         .map(|(suffix, partial)| {
+            let compression = match suffix.trim_end_matches(".partial") {
+                ".gz" => Compression::Gzip { level: 6 },
+                ".lz4" => Compression::Lz4,
+                _ => Compression::None,
+            };
             (
                 archive.join(format!("{file_name}{suffix}")),
-                suffix,
+                compression,
                 *partial,
             )
         })
-        .find(|(path, ..)| path.is_file());
-    let Some((source, suffix, partial)) = found else {
+        .filter(|(path, ..)| path.is_file());
+    // A complete file wins. Of several partials (-Z changed in the middle of a segment), the
+    // one holding the most WAL is served: the others stopped earlier.
+    let mut best: Option<(PathBuf, Vec<u8>, usize)> = None;
+    for (source, compression, partial) in present {
+        let read_err = |e| FsError::new(FsAction::Read, &source, e);
+        if !partial {
+            let bytes = decompress_file(&source, compression).map_err(read_err)?;
+            // PostgreSQL may read the file right after the rename: it must never find a
+            // complete-looking but empty or torn file under its final name, even after a crash.
+            durable::replace(dest, &bytes)?;
+            return Ok(Restored::File(source));
+        }
+        let (bytes, extent) = match compression {
+            Compression::None => {
+                let bytes = decompress_file(&source, compression).map_err(read_err)?;
+                // Pre-padded with zeros: the WAL ends at the last byte that is not zero.
+                let extent = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+                (bytes, extent)
+            }
+            _ => {
+                let (mut bytes, cut) = decompress_prefix(&source, compression).map_err(read_err)?;
+                if let Some(cut) = cut {
+                    tracing::warn!(
+                        "{} ends in the middle of its stream ({cut}): its writer stopped without closing it; serving the {} bytes before",
+                        source.display(),
+                        bytes.len()
+                    );
+                }
+                if bytes.len() < LONG_HEADER_LEN {
+                    // Not even the segment's first page header: nothing in it was flushed.
+                    continue;
+                }
+                let extent = bytes.len();
+                pad_to_segment(&mut bytes, &source)?;
+                (bytes, extent)
+            }
+        };
+        if best.as_ref().is_none_or(|(.., most)| extent > *most) {
+            best = Some((source, bytes, extent));
+        }
+    }
+    let Some((source, bytes, _)) = best else {
         return Err(RestoreWalError::NotFound(file_name.to_owned()));
     };
-    let compression = match suffix.trim_end_matches(".partial") {
-        ".gz" => Compression::Gzip { level: 6 },
-        ".lz4" => Compression::Lz4,
-        _ => Compression::None,
-    };
-    let mut bytes = decompress_file(&source, compression)
-        .map_err(|e| FsError::new(FsAction::Read, &source, e))?;
-    if partial && compression != Compression::None {
-        pad_to_segment(&mut bytes, &source)?;
-    }
-    // PostgreSQL may read the file right after the rename: it must never find a
-    // complete-looking but empty or torn file under its final name, even after a crash.
     durable::replace(dest, &bytes)?;
-    Ok(if partial {
-        Restored::Partial(source)
-    } else {
-        Restored::File(source)
-    })
+    Ok(Restored::Partial(source))
 }
+
+/// The bytes of a segment's first page header up to its `xlp_seg_size`.
+const LONG_HEADER_LEN: usize = 36;
 
 /// Pads what a compressed `.partial` received with zeros to the segment size recorded in its
 /// first page's long header (`xlp_seg_size`, at byte 32), as an uncompressed `.partial` is.
 fn pad_to_segment(bytes: &mut Vec<u8>, source: &Path) -> Result<(), RestoreWalError> {
     let unknown = || RestoreWalError::UnknownSegmentSize(source.to_owned());
     let recorded = bytes
-        .get(32..36)
+        .get(32..LONG_HEADER_LEN)
         .and_then(|b| <[u8; 4]>::try_from(b).ok())
         .map(u32::from_le_bytes)
         .ok_or_else(unknown)?;
@@ -199,6 +232,82 @@ mod tests {
 
             restore_from_directory(archive.path(), "00000002.history", &dest).unwrap();
             assert_eq!(std::fs::read(&dest).unwrap(), b"1\t0/1000000\tx\n");
+        }
+    }
+
+    /// A segment's first `len` bytes, whose first page header records a 1 MiB segment.
+    fn wal(len: usize, fill: u8) -> Vec<u8> {
+        let mut wal = vec![fill; len];
+        wal[32..36].copy_from_slice(&(1u32 << 20).to_le_bytes());
+        wal
+    }
+
+    #[test]
+    fn a_compressed_partial_its_writer_never_closed_serves_what_was_flushed() {
+        use klio_wal::segment_dir::SegmentDir;
+        use klio_wal::{Lsn, TimelineId};
+        let size = SegmentSize::new(1 << 20).unwrap();
+        for (method, suffix) in [
+            (Compression::Gzip { level: 6 }, ".gz"),
+            (Compression::Lz4, ".lz4"),
+        ] {
+            let writing = tempfile::tempdir().unwrap();
+            let mut dir = SegmentDir::open(writing.path(), size)
+                .unwrap()
+                .with_compression(method);
+            let data = wal(5000, 3);
+            dir.write(TimelineId::new(1).unwrap(), Lsn(1 << 20), &data)
+                .unwrap();
+            dir.flush().unwrap();
+            // What a kill -9 leaves on disk: the flushed blocks, no end of stream.
+            let name = format!("000000010000000000000001{suffix}.partial");
+            let on_disk = std::fs::read(writing.path().join(&name)).unwrap();
+            let archive = tempfile::tempdir().unwrap();
+            std::fs::write(archive.path().join(&name), &on_disk).unwrap();
+            let dest = archive.path().join("RECOVERYXLOG");
+            let r = restore_from_directory(archive.path(), "000000010000000000000001", &dest);
+            assert!(matches!(r, Ok(Restored::Partial(_))), "{method:?}: {r:?}");
+            let served = std::fs::read(&dest).unwrap();
+            assert_eq!(served.len(), 1 << 20);
+            assert_eq!(served[..5000], data[..], "{method:?}");
+            // Only the stream's header: nothing was flushed, so nothing to serve.
+            std::fs::write(archive.path().join(&name), &on_disk[..4]).unwrap();
+            let r = restore_from_directory(archive.path(), "000000010000000000000001", &dest);
+            assert!(
+                matches!(r, Err(RestoreWalError::NotFound(_))),
+                "{method:?}: {r:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn of_two_partials_of_a_segment_the_one_holding_more_wal_is_served() {
+        let archive = tempfile::tempdir().unwrap();
+        let dest = archive.path().join("RECOVERYXLOG");
+        let name = "000000010000000000000001";
+        let padded = |len: usize| {
+            let mut bytes = wal(len, 7);
+            bytes.resize(1 << 20, 0);
+            bytes
+        };
+        let gzip = |len: usize| {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            std::io::Write::write_all(&mut e, &wal(len, 9)).unwrap();
+            e.finish().unwrap()
+        };
+        let plain = archive.path().join(format!("{name}.partial"));
+        let compressed = archive.path().join(format!("{name}.gz.partial"));
+        for (plain_len, gzip_len, served_fill) in [(1000, 3000, 9), (3000, 1000, 7)] {
+            std::fs::write(&plain, padded(plain_len)).unwrap();
+            std::fs::write(&compressed, gzip(gzip_len)).unwrap();
+            let r = restore_from_directory(archive.path(), name, &dest).unwrap();
+            assert!(matches!(r, Restored::Partial(_)));
+            let served = std::fs::read(&dest).unwrap();
+            assert_eq!(
+                served[100], served_fill,
+                "plain {plain_len}, gzip {gzip_len}"
+            );
+            assert_eq!(served.len(), 1 << 20);
         }
     }
 }

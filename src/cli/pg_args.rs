@@ -20,10 +20,10 @@ pub(crate) struct PgArgs {
     #[arg(short = 'U', long, value_name = "NAME")]
     username: Option<String>,
     /// Never prompt for a password (Klio prompts only when asked to, with -W).
-    #[arg(short = 'w', long, conflicts_with = "password")]
+    #[arg(short = 'w', long, overrides_with = "password")]
     no_password: bool,
     /// Prompt for the password on the terminal before connecting.
-    #[arg(short = 'W', long)]
+    #[arg(short = 'W', long, overrides_with = "no_password")]
     password: bool,
 }
 

@@ -42,6 +42,7 @@ pub(crate) fn run_as_pg_receivewal(argv: Vec<OsString>) -> ExitCode {
         clap::Command::new(PROGRAM)
             .disable_version_flag(true)
             .infer_long_args(true)
+            .args_override_self(true)
             .arg(
                 Arg::new("verbose")
                     .short('v')

@@ -21,7 +21,8 @@ use klio_wal::segment_dir::{Compression, Fsync};
 /// Installed as (or linked to) the name pg_receivewal, klio behaves as this command and
 /// speaks as pg_receivewal: its messages, its --help and --version.
 #[derive(Debug, clap::Args)]
-#[command(disable_help_flag = true)]
+// As with getopt, an option given twice takes its last value (scripts append options).
+#[command(disable_help_flag = true, args_override_self = true)]
 pub(crate) struct Args {
     /// Print help (-h is --host, as in pg_receivewal).
     #[arg(short = '?', long, action = clap::ArgAction::Help)]

@@ -140,23 +140,45 @@ pub(crate) fn compress_bytes(method: Compression, bytes: &[u8]) -> io::Result<Ve
     }
 }
 
-/// The uncompressed bytes of `path`, compressed with `method`.
+/// The uncompressed bytes of `path`, compressed with `method`: at most one segment's worth
+/// ([`SegmentSize::MAX_BYTES`](crate::SegmentSize::MAX_BYTES)), so that a damaged or hostile
+/// file cannot make its reader allocate without bound.
 pub fn decompress_file(path: &Path, method: Compression) -> io::Result<Vec<u8>> {
+    let (bytes, cut) = decompress_prefix(path, method)?;
+    match cut {
+        None => Ok(bytes),
+        Some(e) => Err(e),
+    }
+}
+
+/// Like [`decompress_file`], for a `.partial` whose writer may have died before ending its
+/// stream (no gzip trailer, an LZ4 block cut short): the bytes decoded before the stream
+/// broke off, and why it did, if it did. Every byte a receiver reported flushed is in that
+/// prefix, since a flush ends the compressor's block before it fsyncs.
+pub fn decompress_prefix(
+    path: &Path,
+    method: Compression,
+) -> io::Result<(Vec<u8>, Option<io::Error>)> {
+    let limit = u64::from(crate::SegmentSize::MAX_BYTES);
     let file = File::open(path)?;
     let mut out = Vec::new();
-    match method {
-        Compression::None => {
-            let mut file = file;
-            file.read_to_end(&mut out)?;
-        }
-        Compression::Gzip { .. } => {
-            flate2::read::GzDecoder::new(file).read_to_end(&mut out)?;
-        }
-        Compression::Lz4 => {
-            FrameDecoder::new(file).read_to_end(&mut out)?;
-        }
+    // read_to_end keeps what was read before an error.
+    let result = match method {
+        Compression::None => file.take(limit + 1).read_to_end(&mut out),
+        Compression::Gzip { .. } => flate2::read::GzDecoder::new(file)
+            .take(limit + 1)
+            .read_to_end(&mut out),
+        Compression::Lz4 => FrameDecoder::new(file)
+            .take(limit + 1)
+            .read_to_end(&mut out),
+    };
+    if out.len() as u64 > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("holds more than a segment's {limit} bytes"),
+        ));
     }
-    Ok(out)
+    Ok((out, result.err()))
 }
 
 /// The uncompressed size of a complete compressed segment file, as pg_receivewal checks it:

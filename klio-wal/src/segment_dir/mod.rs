@@ -7,9 +7,11 @@
 //! - Only a complete segment is renamed to its final name, durably (fsync, rename, fsync dir).
 //! - Streaming resumes from what a directory scan finds ([`find_streaming_start`]).
 //! - Compressed, as pg_receivewal `-Z` writes them ([`Compression`]): `<name>.gz.partial` or
-//!   `<name>.lz4.partial`, not padded, written from the segment's start (an earlier run's
-//!   compressed `.partial` is replaced, since streaming resumes at its start), a complete
-//!   stream once closed, renamed to `<name>.gz` or `<name>.lz4` when complete.
+//!   `<name>.lz4.partial`, not padded, written from the segment's start, a complete stream
+//!   once closed, renamed to `<name>.gz` or `<name>.lz4` when complete. When an earlier run
+//!   left a compressed `.partial` of the segment (streaming resumes at its start), the new
+//!   stream is written to `<name>.gz.partial.klio-tmp` and replaces it only once it holds as
+//!   much, fsynced: at no moment is WAL the old file held missing from the directory.
 //!
 //! The caller decides when to [`SegmentDir::flush`]; [`SegmentDir::flushed`] is the only
 //! position that may be reported to PostgreSQL as flushed.
@@ -32,7 +34,7 @@ use std::path::{Path, PathBuf};
 
 use crate::{FsAction, FsError, Lsn, SegmentNo, SegmentSize, TimelineId, WalFileName, durable};
 
-pub use compression::{Compression, decompress_file};
+pub use compression::{Compression, decompress_file, decompress_prefix};
 pub use scan::{StreamingStart, find_streaming_start};
 
 use compression::Compressor;
@@ -77,7 +79,21 @@ enum SegmentFile {
     /// Pre-padded to the segment's size, written in place.
     Padded(File),
     /// Written from the segment's start through a compressor, growing.
-    Compressed(Compressor),
+    Compressed {
+        compressor: Compressor,
+        /// Set while an earlier run's `.partial` of this segment holds more than this one.
+        catching_up: Option<CatchingUp>,
+    },
+}
+
+/// A compressed segment written again from its start while an earlier run's `.partial` of it
+/// still holds more: the stream goes to `<partial>.klio-tmp`, and replaces the `.partial` only
+/// once it holds as much (fsynced), so that the WAL of the old one is never lost meanwhile.
+#[derive(Debug)]
+struct CatchingUp {
+    temp: PathBuf,
+    /// The old `.partial`'s bytes, uncompressed.
+    old_len: u64,
 }
 
 /// The segment currently open for writing.
@@ -92,6 +108,19 @@ struct OpenSegment {
     end: u32,
     /// Bytes written since the last fsync.
     dirty: bool,
+}
+
+impl OpenSegment {
+    /// Where the segment's bytes are being written.
+    fn writing_path(&self) -> &Path {
+        match &self.file {
+            SegmentFile::Compressed {
+                catching_up: Some(c),
+                ..
+            } => &c.temp,
+            _ => &self.partial_path,
+        }
+    }
 }
 
 /// Whether a [`SegmentDir`] makes what it writes durable.
@@ -224,22 +253,29 @@ impl SegmentDir {
             let bytes = &data[piece.range_offset as usize..][..piece.len as usize];
             match &mut o.file {
                 SegmentFile::Padded(file) => file.write_all_at(bytes, u64::from(piece.offset)),
-                SegmentFile::Compressed(c) => c.write_all(bytes),
+                SegmentFile::Compressed { compressor, .. } => compressor.write_all(bytes),
             }
-            .map_err(|e| SegmentDirError::io(FsAction::Write, &o.partial_path, e))?;
+            .map_err(|e| SegmentDirError::io(FsAction::Write, o.writing_path(), e))?;
             o.end = piece.offset + piece.len;
             o.dirty = true;
             let end_lsn = Lsn(at.0 + u64::from(piece.len));
             self.written = Some(end_lsn);
             if piece.completes_segment(self.size) {
+                let from = o.writing_path().to_owned();
+                let catching_up = from != o.partial_path;
                 // A compressed stream is ended before its file is complete.
-                finish_compression(o.file, &o.partial_path)?;
+                finish_compression(o.file, &from)?;
                 match self.fsync {
                     // durable::rename fsyncs the data, renames, and fsyncs the directory: only
                     // a segment whose every byte is on disk may carry its final name.
-                    Fsync::Always => durable::rename(&o.partial_path, &o.final_path)?,
-                    Fsync::Never => std::fs::rename(&o.partial_path, &o.final_path)
+                    Fsync::Always => durable::rename(&from, &o.final_path)?,
+                    Fsync::Never => std::fs::rename(&from, &o.final_path)
                         .map_err(|e| SegmentDirError::io(FsAction::Rename, &o.final_path, e))?,
+                }
+                if catching_up {
+                    // The complete segment holds all the old .partial held. If this removal
+                    // does not survive a crash, the scan prefers the complete file anyway.
+                    remove_if_present(&o.partial_path)?;
                 }
                 self.flushed = Some(end_lsn);
                 completed.push(WalFileName::Segment {
@@ -256,23 +292,44 @@ impl SegmentDir {
     /// Makes every written byte durable and returns the durable position.
     pub fn flush(&mut self) -> Result<Option<Lsn>, SegmentDirError> {
         if let Some(o) = self.open.as_mut().filter(|o| o.dirty) {
-            let write_err = |e| SegmentDirError::io(FsAction::Write, &o.partial_path, e);
+            let path = o.writing_path().to_owned();
+            let write_err = |e| SegmentDirError::io(FsAction::Write, &path, e);
+            let end = u64::from(o.end);
             match (&mut o.file, self.fsync) {
                 (SegmentFile::Padded(_), Fsync::Never) => {}
                 // fdatasync suffices: the file was pre-padded to its full size, so no metadata
                 // needed to read the data back changes. Flush may be reported only after this.
                 (SegmentFile::Padded(file), Fsync::Always) => file
                     .sync_data()
-                    .map_err(|e| SegmentDirError::io(FsAction::Fdatasync, &o.partial_path, e))?,
-                // Even unsynced, what was written must be in the file, not in the compressor,
-                // so that a crash of this process loses nothing.
-                (SegmentFile::Compressed(c), Fsync::Never) => c.flush().map_err(write_err)?,
-                // The file grows, so its size must reach the disk too: a full fsync.
-                (SegmentFile::Compressed(c), Fsync::Always) => {
-                    c.flush().map_err(write_err)?;
-                    c.file()
-                        .sync_all()
-                        .map_err(|e| SegmentDirError::io(FsAction::Fsync, &o.partial_path, e))?;
+                    .map_err(|e| SegmentDirError::io(FsAction::Fdatasync, &path, e))?,
+                (
+                    SegmentFile::Compressed {
+                        compressor,
+                        catching_up,
+                    },
+                    fsync,
+                ) => {
+                    // What was written must be in the file, not in the compressor, so that a
+                    // crash of this process loses nothing, fsynced or not.
+                    compressor.flush().map_err(write_err)?;
+                    if fsync == Fsync::Always {
+                        // The file grows, so its size must reach the disk too: a full fsync.
+                        compressor
+                            .file()
+                            .sync_all()
+                            .map_err(|e| SegmentDirError::io(FsAction::Fsync, &path, e))?;
+                    }
+                    if let Some(c) = catching_up.take_if(|c| end >= c.old_len) {
+                        // Caught up: the new stream holds what the old .partial held.
+                        match fsync {
+                            Fsync::Always => durable::rename(&c.temp, &o.partial_path)?,
+                            Fsync::Never => {
+                                std::fs::rename(&c.temp, &o.partial_path).map_err(|e| {
+                                    SegmentDirError::io(FsAction::Rename, &o.partial_path, e)
+                                })?
+                            }
+                        }
+                    }
                 }
             }
             o.dirty = false;
@@ -286,13 +343,20 @@ impl SegmentDir {
     /// gzip member or LZ4 frame, as pg_receivewal leaves it.
     pub fn close(&mut self) -> Result<Option<Lsn>, SegmentDirError> {
         let flushed = self.flush()?;
-        if let Some(o) = self.open.take()
-            && let Some(file) = finish_compression(o.file, &o.partial_path)?
-            && self.fsync == Fsync::Always
-        {
-            // The stream's end must be on disk before the file is left for good.
-            file.sync_all()
-                .map_err(|e| SegmentDirError::io(FsAction::Fsync, &o.partial_path, e))?;
+        let Some(o) = self.open.take() else {
+            return Ok(flushed);
+        };
+        let path = o.writing_path().to_owned();
+        let catching_up = path != o.partial_path;
+        if let Some(file) = finish_compression(o.file, &path)? {
+            if catching_up {
+                // Still behind the earlier run's .partial, which holds all of it: keep that.
+                remove_if_present(&path)?;
+            } else if self.fsync == Fsync::Always {
+                // The stream's end must be on disk before the file is left for good.
+                file.sync_all()
+                    .map_err(|e| SegmentDirError::io(FsAction::Fsync, &path, e))?;
+            }
         }
         Ok(flushed)
     }
@@ -403,28 +467,54 @@ impl SegmentDir {
         Ok(file)
     }
 
-    /// Creates (or empties, streaming having resumed at its start) the compressed `.partial`
-    /// of a segment.
+    /// Creates the compressed `.partial` of a segment, or, if an earlier run left one holding
+    /// WAL (streaming resumes at its start), a temporary file that replaces it once it holds as
+    /// much ([`CatchingUp`]).
     fn create_compressed(
         &self,
         partial_path: &Path,
         compressor: impl FnOnce(File) -> Compressor,
     ) -> Result<SegmentFile, SegmentDirError> {
+        let old_len = match decompress_prefix(partial_path, self.compression) {
+            Ok((bytes, _)) => bytes.len() as u64,
+            // Nothing to keep (no old file), or nothing readable in it.
+            Err(_) => 0,
+        };
+        let catching_up = (old_len > 0).then(|| CatchingUp {
+            temp: durable::temp_path(partial_path),
+            old_len,
+        });
+        let path = catching_up
+            .as_ref()
+            .map_or(partial_path, |c| c.temp.as_path());
         let file = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
-            .open(partial_path)
-            .map_err(|e| SegmentDirError::io(FsAction::Create, partial_path, e))?;
+            .open(path)
+            .map_err(|e| SegmentDirError::io(FsAction::Create, path, e))?;
         if self.fsync == Fsync::Always {
             // The new directory entry must be durable before WAL in it is reported flushed:
             // later flushes fsync the file, not its directory.
             file.sync_all()
-                .map_err(|e| SegmentDirError::io(FsAction::Fsync, partial_path, e))?;
+                .map_err(|e| SegmentDirError::io(FsAction::Fsync, path, e))?;
             durable::sync_dir(&self.dir)?;
         }
-        Ok(SegmentFile::Compressed(compressor(file)))
+        Ok(SegmentFile::Compressed {
+            compressor: compressor(file),
+            catching_up,
+        })
+    }
+}
+
+/// Removes `path`; it being gone already is no error.
+fn remove_if_present(path: &Path) -> Result<(), SegmentDirError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(SegmentDirError::io(FsAction::Remove, path, e))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -432,7 +522,7 @@ impl SegmentDir {
 fn finish_compression(file: SegmentFile, path: &Path) -> Result<Option<File>, SegmentDirError> {
     match file {
         SegmentFile::Padded(_) => Ok(None),
-        SegmentFile::Compressed(c) => c
+        SegmentFile::Compressed { compressor, .. } => compressor
             .finish()
             .map(Some)
             .map_err(|e| SegmentDirError::io(FsAction::Write, path, e)),

@@ -207,21 +207,42 @@ fn compressed_segments_are_named_and_framed_as_pg_receivewal_writes_them() {
         let on_disk = std::fs::metadata(tmp.path().join(&complete)).unwrap().len();
         assert!(on_disk < MB / 2, "{method:?} compressed to {on_disk} bytes");
 
-        // A later run resumes at the start of the partial segment and replaces it.
+        // A later run resumes at the start of the partial segment. Until its stream holds as
+        // much as the old .partial, the old one stays, whole; then the new one replaces it.
         let size = SegmentSize::new(MB).unwrap();
         let (start, warnings) = find_streaming_start(tmp.path(), size).unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
         assert_eq!(start.unwrap().lsn, Lsn(2 * MB));
-        let mut again = SegmentDir::open(tmp.path(), size)
-            .unwrap()
-            .with_compression(method);
-        again.write(tli(1), Lsn(2 * MB), &data[..10]).unwrap();
-        again.close().unwrap();
-        assert_eq!(
-            read(&partial),
-            data[..10],
-            "{method:?}: rewritten from the start"
+        let old = read(&partial);
+        let new: Vec<u8> = (0..half + 5).map(|i| (i % 7) as u8).collect();
+        let reopen = || {
+            SegmentDir::open(tmp.path(), size)
+                .unwrap()
+                .with_compression(method)
+        };
+        let mut again = reopen();
+        again.write(tli(1), Lsn(2 * MB), &new[..10]).unwrap();
+        again.flush().unwrap();
+        assert!(
+            read(&partial) == old,
+            "{method:?}: the old .partial stays whole"
         );
+        again.close().unwrap();
+        assert!(read(&partial) == old, "{method:?}: closed while behind");
+        assert_eq!(names(tmp.path()).len(), 3, "no temporary file left");
+
+        let mut again = reopen();
+        again.write(tli(1), Lsn(2 * MB), &new[..half - 1]).unwrap();
+        again.flush().unwrap();
+        assert!(read(&partial) == old, "{method:?}: one byte short");
+        let at = Lsn(2 * MB + half as u64 - 1);
+        again.write(tli(1), at, &new[half - 1..half + 5]).unwrap();
+        again.flush().unwrap();
+        let (open, _) = decompress_prefix(&tmp.path().join(&partial), method).unwrap();
+        assert!(open == new[..half + 5], "{method:?}: caught up, replaced");
+        again.close().unwrap();
+        assert!(read(&partial) == new[..half + 5], "{method:?}: closed");
+        assert_eq!(names(tmp.path()).len(), 3, "no temporary file left");
         assert!(again.has_history(tli(2)));
     }
 }
@@ -269,8 +290,8 @@ fn without_fsync_a_compressed_flush_still_puts_the_bytes_in_the_file() {
     assert_eq!(dir.flush().unwrap(), Some(Lsn(MB + 5000)));
     // Without closing: a reader of the file (after a crash of this process) gets every byte
     // reported flushed from the stream so far.
-    let bytes = std::fs::read(tmp.path().join("000000010000000000000001.gz.partial")).unwrap();
-    let mut out = Vec::new();
-    let _ = io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut out);
-    assert_eq!(out, [5u8; 5000]);
+    let path = tmp.path().join("000000010000000000000001.gz.partial");
+    let (out, cut) = decompress_prefix(&path, Compression::Gzip { level: 6 }).unwrap();
+    assert!(out == [5u8; 5000]);
+    assert!(cut.is_some(), "the stream has no end yet");
 }
