@@ -54,13 +54,13 @@ impl RestoreWalError {
 
 /// The names a file of the archive can have, in the order they are looked for: complete
 /// before partial, plain before compressed.
-const CANDIDATES: [(&str, bool); 6] = [
-    ("", false),
-    (".gz", false),
-    (".lz4", false),
-    (".partial", true),
-    (".gz.partial", true),
-    (".lz4.partial", true),
+const CANDIDATES: [(Compression, bool); 6] = [
+    (Compression::None, false),
+    (Compression::Gzip { level: 6 }, false),
+    (Compression::Lz4, false),
+    (Compression::None, true),
+    (Compression::Gzip { level: 6 }, true),
+    (Compression::Lz4, true),
 ];
 
 /// Copies `file_name` from `archive` to `dest` atomically (temporary file, fsync, rename),
@@ -78,16 +78,13 @@ pub fn restore_from_directory(
     let present = CANDIDATES
         .iter()
         .filter(|(_, partial)| segment || !partial)
-        .map(|(suffix, partial)| {
-            let compression = match suffix.trim_end_matches(".partial") {
-                ".gz" => Compression::Gzip { level: 6 },
-                ".lz4" => Compression::Lz4,
-                _ => Compression::None,
-            };
+        .map(|&(compression, partial)| {
+            let suffix = compression.suffix();
+            let partial_suffix = if partial { ".partial" } else { "" };
             (
-                archive.join(format!("{file_name}{suffix}")),
+                archive.join(format!("{file_name}{suffix}{partial_suffix}")),
                 compression,
-                *partial,
+                partial,
             )
         })
         .filter(|(path, ..)| path.is_file());
