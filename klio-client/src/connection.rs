@@ -12,14 +12,14 @@ use klio_proto::replication::{
     SlotReservation, StandbyStatusUpdate, TimelineHistory,
 };
 use klio_proto::{
-    BackendDecoder, BackendMessage, QueryResult, SimpleQuery, Startup, StartupStatus,
+    BackendDecoder, BackendMessage, ProtocolError, QueryResult, SimpleQuery, Startup, StartupStatus,
 };
 use klio_wal::{Lsn, SegmentSize, TimelineId};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
-use crate::conn_string::{ConnConfig, Host, SslMode};
-use crate::error::ConnectionError;
+use crate::conn_string::{ConnConfig, Endpoint, Host, SslMode, TargetSessionAttrs};
+use crate::error::{ConnectionError, SessionMismatch};
 
 mod base_backup;
 
@@ -27,6 +27,31 @@ pub use base_backup::{BaseBackupStream, MAX_KEPT_WARNINGS};
 
 /// The socket directories libpq builds default to: Debian's, and upstream's.
 const DEFAULT_SOCKET_DIRS: [&str; 2] = ["/var/run/postgresql", "/tmp"];
+
+/// The password libpq's password file gives for `endpoint`, if any.
+fn passfile_password(cfg: &ConnConfig, endpoint: &Endpoint, session: Session) -> Option<String> {
+    let path = cfg.passfile.as_deref()?;
+    let host = match &endpoint.host {
+        Host::Tcp(h) => h.as_str(),
+        // libpq's name for its default socket directory.
+        Host::Socket(d) if DEFAULT_SOCKET_DIRS.iter().any(|s| d == Path::new(s)) => "localhost",
+        Host::Socket(d) => d.to_str()?,
+    };
+    let database = match (session, &cfg.dbname) {
+        (Session::Replication, _) => "replication",
+        (Session::Sql, Some(db)) => db.as_str(),
+        (Session::Sql, None) => "postgres",
+    };
+    crate::passfile::lookup(
+        path,
+        crate::passfile::Target {
+            host,
+            port: endpoint.port,
+            database,
+            user: &cfg.user,
+        },
+    )
+}
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -83,11 +108,94 @@ impl ReplicationConnection {
     }
 
     async fn connect_as(cfg: &ConnConfig, session: Session) -> Result<Self, ConnectionError> {
-        let target = match &cfg.host {
-            Host::Tcp(h) => format!("{h}:{}", cfg.port),
-            Host::Socket(d) => format!("{}/.s.PGSQL.{}", d.display(), cfg.port),
+        // prefer-standby is two passes: standbys first, then anything.
+        let passes: &[TargetSessionAttrs] = match cfg.target_session_attrs {
+            TargetSessionAttrs::PreferStandby => {
+                &[TargetSessionAttrs::Standby, TargetSessionAttrs::Any]
+            }
+            TargetSessionAttrs::Any => &[TargetSessionAttrs::Any],
+            TargetSessionAttrs::ReadWrite => &[TargetSessionAttrs::ReadWrite],
+            TargetSessionAttrs::ReadOnly => &[TargetSessionAttrs::ReadOnly],
+            TargetSessionAttrs::Primary => &[TargetSessionAttrs::Primary],
+            TargetSessionAttrs::Standby => &[TargetSessionAttrs::Standby],
         };
-        let fut = Self::connect_inner(cfg, target.clone(), session);
+        let mut tried = 0;
+        let mut last = None;
+        for &wanted in passes {
+            for endpoint in &cfg.endpoints {
+                tried += 1;
+                let error = match Self::connect_endpoint(cfg, endpoint, session).await {
+                    Ok(conn) => match conn.session_mismatch(wanted) {
+                        None => return Ok(conn),
+                        Some(found) => ConnectionError::WrongSession {
+                            target: endpoint.to_string(),
+                            wanted,
+                            found,
+                        },
+                    },
+                    Err(e) => e,
+                };
+                // The last attempt's error is the one returned.
+                if tried < passes.len() * cfg.endpoints.len() {
+                    tracing::warn!(
+                        "{}; trying the next server of the connection settings",
+                        klio_wal::ErrorChain(&error)
+                    );
+                }
+                last = Some(error);
+            }
+        }
+        let last = last.ok_or(ConnectionError::Settings(
+            crate::conn_string::ConnStringError::Syntax("no host to connect to".to_owned()),
+        ))?;
+        if cfg.endpoints.len() > 1 {
+            Err(ConnectionError::NoServerUsable {
+                tried,
+                last: Box::new(last),
+            })
+        } else {
+            Err(last)
+        }
+    }
+
+    /// Connects to one server, asking for the password (once) when the server wants one
+    /// that nothing configured gives.
+    async fn connect_endpoint(
+        cfg: &ConnConfig,
+        endpoint: &Endpoint,
+        session: Session,
+    ) -> Result<Self, ConnectionError> {
+        let known = cfg
+            .password
+            .clone()
+            .or_else(|| passfile_password(cfg, endpoint, session))
+            .or_else(|| cfg.password_prompt.as_ref()?.kept());
+        let first = Self::connect_with_timeout(cfg, endpoint, session, known.clone()).await;
+        let (Some(prompt), None) = (&cfg.password_prompt, known) else {
+            return first;
+        };
+        let missing = match first {
+            Err(e @ ConnectionError::Protocol(ProtocolError::MissingPassword { .. })) => e,
+            other => return other,
+        };
+        let prompt = prompt.clone();
+        match tokio::task::spawn_blocking(move || prompt.password()).await {
+            Ok(Some(password)) => {
+                Self::connect_with_timeout(cfg, endpoint, session, Some(password)).await
+            }
+            // No answer: the server's demand stands.
+            _ => Err(missing),
+        }
+    }
+
+    async fn connect_with_timeout(
+        cfg: &ConnConfig,
+        endpoint: &Endpoint,
+        session: Session,
+        password: Option<String>,
+    ) -> Result<Self, ConnectionError> {
+        let target = endpoint.to_string();
+        let fut = Self::connect_inner(cfg, endpoint, target.clone(), session, password);
         match cfg.connect_timeout {
             Some(t) => tokio::time::timeout(t, fut)
                 .await
@@ -98,21 +206,23 @@ impl ReplicationConnection {
 
     async fn connect_inner(
         cfg: &ConnConfig,
+        endpoint: &Endpoint,
         target: String,
         session: Session,
+        password: Option<String>,
     ) -> Result<Self, ConnectionError> {
         let connect_err = |source| ConnectionError::Connect {
             target: target.clone(),
             source,
         };
-        let io: Box<dyn Io> = match &cfg.host {
+        let io: Box<dyn Io> = match &endpoint.host {
             Host::Socket(_) => Box::new(UnixStream::connect(&target).await.map_err(connect_err)?),
             Host::Tcp(h) => {
-                let mut tcp = TcpStream::connect((h.as_str(), cfg.port))
+                let mut tcp = TcpStream::connect((h.as_str(), endpoint.port))
                     .await
                     .map_err(connect_err)?;
                 tcp.set_nodelay(true)?;
-                match crate::tls::client_config(cfg.sslmode, cfg.sslrootcert.as_deref())? {
+                match crate::tls::client_config(cfg)? {
                     None => Box::new(tcp),
                     Some(tls) => {
                         let mut req = BytesMut::new();
@@ -160,11 +270,49 @@ impl ReplicationConnection {
             parameters: Vec::new(),
             target,
         };
-        conn.startup(cfg, session).await?;
+        conn.startup(cfg, session, password).await?;
         Ok(conn)
     }
 
-    async fn startup(&mut self, cfg: &ConnConfig, session: Session) -> Result<(), ConnectionError> {
+    /// Why this server is not of the kind `wanted` names, if it is not; from the parameters
+    /// PostgreSQL 14 and later report at startup.
+    fn session_mismatch(&self, wanted: TargetSessionAttrs) -> Option<SessionMismatch> {
+        let flag = |name: &'static str| match self.parameter(name) {
+            Some(v) => Ok(v == "on"),
+            None => Err(SessionMismatch::Unreported(name)),
+        };
+        let check = || -> Result<Option<SessionMismatch>, SessionMismatch> {
+            Ok(match wanted {
+                TargetSessionAttrs::Any | TargetSessionAttrs::PreferStandby => None,
+                TargetSessionAttrs::ReadWrite | TargetSessionAttrs::ReadOnly => {
+                    let read_only =
+                        flag("in_hot_standby")? || flag("default_transaction_read_only")?;
+                    match (wanted, read_only) {
+                        (TargetSessionAttrs::ReadWrite, true) => Some(SessionMismatch::ReadOnly),
+                        (TargetSessionAttrs::ReadOnly, false) => Some(SessionMismatch::NotReadOnly),
+                        _ => None,
+                    }
+                }
+                TargetSessionAttrs::Primary | TargetSessionAttrs::Standby => {
+                    match (wanted, flag("in_hot_standby")?) {
+                        (TargetSessionAttrs::Primary, true) => Some(SessionMismatch::HotStandby),
+                        (TargetSessionAttrs::Standby, false) => {
+                            Some(SessionMismatch::NotHotStandby)
+                        }
+                        _ => None,
+                    }
+                }
+            })
+        };
+        check().unwrap_or_else(Some)
+    }
+
+    async fn startup(
+        &mut self,
+        cfg: &ConnConfig,
+        session: Session,
+        password: Option<String>,
+    ) -> Result<(), ConnectionError> {
         let mut params = vec![
             ("user", cfg.user.as_str()),
             ("application_name", cfg.application_name.as_str()),
@@ -182,31 +330,6 @@ impl ReplicationConnection {
         }
         klio_proto::frontend::startup(&params, &mut self.wbuf)?;
         self.flush_writes().await?;
-        let password = cfg.password.clone().or_else(|| {
-            let path = cfg.passfile.as_deref()?;
-            let host = match &cfg.host {
-                Host::Tcp(h) => h.as_str(),
-                // libpq's name for its default socket directory.
-                Host::Socket(d) if DEFAULT_SOCKET_DIRS.iter().any(|s| d == Path::new(s)) => {
-                    "localhost"
-                }
-                Host::Socket(d) => d.to_str()?,
-            };
-            let database = match (session, &cfg.dbname) {
-                (Session::Replication, _) => "replication",
-                (Session::Sql, Some(db)) => db.as_str(),
-                (Session::Sql, None) => "postgres",
-            };
-            crate::passfile::lookup(
-                path,
-                crate::passfile::Target {
-                    host,
-                    port: cfg.port,
-                    database,
-                    user: &cfg.user,
-                },
-            )
-        });
         let mut startup = Startup::new(&cfg.user, password.map(String::into_bytes));
         loop {
             let msg = self.read_message().await?;
@@ -406,10 +529,10 @@ impl ReplicationConnection {
                     tracing::info!(server = %self.target, "{n}");
                 }
                 BackendMessage::ErrorResponse(e) => {
-                    return Err(klio_proto::ProtocolError::Server(Box::new(e)).into());
+                    return Err(ProtocolError::Server(Box::new(e)).into());
                 }
                 other => {
-                    return Err(klio_proto::ProtocolError::UnexpectedMessage {
+                    return Err(ProtocolError::UnexpectedMessage {
                         expected: "CopyData or CopyDone",
                         got: other.tag(),
                     }
@@ -431,14 +554,12 @@ impl ReplicationConnection {
                 .map(CopyEvent::Message)
                 .map_err(Into::into),
             BackendMessage::CopyDone => Ok(CopyEvent::End),
-            BackendMessage::ErrorResponse(e) => {
-                Err(klio_proto::ProtocolError::Server(Box::new(e)).into())
-            }
+            BackendMessage::ErrorResponse(e) => Err(ProtocolError::Server(Box::new(e)).into()),
             BackendMessage::NoticeResponse(n) => {
                 tracing::info!(server = %self.target, "{n}");
                 return self.try_recv_buffered();
             }
-            other => Err(klio_proto::ProtocolError::UnexpectedMessage {
+            other => Err(ProtocolError::UnexpectedMessage {
                 expected: "CopyData or CopyDone",
                 got: other.tag(),
             }

@@ -39,6 +39,27 @@ pub enum ConnectionError {
         /// Host and port.
         target: String,
     },
+    /// The server is not of the kind `target_session_attrs` asks for.
+    #[error("server at {target} is not what target_session_attrs={wanted} asks for: {found}")]
+    WrongSession {
+        /// Host and port, or socket path.
+        target: String,
+        /// What the settings ask for.
+        wanted: crate::conn_string::TargetSessionAttrs,
+        /// What the server is.
+        found: SessionMismatch,
+    },
+    /// None of several servers could be used; each failure was logged as it happened.
+    #[error(
+        "none of the {tried} connection attempts to the servers of the connection settings succeeded; the last one failed"
+    )]
+    NoServerUsable {
+        /// Attempts made (servers, twice for `prefer-standby`).
+        tried: usize,
+        /// The last attempt's error.
+        #[source]
+        last: Box<Self>,
+    },
     /// Reading or writing the established connection failed.
     #[error("connection to the server lost")]
     Io(#[from] io::Error),
@@ -74,6 +95,27 @@ pub enum ConnectionError {
         /// What was wrong with the answer.
         reason: String,
     },
+}
+
+/// How a server differs from what `target_session_attrs` asks for, in libpq's words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionMismatch {
+    /// Writes are refused (hot standby, or `default_transaction_read_only`).
+    #[error("session is read-only")]
+    ReadOnly,
+    /// Writes are accepted.
+    #[error("session is not read-only")]
+    NotReadOnly,
+    /// The server is a hot standby.
+    #[error("server is in hot standby mode")]
+    HotStandby,
+    /// The server is not a hot standby.
+    #[error("server is not in hot standby mode")]
+    NotHotStandby,
+    /// The server does not report the parameter that tells (before PostgreSQL 14).
+    #[error("server does not report {0} (PostgreSQL 14 and later do)")]
+    Unreported(&'static str),
 }
 
 /// What part of TLS to PostgreSQL failed, and the library's reason when there is one.

@@ -41,7 +41,10 @@ mod shutdown;
 mod tls;
 pub mod wal_player;
 
-pub use conn_string::{ConnConfig, ConnParams, ConnStringError, Host, SslMode};
+pub use conn_string::{
+    ConnConfig, ConnParams, ConnStringError, Endpoint, Host, PasswordPrompt, SslMode,
+    TargetSessionAttrs,
+};
 pub use connection::{BaseBackupStream, CopyEvent, ReplicationConnection};
-pub use error::{ConnectionError, TlsFailure};
+pub use error::{ConnectionError, SessionMismatch, TlsFailure};
 pub use shutdown::{Shutdown, ShutdownTrigger, shutdown_channel};

@@ -7,54 +7,44 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use crate::conn_string::SslMode;
+use crate::conn_string::{ConnConfig, SslMode};
 use crate::error::ConnectionError;
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Builds the rustls configuration for `mode`; `None` for [`SslMode::Disable`].
+/// Builds the rustls configuration for `cfg`'s `sslmode`, CA, revocation lists and client
+/// certificate; `None` for [`SslMode::Disable`].
 pub(crate) fn client_config(
-    mode: SslMode,
-    root_cert: Option<&Path>,
+    cfg: &ConnConfig,
 ) -> Result<Option<Arc<rustls::ClientConfig>>, ConnectionError> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| ConnectionError::tls_because("protocol versions", e))?;
-    let config = match mode {
+    // As libpq: `require` with a CA file verifies the chain, as `verify-ca` does.
+    let mode = match (cfg.sslmode, &cfg.sslrootcert) {
+        (SslMode::Require, Some(_)) => SslMode::VerifyCa,
+        (mode, _) => mode,
+    };
+    let verifier: Arc<dyn ServerCertVerifier> = match mode {
         SslMode::Disable => return Ok(None),
-        SslMode::Prefer | SslMode::Require => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate {
-                algorithms: provider().signature_verification_algorithms,
-            }))
-            .with_no_client_auth(),
+        SslMode::Prefer | SslMode::Require => Arc::new(AcceptAnyCertificate {
+            algorithms: provider().signature_verification_algorithms,
+        }),
         SslMode::VerifyCa | SslMode::VerifyFull => {
-            let path = root_cert.ok_or_else(|| {
+            let path = cfg.sslrootcert.as_deref().ok_or_else(|| {
                 ConnectionError::tls(
-                    "sslmode verify-ca/verify-full needs sslrootcert (or PGSSLROOTCERT) naming the CA certificate file",
+                    "sslmode verify-ca/verify-full needs sslrootcert (or PGSSLROOTCERT, or ~/.postgresql/root.crt) naming the CA certificate file",
                 )
             })?;
             let mut roots = RootCertStore::empty();
-            let certs = CertificateDer::pem_file_iter(path)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| {
-                    ConnectionError::tls_because(
-                        format!("cannot read sslrootcert {}", path.display()),
-                        e,
-                    )
-                })?;
-            if certs.is_empty() {
-                return Err(ConnectionError::tls(format!(
-                    "sslrootcert {} holds no PEM certificate",
-                    path.display()
-                )));
-            }
-            for c in certs {
+            for c in read_certificates(path, "sslrootcert")? {
                 roots.add(c).map_err(|e| {
                     ConnectionError::tls_because(
                         format!("bad certificate in {}", path.display()),
@@ -62,21 +52,118 @@ pub(crate) fn client_config(
                     )
                 })?;
             }
-            let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            let mut webpki =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider());
+            if let Some(crl) = &cfg.sslcrl {
+                webpki = webpki.with_crls(read_crls(crl)?);
+            }
+            let webpki = webpki
                 .build()
                 .map_err(|e| ConnectionError::tls_because("server certificate verifier", e))?;
-            let verifier: Arc<dyn ServerCertVerifier> = if mode == SslMode::VerifyFull {
+            if mode == SslMode::VerifyFull {
                 webpki
             } else {
                 Arc::new(IgnoreHostName { inner: webpki })
-            };
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(verifier)
-                .with_no_client_auth()
+            }
+        }
+    };
+    let builder = builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let config = match &cfg.sslcert {
+        None => builder.with_no_client_auth(),
+        Some(cert_path) => {
+            let key_path = cfg.sslkey.as_deref().ok_or_else(|| {
+                ConnectionError::tls(format!(
+                    "sslcert {} needs its private key: name it with sslkey (or PGSSLKEY)",
+                    cert_path.display()
+                ))
+            })?;
+            let certs = read_certificates(cert_path, "sslcert")?;
+            let key = read_private_key(key_path)?;
+            builder.with_client_auth_cert(certs, key).map_err(|e| {
+                ConnectionError::tls_because(
+                    format!(
+                        "sslkey {} is not the key of sslcert {}",
+                        key_path.display(),
+                        cert_path.display()
+                    ),
+                    e,
+                )
+            })?
         }
     };
     Ok(Some(Arc::new(config)))
+}
+
+/// The PEM certificates of `path`, the file connection option `option` names.
+fn read_certificates(
+    path: &Path,
+    option: &str,
+) -> Result<Vec<CertificateDer<'static>>, ConnectionError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            ConnectionError::tls_because(format!("cannot read {option} {}", path.display()), e)
+        })?;
+    if certs.is_empty() {
+        return Err(ConnectionError::tls(format!(
+            "{option} {} holds no PEM certificate",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+/// The revocation lists of `path` (`sslcrl`).
+fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, ConnectionError> {
+    let crls = CertificateRevocationListDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            ConnectionError::tls_because(format!("cannot read sslcrl {}", path.display()), e)
+        })?;
+    if crls.is_empty() {
+        return Err(ConnectionError::tls(format!(
+            "sslcrl {} holds no PEM certificate revocation list",
+            path.display()
+        )));
+    }
+    Ok(crls)
+}
+
+/// The private key of `path` (`sslkey`), refused as libpq refuses it when others may read it.
+fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, ConnectionError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(|e| {
+        ConnectionError::tls_because(format!("cannot read sslkey {}", path.display()), e)
+    })?;
+    if !meta.is_file() {
+        return Err(ConnectionError::tls(format!(
+            "private key file {} is not a regular file",
+            path.display()
+        )));
+    }
+    let mode = meta.mode();
+    let too_open = if meta.uid() == 0 {
+        mode & 0o037 != 0
+    } else {
+        mode & 0o077 != 0
+    };
+    if too_open {
+        return Err(ConnectionError::tls(format!(
+            "private key file {} has group or world access; it must have permissions u=rw (0600) or less if owned by the current user, or u=rw,g=r (0640) or less if owned by root",
+            path.display()
+        )));
+    }
+    PrivateKeyDer::from_pem_file(path).map_err(|e| {
+        ConnectionError::tls_because(
+            format!(
+                "cannot read sslkey {} as an unencrypted PEM private key",
+                path.display()
+            ),
+            e,
+        )
+    })
 }
 
 /// `sslmode=require`/`prefer`: encryption without authentication of the server, as libpq.

@@ -499,7 +499,7 @@ impl Drop for PgServer {
     }
 }
 
-fn append_conf(data: &Path, lines: &str) {
+pub(crate) fn append_conf(data: &Path, lines: &str) {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new()
         .append(true)

@@ -1,7 +1,9 @@
 //! PostgreSQL connection flags shared by the commands that connect to PostgreSQL.
 
+use std::io::IsTerminal;
+
 use anyhow::Context;
-use klio_client::{ConnConfig, ConnParams};
+use klio_client::{ConnConfig, ConnParams, PasswordPrompt};
 
 /// Connection flags in pg_receivewal's spelling; PGHOST, PGPORT, PGUSER, PGPASSWORD, PGSSLMODE
 /// and the other libpq variables fill in what is not given.
@@ -19,7 +21,8 @@ pub(crate) struct PgArgs {
     /// Connect as this role.
     #[arg(short = 'U', long, value_name = "NAME")]
     username: Option<String>,
-    /// Never prompt for a password (Klio prompts only when asked to, with -W).
+    /// Never prompt for a password (otherwise, from a terminal, Klio asks when the server wants
+    /// one that no setting, variable or password file gives).
     #[arg(short = 'w', long, overrides_with = "password")]
     no_password: bool,
     /// Prompt for the password on the terminal before connecting.
@@ -55,6 +58,12 @@ impl PgArgs {
         let mut config = params.resolve(|k| std::env::var(k).ok())?;
         if self.password {
             config.password = Some(super::password_prompt::read("Password: ")?);
+        } else if !self.no_password && std::io::stdin().is_terminal() {
+            config.password_prompt = Some(PasswordPrompt::new(|| {
+                super::password_prompt::read("Password: ")
+                    .map_err(|e| tracing::warn!("{e:#}"))
+                    .ok()
+            }));
         }
         Ok(config)
     }
