@@ -14,7 +14,7 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use klio_client::server_link::{FramedRecv, FramedSend, ServerConnection, ServerEndpoint};
 use klio_proto::klio::{ClusterName, Message, PROTOCOL_VERSION};
-use klio_server::certs::CertsDir;
+use klio_server::certs::{CertsDir, DEFAULT_CA_DAYS, DEFAULT_DAYS};
 use klio_server::config::{EncryptionConfig, ServerConfig};
 use klio_server::server::Server;
 use klio_server::tls::TlsFiles;
@@ -43,10 +43,16 @@ impl Loopback {
         let dir = tempfile::tempdir().expect("temporary directory");
         let certs = CertsDir::new(dir.path().join("certs"));
         certs
-            .init(&["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .init(
+                &["localhost".to_owned(), "127.0.0.1".to_owned()],
+                DEFAULT_CA_DAYS,
+                DEFAULT_DAYS,
+            )
             .expect("certificates");
         let cluster = ClusterName::new("bench").expect("name");
-        certs.issue_client(&cluster).expect("client certificate");
+        certs
+            .issue_client(&cluster, DEFAULT_DAYS)
+            .expect("client certificate");
         let encryption = encrypted.then(|| {
             let key = dir.path().join("bench.key");
             klio_server::keys::generate_key_file(&key).expect("key file");

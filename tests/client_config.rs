@@ -189,6 +189,20 @@ fn send_wal_with_a_certificate_from_another_ca_exits_at_once() {
 }
 
 #[test]
+fn send_wal_with_an_expired_certificate_exits_at_once_saying_when_it_expired() {
+    let s = setup("client-config-expired");
+    let (cert, key) = s.certs.issue_expired_client("pg1");
+    let exit = run_briefly(&mut send_wal(&s, &s.certs.file("ca.pem"), &cert, &key));
+    assert_failed_at_start(&exit, "expired at 2021-01-01T00:00:00Z");
+    assert!(
+        exit.stderr.contains(&cert.display().to_string())
+            && exit.stderr.contains("klio certs renew --cluster"),
+        "{}",
+        exit.stderr
+    );
+}
+
+#[test]
 fn get_wal_with_a_mistyped_certificate_path_stops_recovery() {
     let s = setup("client-config-get-wal");
     let typo = s.certs.file("client-pg1.pen");

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use klio_client::server_link::{ServerConnection, ServerEndpoint, ServerLinkError};
 use klio_proto::klio::{ClusterName, ErrorCode, Message, PROTOCOL_VERSION};
-use klio_server::certs::CertsDir;
+use klio_server::certs::{CertsDir, DEFAULT_CA_DAYS, DEFAULT_DAYS};
 use klio_server::tls::TlsFiles;
 use klio_server::{Server, ServerConfig};
 use klio_wal::{Lsn, TimelineId};
@@ -26,15 +26,23 @@ fn setup(rt: &tokio::runtime::Runtime) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let certs = CertsDir::new(dir.path().join("certs"));
     certs
-        .init(&["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .init(
+            &["localhost".to_owned(), "127.0.0.1".to_owned()],
+            DEFAULT_CA_DAYS,
+            DEFAULT_DAYS,
+        )
         .unwrap();
     for c in ["pg1", "pg2"] {
-        certs.issue_client(&ClusterName::new(c).unwrap()).unwrap();
+        certs
+            .issue_client(&ClusterName::new(c).unwrap(), DEFAULT_DAYS)
+            .unwrap();
     }
     let other_ca = CertsDir::new(dir.path().join("other"));
-    other_ca.init(&["localhost".to_owned()]).unwrap();
     other_ca
-        .issue_client(&ClusterName::new("pg1").unwrap())
+        .init(&["localhost".to_owned()], DEFAULT_CA_DAYS, DEFAULT_DAYS)
+        .unwrap();
+    other_ca
+        .issue_client(&ClusterName::new("pg1").unwrap(), DEFAULT_DAYS)
         .unwrap();
     let data = dir.path().join("data");
     let config = ServerConfig {
@@ -316,17 +324,46 @@ async fn connect_raw(
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
     let conn = endpoint
         .connect(address.parse().unwrap(), "localhost")
-        .map_err(|e| e.to_string())?
+        .map_err(|e| klio_wal::ErrorChain(&e).to_string())?
         .await
-        .map_err(|e| e.to_string())?;
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        .map_err(|e| klio_wal::ErrorChain(&e).to_string())?;
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| klio_wal::ErrorChain(&e).to_string())?;
     let mut buf = bytes::BytesMut::new();
     msg.encode(&mut buf);
-    send.write_all(&buf).await.map_err(|e| e.to_string())?;
+    send.write_all(&buf)
+        .await
+        .map_err(|e| klio_wal::ErrorChain(&e).to_string())?;
     let mut out = vec![0u8; 64];
     match recv.read(&mut out).await {
         Ok(Some(n)) if n > 0 => Ok(None),
         Ok(_) => Err("closed".to_owned()),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(klio_wal::ErrorChain(&e).to_string()),
     }
+}
+
+#[test]
+fn a_client_certificate_past_its_validity_is_refused_in_the_handshake_saying_it_expired() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let s = setup(&rt);
+    let ca = s.certs.ca_cert();
+    let certs = klio_testkit::TestCerts {
+        dir: ca.parent().unwrap().to_owned(),
+    };
+    let expired = certs.issue_expired_client("pg1");
+    let e = rt
+        .block_on(connect_raw(
+            &s.address,
+            &ca,
+            Some(&expired),
+            Message::GetPosition { timeline: None },
+        ))
+        .unwrap_err();
+    assert!(e.to_lowercase().contains("expired"), "{e}");
 }

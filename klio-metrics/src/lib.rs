@@ -44,6 +44,13 @@ pub struct KindLabel {
     pub kind: String,
 }
 
+/// A series about one of the process's certificates (`server`, `ca`, `client`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateLabel {
+    /// Which certificate.
+    pub certificate: String,
+}
+
 /// A process-wide series that says why something happened (a refused connection, say).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {

@@ -9,6 +9,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
+use rustls::pki_types::pem::PemObject;
 
 /// A certificate and its private key, PEM-encoded.
 #[derive(Clone)]
@@ -39,12 +40,32 @@ pub enum CertsError {
     /// Reading or writing a file failed.
     #[error(transparent)]
     Fs(#[from] FsError),
+    /// There is no certificate to renew, or no CA to renew it with.
+    #[error("{0} does not exist: make it with `klio certs init` or `klio certs client` first")]
+    NothingToRenew(PathBuf),
+    /// The certificate to renew cannot be read as one.
+    #[error("{0} is not a PEM certificate with the names to renew it for")]
+    Unparsable(PathBuf),
 }
 
-/// A new self-signed CA.
-pub fn new_ca(common_name: &str) -> Result<IssuedCert, CertsError> {
+/// How long a new CA is valid unless the operator chooses (`klio certs init --ca-days`).
+pub const DEFAULT_CA_DAYS: u32 = 3650;
+/// How long a new server or client certificate is valid unless the operator chooses
+/// (`--days`).
+pub const DEFAULT_DAYS: u32 = 365;
+
+/// Makes `params` valid from a little before now (clocks of hosts differ) for `days` days.
+fn valid_for(params: &mut CertificateParams, days: u32) {
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(i64::from(days));
+}
+
+/// A new self-signed CA, valid for `days` days.
+pub fn new_ca(common_name: &str, days: u32) -> Result<IssuedCert, CertsError> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
+    valid_for(&mut params, days);
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params
         .distinguished_name
@@ -62,10 +83,16 @@ fn issuer(ca: &IssuedCert) -> Result<Issuer<'static, KeyPair>, CertsError> {
     Ok(Issuer::from_ca_cert_pem(&ca.cert_pem, key)?)
 }
 
-/// A server certificate for `names` (DNS names or IP addresses), signed by `ca`.
-pub fn issue_server(ca: &IssuedCert, names: &[String]) -> Result<IssuedCert, CertsError> {
+/// A server certificate for `names` (DNS names or IP addresses), signed by `ca`, valid for
+/// `days` days.
+pub fn issue_server(
+    ca: &IssuedCert,
+    names: &[String],
+    days: u32,
+) -> Result<IssuedCert, CertsError> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(names.to_vec())?;
+    valid_for(&mut params, days);
     params.distinguished_name.push(
         DnType::CommonName,
         names.first().map_or("klio server", String::as_str),
@@ -78,10 +105,16 @@ pub fn issue_server(ca: &IssuedCert, names: &[String]) -> Result<IssuedCert, Cer
     })
 }
 
-/// A client certificate for `cluster` (`CN=klio@<cluster>`), signed by `ca`.
-pub fn issue_client(ca: &IssuedCert, cluster: &ClusterName) -> Result<IssuedCert, CertsError> {
+/// A client certificate for `cluster` (`CN=klio@<cluster>`), signed by `ca`, valid for `days`
+/// days.
+pub fn issue_client(
+    ca: &IssuedCert,
+    cluster: &ClusterName,
+    days: u32,
+) -> Result<IssuedCert, CertsError> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
+    valid_for(&mut params, days);
     params
         .distinguished_name
         .push(DnType::CommonName, cluster.common_name());
@@ -130,8 +163,9 @@ impl CertsDir {
         self.dir.join(format!("client-{cluster}.key"))
     }
 
-    /// Creates the CA and the server certificate for `server_names`.
-    pub fn init(&self, server_names: &[String]) -> Result<(), CertsError> {
+    /// Creates the CA (valid for `ca_days`) and the server certificate for `server_names`
+    /// (valid for `days`).
+    pub fn init(&self, server_names: &[String], ca_days: u32, days: u32) -> Result<(), CertsError> {
         for p in [
             self.ca_cert(),
             self.ca_key(),
@@ -144,8 +178,8 @@ impl CertsDir {
         }
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| FsError::new(FsAction::CreateDirectory, &self.dir, e))?;
-        let ca = new_ca("Klio private CA")?;
-        let server = issue_server(&ca, server_names)?;
+        let ca = new_ca("Klio private CA", ca_days)?;
+        let server = issue_server(&ca, server_names, days)?;
         write_new(&self.ca_cert(), &ca.cert_pem, 0o644)?;
         write_new(&self.ca_key(), &ca.key_pem, 0o600)?;
         write_new(&self.server_cert(), &server.cert_pem, 0o644)?;
@@ -153,25 +187,106 @@ impl CertsDir {
         Ok(())
     }
 
-    /// Issues the client certificate of `cluster` with the CA made by [`CertsDir::init`].
-    pub fn issue_client(&self, cluster: &ClusterName) -> Result<(), CertsError> {
-        let read = |p: PathBuf| {
-            std::fs::read_to_string(&p).map_err(|e| FsError::new(FsAction::Read, &p, e))
-        };
-        let ca = IssuedCert {
-            cert_pem: read(self.ca_cert())?,
-            key_pem: read(self.ca_key())?,
-        };
+    /// Issues the client certificate of `cluster`, valid for `days`, with the CA made by
+    /// [`CertsDir::init`].
+    pub fn issue_client(&self, cluster: &ClusterName, days: u32) -> Result<(), CertsError> {
+        let ca = self.read_ca()?;
         for p in [self.client_cert(cluster), self.client_key(cluster)] {
             if p.exists() {
                 return Err(CertsError::Exists(p));
             }
         }
-        let client = issue_client(&ca, cluster)?;
+        let client = issue_client(&ca, cluster, days)?;
         write_new(&self.client_cert(cluster), &client.cert_pem, 0o644)?;
         write_new(&self.client_key(cluster), &client.key_pem, 0o600)?;
         Ok(())
     }
+
+    /// Reissues the server certificate, for the names the current one carries, valid for
+    /// `days`, from the same CA; returns the names. Clients need nothing new: they trust the CA.
+    pub fn renew_server(&self, days: u32) -> Result<Vec<String>, CertsError> {
+        let ca = self.read_ca()?;
+        let current = self.server_cert();
+        let names = names_of(&read_text(&current)?).ok_or(CertsError::Unparsable(current))?;
+        let server = issue_server(&ca, &names, days)?;
+        replace(&self.server_key(), &self.server_cert(), &server)?;
+        Ok(names)
+    }
+
+    /// Reissues the client certificate of `cluster`, valid for `days`, from the same CA.
+    pub fn renew_client(&self, cluster: &ClusterName, days: u32) -> Result<(), CertsError> {
+        let ca = self.read_ca()?;
+        let current = self.client_cert(cluster);
+        if !current.exists() {
+            return Err(CertsError::NothingToRenew(current));
+        }
+        let client = issue_client(&ca, cluster, days)?;
+        replace(&self.client_key(cluster), &current, &client)
+    }
+
+    fn read_ca(&self) -> Result<IssuedCert, CertsError> {
+        Ok(IssuedCert {
+            cert_pem: read_text(&self.ca_cert())?,
+            key_pem: read_text(&self.ca_key())?,
+        })
+    }
+}
+
+fn read_text(path: &Path) -> Result<String, CertsError> {
+    std::fs::read_to_string(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => CertsError::NothingToRenew(path.to_owned()),
+        _ => FsError::new(FsAction::Read, path, e).into(),
+    })
+}
+
+/// The DNS names and IP addresses of a PEM certificate's subject alternative names.
+fn names_of(pem: &str) -> Option<Vec<String>> {
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    let names: Vec<String> = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::DNSName(n) => Some((*n).to_owned()),
+            x509_parser::extensions::GeneralName::IPAddress(b) => match b.len() {
+                4 => <[u8; 4]>::try_from(*b)
+                    .ok()
+                    .map(|a| std::net::Ipv4Addr::from(a).to_string()),
+                16 => <[u8; 16]>::try_from(*b)
+                    .ok()
+                    .map(|a| std::net::Ipv6Addr::from(a).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    (!names.is_empty()).then_some(names)
+}
+
+/// Puts a renewed certificate and key in place of `cert` and `key`, keeping their owners and
+/// permission bits, the key first: a crash in between leaves the new key with the old
+/// certificate, which the server and clients refuse at start with a clear error rather than
+/// serve silently, and running the renewal again repairs it.
+fn replace(key: &Path, cert: &Path, renewed: &IssuedCert) -> Result<(), CertsError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    for (path, contents) in [(key, &renewed.key_pem), (cert, &renewed.cert_pem)] {
+        let old = std::fs::metadata(path).ok();
+        // The old file stays whole until the new one is complete on disk.
+        durable::replace(path, contents.as_bytes())?;
+        if let Some(old) = old {
+            let restore = std::os::unix::fs::chown(path, Some(old.uid()), Some(old.gid()))
+                .and_then(|()| {
+                    std::fs::set_permissions(
+                        path,
+                        std::fs::Permissions::from_mode(old.mode() & 0o777),
+                    )
+                });
+            restore.map_err(|e| FsError::new(FsAction::Write, path, e))?;
+        }
+    }
+    Ok(())
 }
 
 fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), CertsError> {
@@ -193,10 +308,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let certs = CertsDir::new(dir.path());
         certs
-            .init(&["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .init(
+                &["localhost".to_owned(), "127.0.0.1".to_owned()],
+                DEFAULT_CA_DAYS,
+                DEFAULT_DAYS,
+            )
             .unwrap();
         let pg1 = ClusterName::new("pg1").unwrap();
-        certs.issue_client(&pg1).unwrap();
+        certs.issue_client(&pg1, DEFAULT_DAYS).unwrap();
         let pem = std::fs::read(certs.client_cert(&pg1)).unwrap();
         let der = CertificateDer::from_pem_slice(&pem).unwrap();
         assert_eq!(cluster_of_certificate(&der).unwrap(), pg1);
@@ -210,12 +329,78 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(matches!(
-            certs.init(&["x".to_owned()]),
+            certs.init(&["x".to_owned()], 1, 1),
             Err(CertsError::Exists(_))
         ));
         assert!(matches!(
-            certs.issue_client(&pg1),
+            certs.issue_client(&pg1, 1),
             Err(CertsError::Exists(_))
         ));
+    }
+
+    /// The validity of a PEM certificate, as Unix seconds.
+    fn validity(path: &Path) -> (i64, i64) {
+        let der = CertificateDer::from_pem_slice(&std::fs::read(path).unwrap()).unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let v = cert.validity();
+        (v.not_before.timestamp(), v.not_after.timestamp())
+    }
+
+    #[test]
+    fn renewal_reissues_from_the_same_ca_for_the_same_names_and_keeps_permissions() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let certs = CertsDir::new(dir.path());
+        let names = [
+            "db.example".to_owned(),
+            "10.0.0.7".to_owned(),
+            "::1".to_owned(),
+        ];
+        certs.init(&names, 30, 2).unwrap();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let day = 86_400;
+        let (from, until) = validity(&certs.server_cert());
+        assert!(
+            from <= now && (until - now - 2 * day).abs() < 60,
+            "{from} {until}"
+        );
+        assert!((validity(&certs.ca_cert()).1 - now - 30 * day).abs() < 60);
+
+        let old_cert = std::fs::read(certs.server_cert()).unwrap();
+        let old_key = std::fs::read(certs.server_key()).unwrap();
+        assert_eq!(certs.renew_server(400).unwrap(), names);
+        assert_ne!(std::fs::read(certs.server_key()).unwrap(), old_key);
+        assert_ne!(std::fs::read(certs.server_cert()).unwrap(), old_cert);
+        assert!((validity(&certs.server_cert()).1 - now - 400 * day).abs() < 60);
+        let mode = |p: PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(certs.server_key()), 0o600);
+        assert_eq!(mode(certs.server_cert()), 0o644);
+
+        let pg1 = ClusterName::new("pg1").unwrap();
+        assert!(matches!(
+            certs.renew_client(&pg1, 10),
+            Err(CertsError::NothingToRenew(_))
+        ));
+        certs.issue_client(&pg1, 1).unwrap();
+        certs.renew_client(&pg1, 10).unwrap();
+        assert!((validity(&certs.client_cert(&pg1)).1 - now - 10 * day).abs() < 60);
+
+        // The renewed certificates chain to the CA that was there before.
+        let ca = CertificateDer::from_pem_slice(&std::fs::read(certs.ca_cert()).unwrap()).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            provider,
+        )
+        .build()
+        .unwrap();
+        let client =
+            CertificateDer::from_pem_slice(&std::fs::read(certs.client_cert(&pg1)).unwrap())
+                .unwrap();
+        verifier
+            .verify_client_cert(&client, &[], rustls::pki_types::UnixTime::now())
+            .unwrap();
     }
 }

@@ -24,6 +24,7 @@
 #![warn(missing_docs)]
 
 mod backup_registry;
+pub mod certificates;
 pub mod certs;
 pub mod config;
 mod data_dir_lock;

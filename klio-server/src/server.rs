@@ -11,6 +11,7 @@ use klio_wal::{ErrorChain, FsAction, FsError};
 use tracing::Instrument;
 
 use crate::backup_registry::BackupRegistry;
+use crate::certificates::CertificateReloader;
 use crate::config::ServerConfig;
 use crate::registry::Registry;
 use crate::retention::Retention;
@@ -102,6 +103,9 @@ pub(crate) struct Shared {
     pub(crate) tier2_cache: Option<Arc<crate::tier2::fetch::Tier2Cache>>,
 }
 
+/// How often the expiry of the server's certificates is looked at again while it runs.
+const CERTIFICATE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(86_400);
+
 /// Files read for restores at the same time, across all clients: bounds the server's memory
 /// (a 16 MiB segment each) whatever the clients' prefetch settings.
 const CONCURRENT_FILE_READS: usize = 16;
@@ -149,6 +153,8 @@ impl Shared {
 pub struct Server {
     endpoint: quinn::Endpoint,
     metrics: Option<klio_metrics::MetricsEndpoint>,
+    /// Read again by [`Server::certificate_reloader`].
+    tls_files: tls::TlsFiles,
     shared: Arc<Shared>,
     /// Held while the server runs: one process per data directory.
     _lock: std::fs::File,
@@ -160,6 +166,8 @@ impl Server {
     /// inside a Tokio runtime.
     pub async fn bind(config: &ServerConfig) -> Result<Self, ServerError> {
         let quic = tls::quic_server_config(&config.tls)?;
+        let certificates = crate::certificates::expiries(&config.tls)?;
+        crate::certificates::warn_if_expiring(&certificates);
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| FsError::new(FsAction::CreateDirectory, &config.data_dir, e))?;
         let lock = crate::data_dir_lock::lock(&config.data_dir)?;
@@ -221,9 +229,11 @@ impl Server {
             indexes.clone(),
             config.retention.disk_warning_percent,
         ));
+        telemetry.set_certificates(certificates);
         Ok(Self {
             endpoint,
             metrics,
+            tls_files: config.tls.clone(),
             shared: Arc::new(Shared {
                 data_dir: config.data_dir.clone(),
                 registry: Registry::default(),
@@ -243,6 +253,16 @@ impl Server {
             }),
             _lock: lock,
         })
+    }
+
+    /// What reloads the server's certificates from their files (see
+    /// [`CertificateReloader::reload`]), for the caller's SIGHUP handler.
+    pub fn certificate_reloader(&self) -> CertificateReloader {
+        CertificateReloader {
+            endpoint: self.endpoint.clone(),
+            files: self.tls_files.clone(),
+            telemetry: self.shared.telemetry.clone(),
+        }
     }
 
     /// The address actually bound (useful with port 0).
@@ -279,6 +299,20 @@ impl Server {
                 None => "WAL not encrypted".to_owned(),
             }
         );
+        {
+            // A certificate that nears its end while the server runs is warned about daily.
+            let telemetry = self.shared.telemetry.clone();
+            let mut stopped = metrics_stopped_for_retention.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = tokio::time::sleep(CERTIFICATE_CHECK_INTERVAL) => {}
+                        _ = stopped.wait_for(|s| *s) => return,
+                    }
+                    crate::certificates::warn_if_expiring(&telemetry.certificates());
+                }
+            });
+        }
         if self.shared.mode == ServerMode::ReadWrite {
             // A read-only server deletes nothing and writes nothing to the bucket: relay and
             // Tier 2's retention run on the primary.

@@ -18,6 +18,22 @@ pub struct ServerStatus {
     pub clusters: Vec<ClusterStatus>,
     /// Space on the data directory's file system.
     pub disk: Option<DiskStatus>,
+    /// The server's certificate and its CA.
+    pub certificates: Vec<CertificateStatus>,
+}
+
+/// When one of the server's certificates expires.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CertificateStatus {
+    /// Which: `server` or `ca`.
+    pub certificate: String,
+    /// Its file.
+    pub path: String,
+    /// The end of its validity (RFC 3339).
+    pub not_after: String,
+    /// It has expired or expires within 30 days.
+    pub expires_soon: bool,
 }
 
 /// Space on the data directory's file system.
@@ -364,6 +380,20 @@ disk: {} free of {} ({}% used){}",
             }
         );
     }
+    for c in &s.certificates {
+        let _ = writeln!(
+            out,
+            "certificate {}: valid until {}{} ({})",
+            c.certificate,
+            c.not_after,
+            if c.expires_soon {
+                "; EXPIRES SOON: renew it (`klio certs renew`) and send SIGHUP to the server"
+            } else {
+                ""
+            },
+            c.path
+        );
+    }
     out
 }
 
@@ -438,6 +468,20 @@ mod tests {
                 warning_percent: 90,
                 nearly_full: true,
             }),
+            certificates: vec![
+                CertificateStatus {
+                    certificate: "server".into(),
+                    path: "/etc/klio/server.pem".into(),
+                    not_after: "2026-12-01T00:00:00Z".into(),
+                    expires_soon: true,
+                },
+                CertificateStatus {
+                    certificate: "ca".into(),
+                    path: "/etc/klio/ca.pem".into(),
+                    not_after: "2036-11-01T00:00:00Z".into(),
+                    expires_soon: false,
+                },
+            ],
         };
         let t = render_text(&s);
         for want in [
@@ -455,6 +499,8 @@ mod tests {
             "tier 2       WAL to 0/3000000 (timeline 2), 328 B and 3 s behind Tier 1",
             "2 file(s) pending, last upload 2026-11-21T10:02:30Z",
             "wal/000000020000000000000003 at 2026-11-21T10:02:31Z: connection refused (transport)",
+            "certificate server: valid until 2026-12-01T00:00:00Z; EXPIRES SOON: renew it",
+            "certificate ca: valid until 2036-11-01T00:00:00Z (/etc/klio/ca.pem)",
         ] {
             assert!(t.contains(want), "{want:?} missing in:\n{t}");
         }

@@ -44,6 +44,14 @@ pub enum TlsSetupError {
         /// The file.
         path: PathBuf,
     },
+    /// A certificate cannot be parsed for its validity.
+    #[error(
+        "cannot read the validity of the certificate in {path}: it is not a valid X.509 certificate"
+    )]
+    Unparsable {
+        /// The file.
+        path: PathBuf,
+    },
     /// A CA certificate cannot be used as a trust anchor.
     #[error("invalid TLS configuration: CA certificate {path}")]
     CaCertificate {

@@ -43,6 +43,31 @@ impl TestCerts {
     pub fn file(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
+
+    /// `expired-<cluster>.pem` and `.key`: a client certificate for `cluster` from this CA
+    /// whose validity ended in 2021; returns their paths.
+    pub fn issue_expired_client(&self, cluster: &str) -> (PathBuf, PathBuf) {
+        let read = |name: &str| std::fs::read_to_string(self.file(name)).expect("read the test CA");
+        let ca_key = rcgen::KeyPair::from_pem(&read("ca.key")).expect("the test CA's key");
+        let issuer = rcgen::Issuer::from_ca_cert_pem(&read("ca.pem"), ca_key).expect("the test CA");
+        let mut params =
+            rcgen::CertificateParams::new(Vec::<String>::new()).expect("certificate parameters");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("klio@{cluster}"));
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        let key = rcgen::KeyPair::generate().expect("a key");
+        let cert = params.signed_by(&key, &issuer).expect("sign");
+        let (cert_path, key_path) = (
+            self.file(&format!("expired-{cluster}.pem")),
+            self.file(&format!("expired-{cluster}.key")),
+        );
+        std::fs::write(&cert_path, cert.pem()).expect("write the certificate");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write the key");
+        (cert_path, key_path)
+    }
 }
 
 /// A running (or killed) Klio server.

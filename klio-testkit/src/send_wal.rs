@@ -80,6 +80,13 @@ impl SendWal {
         }
     }
 
+    /// Sends a signal ("HUP", "STOP", ...) to the running process.
+    pub fn signal(&self, signal: &str) {
+        if let Some(p) = &self.process {
+            p.signal(signal);
+        }
+    }
+
     /// The running process's id.
     pub fn pid(&self) -> Option<u32> {
         self.process.as_ref().map(BackgroundProcess::pid)

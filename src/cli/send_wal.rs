@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use klio_client::send_wal::{SendWalOptions, send_wal};
+use klio_client::server_link::ClientIdentity;
 
 /// Stream WAL from PostgreSQL to a Klio server, in real time.
 ///
@@ -67,6 +68,19 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
     };
     super::pg_args::runtime()?.block_on(async move {
         let shutdown = super::signals::shutdown_on_stop_signal();
+        let server = opts.server.clone();
+        // Every connection to the server reads the files anew; SIGHUP checks them at once.
+        super::signals::reload_on_hangup(move || match ClientIdentity::load(&server) {
+            Ok(_) => tracing::info!(
+                "SIGHUP: the certificate {} and key {} check out; the next connection to the server presents them, the established one keeps its session",
+                server.cert.display(),
+                server.key.display()
+            ),
+            Err(e) => tracing::error!(
+                "SIGHUP: {}; the established connection keeps its session, but reconnecting will fail until this is fixed",
+                klio_wal::ErrorChain(&e)
+            ),
+        });
         send_wal(&opts, shutdown).await?;
         Ok(ExitCode::SUCCESS)
     })

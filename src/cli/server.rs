@@ -115,6 +115,23 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
     )?;
     super::pg_args::server_runtime()?.block_on(async move {
         let server = Server::bind(&config).await?;
+        let reloader = server.certificate_reloader();
+        super::signals::reload_on_hangup(move || match reloader.reload() {
+            Ok(expiries) => {
+                for e in expiries {
+                    tracing::info!(
+                        "SIGHUP: loaded the {} certificate {}, valid until {}; new connections use it, established ones keep theirs",
+                        e.certificate,
+                        e.path.display(),
+                        e.valid_until()
+                    );
+                }
+            }
+            Err(e) => tracing::error!(
+                "SIGHUP: could not reload the certificates, still serving with the previous ones: {}",
+                klio_wal::ErrorChain(&e)
+            ),
+        });
         server.run(super::signals::wait_for_stop_signal()).await;
         Ok(ExitCode::SUCCESS)
     })

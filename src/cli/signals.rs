@@ -1,4 +1,5 @@
-//! SIGINT and SIGTERM end long-running commands cleanly.
+//! SIGINT and SIGTERM end long-running commands cleanly; SIGHUP reloads what a command can
+//! reload (certificates) instead of ending it.
 
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -15,6 +16,25 @@ pub(crate) async fn wait_for_stop_signal() {
         _ = int.recv() => {}
         _ = term.recv() => {}
     }
+}
+
+/// Calls `reload` on every SIGHUP from now on (must be called inside the runtime). From this
+/// call, SIGHUP no longer ends the process.
+pub(crate) fn reload_on_hangup(reload: impl Fn() + Send + 'static) {
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(
+                "could not install the SIGHUP handler ({e}); SIGHUP will stop the process instead of reloading its certificates"
+            );
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            reload();
+        }
+    });
 }
 
 /// A shutdown signal that fires on SIGINT or SIGTERM (must be called inside the runtime).

@@ -131,8 +131,19 @@ pub enum IdentityError {
         #[source]
         source: rustls::Error,
     },
-    /// The client certificate is signed by the CA but not acceptable (expired, not yet valid,
-    /// not for client authentication).
+    /// The client certificate's validity has ended: the server refuses it.
+    #[error(
+        "the client certificate {} expired at {expired}, so the server will refuse it; renew it with `klio certs renew --cluster <cluster>` (then send SIGHUP to a running send-wal)",
+        cert.display()
+    )]
+    Expired {
+        /// The client certificate.
+        cert: PathBuf,
+        /// When it expired (RFC 3339), if the verifier said.
+        expired: String,
+    },
+    /// The client certificate is signed by the CA but not acceptable (not yet valid, not for
+    /// client authentication).
     #[error(
         "the client certificate {} would be refused by the server; issue a new one with `klio certs client`",
         cert.display()
@@ -212,6 +223,13 @@ impl ClientIdentity {
                 .verify_client_cert(leaf, intermediates, UnixTime::now())
                 .map_err(|source| match source {
                     rustls::Error::InvalidCertificate(
+                        rustls::CertificateError::Expired
+                        | rustls::CertificateError::ExpiredContext { .. },
+                    ) => IdentityError::Expired {
+                        cert: endpoint.cert.clone(),
+                        expired: expiry_of(&source).unwrap_or_else(|| "an earlier time".to_owned()),
+                    },
+                    rustls::Error::InvalidCertificate(
                         rustls::CertificateError::UnknownIssuer
                         | rustls::CertificateError::BadSignature,
                     ) => IdentityError::NotSignedByCa {
@@ -224,8 +242,39 @@ impl ClientIdentity {
                         source,
                     },
                 })?;
+            // Checked again as of a month from now: what fails then expires before.
+            let soon = UnixTime::since_unix_epoch(
+                std::time::Duration::from_secs(UnixTime::now().as_secs()) + EXPIRY_WARNING,
+            );
+            if let Err(e) = verifier.verify_client_cert(leaf, intermediates, soon)
+                && let Some(at) = expiry_of(&e)
+            {
+                tracing::warn!(
+                    "the client certificate {} expires at {at}: renew it with `klio certs renew --cluster <cluster>`, then send SIGHUP to send-wal",
+                    endpoint.cert.display()
+                );
+            }
         }
         Ok(Self { roots, chain, key })
+    }
+}
+
+/// A certificate expiring within this time is warned about when it is loaded.
+const EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+
+/// When the certificate `error` is about expired (RFC 3339), if it says.
+fn expiry_of(error: &rustls::Error) -> Option<String> {
+    match error {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::ExpiredContext {
+            not_after,
+            ..
+        }) => Some(
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(not_after.as_secs()),
+            )
+            .to_string(),
+        ),
+        _ => None,
     }
 }
 

@@ -7,7 +7,7 @@ use klio_metrics::prometheus_client::metrics::family::Family;
 use klio_metrics::prometheus_client::metrics::gauge::Gauge;
 use klio_metrics::prometheus_client::metrics::histogram::Histogram;
 use klio_metrics::prometheus_client::registry::Registry;
-use klio_metrics::{ClusterKindLabels, ClusterLabel, ReasonLabel};
+use klio_metrics::{CertificateLabel, ClusterKindLabels, ClusterLabel, ReasonLabel};
 
 type PerCluster<M> = Family<ClusterLabel, M>;
 type Histograms = Family<ClusterLabel, Histogram, fn() -> Histogram>;
@@ -55,6 +55,7 @@ pub(crate) struct ServerMetrics {
     pub(crate) disk_free: Gauge,
     pub(crate) disk_size: Gauge,
     pub(crate) disk_nearly_full: Gauge,
+    pub(crate) certificate_expiry: Family<CertificateLabel, Gauge>,
 }
 
 impl ServerMetrics {
@@ -99,6 +100,7 @@ impl ServerMetrics {
             tier2_upload_errors: Family::default(),
             tier2_last_success: Family::default(),
             disk_free: Gauge::default(),
+            certificate_expiry: Family::default(),
             disk_size: Gauge::default(),
             disk_nearly_full: Gauge::default(),
         };
@@ -282,6 +284,11 @@ impl ServerMetrics {
             "tier2_last_success_timestamp_seconds",
             "Unix time of the last successful upload to Tier 2",
             m.tier2_last_success.clone(),
+        );
+        r.register(
+            "certificate_expiry_timestamp_seconds",
+            "Unix time the certificate ends its validity (notAfter), by certificate (server, ca)",
+            m.certificate_expiry.clone(),
         );
         r.register(
             "data_dir_free_bytes",

@@ -20,12 +20,17 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use klio_metrics::{ClusterKindLabels, ClusterLabel, Health, Pages, ReasonLabel, gauge_value};
+use klio_metrics::{
+    CertificateLabel, ClusterKindLabels, ClusterLabel, Health, Pages, ReasonLabel, gauge_value,
+};
 use klio_proto::klio::{ClusterName, ErrorCode};
 use klio_store::wal_archive::{ArchiveIndexes, ArchiveSummary};
 use klio_wal::{ErrorChain, Lsn, TimelineId, WalPosition};
 
-use crate::status::{self, ClusterStatus, ServerStatus, StatusPoint, StreamingClient};
+use crate::certificates::CertificateExpiry;
+use crate::status::{
+    self, CertificateStatus, ClusterStatus, ServerStatus, StatusPoint, StreamingClient,
+};
 use metrics::ServerMetrics;
 
 /// How old a survey of the archives may be when a page is served: scrapes and `klio status`
@@ -46,6 +51,8 @@ pub(crate) struct Telemetry {
     disk_warning_percent: u8,
     started: SystemTime,
     survey: Mutex<Option<Survey>>,
+    /// The server's certificates as last loaded.
+    certificates: Mutex<Vec<CertificateExpiry>>,
 }
 
 #[derive(Debug)]
@@ -126,7 +133,26 @@ impl Telemetry {
             disk_warning_percent,
             started: SystemTime::now(),
             survey: Mutex::default(),
+            certificates: Mutex::default(),
         }
+    }
+
+    /// Records the server's certificates as just loaded.
+    pub(crate) fn set_certificates(&self, expiries: Vec<CertificateExpiry>) {
+        for e in &expiries {
+            self.metrics
+                .certificate_expiry
+                .get_or_create(&CertificateLabel {
+                    certificate: e.certificate.to_owned(),
+                })
+                .set(unix_seconds(e.not_after));
+        }
+        *lock(&self.certificates) = expiries;
+    }
+
+    /// The server's certificates as last loaded.
+    pub(crate) fn certificates(&self) -> Vec<CertificateExpiry> {
+        lock(&self.certificates).clone()
     }
 
     /// The reporting handle of `cluster`.
@@ -274,6 +300,15 @@ impl Telemetry {
             started: rfc3339(self.started),
             clusters,
             disk: self.disk_status(disk),
+            certificates: lock(&self.certificates)
+                .iter()
+                .map(|e| CertificateStatus {
+                    certificate: e.certificate.to_owned(),
+                    path: e.path.display().to_string(),
+                    not_after: rfc3339(e.not_after),
+                    expires_soon: e.expires_soon(SystemTime::now()),
+                })
+                .collect(),
         }
     }
 }
