@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use common::*;
 use klio_testkit::{
-    Auth, PASSWORD, PgCertificates, PgOptions, PgServer, TestDir, as_postgres, free_tcp_port,
-    pg_bin, run, wait_until,
+    Auth, PASSWORD, PgCertificates, PgOptions, PgServer, SEND_WAL_SLOT, SendWal, TestDir,
+    as_postgres, free_tcp_port, pg_bin, run, wait_until,
 };
 
 /// klio, linked under the name `pg_receivewal` in a directory of its own.
@@ -344,4 +344,89 @@ fn a_password_the_server_asks_for_and_nothing_gives_is_asked_for_on_the_terminal
         );
         assert_eq!(holder(&[&pg], &slot), None);
     }
+}
+
+#[test]
+fn a_service_file_gives_the_settings_and_connect_timeout_ends_a_silent_server() {
+    let pg = PgServer::start(PgOptions::default());
+    let work = TestDir::new("libpq-service");
+    let programs = both(&work);
+    let services = work.path().join("pg_service.conf");
+    // A server that accepts TCP connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a silent port");
+    let silent_port = silent.local_addr().expect("its address").port();
+    std::fs::write(
+        &services,
+        format!(
+            "# services of the test\n[main]\nhost=127.0.0.1\nport={}\nuser=postgres\n\n\
+             [silent]\nhost=127.0.0.1\nport={silent_port}\nconnect_timeout=2\n",
+            pg.port()
+        ),
+    )
+    .expect("write the service file");
+    run(std::process::Command::new("chown")
+        .args(["postgres:postgres"])
+        .arg(&services));
+    let services = services.to_str().expect("UTF-8");
+    for (program, tag) in &programs {
+        let env = [("PGSERVICEFILE", services)];
+        let slot = format!("{tag}_service");
+        let (code, stderr) = create_slot(program, "service=main", &slot, &env);
+        assert_eq!(code, Some(0), "{tag}: {stderr}");
+        assert_eq!(holder(&[&pg], &slot), Some(0), "{tag}: {stderr}");
+        let slot = format!("{tag}_pgservice");
+        let env = [("PGSERVICEFILE", services), ("PGSERVICE", "main")];
+        let (code, stderr) = create_slot(program, "", &slot, &env);
+        assert_eq!(code, Some(0), "{tag}: {stderr}");
+        assert_eq!(holder(&[&pg], &slot), Some(0), "{tag}: {stderr}");
+
+        let started = std::time::Instant::now();
+        let (code, stderr) = create_slot(program, "service=silent", "never", &env);
+        let took = started.elapsed();
+        assert_eq!(code, Some(1), "{tag}: {stderr}");
+        assert!(
+            took >= Duration::from_secs(2) && took < Duration::from_secs(30),
+            "{tag}: {took:?}: {stderr}"
+        );
+        assert!(stderr.contains("time"), "{tag} names the timeout: {stderr}");
+    }
+    drop(silent);
+}
+
+#[test]
+fn send_wal_and_backup_authenticate_with_client_certificates_too() {
+    let mut stack = stack("libpq-cert-stack").without_send_wal().start();
+    let certs = PgCertificates::new(&stack.work.subdir("pg-certs"));
+    stack.pg.require_client_certificates(&certs);
+    let (cert, key) = certs.client("postgres");
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user=postgres sslmode=verify-full sslrootcert={} sslcert={} sslkey={}",
+        stack.pg.port(),
+        certs.ca_cert().display(),
+        cert.display(),
+        key.display()
+    );
+    // The stack's own -d (trust over TCP, now refused) is overridden by the one given last.
+    stack.client = SendWal::new(
+        &stack.exe,
+        &stack.pg,
+        &stack.server,
+        &stack.certs,
+        &stack.cluster,
+        &["-d".into(), conninfo.clone().into()],
+        &stack.work.path().join("send-wal-cert.log"),
+    );
+    stack.client.start();
+    stack.pg.psql("CREATE TABLE t AS SELECT 1 AS n");
+    let lsn = stack.pg.current_lsn();
+    stack.pg.wait_for_flush(SEND_WAL_SLOT, &lsn);
+    assert_eq!(
+        stack.pg.psql(
+            "SELECT ssl::text || ' ' || client_dn FROM pg_stat_ssl JOIN pg_stat_replication USING (pid)"
+        ),
+        "true /CN=postgres",
+        "send-wal streams over TLS as the certificate's role"
+    );
+    let info = backups::backup(&stack, &["-d", &conninfo]);
+    assert!(!info.id.is_empty(), "{info:?}");
 }

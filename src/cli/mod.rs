@@ -35,7 +35,13 @@ pub(crate) use pg_receivewal::run_as_pg_receivewal;
 /// Klio keeps the WAL archive of PostgreSQL clusters: it streams WAL in real time, stores it
 /// durably, and serves it back for recovery.
 #[derive(Debug, Parser)]
-#[command(name = "klio", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "klio",
+    version,
+    propagate_version = true,
+    max_term_width = 100,
+    args_override_self = true
+)]
 pub(crate) struct Cli {
     /// More log output (-v: debug, -vv: trace).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
