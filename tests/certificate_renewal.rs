@@ -13,12 +13,19 @@ use common::retention::{metrics_page, status_json};
 use common::*;
 use klio_testkit::{SEND_WAL_SLOT, run, run_ok, wait_until};
 
-/// `klio_certificate_expiry_timestamp_seconds{certificate="<which>"}` on `page`.
-fn expiry(page: &str, which: &str) -> Option<u64> {
-    let series = format!("klio_certificate_expiry_timestamp_seconds{{certificate=\"{which}\"}} ");
+/// `klio_certificate_expiry_timestamp_seconds{certificate="<which>",cluster="<cluster>"}` on
+/// `page` (the cluster is empty for the server's own certificates).
+fn expiry_of(page: &str, which: &str, cluster: &str) -> Option<u64> {
+    let series = format!(
+        "klio_certificate_expiry_timestamp_seconds{{certificate=\"{which}\",cluster=\"{cluster}\"}} "
+    );
     page.lines()
         .find_map(|l| l.strip_prefix(&series))
         .and_then(|v| v.trim().parse().ok())
+}
+
+fn expiry(page: &str, which: &str) -> Option<u64> {
+    expiry_of(page, which, "")
 }
 
 fn days_from_now(seconds: u64) -> f64 {
@@ -44,6 +51,8 @@ fn certificates_renewed_while_streaming_serve_new_connections_after_sighup_and_n
     let before = expiry(&page, "server").expect("the server certificate's expiry is exported");
     assert!((days_from_now(before) - 365.0).abs() < 1.0, "{page}");
     assert!(expiry(&page, "ca").is_some(), "{page}");
+    let client_before = expiry_of(&page, "client", &stack.cluster).expect("the client's, too");
+    assert!((days_from_now(client_before) - 365.0).abs() < 1.0, "{page}");
     let streaming = streaming_client(&stack);
 
     let dir = stack.certs.dir.clone();
@@ -114,4 +123,14 @@ fn certificates_renewed_while_streaming_serve_new_connections_after_sighup_and_n
     stack.pg.psql("INSERT INTO t VALUES (100)");
     assert_ne!(streaming_client(&stack), streaming);
     assert_eq!(stack.pg.psql("SELECT count(*) FROM t"), "21");
+    let client_after = expiry_of(&metrics_page(&stack), "client", &stack.cluster);
+    assert!(
+        client_after.is_some_and(|e| (days_from_now(e) - 2.0).abs() < 0.1),
+        "{client_after:?}"
+    );
+    let status = status_json(&stack);
+    assert_eq!(
+        status["clusters"][0]["client_certificate_expires_soon"], true,
+        "{status:#}"
+    );
 }

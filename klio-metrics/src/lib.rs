@@ -44,11 +44,14 @@ pub struct KindLabel {
     pub kind: String,
 }
 
-/// A series about one of the process's certificates (`server`, `ca`, `client`).
+/// A series about a certificate: the process's own (`server`, `ca`; `cluster` empty) or a
+/// cluster's client certificate (`client`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CertificateLabel {
     /// Which certificate.
     pub certificate: String,
+    /// The cluster of a client certificate; empty for the others.
+    pub cluster: String,
 }
 
 /// A process-wide series that says why something happened (a refused connection, say).

@@ -31,10 +31,7 @@ impl CertificateExpiry {
 
     /// Whether it expires within [`EXPIRY_WARNING`] of `now` (or has expired).
     pub fn expires_soon(&self, now: SystemTime) -> bool {
-        self.not_after
-            .duration_since(now)
-            .is_ok_and(|left| left < EXPIRY_WARNING)
-            || self.not_after <= now
+        expires_soon(self.not_after, now)
     }
 }
 
@@ -48,13 +45,25 @@ pub fn expiry_of(
         path: path.to_owned(),
     };
     let leaf = certs.first().ok_or_else(unparsable)?;
-    let (_, parsed) = x509_parser::parse_x509_certificate(leaf).map_err(|_| unparsable())?;
-    let seconds = u64::try_from(parsed.validity().not_after.timestamp()).unwrap_or(0);
     Ok(CertificateExpiry {
         certificate,
         path: path.to_owned(),
-        not_after: SystemTime::UNIX_EPOCH + Duration::from_secs(seconds),
+        not_after: not_after(leaf).ok_or_else(unparsable)?,
     })
+}
+
+/// The end of a DER certificate's validity, if it parses.
+pub fn not_after(der: &[u8]) -> Option<SystemTime> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(der).ok()?;
+    let seconds = u64::try_from(parsed.validity().not_after.timestamp()).unwrap_or(0);
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(seconds))
+}
+
+/// Whether `not_after` has passed or is within [`EXPIRY_WARNING`] of `now`.
+pub fn expires_soon(not_after: SystemTime, now: SystemTime) -> bool {
+    not_after
+        .duration_since(now)
+        .map_or(true, |left| left < EXPIRY_WARNING)
 }
 
 /// The expiries of the server certificate and the CA of `files`.

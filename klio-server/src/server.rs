@@ -397,6 +397,12 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let span = tracing::info_span!("client", cluster = %cluster, %remote);
     let telemetry = shared.telemetry.cluster(&cluster);
     let _counted = telemetry.connected();
+    if let Some(not_after) = tls::client_certificate(&conn)
+        .ok()
+        .and_then(|c| crate::certificates::not_after(&c))
+    {
+        span.in_scope(|| telemetry.client_certificate(not_after));
+    }
     // The connection's share of the ingest budget, resized as connections come and go: what
     // its sessions have not read yet waits in quinn's buffers, within this window.
     let mut window = shared.ingest_budget.connection();

@@ -96,6 +96,10 @@ pub struct ClusterStatus {
     pub last_retention: Option<RetentionRun>,
     /// The relay to Tier 2, when the server has a `tier2` section.
     pub tier2: Option<Tier2RelayStatus>,
+    /// When the client certificate last seen for this cluster expires (RFC 3339).
+    pub client_certificate_expires: Option<String>,
+    /// It has expired or expires within 30 days: renew it with `klio certs renew --cluster`.
+    pub client_certificate_expires_soon: bool,
 }
 
 /// Where a cluster's relay to Tier 2 stands.
@@ -360,6 +364,20 @@ pub fn render_text(s: &ServerStatus) -> String {
         if let Some(t) = &c.tier2 {
             render_tier2(&mut out, t);
         }
+        if let Some(until) = &c.client_certificate_expires {
+            let _ = writeln!(
+                out,
+                "  client cert  valid until {until}{}",
+                if c.client_certificate_expires_soon {
+                    format!(
+                        "; EXPIRES SOON: `klio certs renew --cluster {}`, then SIGHUP to send-wal",
+                        c.cluster
+                    )
+                } else {
+                    String::new()
+                }
+            );
+        }
     }
     if let Some(d) = &s.disk {
         let _ = writeln!(
@@ -459,6 +477,8 @@ mod tests {
                     }),
                     stopped: None,
                 }),
+                client_certificate_expires: Some("2026-11-30T00:00:00Z".into()),
+                client_certificate_expires_soon: true,
                 ..Default::default()
             }],
             disk: Some(DiskStatus {
@@ -501,6 +521,7 @@ mod tests {
             "wal/000000020000000000000003 at 2026-11-21T10:02:31Z: connection refused (transport)",
             "certificate server: valid until 2026-12-01T00:00:00Z; EXPIRES SOON: renew it",
             "certificate ca: valid until 2036-11-01T00:00:00Z (/etc/klio/ca.pem)",
+            "client cert  valid until 2026-11-30T00:00:00Z; EXPIRES SOON: `klio certs renew --cluster pg-main`",
         ] {
             assert!(t.contains(want), "{want:?} missing in:\n{t}");
         }

@@ -174,12 +174,18 @@ pub fn quic_server_config(files: &TlsFiles) -> Result<quinn::ServerConfig, TlsSe
 
 /// The cluster named by the verified client certificate of `conn`.
 pub fn cluster_of(conn: &quinn::Connection) -> Result<ClusterName, IdentityError> {
+    cluster_of_certificate(&client_certificate(conn)?)
+}
+
+/// The verified client certificate of `conn` (the leaf of its chain).
+pub fn client_certificate(
+    conn: &quinn::Connection,
+) -> Result<CertificateDer<'static>, IdentityError> {
     let identity = conn.peer_identity().ok_or(IdentityError::NoCertificate)?;
     let certs = identity
         .downcast::<Vec<CertificateDer<'static>>>()
         .map_err(|_| IdentityError::NoCertificate)?;
-    let leaf = certs.first().ok_or(IdentityError::NoCertificate)?;
-    cluster_of_certificate(leaf)
+    certs.first().cloned().ok_or(IdentityError::NoCertificate)
 }
 
 /// The cluster named by a DER certificate's common name (`klio@<cluster>`).

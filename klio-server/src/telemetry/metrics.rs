@@ -287,7 +287,7 @@ impl ServerMetrics {
         );
         r.register(
             "certificate_expiry_timestamp_seconds",
-            "Unix time the certificate ends its validity (notAfter), by certificate (server, ca)",
+            "Unix time a certificate ends its validity (notAfter): the server's and its CA's, and each cluster's client certificate as last presented",
             m.certificate_expiry.clone(),
         );
         r.register(

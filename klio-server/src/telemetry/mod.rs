@@ -92,6 +92,7 @@ struct Live {
     last_error: Option<status::LastError>,
     retention: Option<status::RetentionRun>,
     tier2: Option<status::Tier2RelayStatus>,
+    client_certificate_expires: Option<SystemTime>,
 }
 
 #[derive(Debug)]
@@ -144,6 +145,7 @@ impl Telemetry {
                 .certificate_expiry
                 .get_or_create(&CertificateLabel {
                     certificate: e.certificate.to_owned(),
+                    cluster: String::new(),
                 })
                 .set(unix_seconds(e.not_after));
         }
@@ -373,6 +375,10 @@ fn cluster_status(
         c.last_error = l.last_error.clone();
         c.last_retention = l.retention.clone();
         c.tier2 = l.tier2.clone();
+        c.client_certificate_expires = l.client_certificate_expires.map(rfc3339);
+        c.client_certificate_expires_soon = l
+            .client_certificate_expires
+            .is_some_and(|t| crate::certificates::expires_soon(t, SystemTime::now()));
     }
     c
 }
@@ -450,6 +456,26 @@ impl ClusterTelemetry {
         lock(&self.state.live).connections += 1;
         self.m().connected_clients.get_or_create(self.label()).inc();
         ConnectionGuard(self.clone())
+    }
+
+    /// A client connected with a certificate valid until `not_after`: exported, in the
+    /// status, and warned about when it nears its end.
+    pub(crate) fn client_certificate(&self, not_after: SystemTime) {
+        lock(&self.state.live).client_certificate_expires = Some(not_after);
+        self.m()
+            .certificate_expiry
+            .get_or_create(&CertificateLabel {
+                certificate: "client".to_owned(),
+                cluster: self.label().cluster.clone(),
+            })
+            .set(unix_seconds(not_after));
+        if crate::certificates::expires_soon(not_after, SystemTime::now()) {
+            tracing::warn!(
+                "this cluster's client certificate expires at {}: renew it with `klio certs renew --cluster {}`, then send SIGHUP to send-wal",
+                rfc3339(not_after),
+                self.label().cluster
+            );
+        }
     }
 
     /// A WAL session from `remote` started with the archive at `durable`.
