@@ -6,7 +6,9 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use common::retention::{metrics_page, status_json};
@@ -36,6 +38,110 @@ fn days_from_now(seconds: u64) -> f64 {
     (seconds as f64 - now as f64) / 86_400.0
 }
 
+/// The end of validity of the certificate the server at `address` presents to a new
+/// connection (which then fails: it offers no client certificate).
+fn served_certificate_expiry(address: &str, ca: &Path) -> u64 {
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+
+    /// Keeps the server's certificate, then verifies as Klio's client does.
+    #[derive(Debug)]
+    struct Capture {
+        inner: Arc<rustls::client::WebPkiServerVerifier>,
+        seen: Mutex<Option<Vec<u8>>>,
+    }
+    impl ServerCertVerifier for Capture {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            intermediates: &[CertificateDer<'_>],
+            server_name: &ServerName<'_>,
+            ocsp: &[u8],
+            now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            *self.seen.lock().expect("capture") = Some(end_entity.to_vec());
+            self.inner
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        }
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.inner.verify_tls12_signature(message, cert, dss)
+        }
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.inner.verify_tls13_signature(message, cert, dss)
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.inner.supported_verify_schemes()
+        }
+    }
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).expect("the CA file") {
+        roots
+            .add(c.expect("a CA certificate"))
+            .expect("a usable CA");
+    }
+    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .expect("a verifier");
+    let capture = Arc::new(Capture {
+        inner,
+        seen: Mutex::new(None),
+    });
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .dangerous()
+        .with_custom_certificate_verifier(capture.clone())
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![klio_proto::klio::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("QUIC TLS");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    rt.block_on(async {
+        let mut endpoint =
+            quinn::Endpoint::client("127.0.0.1:0".parse().expect("address")).expect("endpoint");
+        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        let connecting = endpoint
+            .connect(address.parse().expect("server address"), "localhost")
+            .expect("connect");
+        // Refused for want of a client certificate once the server's has been seen.
+        if let Ok(conn) = tokio::time::timeout(Duration::from_secs(30), connecting)
+            .await
+            .expect("the handshake ends")
+        {
+            let _ = tokio::time::timeout(Duration::from_secs(30), conn.closed()).await;
+        }
+    });
+    let der = capture
+        .seen
+        .lock()
+        .expect("capture")
+        .clone()
+        .expect("the server presented a certificate");
+    let end = klio_server::certificates::not_after(&der).expect("a parsable certificate");
+    end.duration_since(SystemTime::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+}
+
 /// The stream's client address and since when it streams, from `klio status`.
 fn streaming_client(stack: &klio_testkit::Stack) -> (String, String) {
     let status = status_json(stack);
@@ -54,6 +160,11 @@ fn certificates_renewed_while_streaming_serve_new_connections_after_sighup_and_n
     let client_before = expiry_of(&page, "client", &stack.cluster).expect("the client's, too");
     assert!((days_from_now(client_before) - 365.0).abs() < 1.0, "{page}");
     let streaming = streaming_client(&stack);
+    let ca = stack.certs.file("ca.pem");
+    assert_eq!(
+        served_certificate_expiry(&stack.server.address(), &ca),
+        before
+    );
 
     let dir = stack.certs.dir.clone();
     for which in [&["--server"][..], &["--cluster", &stack.cluster]] {
@@ -73,6 +184,11 @@ fn certificates_renewed_while_streaming_serve_new_connections_after_sighup_and_n
         || expiry(&metrics_page(&stack), "server").filter(|e| *e != before),
     );
     assert!((days_from_now(after) - 2.0).abs() < 0.1, "{after}");
+    let served = served_certificate_expiry(&stack.server.address(), &ca);
+    assert_eq!(
+        served, after,
+        "new connections are served with the renewed certificate"
+    );
 
     // The stream never dropped: synchronous commits are acknowledged on the same connection.
     for n in 0..20 {

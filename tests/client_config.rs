@@ -196,7 +196,7 @@ fn send_wal_with_an_expired_certificate_exits_at_once_saying_when_it_expired() {
     assert_failed_at_start(&exit, "expired at 2021-01-01T00:00:00Z");
     assert!(
         exit.stderr.contains(&cert.display().to_string())
-            && exit.stderr.contains("klio certs renew --cluster"),
+            && exit.stderr.contains("klio certs renew -D"),
         "{}",
         exit.stderr
     );

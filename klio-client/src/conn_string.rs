@@ -26,7 +26,9 @@ pub enum ConnStringError {
         reason: &'static str,
     },
     /// The `port` list neither has one port for all hosts nor one for each.
-    #[error("could not match {ports} port numbers to {hosts} hosts")]
+    #[error(
+        "could not match {ports} port numbers to {hosts} hosts: give one port for all, or one per host"
+    )]
     PortsDoNotMatchHosts {
         /// Entries in the port list.
         ports: usize,
@@ -763,7 +765,7 @@ mod tests {
             .resolve(no_env);
         assert_eq!(
             mismatch.unwrap_err().to_string(),
-            "could not match 2 port numbers to 3 hosts"
+            "could not match 2 port numbers to 3 hosts: give one port for all, or one per host"
         );
         let env = |k: &str| (k == "PGTARGETSESSIONATTRS").then(|| "prefer-standby".to_owned());
         let c = ConnParams::default().resolve(env).unwrap();

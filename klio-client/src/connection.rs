@@ -127,11 +127,16 @@ impl ReplicationConnection {
                 let error = match Self::connect_endpoint(cfg, endpoint, session).await {
                     Ok(conn) => match conn.session_mismatch(wanted) {
                         None => return Ok(conn),
-                        Some(found) => ConnectionError::WrongSession {
-                            target: endpoint.to_string(),
-                            wanted,
-                            found,
-                        },
+                        Some(found) => {
+                            // Ended with Terminate, as libpq ends it: the server then logs no
+                            // lost connection for a server merely passed over.
+                            conn.close().await;
+                            ConnectionError::WrongSession {
+                                target: endpoint.to_string(),
+                                wanted: cfg.target_session_attrs,
+                                found,
+                            }
+                        }
                     },
                     Err(e) => e,
                 };
@@ -222,9 +227,9 @@ impl ReplicationConnection {
                     .await
                     .map_err(connect_err)?;
                 tcp.set_nodelay(true)?;
-                match crate::tls::client_config(cfg)? {
-                    None => Box::new(tcp),
-                    Some(tls) => {
+                match cfg.sslmode {
+                    SslMode::Disable => Box::new(tcp),
+                    _ => {
                         let mut req = BytesMut::new();
                         klio_proto::frontend::ssl_request(&mut req);
                         tcp.write_all(&req).await?;
@@ -232,6 +237,9 @@ impl ReplicationConnection {
                         tcp.read_exact(&mut answer).await?;
                         match answer[0] {
                             b'S' => {
+                                // The files are read only now, as libpq reads them: a server
+                                // without TLS never depends on them.
+                                let tls = crate::tls::client_config(cfg)?;
                                 let name = rustls::pki_types::ServerName::try_from(h.clone())
                                     .map_err(|e| {
                                         ConnectionError::tls_because(

@@ -20,21 +20,22 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Builds the rustls configuration for `cfg`'s `sslmode`, CA, revocation lists and client
-/// certificate; `None` for [`SslMode::Disable`].
+/// certificate (for any mode but [`SslMode::Disable`], which never asks for TLS).
 pub(crate) fn client_config(
     cfg: &ConnConfig,
-) -> Result<Option<Arc<rustls::ClientConfig>>, ConnectionError> {
+) -> Result<Arc<rustls::ClientConfig>, ConnectionError> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| ConnectionError::tls_because("protocol versions", e))?;
-    // As libpq: `require` with a CA file verifies the chain, as `verify-ca` does.
-    let mode = match (cfg.sslmode, &cfg.sslrootcert) {
-        (SslMode::Require, Some(_)) => SslMode::VerifyCa,
+    // As libpq: with a CA file that exists, `prefer` and `require` verify the chain, as
+    // `verify-ca` does; without one they only encrypt.
+    let root_exists = cfg.sslrootcert.as_deref().is_some_and(Path::exists);
+    let mode = match (cfg.sslmode, root_exists) {
+        (SslMode::Prefer | SslMode::Require, true) => SslMode::VerifyCa,
         (mode, _) => mode,
     };
     let verifier: Arc<dyn ServerCertVerifier> = match mode {
-        SslMode::Disable => return Ok(None),
-        SslMode::Prefer | SslMode::Require => Arc::new(AcceptAnyCertificate {
+        SslMode::Disable | SslMode::Prefer | SslMode::Require => Arc::new(AcceptAnyCertificate {
             algorithms: provider().signature_verification_algorithms,
         }),
         SslMode::VerifyCa | SslMode::VerifyFull => {
@@ -93,7 +94,7 @@ pub(crate) fn client_config(
             })?
         }
     };
-    Ok(Some(Arc::new(config)))
+    Ok(Arc::new(config))
 }
 
 /// The PEM certificates of `path`, the file connection option `option` names.

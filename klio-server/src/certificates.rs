@@ -74,14 +74,34 @@ pub fn expiries(files: &TlsFiles) -> Result<Vec<CertificateExpiry>, TlsSetupErro
     ])
 }
 
+/// Refuses a server certificate whose validity has ended: every client would refuse it.
+pub(crate) fn refuse_expired_server_certificate(
+    expiries: &[CertificateExpiry],
+) -> Result<(), TlsSetupError> {
+    match expiries
+        .iter()
+        .find(|e| e.certificate == "server" && e.not_after <= SystemTime::now())
+    {
+        Some(e) => Err(TlsSetupError::Expired {
+            path: e.path.clone(),
+            at: e.valid_until(),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Logs a warning for each of `expiries` that has expired or expires soon.
 pub(crate) fn warn_if_expiring(expiries: &[CertificateExpiry]) {
     let now = SystemTime::now();
     for e in expiries.iter().filter(|e| e.expires_soon(now)) {
         let when = e.valid_until();
         let renew = match e.certificate {
-            "server" => "renew it with `klio certs renew --server`, then send SIGHUP to the server",
-            _ => "make a new CA and reissue every certificate with it",
+            "server" => {
+                "renew it with `klio certs renew -D <certificates directory> --server`, then send SIGHUP to the server"
+            }
+            _ => {
+                "make a new CA with `klio certs init -D <new directory>`, issue every client certificate with it, and give servers and clients both CAs in their CA file while they move"
+            }
         };
         if e.not_after <= now {
             tracing::error!(
@@ -114,9 +134,49 @@ impl CertificateReloader {
     pub fn reload(&self) -> Result<Vec<CertificateExpiry>, TlsSetupError> {
         let config = tls::quic_server_config(&self.files)?;
         let expiries = expiries(&self.files)?;
+        refuse_expired_server_certificate(&expiries)?;
         self.endpoint.set_server_config(Some(config));
         self.telemetry.set_certificates(expiries.clone());
         warn_if_expiring(&expiries);
         Ok(expiries)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expiring(certificate: &'static str, in_seconds: i64) -> CertificateExpiry {
+        let now = SystemTime::now();
+        let at = if in_seconds >= 0 {
+            now + Duration::from_secs(in_seconds.unsigned_abs())
+        } else {
+            now - Duration::from_secs(in_seconds.unsigned_abs())
+        };
+        CertificateExpiry {
+            certificate,
+            path: PathBuf::from(format!("/etc/klio/{certificate}.pem")),
+            not_after: at,
+        }
+    }
+
+    #[test]
+    fn soon_means_within_thirty_days_or_past_and_an_expired_server_certificate_is_refused() {
+        let now = SystemTime::now();
+        let day = 86_400;
+        assert!(!expiring("server", 31 * day).expires_soon(now));
+        assert!(expiring("server", 29 * day).expires_soon(now));
+        assert!(expiring("server", -day).expires_soon(now));
+
+        assert!(refuse_expired_server_certificate(&[expiring("server", day)]).is_ok());
+        // Only the server's own certificate stops a start or a reload.
+        assert!(refuse_expired_server_certificate(&[expiring("ca", -day)]).is_ok());
+        let refused = refuse_expired_server_certificate(&[expiring("server", -day)]);
+        assert!(
+            matches!(&refused, Err(TlsSetupError::Expired { path, .. }) if path.ends_with("server.pem")),
+            "{refused:?}"
+        );
+        let message = refused.map_err(|e| e.to_string()).unwrap_err();
+        assert!(message.contains("klio certs renew"), "{message}");
     }
 }

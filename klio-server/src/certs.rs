@@ -43,6 +43,11 @@ pub enum CertsError {
     /// There is no certificate to renew, or no CA to renew it with.
     #[error("{0} does not exist: make it with `klio certs init` or `klio certs client` first")]
     NothingToRenew(PathBuf),
+    /// The CA's key is not in the directory (it is kept offline once certificates are issued).
+    #[error(
+        "{0} is missing: put the CA's key back in the directory while certificates are issued or renewed, then take it offline again"
+    )]
+    CaKeyMissing(PathBuf),
     /// The certificate to renew cannot be read as one.
     #[error("{0} is not a PEM certificate with the names to renew it for")]
     Unparsable(PathBuf),
@@ -59,6 +64,20 @@ fn valid_for(params: &mut CertificateParams, days: u32) {
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::hours(1);
     params.not_after = now + time::Duration::days(i64::from(days));
+}
+
+/// Ends `params`' validity no later than the CA's: a certificate cannot be trusted longer than
+/// its issuer.
+fn end_with_ca(params: &mut CertificateParams, ca: &IssuedCert) {
+    let ca_end = rustls::pki_types::CertificateDer::from_pem_slice(ca.cert_pem.as_bytes())
+        .ok()
+        .and_then(|der| crate::certificates::not_after(&der))
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .and_then(|d| i64::try_from(d.as_secs()).ok())
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok());
+    if let Some(end) = ca_end {
+        params.not_after = params.not_after.min(end);
+    }
 }
 
 /// A new self-signed CA, valid for `days` days.
@@ -93,6 +112,7 @@ pub fn issue_server(
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(names.to_vec())?;
     valid_for(&mut params, days);
+    end_with_ca(&mut params, ca);
     params.distinguished_name.push(
         DnType::CommonName,
         names.first().map_or("klio server", String::as_str),
@@ -115,6 +135,7 @@ pub fn issue_client(
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     valid_for(&mut params, days);
+    end_with_ca(&mut params, ca);
     params
         .distinguished_name
         .push(DnType::CommonName, cluster.common_name());
@@ -225,9 +246,16 @@ impl CertsDir {
     }
 
     fn read_ca(&self) -> Result<IssuedCert, CertsError> {
+        let key = self.ca_key();
+        let key_pem = match std::fs::read_to_string(&key) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(CertsError::CaKeyMissing(key));
+            }
+            other => other.map_err(|e| FsError::new(FsAction::Read, &key, e))?,
+        };
         Ok(IssuedCert {
             cert_pem: read_text(&self.ca_cert())?,
-            key_pem: read_text(&self.ca_key())?,
+            key_pem,
         })
     }
 }
@@ -265,26 +293,37 @@ fn names_of(pem: &str) -> Option<Vec<String>> {
     (!names.is_empty()).then_some(names)
 }
 
-/// Puts a renewed certificate and key in place of `cert` and `key`, keeping their owners and
-/// permission bits, the key first: a crash in between leaves the new key with the old
-/// certificate, which the server and clients refuse at start with a clear error rather than
-/// serve silently, and running the renewal again repairs it.
+/// Puts a renewed certificate and key in place of `cert` and `key`, with the owners and
+/// permission bits of the files they replace. Both new files are complete, owned and on disk
+/// before either is renamed, so that a failure (a `chown` refused, a full disk) leaves the old
+/// pair whole. The key is renamed first: a crash between the renames leaves the new key with
+/// the old certificate, which the server and clients refuse at start with a clear error, and
+/// running the renewal again repairs it.
 fn replace(key: &Path, cert: &Path, renewed: &IssuedCert) -> Result<(), CertsError> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    for (path, contents) in [(key, &renewed.key_pem), (cert, &renewed.cert_pem)] {
-        let old = std::fs::metadata(path).ok();
-        // The old file stays whole until the new one is complete on disk.
-        durable::replace(path, contents.as_bytes())?;
-        if let Some(old) = old {
-            let restore = std::os::unix::fs::chown(path, Some(old.uid()), Some(old.gid()))
-                .and_then(|()| {
-                    std::fs::set_permissions(
-                        path,
-                        std::fs::Permissions::from_mode(old.mode() & 0o777),
-                    )
-                });
-            restore.map_err(|e| FsError::new(FsAction::Write, path, e))?;
-        }
+    let mut ready = Vec::new();
+    for (path, contents, mode) in [
+        (key, &renewed.key_pem, 0o600),
+        (cert, &renewed.cert_pem, 0o644),
+    ] {
+        // Created 0600: the key is never readable by others, even for a moment.
+        let temp = durable::TempFile::create(path)?;
+        temp.write_all_at(contents.as_bytes(), 0)?;
+        let (uid, gid, mode) = match std::fs::metadata(path) {
+            Ok(old) => (Some(old.uid()), Some(old.gid()), old.mode() & 0o777),
+            Err(_) => (None, None, mode),
+        };
+        std::os::unix::fs::fchown(temp.file(), uid, gid)
+            .and_then(|()| {
+                temp.file()
+                    .set_permissions(std::fs::Permissions::from_mode(mode))
+            })
+            .map_err(|e| FsError::new(FsAction::Write, temp.path(), e))?;
+        ready.push(temp);
+    }
+    // Each is fsynced before its rename: the final name must never point at missing contents.
+    for temp in ready {
+        temp.publish()?;
     }
     Ok(())
 }
@@ -368,10 +407,16 @@ mod tests {
 
         let old_cert = std::fs::read(certs.server_cert()).unwrap();
         let old_key = std::fs::read(certs.server_key()).unwrap();
-        assert_eq!(certs.renew_server(400).unwrap(), names);
+        assert_eq!(certs.renew_server(10).unwrap(), names);
         assert_ne!(std::fs::read(certs.server_key()).unwrap(), old_key);
         assert_ne!(std::fs::read(certs.server_cert()).unwrap(), old_cert);
-        assert!((validity(&certs.server_cert()).1 - now - 400 * day).abs() < 60);
+        assert!((validity(&certs.server_cert()).1 - now - 10 * day).abs() < 60);
+        // Never beyond the CA's own end (30 days here).
+        certs.renew_server(400).unwrap();
+        assert_eq!(
+            validity(&certs.server_cert()).1,
+            validity(&certs.ca_cert()).1
+        );
         let mode = |p: PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(certs.server_key()), 0o600);
         assert_eq!(mode(certs.server_cert()), 0o644);

@@ -167,6 +167,7 @@ impl Server {
     pub async fn bind(config: &ServerConfig) -> Result<Self, ServerError> {
         let quic = tls::quic_server_config(&config.tls)?;
         let certificates = crate::certificates::expiries(&config.tls)?;
+        crate::certificates::refuse_expired_server_certificate(&certificates)?;
         crate::certificates::warn_if_expiring(&certificates);
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| FsError::new(FsAction::CreateDirectory, &config.data_dir, e))?;

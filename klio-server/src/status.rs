@@ -370,7 +370,7 @@ pub fn render_text(s: &ServerStatus) -> String {
                 "  client cert  valid until {until}{}",
                 if c.client_certificate_expires_soon {
                     format!(
-                        "; EXPIRES SOON: `klio certs renew --cluster {}`, then SIGHUP to send-wal",
+                        "; EXPIRES SOON: `klio certs renew -D DIR --cluster {}`, files to the PostgreSQL host",
                         c.cluster
                     )
                 } else {
@@ -405,7 +405,7 @@ disk: {} free of {} ({}% used){}",
             c.certificate,
             c.not_after,
             if c.expires_soon {
-                "; EXPIRES SOON: renew it (`klio certs renew`) and send SIGHUP to the server"
+                "; EXPIRES SOON: renew it (`klio certs renew -D DIR --server`) and send SIGHUP to the server"
             } else {
                 ""
             },
@@ -521,7 +521,7 @@ mod tests {
             "wal/000000020000000000000003 at 2026-11-21T10:02:31Z: connection refused (transport)",
             "certificate server: valid until 2026-12-01T00:00:00Z; EXPIRES SOON: renew it",
             "certificate ca: valid until 2036-11-01T00:00:00Z (/etc/klio/ca.pem)",
-            "client cert  valid until 2026-11-30T00:00:00Z; EXPIRES SOON: `klio certs renew --cluster pg-main`",
+            "client cert  valid until 2026-11-30T00:00:00Z; EXPIRES SOON: `klio certs renew -D DIR --cluster pg-main`",
         ] {
             assert!(t.contains(want), "{want:?} missing in:\n{t}");
         }

@@ -44,6 +44,16 @@ pub enum TlsSetupError {
         /// The file.
         path: PathBuf,
     },
+    /// The server certificate's validity has ended.
+    #[error(
+        "the server certificate {path} expired at {at}: renew it with `klio certs renew -D <certificates directory> --server`"
+    )]
+    Expired {
+        /// The certificate file.
+        path: PathBuf,
+        /// When it expired (RFC 3339).
+        at: String,
+    },
     /// A certificate cannot be parsed for its validity.
     #[error(
         "cannot read the validity of the certificate in {path}: it is not a valid X.509 certificate"

@@ -24,7 +24,8 @@ enum Command {
         /// Host names or IP addresses clients use to reach the server (repeatable).
         #[arg(long = "server-name", value_name = "NAME", default_values_t = ["localhost".to_owned(), "127.0.0.1".to_owned()])]
         server_names: Vec<String>,
-        /// Days the server certificate is valid (renew it before with `klio certs renew`).
+        /// Days the server certificate is valid, at most as long as the CA (renew it before
+        /// with `klio certs renew`).
         #[arg(long, value_name = "DAYS", default_value_t = DEFAULT_DAYS, value_parser = clap::value_parser!(u32).range(1..))]
         days: u32,
         /// Days the CA is valid; every certificate must be reissued by a new CA after that.
@@ -89,9 +90,10 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
             let certs = CertsDir::new(&dir);
             certs.issue_client(&cluster, days)?;
             println!(
-                "created {} and {} (CN=klio@{cluster}, valid for {days} days)",
+                "created {} and {} (CN=klio@{cluster}, valid until {})",
                 certs.client_cert(&cluster).display(),
-                certs.client_key(&cluster).display()
+                certs.client_key(&cluster).display(),
+                valid_until(&certs.client_cert(&cluster))
             );
         }
         Command::Renew {
@@ -103,10 +105,11 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
             let certs = CertsDir::new(&dir);
             let names = certs.renew_server(days)?;
             println!(
-                "renewed {} and {} for {} (valid for {days} days); send SIGHUP to the klio server to use them",
+                "renewed {} and {} for {} (valid until {}); send SIGHUP to the klio server: its new connections use them",
                 certs.server_cert().display(),
                 certs.server_key().display(),
-                names.join(", ")
+                names.join(", "),
+                valid_until(&certs.server_cert())
             );
         }
         Command::Renew {
@@ -119,12 +122,19 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
             let certs = CertsDir::new(&dir);
             certs.renew_client(&cluster, days)?;
             println!(
-                "renewed {} and {} (valid for {days} days); send SIGHUP to send-wal to use them",
+                "renewed {} and {} (valid until {}); copy them over the files send-wal uses on the PostgreSQL host: its next connection presents them (SIGHUP checks them at once)",
                 certs.client_cert(&cluster).display(),
-                certs.client_key(&cluster).display()
+                certs.client_key(&cluster).display(),
+                valid_until(&certs.client_cert(&cluster))
             );
         }
         Command::Renew { .. } => anyhow::bail!("say which certificate: --server or --cluster"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// When the certificate just written ends its validity (which the CA's end may cut short).
+fn valid_until(cert: &std::path::Path) -> String {
+    klio_server::certificates::expiry_of("issued", cert)
+        .map_or_else(|e| format!("unknown: {e}"), |e| e.valid_until())
 }

@@ -14,10 +14,13 @@ pub(crate) fn read(prompt: &str) -> anyhow::Result<String> {
         .write(true)
         .open("/dev/tty")
         .context("could not open the terminal to prompt for a password: give it with PGPASSWORD or a password= in --dbname instead")?;
-    tty.write_all(prompt.as_bytes())
-        .and_then(|()| tty.flush())
-        .context("could not write the password prompt")?;
+    // Echo goes off before the prompt shows: what is typed once it shows is neither echoed
+    // nor flushed away.
     let echo_off = EchoOff::new(&tty)?;
+    let mut out = &tty;
+    out.write_all(prompt.as_bytes())
+        .and_then(|()| out.flush())
+        .context("could not write the password prompt")?;
     let mut line = String::new();
     let read = BufReader::new(&tty).read_line(&mut line);
     drop(echo_off);

@@ -133,19 +133,19 @@ pub enum IdentityError {
     },
     /// The client certificate's validity has ended: the server refuses it.
     #[error(
-        "the client certificate {} expired at {expired}, so the server will refuse it; renew it with `klio certs renew --cluster <cluster>` (then send SIGHUP to a running send-wal)",
+        "the client certificate {} expired {expired}, so the server will refuse it; renew it with `klio certs renew -D <certificates directory> --cluster <cluster>` and put the new files in place of the old",
         cert.display()
     )]
     Expired {
         /// The client certificate.
         cert: PathBuf,
-        /// When it expired (RFC 3339), if the verifier said.
+        /// When it expired (`at <RFC 3339>`), if the verifier said.
         expired: String,
     },
     /// The client certificate is signed by the CA but not acceptable (not yet valid, not for
     /// client authentication).
     #[error(
-        "the client certificate {} would be refused by the server; issue a new one with `klio certs client`",
+        "the client certificate {} would be refused by the server; issue a new one from the same CA with `klio certs renew -D <certificates directory> --cluster <cluster>`",
         cert.display()
     )]
     CertificateRefused {
@@ -227,7 +227,8 @@ impl ClientIdentity {
                         | rustls::CertificateError::ExpiredContext { .. },
                     ) => IdentityError::Expired {
                         cert: endpoint.cert.clone(),
-                        expired: expiry_of(&source).unwrap_or_else(|| "an earlier time".to_owned()),
+                        expired: expiry_of(&source)
+                            .map_or_else(String::new, |at| format!("at {at}")),
                     },
                     rustls::Error::InvalidCertificate(
                         rustls::CertificateError::UnknownIssuer
@@ -250,7 +251,7 @@ impl ClientIdentity {
                 && let Some(at) = expiry_of(&e)
             {
                 tracing::warn!(
-                    "the client certificate {} expires at {at}: renew it with `klio certs renew --cluster <cluster>`, then send SIGHUP to send-wal",
+                    "the client certificate {} expires at {at}: renew it with `klio certs renew -D <certificates directory> --cluster <cluster>` and put the new files in place; the next connection presents them",
                     endpoint.cert.display()
                 );
             }

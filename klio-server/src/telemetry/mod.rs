@@ -471,7 +471,7 @@ impl ClusterTelemetry {
             .set(unix_seconds(not_after));
         if crate::certificates::expires_soon(not_after, SystemTime::now()) {
             tracing::warn!(
-                "this cluster's client certificate expires at {}: renew it with `klio certs renew --cluster {}`, then send SIGHUP to send-wal",
+                "this cluster's client certificate expires at {}: renew it with `klio certs renew -D <certificates directory> --cluster {}` and put the new files in place on the PostgreSQL host",
                 rfc3339(not_after),
                 self.label().cluster
             );

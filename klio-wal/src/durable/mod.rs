@@ -197,13 +197,19 @@ pub struct TempFile {
 }
 
 impl TempFile {
-    /// Creates (or truncates a leftover) temporary file for `dest`, mode 0600.
+    /// Creates the temporary file for `dest`, mode 0600, removing a leftover first: reusing
+    /// it would keep its permission bits, or follow it if it were a symbolic link.
     pub fn create(dest: &Path) -> Result<Self, FsError> {
         let temp = temp_path(dest);
+        match std::fs::remove_file(&temp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(FsError::new(FsAction::Remove, &temp, e));
+            }
+            _ => {}
+        }
         let file = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(PRIVATE)
             .open(&temp)
             .map_err(|e| FsError::new(FsAction::Create, &temp, e))?;
