@@ -250,3 +250,37 @@ fn certificates_renewed_while_streaming_serve_new_connections_after_sighup_and_n
         "{status:#}"
     );
 }
+
+#[test]
+fn send_wal_waits_out_certificate_files_being_replaced_instead_of_exiting() {
+    let mut stack = stack("cert-swap").sync_standby().start();
+    stack.pg.psql("CREATE TABLE t (n int)");
+    // Half-way through copying a renewal: the key no longer belongs to the certificate.
+    let key = stack.certs.file(&format!("client-{}.key", stack.cluster));
+    let good = std::fs::read(&key).expect("the client key");
+    let other = std::fs::read(stack.certs.file("server.key")).expect("another key");
+    std::fs::write(&key, other).expect("replace the key");
+    // The server going away makes send-wal reconnect, reading the files again.
+    stack.server.restart();
+    wait_until(
+        "send-wal to report the unusable files",
+        Duration::from_secs(120),
+        || {
+            stack
+                .client
+                .log()
+                .contains("the certificate files changed since send-wal connected")
+                .then_some(())
+        },
+    );
+    assert!(
+        stack.client.is_running(),
+        "send-wal exited:\n{}",
+        stack.client.log()
+    );
+
+    std::fs::write(&key, good).expect("put the key back");
+    stack.pg.wait_for_sync_standby(SEND_WAL_SLOT);
+    stack.pg.psql("INSERT INTO t VALUES (1)");
+    assert!(stack.client.is_running(), "{}", stack.client.log());
+}

@@ -87,6 +87,13 @@ impl SendWal {
         }
     }
 
+    /// Whether the process is still running (not exited).
+    pub fn is_running(&mut self) -> bool {
+        self.process
+            .as_mut()
+            .is_some_and(BackgroundProcess::is_running)
+    }
+
     /// The running process's id.
     pub fn pid(&self) -> Option<u32> {
         self.process.as_ref().map(BackgroundProcess::pid)

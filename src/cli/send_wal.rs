@@ -77,7 +77,7 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
                 server.key.display()
             ),
             Err(e) => tracing::error!(
-                "SIGHUP: {}; the established connection keeps its session, but reconnecting will fail until this is fixed",
+                "SIGHUP: {}; the established connection keeps its session, but a new one cannot be made (send-wal retries) until this is fixed",
                 klio_wal::ErrorChain(&e)
             ),
         });

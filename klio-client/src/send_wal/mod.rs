@@ -78,6 +78,12 @@ impl SendWalError {
         }
     }
 
+    /// Whether this cluster's certificate files cannot be used (checked before every
+    /// connection to the server).
+    fn is_identity(&self) -> bool {
+        matches!(self, Self::Server(ServerLinkError::Identity(_)))
+    }
+
     /// The `kind` label of `klio_errors_total`.
     fn kind(&self) -> &'static str {
         match self {
@@ -119,11 +125,30 @@ async fn reconnect_loop(
     telemetry: &telemetry::SendWalTelemetry,
 ) -> Result<(), SendWalError> {
     let mut delay = opts.reconnect_min;
+    let mut first = true;
     loop {
         let started = tokio::time::Instant::now();
-        match session::run(opts, &mut shutdown, telemetry).await {
+        let outcome = session::run(opts, &mut shutdown, telemetry).await;
+        let retry_identity = !std::mem::replace(&mut first, false);
+        match outcome {
             Ok(()) => return Ok(()),
-            Err(e) if !e.is_retryable() => return Err(e),
+            // Unusable certificate files end the first attempt at once. Later, they were
+            // usable before: they are being replaced (a renewal) or were broken since, and
+            // waiting for them beats ending the stream for good.
+            Err(e) if !(e.is_retryable() || retry_identity && e.is_identity()) => return Err(e),
+            Err(e) if e.is_identity() => {
+                telemetry.failed(e.kind(), ErrorChain(&e).to_string());
+                tracing::error!(
+                    "{}; the certificate files changed since send-wal connected: fix them (a renewal copies both the certificate and its key); retrying in {:.1} s",
+                    ErrorChain(&e),
+                    delay.as_secs_f32()
+                );
+                tokio::select! {
+                    _ = shutdown.wait() => return Ok(()),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(opts.reconnect_max);
+            }
             Err(e) => {
                 telemetry.failed(e.kind(), ErrorChain(&e).to_string());
                 if shutdown.is_triggered() {
