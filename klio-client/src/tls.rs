@@ -7,9 +7,7 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{
-    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
-};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use crate::conn_string::{ConnConfig, SslMode};
@@ -45,7 +43,7 @@ pub(crate) fn client_config(
                 )
             })?;
             let mut roots = RootCertStore::empty();
-            for c in read_certificates(path, "sslrootcert")? {
+            for c in read_pem::<CertificateDer<'static>>(path, "sslrootcert", "certificate")? {
                 roots.add(c).map_err(|e| {
                     ConnectionError::tls_because(
                         format!("bad certificate in {}", path.display()),
@@ -56,7 +54,7 @@ pub(crate) fn client_config(
             let mut webpki =
                 WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider());
             if let Some(crl) = &cfg.sslcrl {
-                webpki = webpki.with_crls(read_crls(crl)?);
+                webpki = webpki.with_crls(read_pem(crl, "sslcrl", "certificate revocation list")?);
             }
             let webpki = webpki
                 .build()
@@ -80,7 +78,7 @@ pub(crate) fn client_config(
                     cert_path.display()
                 ))
             })?;
-            let certs = read_certificates(cert_path, "sslcert")?;
+            let certs = read_pem(cert_path, "sslcert", "certificate")?;
             let key = read_private_key(key_path)?;
             builder.with_client_auth_cert(certs, key).map_err(|e| {
                 ConnectionError::tls_because(
@@ -97,39 +95,25 @@ pub(crate) fn client_config(
     Ok(Arc::new(config))
 }
 
-/// The PEM certificates of `path`, the file connection option `option` names.
-fn read_certificates(
+/// The PEM items (certificates, revocation lists: `kind`) of `path`, the file connection
+/// option `option` names; at least one.
+fn read_pem<T: PemObject>(
     path: &Path,
     option: &str,
-) -> Result<Vec<CertificateDer<'static>>, ConnectionError> {
-    let certs = CertificateDer::pem_file_iter(path)
+    kind: &str,
+) -> Result<Vec<T>, ConnectionError> {
+    let items = T::pem_file_iter(path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| {
             ConnectionError::tls_because(format!("cannot read {option} {}", path.display()), e)
         })?;
-    if certs.is_empty() {
+    if items.is_empty() {
         return Err(ConnectionError::tls(format!(
-            "{option} {} holds no PEM certificate",
+            "{option} {} holds no PEM {kind}",
             path.display()
         )));
     }
-    Ok(certs)
-}
-
-/// The revocation lists of `path` (`sslcrl`).
-fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, ConnectionError> {
-    let crls = CertificateRevocationListDer::pem_file_iter(path)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| {
-            ConnectionError::tls_because(format!("cannot read sslcrl {}", path.display()), e)
-        })?;
-    if crls.is_empty() {
-        return Err(ConnectionError::tls(format!(
-            "sslcrl {} holds no PEM certificate revocation list",
-            path.display()
-        )));
-    }
-    Ok(crls)
+    Ok(items)
 }
 
 /// The private key of `path` (`sslkey`), refused as libpq refuses it when others may read it.

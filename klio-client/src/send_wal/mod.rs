@@ -136,19 +136,6 @@ async fn reconnect_loop(
             // usable before: they are being replaced (a renewal) or were broken since, and
             // waiting for them beats ending the stream for good.
             Err(e) if !(e.is_retryable() || retry_identity && e.is_identity()) => return Err(e),
-            Err(e) if e.is_identity() => {
-                telemetry.failed(e.kind(), ErrorChain(&e).to_string());
-                tracing::error!(
-                    "{}; the certificate files changed since send-wal connected: fix them (a renewal copies both the certificate and its key); retrying in {:.1} s",
-                    ErrorChain(&e),
-                    delay.as_secs_f32()
-                );
-                tokio::select! {
-                    _ = shutdown.wait() => return Ok(()),
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(opts.reconnect_max);
-            }
             Err(e) => {
                 telemetry.failed(e.kind(), ErrorChain(&e).to_string());
                 if shutdown.is_triggered() {
@@ -158,11 +145,19 @@ async fn reconnect_loop(
                 if started.elapsed() > Duration::from_secs(30) {
                     delay = opts.reconnect_min;
                 }
-                tracing::warn!(
-                    "{}; reconnecting in {:.1} s",
-                    ErrorChain(&e),
-                    delay.as_secs_f32()
-                );
+                if e.is_identity() {
+                    tracing::error!(
+                        "{}; the certificate files changed since send-wal connected: fix them (a renewal copies both the certificate and its key); retrying in {:.1} s",
+                        ErrorChain(&e),
+                        delay.as_secs_f32()
+                    );
+                } else {
+                    tracing::warn!(
+                        "{}; reconnecting in {:.1} s",
+                        ErrorChain(&e),
+                        delay.as_secs_f32()
+                    );
+                }
                 tokio::select! {
                     _ = shutdown.wait() => return Ok(()),
                     _ = tokio::time::sleep(delay) => {}
