@@ -473,4 +473,70 @@ mod tests {
         let rewritten = mapped.rewrite_tablespace_map(escaped).unwrap();
         assert_eq!(rewritten, b"16386 /new/odd\\\\dir\\\nx\n16385 /srv/ts1\n");
     }
+
+    /// Where a placed path may land: below `root`, by normal components only.
+    fn strictly_below(path: &Path, root: &Path) -> bool {
+        path.strip_prefix(root).is_ok_and(|rest| {
+            rest.components().next().is_some()
+                && rest.components().all(|c| matches!(c, Component::Normal(_)))
+        })
+    }
+
+    proptest::proptest! {
+        /// Whatever path the server sends, a restore writes below the data directory or a
+        /// tablespace's mapped location, and links only `pg_tblspc/<oid>` of a known one.
+        #[test]
+        fn no_path_a_server_sends_lands_outside_the_restore(
+            parts in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "base", "pg_tblspc", "16385", "16386", "..", ".", "", "a", "/", "\0", "x\0y",
+                    "..a", "a..", "~", "pg_tblspc/..", "//",
+                ]),
+                0..7,
+            ),
+            leading_slash in proptest::bool::ANY,
+            trailing_slash in proptest::bool::ANY,
+            kind in 0u8..3,
+        ) {
+            let backup = backup_with(&[(16385, "/srv/ts1"), (16386, "/srv/ts2")]);
+            let layout = Layout::new(
+                Path::new("/restore/pg"),
+                &backup,
+                &[mapping("/srv/ts1=/restore/ts1")],
+            )
+            .unwrap();
+            let mut path = parts.join("/");
+            if leading_slash {
+                path.insert(0, '/');
+            }
+            if trailing_slash {
+                path.push('/');
+            }
+            let kind = match kind {
+                0 => FileKind::File,
+                1 => FileKind::Directory,
+                _ => FileKind::Symlink {
+                    target: "/etc".into(),
+                },
+            };
+            match layout.place(&path, &kind) {
+                Err(_) | Ok(Placement::TablespaceRoot) => {}
+                Ok(Placement::Local(p)) => proptest::prop_assert!(
+                    ["/restore/pg", "/restore/ts1", "/srv/ts2"]
+                        .iter()
+                        .any(|root| strictly_below(&p, Path::new(root))),
+                    "{path:?} placed at {p:?}"
+                ),
+                Ok(Placement::TablespaceLink { oid, link, location }) => {
+                    proptest::prop_assert!(oid == 16385 || oid == 16386, "{path:?}");
+                    proptest::prop_assert_eq!(
+                        link,
+                        PathBuf::from(format!("/restore/pg/pg_tblspc/{oid}"))
+                    );
+                    let expected = if oid == 16385 { "/restore/ts1" } else { "/srv/ts2" };
+                    proptest::prop_assert_eq!(location, PathBuf::from(expected));
+                }
+            }
+        }
+    }
 }
